@@ -1,0 +1,216 @@
+"""Engine configuration: a typed schema of settings, loaded from `config.toml`, validated, saved atomically."""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import tomli_w
+
+from core.errors import ConfigError
+from core.fsutil import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its type, default, bounds and whether a change applies at once."""
+
+    key: str  # "section.name"
+    type: type
+    default: Any
+    doc: str
+    live: bool = True
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def coerce(self, value: Any) -> Any:
+        """Return `value` as this setting's type, or raise ConfigError naming the key."""
+        t = self.type
+        ok: bool
+        if t is bool:
+            ok = isinstance(value, bool)
+        elif t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif t is str:
+            ok = isinstance(value, str)
+        elif t is list:
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        else:  # pragma: no cover - schema bug
+            ok = False
+        if not ok:
+            raise ConfigError(f"{self.key} must be of type {t.__name__}", field=self.key, value=repr(value)[:80])
+        if self.min is not None and value < self.min:
+            raise ConfigError(f"{self.key} must be at least {self.min}", field=self.key, value=value)
+        if self.max is not None and value > self.max:
+            raise ConfigError(f"{self.key} must be at most {self.max}", field=self.key, value=value)
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{self.key} must be one of {', '.join(self.choices)}", field=self.key, value=value)
+        return value
+
+    def parse_env(self, text: str) -> Any:
+        """Parse an environment override (`MAVAIL_<SECTION>_<KEY>`) into this setting's type."""
+        try:
+            if self.type is bool:
+                low = text.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if self.type is int:
+                return int(text)
+            if self.type is float:
+                return float(text)
+            if self.type is list:
+                return [int(v) for v in text.replace(",", " ").split()]
+            return text
+        except ValueError:
+            raise ConfigError(f"{self.key}: cannot read {text!r} from the environment", field=self.key) from None
+
+
+def _s(key: str, t: type, default: Any, doc: str, **kw: Any) -> Setting:
+    return Setting(key, t, default, doc, **kw)
+
+
+SCHEMA: tuple[Setting, ...] = (
+    # downloads
+    _s("downloads.max_concurrent", int, 3, "Downloads running at once.", min=1, max=64),
+    _s("downloads.bandwidth_limit_mbps", float, 0.0, "Global cap in MiB/s; 0 = none.", min=0),
+    _s("downloads.max_retries", int, 3, "Default retries per file.", min=0, max=100),
+    _s("downloads.stall_timeout_s", float, 30.0, "No bytes for this long: reconnect.", min=0.1, max=3600),
+    _s("downloads.parallel_ranges", int, 4, "Connections per large file.", min=1, max=32),
+    _s("downloads.parallel_min_size_mb", float, 64.0, "Files at least this large use parallel ranges.", min=0),
+    _s("downloads.piece_size_mb", int, 8, "Size of a piece: the unit of progress, hashing and repair.", live=False, min=1, max=1024),
+    _s("downloads.retry_base_s", float, 1.0, "First retry delay; doubles each retry, with jitter.", min=0, max=600),
+    _s("downloads.retry_max_s", float, 60.0, "Longest retry delay.", min=0, max=3600),
+    _s("downloads.connect_timeout_s", float, 15.0, "TCP connect timeout.", min=0.1, max=600),
+    # gpu
+    _s("gpu.vram_gb", float, 0.0, "VRAM to assume when NVML sees no GPU; 0 = unknown.", min=0),
+    # health
+    _s("health.check_interval_hours", float, 24.0, "Quick check of every model.", min=0.01),
+    _s("health.full_check_interval_days", float, 7.0, "Full check of every model.", min=0.01),
+    _s("health.max_read_mbps", float, 200.0, "Read budget of scheduled checks, MiB/s; 0 = none.", min=0),
+    _s("health.auto_repair_enabled", bool, True, "Repair what scheduled checks find."),
+    # storage
+    _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0),
+    _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0),
+    # updates
+    _s("updates.keep_versions", int, 1, "Previous versions kept after an update.", min=0, max=20),
+    # rpc
+    _s("rpc.token", str, "", "Required in session.hello when set.", live=False),
+    _s("rpc.allowed_uids", list, [], "Further peer uids allowed.", live=False),
+    _s("rpc.max_message_bytes", int, 1048576, "Longest request line in bytes.", min=1024, max=64 * 1048576),
+    _s("rpc.rate_limit_per_second", float, 0.0, "Calls per second per connection; 0 = off.", min=0),
+)
+
+
+class Config:
+    """The live configuration: validated values, atomic saves, environment overrides, change callbacks.
+
+    Values are read with `get("section.key")` at the moment they are needed, so a
+    live setting changed through `update` applies at once everywhere.
+    """
+
+    def __init__(self, path: Path | None, schema: tuple[Setting, ...] = SCHEMA, environ: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.schema = {s.key: s for s in schema}
+        self._environ = dict(os.environ if environ is None else environ)
+        self._lock = threading.Lock()
+        self._file_values: dict[str, Any] = {}
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._values = {k: copy.deepcopy(s.default) for k, s in self.schema.items()}
+        self.env_overrides: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, path: Path | None, environ: dict[str, str] | None = None) -> "Config":
+        """Read `path` (missing = defaults), apply environment overrides, validate everything."""
+        cfg = cls(path, environ=environ)
+        if path is not None and path.exists():
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: {exc}", field=str(path)) from None
+            cfg._file_values = cfg._validate_nested(raw, source=str(path))
+        cfg._values.update(copy.deepcopy(cfg._file_values))
+        for key, setting in cfg.schema.items():
+            env_name = "MAVAIL_" + key.replace(".", "_").upper()
+            if env_name in cfg._environ:
+                value = setting.coerce(setting.parse_env(cfg._environ[env_name]))
+                cfg._values[key] = value
+                cfg.env_overrides[key] = value
+        return cfg
+
+    def _validate_nested(self, raw: dict[str, Any], source: str) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for section, body in raw.items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{source}: [{section}] must be a table", field=section)
+            for name, value in body.items():
+                key = f"{section}.{name}"
+                setting = self.schema.get(key)
+                if setting is None:
+                    raise ConfigError(f"{source}: unknown setting {key}", field=key)
+                flat[key] = setting.coerce(value)
+        return flat
+
+    def get(self, key: str) -> Any:
+        """The current value of `section.key`."""
+        return self._values[key]
+
+    def as_nested(self) -> dict[str, dict[str, Any]]:
+        """Every setting as `{section: {key: value}}`, the shape of `config.toml`."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in self._values.items():
+            section, name = key.split(".", 1)
+            out.setdefault(section, {})[name] = copy.deepcopy(value)
+        return out
+
+    def on_change(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call `callback(changed)` with `{key: new_value}` after every successful update."""
+        self._listeners.append(callback)
+
+    def update(self, patch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Validate and apply a nested or dotted patch, save the file atomically.
+
+        Returns `(changed, restart_required)`. Nothing is applied or written when
+        any value is invalid.
+        """
+        if not isinstance(patch, dict):
+            raise ConfigError("patch must be an object", field="patch")
+        flat: dict[str, Any] = {}
+        for top, value in patch.items():
+            if isinstance(value, dict):
+                for name, inner in value.items():
+                    flat[f"{top}.{name}"] = inner
+            else:
+                flat[top] = value
+        checked: dict[str, Any] = {}
+        for key, value in flat.items():
+            setting = self.schema.get(key)
+            if setting is None:
+                raise ConfigError(f"unknown setting {key}", field=key)
+            checked[key] = setting.coerce(value)
+        with self._lock:
+            new_file = {**self._file_values, **checked}
+            if self.path is not None:
+                nested: dict[str, dict[str, Any]] = {}
+                for key in sorted(new_file):
+                    section, name = key.split(".", 1)
+                    nested.setdefault(section, {})[name] = new_file[key]
+                atomic_write_bytes(self.path, tomli_w.dumps(nested).encode("utf-8"))
+            self._file_values = new_file
+            changed = {k: v for k, v in checked.items() if self._values.get(k) != v}
+            self._values.update(checked)
+        restart = any(not self.schema[k].live for k in changed)
+        for cb in list(self._listeners):
+            cb(changed)
+        return changed, restart

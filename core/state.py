@@ -1,0 +1,206 @@
+"""The engine's SQLite database: WAL mode, named migrations, all access off the event loop.
+
+Writes go through one dedicated thread with one connection, so they are
+serialised without locks; reads use a small pool of read-only connections so a
+long analytics query never waits behind, or delays, a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+# Named migrations, applied once each in list order. Append; never edit one
+# that has shipped. Each issue's tables arrive in migrations of their own.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_foundation",
+        """
+        CREATE TABLE installed_versions (
+            model_id     TEXT NOT NULL,
+            version      TEXT NOT NULL,
+            installed_at REAL NOT NULL,
+            is_current   INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (model_id, version)
+        );
+        -- What was last verified of each installed file: a quick check compares
+        -- size, mtime and inode with these to tell whether the file changed.
+        CREATE TABLE installed_files (
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            path        TEXT NOT NULL,
+            size        INTEGER NOT NULL,
+            sha256      TEXT NOT NULL,
+            mtime_ns    INTEGER,
+            inode       INTEGER,
+            verified_at REAL,
+            PRIMARY KEY (model_id, version, path)
+        );
+        -- sha256 of every fixed-size piece of an installed file, recorded while it
+        -- downloads (or on the first full check that matches): repair fetches only
+        -- the pieces that no longer match.
+        CREATE TABLE file_pieces (
+            model_id   TEXT NOT NULL,
+            version    TEXT NOT NULL,
+            path       TEXT NOT NULL,
+            piece_size INTEGER NOT NULL,
+            idx        INTEGER NOT NULL,
+            sha256     TEXT NOT NULL,
+            PRIMARY KEY (model_id, version, path, idx)
+        );
+        """,
+    ),
+]
+
+
+class Database:
+    """An SQLite file used from async code: `await db.write(fn)`, `await db.read(fn)`.
+
+    `fn` receives a `sqlite3.Connection` and runs in a worker thread; a write
+    runs inside a transaction that commits when `fn` returns and rolls back when
+    it raises.
+    """
+
+    def __init__(self, path: Path, readers: int = 2) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-w")
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-r")
+        self._local = threading.local()
+        self._wconn: sqlite3.Connection | None = None
+        self._closed = False
+
+    # --- connections -----------------------------------------------------
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            self._wconn = self._connect(readonly=False)
+        return self._wconn
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=True)
+            self._local.conn = conn
+        return conn
+
+    # --- running work ----------------------------------------------------
+    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._writer_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self._reader_conn())
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in one transaction on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_write, fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on a read-only connection in a reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in a transaction from a worker thread (never from the event loop)."""
+        return self._writer.submit(self._run_write, fn).result()
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on a reader from a worker thread (never from the event loop)."""
+        return self._readers.submit(self._run_read, fn).result()
+
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Execute one write statement; return its rowcount."""
+        return await self.write(lambda c: c.execute(sql, params).rowcount)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Execute one write statement for each row, in one transaction."""
+        rows = list(rows)
+        await self.write(lambda c: c.executemany(sql, rows))
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """Run a query on a reader and return every row."""
+        return await self.read(lambda c: c.execute(sql, params).fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+        """Run a query on a reader and return its first row, or None."""
+        return await self.read(lambda c: c.execute(sql, params).fetchone())
+
+    # --- lifecycle -------------------------------------------------------
+    def migrate_sync(self) -> list[str]:
+        """Apply pending migrations (called once at start, from a worker thread); return their names."""
+
+        def apply(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+            applied = []
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time()))
+                applied.append(name)
+            return applied
+
+        return self._writer.submit(self._run_write, apply).result()
+
+    async def open(self) -> list[str]:
+        """Create the file if needed and apply migrations; return the names applied."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return await asyncio.get_running_loop().run_in_executor(None, self.migrate_sync)
+
+    def close(self) -> None:
+        """Close every connection and stop the threads."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close_writer() -> None:
+            if self._wconn is not None:
+                self._wconn.close()
+                self._wconn = None
+
+        self._writer.submit(close_writer).result()
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (sqlite3.complete_statement aware)."""
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--") and not buf.strip():
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

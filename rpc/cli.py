@@ -1,0 +1,169 @@
+"""The `mavail` command: engine, call, status, tui, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.errors import ConfigError
+from core.paths import resolve_home, resolve_socket
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", help="home directory (default: $MAVAIL_HOME, else the user data dir)")
+    p.add_argument("--socket", help="engine socket (default: $MAVAIL_SOCKET, $XDG_RUNTIME_DIR/mavail/engine.sock, <home>/engine.sock)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="mavail", description="Local model-availability engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("engine", help="run the headless engine in the foreground")
+    _common(p)
+    p = sub.add_parser("call", help="make one JSON-RPC call and print the result as JSON")
+    _common(p)
+    p.add_argument("method")
+    p.add_argument("params", nargs="?", default="{}", help="params as a JSON object")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p = sub.add_parser("status", help="a table of every model's status")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the raw models.status result")
+    p = sub.add_parser("tui", help="attach the full-screen UI to a running engine")
+    _common(p)
+    p = sub.add_parser("demo", help="local mirror + throw-away engine + TUI, no network needed")
+    p.add_argument("--headless", action="store_true", help="run the mirror and engine without the TUI (Ctrl-C stops)")
+    return parser
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    return resolve_socket(resolve_home(args.home), args.socket)
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """Run the engine until SIGTERM/SIGINT or engine.shutdown."""
+    import anyio
+
+    from rpc.runner import run_engine
+    from rpc.server import EngineAlreadyRunning
+
+    home = resolve_home(args.home)
+    sock = resolve_socket(home, args.socket)
+    try:
+        anyio.run(run_engine, home, sock)
+    except EngineAlreadyRunning as exc:
+        print(f"mavail: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"mavail: invalid configuration: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """One call: exit 0 on a result, 1 on an RPC error, 2 when unreachable or bad arguments."""
+    from rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
+
+    try:
+        params = json.loads(args.params)
+    except ValueError as exc:
+        print(f"mavail: PARAMS_JSON is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(params, dict):
+        print("mavail: PARAMS_JSON must be a JSON object", file=sys.stderr)
+        return 2
+    try:
+        with Client(_socket(args), timeout=args.timeout) as c:
+            result = c.call(args.method, params)
+    except RpcError as exc:
+        print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)
+        return 1
+    except (EngineUnavailable, CallTimeout) as exc:
+        print(f"mavail: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _fmt_size(mb: float | None) -> str:
+    if mb is None:
+        return "-"
+    return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.1f} MiB"
+
+
+def render_status(result: dict[str, Any]) -> str:
+    """A plain-text table of `models.status` for a terminal."""
+    rows = [("MODEL", "STATUS", "VERSION", "SIZE", "PROGRESS", "IN USE")]
+    for s in result["models"].values():
+        prog = s.get("download_progress")
+        rows.append((
+            s["model_id"],
+            s["availability_status"],
+            s.get("current_version") or s.get("latest_version") or "-",
+            _fmt_size(s.get("size_mb")),
+            f"{prog:.1f}%" if isinstance(prog, (int, float)) else "-",
+            "yes" if s.get("is_loaded") else "",
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    sm = result["summary"]
+    lines.append("")
+    lines.append(f"{sm['total_models']} models, {sm['available_models']} available, {sm['downloading_models']} downloading, "
+                 f"{sm['corrupted_models']} corrupted, {sm['total_storage_gb']:.2f} GiB on disk")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print every model's status as a table, or as JSON with --json."""
+    from rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
+
+    try:
+        with Client(_socket(args)) as c:
+            result = c.call("models.status")
+    except RpcError as exc:
+        print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)
+        return 1
+    except (EngineUnavailable, CallTimeout) as exc:
+        print(f"mavail: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else render_status(result))
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    """Attach the TUI."""
+    try:
+        from tui.app import run_tui
+    except ImportError as exc:  # pragma: no cover - until the TUI lands
+        print(f"mavail: the TUI is not available: {exc}", file=sys.stderr)
+        return 2
+    return run_tui(_socket(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo."""
+    try:
+        from tui.demo import run_demo
+    except ImportError as exc:  # pragma: no cover - until the demo lands
+        print(f"mavail: the demo is not available: {exc}", file=sys.stderr)
+        return 2
+    return run_demo(headless=args.headless)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mavail` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return 2 if exc.code else 0
+    handlers = {"engine": cmd_engine, "call": cmd_call, "status": cmd_status, "tui": cmd_tui, "demo": cmd_demo}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

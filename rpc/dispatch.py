@@ -1,0 +1,149 @@
+"""Turns one request line into response lines: parsing, validation, jsonrpcserver dispatch, contract errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from jsonrpcserver import Error, Success
+from jsonrpcserver.async_dispatcher import dispatch_to_response_pure
+from jsonrpcserver.response import ErrorResponse, SuccessResponse
+from jsonrpcserver.sentinels import NOCONTEXT
+from oslash.either import Left  # type: ignore[import-untyped]
+
+from core.errors import MavailError, RateLimited, Unauthorized
+from core.logs import request_id_var
+from core.timeutil import iso_now
+from rpc.methods import TABLE, CallContext
+
+if TYPE_CHECKING:
+    from rpc.server import Connection
+
+log = logging.getLogger("mavail.rpc")
+
+MAX_BATCH = 100
+_NAMES = {-32700: "PARSE_ERROR", -32600: "INVALID_REQUEST", -32601: "METHOD_NOT_FOUND", -32602: "INVALID_PARAMS", -32603: "INTERNAL_ERROR"}
+
+
+def new_request_id() -> str:
+    """A short random id tying a response to its log lines."""
+    return "req_" + secrets.token_hex(6)
+
+
+def error_data(code: int, name: str | None = None, details: dict[str, Any] | None = None, request_id: str | None = None) -> dict[str, Any]:
+    """The contract's `error.data` object."""
+    return {"code": name or _NAMES.get(code, "INTERNAL_ERROR"), "details": details or {}, "request_id": request_id or new_request_id(), "timestamp": iso_now()}
+
+
+def error_obj(req_id: Any, code: int, message: str, name: str | None = None, details: dict[str, Any] | None = None, request_id: str | None = None) -> dict[str, Any]:
+    """A whole JSON-RPC error response object."""
+    return {"jsonrpc": "2.0", "error": {"code": code, "message": message, "data": error_data(code, name, details, request_id)}, "id": req_id}
+
+
+def encode(obj: Any) -> bytes:
+    """One NDJSON line."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+
+
+def _check_request(req: Any) -> None:
+    """jsonrpcserver's validator: a cheap structural check of one JSON-RPC 2.0 request."""
+    if not isinstance(req, dict):
+        raise ValueError("a request must be an object")
+    if req.get("jsonrpc") != "2.0":
+        raise ValueError('"jsonrpc" must be "2.0"')
+    if not isinstance(req.get("method"), str):
+        raise ValueError('"method" must be a string')
+    if "params" in req and not isinstance(req["params"], (dict, list)):
+        raise ValueError('"params" must be an object')
+    if "id" in req and not (req["id"] is None or isinstance(req["id"], (str, int, float)) and not isinstance(req["id"], bool)):
+        raise ValueError('"id" must be a string, number or null')
+    extra = set(req) - {"jsonrpc", "method", "params", "id"}
+    if extra:
+        raise ValueError(f"unexpected member(s) {', '.join(sorted(extra))}")
+
+
+async def _invoke(ctx: CallContext, method_name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one method with contract error handling; returns a jsonrpcserver Result."""
+    method = TABLE[method_name]
+    conn = ctx.conn
+    try:
+        if method.needs_auth and not conn.authenticated:
+            raise Unauthorized("call session.hello with the engine's token first")
+        wait = conn.rate_limit_wait()
+        if wait > 0:
+            raise RateLimited(f"over {conn.rate_per_second:g} calls per second", retry_after_s=round(wait, 3))
+        params = method.bind(list(args) if args else kwargs)
+        result = await method.handler(ctx, **params)
+        return Success(result)
+    except MavailError as exc:
+        if exc.CODE == -32603:
+            log.error("internal error in %s", method_name, exc_info=exc)
+            return Error(-32603, "Internal error", error_data(-32603, details={}, request_id=ctx.request_id))
+        return Error(exc.CODE, exc.message, error_data(exc.CODE, exc.NAME, exc.details, ctx.request_id))
+    except Exception:
+        log.exception("internal error in %s", method_name)
+        return Error(-32603, "Internal error", error_data(-32603, request_id=ctx.request_id))
+
+
+def _to_obj(either: Any, request_id: str) -> dict[str, Any]:
+    # jsonrpcserver wraps responses in OSlash's Either: Left(ErrorResponse) or Right(SuccessResponse)
+    resp = either._error if isinstance(either, Left) else either._value
+    if isinstance(resp, SuccessResponse):
+        return {"jsonrpc": "2.0", "result": resp.result, "id": resp.id}
+    assert isinstance(resp, ErrorResponse)
+    data = resp.data
+    if not (isinstance(data, dict) and "code" in data and "request_id" in data):
+        # jsonrpcserver's own errors (method not found, invalid request) carry text: replace it
+        details = {"method": data} if resp.code == -32601 and isinstance(data, str) else {}
+        data = error_data(resp.code, details=details, request_id=request_id)
+    return {"jsonrpc": "2.0", "error": {"code": resp.code, "message": resp.message, "data": data}, "id": resp.id}
+
+
+async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> dict[str, Any] | None:
+    """Dispatch one parsed request; None for a notification."""
+    request_id = new_request_id()
+    token = request_id_var.set(request_id)
+    try:
+        try:
+            _check_request(req)
+        except ValueError as exc:
+            rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), (str, int)) else None
+            return error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id)
+        ctx = CallContext(engine=engine, conn=conn, request_id=request_id)
+        name = req["method"]
+        methods = {name: (lambda *a, **kw: _invoke(ctx, name, *a, **kw))} if name in TABLE else {}
+        resp = await dispatch_to_response_pure(
+            deserializer=lambda r: r,
+            validator=lambda r: r,
+            post_process=lambda r: r,
+            context=NOCONTEXT,
+            methods=methods,
+            request=req,
+        )
+        if resp is None:
+            return None
+        return _to_obj(resp, request_id)  # type: ignore[arg-type]
+    finally:
+        request_id_var.reset(token)
+
+
+async def dispatch_line(conn: "Connection", engine: Any, line: bytes) -> bytes | None:
+    """Dispatch one NDJSON line (request or batch) and return the response line, or None."""
+    try:
+        parsed = json.loads(line)
+    except (UnicodeDecodeError, ValueError) as exc:
+        reason = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
+        return encode(error_obj(None, -32700, "Parse error", details={"reason": reason}))
+    if isinstance(parsed, list):
+        if not parsed:
+            return encode(error_obj(None, -32600, "Invalid request", details={"reason": "empty batch"}))
+        if len(parsed) > MAX_BATCH:
+            return encode(error_obj(None, -32600, "Invalid request", details={"reason": f"a batch holds at most {MAX_BATCH} requests", "size": len(parsed)}))
+        results = await asyncio.gather(*(dispatch_one(conn, engine, r) for r in parsed))
+        out = [r for r in results if r is not None]
+        return encode(out) if out else None
+    resp = await dispatch_one(conn, engine, parsed)
+    return encode(resp) if resp is not None else None

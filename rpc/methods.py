@@ -1,0 +1,144 @@
+"""The one method table: every RPC method, its parameters and a thin handler calling the engine.
+
+Handlers take a `CallContext` and validated params, call the engine, and
+return a JSON-safe object. Errors are raised as `core.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core import __version__
+from core.engine import AVAILABILITY, SORT_KEYS, Engine
+from core.errors import InvalidParams, NotFound, Unauthorized
+from core.events import EVENT_TYPES
+from rpc import PROTOCOL_VERSION
+from rpc.spec import Method, P
+
+if TYPE_CHECKING:
+    from rpc.server import Connection
+
+
+@dataclass
+class CallContext:
+    """What a handler receives besides its params: the engine, the calling connection, the request id."""
+
+    engine: Engine
+    conn: "Connection"
+    request_id: str
+
+
+# --- session and system ---------------------------------------------------------
+async def session_hello(ctx: CallContext, client: str | None, token: str | None) -> dict[str, Any]:
+    expected = ctx.engine.config.get("rpc.token")
+    if expected:
+        if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise Unauthorized("session.hello needs the engine's token", field="token")
+        ctx.conn.authenticated = True
+    ctx.conn.client_name = client
+    return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": sorted(TABLE)}
+
+
+async def rpc_discover(ctx: CallContext) -> dict[str, Any]:
+    return openrpc_document()
+
+
+async def system_info(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.system_info()
+
+
+async def engine_shutdown(ctx: CallContext) -> dict[str, Any]:
+    ctx.engine.shutdown_requested.set()
+    return {"success": True, "message": "engine is shutting down"}
+
+
+# --- config and catalog ---------------------------------------------------------
+async def config_get(ctx: CallContext) -> dict[str, Any]:
+    return ctx.engine.config.as_nested()
+
+
+async def config_update(ctx: CallContext, patch: dict[str, Any]) -> dict[str, Any]:
+    changed, restart = ctx.engine.config.update(patch)
+    return {"success": True, "updated_settings": sorted(changed), "restart_required": restart}
+
+
+async def catalog_reload(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.reload_catalog()
+
+
+# --- models ---------------------------------------------------------------------
+async def models_list(ctx: CallContext, page: int, limit: int, sort: str, order: str, status: str | None) -> dict[str, Any]:
+    return ctx.engine.list_models(page, limit, sort, order, status)
+
+
+async def models_status(ctx: CallContext, model_id: str | None, refresh: bool) -> dict[str, Any]:
+    engine = ctx.engine
+    if model_id is None:
+        if refresh:
+            await engine.refresh_presence()
+        statuses = engine.all_statuses()
+        return {"models": {s["model_id"]: s for s in statuses}, "summary": engine.summary(statuses)}
+    engine.spec(model_id)
+    await engine.refresh_presence([model_id])
+    return engine.model_status(model_id)
+
+
+# --- events ---------------------------------------------------------------------
+async def events_subscribe(ctx: CallContext, types: list[Any] | None, model_ids: list[Any] | None) -> dict[str, Any]:
+    for t in types or []:
+        if t not in EVENT_TYPES:
+            raise InvalidParams(f"unknown event type {t!r}", field="types", allowed=list(EVENT_TYPES))
+    if model_ids is not None and not all(isinstance(m, str) for m in model_ids):
+        raise InvalidParams("model_ids must be a list of strings", field="model_ids")
+    return {"subscription_id": ctx.conn.subscribe(types, model_ids)}
+
+
+async def events_unsubscribe(ctx: CallContext, subscription_id: str) -> dict[str, Any]:
+    if not ctx.conn.unsubscribe(subscription_id):
+        raise NotFound(f"no subscription {subscription_id!r} on this connection", field="subscription_id")
+    return {"success": True}
+
+
+_MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
+
+METHODS: tuple[Method, ...] = (
+    Method("session.hello", session_hello, "Greet the engine; present the token when one is configured.",
+           (P("client", "string", "A name for the client, shown in logs."), P("token", "string", "The engine's rpc.token.")), needs_auth=False),
+    Method("rpc.discover", rpc_discover, "An OpenRPC document of every method."),
+    Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML)."),
+    Method("engine.shutdown", engine_shutdown, "Stop the engine cleanly, keeping partial downloads."),
+    Method("config.get", config_get, "The whole configuration."),
+    Method("config.update", config_update, "Validate, apply and save settings.",
+           (P("patch", "object", "Settings as {section: {key: value}} or {\"section.key\": value}.", required=True),)),
+    Method("catalog.reload", catalog_reload, "Read the catalog files again; keep the old catalog if any is invalid."),
+    Method("models.list", models_list, "One page of model statuses.", (
+        P("page", "integer", "Page number, from 1.", default=1, minimum=1),
+        P("limit", "integer", "Models per page.", default=20, minimum=1, maximum=100),
+        P("sort", "string", "Sort key.", default="model_id", enum=SORT_KEYS),
+        P("order", "string", "Sort order.", default="asc", enum=("asc", "desc")),
+        P("status", "string", "Only models with this availability status.", enum=AVAILABILITY, nullable=True),
+    )),
+    Method("models.status", models_status, "Detailed status of one model, or of all with a summary.", (
+        P("model_id", "string", "A model id; omit for every model.", nullable=True),
+        P("refresh", "boolean", "Without model_id: rescan the disk first.", default=False),
+    )),
+    Method("events.subscribe", events_subscribe, "Receive event notifications on this connection.", (
+        P("types", "array", "Event types; omit for all.", nullable=True),
+        P("model_ids", "array", "Only events about these models; omit for all.", nullable=True),
+    )),
+    Method("events.unsubscribe", events_unsubscribe, "Stop a subscription.",
+           (P("subscription_id", "string", "From events.subscribe.", required=True),)),
+)
+
+TABLE: dict[str, Method] = {m.name: m for m in METHODS}
+
+
+def openrpc_document() -> dict[str, Any]:
+    """The OpenRPC description of the method table (generated, so it cannot drift)."""
+    return {
+        "openrpc": "1.2.6",
+        "info": {"title": "mavail engine", "version": __version__, "description": f"JSON-RPC 2.0 over a Unix socket, protocol {PROTOCOL_VERSION}"},
+        "methods": [m.openrpc() for m in METHODS],
+    }

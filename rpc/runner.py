@@ -1,0 +1,57 @@
+"""Runs an engine on a home and a socket: config, logging, the home lock, the server."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import anyio
+
+from core.config import Config
+from core.engine import Engine
+from core.logs import setup_logging, teardown_logging
+from core.paths import HomeLayout
+from rpc.server import EngineAlreadyRunning, Server
+
+log = logging.getLogger("mavail.engine")
+
+
+@contextmanager
+def home_lock(home: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the home so two engines never share one (EngineAlreadyRunning)."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(home / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EngineAlreadyRunning(f"another engine is already using the home {home}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True, ready: anyio.Event | None = None) -> None:
+    """Run the engine until it is asked to stop; raises EngineAlreadyRunning or ConfigError at start."""
+    layout = HomeLayout(home)
+    layout.ensure()
+    config = Config.load(layout.config_file)
+    handlers = setup_logging(layout.logs_dir)
+    try:
+        with home_lock(home):
+            async with Engine(layout, config) as engine:
+                server = Server(engine, socket_path)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(server.serve, handle_signals)
+                    await server.ready.wait()
+                    if ready is not None:
+                        ready.set()
+            log.info("engine stopped")
+    finally:
+        teardown_logging(handlers)

@@ -1,0 +1,280 @@
+"""The Unix-socket server: framing, peer checks, token, rate limit, event delivery, socket hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from core.engine import Engine
+from core.events import Event, Subscription
+from rpc.dispatch import dispatch_line, encode, error_obj
+
+log = logging.getLogger("mavail.rpc")
+
+MAX_IN_FLIGHT = 64  # concurrent requests per connection before reading pauses
+
+
+class EngineAlreadyRunning(RuntimeError):
+    """Another engine answers on the socket."""
+
+
+def peer_uid(stream: SocketStream) -> int | None:
+    """The connecting process's uid from SO_PEERCRED, or None where unavailable."""
+    sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class Connection:
+    """One client connection: serialised writes, subscriptions, a token bucket and close callbacks.
+
+    Implements `core.session.Session` so leases and queued requests can belong to it.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, stream: SocketStream, engine: Engine, tg: anyio.abc.TaskGroup) -> None:
+        self.id = f"conn_{next(self._ids)}"
+        self.stream = stream
+        self.engine = engine
+        self._tg = tg
+        self._send_lock = anyio.Lock()
+        self.authenticated = not engine.config.get("rpc.token")
+        self.client_name: str | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self._direct = Subscription(None, None)
+        self._close_callbacks: list[Callable[[], None]] = []
+        self._tokens = 0.0
+        self._last_refill = time.monotonic()
+        self.closed = False
+        tg.start_soon(self._pump, self._direct)
+
+    # --- Session -------------------------------------------------------------
+    def notify(self, event: Event) -> None:
+        """Send `event` to this client alone (buffered, never blocking)."""
+        self._direct.offer(event)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the connection closes."""
+        self._close_callbacks.append(callback)
+
+    # --- rate limit ----------------------------------------------------------
+    @property
+    def rate_per_second(self) -> float:
+        """The configured calls per second per connection (0 = off)."""
+        return float(self.engine.config.get("rpc.rate_limit_per_second"))
+
+    def rate_limit_wait(self) -> float:
+        """Take one token; return 0 if allowed, else the seconds until one is available."""
+        rate = self.rate_per_second
+        if rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        burst = max(1.0, rate)
+        self._tokens = min(burst, self._tokens + (now - self._last_refill) * rate)
+        self._last_refill = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate
+
+    # --- events --------------------------------------------------------------
+    def subscribe(self, types: list[str] | None, model_ids: list[str] | None) -> str:
+        """Subscribe this connection to engine events; return the subscription id."""
+        sub = self.engine.events.subscribe(types, model_ids)
+        self.subscriptions[sub.id] = sub
+        self._tg.start_soon(self._pump, sub)
+        return sub.id
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        """End a subscription of this connection; False if it has none by that id."""
+        if self.subscriptions.pop(sub_id, None) is None:
+            return False
+        return self.engine.events.unsubscribe(sub_id)
+
+    async def _pump(self, sub: Subscription) -> None:
+        while not self.closed:
+            batch = await sub.next_batch()
+            if sub.overflowed:
+                log.warning("%s: subscriber fell too far behind; closing its connection", self.id)
+                await self.close()
+                return
+            if not batch:
+                return
+            data = b"".join(encode({"jsonrpc": "2.0", "method": e.type, "params": e.params}) for e in batch)
+            if not await self.send(data):
+                return
+
+    # --- I/O -----------------------------------------------------------------
+    async def send(self, data: bytes) -> bool:
+        """Write bytes as one unit; False once the peer is gone."""
+        if self.closed:
+            return False
+        try:
+            async with self._send_lock:
+                await self.stream.send(data)
+            return True
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await self.close()
+            return False
+
+    async def close(self) -> None:
+        """Close the stream, end subscriptions and run the close callbacks once."""
+        if self.closed:
+            return
+        self.closed = True
+        for sub_id in list(self.subscriptions):
+            self.engine.events.unsubscribe(sub_id)
+        self.subscriptions.clear()
+        self._direct.close()
+        for cb in self._close_callbacks:
+            try:
+                cb()
+            except Exception:
+                log.exception("%s: close callback failed", self.id)
+        self._close_callbacks.clear()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.stream.aclose()
+            except Exception:
+                pass
+
+
+class Server:
+    """Serves the engine on a Unix socket until the engine asks to shut down or a signal arrives."""
+
+    def __init__(self, engine: Engine, socket_path: Path) -> None:
+        self.engine = engine
+        self.socket_path = socket_path
+        self.connections: set[Connection] = set()
+        self.ready = anyio.Event()
+
+    # --- socket hygiene ------------------------------------------------------
+    def _probe(self) -> bool:
+        """True when something accepts connections on the socket path."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        try:
+            s.connect(str(self.socket_path))
+            return True
+        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+            return False
+        except OSError as exc:
+            return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+        finally:
+            s.close()
+
+    async def _bind(self) -> anyio.abc.SocketListener:
+        path = self.socket_path
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
+        if path.exists() or path.is_symlink():
+            if self._probe():
+                raise EngineAlreadyRunning(f"another engine is already answering on {path}")
+            log.info("replacing stale socket file %s", path)
+            path.unlink()
+        old = os.umask(0o177)
+        try:
+            listener = await anyio.create_unix_listener(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return listener
+
+    # --- connections ---------------------------------------------------------
+    def _peer_allowed(self, uid: int | None) -> bool:
+        if uid is None:
+            return False
+        allowed = {os.getuid(), 0, *self.engine.config.get("rpc.allowed_uids")}
+        return uid in allowed
+
+    async def _handle(self, stream: SocketStream) -> None:
+        async with anyio.create_task_group() as tg:
+            conn = Connection(stream, self.engine, tg)
+            self.connections.add(conn)
+            try:
+                uid = peer_uid(stream)
+                if not self._peer_allowed(uid):
+                    log.warning("refused peer uid %s", uid)
+                    await conn.send(encode(error_obj(None, -32003, "Unauthorized", name="UNAUTHORIZED", details={"reason": "peer uid not allowed", "uid": uid})))
+                    return
+                await self._read_loop(conn, tg)
+            finally:
+                self.connections.discard(conn)
+                await conn.close()
+                tg.cancel_scope.cancel()
+
+    async def _read_loop(self, conn: Connection, tg: anyio.abc.TaskGroup) -> None:
+        reader = BufferedByteReceiveStream(conn.stream)
+        limit = anyio.Semaphore(MAX_IN_FLIGHT)
+        while not conn.closed:
+            max_bytes = int(self.engine.config.get("rpc.max_message_bytes"))
+            try:
+                line = await reader.receive_until(b"\n", max_bytes)
+            except anyio.DelimiterNotFound:
+                await conn.send(encode(error_obj(None, -32600, "Message too large", name="MESSAGE_TOO_LARGE", details={"max_message_bytes": max_bytes})))
+                return
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            if not line.strip():
+                continue
+            await limit.acquire()
+            tg.start_soon(self._answer, conn, line, limit)
+
+    async def _answer(self, conn: Connection, line: bytes, limit: anyio.Semaphore) -> None:
+        try:
+            try:
+                out = await dispatch_line(conn, self.engine, line)
+            except Exception:  # an encoding failure of a result, say: never leak it
+                log.exception("%s: failed to answer a request", conn.id)
+                out = encode(error_obj(None, -32603, "Internal error"))
+            if out is not None:
+                await conn.send(out)
+        finally:
+            limit.release()
+
+    # --- running -------------------------------------------------------------
+    async def serve(self, handle_signals: bool = True) -> None:
+        """Bind, serve until shutdown is requested (RPC or SIGTERM/SIGINT), then close and unlink."""
+        listener = await self._bind()
+        log.info("engine %s listening on %s", self.engine.version, self.socket_path)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, self._handle)
+                if handle_signals:
+                    tg.start_soon(self._signals)
+                self.ready.set()
+                await self.engine.shutdown_requested.wait()
+                log.info("shutting down")
+                tg.cancel_scope.cancel()  # stops accepting and ends every connection's handler
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            try:
+                self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received signal %s", signal.Signals(signum).name)
+                self.engine.shutdown_requested.set()
+                return

@@ -1,0 +1,102 @@
+"""Shared test helpers: catalogs of synthetic files, an in-process engine on a short socket path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from core.config import Config
+from core.engine import Engine
+from core.paths import HomeLayout
+from rpc.server import Server
+
+
+def synthetic_bytes(seed: str, size: int) -> bytes:
+    """Deterministic pseudo-random bytes of `size`, the same for the same seed."""
+    out = bytearray()
+    block = hashlib.sha256(seed.encode()).digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block * 64
+    return bytes(out[:size])
+
+
+def model_toml(model_id: str, files: list[tuple[str, bytes]], base_url: str = "http://127.0.0.1:9/", version: str = "1.0.0", **extra: Any) -> str:
+    """A `[[models]]` block for `files` (path, content)."""
+    lines = ["[[models]]", f'id = "{model_id}"', f'version = "{version}"', f'display_name = "{extra.pop("display_name", model_id)}"',
+             f'model_type = "{extra.pop("model_type", "text_to_video")}"',
+             f'capabilities = {extra.pop("capabilities", ["text_to_video"])!r}'.replace("'", '"'),
+             f'quality = "{extra.pop("quality", "medium")}"', f'speed = "{extra.pop("speed", "medium")}"']
+    if "family" in extra:
+        lines.append(f'family = "{extra.pop("family")}"')
+    vram = extra.pop("vram_gb", {"832x480": 8.0})
+    lines.append("[models.vram_gb]")
+    lines += [f'"{k}" = {v}' for k, v in vram.items()]
+    for path, data in files:
+        lines += ["[[models.files]]", f'path = "{path}"', f'url = "{base_url}{model_id}/{path}"', f"size = {len(data)}",
+                  f'sha256 = "{hashlib.sha256(data).hexdigest()}"']
+    assert not extra, extra
+    return "\n".join(lines) + "\n"
+
+
+def install_files(home: Path, model_id: str, files: list[tuple[str, bytes]], version: str = "1.0.0") -> Path:
+    """Write files into `models/<id>/<version>/` as if copied in by hand."""
+    d = home / "models" / model_id / version
+    for path, data in files:
+        p = d / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return d
+
+
+@contextlib.contextmanager
+def short_tmpdir() -> Any:
+    """A temp dir with a short path (Unix socket paths are limited to ~108 bytes)."""
+    d = tempfile.mkdtemp(prefix="mv", dir="/tmp")
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def running_engine(home: Path, socket_path: Path | None = None, config_env: dict[str, str] | None = None) -> AsyncIterator[tuple[Engine, Path]]:
+    """An engine and its server on `home`, in this event loop; yields (engine, socket path)."""
+    layout = HomeLayout(home)
+    layout.ensure()
+    config = Config.load(layout.config_file, environ=config_env or {})
+    sock = socket_path or home / "e.sock"
+    async with Engine(layout, config) as engine:
+        server = Server(engine, sock)
+        task = asyncio.create_task(server.serve(handle_signals=False))
+        ready = asyncio.create_task(server.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()
+        try:
+            yield engine, sock
+        finally:
+            engine.shutdown_requested.set()
+            await asyncio.wait_for(task, 10)
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll `predicate()` (sync or async) until true; fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        r = predicate()
+        if asyncio.iscoroutine(r):
+            r = await r
+        if r:
+            return
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

@@ -1,0 +1,1 @@
+"""The Textual TUI of mavail: attaches to the engine socket through rpc.client only."""
