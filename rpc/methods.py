@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import __version__
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
-from core.errors import InvalidParams, NotFound, Unauthorized
+from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
 from core.events import EVENT_TYPES
 from rpc import PROTOCOL_VERSION
 from rpc.spec import Method, P
@@ -85,6 +85,23 @@ async def models_status(ctx: CallContext, model_id: str | None, refresh: bool) -
     return engine.model_status(model_id)
 
 
+async def models_acquire(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    engine = ctx.engine
+    engine.spec(model_id)
+    await engine.refresh_presence([model_id])
+    status = engine.model_status(model_id)
+    if not status["is_available"]:
+        raise InvalidState(f"model {model_id!r} is {status['availability_status']}, not available", model_id=model_id, availability_status=status["availability_status"])
+    lease = engine.leases.acquire(ctx.conn, model_id, status["version"], status["path"])
+    return {"lease_id": lease.lease_id, "model_id": model_id, "version": lease.version, "path": lease.path,
+            "files": [{"path": f["path"], "size_bytes": f["size_bytes"]} for f in status["files"]]}
+
+
+async def models_release(ctx: CallContext, lease_id: str) -> dict[str, Any]:
+    lease = ctx.engine.leases.release(lease_id)
+    return {"success": True, "lease_id": lease.lease_id, "model_id": lease.model_id}
+
+
 # --- events ---------------------------------------------------------------------
 async def events_subscribe(ctx: CallContext, types: list[Any] | None, model_ids: list[Any] | None) -> dict[str, Any]:
     for t in types or []:
@@ -124,6 +141,8 @@ METHODS: tuple[Method, ...] = (
         P("model_id", "string", "A model id; omit for every model.", nullable=True),
         P("refresh", "boolean", "Without model_id: rescan the disk first.", default=False),
     )),
+    Method("models.acquire", models_acquire, "Mark an available model in use; returns a lease, its path and files.", (_MODEL_ID,)),
+    Method("models.release", models_release, "End a lease.", (P("lease_id", "string", "From models.acquire.", required=True),)),
     Method("events.subscribe", events_subscribe, "Receive event notifications on this connection.", (
         P("types", "array", "Event types; omit for all.", nullable=True),
         P("model_ids", "array", "Only events about these models; omit for all.", nullable=True),

