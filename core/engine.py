@@ -13,6 +13,7 @@ from core.catalog import Catalog, FileSpec, load_catalog, version_key
 from core.config import Config
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
+from core.activity import Activity
 from core.leases import LeaseManager
 from core.inventory import ModelPresence, VerifiedIndex, scan_model
 from core.paths import HomeLayout
@@ -73,6 +74,7 @@ class Engine:
         self._stopping: list[Callable[[], Awaitable[None]]] = []
         self._last_status: dict[str, str] = {}
         self.shutdown_requested = asyncio.Event()
+        self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
