@@ -14,6 +14,8 @@ from core.config import Config
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
+from core.fallback.queue import RequestQueue
+from core.fallback.service import FallbackService
 from core.leases import LeaseManager
 from core.inventory import ModelPresence, VerifiedIndex, scan_model
 from core.paths import HomeLayout
@@ -77,6 +79,8 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        self.fallback = FallbackService(self)  # issue 5: suggestions, strategies, models.request
+        self.queue = RequestQueue(self)  # issue 5: requests waiting for a model
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -92,6 +96,7 @@ class Engine:
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
         self.spawn(self._rescan_loop(), name="presence-rescan")
+        await self.queue.start()  # last: it may ask the other services (downloads) for models
         return self
 
     async def __aexit__(self, *exc: object) -> None:
