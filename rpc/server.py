@@ -20,7 +20,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from core.engine import Engine
 from core.events import Event, Subscription
-from rpc.dispatch import dispatch_line, encode, error_obj
+from rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, parse_line
 
 log = logging.getLogger("mavail.rpc")
 
@@ -55,7 +55,7 @@ class Connection:
         self.stream = stream
         self.engine = engine
         self._tg = tg
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self.authenticated = not engine.config.get("rpc.token")
         self.client_name: str | None = None
         self.subscriptions: dict[str, Subscription] = {}
@@ -238,8 +238,13 @@ class Server:
                 return
             if not line.strip():
                 continue
+            parsed, error = parse_line(line)
             await limit.acquire()
-            tg.start_soon(self._answer, conn, line, limit)
+            if error is None and answers_inline(parsed):
+                # fast methods answer in the read loop: a task per call would halve throughput
+                await self._answer(conn, parsed, error, limit)
+            else:
+                tg.start_soon(self._answer, conn, parsed, error, limit)
 
     async def _linger(self, conn: Connection, seconds: float = 2.0) -> None:
         """Half-close and discard what the peer is still sending, so the error is read before the close.
@@ -255,11 +260,11 @@ class Server:
         except Exception:
             pass
 
-    async def _answer(self, conn: Connection, line: bytes, limit: anyio.Semaphore) -> None:
+    async def _answer(self, conn: Connection, parsed: Any, error: bytes | None, limit: anyio.Semaphore) -> None:
         self.in_flight += 1
         try:
             try:
-                out = await dispatch_line(conn, self.engine, line)
+                out = error if error is not None else await dispatch_parsed(conn, self.engine, parsed)
             except Exception:  # an encoding failure of a result, say: never leak it
                 log.exception("%s: failed to answer a request", conn.id)
                 out = encode(error_obj(None, -32603, "Internal error"))
