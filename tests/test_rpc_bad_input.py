@@ -203,3 +203,63 @@ def test_sync_client_against_engine_in_thread(home):
     finally:
         stop["loop"].call_soon_threadsafe(stop["event"].set)
         t.join(10)
+
+
+async def test_internal_errors_do_not_leak_and_are_logged(engine, monkeypatch):
+    from rpc import methods
+    from rpc.spec import Method
+
+    async def boom(ctx):
+        raise RuntimeError("secret path /etc/shadow")
+
+    from core.logs import setup_logging, teardown_logging
+
+    monkeypatch.setitem(methods.TABLE, "test.boom", Method("test.boom", boom, "raises"))
+    eng, sock = engine
+    handlers = setup_logging(eng.layout.logs_dir)
+    try:
+        [resp] = await _raw_exchange(sock, b'{"jsonrpc":"2.0","method":"test.boom","id":1}\n')
+    finally:
+        teardown_logging(handlers)
+    assert _err(resp) == (-32603, "INTERNAL_ERROR")
+    assert "secret" not in json.dumps(resp) and resp["error"]["message"] == "Internal error"
+    rid = resp["error"]["data"]["request_id"]
+    log = (eng.layout.logs_dir / "model_management.log").read_text()
+    line = next(ln for ln in log.splitlines() if "internal error in test.boom" in ln)
+    assert f"[{rid}]" in line and "secret path" in log  # the details stay in the log, under the request id
+    await _still_serving(sock)
+
+
+def test_peer_uid_refused():
+    """A peer whose uid is neither ours, root, nor allowed gets -32003 and is closed."""
+    import os
+    import subprocess
+    import sys
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    from tests.helpers import short_tmpdir
+
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            from tests.test_cli import wait_ready
+
+            wait_ready(sock, proc)
+            os.chmod(d, 0o755)
+            os.chmod(sock, 0o666)  # let the other uid reach the socket: the uid check must still refuse it
+            code = (
+                "import os, socket, json\n"
+                "os.setgid(65534); os.setuid(65534)\n"
+                f"s = socket.socket(socket.AF_UNIX); s.connect({str(sock)!r})\n"
+                "s.sendall(b'{\"jsonrpc\":\"2.0\",\"method\":\"session.hello\",\"id\":1}\\n')\n"
+                "print(s.makefile().readline())\n"
+            )
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+            resp = json.loads(out.stdout)
+            assert resp["error"]["code"] == -32003 and resp["error"]["data"]["code"] == "UNAUTHORIZED"
+        finally:
+            proc.terminate()
+            proc.wait(20)
