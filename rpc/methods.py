@@ -182,7 +182,7 @@ METHODS: tuple[Method, ...] = (
         P("requested_model", "string", "The model the caller wants.", required=True),
         P("requirements", "object", "As for models.request.", nullable=True),
         P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
-    )),
+    ), inline=True),
     Method("fallback.queue", fallback_queue, "Queue a generation request until its model is ready (starts the download).", (
         _MODEL_ID,
         P("request", "object", "The generation request, returned as is in queued_request_ready.", required=True),
@@ -192,7 +192,7 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("fallback.queue_list", fallback_queue_list, "Waiting requests in queue order, with current positions and estimates.", (
         P("model_id", "string", "Only requests for this model.", nullable=True),
-    )),
+    ), inline=True),
     Method("fallback.queue_cancel", fallback_queue_cancel, "Cancel a waiting request.",
            (P("queue_id", "string", "From fallback.queue.", required=True),)),
     Method("events.subscribe", events_subscribe, "Receive event notifications on this connection.", (
