@@ -195,7 +195,7 @@ class FallbackService:
                            message=f"{model_id} is corrupted and could not be repaired now")
         elif dl is not None and (status in IN_PROGRESS or dl.is_active(model_id)):
             info: dict[str, Any] = {}
-            if auto_download and status != "paused":
+            if auto_download:
                 info = await dl.ensure(model_id, priority=priority) or {}
             out.update(action_taken="download_in_progress", download_id=info.get("download_id"),
                        estimated_wait_seconds=self.eta(model_id), message=f"{model_id} is {status}")

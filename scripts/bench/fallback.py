@@ -53,23 +53,29 @@ def bench_wait(size_mb: int, rate_mbps: float) -> dict[str, Any]:
         with engine_process(home, sock), Client(sock, timeout=60) as c, Client(sock, timeout=60) as poll:
             c.call("downloads.start", model_id="ahead-1")
             c.call("downloads.start", model_id="ahead-2")
-            # let the first download measure its rate for a moment, as a real queue would have
-            deadline = time.monotonic() + 30
-            while poll.call("downloads.progress", model_id="ahead-1").get("downloaded_bytes", 0) < 2 * MIB:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("ahead-1 does not progress")
-                time.sleep(0.05)
-            t_queue = time.monotonic()
-            q = c.call("fallback.queue", model_id="wanted", request={"prompt": "bench"}, max_wait_time_minutes=60)
-            est_queue = q["estimated_wait_seconds"]
-            est_half: float | None = None
+            # queue one request early (the first download a quarter done: its rate measured for about a second)
+            # and one late (90% done: measured for several seconds); both wait for the same model
+            queued: list[tuple[str, float, float | None, float | None]] = []  # (label, t, estimate, speed)
+            ids: list[str] = []
+            deadline = time.monotonic() + 300
+            for frac in (0.25, 0.9):
+                while (pr := poll.call("downloads.progress", model_id="ahead-1")).get("downloaded_bytes", 0) < size_mb * MIB * frac:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("ahead-1 does not progress")
+                    time.sleep(0.02)
+                t = time.monotonic()
+                q = c.call("fallback.queue", model_id="wanted", request={"prompt": f"bench {frac}"}, max_wait_time_minutes=60)
+                queued.append((f"queued, ahead-1 {round(frac * 100)}%", t, q["estimated_wait_seconds"], pr.get("speed_mbps")))
+                ids.append(q["queue_id"])
             t_half: float | None = None
+            est_half: float | None = None
+            speed_half: float | None = None
             done = threading.Event()
             t_ready: list[float] = []
 
             def watch_ready() -> None:
                 for ev in c.events(timeout=600):
-                    if ev["method"] == "queued_request_ready" and ev["params"].get("queue_id") == q["queue_id"]:
+                    if ev["method"] == "queued_request_ready" and ev["params"].get("queue_id") == ids[0]:
                         t_ready.append(time.monotonic())
                         break
                 done.set()
@@ -81,23 +87,21 @@ def bench_wait(size_mb: int, rate_mbps: float) -> dict[str, Any]:
                 total = p.get("total_bytes") or size_mb * MIB
                 if t_half is None and p.get("downloaded_bytes", 0) >= total / 2:
                     t_half = time.monotonic()
-                    entry = next((e for e in poll.call("fallback.queue_list")["queue"] if e["queue_id"] == q["queue_id"]), None)
+                    entry = next((e for e in poll.call("fallback.queue_list")["queue"] if e["queue_id"] == ids[0]), None)
                     est_half = entry["estimated_wait_seconds"] if entry else None
-                done.wait(0.05)
+                    speed_half = p.get("speed_mbps")
+                done.wait(0.02)
             th.join(5)
             if not t_ready:
                 raise RuntimeError("queued_request_ready never arrived")
-        actual_queue = t_ready[0] - t_queue
-        actual_half = t_ready[0] - t_half if t_half is not None else None
 
-        def err(est: float | None, actual: float | None) -> float | None:
-            return None if est is None or not actual else 100.0 * (est - actual) / actual
+        def row(label: str, t: float | None, est: float | None, speed: float | None) -> dict[str, Any]:
+            actual = None if t is None else t_ready[0] - t
+            error = None if est is None or not actual else 100.0 * (est - actual) / actual
+            return {"when": label, "estimate_s": est, "actual_s": actual, "error_percent": error, "scheduler_mbps": speed}
 
-        return {
-            "size_mb": size_mb, "rate_mbps": rate_mbps,
-            "at_queue": {"estimate_s": est_queue, "actual_s": actual_queue, "error_percent": err(est_queue, actual_queue)},
-            "at_50_percent": {"estimate_s": est_half, "actual_s": actual_half, "error_percent": err(est_half, actual_half)},
-        }
+        rows = [row(*x) for x in queued] + [row("wanted at 50%", t_half, est_half, speed_half)]
+        return {"size_mb": size_mb, "rate_mbps": rate_mbps, "rows": rows}
 
 
 # --- 2. suggest latency -------------------------------------------------------------------
@@ -196,14 +200,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.part in ("wait", "all"):
         r = bench_wait(args.size_mb, args.rate_mbps)
-        print(f"wait-time accuracy: 3 models of {r['size_mb']} MiB, {r['rate_mbps']:g} MiB/s, queued behind 2 downloads")
-        print(f"{'when':<16}{'estimate s':>12}{'actual s':>12}{'error %':>10}")
-        for when in ("at_queue", "at_50_percent"):
-            x = r[when]
-            est = "n/a" if x["estimate_s"] is None else f"{x['estimate_s']:.2f}"
-            act = "n/a" if x["actual_s"] is None else f"{x['actual_s']:.2f}"
-            e = "n/a" if x["error_percent"] is None else f"{x['error_percent']:+.1f}"
-            print(f"{when:<16}{est:>12}{act:>12}{e:>10}")
+        print(f"wait-time accuracy: 3 models of {r['size_mb']} MiB, mirror at {r['rate_mbps']:g} MiB/s per connection, "
+              "one download at a time, the request queued behind 2 downloads")
+        print(f"{'when the estimate was given':<30}{'estimate s':>11}{'actual s':>10}{'error %':>9}{'sched. MiB/s':>13}")
+        for x in r["rows"]:
+            f = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+            print(f"{x['when']:<30}{f(x['estimate_s'], '.2f'):>11}{f(x['actual_s'], '.2f'):>10}{f(x['error_percent'], '+.1f'):>9}"
+                  f"{f(x['scheduler_mbps'], '.1f'):>13}")
     if args.part in ("suggest", "all"):
         r = bench_suggest(args.models, args.calls)
         print(f"fallback.suggest over {r['models']} models, {r['calls']} calls "
