@@ -86,3 +86,31 @@ async def test_queues_and_waits_for_release(home: Path):
         assert ready["path"].endswith("models/wan-t2v/1.0.0")
         assert (await run.until("acquired"))["model_id"] == "wan-t2v"
         assert await run.finish() == 0
+
+
+async def test_against_demo_catalog_with_real_downloads(home: Path):
+    """The demo's catalog on the mirror, the real scheduler: a missing model is downloaded, the script waits, then uses it."""
+    import pytest
+
+    pytest.importorskip("core.downloads", reason="the download scheduler (issue 3) is not merged yet")
+    demo = pytest.importorskip("tui.demo", reason="the demo (issue 7) is not merged yet")
+    from core.mirror import Mirror
+
+    with Mirror() as good, Mirror() as flaky:
+        home.mkdir(parents=True)
+        (home / "catalog.toml").write_text(demo.catalog_toml(good, flaky))
+        async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "24"}) as (eng, sock):
+            eng.nvml = NoGpu()
+            run = await start(sock, "wan2.2-ti2v-5b", "--resolution", "1280x704", "--max-wait", "5", "--no-alternative")
+            req = await run.until("requested")
+            assert req["action_taken"] in ("download_started", "queued")
+            await run.until("queued")
+            ready = await run.until("ready", timeout=60)
+            assert ready["path"].endswith("models/wan2.2-ti2v-5b/1.0.0")
+            assert (await run.until("acquired"))["model_id"] == "wan2.2-ti2v-5b"
+            assert await run.finish() == 0
+            # a text request for the 80 GiB model on a 24 GiB GPU: never the image model, and a fitting text model
+            res = await eng.fallback.request("wan2.2-t2v-a14b", {"resolution": "832x480"}, auto_download=False)
+            assert res["action_taken"] == "error"
+            assert all(s["model_type"] != "image_to_video" for s in res.get("suggestions", []))
+            assert res["fallback_strategy"]["suggested_model"] in ("wan2.2-ti2v-5b", None)
