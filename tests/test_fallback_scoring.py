@@ -65,7 +65,7 @@ requirements_strategy = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs=specs_strategy(), data=st.data())
 def test_properties(specs: list[ModelSpec], data: st.DataObject) -> None:
     idx = index_of(specs)
@@ -137,6 +137,8 @@ def test_properties(specs: list[ModelSpec], data: st.DataObject) -> None:
                 assert f.vram_at(parse_resolution(strategy["suggested_resolution"])) <= free
                 if named != requested or status[requested] in ("available", "updating"):
                     assert strategy["strategy_type"] == "reduce_requirements"
+    if R.modes & q.modes != q.modes:
+        assert strategy["suggested_model"] != requested and strategy["fallback_needed"]
     if strategy["strategy_type"] == "mock_generation":
         assert "ownload" in strategy["user_message"] or "VRAM" in strategy["user_message"]
 

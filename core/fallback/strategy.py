@@ -3,6 +3,8 @@
 Rules, in order (R = the requested model, A = the best-ranked *ready*
 alternative, W = the caller's max wait; thresholds are `fallback.*` settings):
 
+0. R cannot take the request's inputs (an image model for a text-only
+   request): A when usable, else `mock_generation`.
 1. R is ready:
    - fits the free VRAM at the requested resolution (or the VRAM is unknown):
      no fallback (`fallback_needed` false, `strategy_type` null);
@@ -134,6 +136,10 @@ def choose(q: Query, suggestions: list[Suggestion], status: str, eta_s: float | 
             tail = f"Download {target} ({size / GIB:.1f} GiB) to stop needing mock output."
         return _strategy("mock_generation", "Generate placeholder output", f"{why}. {tail}", model=None, wait_s=wait, download=target)
 
+    # 0. the requested model cannot take the request's inputs at all: only an alternative helps
+    if R.modes & q.modes != q.modes:
+        why = f"{rid} ({R.model_type}) cannot take this request's inputs"
+        return use_alt(usable, why) if usable is not None else mock(why)
     # 1. ready
     if status in READY:
         fit, res = (requested_vram[1], requested_vram[2]) if requested_vram else (None, None)
@@ -176,6 +182,10 @@ def choose(q: Query, suggestions: list[Suggestion], status: str, eta_s: float | 
             return _strategy("queue_and_wait", f"Queue the request; {rid} downloads meanwhile",
                              f"{why}; downloading it takes {_minutes(eta_s)}, within your limit of {_minutes(W)}{at}.",
                              model=rid, resolution=r_res, wait_s=eta_s, reduced=r_reduced)
+        if status == "corrupted":
+            return _strategy("download_and_retry", f"Repair {rid} and retry",
+                             f"{why}; no ready alternative is close enough. Repair it (health.repair fetches only the damaged "
+                             f"pieces) and retry{at}.", model=rid, resolution=r_res, wait_s=eta_s, download=rid, reduced=r_reduced)
         return _strategy("download_and_retry", f"Download {rid} ({R.size_bytes / GIB:.1f} GiB) and retry",
                          f"{why}; no ready alternative is close enough. Download it ({R.size_bytes / GIB:.1f} GiB"
                          + (f", {_minutes(eta_s)}" if eta_s is not None else "") + f") and retry{at}.",
