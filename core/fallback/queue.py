@@ -252,7 +252,8 @@ class RequestQueue:
             if row is None:
                 raise NotFound(f"no queued request {queue_id!r}", field="queue_id")
             raise InvalidState(f"queued request {queue_id!r} is already {row[0]}", queue_id=queue_id, status=row[0])
-        await self._finish([e], "cancelled")
+        if not await self._finish([e], "cancelled"):
+            raise InvalidState(f"queued request {queue_id!r} was released or expired meanwhile", queue_id=queue_id)
         return {"success": True, "queue_id": queue_id, "model_id": e.model_id, "status": "cancelled"}
 
     # --- release and expiry -----------------------------------------------------

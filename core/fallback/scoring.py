@@ -257,10 +257,12 @@ def _positive_number(d: Mapping[str, Any], key: str, prefix: str) -> float | Non
 def build_query(requested: Features, requirements: Mapping[str, Any] | None, preferences: Mapping[str, Any] | None,
                 free_vram_gb: float | None, default_max_wait_minutes: float) -> Query:
     """Normalise `requirements` and `user_preferences`; InvalidParams names a bad field. Unknown keys are ignored."""
-    req = dict(requirements or {})
-    prefs = dict(preferences or {})
     if not isinstance(requirements or {}, Mapping):
         raise InvalidParams("requirements must be an object", field="requirements")
+    if not isinstance(preferences or {}, Mapping):
+        raise InvalidParams("user_preferences must be an object", field="user_preferences")
+    req = dict(requirements or {})
+    prefs = dict(preferences or {})
     model_type = _enum_field(req, "model_type", MODEL_TYPES)
     caps_raw = req.get("capabilities")
     if caps_raw is not None and (not isinstance(caps_raw, list) or any(c not in CAPABILITIES for c in caps_raw)):
@@ -497,7 +499,8 @@ def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, 
     staged.sort(key=lambda t: (-t[0], t[2] is not ref, t[1]))
     best: list[tuple[tuple[float, int, int, int], Suggestion]] = []  # min-heap of (sort key, suggestion)
     for partial, i, f, parts, vp in staged:
-        if len(best) >= limit and (partial + w.availability) / total < best[0][0][0]:
+        bound = (partial + w.availability) / total  # the best this and every later candidate can reach
+        if bound < w.min_score or (len(best) >= limit and bound < best[0][0][0]):
             break
         status, eta = availability(f.model_id)
         is_ref = f is ref
