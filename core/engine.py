@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from core import __version__
 from core.catalog import Catalog, FileSpec, load_catalog, version_key
 from core.config import Config
+from core.downloads import DownloadManager
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
@@ -77,6 +78,8 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        self.downloads = DownloadManager(self)
+        self.add_status_provider(self.downloads)
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -91,6 +94,7 @@ class Engine:
             self.catalog_error = str(exc)
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
+        await self.downloads.start_service()
         self.spawn(self._rescan_loop(), name="presence-rescan")
         return self
 
