@@ -188,13 +188,17 @@ class Engine:
         def scan() -> _Snapshot:
             versions, verified, manifests = self._load_installed()
             ids = list(self.catalog.models) if model_ids is None else [m for m in model_ids if m in self.catalog.models]
-            presence = dict(self._snap.presence) if model_ids is not None else {}
+            presence = {}
             for mid in ids:
                 version = versions.get(mid, self.catalog.models[mid].version)
                 presence[mid] = scan_model(self.layout, mid, version, self._manifest(mid, version, manifests), verified)
             return _Snapshot(presence=presence, versions=versions)
 
-        self._snap = await asyncio.to_thread(scan)
+        fresh = await asyncio.to_thread(scan)
+        if model_ids is not None:
+            # merge on the loop: scans of different models may overlap and must not undo each other
+            fresh.presence = {**self._snap.presence, **fresh.presence}
+        self._snap = fresh
         self.publish_status_changes(model_ids)
 
     def publish_status_changes(self, model_ids: list[str] | None = None) -> None:

@@ -446,9 +446,11 @@ class DownloadManager:
                 d.stop_reason = "preempt"
                 d.task.cancel()
         for d in want:
+            if d.task is not None and d.task.done():
+                d.task = None  # cancelled before it ever ran
             if d.task is None and d.stop_reason is None:
-                d.stop_reason = None
-                d.task = self.engine.spawn(self._run(d), name=f"download:{d.model_id}")
+                task = d.task = self.engine.spawn(self._run(d), name=f"download:{d.model_id}")
+                task.add_done_callback(lambda t, d=d: setattr(d, "task", None) if d.task is t else None)
 
     async def _run(self, d: Download) -> None:
         try:
@@ -666,7 +668,8 @@ class DownloadManager:
             version, jobs = await self._resolve(model_id)
             installed = await self._already_installed(model_id, version, jobs)
             piece = self._piece_size()
-            prior = {f.job.path: f for f in old.files} if old is not None and old.version == version else {}
+            reuse = old is not None and old.version == version and old.status in ("failed", "cancelled")
+            prior = {f.job.path: f for f in old.files} if reuse and old is not None else {}
             files = []
             for j in jobs:
                 p = prior.get(j.path)
@@ -710,10 +713,11 @@ class DownloadManager:
         d = self._dl.get(model_id)
         joined = d is not None and d.status in RUNNABLE + ("paused",)
         if joined and d is not None:
-            if _RANK[priority] < _RANK[d.priority]:
-                await self.set_priority(model_id, priority)
-            if d.status == "paused":
-                await self.resume(model_id)
+            async with self._lock:
+                if _RANK[priority] < _RANK[d.priority]:
+                    await self._set_priority(model_id, priority)
+                if d.status == "paused":
+                    await self._resume(model_id)
             started = False
         else:
             await self.start(model_id, priority=priority)
@@ -732,6 +736,10 @@ class DownloadManager:
 
     async def pause(self, model_id: str) -> dict[str, Any]:
         """Stop the download, keeping every byte; resume continues it."""
+        async with self._lock:
+            return await self._pause(model_id)
+
+    async def _pause(self, model_id: str) -> dict[str, Any]:
         d = self._get(model_id)
         if d.status == "paused":
             return {"success": True, "message": f"{model_id} is already paused", "new_status": "paused"}
@@ -745,6 +753,10 @@ class DownloadManager:
 
     async def resume(self, model_id: str) -> dict[str, Any]:
         """Queue a paused or failed download again (from the bytes it has)."""
+        async with self._lock:
+            return await self._resume(model_id)
+
+    async def _resume(self, model_id: str) -> dict[str, Any]:
         d = self._get(model_id)
         if d.status in RUNNABLE:
             return {"success": True, "message": f"{model_id} is already {d.status}", "new_status": d.status}
@@ -758,6 +770,10 @@ class DownloadManager:
 
     async def cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
         """Stop the download; delete its partial data unless `keep_partial`."""
+        async with self._lock:
+            return await self._cancel(model_id, keep_partial)
+
+    async def _cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
         d = self._get(model_id)
         if d.status not in LIVE:
             raise InvalidState(f"cannot cancel a download that is {d.status}", model_id=model_id, status=d.status)
@@ -780,6 +796,10 @@ class DownloadManager:
 
     async def set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
         """Change the download's priority (the queue reorders at once)."""
+        async with self._lock:
+            return await self._set_priority(model_id, priority)
+
+    async def _set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
         priority = normalize_priority(priority)
         d = self._get(model_id)
         if d.status not in LIVE:
@@ -793,6 +813,10 @@ class DownloadManager:
 
     async def move(self, model_id: str, position: int) -> dict[str, Any]:
         """Put a queued or running download at `position` (1-based) of the queue; it takes the priority found there."""
+        async with self._lock:
+            return await self._move(model_id, position)
+
+    async def _move(self, model_id: str, position: int) -> dict[str, Any]:
         d = self._get(model_id)
         if d.status not in RUNNABLE:
             raise InvalidState(f"only queued or running downloads can move; this one is {d.status}", model_id=model_id, status=d.status)
@@ -816,6 +840,10 @@ class DownloadManager:
 
     async def set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
         """Change the download's own bandwidth cap (MiB/s, 0 = none) while it runs."""
+        async with self._lock:
+            return await self._set_limit(model_id, bandwidth_limit_mbps)
+
+    async def _set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
         d = self._get(model_id)
         d.bandwidth_limit_mbps = float(bandwidth_limit_mbps)
         await self._persist(d)

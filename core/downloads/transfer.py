@@ -229,6 +229,17 @@ class FileTransfer:
                 self.recorded.add(idx)
         self.frontier = _Frontier(self.size, git=self.job.git_sha1 is not None)
 
+    def _drop_missing_pieces(self) -> None:
+        """Forget recorded pieces the partial file does not hold (it was deleted or truncated behind our back)."""
+        have = self.file.size()
+        with self._lock:
+            for i in range(self.npieces):
+                if self.state[i] == 2 and i * self.ps + self.piece_len(i) > have:
+                    self.state[i] = 0
+                    self.written[i] = 0
+                    self.piece_sha.pop(i, None)
+                    self.recorded.discard(i)
+
     def piece_len(self, idx: int) -> int:
         """Bytes of piece `idx` (the last one may be short)."""
         return min(self.ps, self.size - idx * self.ps)
@@ -613,6 +624,7 @@ class FileTransfer:
         """Fetch what is missing, verify, flush; return (sha256, [(piece index, sha256)])."""
         self._loop = asyncio.get_running_loop()
         self.dead.clear()
+        await asyncio.to_thread(self._drop_missing_pieces)
         self.resets = 0
         self.integrity_failures = 0
         committer = asyncio.create_task(self._commit_loop(), name=f"commit:{self.job.path}")
