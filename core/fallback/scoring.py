@@ -21,7 +21,9 @@ The formula
    - VRAM feasibility: when the free VRAM is known and the candidate's VRAM
      need is known, it must fit at the requested resolution or at one of its
      listed smaller resolutions (then it carries `vram_fit = "reduce"` and a
-     `suggested_resolution`).
+     `suggested_resolution`); with no resolution requested, at one of its
+     listed resolutions (the largest that fits is suggested). The need at an
+     unlisted resolution is `Features.vram_at`.
    - the requested model itself is listed only when it is ready now.
 2. Sub-scores, each in [0, 1]:
    - `capabilities`: share of the wanted feature capabilities
@@ -31,7 +33,8 @@ The formula
      (a superset) for a single-mode request; 0.5 otherwise.
    - `quality`, `speed`: 1 at or above the wanted tier (from requirements,
      else the requested model's), minus 0.5 per tier short.
-   - `vram`: 1 fits at the requested resolution (or free VRAM unknown);
+   - `vram`: 1 fits at the requested resolution (or at a listed one when
+     none is requested, or free VRAM unknown);
      `fallback.vram_reduce_factor` x (pixels of the largest listed resolution
      that fits / requested pixels) when only a smaller one fits; 0.5 when the
      candidate lists no VRAM figures.
