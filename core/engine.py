@@ -77,6 +77,9 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        from core.health import HealthService
+
+        self.health = HealthService(self)
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -91,6 +94,7 @@ class Engine:
             self.catalog_error = str(exc)
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
+        await self.health.start()
         self.spawn(self._rescan_loop(), name="presence-rescan")
         return self
 
