@@ -608,7 +608,8 @@ class HealthService:
         if outcomes:
             await self.engine.db.write(w)
         # a final check of the repaired model (full when permissions were fixed, since those bytes were never hashed)
-        final_type = "full" if any(o.action == "fix_permissions" for o in outcomes.values()) else "quick"
+        # (full when permissions were fixed, since those bytes were never hashed, or when something is still wrong)
+        final_type = "full" if errors or any(o.action == "fix_permissions" for o in outcomes.values()) else "quick"
         ctx2 = await self.context(mid)
         check = Job(new_id("check"), "check", mid, final_type, "repair", now)
         await self.engine.db.write(lambda c: c.execute(
@@ -732,8 +733,8 @@ class HealthService:
         phase = _phase(model_id)
         last_quick = mh.last_quick_at if mh else None
         last_full = mh.last_full_at if mh else None
-        quick_due = (last_quick + quick_iv if last_quick else self._started_at + phase * quick_iv) <= now
-        full_due = (last_full + full_iv if last_full else self._started_at + phase * full_iv) <= now
+        quick_due = (last_quick + quick_iv if last_quick is not None else self._started_at + phase * quick_iv) <= now
+        full_due = (last_full + full_iv if last_full is not None else self._started_at + phase * full_iv) <= now
         return quick_due, full_due
 
     async def run_scheduled_once(self) -> list[dict[str, Any]]:
