@@ -157,6 +157,12 @@ class UpdateManager:
         try:
             with self.engine.activity.hold(mid, "updating"):
                 if not already:
+                    # files already placed in the version's directory (copied by hand, or left by an interrupted
+                    # update) need no download if they are all there: the full check below decides
+                    ctx = await self.health.context(mid, job.to_version)
+                    files, _ = await asyncio.to_thread(self.health._quick, ctx)
+                    already = bool(files) and all(f.actual_size == f.size and f.state not in ("symlink", "unreadable") for f in files.values())
+                if not already:
                     downloads = getattr(self.engine, "downloads", None)
                     if downloads is None:
                         raise InvalidState("the downloads engine is not available")
