@@ -190,10 +190,13 @@ class HealthService:
         want_version = version
 
         def q(conn: Any) -> dict[str, Context]:
-            current = {r[0]: r[1] for r in conn.execute("SELECT model_id, version FROM installed_versions WHERE is_current = 1")}
-            versions = {(r[0], r[1]) for r in conn.execute("SELECT model_id, version FROM installed_versions")}
+            few = len(ids) <= 20 and model_ids is not None
+            where, args = (f" WHERE model_id IN ({','.join('?' * len(ids))})", tuple(ids)) if few else ("", ())
+            vrows = conn.execute("SELECT model_id, version, is_current FROM installed_versions" + where, args).fetchall()
+            current = {r[0]: r[1] for r in vrows if r[2]}
+            versions = {(r[0], r[1]) for r in vrows}
             files: dict[tuple[str, str], dict[str, Verified]] = {}
-            for r in conn.execute("SELECT model_id, version, path, size, sha256, mtime_ns, inode, verified_at FROM installed_files"):
+            for r in conn.execute("SELECT model_id, version, path, size, sha256, mtime_ns, inode, verified_at FROM installed_files" + where, args):
                 files.setdefault((r[0], r[1]), {})[r[2]] = Verified(r[3], r[4], r[5], r[6], r[7])
             out: dict[str, Context] = {}
             for mid in ids:
@@ -290,9 +293,10 @@ class HealthService:
     async def _run_check(self, job: Job, force: bool, max_read_mbps: float | None) -> None:
         mid = job.model_id
         try:
-            await self.engine.db.write(lambda c: c.execute(
-                "INSERT INTO health_checks (check_id, model_id, version, check_type, trigger, status, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?)",
-                (job.id, mid, self.engine.version_in_use(mid), job.type, job.trigger, job.started_at)))
+            if job.type in ("full", "integrity"):  # long: visible as running (and as interrupted after a crash)
+                await self.engine.db.write(lambda c: c.execute(
+                    "INSERT INTO health_checks (check_id, model_id, version, check_type, trigger, status, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                    (job.id, mid, self.engine.version_in_use(mid), job.type, job.trigger, job.started_at)))
             ctx = await self.context(mid)
             t0 = self.engine.clock.monotonic()
             with self.engine.activity.hold(mid, "checking"):
@@ -344,8 +348,11 @@ class HealthService:
         return scores.performance(samples, cfg.get("health.performance_degraded_ratio"), cfg.get("health.performance_critical_ratio"),
                                   cfg.get("health.performance_min_success_rate"), cfg.get("health.performance_min_samples"))
 
-    def _db_updates(self, conn: Any, ctx: Context, files: dict[str, FileResult], now: float, full: bool) -> None:
-        """Record verified files and new piece hashes; mark broken files unverified (in the caller's transaction)."""
+    def _db_updates(self, conn: Any, ctx: Context, files: dict[str, FileResult], now: float, full: bool) -> bool:
+        """Record verified files and new piece hashes; mark broken files unverified (in the caller's transaction).
+
+        Returns whether any row changed."""
+        before = conn.total_changes
         for fr in files.values():
             f = next(m for m in ctx.manifest if m.path == fr.path)
             if fr.verified and fr.stat_sig is not None and full:
@@ -366,6 +373,7 @@ class HealthService:
             has_current = conn.execute("SELECT 1 FROM installed_versions WHERE model_id = ? AND is_current = 1", (ctx.model_id,)).fetchone()
             conn.execute("INSERT OR IGNORE INTO installed_versions (model_id, version, installed_at, is_current) VALUES (?, ?, ?, ?)",
                          (ctx.model_id, ctx.version, now, 0 if has_current else 1))
+        return conn.total_changes != before
 
     async def _record(self, job: Job, ctx: Context, files: dict[str, FileResult], extra: list[Issue], perf: scores.Performance | None,
                       persist: bool = True) -> ModelHealth:
@@ -374,18 +382,23 @@ class HealthService:
         mh = self._merge(ctx, files, extra, perf, job.type, now, job.id)
         record = json.dumps(mh.to_record())
 
-        def w(conn: Any) -> None:
-            self._db_updates(conn, ctx, files, now, full)
+        def w(conn: Any) -> bool:
+            changed = self._db_updates(conn, ctx, files, now, full)
             if persist:
-                conn.execute("UPDATE health_checks SET status = 'completed', finished_at = ?, version = ?, result = ? WHERE check_id = ?",
-                             (now, ctx.version, record, job.id))
+                conn.execute("INSERT OR REPLACE INTO health_checks (check_id, model_id, version, check_type, trigger, status, started_at, finished_at, result)"
+                             " VALUES (?, ?, ?, ?, ?, 'completed', ?, ?, ?)", (job.id, ctx.model_id, ctx.version, job.type, job.trigger, job.started_at, now, record))
                 conn.execute("DELETE FROM health_checks WHERE model_id = ? AND check_id NOT IN"
                              " (SELECT check_id FROM health_checks WHERE model_id = ? ORDER BY started_at DESC LIMIT ?)",
                              (ctx.model_id, ctx.model_id, KEEP_CHECKS_PER_MODEL))
+            return changed
 
-        await self.engine.db.write(w)
+        changed = await self.engine.db.write(w)
+        prev = self._state.get(ctx.model_id)
         self._state[ctx.model_id] = mh
-        await self.engine.refresh_presence([ctx.model_id])
+        if changed or full or prev is None or prev.overall != mh.overall or any(f.state != "ok" for f in files.values()):
+            await self.engine.refresh_presence([ctx.model_id])  # rescan: what the status shows follows what was found
+        else:
+            self.engine.publish_status_changes([ctx.model_id])
         self._alert(mh, job)
         return mh
 
