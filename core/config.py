@@ -100,6 +100,12 @@ SCHEMA: tuple[Setting, ...] = (
     _s("health.full_check_interval_days", float, 7.0, "Full check of every model.", min=0.01),
     _s("health.max_read_mbps", float, 200.0, "Read budget of scheduled checks, MiB/s; 0 = none.", min=0),
     _s("health.auto_repair_enabled", bool, True, "Repair what scheduled checks find."),
+    _s("health.scheduler_tick_s", float, 60.0, "How often the scheduler looks for due checks, seconds.", min=0.05, max=86400),
+    _s("health.auto_repair_backoff_minutes", float, 30.0, "Wait after a failed automatic repair before trying again.", min=0),
+    _s("health.performance_degraded_ratio", float, 1.5, "Recent/baseline generation time at which performance is degraded.", min=1.0, max=100),
+    _s("health.performance_critical_ratio", float, 3.0, "Recent/baseline generation time at which the speed part of performance_score is 0.", min=1.01, max=1000),
+    _s("health.performance_min_success_rate", float, 0.8, "Recent success rate under which performance is degraded.", min=0, max=1),
+    _s("health.performance_min_samples", int, 5, "Successful generations needed before performance_score is known.", min=1, max=10000),
     # storage
     _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0),
     _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0),

@@ -82,6 +82,9 @@ class Engine:
         self.add_status_provider(self.leases)
         self.downloads = DownloadManager(self)
         self.add_status_provider(self.downloads)
+        from core.health import HealthService
+
+        self.health = HealthService(self)
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -97,6 +100,7 @@ class Engine:
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
         await self.downloads.start_service()
+        await self.health.start()
         self.spawn(self._rescan_loop(), name="presence-rescan")
         return self
 

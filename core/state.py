@@ -105,6 +105,45 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0004_health",
+        """
+        -- Every health check (quick, full, performance): its outcome as JSON.
+        CREATE TABLE health_checks (
+            check_id    TEXT PRIMARY KEY,
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            check_type  TEXT NOT NULL,
+            trigger     TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            started_at  REAL NOT NULL,
+            finished_at REAL,
+            result      TEXT
+        );
+        CREATE INDEX health_checks_model ON health_checks (model_id, started_at);
+        CREATE TABLE health_repairs (
+            repair_id          TEXT PRIMARY KEY,
+            model_id           TEXT NOT NULL,
+            version            TEXT NOT NULL,
+            repair_type        TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            started_at         REAL NOT NULL,
+            finished_at        REAL,
+            bytes_redownloaded INTEGER NOT NULL DEFAULT 0,
+            result             TEXT
+        );
+        CREATE TABLE model_updates (
+            update_id    TEXT PRIMARY KEY,
+            model_id     TEXT NOT NULL,
+            from_version TEXT,
+            to_version   TEXT NOT NULL,
+            status       TEXT NOT NULL,
+            started_at   REAL NOT NULL,
+            finished_at  REAL,
+            message      TEXT
+        );
+        """,
+    ),
 ]
 
 

@@ -156,6 +156,47 @@ async def events_unsubscribe(ctx: CallContext, subscription_id: str) -> dict[str
     return {"success": True}
 
 
+# --- health and updates (issue 4) ---------------------------------------------------
+async def health_status(ctx: CallContext, model_id: str | None) -> dict[str, Any]:
+    if model_id is not None:
+        ctx.engine.spec(model_id)
+        await ctx.engine.refresh_presence([model_id])
+    return await ctx.engine.health.status(model_id)
+
+
+async def health_check(ctx: CallContext, model_id: str, check_type: str, force: bool, wait: bool, max_read_mbps: float | None) -> dict[str, Any]:
+    return await ctx.engine.health.check(model_id, check_type, force=force, wait=wait, max_read_mbps=max_read_mbps)
+
+
+async def health_check_all(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.health.check_all()
+
+
+async def health_check_status(ctx: CallContext, check_id: str) -> dict[str, Any]:
+    return ctx.engine.health.job(check_id)
+
+
+async def health_repair(ctx: CallContext, model_id: str, repair_type: str, force_repair: bool) -> dict[str, Any]:
+    return await ctx.engine.health.repair(model_id, repair_type, force_repair)
+
+
+async def models_check_updates(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.health.updates.check_updates()
+
+
+async def models_update(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.health.updates.update(model_id)
+
+
+async def models_rollback(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.health.updates.rollback(model_id)
+
+
+async def models_remove(ctx: CallContext, model_id: str, version: str | None) -> dict[str, Any]:
+    return await ctx.engine.health.updates.remove(model_id, version)
+
+
+
 _MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
 _PRIORITY = P("priority", "string", "critical, high, normal (or medium), low.", default="normal", enum=PRIORITY_INPUT)
 _PRIORITY_REQ = P("priority", "string", "critical, high, normal (or medium), low.", required=True, enum=PRIORITY_INPUT)
@@ -201,6 +242,32 @@ METHODS: tuple[Method, ...] = (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0))),
     Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,)),
     Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order."),
+    # health and updates (issue 4)
+    Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
+           (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),
+    Method("health.check", health_check, "Check a model: quick (presence, size, changed since verified), full/integrity (every byte), performance.", (
+        _MODEL_ID,
+        P("check_type", "string", "Kind of check.", default="full", enum=("quick", "full", "integrity", "performance")),
+        P("force", "boolean", "Accepted for the seeds' force_check; every call runs a fresh check.", default=False),
+        P("wait", "boolean", "Wait for the result; false returns the check_id at once (see health.check_status).", default=True),
+        P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default health.max_read_mbps.", minimum=0, nullable=True),
+    )),
+    Method("health.check_all", health_check_all, "Quick check of every installed model in one pass."),
+    Method("health.check_status", health_check_status, "A check or repair by id: status and result.",
+           (P("check_id", "string", "From health.check or health.repair.", required=True),)),
+    Method("health.repair", health_repair, "Repair a model: auto (cheapest that works), redownload, integrity_fix (only the broken pieces).", (
+        _MODEL_ID,
+        P("repair_type", "string", "How to repair.", default="auto", enum=("auto", "redownload", "integrity_fix")),
+        P("force_repair", "boolean", "Repair even while the model is in use; with redownload, fetch healthy files again too.", default=False),
+    )),
+    Method("models.check_updates", models_check_updates, "Installed models whose catalog version is newer."),
+    Method("models.update", models_update, "Download the catalog version beside the current one, verify it, switch when no lease holds it.",
+           (_MODEL_ID,)),
+    Method("models.rollback", models_rollback, "Switch back to the newest kept previous version (after any lease ends).", (_MODEL_ID,)),
+    Method("models.remove", models_remove, "Remove a model (or one version): refused while in use or busy.", (
+        P("model_id", "string", "A model id.", required=True),
+        P("version", "string", "Only this version; omit for every version.", nullable=True),
+    )),
     Method("events.subscribe", events_subscribe, "Receive event notifications on this connection.", (
         P("types", "array", "Event types; omit for all.", nullable=True),
         P("model_ids", "array", "Only events about these models; omit for all.", nullable=True),
