@@ -14,10 +14,12 @@ from core.config import Config
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
+from core.analytics import Analytics
 from core.leases import LeaseManager
 from core.inventory import ModelPresence, VerifiedIndex, scan_model
 from core.paths import HomeLayout
 from core.state import Database
+from core.storage import StorageManager
 from core.sysinfo import Nvml, system_info
 from core.timeutil import Clock, SystemClock, iso
 
@@ -77,6 +79,8 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        self.analytics = Analytics(self)  # issue 6: usage events and figures
+        self.storage = StorageManager(self)  # issue 6: disk figures, retention, cleanup
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -91,6 +95,8 @@ class Engine:
             self.catalog_error = str(exc)
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
+        await self.analytics.start()
+        await self.storage.start()
         self.spawn(self._rescan_loop(), name="presence-rescan")
         return self
 
