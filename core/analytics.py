@@ -458,6 +458,10 @@ class Analytics:
         A window's score is success_rate x speed, speed = min(1, 30-day average
         time / the window's average time): 1.0 is "every generation succeeded
         at the model's usual speed". The current window is the last 24 hours.
+        The trend compares the current score with the mean of the 7- and 30-day
+        scores: at least `analytics.trend_threshold` above is improving, as much
+        below is degrading, else stable (also when there are fewer than
+        `analytics.trend_min_events` generations in the last 24 hours or 30 days).
         """
         await self.flush()
         now = self.engine.clock.time()
@@ -487,9 +491,10 @@ class Analytics:
             current = sccur if sccur is not None else sc7
             if ucur >= min_events and u30 >= min_events and sccur is not None and sc30 is not None:
                 ref = [x for x in (sc7, sc30) if x is not None]
-                if all(sccur - x >= tau for x in ref):
+                delta = sccur - sum(ref) / len(ref)
+                if delta >= tau:
                     trend = "improving"
-                elif all(x - sccur >= tau for x in ref):
+                elif delta <= -tau:
                     trend = "degrading"
             else:
                 issues.append(f"too few generations to judge a trend (need {min_events} in the last 24 hours and in 30 days)")

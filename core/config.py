@@ -118,8 +118,8 @@ SCHEMA: tuple[Setting, ...] = (
     _s("analytics.flush_interval_ms", float, 5.0, "Recorded events are written to the database in one transaction at most this often.", min=0, max=10000),
     _s("analytics.max_buffered_events", int, 50000, "Events held in memory before analytics.record waits for a write.", min=100),
     _s("analytics.frequency_window_days", int, 30, "usage_frequency is uses per day over this many days.", min=1, max=3650),
-    _s("analytics.trend_threshold", float, 0.05, "performance trend: improving/degrading when the current score is this much "
-       "above/below both the 7- and 30-day scores, else stable.", min=0, max=1),
+    _s("analytics.trend_threshold", float, 0.05, "performance trend: improving/degrading when the current (24-hour) score is this "
+       "much above/below the mean of the 7- and 30-day scores, else stable.", min=0, max=1),
     _s("analytics.trend_min_events", int, 5, "Generations needed in the current window and in 30 days to judge a trend.", min=1),
     _s("analytics.preload_window_days", float, 14.0, "analytics.preload looks at uses and requests in this many days.", min=1),
     _s("analytics.preload_min_uses", int, 3, "Uses plus requests in the window that make a model worth preloading.", min=1),
