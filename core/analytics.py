@@ -200,6 +200,7 @@ class Analytics:
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._summary: dict[str, ModelUsage] = {}
+        self._max_day: dict[str, int] = {}  # latest usage_daily day per model (used by the writer thread only)
         self.flushes = 0
         self.write_errors = 0
 
@@ -347,8 +348,9 @@ class Analytics:
             batch, self._buf = self._buf, []
             upto = self._queued
             try:
-                await self.engine.db.write(lambda conn: _write_batch(conn, batch))
+                await self.engine.db.write(lambda conn: _write_batch(conn, batch, self._max_day))
             except BaseException:
+                self._max_day.clear()  # the transaction rolled back: forget what it claimed
                 self._buf[:0] = batch
                 raise
             self._flushed = upto
@@ -602,8 +604,12 @@ def _service_stats(engine: "Engine") -> dict[str, Any]:
 
 
 # --- SQL (run in the database's threads) -------------------------------------------
-def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
-    """Insert events, then fold them into usage_daily (day and running totals) and usage_models."""
+def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], max_day: dict[str, int]) -> None:
+    """Insert events, then fold them into usage_daily (day and running totals) and usage_models.
+
+    `max_day` caches each model's latest usage_daily day so the usual event
+    (today's) skips the update of later days' running totals.
+    """
     conn.executemany(
         "INSERT INTO usage_events (model_id, ts, kind, generation_time_s, success, vram_peak_mb, parameters) VALUES (?,?,?,?,?,?,?)", batch)
     deltas: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0] * _NVALS)
@@ -639,12 +645,18 @@ def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None
     prev = f"SELECT {', '.join(_CUM_COLS)} FROM usage_daily WHERE model_id = ? AND day < ? ORDER BY day DESC LIMIT 1"
     for (mid, day) in sorted(deltas):
         v = deltas[(mid, day)]
+        known = max_day.get(mid)
+        if known is None:
+            known = conn.execute("SELECT MAX(day) FROM usage_daily WHERE model_id = ?", (mid,)).fetchone()[0]
+            known = -1 if known is None else known
         if conn.execute(f"UPDATE usage_daily SET {set_daily} WHERE model_id = ? AND day = ?", (*v, *v, mid, day)).rowcount == 0:
-            base = conn.execute(prev, (mid, day)).fetchone()
+            base = conn.execute(prev, (mid, day)).fetchone() if known >= 0 else None
             cum = [b + x for b, x in zip(base, v)] if base is not None else list(v)
             conn.execute(insert, (mid, day, *v, *cum))
-        # a back-dated event also moves the running totals of every later day of the model
-        conn.execute(f"UPDATE usage_daily SET {set_cum} WHERE model_id = ? AND day > ?", (*v, mid, day))
+        if day < known:
+            # a back-dated event also moves the running totals of every later day of the model
+            conn.execute(f"UPDATE usage_daily SET {set_cum} WHERE model_id = ? AND day > ?", (*v, mid, day))
+        max_day[mid] = max(known, day)
     conn.executemany(
         """INSERT INTO usage_models (model_id, uses, successes, time_sum, requests, first_ts, last_used_ts, last_requested_ts)
            VALUES (?,?,?,?,?,?,?,?)

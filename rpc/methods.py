@@ -194,10 +194,10 @@ METHODS: tuple[Method, ...] = (
         P("parameters", "object", "The generation's parameters (at most 16 KiB as JSON).", nullable=True),
         P("vram_peak_mb", "number", "Peak VRAM in MiB.", nullable=True, minimum=0),
         P("timestamp", "string", "When it finished (ISO-8601, default now; not in the future).", nullable=True),
-    )),
+    ), inline=True),
     Method("analytics.record_batch", analytics_record_batch, "Record up to 1,000 generations at once (all or none).", (
         P("events", "array", "Objects with the params of analytics.record.", required=True),
-    )),
+    ), inline=True),
     Method("analytics.usage", analytics_usage, "Usage figures over a period (UTC days), for one model or every model used.", (
         P("model_id", "string", "One model; omit for all.", nullable=True),
         P("period", "string", "day = today, week/month/year = the last 7/30/365 UTC days (default week).",
