@@ -200,7 +200,7 @@ class Analytics:
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._summary: dict[str, ModelUsage] = {}
-        self._max_day: dict[str, int] = {}  # latest usage_daily day per model (used by the writer thread only)
+        self._rollup = RollupCache()  # used by the database's writer thread only
         self.flushes = 0
         self.write_errors = 0
 
@@ -348,9 +348,9 @@ class Analytics:
             batch, self._buf = self._buf, []
             upto = self._queued
             try:
-                await self.engine.db.write(lambda conn: _write_batch(conn, batch, self._max_day))
+                await self.engine.db.write(lambda conn: _write_batch(conn, batch, self._rollup))
             except BaseException:
-                self._max_day.clear()  # the transaction rolled back: forget what it claimed
+                self._rollup.clear()  # the transaction rolled back: forget what it claimed
                 self._buf[:0] = batch
                 raise
             self._flushed = upto
@@ -398,13 +398,20 @@ class Analytics:
 
     # --- analytics.usage ---------------------------------------------------
     async def usage(self, model_id: str | None = None, period: str | None = None, start_date: str | None = None,
-                    end_date: str | None = None, include_series: bool = True) -> dict[str, Any]:
-        """The seeds' usage figures for one model or every model used in the range."""
+                    end_date: str | None = None, include_series: bool | None = None) -> dict[str, Any]:
+        """The seeds' usage figures for one model or every model used in the range.
+
+        `include_series`: None (default) gives the summary's daily series and,
+        for one model, its `last_30_days_usage`; True adds every model's
+        `last_30_days_usage` to an all-models answer; False leaves out all series.
+        """
         rng = resolve_range(self.engine.clock.time(), period, start_date, end_date)
+        per_model_series = include_series is True or (include_series is None and model_id is not None)
+        include_series = include_series is not False
         if model_id is not None and model_id not in self.engine.catalog.models and model_id not in self._summary:
             raise ModelNotFound(f"model {model_id!r} is not in the catalog", model_id=model_id)
         await self.flush()
-        accs, scope = await self.engine.db.read(lambda conn: _query_usage(conn, rng, model_id, include_series))
+        accs, scope = await self.engine.db.read(lambda conn: _query_usage(conn, rng, model_id, include_series, per_model_series))
         first_day, last_day = utc_day(rng.start), utc_day(rng.end - 1e-6)
         series_first = max(first_day, last_day - SERIES_DAYS + 1)
         models: dict[str, Any] = {}
@@ -424,7 +431,7 @@ class Analytics:
                 "peak_usage_hours": _peak_hours(a.hours),
                 "hourly_usage": list(a.hours),
             }
-            if include_series:
+            if per_model_series:
                 entry["last_30_days_usage"] = _series(a, series_first, last_day)
             models[mid] = entry
         if model_id is not None and model_id not in models:
@@ -432,7 +439,7 @@ class Analytics:
             models[model_id] = {"model_id": model_id, "total_uses": 0, "successful_uses": 0, "failed_uses": 0, "requests": 0,
                                 "uses_per_day": 0.0, "average_generation_time": None, "success_rate": None,
                                 "peak_usage_hours": [], "hourly_usage": [0] * 24,
-                                **({"last_30_days_usage": _series(a, series_first, last_day)} if include_series else {})}
+                                **({"last_30_days_usage": _series(a, series_first, last_day)} if per_model_series else {})}
         used = [m for m in models.values() if m["total_uses"] > 0]
         ranked = sorted(used, key=lambda m: (-m["total_uses"], m["model_id"]))
         total = sum(m["total_uses"] for m in used)
@@ -604,20 +611,50 @@ def _service_stats(engine: "Engine") -> dict[str, Any]:
 
 
 # --- SQL (run in the database's threads) -------------------------------------------
-def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], max_day: dict[str, int]) -> None:
-    """Insert events, then fold them into usage_daily (day and running totals) and usage_models.
+class RollupCache:
+    """The latest usage_daily row of each model, as the writer thread last wrote it.
 
-    `max_day` caches each model's latest usage_daily day so the usual event
-    (today's) skips the update of later days' running totals.
+    Used by the database's writer thread only. An event on a model's latest day
+    (or a later one) then costs one row replace computed here, with no read; a
+    back-dated event takes the SQL path and drops the model's entry.
     """
+
+    def __init__(self) -> None:
+        self.latest: dict[str, tuple[int, list[float] | None]] = {}
+
+    def get(self, conn: sqlite3.Connection, model_id: str) -> tuple[int, list[float] | None]:
+        got = self.latest.get(model_id)
+        if got is None:
+            r = conn.execute(f"SELECT day, {', '.join(_DAILY_COLS + _CUM_COLS)} FROM usage_daily WHERE model_id = ? "
+                             "ORDER BY day DESC LIMIT 1", (model_id,)).fetchone()
+            got = (r[0], list(r[1:])) if r is not None else (-1, None)
+            self.latest[model_id] = got
+        return got
+
+    def clear(self) -> None:
+        self.latest.clear()
+
+
+_REPLACE = (f"INSERT OR REPLACE INTO usage_daily (model_id, day, {', '.join(_DAILY_COLS + _CUM_COLS)}) "
+            f"VALUES (?, ?, {', '.join('?' * (2 * _NVALS))})")
+_SET_DAILY = ", ".join(f"{c} = {c} + ?" for c in _DAILY_COLS + _CUM_COLS)
+_SET_CUM = ", ".join(f"{c} = {c} + ?" for c in _CUM_COLS)
+_INSERT = f"INSERT INTO usage_daily (model_id, day, {', '.join(_DAILY_COLS + _CUM_COLS)}) VALUES (?, ?, {', '.join('?' * (2 * _NVALS))})"
+_PREV = f"SELECT {', '.join(_CUM_COLS)} FROM usage_daily WHERE model_id = ? AND day < ? ORDER BY day DESC LIMIT 1"
+
+
+def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], cache: RollupCache) -> None:
+    """Insert events, then fold them into usage_daily (day and running totals) and usage_models."""
     conn.executemany(
         "INSERT INTO usage_events (model_id, ts, kind, generation_time_s, success, vram_peak_mb, parameters) VALUES (?,?,?,?,?,?,?)", batch)
-    deltas: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0] * _NVALS)
+    deltas: dict[tuple[str, int], list[float]] = {}
     per_model: dict[str, list[Any]] = {}
     for mid, ts, kind, gt, ok, _vram, _p in batch:
-        day = utc_day(ts)
+        day = int(ts // DAY)
         for key in ((mid, day), (ALL, day)):
-            v = deltas[key]
+            v = deltas.get(key)
+            if v is None:
+                v = deltas[key] = [0] * _NVALS
             if kind == 0:
                 v[0] += 1
                 if ok:
@@ -629,7 +666,8 @@ def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], max_day
         m = per_model.get(mid)
         if m is None:
             m = per_model[mid] = [0, 0, 0.0, 0, ts, None, None]
-        m[4] = min(m[4], ts)
+        if ts < m[4]:
+            m[4] = ts
         if kind == 0:
             m[0] += 1
             if ok:
@@ -639,24 +677,29 @@ def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], max_day
         else:
             m[3] += 1
             m[6] = ts if m[6] is None else max(m[6], ts)
-    set_daily = ", ".join(f"{c} = {c} + ?" for c in _DAILY_COLS + _CUM_COLS)
-    set_cum = ", ".join(f"{c} = {c} + ?" for c in _CUM_COLS)
-    insert = f"INSERT INTO usage_daily (model_id, day, {', '.join(_DAILY_COLS + _CUM_COLS)}) VALUES (?, ?, {', '.join('?' * (2 * _NVALS))})"
-    prev = f"SELECT {', '.join(_CUM_COLS)} FROM usage_daily WHERE model_id = ? AND day < ? ORDER BY day DESC LIMIT 1"
-    for (mid, day) in sorted(deltas):
-        v = deltas[(mid, day)]
-        known = max_day.get(mid)
-        if known is None:
-            known = conn.execute("SELECT MAX(day) FROM usage_daily WHERE model_id = ?", (mid,)).fetchone()[0]
-            known = -1 if known is None else known
-        if conn.execute(f"UPDATE usage_daily SET {set_daily} WHERE model_id = ? AND day = ?", (*v, *v, mid, day)).rowcount == 0:
-            base = conn.execute(prev, (mid, day)).fetchone() if known >= 0 else None
+    rows = []
+    late: list[tuple[str, int, list[float]]] = []
+    for (mid, day), v in deltas.items():
+        lday, row = cache.get(conn, mid)
+        if day > lday:  # a new latest day: running totals continue from the previous latest row
+            cum = row[_NVALS:] if row is not None else [0] * _NVALS
+            new = v + [c + x for c, x in zip(cum, v)]
+        elif day == lday and row is not None:
+            new = [a + x for a, x in zip(row[:_NVALS], v)] + [c + x for c, x in zip(row[_NVALS:], v)]
+        else:
+            late.append((mid, day, v))
+            continue
+        cache.latest[mid] = (day, new)
+        rows.append((mid, day, *new))
+    conn.executemany(_REPLACE, rows)
+    for mid, day, v in sorted(late):
+        # back-dated: update or insert that day, and move the running totals of every later day
+        if conn.execute(f"UPDATE usage_daily SET {_SET_DAILY} WHERE model_id = ? AND day = ?", (*v, *v, mid, day)).rowcount == 0:
+            base = conn.execute(_PREV, (mid, day)).fetchone()
             cum = [b + x for b, x in zip(base, v)] if base is not None else list(v)
-            conn.execute(insert, (mid, day, *v, *cum))
-        if day < known:
-            # a back-dated event also moves the running totals of every later day of the model
-            conn.execute(f"UPDATE usage_daily SET {set_cum} WHERE model_id = ? AND day > ?", (*v, mid, day))
-        max_day[mid] = max(known, day)
+            conn.execute(_INSERT, (mid, day, *v, *cum))
+        conn.execute(f"UPDATE usage_daily SET {_SET_CUM} WHERE model_id = ? AND day > ?", (*v, mid, day))
+        cache.latest.pop(mid, None)
     conn.executemany(
         """INSERT INTO usage_models (model_id, uses, successes, time_sum, requests, first_ts, last_used_ts, last_requested_ts)
            VALUES (?,?,?,?,?,?,?,?)
@@ -669,7 +712,8 @@ def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], max_day
         [(mid, *m) for mid, m in per_model.items()])
 
 
-def _query_usage(conn: sqlite3.Connection, rng: Range, model_id: str | None, include_series: bool) -> tuple[dict[str, _Acc], _Acc]:
+def _query_usage(conn: sqlite3.Connection, rng: Range, model_id: str | None, include_series: bool,
+                 per_model_series: bool) -> tuple[dict[str, _Acc], _Acc]:
     """Per-model accumulators and the scope's (every model, or the one) accumulator for `rng`."""
     accs: dict[str, _Acc] = defaultdict(_Acc)
     scope = _Acc()
@@ -699,7 +743,7 @@ def _query_usage(conn: sqlite3.Connection, rng: Range, model_id: str | None, inc
         if include_series:
             # per-model series: the last 30 days of the range; the scope's: the whole range
             lo_m = max(series_first, d0)
-            if model_id is None and lo_m < d1:
+            if model_id is None and per_model_series and lo_m < d1:
                 for r in conn.execute("SELECT model_id, day, uses, successes, time_sum FROM usage_daily "
                                       "WHERE day >= ? AND day < ? AND model_id != ?", (lo_m, d1, ALL)):
                     accs[r[0]].add_day(r[1], r[2], r[3], r[4])
@@ -724,7 +768,7 @@ def _query_usage(conn: sqlite3.Connection, rng: Range, model_id: str | None, inc
             targets = (scope,) if model_id is not None else (accs[mid], scope)
             for acc in targets:
                 acc.add_totals(uses, succ, tsum, reqs, hours)
-                if include_series and (acc is scope or day >= series_first):
+                if include_series and (acc is scope or (per_model_series and day >= series_first)):
                     acc.add_day(day, uses, succ, tsum)
     return dict(accs), scope
 

@@ -129,7 +129,7 @@ async def analytics_record_batch(ctx: CallContext, events: list[Any]) -> dict[st
 
 
 async def analytics_usage(ctx: CallContext, model_id: str | None, period: str | None, start_date: str | None, end_date: str | None,
-                          include_series: bool) -> dict[str, Any]:
+                          include_series: bool | None) -> dict[str, Any]:
     return await ctx.engine.analytics.usage(model_id, period, start_date, end_date, include_series)
 
 
@@ -204,7 +204,8 @@ METHODS: tuple[Method, ...] = (
           enum=("day", "week", "month", "year"), nullable=True),
         P("start_date", "string", "ISO date or date-time; replaces period.", nullable=True),
         P("end_date", "string", "ISO date (inclusive) or date-time (exclusive); default the end of today.", nullable=True),
-        P("include_series", "boolean", "Include the daily series.", default=True),
+        P("include_series", "boolean", "Daily series: omitted = the summary's (and the one model's), true = also every "
+          "model's last_30_days_usage, false = none.", nullable=True),
     )),
     Method("analytics.cleanup", analytics_cleanup, "Cleanup recommendations by the retention policies, with reasons and savings.", (
         P("storage_threshold_gb", "number", "Recommend enough to bring the models under this many GiB.", nullable=True, minimum=0),

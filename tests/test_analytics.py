@@ -141,7 +141,7 @@ async def test_usage_figures_match_independent_computation(home: Path):
              datetime(2024, 3, 10, 20, tzinfo=timezone.utc).timestamp(), datetime(2024, 3, 11, 4, tzinfo=timezone.utc).timestamp()),
         ]
         for params, start, end in cases:
-            res = await c.call("analytics.usage", **params)
+            res = await c.call("analytics.usage", include_series=True, **params)
             exp = expected(events, start, end)
             days = (end - start) / DAY
             assert res["range"]["days"] == pytest.approx(days), params
@@ -158,6 +158,19 @@ async def test_usage_figures_match_independent_computation(home: Path):
             assert len(s["daily_usage"]) == len({int(t // DAY) for t in (start, end - 1e-6)} | set(range(int(start // DAY), int((end - 1e-6) // DAY) + 1)))
             one = await c.call("analytics.usage", model_id="m-b", **params)
             check_model(one["models"]["m-b"], expected(events, start, end, "m-b")["m-b"], days)
+        plain = await c.call("analytics.usage", period="month")
+        assert "last_30_days_usage" not in plain["models"]["m-a"] and plain["summary"]["daily_usage"]
+        one = await c.call("analytics.usage", model_id="m-a", period="month")
+        assert len(one["models"]["m-a"]["last_30_days_usage"]) == 30
+        # the rollup's running totals are the sums of its days, after back-dated batches
+        rows = await eng.db.read(lambda conn: conn.execute("SELECT model_id, day, uses, c_uses, requests, c_requests FROM usage_daily "
+                                                           "ORDER BY model_id, day").fetchall())
+        run: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for mid, _day, uses, c_uses, reqs, c_reqs in rows:
+            run[mid][0] += uses
+            run[mid][1] += reqs
+            assert (c_uses, c_reqs) == tuple(run[mid])
+        assert run["*"][0] == len(events)
         # status fields from the in-memory summary
         mine = [e for e in events if e["model_id"] == "m-a"]
         st = await c.call("models.status", model_id="m-a")
