@@ -144,6 +144,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0005_fallback_queue",
+        """
+        -- Generation requests waiting for a model (issue 5), in priority then arrival (seq) order.
+        -- status: waiting, ready, expired, cancelled; finished_at is set when it leaves waiting.
+        CREATE TABLE fallback_queue (
+            queue_id    TEXT PRIMARY KEY,
+            seq         INTEGER NOT NULL,
+            model_id    TEXT NOT NULL,
+            request     TEXT NOT NULL,
+            priority    TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            expires_at  REAL NOT NULL,
+            session_id  TEXT,
+            status      TEXT NOT NULL,
+            finished_at REAL
+        );
+        CREATE INDEX fallback_queue_status ON fallback_queue (status, model_id);
+        """,
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from core.downloads import PRIORITY_INPUT
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
 from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
 from core.events import EVENT_TYPES
+from core.fallback.queue import PRIORITIES, normalise_priority
 from rpc import PROTOCOL_VERSION
 from rpc.spec import Method, P
 
@@ -103,6 +104,28 @@ async def models_release(ctx: CallContext, lease_id: str) -> dict[str, Any]:
     return {"success": True, "lease_id": lease.lease_id, "model_id": lease.model_id}
 
 
+# --- fallback (issue 5) ----------------------------------------------------------
+async def models_request(ctx: CallContext, model_id: str, requirements: dict[str, Any] | None, auto_download: bool,
+                         priority: str, user_preferences: dict[str, Any] | None) -> dict[str, Any]:
+    return await ctx.engine.fallback.request(model_id, requirements, auto_download, normalise_priority(priority), user_preferences)
+
+
+async def fallback_suggest(ctx: CallContext, requested_model: str, requirements: dict[str, Any] | None,
+                           user_preferences: dict[str, Any] | None) -> dict[str, Any]:
+    return ctx.engine.fallback.suggest(requested_model, requirements, user_preferences)
+
+
+async def fallback_queue(ctx: CallContext, model_id: str, request: dict[str, Any], priority: str,
+                         max_wait_time_minutes: float | None) -> dict[str, Any]:
+    return await ctx.engine.queue.enqueue(model_id, request, priority, max_wait_time_minutes, session=ctx.conn)
+
+
+async def fallback_queue_list(ctx: CallContext, model_id: str | None) -> dict[str, Any]:
+    return ctx.engine.queue.list(model_id)
+
+
+async def fallback_queue_cancel(ctx: CallContext, queue_id: str) -> dict[str, Any]:
+    return await ctx.engine.queue.cancel(queue_id)
 # --- downloads (issue 3) ----------------------------------------------------------
 async def downloads_start(ctx: CallContext, model_id: str, priority: str, max_retries: int | None, bandwidth_limit_mbps: float) -> dict[str, Any]:
     return await ctx.engine.downloads.start(model_id, priority=priority, max_retries=max_retries, bandwidth_limit_mbps=bandwidth_limit_mbps)
@@ -224,6 +247,33 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("models.acquire", models_acquire, "Mark an available model in use; returns a lease, its path and files.", (_MODEL_ID,)),
     Method("models.release", models_release, "End a lease.", (P("lease_id", "string", "From models.acquire.", required=True),)),
+    # fallback (issue 5)
+    Method("models.request", models_request, "Ask for a model: ready (path), download started or in progress (estimate), "
+           "repair attempted, or error; with a fallback_strategy and suggestions when an alternative is worth a look.", (
+        _MODEL_ID,
+        P("requirements", "object", "What the generation needs: resolution \"WxH\", has_image or inputs, model_type, "
+          "capabilities, quality, speed, max_wait_time_minutes.", nullable=True),
+        P("auto_download", "boolean", "Start (or join) the download when the model is missing.", default=True),
+        P("priority", "string", "Download priority when one is started.", default="normal", enum=PRIORITIES),
+        P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
+    )),
+    Method("fallback.suggest", fallback_suggest, "Ranked alternatives to a model and the strategy to follow.", (
+        P("requested_model", "string", "The model the caller wants.", required=True),
+        P("requirements", "object", "As for models.request.", nullable=True),
+        P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
+    ), inline=True),
+    Method("fallback.queue", fallback_queue, "Queue a generation request until its model is ready (starts the download).", (
+        _MODEL_ID,
+        P("request", "object", "The generation request, returned as is in queued_request_ready.", required=True),
+        P("priority", "string", "Queue and download priority.", default="normal", enum=PRIORITIES),
+        P("max_wait_time_minutes", "number", "Expire the request after this long (default fallback.queue_max_wait_minutes).",
+          nullable=True, minimum=0.001),
+    )),
+    Method("fallback.queue_list", fallback_queue_list, "Waiting requests in queue order, with current positions and estimates.", (
+        P("model_id", "string", "Only requests for this model.", nullable=True),
+    ), inline=True),
+    Method("fallback.queue_cancel", fallback_queue_cancel, "Cancel a waiting request.",
+           (P("queue_id", "string", "From fallback.queue.", required=True),)),
     # downloads (issue 3)
     Method("downloads.start", downloads_start, "Queue a download of a model's catalog version.", (
         _MODEL_ID,
