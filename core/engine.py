@@ -85,9 +85,10 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        # health before downloads: during an update (downloading beside a version still in use) its "updating" wins
+        self.health = HealthService(self)
         self.downloads = DownloadManager(self)
         self.add_status_provider(self.downloads)
-        self.health = HealthService(self)
         self.fallback = FallbackService(self)  # issue 5: suggestions, strategies, models.request
         self.queue = RequestQueue(self)  # issue 5: requests waiting for a model
         self.analytics = Analytics(self)  # issue 6: usage events and figures
