@@ -108,7 +108,8 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
                 seen.append("req:" + model_id)
 
         res = await c.call("models.request", model_id="ltx-t2v")
-        assert res["action_taken"] == "error" and res["success"] is False  # no repair service yet
+        # the real health service tries (its mirror at 127.0.0.1:9 refuses, so the repair cannot finish well)
+        assert res["action_taken"] == "repair_attempted" and "repair" in res
         eng.health = Health()
         eng.analytics = Analytics()
         res = await c.call("models.request", model_id="ltx-t2v")
