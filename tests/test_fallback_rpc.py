@@ -94,7 +94,7 @@ async def test_request_ready_missing_and_no_download(home: Path):
 async def test_request_corrupted_calls_health_and_analytics(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
     (home / "models/ltx-t2v/1.0.0/w.bin").write_bytes(b"short")
-    async with running_engine(home, config_env=GPU16) as (eng, sock), AsyncClient(sock) as c:
+    async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "0.3"}) as (eng, sock), AsyncClient(sock) as c:
         eng.nvml = NoGpu()
         seen: list[str] = []
 
@@ -115,7 +115,18 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
         res = await c.call("models.request", model_id="ltx-t2v")
         assert res["action_taken"] == "repair_attempted" and res["repair"]["finished"] is True
         assert res["repair"]["result"]["repair_id"] == "r1"
-        assert seen == ["req:ltx-t2v", "ltx-t2v"]
+
+        class BusyHealth:
+            def is_busy(self, model_id: str) -> bool:
+                return True
+
+            async def repair(self, model_id: str) -> dict[str, Any]:
+                raise AssertionError("a second repair must not start")
+
+        eng.health = BusyHealth()
+        res = await c.call("models.request", model_id="ltx-t2v")
+        assert res["action_taken"] == "repair_attempted" and res["repair"]["finished"] is False
+        assert seen == ["req:ltx-t2v", "ltx-t2v", "req:ltx-t2v"]
 
 
 async def test_queue_order_release_and_events(home: Path):

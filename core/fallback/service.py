@@ -7,7 +7,7 @@ import inspect
 import logging
 from typing import Any
 
-from core.errors import MavailError
+from core.errors import Conflict, MavailError
 from core.fallback.scoring import IN_PROGRESS, READY, FeatureIndex, Query, Weights, build_query, rank, vram_fit
 from core.fallback.strategy import Thresholds, choose
 
@@ -154,6 +154,9 @@ class FallbackService:
         fn = getattr(health, "repair", None) if health is not None else None
         if fn is None:
             return {"started": False, "message": "no repair service in this engine"}
+        busy = getattr(health, "is_busy", None)
+        if busy is not None and busy(model_id):
+            return {"started": True, "finished": False, "message": "a check or repair of this model is already running"}
         task = self.engine.spawn(fn(model_id), name=f"request-repair-{model_id}")
         done, _ = await asyncio.wait({task}, timeout=float(self.engine.config.get("fallback.repair_wait_s")))
         if not done:
@@ -162,6 +165,8 @@ class FallbackService:
         if exc is None:
             res = task.result()
             return {"started": True, "finished": True, "result": res if isinstance(res, dict) else None}
+        if isinstance(exc, Conflict):  # another repair or check got there first: it is under way
+            return {"started": True, "finished": False, "message": exc.message}
         if isinstance(exc, MavailError):
             return {"started": False, "finished": True, "error": {"code": exc.NAME, "message": exc.message, "details": exc.details}}
         return {"started": False, "finished": True, "error": {"code": "INTERNAL_ERROR", "message": "repair failed"}}
