@@ -127,9 +127,8 @@ class MavailApp(App[int]):
         if message.connected:
             self.main.show_connection(True, f"● connected · {message.detail} · ? help · ctrl+p commands")
             self._last_load.clear()
-            for name in ("models", "downloads"):
-                self._load(self.pane(name))
-            self._load(self.main.active_pane())
+            for pane in {self.pane("models"), self.pane("downloads"), self.main.active_pane()}:
+                self._load(pane)
             if was is False and self.link.connections > 1:
                 self.notify("Reconnected to the engine.", timeout=3)
         else:

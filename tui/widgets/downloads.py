@@ -120,4 +120,4 @@ class DownloadsPane(Pane):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        self.mavail.run_action("request")
+        self.mavail.main.action_request()
