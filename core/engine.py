@@ -73,6 +73,8 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: list[Callable[[], Awaitable[None]]] = []
         self._last_status: dict[str, str] = {}
+        self._sorted_ids: tuple[Catalog | None, list[str]] = (None, [])
+        self._status_cache: dict[str, tuple[Any, ModelPresence | None, dict[str, Any]]] = {}
         self.shutdown_requested = asyncio.Event()
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
@@ -240,14 +242,18 @@ class Engine:
             return "corrupted"
         return "missing"
 
-    def model_status(self, model_id: str) -> dict[str, Any]:
-        """One model's detailed status: the seeds' fields plus `path`, `version`, `files`."""
+    def _base_status(self, model_id: str) -> dict[str, Any]:
+        """The part of a status that depends only on the catalog and the last scan (cached)."""
         spec = self.spec(model_id)
         pres = self._snap.presence.get(model_id)
-        version = self.version_in_use(model_id)
+        cached = self._status_cache.get(model_id)
+        if cached is not None and cached[0] is spec and cached[1] is pres:
+            return cached[2]
+        version = self._snap.versions.get(model_id, spec.version)
+        complete = bool(pres and pres.complete)
         total = sum(f.size_bytes for f in pres.files) if pres else spec.size_bytes
         verified_bytes = sum(f.size_bytes for f in pres.files if f.verified) if pres else 0
-        status: dict[str, Any] = {
+        base: dict[str, Any] = {
             "model_id": model_id,
             "display_name": spec.display_name,
             "model_type": spec.model_type,
@@ -259,10 +265,11 @@ class Engine:
             "is_loaded": False,
             "size_mb": total / MIB,
             "size_bytes": total,
-            "availability_status": "unknown",
+            "availability_status": self._presence_status(model_id),
             "download_progress": None,
             "missing_files": pres.missing_files if pres else [f.path for f in spec.files],
-            "integrity_score": (verified_bytes / total if total else 1.0) if pres and pres.complete else 0.0,
+            # share of bytes verified against sha256 and unchanged since; health refines it
+            "integrity_score": (verified_bytes / total if total else 1.0) if complete else 0.0,
             "last_health_check": None,
             "performance_score": None,
             "corruption_detected": bool(pres and pres.wrong_size_files),
@@ -272,19 +279,28 @@ class Engine:
             "can_pause_download": False,
             "can_resume_download": False,
             "estimated_download_time": None,
-            "current_version": version if (pres and pres.complete) else None,
+            "current_version": version if complete else None,
             "latest_version": spec.version,
-            "update_available": bool(pres and pres.complete and version_key(spec.version) > version_key(version)),
+            "update_available": complete and version_key(spec.version) > version_key(version),
             "version": version,
             "path": str(pres.directory if pres else self.layout.model_dir(model_id, version)),
             "files": [f.to_dict() for f in pres.files] if pres else [],
             "verified": bool(pres and pres.verified),
             "last_scanned": iso(pres.scanned_at) if pres else None,
         }
+        self._status_cache[model_id] = (spec, pres, base)
+        return base
+
+    def model_status(self, model_id: str) -> dict[str, Any]:
+        """One model's detailed status: the seeds' fields plus `path`, `version`, `files`.
+
+        The result is a fresh dict the caller may keep; nested lists are shared
+        with the cache and must not be mutated.
+        """
+        status = dict(self._base_status(model_id))
         status.update(self._provided(model_id))
-        if "availability_status" not in status or status["availability_status"] == "unknown":
-            status["availability_status"] = self._presence_status(model_id)
-        status["is_available"] = status["availability_status"] == "available" or bool(pres and pres.complete and status["availability_status"] in ("updating",))
+        complete = status["current_version"] is not None
+        status["is_available"] = status["availability_status"] == "available" or (complete and status["availability_status"] == "updating")
         return status
 
     def summary(self, statuses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -312,8 +328,10 @@ class Engine:
             raise InvalidParams(f"status must be one of {', '.join(AVAILABILITY)}", field="status")
         ids = list(self.catalog.models)
         if sort == "model_id" and status is None:
-            # the common case: sort ids, build only the page's statuses
-            ids.sort(reverse=(order == "desc"))
+            # the common case: sorted ids (cached per catalog), build only the page's statuses
+            if self._sorted_ids[0] is not self.catalog:
+                self._sorted_ids = (self.catalog, sorted(ids))
+            ids = self._sorted_ids[1] if order == "asc" else self._sorted_ids[1][::-1]
             total = len(ids)
             chosen = [self.model_status(m) for m in ids[(page - 1) * limit : page * limit]]
         else:

@@ -6,6 +6,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from typing import Sequence
@@ -46,27 +47,27 @@ class ModelPresence:
     files: tuple[FilePresence, ...]
     scanned_at: float = field(default_factory=time.time)
 
-    @property
+    @cached_property
     def complete(self) -> bool:
         """Every file present at its size."""
         return bool(self.files) and all(f.present for f in self.files)
 
-    @property
+    @cached_property
     def missing_files(self) -> list[str]:
         """Paths that are absent (no file of any size)."""
         return [f.path for f in self.files if f.actual_size is None]
 
-    @property
+    @cached_property
     def wrong_size_files(self) -> list[str]:
         """Paths that exist with the wrong size (truncated or extended)."""
         return [f.path for f in self.files if f.actual_size is not None and not f.present]
 
-    @property
+    @cached_property
     def bytes_on_disk(self) -> int:
         """Bytes of the catalog files found in the directory."""
         return sum(f.actual_size or 0 for f in self.files)
 
-    @property
+    @cached_property
     def verified(self) -> bool:
         """Every file present and verified."""
         return self.complete and all(f.verified for f in self.files)

@@ -38,8 +38,9 @@ def is_safe_relative(path: str) -> bool:
     """True when `path` is a plain relative POSIX path that cannot leave its base directory."""
     if not path or "\\" in path or "\x00" in path or path.startswith("/"):
         return False
-    parts = PurePosixPath(path).parts
-    return bool(parts) and all(p not in ("", ".", "..") for p in parts)
+    # split by hand: PurePosixPath would quietly normalise "a//b", "./a" and "a/"
+    parts = path.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
 
 
 def safe_join(base: Path, relative: str) -> Path:

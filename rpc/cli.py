@@ -52,7 +52,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     sock = resolve_socket(home, args.socket)
     try:
-        anyio.run(run_engine, home, sock)
+        anyio.run(run_engine, home, sock, backend_options={"use_uvloop": True})
     except EngineAlreadyRunning as exc:
         print(f"mavail: {exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
+import orjson
 import socket
 import time
 from collections import deque
@@ -84,7 +84,7 @@ class Client:
 
     def _send(self, obj: Any) -> None:
         try:
-            self._sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+            self._sock.sendall(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
         except OSError as exc:
             raise EngineUnavailable(f"connection to the engine lost: {exc}") from None
 
@@ -104,7 +104,7 @@ class Client:
                 raise EngineUnavailable("the engine closed the connection")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
+        return orjson.loads(line)
 
     def _wait_for(self, key: Any, timeout: float | None) -> Any:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -225,7 +225,7 @@ class AsyncClient:
                 line = await self._reader.readline()
                 if not line:
                     break
-                msg = json.loads(line)
+                msg = orjson.loads(line)
                 items = msg if isinstance(msg, list) else [msg]
                 for m in items:
                     if "method" in m and "id" not in m:
@@ -245,7 +245,7 @@ class AsyncClient:
         if self._writer is None or self.closed.is_set():
             raise EngineUnavailable("not connected to the engine")
         try:
-            self._writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+            self._writer.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
             await self._writer.drain()
         except OSError as exc:
             raise EngineUnavailable(f"connection to the engine lost: {exc}") from None

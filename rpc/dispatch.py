@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from jsonrpcserver import Error, Success
-from jsonrpcserver.async_dispatcher import dispatch_to_response_pure
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import ErrorResponse, SuccessResponse
-from jsonrpcserver.sentinels import NOCONTEXT
+from jsonrpcserver.sentinels import NOCONTEXT, NOID
 from oslash.either import Left  # type: ignore[import-untyped]
+
+import orjson
 
 from core.errors import MavailError, RateLimited, Unauthorized
 from core.logs import request_id_var
@@ -44,8 +46,8 @@ def error_obj(req_id: Any, code: int, message: str, name: str | None = None, det
 
 
 def encode(obj: Any) -> bytes:
-    """One NDJSON line."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    """One NDJSON line (orjson: compact UTF-8, and several times faster than json for big listings)."""
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
 
 def _check_request(req: Any) -> None:
@@ -115,28 +117,35 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> dict[str, A
         ctx = CallContext(engine=engine, conn=conn, request_id=request_id)
         name = req["method"]
         methods = {name: (lambda *a, **kw: _invoke(ctx, name, *a, **kw))} if name in TABLE else {}
-        resp = await dispatch_to_response_pure(
-            deserializer=lambda r: r,
-            validator=lambda r: r,
-            post_process=lambda r: r,
-            context=NOCONTEXT,
-            methods=methods,
-            request=req,
-        )
-        if resp is None:
+        # jsonrpcserver resolves the method and calls it; its batch path (a task per
+        # request through asyncio.gather) is skipped: batches are gathered in dispatch_line.
+        request, result = await dispatch_request(methods, NOCONTEXT, create_request(req))
+        if request.id is NOID:
             return None
-        return _to_obj(resp, request_id)  # type: ignore[arg-type]
+        return _to_obj(to_response(request, result), request_id)
     finally:
         request_id_var.reset(token)
 
 
-async def dispatch_line(conn: "Connection", engine: Any, line: bytes) -> bytes | None:
-    """Dispatch one NDJSON line (request or batch) and return the response line, or None."""
+def parse_line(line: bytes) -> tuple[Any, bytes | None]:
+    """Parse one NDJSON line: `(request_or_batch, None)`, or `(None, parse-error response line)`."""
     try:
-        parsed = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as exc:
-        reason = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
-        return encode(error_obj(None, -32700, "Parse error", details={"reason": reason}))
+        return orjson.loads(line), None
+    except orjson.JSONDecodeError as exc:
+        reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "not valid JSON"
+        return None, encode(error_obj(None, -32700, "Parse error", details={"reason": reason}))
+
+
+def answers_inline(parsed: Any) -> bool:
+    """Whether a parsed line is one call to a method declared `inline` (answered from memory at once)."""
+    if isinstance(parsed, dict):
+        method = TABLE.get(parsed.get("method"))  # type: ignore[arg-type]
+        return method is not None and method.inline
+    return False
+
+
+async def dispatch_parsed(conn: "Connection", engine: Any, parsed: Any) -> bytes | None:
+    """Dispatch a parsed request or batch; return the response line, or None when nothing is owed."""
     if isinstance(parsed, list):
         if not parsed:
             return encode(error_obj(None, -32600, "Invalid request", details={"reason": "empty batch"}))
@@ -147,3 +156,11 @@ async def dispatch_line(conn: "Connection", engine: Any, line: bytes) -> bytes |
         return encode(out) if out else None
     resp = await dispatch_one(conn, engine, parsed)
     return encode(resp) if resp is not None else None
+
+
+async def dispatch_line(conn: "Connection", engine: Any, line: bytes) -> bytes | None:
+    """Dispatch one NDJSON line (request or batch) and return the response line, or None."""
+    parsed, error = parse_line(line)
+    if error is not None:
+        return error
+    return await dispatch_parsed(conn, engine, parsed)

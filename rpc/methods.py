@@ -122,11 +122,11 @@ _MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
 
 METHODS: tuple[Method, ...] = (
     Method("session.hello", session_hello, "Greet the engine; present the token when one is configured.",
-           (P("client", "string", "A name for the client, shown in logs."), P("token", "string", "The engine's rpc.token.")), needs_auth=False),
-    Method("rpc.discover", rpc_discover, "An OpenRPC document of every method."),
+           (P("client", "string", "A name for the client, shown in logs."), P("token", "string", "The engine's rpc.token.")), needs_auth=False, inline=True),
+    Method("rpc.discover", rpc_discover, "An OpenRPC document of every method.", inline=True),
     Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML)."),
     Method("engine.shutdown", engine_shutdown, "Stop the engine cleanly, keeping partial downloads."),
-    Method("config.get", config_get, "The whole configuration."),
+    Method("config.get", config_get, "The whole configuration.", inline=True),
     Method("config.update", config_update, "Validate, apply and save settings.",
            (P("patch", "object", "Settings as {section: {key: value}} or {\"section.key\": value}.", required=True),)),
     Method("catalog.reload", catalog_reload, "Read the catalog files again; keep the old catalog if any is invalid."),
@@ -136,7 +136,7 @@ METHODS: tuple[Method, ...] = (
         P("sort", "string", "Sort key.", default="model_id", enum=SORT_KEYS),
         P("order", "string", "Sort order.", default="asc", enum=("asc", "desc")),
         P("status", "string", "Only models with this availability status.", enum=AVAILABILITY, nullable=True),
-    )),
+    ), inline=True),
     Method("models.status", models_status, "Detailed status of one model, or of all with a summary.", (
         P("model_id", "string", "A model id; omit for every model.", nullable=True),
         P("refresh", "boolean", "Without model_id: rescan the disk first.", default=False),

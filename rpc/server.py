@@ -20,7 +20,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from core.engine import Engine
 from core.events import Event, Subscription
-from rpc.dispatch import dispatch_line, encode, error_obj
+from rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, parse_line
 
 log = logging.getLogger("mavail.rpc")
 
@@ -55,7 +55,7 @@ class Connection:
         self.stream = stream
         self.engine = engine
         self._tg = tg
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self.authenticated = not engine.config.get("rpc.token")
         self.client_name: str | None = None
         self.subscriptions: dict[str, Subscription] = {}
@@ -165,6 +165,8 @@ class Server:
         self.socket_path = socket_path
         self.connections: set[Connection] = set()
         self.ready = anyio.Event()
+        self.in_flight = 0
+        self.drain_s = 5.0
 
     # --- socket hygiene ------------------------------------------------------
     def _probe(self) -> bool:
@@ -230,40 +232,76 @@ class Server:
                 line = await reader.receive_until(b"\n", max_bytes)
             except anyio.DelimiterNotFound:
                 await conn.send(encode(error_obj(None, -32600, "Message too large", name="MESSAGE_TOO_LARGE", details={"max_message_bytes": max_bytes})))
+                await self._linger(conn)
                 return
             except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
             if not line.strip():
                 continue
+            parsed, error = parse_line(line)
             await limit.acquire()
-            tg.start_soon(self._answer, conn, line, limit)
+            if error is None and answers_inline(parsed):
+                # fast methods answer in the read loop: a task per call would halve throughput
+                await self._answer(conn, parsed, error, limit)
+            else:
+                tg.start_soon(self._answer, conn, parsed, error, limit)
 
-    async def _answer(self, conn: Connection, line: bytes, limit: anyio.Semaphore) -> None:
+    async def _linger(self, conn: Connection, seconds: float = 2.0) -> None:
+        """Half-close and discard what the peer is still sending, so the error is read before the close.
+
+        Closing a socket with unread input makes the kernel send a reset that can
+        destroy the response still in flight.
+        """
+        try:
+            await conn.stream.send_eof()
+            with anyio.move_on_after(seconds):
+                while True:
+                    await conn.stream.receive(1 << 20)
+        except Exception:
+            pass
+
+    async def _answer(self, conn: Connection, parsed: Any, error: bytes | None, limit: anyio.Semaphore) -> None:
+        self.in_flight += 1
         try:
             try:
-                out = await dispatch_line(conn, self.engine, line)
+                out = error if error is not None else await dispatch_parsed(conn, self.engine, parsed)
             except Exception:  # an encoding failure of a result, say: never leak it
                 log.exception("%s: failed to answer a request", conn.id)
                 out = encode(error_obj(None, -32603, "Internal error"))
             if out is not None:
                 await conn.send(out)
         finally:
+            self.in_flight -= 1
             limit.release()
 
     # --- running -------------------------------------------------------------
     async def serve(self, handle_signals: bool = True) -> None:
-        """Bind, serve until shutdown is requested (RPC or SIGTERM/SIGINT), then close and unlink."""
+        """Bind, serve until shutdown is requested (RPC or SIGTERM/SIGINT), then close and unlink.
+
+        On shutdown it stops accepting, gives requests in flight up to
+        `drain_s` seconds to be answered, then closes every connection.
+        """
         listener = await self._bind()
         log.info("engine %s listening on %s", self.engine.version, self.socket_path)
+        accept_scope = anyio.CancelScope()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.serve, self._handle)
+
+                async def accept() -> None:
+                    with accept_scope:
+                        await listener.serve(self._handle, task_group=tg)
+
+                tg.start_soon(accept)
                 if handle_signals:
                     tg.start_soon(self._signals)
                 self.ready.set()
                 await self.engine.shutdown_requested.wait()
                 log.info("shutting down")
-                tg.cancel_scope.cancel()  # stops accepting and ends every connection's handler
+                accept_scope.cancel()
+                with anyio.move_on_after(self.drain_s):
+                    while self.in_flight:
+                        await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()  # ends every connection's handler
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()

@@ -76,6 +76,10 @@ class Method:
     summary: str
     params: tuple[P, ...] = ()
     needs_auth: bool = True
+    inline: bool = False
+    """True for methods that answer from memory without waiting on I/O: the server runs
+    them in the connection's read loop instead of a task of their own (twice the
+    throughput). Anything that may wait (disk, SQLite, network, a worker thread) stays False."""
     _by_name: dict[str, P] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,115 @@
+"""The `mavail` command as a user runs it: engine process, call, status, exit codes, socket hygiene."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import install_files, model_toml, short_tmpdir, synthetic_bytes
+
+MAVAIL = [sys.executable, "-m", "rpc.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MAVAIL, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def wait_ready(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "engine exited"
+        if run("call", "session.hello", "--socket", str(sock)).returncode == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("engine did not become ready")
+
+
+@pytest.fixture
+def engine_proc():
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        home.mkdir()
+        files = [("w.bin", synthetic_bytes("w", 2048))]
+        (home / "catalog.toml").write_text(model_toml("wan-test", files) + model_toml("absent", files))
+        install_files(home, "wan-test", files)
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_ready(sock, proc)
+            yield home, sock, proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def test_call_status_and_exit_codes(engine_proc):
+    home, sock, proc = engine_proc
+    r = run("call", "models.status", '{"model_id": "wan-test"}', "--socket", str(sock))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["availability_status"] == "available"
+    r = run("call", "models.status", '{"model_id": "nope"}', "--socket", str(sock))
+    assert r.returncode == 1 and json.loads(r.stderr)["data"]["code"] == "MODEL_NOT_FOUND"
+    r = run("call", "models.status", "{bad json", "--socket", str(sock))
+    assert r.returncode == 2
+    r = run("status", "--socket", str(sock))
+    assert r.returncode == 0 and "wan-test" in r.stdout and "available" in r.stdout and "missing" in r.stdout
+    r = run("status", "--json", "--socket", str(sock))
+    assert json.loads(r.stdout)["summary"]["total_models"] == 2
+    # the logs name the request id of a failing call
+    log = (home / "logs" / "model_management.log").read_text()
+    assert "listening on" in log
+
+
+def test_second_engine_refused_then_sigterm_cleans_up(engine_proc):
+    home, sock, proc = engine_proc
+    other = subprocess.run([*MAVAIL, "engine", "--home", str(home.parent / "home2"), "--socket", str(sock)],
+                           capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert other.returncode != 0 and "already" in other.stderr
+    same_home = subprocess.run([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock) + "2"],
+                               capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert same_home.returncode != 0 and "already" in same_home.stderr
+    assert run("call", "session.hello", "--socket", str(sock)).returncode == 0
+    assert oct(sock.stat().st_mode & 0o777) == "0o600"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert not sock.exists()
+    r = run("call", "session.hello", "--socket", str(sock))
+    assert r.returncode == 2 and "cannot reach" in r.stderr
+
+
+def test_stale_socket_replaced_and_shutdown_method():
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(sock))
+        stale.close()  # leaves a socket file nobody answers on
+        assert sock.exists()
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_ready(sock, proc)
+            assert run("call", "engine.shutdown", "--socket", str(sock)).returncode == 0
+            assert proc.wait(20) == 0
+            assert not sock.exists()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_bad_config_refuses_to_start():
+    with short_tmpdir() as d:
+        home = d / "home"
+        home.mkdir()
+        (home / "config.toml").write_text("[downloads]\nmax_concurrent = 0\n")
+        r = subprocess.run([*MAVAIL, "engine", "--home", str(home), "--socket", str(d / "s")], capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert r.returncode == 1 and "downloads.max_concurrent" in r.stderr
