@@ -25,7 +25,7 @@ async def test_models_and_settings_against_a_real_engine(home: Path):
     async with running_engine(home) as (engine, sock):
         app = create_app(sock, keymap={})
         async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: app.pane("models").loaded)
+            await until(pilot, lambda: "wan2.2-t2v-a14b" in screen_text(app))
             text = screen_text(app)
             assert "wan2.2-ti2v-5b" in text and "available" in text and "missing" in text
             assert "connected" in text
