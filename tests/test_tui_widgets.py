@@ -188,3 +188,26 @@ async def test_live_table_direct():
         assert t.updates == 1  # unchanged cells are not touched
         t.remove("b")
         assert t.keys() == ["a"] and t.row_count == 1
+
+
+async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
+    def cleanup(**p: Any) -> dict[str, Any]:
+        if p.get("dry_run"):
+            return {"models_removed": ["old-a", "old-b"], "space_freed_gb": 12.5, "models_preserved": ["wan2.2-ti2v-5b"]}
+        return {"models_removed": p["models_to_remove"], "space_freed_gb": 12.5}
+
+    app, link = make_app({"models.status": models_answer(status("old-a", "available")), "storage.cleanup": cleanup})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        text = screen_text(app)
+        assert "old-a" in text and "old-b" in text and "12.5G" in text and "Nothing has been deleted yet" in text
+        assert [p for m, p in link.calls if m == "storage.cleanup"] == [{"cleanup_type": "auto", "dry_run": True}]
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert all(p.get("dry_run") for m, p in link.calls if m == "storage.cleanup")
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: ("storage.cleanup", {"cleanup_type": "manual", "models_to_remove": ["old-a", "old-b"], "dry_run": False}) in link.calls)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from textual.app import App
+from textual.css.query import NoMatches
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from tui.actions import ACTIONS
@@ -159,10 +160,14 @@ class MavailApp(App[int]):
         self._drain_scheduled = False
         events = list(self._inbox.values())
         self._inbox.clear()
-        if not events:
+        if not events or not self.main.is_attached:
+            return
+        try:
+            panes = self.main.panes()
+        except NoMatches:  # shutting down
             return
         with self.batch_update():
-            for pane in self.main.panes():
+            for pane in panes:
                 pane.on_events(events)
         self._notify_events([e for e in events if e.get("method") in NOTIFY_EVENTS])
 
@@ -200,9 +205,12 @@ class MavailApp(App[int]):
             self._load(pane)
 
     def _resync_tick(self) -> None:
-        if not self.link.connected or not isinstance(self.screen, MainScreen):
+        if not self.link.connected or not self.main.is_attached or not isinstance(self.screen, MainScreen):
             return
-        pane = self.main.active_pane()
+        try:
+            pane = self.main.active_pane()
+        except NoMatches:
+            return
         if time.monotonic() - self._last_load.get(pane.id or "", 0.0) >= pane.RESYNC_S:
             self._load(pane)
 

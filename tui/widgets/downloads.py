@@ -12,16 +12,18 @@ from tui import format as fmt
 from tui.widgets.base import Pane, status_text
 from tui.widgets.live_table import Cell, Column, LiveTable
 
+_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+SHORT_PRIORITY = {"critical": "crit", "high": "high", "normal": "norm", "low": "low"}
+
+# Fixed widths: the row fits 80 columns and cells do not jump as figures change.
 COLUMNS = [
-    Column("id", "Model"),
-    Column("status", "Status", sort=lambda r: r.get("status")),
-    Column("progress", "Progress", sort=lambda r: r.get("progress_percent")),
-    Column("bytes", "Bytes", sort=lambda r: r.get("downloaded_bytes")),
-    Column("speed", "Speed", sort=lambda r: r.get("speed_mbps")),
-    Column("eta", "ETA", sort=lambda r: r.get("eta_seconds")),
-    Column("prio", "Prio", sort=lambda r: ("critical", "high", "normal", "low").index(r.get("priority", "normal")) if r.get("priority") in ("critical", "high", "normal", "low") else 9),
-    Column("pos", "Q", sort=lambda r: r.get("queue_position")),
-    Column("retries", "Rt", sort=lambda r: r.get("retry_count")),
+    Column("id", "Model", width=15),
+    Column("status", "Status", sort=lambda r: r.get("status"), width=11),
+    Column("progress", "Progress", sort=lambda r: r.get("progress_percent"), width=9),
+    Column("bytes", "Bytes", sort=lambda r: r.get("downloaded_bytes"), width=11),
+    Column("rate", "Speed ETA", sort=lambda r: r.get("speed_mbps"), width=10),
+    Column("queue", "Prio Q", sort=lambda r: (_RANK.get(r.get("priority", "normal"), 9), r.get("queue_position") or 999), width=6),
+    Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=2),
 ]
 TERMINAL = ("completed", "cancelled")
 
@@ -43,15 +45,16 @@ def download_cells(d: dict[str, Any]) -> tuple[Cell, ...]:
     pct = d.get("progress_percent")
     status = d.get("status")
     retries = d.get("retry_count")
+    running = status == "downloading"
+    prio = SHORT_PRIORITY.get(str(d.get("priority")), str(d.get("priority") or "-"))
+    pos = d.get("queue_position")
     return (
         d["model_id"],
         status_text(status),
-        f"{fmt.bar(None if pct is None else pct / 100, 8)} {fmt.percent(pct):>4}",
+        f"{fmt.bar(None if pct is None else pct / 100, 4)} {fmt.percent(pct):>4}",
         _bytes(d),
-        fmt.rate(d.get("speed_mbps")) if status == "downloading" else "-",
-        fmt.duration(d.get("eta_seconds")) if status == "downloading" else "-",
-        str(d.get("priority") or "-"),
-        str(d.get("queue_position") or "-") if d.get("queue_position") else "-",
+        f"{fmt.rate(d.get('speed_mbps'))} {fmt.duration(d.get('eta_seconds'))}" if running else "-",
+        f"{prio} {pos}" if pos else prio,
         Text(str(retries), style="yellow") if retries else "0",
     )
 
@@ -61,7 +64,8 @@ class DownloadsPane(Pane):
 
     TITLE = "Downloads"
     REQUIRES = ("downloads.active", "downloads.progress")
-    RESYNC_S = 10.0
+    RESYNC_S = 3.0
+    """Retries and errors are not in progress events: a small downloads.active every few seconds while shown."""
 
     def body(self) -> ComposeResult:
         yield Static("", classes="summary body", id="downloads-summary")
@@ -112,8 +116,15 @@ class DownloadsPane(Pane):
     def _detail(self) -> None:
         raw = self.selected_raw()
         err = raw.get("error_message")
-        text = f"{raw.get('model_id')}: {err}" if err else ""
-        self.query_one("#downloads-detail", Static).update(Text(text, style="red") if err else "")
+        if err:
+            code = raw.get("error_code")
+            text = f"{raw.get('model_id')}: {code + ': ' if code and not str(err).startswith(code) else ''}{err}"
+        elif raw:
+            text = (f"{raw.get('model_id')}: {raw.get('retry_count', 0)}/{raw.get('max_retries', '?')} retries"
+                    + (f" · {raw.get('current_file')}" if raw.get("current_file") else ""))
+        else:
+            text = ""
+        self.query_one("#downloads-detail", Static).update(Text(text, style="red" if err else ""))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._detail()
