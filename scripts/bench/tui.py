@@ -36,6 +36,9 @@ from core.mirror import MIB, Mirror, Synthetic
 from rpc.client import Client
 
 
+PARALLEL = 4  # the engine's default connections per large file
+
+
 def write_home(home: Path, mirror: Mirror, n_models: int, n_big: int, big_mib: int, concurrent: int) -> list[str]:
     """The catalog (n_big real downloads, the rest never fetched) and a config; the ids to download."""
     home.mkdir(parents=True, exist_ok=True)
@@ -53,7 +56,8 @@ def write_home(home: Path, mirror: Mirror, n_models: int, n_big: int, big_mib: i
             f'[[models.files]]\npath = "model.safetensors"\nurl = "http://127.0.0.1:9/m{i}"\nsize = {1024 * (i + 1)}\nsha256 = "{sha}"\n'
         )
     (home / "catalog.toml").write_text("".join(parts))
-    (home / "config.toml").write_text(f"[downloads]\nmax_concurrent = {concurrent}\n[storage]\nmin_free_gb = 0.0\n")
+    (home / "config.toml").write_text(f"[downloads]\nmax_concurrent = {concurrent}\nparallel_ranges = {PARALLEL}\n"
+                                      "[storage]\nmin_free_gb = 0.0\n")
     return big
 
 
@@ -125,10 +129,12 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=1000)
     ap.add_argument("--downloads", type=int, default=8)
     ap.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
-    ap.add_argument("--rate-mbps", type=float, default=2.0, help="per-connection mirror rate, MiB/s")
+    ap.add_argument("--idle-window", type=float, default=35.0, help="seconds of the idle phase (covers a 30 s resync)")
+    ap.add_argument("--rate-mbps", type=float, default=0.5, help="per-connection mirror rate, MiB/s")
     args = ap.parse_args()
     rows: list[tuple[str, str, float]] = []
-    big_mib = int(args.rate_mbps * (args.window * 4 + 60)) + 16  # enough to outlast every phase
+    # enough to outlast the download phases, with every connection of a download running
+    big_mib = int(args.rate_mbps * PARALLEL * (args.window * 3 + 45)) + 16
 
     with short_tmpdir() as d, Mirror() as mirror:
         mirror.default_faults.throttle_bps = args.rate_mbps * MIB
@@ -145,7 +151,7 @@ def main() -> int:
             try:
                 tui.wait_for(b"bench-dl-00")
                 time.sleep(2.0)  # first fetches done
-                r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.window)
+                r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.idle_window)
                 rows += [("idle, TUI attached (Models tab)", "engine", r["e"]), ("idle, TUI attached (Models tab)", "TUI", r["t"])]
                 if "downloads.start" not in methods:
                     print("this engine has no downloads.start: the download phases are skipped", file=sys.stderr)
@@ -182,7 +188,8 @@ def main() -> int:
     alone = [p for ph, pr, p in rows if pr == "engine" and "no TUI (download work)" in ph]
     if with_tui and alone:
         print(f"engine CPU the attached TUI adds beside the download work: {with_tui[0] - alone[0]:+.1f} points")
-    print(f"({args.models} models, mirror at {args.rate_mbps:g} MiB/s per connection, {args.window:g} s windows, "
+    print(f"({args.models} models, mirror at {args.rate_mbps:g} MiB/s per connection, {args.window:g} s windows "
+          f"({args.idle_window:g} s idle), "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
     return 0
 
