@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from core import __version__
 from core.catalog import Catalog, FileSpec, load_catalog, version_key
 from core.config import Config
+from core.downloads import DownloadManager
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
@@ -79,6 +80,8 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        self.downloads = DownloadManager(self)
+        self.add_status_provider(self.downloads)
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -93,6 +96,7 @@ class Engine:
             self.catalog_error = str(exc)
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
+        await self.downloads.start_service()
         self.spawn(self._rescan_loop(), name="presence-rescan")
         return self
 
@@ -186,13 +190,17 @@ class Engine:
         def scan() -> _Snapshot:
             versions, verified, manifests = self._load_installed()
             ids = list(self.catalog.models) if model_ids is None else [m for m in model_ids if m in self.catalog.models]
-            presence = dict(self._snap.presence) if model_ids is not None else {}
+            presence = {}
             for mid in ids:
                 version = versions.get(mid, self.catalog.models[mid].version)
                 presence[mid] = scan_model(self.layout, mid, version, self._manifest(mid, version, manifests), verified)
             return _Snapshot(presence=presence, versions=versions)
 
-        self._snap = await asyncio.to_thread(scan)
+        fresh = await asyncio.to_thread(scan)
+        if model_ids is not None:
+            # merge on the loop: scans of different models may overlap and must not undo each other
+            fresh.presence = {**self._snap.presence, **fresh.presence}
+        self._snap = fresh
         self.publish_status_changes(model_ids)
 
     def publish_status_changes(self, model_ids: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import __version__
+from core.downloads import PRIORITY_INPUT
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
 from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
 from core.events import EVENT_TYPES
@@ -102,6 +103,43 @@ async def models_release(ctx: CallContext, lease_id: str) -> dict[str, Any]:
     return {"success": True, "lease_id": lease.lease_id, "model_id": lease.model_id}
 
 
+# --- downloads (issue 3) ----------------------------------------------------------
+async def downloads_start(ctx: CallContext, model_id: str, priority: str, max_retries: int | None, bandwidth_limit_mbps: float) -> dict[str, Any]:
+    return await ctx.engine.downloads.start(model_id, priority=priority, max_retries=max_retries, bandwidth_limit_mbps=bandwidth_limit_mbps)
+
+
+async def downloads_pause(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.downloads.pause(model_id)
+
+
+async def downloads_resume(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.downloads.resume(model_id)
+
+
+async def downloads_cancel(ctx: CallContext, model_id: str, keep_partial: bool) -> dict[str, Any]:
+    return await ctx.engine.downloads.cancel(model_id, keep_partial=keep_partial)
+
+
+async def downloads_set_priority(ctx: CallContext, model_id: str, priority: str) -> dict[str, Any]:
+    return await ctx.engine.downloads.set_priority(model_id, priority)
+
+
+async def downloads_move(ctx: CallContext, model_id: str, position: int) -> dict[str, Any]:
+    return await ctx.engine.downloads.move(model_id, position)
+
+
+async def downloads_set_limit(ctx: CallContext, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
+    return await ctx.engine.downloads.set_limit(model_id, bandwidth_limit_mbps)
+
+
+async def downloads_progress(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return ctx.engine.downloads.progress(model_id)
+
+
+async def downloads_active(ctx: CallContext) -> dict[str, Any]:
+    return ctx.engine.downloads.active()
+
+
 # --- events ---------------------------------------------------------------------
 async def events_subscribe(ctx: CallContext, types: list[Any] | None, model_ids: list[Any] | None) -> dict[str, Any]:
     for t in types or []:
@@ -119,6 +157,8 @@ async def events_unsubscribe(ctx: CallContext, subscription_id: str) -> dict[str
 
 
 _MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
+_PRIORITY = P("priority", "string", "critical, high, normal (or medium), low.", default="normal", enum=PRIORITY_INPUT)
+_PRIORITY_REQ = P("priority", "string", "critical, high, normal (or medium), low.", required=True, enum=PRIORITY_INPUT)
 
 METHODS: tuple[Method, ...] = (
     Method("session.hello", session_hello, "Greet the engine; present the token when one is configured.",
@@ -143,6 +183,24 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("models.acquire", models_acquire, "Mark an available model in use; returns a lease, its path and files.", (_MODEL_ID,)),
     Method("models.release", models_release, "End a lease.", (P("lease_id", "string", "From models.acquire.", required=True),)),
+    # downloads (issue 3)
+    Method("downloads.start", downloads_start, "Queue a download of a model's catalog version.", (
+        _MODEL_ID,
+        _PRIORITY,
+        P("max_retries", "integer", "Retries per file without progress; default downloads.max_retries.", minimum=0, maximum=100, nullable=True),
+        P("bandwidth_limit_mbps", "number", "This download's cap in MiB/s; 0 = none.", default=0.0, minimum=0),
+    )),
+    Method("downloads.pause", downloads_pause, "Stop a download, keeping every byte.", (_MODEL_ID,)),
+    Method("downloads.resume", downloads_resume, "Queue a paused or failed download again.", (_MODEL_ID,)),
+    Method("downloads.cancel", downloads_cancel, "Stop a download and delete its partial data.", (
+        _MODEL_ID, P("keep_partial", "boolean", "Keep the partial data for a later start.", default=False))),
+    Method("downloads.set_priority", downloads_set_priority, "Change a download's priority.", (_MODEL_ID, _PRIORITY_REQ)),
+    Method("downloads.move", downloads_move, "Put a download at a position of the queue (1 = first).", (
+        _MODEL_ID, P("position", "integer", "1-based queue position.", required=True, minimum=1))),
+    Method("downloads.set_limit", downloads_set_limit, "Change a download's own bandwidth cap while it runs.", (
+        _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0))),
+    Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,)),
+    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order."),
     Method("events.subscribe", events_subscribe, "Receive event notifications on this connection.", (
         P("types", "array", "Event types; omit for all.", nullable=True),
         P("model_ids", "array", "Only events about these models; omit for all.", nullable=True),
