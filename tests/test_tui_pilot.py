@@ -84,9 +84,9 @@ async def test_download_progresses_in_the_table_and_p_r_pause_and_resume(home: P
     from core.mirror import MIB, Mirror, Synthetic
 
     with Mirror() as mirror:
-        mirror.default_faults.throttle_bps = 256 * 1024
+        mirror.default_faults.throttle_bps = 1024 * 1024
         home.mkdir(parents=True)
-        (home / "catalog.toml").write_text(mirror.add_model("wan2.2-ti2v-5b", {"model.safetensors": Synthetic("ti2v", 4 * MIB)}))
+        (home / "catalog.toml").write_text(mirror.add_model("wan2.2-ti2v-5b", {"model.safetensors": Synthetic("ti2v", 24 * MIB)}))
         (home / "config.toml").write_text('[storage]\nmin_free_gb = 0.0\n[downloads]\nretry_base_s = 0.05\n')
         async with running_engine(home) as (engine, sock):
             app = create_app(sock, keymap={})
