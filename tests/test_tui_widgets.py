@@ -211,3 +211,17 @@ async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
         await until(pilot, lambda: ("storage.cleanup", {"cleanup_type": "manual", "models_to_remove": ["old-a", "old-b"], "dry_run": False}) in link.calls)
+
+
+async def test_health_alerts_and_availability_changes_become_notifications():
+    app, link = make_app({"models.status": models_answer(status("m", "downloading"))})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        link.push("model_health_alert", model_id="m", alert_type="corruption_detected", severity="warning",
+                  message="3 pieces do not match their sha256")
+        link.push("model_availability_change", model_id="m", old_status="downloading", new_status="available")
+        await until(pilot, lambda: len(app._notifications) >= 2)
+        texts = [(n.title, str(n.message), n.severity) for n in app._notifications]
+        assert ("Health alert", "m: 3 pieces do not match their sha256", "warning") in texts
+        assert any("m: downloading → available" in t for _, t, _ in texts)
+        await until(pilot, lambda: str(app.pane("models").table.cell("m", "status")) == "available")
