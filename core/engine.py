@@ -15,6 +15,9 @@ from core.downloads import DownloadManager
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
+from core.fallback.queue import RequestQueue
+from core.fallback.service import FallbackService
+from core.health import HealthService
 from core.leases import LeaseManager
 from core.inventory import ModelPresence, VerifiedIndex, scan_model
 from core.paths import HomeLayout
@@ -82,6 +85,9 @@ class Engine:
         self.add_status_provider(self.leases)
         self.downloads = DownloadManager(self)
         self.add_status_provider(self.downloads)
+        self.health = HealthService(self)
+        self.fallback = FallbackService(self)  # issue 5: suggestions, strategies, models.request
+        self.queue = RequestQueue(self)  # issue 5: requests waiting for a model
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -97,7 +103,9 @@ class Engine:
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
         await self.downloads.start_service()
+        await self.health.start()
         self.spawn(self._rescan_loop(), name="presence-rescan")
+        await self.queue.start()  # last: it may ask the other services (downloads) for models
         return self
 
     async def __aexit__(self, *exc: object) -> None:

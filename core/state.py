@@ -105,6 +105,65 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0004_health",
+        """
+        -- Every health check (quick, full, performance): its outcome as JSON.
+        CREATE TABLE health_checks (
+            check_id    TEXT PRIMARY KEY,
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            check_type  TEXT NOT NULL,
+            trigger     TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            started_at  REAL NOT NULL,
+            finished_at REAL,
+            result      TEXT
+        );
+        CREATE INDEX health_checks_model ON health_checks (model_id, started_at);
+        CREATE TABLE health_repairs (
+            repair_id          TEXT PRIMARY KEY,
+            model_id           TEXT NOT NULL,
+            version            TEXT NOT NULL,
+            repair_type        TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            started_at         REAL NOT NULL,
+            finished_at        REAL,
+            bytes_redownloaded INTEGER NOT NULL DEFAULT 0,
+            result             TEXT
+        );
+        CREATE TABLE model_updates (
+            update_id    TEXT PRIMARY KEY,
+            model_id     TEXT NOT NULL,
+            from_version TEXT,
+            to_version   TEXT NOT NULL,
+            status       TEXT NOT NULL,
+            started_at   REAL NOT NULL,
+            finished_at  REAL,
+            message      TEXT
+        );
+        """,
+    ),
+    (
+        "0005_fallback_queue",
+        """
+        -- Generation requests waiting for a model (issue 5), in priority then arrival (seq) order.
+        -- status: waiting, ready, expired, cancelled; finished_at is set when it leaves waiting.
+        CREATE TABLE fallback_queue (
+            queue_id    TEXT PRIMARY KEY,
+            seq         INTEGER NOT NULL,
+            model_id    TEXT NOT NULL,
+            request     TEXT NOT NULL,
+            priority    TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            expires_at  REAL NOT NULL,
+            session_id  TEXT,
+            status      TEXT NOT NULL,
+            finished_at REAL
+        );
+        CREATE INDEX fallback_queue_status ON fallback_queue (status, model_id);
+        """,
+    ),
 ]
 
 
