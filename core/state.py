@@ -72,7 +72,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             vram_peak_mb      REAL,
             parameters        TEXT
         );
-        CREATE INDEX usage_events_model_ts ON usage_events (model_id, ts);
+        -- Only a time index: every read of raw events is a time range (the
+        -- partial days at a range's edges, the last 24 hours, preload's window);
+        -- per-model figures come from usage_daily. A (model_id, ts) index would
+        -- cost a random page write per event.
         CREATE INDEX usage_events_ts ON usage_events (ts);
         -- Per-model, per-UTC-day rollup maintained on insert (model_id '*' is every
         -- model together). The plain columns are that day's figures; the c_ columns
@@ -141,7 +144,6 @@ MIGRATIONS: list[tuple[str, str]] = [
             c_h23      INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (model_id, day)
         ) WITHOUT ROWID;
-        CREATE INDEX usage_daily_day ON usage_daily (day, model_id);
         -- All-time figures per model, loaded at start for the status fields.
         CREATE TABLE usage_models (
             model_id          TEXT PRIMARY KEY,
