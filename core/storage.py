@@ -18,8 +18,9 @@ Rules (config keys under `storage.`):
 - never removed: a model under a lease, busy (downloading, checking, repairing,
   updating...), or with requests queued for it; anything that is not a real
   directory named like a model id directly under `models/`;
-- partial download data (entries of `partial/`) untouched for
-  `partial_max_age_days` and not owned by a download is offered too.
+- partial download data (entries of `partial/`, `partial/<model_id>/...`)
+  untouched for `partial_max_age_days` and not owned by a download (active,
+  or with a download record that is not completed or cancelled) is offered too.
 
 A removal renames the model directory into `trash/` (one atomic step, after a
 journal row in `storage_trash`), deletes its installed_* rows, deletes the
@@ -354,7 +355,18 @@ class StorageManager:
                 best = mid
         return best
 
-    def _partial_owned(self, entry: DiskEntry, owner: str | None) -> bool:
+    async def _downloads_kept(self) -> set[str]:
+        """Models with a download record that may still use its partial data (any state but completed or cancelled)."""
+        def q(c: Any) -> set[str]:
+            if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'downloads'").fetchone() is None:
+                return set()
+            return {r[0] for r in c.execute("SELECT model_id FROM downloads WHERE status NOT IN ('completed', 'cancelled')")}
+
+        return await self.engine.db.read(q)
+
+    def _partial_owned(self, entry: DiskEntry, owner: str | None, kept: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+        if owner is not None and owner in kept:
+            return True
         dl = getattr(self.engine, "downloads", None)
         fn = getattr(dl, "partial_paths", None)
         if callable(fn):
@@ -403,10 +415,11 @@ class StorageManager:
             })
         rows.sort(key=lambda r: (-r["size_bytes"], r["model_id"]))
         max_age = float(self.engine.config.get("storage.partial_max_age_days")) * DAY
+        kept = await self._downloads_kept()
         partial_rows = []
         for e in partial:
             owner = self._partial_owner(e.name)
-            orphan = not self._partial_owned(e, owner) and (now - e.size.newest_mtime) >= max_age
+            orphan = not self._partial_owned(e, owner, kept) and (now - e.size.newest_mtime) >= max_age
             partial_rows.append({"name": e.name, "model_id": owner, "size_bytes": e.size.bytes, "modified": iso(e.size.newest_mtime),
                                  "orphaned": orphan})
         plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed)
@@ -535,10 +548,11 @@ class StorageManager:
                     got += size
         if include_partial and cleanup_type == "auto":
             max_age = float(cfg.get("storage.partial_max_age_days")) * DAY
+            kept = await self._downloads_kept()
             for e in partial:
                 owner = self._partial_owner(e.name)
                 age = now - e.size.newest_mtime
-                if age < max_age or self._partial_owned(e, owner):
+                if age < max_age or self._partial_owned(e, owner, kept):
                     continue
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
                                       f"partial download data untouched for {age / DAY:.0f} days, no download owns it", 0.8, None, 0))
