@@ -202,6 +202,7 @@ class Analytics:
         self._flush_lock = asyncio.Lock()
         self._summary: dict[str, ModelUsage] = {}
         self._rollup = RollupCache()  # used by the database's writer thread only
+        self._iso_cache: tuple[int, str | None] = (-1, None)
         self.flushes = 0
         self.write_errors = 0
 
@@ -297,7 +298,10 @@ class Analytics:
         ev = self._check_event(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp, now)
         await self._backpressure()
         self._accept([ev])
-        return {"success": True, "model_id": model_id, "recorded_at": iso(ev[1])}
+        sec = int(ev[1])
+        if self._iso_cache[0] != sec:  # formatting a time costs more than recording the event
+            self._iso_cache = (sec, iso(sec))
+        return {"success": True, "model_id": model_id, "recorded_at": self._iso_cache[1]}
 
     async def record_many(self, events: list[Any]) -> dict[str, Any]:
         """Validate every event first, then buffer them all (none when any is invalid)."""
