@@ -581,7 +581,8 @@ class Analytics:
             elif status == "corrupted" or st.get("corruption_detected"):
                 reason = f"{what}, but corrupted"
                 base = 0.6
-            elif st.get("overall_health") in ("degraded", "corrupted") or (st.get("integrity_score") is not None and st["integrity_score"] < 1.0 and st.get("verified")):
+            elif st.get("overall_health") == "corrupted":
+                # "degraded" (never verified, changed since verified, slower) is the health tab's business, not a reason to fetch
                 reason = f"{what}, but unhealthy"
                 base = 0.5
             elif st.get("update_available"):

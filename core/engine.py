@@ -11,9 +11,13 @@ from typing import Any, Awaitable, Callable, Protocol
 from core import __version__
 from core.catalog import Catalog, FileSpec, load_catalog, version_key
 from core.config import Config
+from core.downloads import DownloadManager
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
+from core.fallback.queue import RequestQueue
+from core.fallback.service import FallbackService
+from core.health import HealthService
 from core.analytics import Analytics
 from core.leases import LeaseManager
 from core.inventory import ModelPresence, VerifiedIndex, scan_model
@@ -81,6 +85,12 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        # health before downloads: during an update (downloading beside a version still in use) its "updating" wins
+        self.health = HealthService(self)
+        self.downloads = DownloadManager(self)
+        self.add_status_provider(self.downloads)
+        self.fallback = FallbackService(self)  # issue 5: suggestions, strategies, models.request
+        self.queue = RequestQueue(self)  # issue 5: requests waiting for a model
         self.analytics = Analytics(self)  # issue 6: usage events and figures
         self.storage = StorageManager(self)  # issue 6: disk figures, retention, cleanup
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
@@ -97,9 +107,12 @@ class Engine:
             self.catalog_error = str(exc)
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
+        await self.downloads.start_service()
+        await self.health.start()
         await self.analytics.start()
         await self.storage.start()
         self.spawn(self._rescan_loop(), name="presence-rescan")
+        await self.queue.start()  # last: it may ask the other services (downloads) for models
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -192,13 +205,17 @@ class Engine:
         def scan() -> _Snapshot:
             versions, verified, manifests = self._load_installed()
             ids = list(self.catalog.models) if model_ids is None else [m for m in model_ids if m in self.catalog.models]
-            presence = dict(self._snap.presence) if model_ids is not None else {}
+            presence = {}
             for mid in ids:
                 version = versions.get(mid, self.catalog.models[mid].version)
                 presence[mid] = scan_model(self.layout, mid, version, self._manifest(mid, version, manifests), verified)
             return _Snapshot(presence=presence, versions=versions)
 
-        self._snap = await asyncio.to_thread(scan)
+        fresh = await asyncio.to_thread(scan)
+        if model_ids is not None:
+            # merge on the loop: scans of different models may overlap and must not undo each other
+            fresh.presence = {**self._snap.presence, **fresh.presence}
+        self._snap = fresh
         self.publish_status_changes(model_ids)
 
     def publish_status_changes(self, model_ids: list[str] | None = None) -> None:

@@ -58,6 +58,113 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
+        "0003_downloads",
+        """
+        -- One row per model with a download (the latest one): its place in the
+        -- queue, limits and outcome. A restarted engine resumes the rows that were
+        -- queued or downloading.
+        CREATE TABLE downloads (
+            model_id             TEXT PRIMARY KEY,
+            download_id          TEXT NOT NULL,
+            version              TEXT NOT NULL,
+            status               TEXT NOT NULL,
+            priority             TEXT NOT NULL,
+            seq                  REAL NOT NULL,
+            max_retries          INTEGER NOT NULL,
+            bandwidth_limit_mbps REAL NOT NULL DEFAULT 0,
+            retry_count          INTEGER NOT NULL DEFAULT 0,
+            error_code           TEXT,
+            error_message        TEXT,
+            created_at           REAL NOT NULL,
+            updated_at           REAL NOT NULL,
+            completed_at         REAL
+        );
+        -- The files of a download as resolved at its start (catalog or Hub), the
+        -- validators each URL gave, and whether the file is already installed.
+        CREATE TABLE download_files (
+            model_id     TEXT NOT NULL,
+            ordinal      INTEGER NOT NULL,
+            path         TEXT NOT NULL,
+            urls         TEXT NOT NULL,
+            size         INTEGER NOT NULL,
+            sha256       TEXT,
+            git_sha1     TEXT,
+            piece_size   INTEGER NOT NULL,
+            validators   TEXT NOT NULL DEFAULT '{}',
+            installed_sha256 TEXT,
+            PRIMARY KEY (model_id, path)
+        );
+        -- Pieces of partial files whose bytes were flushed to disk (fdatasync) before
+        -- the row was written: what a restart can trust.
+        CREATE TABLE download_pieces (
+            model_id TEXT NOT NULL,
+            path     TEXT NOT NULL,
+            idx      INTEGER NOT NULL,
+            sha256   TEXT NOT NULL,
+            PRIMARY KEY (model_id, path, idx)
+        );
+        """,
+    ),
+    (
+        "0004_health",
+        """
+        -- Every health check (quick, full, performance): its outcome as JSON.
+        CREATE TABLE health_checks (
+            check_id    TEXT PRIMARY KEY,
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            check_type  TEXT NOT NULL,
+            trigger     TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            started_at  REAL NOT NULL,
+            finished_at REAL,
+            result      TEXT
+        );
+        CREATE INDEX health_checks_model ON health_checks (model_id, started_at);
+        CREATE TABLE health_repairs (
+            repair_id          TEXT PRIMARY KEY,
+            model_id           TEXT NOT NULL,
+            version            TEXT NOT NULL,
+            repair_type        TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            started_at         REAL NOT NULL,
+            finished_at        REAL,
+            bytes_redownloaded INTEGER NOT NULL DEFAULT 0,
+            result             TEXT
+        );
+        CREATE TABLE model_updates (
+            update_id    TEXT PRIMARY KEY,
+            model_id     TEXT NOT NULL,
+            from_version TEXT,
+            to_version   TEXT NOT NULL,
+            status       TEXT NOT NULL,
+            started_at   REAL NOT NULL,
+            finished_at  REAL,
+            message      TEXT
+        );
+        """,
+    ),
+    (
+        "0005_fallback_queue",
+        """
+        -- Generation requests waiting for a model (issue 5), in priority then arrival (seq) order.
+        -- status: waiting, ready, expired, cancelled; finished_at is set when it leaves waiting.
+        CREATE TABLE fallback_queue (
+            queue_id    TEXT PRIMARY KEY,
+            seq         INTEGER NOT NULL,
+            model_id    TEXT NOT NULL,
+            request     TEXT NOT NULL,
+            priority    TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            expires_at  REAL NOT NULL,
+            session_id  TEXT,
+            status      TEXT NOT NULL,
+            finished_at REAL
+        );
+        CREATE INDEX fallback_queue_status ON fallback_queue (status, model_id);
+        """,
+    ),
+    (
         "0006_analytics_storage",
         """
         -- One row per generation (kind 0, from analytics.record) or per request

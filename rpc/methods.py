@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import __version__
+from core.downloads import PRIORITY_INPUT
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
 from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
 from core.events import EVENT_TYPES
+from core.fallback.queue import PRIORITIES, normalise_priority
 from rpc import PROTOCOL_VERSION
 from rpc.spec import Method, P
 
@@ -102,6 +104,65 @@ async def models_release(ctx: CallContext, lease_id: str) -> dict[str, Any]:
     return {"success": True, "lease_id": lease.lease_id, "model_id": lease.model_id}
 
 
+# --- fallback (issue 5) ----------------------------------------------------------
+async def models_request(ctx: CallContext, model_id: str, requirements: dict[str, Any] | None, auto_download: bool,
+                         priority: str, user_preferences: dict[str, Any] | None) -> dict[str, Any]:
+    return await ctx.engine.fallback.request(model_id, requirements, auto_download, normalise_priority(priority), user_preferences)
+
+
+async def fallback_suggest(ctx: CallContext, requested_model: str, requirements: dict[str, Any] | None,
+                           user_preferences: dict[str, Any] | None) -> dict[str, Any]:
+    return ctx.engine.fallback.suggest(requested_model, requirements, user_preferences)
+
+
+async def fallback_queue(ctx: CallContext, model_id: str, request: dict[str, Any], priority: str,
+                         max_wait_time_minutes: float | None) -> dict[str, Any]:
+    return await ctx.engine.queue.enqueue(model_id, request, priority, max_wait_time_minutes, session=ctx.conn)
+
+
+async def fallback_queue_list(ctx: CallContext, model_id: str | None) -> dict[str, Any]:
+    return ctx.engine.queue.list(model_id)
+
+
+async def fallback_queue_cancel(ctx: CallContext, queue_id: str) -> dict[str, Any]:
+    return await ctx.engine.queue.cancel(queue_id)
+# --- downloads (issue 3) ----------------------------------------------------------
+async def downloads_start(ctx: CallContext, model_id: str, priority: str, max_retries: int | None, bandwidth_limit_mbps: float) -> dict[str, Any]:
+    return await ctx.engine.downloads.start(model_id, priority=priority, max_retries=max_retries, bandwidth_limit_mbps=bandwidth_limit_mbps)
+
+
+async def downloads_pause(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.downloads.pause(model_id)
+
+
+async def downloads_resume(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.downloads.resume(model_id)
+
+
+async def downloads_cancel(ctx: CallContext, model_id: str, keep_partial: bool) -> dict[str, Any]:
+    return await ctx.engine.downloads.cancel(model_id, keep_partial=keep_partial)
+
+
+async def downloads_set_priority(ctx: CallContext, model_id: str, priority: str) -> dict[str, Any]:
+    return await ctx.engine.downloads.set_priority(model_id, priority)
+
+
+async def downloads_move(ctx: CallContext, model_id: str, position: int) -> dict[str, Any]:
+    return await ctx.engine.downloads.move(model_id, position)
+
+
+async def downloads_set_limit(ctx: CallContext, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
+    return await ctx.engine.downloads.set_limit(model_id, bandwidth_limit_mbps)
+
+
+async def downloads_progress(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return ctx.engine.downloads.progress(model_id)
+
+
+async def downloads_active(ctx: CallContext) -> dict[str, Any]:
+    return ctx.engine.downloads.active()
+
+
 # --- events ---------------------------------------------------------------------
 async def events_subscribe(ctx: CallContext, types: list[Any] | None, model_ids: list[Any] | None) -> dict[str, Any]:
     for t in types or []:
@@ -116,6 +177,47 @@ async def events_unsubscribe(ctx: CallContext, subscription_id: str) -> dict[str
     if not ctx.conn.unsubscribe(subscription_id):
         raise NotFound(f"no subscription {subscription_id!r} on this connection", field="subscription_id")
     return {"success": True}
+
+
+# --- health and updates (issue 4) ---------------------------------------------------
+async def health_status(ctx: CallContext, model_id: str | None) -> dict[str, Any]:
+    if model_id is not None:
+        ctx.engine.spec(model_id)
+        await ctx.engine.refresh_presence([model_id])
+    return await ctx.engine.health.status(model_id)
+
+
+async def health_check(ctx: CallContext, model_id: str, check_type: str, force: bool, wait: bool, max_read_mbps: float | None) -> dict[str, Any]:
+    return await ctx.engine.health.check(model_id, check_type, force=force, wait=wait, max_read_mbps=max_read_mbps)
+
+
+async def health_check_all(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.health.check_all()
+
+
+async def health_check_status(ctx: CallContext, check_id: str) -> dict[str, Any]:
+    return ctx.engine.health.job(check_id)
+
+
+async def health_repair(ctx: CallContext, model_id: str, repair_type: str, force_repair: bool) -> dict[str, Any]:
+    return await ctx.engine.health.repair(model_id, repair_type, force_repair)
+
+
+async def models_check_updates(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.health.updates.check_updates()
+
+
+async def models_update(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.health.updates.update(model_id)
+
+
+async def models_rollback(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.health.updates.rollback(model_id)
+
+
+async def models_remove(ctx: CallContext, model_id: str, version: str | None) -> dict[str, Any]:
+    return await ctx.engine.health.updates.remove(model_id, version)
+
 
 
 # --- analytics and storage (issue 6) -------------------------------------------
@@ -156,6 +258,8 @@ async def storage_cleanup(ctx: CallContext, cleanup_type: str, models_to_remove:
 
 
 _MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
+_PRIORITY = P("priority", "string", "critical, high, normal (or medium), low.", default="normal", enum=PRIORITY_INPUT)
+_PRIORITY_REQ = P("priority", "string", "critical, high, normal (or medium), low.", required=True, enum=PRIORITY_INPUT)
 
 METHODS: tuple[Method, ...] = (
     Method("session.hello", session_hello, "Greet the engine; present the token when one is configured.",
@@ -180,6 +284,77 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("models.acquire", models_acquire, "Mark an available model in use; returns a lease, its path and files.", (_MODEL_ID,)),
     Method("models.release", models_release, "End a lease.", (P("lease_id", "string", "From models.acquire.", required=True),)),
+    # fallback (issue 5)
+    Method("models.request", models_request, "Ask for a model: ready (path), download started or in progress (estimate), "
+           "repair attempted, or error; with a fallback_strategy and suggestions when an alternative is worth a look.", (
+        _MODEL_ID,
+        P("requirements", "object", "What the generation needs: resolution \"WxH\", has_image or inputs, model_type, "
+          "capabilities, quality, speed, max_wait_time_minutes.", nullable=True),
+        P("auto_download", "boolean", "Start (or join) the download when the model is missing.", default=True),
+        P("priority", "string", "Download priority when one is started.", default="normal", enum=PRIORITIES),
+        P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
+    )),
+    Method("fallback.suggest", fallback_suggest, "Ranked alternatives to a model and the strategy to follow.", (
+        P("requested_model", "string", "The model the caller wants.", required=True),
+        P("requirements", "object", "As for models.request.", nullable=True),
+        P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
+    ), inline=True),
+    Method("fallback.queue", fallback_queue, "Queue a generation request until its model is ready (starts the download).", (
+        _MODEL_ID,
+        P("request", "object", "The generation request, returned as is in queued_request_ready.", required=True),
+        P("priority", "string", "Queue and download priority.", default="normal", enum=PRIORITIES),
+        P("max_wait_time_minutes", "number", "Expire the request after this long (default fallback.queue_max_wait_minutes).",
+          nullable=True, minimum=0.001),
+    )),
+    Method("fallback.queue_list", fallback_queue_list, "Waiting requests in queue order, with current positions and estimates.", (
+        P("model_id", "string", "Only requests for this model.", nullable=True),
+    ), inline=True),
+    Method("fallback.queue_cancel", fallback_queue_cancel, "Cancel a waiting request.",
+           (P("queue_id", "string", "From fallback.queue.", required=True),)),
+    # downloads (issue 3)
+    Method("downloads.start", downloads_start, "Queue a download of a model's catalog version.", (
+        _MODEL_ID,
+        _PRIORITY,
+        P("max_retries", "integer", "Retries per file without progress; default downloads.max_retries.", minimum=0, maximum=100, nullable=True),
+        P("bandwidth_limit_mbps", "number", "This download's cap in MiB/s; 0 = none.", default=0.0, minimum=0),
+    )),
+    Method("downloads.pause", downloads_pause, "Stop a download, keeping every byte.", (_MODEL_ID,)),
+    Method("downloads.resume", downloads_resume, "Queue a paused or failed download again.", (_MODEL_ID,)),
+    Method("downloads.cancel", downloads_cancel, "Stop a download and delete its partial data.", (
+        _MODEL_ID, P("keep_partial", "boolean", "Keep the partial data for a later start.", default=False))),
+    Method("downloads.set_priority", downloads_set_priority, "Change a download's priority.", (_MODEL_ID, _PRIORITY_REQ)),
+    Method("downloads.move", downloads_move, "Put a download at a position of the queue (1 = first).", (
+        _MODEL_ID, P("position", "integer", "1-based queue position.", required=True, minimum=1))),
+    Method("downloads.set_limit", downloads_set_limit, "Change a download's own bandwidth cap while it runs.", (
+        _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0))),
+    Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,)),
+    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order."),
+    # health and updates (issue 4)
+    Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
+           (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),
+    Method("health.check", health_check, "Check a model: quick (presence, size, changed since verified), full/integrity (every byte), performance.", (
+        _MODEL_ID,
+        P("check_type", "string", "Kind of check.", default="full", enum=("quick", "full", "integrity", "performance")),
+        P("force", "boolean", "Accepted for the seeds' force_check; every call runs a fresh check.", default=False),
+        P("wait", "boolean", "Wait for the result; false returns the check_id at once (see health.check_status).", default=True),
+        P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default health.max_read_mbps.", minimum=0, nullable=True),
+    )),
+    Method("health.check_all", health_check_all, "Quick check of every installed model in one pass."),
+    Method("health.check_status", health_check_status, "A check or repair by id: status and result.",
+           (P("check_id", "string", "From health.check or health.repair.", required=True),)),
+    Method("health.repair", health_repair, "Repair a model: auto (cheapest that works), redownload, integrity_fix (only the broken pieces).", (
+        _MODEL_ID,
+        P("repair_type", "string", "How to repair.", default="auto", enum=("auto", "redownload", "integrity_fix")),
+        P("force_repair", "boolean", "Repair even while the model is in use; with redownload, fetch healthy files again too.", default=False),
+    )),
+    Method("models.check_updates", models_check_updates, "Installed models whose catalog version is newer."),
+    Method("models.update", models_update, "Download the catalog version beside the current one, verify it, switch when no lease holds it.",
+           (_MODEL_ID,)),
+    Method("models.rollback", models_rollback, "Switch back to the newest kept previous version (after any lease ends).", (_MODEL_ID,)),
+    Method("models.remove", models_remove, "Remove a model (or one version): refused while in use or busy.", (
+        P("model_id", "string", "A model id.", required=True),
+        P("version", "string", "Only this version; omit for every version.", nullable=True),
+    )),
     Method("events.subscribe", events_subscribe, "Receive event notifications on this connection.", (
         P("types", "array", "Event types; omit for all.", nullable=True),
         P("model_ids", "array", "Only events about these models; omit for all.", nullable=True),

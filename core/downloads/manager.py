@@ -1,0 +1,878 @@
+"""The download manager: queue, scheduler, state in SQLite, progress, events, installs.
+
+`engine.downloads` is one `DownloadManager`. Downloads are kept per model (one
+at a time per model; a second request joins it). The scheduler runs the first
+`downloads.max_concurrent` downloads in queue order (priority, then arrival or
+the order `move` gave) and pre-empts a running one when a more urgent one
+arrives: pre-empted, paused and interrupted downloads keep every byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import httpx
+
+from core.downloads.hf import hf_headers, resolve_hf
+from core.downloads.limiter import MIB, RateLimiter
+from core.downloads.partial import Opener, PartialFile
+from core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
+from core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
+from core.fsutil import free_bytes, fsync_dir
+from core.paths import safe_join
+from core.timeutil import iso
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger("mavail.downloads")
+
+PRIORITIES = ("critical", "high", "normal", "low")
+PRIORITY_INPUT = PRIORITIES + ("medium",)
+_RANK = {p: i for i, p in enumerate(PRIORITIES)}
+RUNNABLE = ("queued", "downloading", "verifying")
+LIVE = RUNNABLE + ("paused", "failed")
+PROGRESS_INTERVAL_S = 0.25  # at most 4 progress events a second per download
+SPEED_TAU_S = 2.0
+
+
+def normalize_priority(priority: str) -> str:
+    """A contract priority (`medium` is `normal`); InvalidParams otherwise."""
+    p = "normal" if priority == "medium" else priority
+    if p not in _RANK:
+        raise InvalidParams(f"priority must be one of {', '.join(PRIORITY_INPUT)}", field="priority")
+    return p
+
+
+@dataclass
+class FileRec:
+    """One file of a download as resolved at its start, and what is known of its partial data."""
+
+    job: FileJob
+    piece_size: int
+    recorded: dict[int, str] = field(default_factory=dict)
+    validators: dict[str, list[str | None]] = field(default_factory=dict)
+    installed_sha256: str | None = None
+    stat: tuple[int, int] | None = None  # (mtime_ns, inode) once installed
+
+    @property
+    def recorded_bytes(self) -> int:
+        ps, size = self.piece_size, self.job.size
+        return sum(min(ps, size - i * ps) for i in self.recorded)
+
+
+@dataclass
+class Download:
+    """One model's download: queue state, files, and live figures."""
+
+    model_id: str
+    download_id: str
+    version: str
+    status: str
+    priority: str
+    seq: float
+    max_retries: int
+    bandwidth_limit_mbps: float
+    created_at: float
+    files: list[FileRec] = field(default_factory=list)
+    retry_count: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    completed_at: float | None = None
+    task: asyncio.Task[Any] | None = None
+    transfers: dict[str, FileTransfer] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
+    speed: float = 0.0  # smoothed bytes/s
+    received: int = 0  # bytes off the wire this session (for speed)
+    _sample: tuple[float, int] = (0.0, 0)
+    last_emit: float = 0.0
+    last_emit_bytes: int = -1
+    holding: bool = False
+    stop_reason: str | None = None  # why the task is being cancelled: pause, cancel, preempt, shutdown
+    current_file: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.job.size for f in self.files)
+
+    @property
+    def downloaded_bytes(self) -> int:
+        n = 0
+        for f in self.files:
+            if f.installed_sha256 is not None:
+                n += f.job.size
+            elif f.job.path in self.transfers:
+                n += self.transfers[f.job.path].written_bytes
+            else:
+                n += f.recorded_bytes
+        return n
+
+    @property
+    def remaining_bytes(self) -> int:
+        return max(0, self.total_bytes - self.downloaded_bytes)
+
+
+class DownloadManager:
+    """Every download of the engine. Attach as `engine.downloads`; it is also a status provider."""
+
+    def __init__(self, engine: "Engine", opener: Opener | None = None, environ: dict[str, str] | None = None) -> None:
+        self.engine = engine
+        self.opener: Opener = opener or PartialFile
+        self.environ = environ  # None: os.environ (HF_ENDPOINT, HF_TOKEN)
+        self.piece_size: int | None = None  # bytes; None = downloads.piece_size_mb (tests use tiny pieces)
+        self._dl: dict[str, Download] = {}
+        self._listeners: list[Callable[[str, str, str], None]] = []
+        self._seq = itertools.count(1)
+        self._client: httpx.AsyncClient | None = None
+        self._global = RateLimiter(lambda: float(engine.config.get("downloads.bandwidth_limit_mbps")) * MIB)
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._aggregate_rate = 0.0  # last smoothed total bytes/s seen while something downloaded
+        self._stopping = False
+        self.sleep = asyncio.sleep  # tests may inject
+
+    # --- lifecycle -------------------------------------------------------------
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The shared HTTP client (also used by health repairs with `fetch_range`)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(http1=True, follow_redirects=True, trust_env=False,
+                                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                                             timeout=httpx.Timeout(30.0, pool=None))
+        return self._client
+
+    async def start_service(self) -> None:
+        """Load downloads from the database, resume those that were running or queued, start the ticker."""
+        await self._load()
+        self.engine.config.on_change(self._on_config)
+        self.engine.on_stop(self._shutdown)
+        self.engine.spawn(self._ticker(), name="downloads-progress")
+        self._kick()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        tasks = []
+        for d in self._dl.values():
+            if d.task is not None:
+                d.stop_reason = "shutdown"
+                d.task.cancel()
+                tasks.append(d.task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _on_config(self, changed: dict[str, Any]) -> None:
+        if "downloads.max_concurrent" in changed:
+            self._kick()
+
+    def add_listener(self, cb: Callable[[str, str, str], None]) -> None:
+        """Call `cb(model_id, version, status)` on every status change of any download."""
+        self._listeners.append(cb)
+
+    # --- persistence -------------------------------------------------------------
+    async def _load(self) -> None:
+        def q(conn: Any) -> tuple[list[Any], list[Any], list[Any]]:
+            return (conn.execute("SELECT * FROM downloads").fetchall(),
+                    conn.execute("SELECT * FROM download_files ORDER BY model_id, ordinal").fetchall(),
+                    conn.execute("SELECT model_id, path, idx, sha256 FROM download_pieces").fetchall())
+
+        rows, frows, prows = await self.engine.db.read(q)
+        pieces: dict[tuple[str, str], dict[int, str]] = {}
+        for r in prows:
+            pieces.setdefault((r[0], r[1]), {})[r[2]] = r[3]
+        files: dict[str, list[FileRec]] = {}
+        for r in frows:
+            job = FileJob(path=r["path"], urls=tuple(json.loads(r["urls"])), size=r["size"], sha256=r["sha256"], git_sha1=r["git_sha1"])
+            files.setdefault(r["model_id"], []).append(FileRec(job, r["piece_size"], pieces.get((r["model_id"], r["path"]), {}),
+                                                               json.loads(r["validators"]), r["installed_sha256"]))
+        resumed = 0
+        for r in rows:
+            status = r["status"]
+            if status in RUNNABLE:
+                status = "queued"
+                resumed += 1
+            d = Download(model_id=r["model_id"], download_id=r["download_id"], version=r["version"], status=status,
+                         priority=r["priority"], seq=r["seq"], max_retries=r["max_retries"],
+                         bandwidth_limit_mbps=r["bandwidth_limit_mbps"], created_at=r["created_at"],
+                         files=files.get(r["model_id"], []), retry_count=r["retry_count"], error_code=r["error_code"],
+                         error_message=r["error_message"], completed_at=r["completed_at"])
+            self._attach_limiter(d)
+            self._dl[d.model_id] = d
+            if status in RUNNABLE:
+                self._hold(d, True)
+        if rows:
+            self._seq = itertools.count(int(max(r["seq"] for r in rows)) + 1)
+        if resumed:
+            log.info("resuming %d download(s) after restart", resumed)
+
+    def _row(self, d: Download) -> tuple[Any, ...]:
+        return (d.model_id, d.download_id, d.version, d.status, d.priority, d.seq, d.max_retries, d.bandwidth_limit_mbps,
+                d.retry_count, d.error_code, d.error_message, d.created_at, self.engine.clock.time(), d.completed_at)
+
+    async def _persist(self, d: Download, with_files: bool = False) -> None:
+        row = self._row(d)
+        files = [(d.model_id, i, f.job.path, json.dumps(list(f.job.urls)), f.job.size, f.job.sha256, f.job.git_sha1, f.piece_size,
+                  json.dumps(f.validators), f.installed_sha256) for i, f in enumerate(d.files)]
+
+        def w(conn: Any) -> None:
+            conn.execute("INSERT OR REPLACE INTO downloads VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            if with_files:
+                conn.execute("DELETE FROM download_files WHERE model_id = ?", (row[0],))
+                conn.executemany("INSERT INTO download_files VALUES (?,?,?,?,?,?,?,?,?,?)", files)
+
+        await self.engine.db.write(w)
+
+    async def _forget_pieces(self, model_id: str, path: str | None = None) -> None:
+        def w(conn: Any) -> None:
+            if path is None:
+                conn.execute("DELETE FROM download_pieces WHERE model_id = ?", (model_id,))
+            else:
+                conn.execute("DELETE FROM download_pieces WHERE model_id = ? AND path = ?", (model_id, path))
+
+        await self.engine.db.write(w)
+
+    # --- helpers ---------------------------------------------------------------------
+    def _get(self, model_id: str) -> Download:
+        self.engine.spec(model_id)
+        d = self._dl.get(model_id)
+        if d is None:
+            raise NotFound(f"no download for model {model_id!r}", model_id=model_id)
+        return d
+
+    def _attach_limiter(self, d: Download) -> None:
+        d.limiter = RateLimiter(lambda: d.bandwidth_limit_mbps * MIB)
+
+    def _hold(self, d: Download, on: bool) -> None:
+        if on and not d.holding:
+            self.engine.activity.acquire(d.model_id, "downloading")
+            d.holding = True
+        elif not on and d.holding:
+            self.engine.activity.release(d.model_id, "downloading")
+            d.holding = False
+
+    def _partial_path(self, d: Download, path: str) -> Path:
+        return safe_join(self.engine.layout.partial_dir / d.model_id / d.version, path + ".part")
+
+    def _piece_size(self) -> int:
+        return self.piece_size or int(self.engine.config.get("downloads.piece_size_mb")) * MIB
+
+    def _order(self) -> list[Download]:
+        runnable = [d for d in self._dl.values() if d.status in RUNNABLE]
+        return sorted(runnable, key=lambda d: (_RANK[d.priority], d.seq))
+
+    def queue_position(self, d: Download) -> int | None:
+        """1-based place in the queue (running ones first), None when not queued or running."""
+        if d.status not in RUNNABLE:
+            return None
+        for i, x in enumerate(self._order(), 1):
+            if x is d:
+                return i
+        return None
+
+    def is_active(self, model_id: str) -> bool:
+        """Whether a download of the model is queued, running or verifying."""
+        d = self._dl.get(model_id)
+        return d is not None and d.status in RUNNABLE
+
+    def _eta(self, d: Download) -> float | None:
+        if d.status == "downloading" and d.speed > 1:
+            return d.remaining_bytes / d.speed
+        return self.estimate_ready_seconds(d.model_id) if d.status in RUNNABLE else None
+
+    def estimate_ready_seconds(self, model_id: str) -> float | None:
+        """Seconds until the model's download completes, from the queue and the measured rates; None when unknown."""
+        d = self._dl.get(model_id)
+        if d is None or d.status not in RUNNABLE:
+            return None
+        if d.status == "downloading" and d.speed > 1:
+            own = d.remaining_bytes / d.speed
+            if d.bandwidth_limit_mbps > 0:
+                own = max(own, d.remaining_bytes / (d.bandwidth_limit_mbps * MIB))
+            return own
+        rate = sum(x.speed for x in self._dl.values() if x.status == "downloading") or self._aggregate_rate
+        glim = float(self.engine.config.get("downloads.bandwidth_limit_mbps")) * MIB
+        if glim > 0:
+            rate = min(rate, glim) if rate > 0 else glim
+        if rate <= 0:
+            return None
+        order = self._order()
+        ahead = 0
+        for x in order:
+            if x is d:
+                break
+            ahead += x.remaining_bytes
+        est = (ahead + d.remaining_bytes) / rate
+        if d.bandwidth_limit_mbps > 0:
+            est = max(est, d.remaining_bytes / (d.bandwidth_limit_mbps * MIB))
+        return est
+
+    # --- status provider ---------------------------------------------------------------
+    def model_fields(self, model_id: str) -> dict[str, Any]:
+        """Download fields of models.status (and its availability while a download is live)."""
+        d = self._dl.get(model_id)
+        if d is None or d.status not in LIVE:
+            return {}
+        total = d.total_bytes
+        out: dict[str, Any] = {
+            "download_progress": round(100.0 * d.downloaded_bytes / total, 2) if total else 0.0,
+            "download_status": d.status,
+            "download_id": d.download_id,
+            "can_pause_download": d.status in ("queued", "downloading"),
+            "can_resume_download": d.status in ("paused", "failed"),
+            "estimated_download_time": self._eta(d),
+        }
+        try:
+            in_use = self.engine.version_in_use(model_id)
+        except MavailError:
+            in_use = d.version
+        pres = self.engine.presence(model_id)
+        if d.version == in_use or pres is None or not pres.complete:
+            out["availability_status"] = {"verifying": "downloading"}.get(d.status, d.status)
+        return out
+
+    def progress_dict(self, d: Download) -> dict[str, Any]:
+        """The seeds' progress object plus bytes, queue position and ids."""
+        total, done = d.total_bytes, d.downloaded_bytes
+        eta = self._eta(d)
+        return {
+            "model_id": d.model_id,
+            "download_id": d.download_id,
+            "version": d.version,
+            "status": d.status,
+            "priority": d.priority,
+            "progress_percent": round(100.0 * done / total, 2) if total else (100.0 if d.status == "completed" else 0.0),
+            "downloaded_mb": done / MIB,
+            "total_mb": total / MIB,
+            "downloaded_bytes": done,
+            "total_bytes": total,
+            "speed_mbps": round(d.speed / MIB, 3) if d.status == "downloading" else 0.0,
+            "eta_seconds": round(eta, 1) if eta is not None else None,
+            "queue_position": self.queue_position(d),
+            "retry_count": d.retry_count,
+            "max_retries": d.max_retries,
+            "bandwidth_limit_mbps": d.bandwidth_limit_mbps,
+            "error_code": d.error_code,
+            "error_message": d.error_message,
+            "current_file": d.current_file,
+            "can_pause": d.status in ("queued", "downloading"),
+            "can_resume": d.status in ("paused", "failed"),
+            "can_cancel": d.status in LIVE,
+            "created_at": iso(d.created_at),
+            "completed_at": iso(d.completed_at),
+        }
+
+    # --- events -------------------------------------------------------------------------
+    def _emit_progress(self, d: Download) -> None:
+        p = self.progress_dict(d)
+        d.last_emit = self.engine.clock.monotonic()
+        d.last_emit_bytes = p["downloaded_bytes"]
+        self.engine.events.emit("model_download_progress", model_id=d.model_id, download_id=d.download_id, status=d.status,
+                                progress_percent=p["progress_percent"], speed_mbps=p["speed_mbps"], eta_seconds=p["eta_seconds"],
+                                downloaded_bytes=p["downloaded_bytes"], total_bytes=p["total_bytes"],
+                                queue_position=p["queue_position"], error_code=d.error_code)
+
+    async def _set_status(self, d: Download, status: str, error_code: str | None = None, message: str | None = None,
+                          persist: bool = True) -> None:
+        old = d.status
+        d.status = status
+        if status in ("failed", "paused") or error_code is not None:
+            d.error_code, d.error_message = error_code, message
+        elif status in ("queued", "downloading", "completed"):
+            d.error_code = d.error_message = None
+        self._hold(d, status in RUNNABLE)
+        if persist:
+            await self._persist(d)
+        if old != status:
+            log.info("%s: %s -> %s%s", d.model_id, old, status, f" ({error_code}: {message})" if error_code else "")
+            self._emit_progress(d)
+            if status == "failed":
+                self.engine.events.emit("download_failed", model_id=d.model_id, download_id=d.download_id,
+                                        error_code=error_code or "INTERNAL_ERROR", message=message or "download failed")
+            self.engine.publish_status_changes([d.model_id])
+            for cb in list(self._listeners):
+                try:
+                    cb(d.model_id, d.version, status)
+                except Exception:
+                    log.exception("download listener failed")
+            self._wake.set()
+
+    async def _ticker(self) -> None:
+        """Smooth speeds and send progress events (at most 4 a second per download) while anything downloads."""
+        clock = self.engine.clock
+        while True:
+            if not any(d.status == "downloading" for d in self._dl.values()):
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+            now = clock.monotonic()
+            total = 0.0
+            for d in list(self._dl.values()):
+                if d.status != "downloading":
+                    continue
+                t0, b0 = d._sample
+                dt = now - t0
+                if t0 and dt > 0:
+                    inst = (d.received - b0) / dt
+                    a = min(1.0, dt / SPEED_TAU_S) if d.speed else 1.0
+                    d.speed += a * (inst - d.speed)
+                d._sample = (now, d.received)
+                total += d.speed
+                if now - d.last_emit >= PROGRESS_INTERVAL_S * 0.9 and d.downloaded_bytes != d.last_emit_bytes:
+                    self._emit_progress(d)
+            if total > 0:
+                self._aggregate_rate = total
+
+    # --- scheduling ----------------------------------------------------------------------
+    def _kick(self) -> None:
+        if self._stopping:
+            return
+        order = self._order()
+        n = int(self.engine.config.get("downloads.max_concurrent"))
+        want = order[:n]
+        # pre-empt running downloads that fell out of the first n (never one that is verifying)
+        for d in order[n:]:
+            if d.task is not None and d.status == "downloading" and d.stop_reason is None:
+                d.stop_reason = "preempt"
+                d.task.cancel()
+        for d in want:
+            if d.task is not None and d.task.done():
+                d.task = None  # cancelled before it ever ran
+            if d.task is None and d.stop_reason is None:
+                task = d.task = self.engine.spawn(self._run(d), name=f"download:{d.model_id}")
+                task.add_done_callback(lambda t, d=d: setattr(d, "task", None) if d.task is t else None)
+
+    async def _run(self, d: Download) -> None:
+        try:
+            await self._set_status(d, "downloading")
+            d._sample = (self.engine.clock.monotonic(), d.received)
+            log.info("%s: download %s started (%d files, %d bytes, %d already here)", d.model_id, d.download_id, len(d.files),
+                     d.total_bytes, d.downloaded_bytes)
+            for f in d.files:
+                if f.installed_sha256 is not None:
+                    continue
+                d.current_file = f.job.path
+                await self._fetch_file(d, f)
+            await self._set_status(d, "verifying")
+            await self._finalize(d)
+        except asyncio.CancelledError:
+            reason = d.stop_reason or "shutdown"
+            self._close_files(d)
+            if reason == "preempt" and d.status in ("downloading", "verifying"):
+                await asyncio.shield(self._set_status(d, "queued"))
+            elif reason == "shutdown":
+                d.status = "queued" if d.status in RUNNABLE else d.status
+                self._hold(d, False)
+            raise
+        except DiskFull:
+            self._close_files(d)
+            free = free_bytes(self.engine.layout.partial_dir)
+            msg = f"the disk is full ({free} bytes free, {d.remaining_bytes} still to download): free space, then resume"
+            self.engine.events.emit("storage_warning", model_id=d.model_id, message=msg, free_bytes=free,
+                                    required_bytes=d.remaining_bytes)
+            await self._set_status(d, "paused", InsufficientStorage.NAME, msg)
+        except MavailError as exc:
+            self._close_files(d)
+            log.error("%s: download failed: %s", d.model_id, exc.message)
+            await self._set_status(d, "failed", exc.NAME, exc.message)
+        except Exception as exc:
+            self._close_files(d)
+            log.exception("%s: download failed unexpectedly", d.model_id)
+            await self._set_status(d, "failed", "INTERNAL_ERROR", f"internal error ({describe_error(exc)}); see downloads.log")
+        finally:
+            d.task = None
+            d.current_file = None
+            d.speed = 0.0
+            if d.stop_reason in (None, "preempt"):
+                # pause and cancel reset stop_reason themselves once the new status is set
+                d.stop_reason = None
+                self._kick()
+
+    def _close_files(self, d: Download) -> None:
+        for tr in d.transfers.values():
+            try:
+                tr.file.close()
+            except OSError:
+                pass
+
+    def _ctx(self, d: Download) -> TransferContext:
+        cfg = self.engine.config
+        assert d.limiter is not None
+
+        async def on_pieces(path: str, batch: list[tuple[int, str]]) -> None:
+            rec = next(f for f in d.files if f.job.path == path)
+            rec.recorded.update(batch)
+            rows = [(d.model_id, path, i, sha) for i, sha in batch]
+            await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", rows)
+
+        async def on_reset(path: str, reason: str) -> None:
+            rec = next(f for f in d.files if f.job.path == path)
+            rec.recorded.clear()
+            log.warning("%s: %s restarted from byte 0: %s", d.model_id, path, reason)
+            await self._forget_pieces(d.model_id, path)
+
+        async def on_validator(path: str, validators: dict[str, list[str | None]]) -> None:
+            rec = next(f for f in d.files if f.job.path == path)
+            if rec.validators != validators:
+                rec.validators = {k: list(v) for k, v in validators.items()}
+                await self.engine.db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
+                                             (json.dumps(rec.validators), d.model_id, path))
+
+        def on_bytes(n: int) -> None:
+            d.received += n
+
+        def on_retry(path: str, url: str, exc: BaseException, delay: float) -> None:
+            d.retry_count += 1
+            log.warning("%s: %s: retry %d in %.1f s after: %s%s", d.model_id, path, d.retry_count, delay, describe_error(exc),
+                        f" ({url})" if url else "")
+
+        return TransferContext(client=self.client, limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
+                               setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
+                               on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
+                               sleep=self.sleep)
+
+    async def _fetch_file(self, d: Download, f: FileRec) -> None:
+        path = self._partial_path(d, f.job.path)
+        tr = d.transfers.get(f.job.path)
+        file = await asyncio.to_thread(self.opener, path)
+        if tr is None:
+            tr = FileTransfer(f.job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators)
+            d.transfers[f.job.path] = tr
+        else:
+            tr.file = file
+        sha, pieces = await tr.run()
+        dest = safe_join(self.engine.layout.model_dir(d.model_id, d.version), f.job.path)
+        if await asyncio.to_thread(os.path.lexists, dest) and self.engine.leases.is_leased(d.model_id):
+            await self.engine.leases.wait_released(d.model_id)
+
+        def install() -> tuple[int, int]:
+            file.flush()
+            file.close()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+            fsync_dir(dest.parent)
+            st = os.stat(dest)
+            return st.st_mtime_ns, st.st_ino
+
+        f.stat = await asyncio.to_thread(install)
+        f.installed_sha256 = sha
+        f.recorded = dict(pieces)
+        del d.transfers[f.job.path]
+        await self.engine.db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
+                                     (sha, d.model_id, f.job.path))
+        log.info("%s: %s verified (sha256 %s) and installed", d.model_id, f.job.path, sha)
+
+    async def _finalize(self, d: Download) -> None:
+        now = self.engine.clock.time()
+        mid, version = d.model_id, d.version
+        files = []
+        for f in d.files:
+            p = safe_join(self.engine.layout.model_dir(mid, version), f.job.path)
+            if f.stat is None:
+                st = await asyncio.to_thread(os.stat, p)
+                f.stat = (st.st_mtime_ns, st.st_ino)
+            files.append(f)
+
+        def w(conn: Any) -> None:
+            cur = conn.execute("SELECT 1 FROM installed_versions WHERE model_id = ? AND is_current = 1 AND version != ?", (mid, version)).fetchone()
+            conn.execute("INSERT OR REPLACE INTO installed_versions (model_id, version, installed_at, is_current) VALUES (?,?,?,?)",
+                         (mid, version, now, 0 if cur else 1))
+            for f in files:
+                assert f.stat is not None
+                conn.execute("INSERT OR REPLACE INTO installed_files (model_id, version, path, size, sha256, mtime_ns, inode, verified_at) "
+                             "VALUES (?,?,?,?,?,?,?,?)", (mid, version, f.job.path, f.job.size, f.installed_sha256, f.stat[0], f.stat[1], now))
+                if f.recorded:
+                    conn.execute("DELETE FROM file_pieces WHERE model_id = ? AND version = ? AND path = ?", (mid, version, f.job.path))
+                    conn.executemany("INSERT INTO file_pieces (model_id, version, path, piece_size, idx, sha256) VALUES (?,?,?,?,?,?)",
+                                     [(mid, version, f.job.path, f.piece_size, i, s) for i, s in sorted(f.recorded.items())])
+            conn.execute("DELETE FROM download_pieces WHERE model_id = ?", (mid,))
+
+        await self.engine.db.write(w)
+        d.completed_at = now
+        await asyncio.to_thread(shutil.rmtree, self.engine.layout.partial_dir / mid, True)
+        await self.engine.refresh_presence([mid])
+        log.info("%s: download %s completed: %d bytes, %d retries", mid, d.download_id, d.total_bytes, d.retry_count)
+        await self._set_status(d, "completed")
+
+    # --- resolving and checks ---------------------------------------------------------------
+    async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
+        spec = self.engine.spec(model_id)
+        if spec.source:
+            jobs = await resolve_hf(self.client, spec.source, self.environ)
+        else:
+            jobs = [FileJob(path=f.path, urls=f.urls, size=f.size, sha256=f.sha256) for f in spec.files]
+        return spec.version, jobs
+
+    async def _already_installed(self, model_id: str, version: str, jobs: list[FileJob]) -> dict[str, tuple[str, int, int]]:
+        """Files already installed and verified at this version: path -> (sha256, mtime_ns, inode)."""
+        def q(conn: Any) -> list[Any]:
+            return conn.execute("SELECT path, size, sha256, mtime_ns, inode FROM installed_files WHERE model_id = ? AND version = ? "
+                                "AND verified_at IS NOT NULL", (model_id, version)).fetchall()
+
+        rows = {r[0]: r for r in await self.engine.db.read(q)}
+        out = {}
+        base = self.engine.layout.model_dir(model_id, version)
+        for j in jobs:
+            r = rows.get(j.path)
+            if r is None or r[1] != j.size or (j.sha256 and r[2] != j.sha256):
+                continue
+            try:
+                st = await asyncio.to_thread(os.lstat, safe_join(base, j.path))
+            except OSError:
+                continue
+            if st.st_size == j.size and st.st_mtime_ns == r[3] and st.st_ino == r[4]:
+                out[j.path] = (r[2], r[3], r[4])
+        return out
+
+    def _check_space(self, d: Download, extra_needed: int | None = None) -> None:
+        needed = d.remaining_bytes if extra_needed is None else extra_needed
+        others = sum(x.remaining_bytes for x in self._dl.values() if x is not d and x.status in RUNNABLE)
+        free = free_bytes(self.engine.layout.partial_dir)
+        floor = int(float(self.engine.config.get("storage.min_free_gb")) * 1024 * MIB)
+        if needed + others + floor > free:
+            raise InsufficientStorage(
+                f"not enough free disk for {d.model_id}: it needs {needed} bytes (plus {others} for other downloads and a "
+                f"floor of {floor} bytes) but {free} are free", model_id=d.model_id, required_bytes=needed,
+                other_downloads_bytes=others, min_free_bytes=floor, free_bytes=free)
+        max_gb = float(self.engine.config.get("storage.max_gb"))
+        if max_gb > 0:
+            used = sum(p.bytes_on_disk for p in self.engine._snap.presence.values())
+            ceiling = int(max_gb * 1024 * MIB)
+            if used + needed + others > ceiling:
+                raise InsufficientStorage(f"{d.model_id} would take models past storage.max_gb ({used + needed + others} > {ceiling} bytes)",
+                                          model_id=d.model_id, required_bytes=needed, used_bytes=used, max_bytes=ceiling)
+
+    # --- the API -----------------------------------------------------------------------
+    async def start(self, model_id: str, priority: str = "normal", max_retries: int | None = None,
+                    bandwidth_limit_mbps: float = 0.0) -> dict[str, Any]:
+        """Queue a download of the model's catalog version; Conflict if one is live, -32005 if the disk cannot hold it."""
+        priority = normalize_priority(priority)
+        self.engine.spec(model_id)
+        if bandwidth_limit_mbps < 0:
+            raise InvalidParams("bandwidth_limit_mbps must be >= 0", field="bandwidth_limit_mbps")
+        async with self._lock:
+            old = self._dl.get(model_id)
+            if old is not None and old.status in RUNNABLE + ("paused",):
+                raise Conflict(f"a download of {model_id!r} is already {old.status}" + ("; resume it instead" if old.status == "paused" else ""),
+                               model_id=model_id, download_id=old.download_id, status=old.status)
+            version, jobs = await self._resolve(model_id)
+            installed = await self._already_installed(model_id, version, jobs)
+            piece = self._piece_size()
+            reuse = old is not None and old.version == version and old.status in ("failed", "cancelled")
+            prior = {f.job.path: f for f in old.files} if reuse and old is not None else {}
+            files = []
+            for j in jobs:
+                p = prior.get(j.path)
+                if p is not None and p.job == j and p.piece_size > 0:
+                    rec = FileRec(j, p.piece_size, dict(p.recorded), dict(p.validators))
+                else:
+                    rec = FileRec(j, piece)
+                if j.path in installed:
+                    rec.installed_sha256 = installed[j.path][0]
+                    rec.stat = installed[j.path][1:]
+                files.append(rec)
+            now = self.engine.clock.time()
+            d = Download(model_id=model_id, download_id="dl_" + secrets.token_hex(6), version=version, status="queued",
+                         priority=priority, seq=float(next(self._seq)),
+                         max_retries=int(self.engine.config.get("downloads.max_retries")) if max_retries is None else max_retries,
+                         bandwidth_limit_mbps=float(bandwidth_limit_mbps), created_at=now, files=files)
+            if old is not None and (old.version != version or not prior):
+                await self._discard_partial(old)
+            self._check_space(d)
+            self._attach_limiter(d)
+            self._dl[model_id] = d
+            await self._forget_pieces(model_id)
+            keep = [(model_id, f.job.path, i, s) for f in files if f.installed_sha256 is None for i, s in f.recorded.items()]
+            if keep:
+                await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
+            await self._persist(d, with_files=True)
+            self._hold(d, True)
+            log.info("%s: download %s queued (priority %s, %d bytes)", model_id, d.download_id, priority, d.total_bytes)
+            self._emit_progress(d)
+            self.engine.publish_status_changes([model_id])
+            self._kick()
+        eta = self.estimate_ready_seconds(model_id)
+        return {"success": True, "message": f"download of {model_id} {d.status}", "download_id": d.download_id,
+                "estimated_completion": iso(self.engine.clock.time() + eta) if eta is not None else None,
+                "status": d.status, "queue_position": self.queue_position(d), "total_bytes": d.total_bytes}
+
+    async def ensure(self, model_id: str, priority: str = "normal") -> dict[str, Any]:
+        """Join the model's live download (raising its priority if asked), resume a paused one, or start one."""
+        priority = normalize_priority(priority)
+        self.engine.spec(model_id)
+        d = self._dl.get(model_id)
+        joined = d is not None and d.status in RUNNABLE + ("paused",)
+        if joined and d is not None:
+            async with self._lock:
+                if _RANK[priority] < _RANK[d.priority]:
+                    await self._set_priority(model_id, priority)
+                if d.status == "paused":
+                    await self._resume(model_id)
+            started = False
+        else:
+            await self.start(model_id, priority=priority)
+            d = self._dl[model_id]
+            started = True
+        eta = self.estimate_ready_seconds(model_id)
+        return {"download_id": d.download_id, "status": d.status, "started": started, "joined": not started,
+                "queue_position": self.queue_position(d), "estimated_wait_seconds": eta}
+
+    async def _stop_task(self, d: Download, reason: str) -> None:
+        t = d.task
+        if t is not None:
+            d.stop_reason = reason
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+
+    async def pause(self, model_id: str) -> dict[str, Any]:
+        """Stop the download, keeping every byte; resume continues it."""
+        async with self._lock:
+            return await self._pause(model_id)
+
+    async def _pause(self, model_id: str) -> dict[str, Any]:
+        d = self._get(model_id)
+        if d.status == "paused":
+            return {"success": True, "message": f"{model_id} is already paused", "new_status": "paused"}
+        if d.status not in ("queued", "downloading", "verifying"):
+            raise InvalidState(f"cannot pause a download that is {d.status}", model_id=model_id, status=d.status)
+        await self._stop_task(d, "pause")
+        await self._set_status(d, "paused")
+        d.stop_reason = None
+        self._kick()
+        return {"success": True, "message": f"download of {model_id} paused", "new_status": "paused"}
+
+    async def resume(self, model_id: str) -> dict[str, Any]:
+        """Queue a paused or failed download again (from the bytes it has)."""
+        async with self._lock:
+            return await self._resume(model_id)
+
+    async def _resume(self, model_id: str) -> dict[str, Any]:
+        d = self._get(model_id)
+        if d.status in RUNNABLE:
+            return {"success": True, "message": f"{model_id} is already {d.status}", "new_status": d.status}
+        if d.status not in ("paused", "failed"):
+            raise InvalidState(f"cannot resume a download that is {d.status}", model_id=model_id, status=d.status)
+        self._check_space(d)
+        d.seq = d.seq  # keeps its place
+        await self._set_status(d, "queued")
+        self._kick()
+        return {"success": True, "message": f"download of {model_id} resumed", "new_status": d.status}
+
+    async def cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
+        """Stop the download; delete its partial data unless `keep_partial`."""
+        async with self._lock:
+            return await self._cancel(model_id, keep_partial)
+
+    async def _cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
+        d = self._get(model_id)
+        if d.status not in LIVE:
+            raise InvalidState(f"cannot cancel a download that is {d.status}", model_id=model_id, status=d.status)
+        await self._stop_task(d, "cancel")
+        if not keep_partial:
+            await self._discard_partial(d)
+        await self._set_status(d, "cancelled")
+        d.stop_reason = None
+        self._kick()
+        return {"success": True, "message": f"download of {model_id} cancelled" + (" (partial data kept)" if keep_partial else ""),
+                "new_status": "cancelled"}
+
+    async def _discard_partial(self, d: Download) -> None:
+        d.transfers.clear()
+        for f in d.files:
+            f.recorded.clear()
+            f.validators = {}
+        await self._forget_pieces(d.model_id)
+        await asyncio.to_thread(shutil.rmtree, self.engine.layout.partial_dir / d.model_id, True)
+
+    async def set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
+        """Change the download's priority (the queue reorders at once)."""
+        async with self._lock:
+            return await self._set_priority(model_id, priority)
+
+    async def _set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
+        priority = normalize_priority(priority)
+        d = self._get(model_id)
+        if d.status not in LIVE:
+            raise InvalidState(f"cannot change the priority of a download that is {d.status}", model_id=model_id, status=d.status)
+        d.priority = priority
+        await self._persist(d)
+        self._kick()
+        self._emit_progress(d)
+        return {"success": True, "message": f"{model_id} priority is {priority}", "priority": priority,
+                "queue_position": self.queue_position(d)}
+
+    async def move(self, model_id: str, position: int) -> dict[str, Any]:
+        """Put a queued or running download at `position` (1-based) of the queue; it takes the priority found there."""
+        async with self._lock:
+            return await self._move(model_id, position)
+
+    async def _move(self, model_id: str, position: int) -> dict[str, Any]:
+        d = self._get(model_id)
+        if d.status not in RUNNABLE:
+            raise InvalidState(f"only queued or running downloads can move; this one is {d.status}", model_id=model_id, status=d.status)
+        others = [x for x in self._order() if x is not d]
+        pos = max(1, min(position, len(others) + 1))
+        if others:
+            if pos <= len(others):
+                nxt = others[pos - 1]
+                d.priority = nxt.priority
+                prev_seq = others[pos - 2].seq if pos >= 2 and others[pos - 2].priority == nxt.priority else nxt.seq - 1.0
+                d.seq = (prev_seq + nxt.seq) / 2
+            else:
+                last = others[-1]
+                d.priority = last.priority
+                d.seq = last.seq + 1.0
+        await self._persist(d)
+        self._kick()
+        self._emit_progress(d)
+        return {"success": True, "message": f"{model_id} moved to position {self.queue_position(d)}",
+                "queue_position": self.queue_position(d), "priority": d.priority}
+
+    async def set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
+        """Change the download's own bandwidth cap (MiB/s, 0 = none) while it runs."""
+        async with self._lock:
+            return await self._set_limit(model_id, bandwidth_limit_mbps)
+
+    async def _set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
+        d = self._get(model_id)
+        d.bandwidth_limit_mbps = float(bandwidth_limit_mbps)
+        await self._persist(d)
+        return {"success": True, "message": f"{model_id} limited to {bandwidth_limit_mbps} MiB/s" if bandwidth_limit_mbps else f"{model_id} unlimited",
+                "bandwidth_limit_mbps": d.bandwidth_limit_mbps}
+
+    def progress(self, model_id: str) -> dict[str, Any]:
+        """The progress object of the model's download; NotFound when there is none."""
+        return self.progress_dict(self._get(model_id))
+
+    def active(self) -> dict[str, Any]:
+        """Every download not completed or cancelled, in queue order (then paused and failed)."""
+        order = self._order()
+        rest = sorted((d for d in self._dl.values() if d.status in ("paused", "failed")), key=lambda d: (_RANK[d.priority], d.seq))
+        items = []
+        for i, d in enumerate(order, 1):
+            p = self.progress_dict(d)
+            p["queue_position"] = i
+            items.append(p)
+        items += [self.progress_dict(d) for d in rest]
+        usage = sum(d.speed for d in order if d.status == "downloading") / MIB
+        return {"active_downloads": items, "total_active": len(items), "total_running": sum(1 for d in order if d.status == "downloading"),
+                "total_bandwidth_usage_mbps": round(usage, 3),
+                "bandwidth_limit_mbps": float(self.engine.config.get("downloads.bandwidth_limit_mbps")),
+                "max_concurrent": int(self.engine.config.get("downloads.max_concurrent"))}
+
+    def get(self, model_id: str) -> Download | None:
+        """The model's download record, if any (for other services)."""
+        return self._dl.get(model_id)
+
+
+__all__ = ["DownloadManager", "Download", "PRIORITIES", "PRIORITY_INPUT", "normalize_priority", "SourceUnavailable"]

@@ -1,0 +1,50 @@
+"""Partial files: positional writes, reads and flushes of a download's data, behind an injectable opener."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+
+class PartialFile:
+    """One file under `partial/` opened for positional I/O; thread-safe for disjoint ranges."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write all of `data` at `offset` (OSError ENOSPC when the disk is full)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read up to `length` bytes at `offset`."""
+        return os.pread(self.fd, length, offset)
+
+    def flush(self) -> None:
+        """Make written data durable (fdatasync)."""
+        os.fdatasync(self.fd)
+
+    def size(self) -> int:
+        """The file's current size."""
+        return os.fstat(self.fd).st_size
+
+    def truncate(self, size: int) -> None:
+        """Cut or extend the file to `size` bytes."""
+        os.ftruncate(self.fd, size)
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+Opener = Callable[[Path], PartialFile]
+"""How the download engine opens partial files; tests inject one that fails like a full disk."""

@@ -1,0 +1,796 @@
+"""Moving bytes: one file over HTTP into its partial file, in pieces, over one or several ranges.
+
+A `FileTransfer` owns one file of a download. Connections ("workers") take
+spans of consecutive pending pieces, request them with `Range` (and `If-Range`
+on the validator that server gave before), and write what arrives at its
+offset. Every piece is hashed as it is written; a finished piece is flushed
+(fdatasync) and only then reported, so the database never claims bytes a crash
+could lose. The whole-file sha256 follows the lowest unhashed byte: the
+connection writing there feeds it directly, and pieces that finished ahead of it
+are read back from the page cache as soon as the gap before them closes, so
+after the last byte only the last pieces remain to hash.
+
+Validators are checked on every response: a file whose ETag or Last-Modified
+changed is restarted from byte 0, and a server that ignores Range is
+downloaded over one plain GET, so old and new bytes are never spliced.
+
+Retries use tenacity: exponential backoff with jitter, Retry-After honoured,
+4xx other than 408/429 not retried (the URL is dropped and the next mirror
+tried), a stalled connection replaced without spending a retry, and the retry
+budget renewed whenever an attempt made progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import hashlib
+import logging
+import random
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from core.downloads.limiter import RateLimiter, take_all
+from core.downloads.partial import PartialFile
+from core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
+
+log = logging.getLogger("mavail.downloads")
+
+WRITE_CHUNK = 1024 * 1024  # bytes handed to a worker thread per write
+READBACK_CHUNK = 4 * 1024 * 1024
+MAX_SPAN_BYTES = 64 * 1024 * 1024
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+# --- errors inside a transfer ----------------------------------------------------
+class TransferError(Exception):
+    """A failure of one attempt; `retryable` says whether another attempt may help."""
+
+    retryable = True
+    counts = True  # spends a retry when the attempt made no progress
+    retry_after: float | None = None
+
+
+class HttpStatus(TransferError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status} from {url}")
+        self.status = status
+        self.url = url
+        self.retry_after = retry_after
+        self.retryable = status in (408, 429) or status >= 500
+
+
+class Stalled(TransferError):
+    """No byte arrived for `downloads.stall_timeout_s`."""
+
+    counts = False
+
+
+class ShortRead(TransferError):
+    """The response ended before the bytes it was asked for (a drop, or a Content-Length that lied)."""
+
+
+class DeadUrl(TransferError):
+    """This URL cannot serve the file (4xx, wrong size); the next mirror may."""
+
+    counts = False
+
+
+class DiskFull(Exception):
+    """The partial file could not be written: no space left (ENOSPC/EDQUOT)."""
+
+
+class _Restart(Exception):
+    """The file was reset (validator changed, ranges unsupported): restart every worker."""
+
+
+class _Stale(Exception):
+    """A write of an older generation of the file, after a reset."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    import time
+
+    return max(0.0, when - (now if now is not None else time.time()))
+
+
+def backoff_delay(failures: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter (half fixed, half random); Retry-After wins when given."""
+    if retry_after is not None:
+        return min(retry_after, 3600.0)
+    d = min(cap, base * (2 ** max(0, failures - 1)))
+    return d / 2 + random.uniform(0, d / 2)
+
+
+# --- what a transfer needs from the manager ------------------------------------------
+@dataclass(frozen=True)
+class FileJob:
+    """One file to fetch: destination path, URLs in order, size, expected sha256 (and git blob sha1 for Hub files)."""
+
+    path: str
+    urls: tuple[str, ...]
+    size: int
+    sha256: str | None
+    git_sha1: str | None = None
+
+
+@dataclass
+class TransferContext:
+    """Settings (read at use time) and callbacks one download's transfers share."""
+
+    client: httpx.AsyncClient
+    limiters: list[RateLimiter]
+    max_retries: Callable[[], int]
+    setting: Callable[[str], Any]  # config.get
+    on_pieces: Callable[[str, list[tuple[int, str]]], Awaitable[None]]  # after fdatasync
+    on_reset: Callable[[str, str], Awaitable[None]]  # (path, reason): forget recorded pieces
+    on_validator: Callable[[str, dict[str, list[str | None]]], Awaitable[None]]
+    on_bytes: Callable[[int], None] = lambda n: None
+    on_retry: Callable[[str, str, BaseException, float], None] = lambda path, url, exc, delay: None
+    headers_for: Callable[[str], dict[str, str]] = lambda url: {}
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass
+class _Span:
+    gen: int
+    first: int
+    end_idx: int  # exclusive
+    failures: int = 0
+    stalls: int = 0
+    url_idx: int = 0
+
+
+@dataclass
+class _Frontier:
+    """The whole-file hash, advanced over contiguous bytes only."""
+
+    size: int
+    git: bool = False
+    pos: int = 0
+    sha: Any = field(default_factory=hashlib.sha256)
+    sha1: Any = None
+
+    def __post_init__(self) -> None:
+        if self.git:
+            self.sha1 = hashlib.sha1(b"blob %d\0" % self.size)
+
+    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """Hash the part of `data` (at `offset`) that extends the hashed prefix; False if it does not touch it."""
+        n = len(data)
+        if not (offset <= self.pos < offset + n):
+            return False
+        view = memoryview(data)[self.pos - offset:]
+        self.sha.update(view)
+        if self.sha1 is not None:
+            self.sha1.update(view)
+        self.pos = offset + n
+        return True
+
+
+class FileTransfer:
+    """Downloads one file into its partial path; resumable, restartable, in-process reusable after a pause."""
+
+    def __init__(self, job: FileJob, file: PartialFile, piece_size: int, ctx: TransferContext,
+                 recorded: dict[int, str] | None = None, validators: dict[str, list[str | None]] | None = None) -> None:
+        self.job = job
+        self.file = file
+        self.ps = piece_size
+        self.ctx = ctx
+        self.size = job.size
+        self.npieces = (job.size + piece_size - 1) // piece_size
+        self._lock = threading.Lock()
+        self._hlock = threading.Lock()
+        self.gen = 0
+        self.no_ranges = False
+        self.dead: set[str] = set()
+        self.validators: dict[str, list[str | None]] = dict(validators or {})
+        self.resets = 0
+        self.integrity_failures = 0
+        self._init_state(recorded or {})
+        self._commit_q: list[tuple[int, str]] = []
+        self._commit_event = asyncio.Event()
+        self._alock = asyncio.Lock()  # a reset never interleaves with recording pieces
+
+    # --- piece state -------------------------------------------------------
+    def _init_state(self, recorded: dict[int, str]) -> None:
+        self.state = [0] * self.npieces  # 0 pending, 1 assigned, 2 written
+        self.written = [0] * self.npieces
+        self.hashers: dict[int, Any] = {}
+        self.piece_sha: dict[int, str] = {}
+        self.recorded: set[int] = set()
+        for idx, sha in recorded.items():
+            if 0 <= idx < self.npieces:
+                self.state[idx] = 2
+                self.written[idx] = self.piece_len(idx)
+                self.piece_sha[idx] = sha
+                self.recorded.add(idx)
+        self.frontier = _Frontier(self.size, git=self.job.git_sha1 is not None)
+
+    def _drop_missing_pieces(self) -> None:
+        """Forget recorded pieces the partial file does not hold (it was deleted or truncated behind our back)."""
+        have = self.file.size()
+        with self._lock:
+            for i in range(self.npieces):
+                if self.state[i] == 2 and i * self.ps + self.piece_len(i) > have:
+                    self.state[i] = 0
+                    self.written[i] = 0
+                    self.piece_sha.pop(i, None)
+                    self.recorded.discard(i)
+
+    def piece_len(self, idx: int) -> int:
+        """Bytes of piece `idx` (the last one may be short)."""
+        return min(self.ps, self.size - idx * self.ps)
+
+    @property
+    def written_bytes(self) -> int:
+        """Bytes of this file on disk in the current generation (flushed or not)."""
+        return sum(self.written)
+
+    @property
+    def recorded_bytes(self) -> int:
+        """Bytes of pieces flushed and recorded."""
+        return sum(self.piece_len(i) for i in self.recorded)
+
+    @property
+    def complete(self) -> bool:
+        """Every piece written."""
+        return all(s == 2 for s in self.state)
+
+    def _take_span(self, max_pieces: int) -> _Span | None:
+        with self._lock:
+            for i, s in enumerate(self.state):
+                if s == 0:
+                    j = i + 1
+                    while j < self.npieces and j - i < max_pieces and self.state[j] == 0 and self.written[j] == 0:
+                        j += 1
+                    for k in range(i, j):
+                        self.state[k] = 1
+                    return _Span(self.gen, i, j)
+        return None
+
+    def _release(self, span: _Span) -> None:
+        with self._lock:
+            if span.gen != self.gen:
+                return
+            for k in range(span.first, span.end_idx):
+                if self.state[k] == 1:
+                    self.state[k] = 0
+
+    def _span_offset(self, span: _Span) -> int | None:
+        """The next byte the span needs, or None when it is all written."""
+        with self._lock:
+            for k in range(span.first, span.end_idx):
+                if self.state[k] != 2:
+                    return k * self.ps + self.written[k]
+        return None
+
+    def _span_end(self, span: _Span) -> int:
+        return min(self.size, span.end_idx * self.ps)
+
+    async def _reset(self, reason: str) -> None:
+        async with self._alock:
+            await self._reset_locked(reason)
+
+    async def _reset_locked(self, reason: str) -> None:
+        with self._lock, self._hlock:
+            self.gen += 1
+            self.resets += 1
+            self._init_state({})
+            self._commit_q.clear()
+            self.validators = {}
+        log.warning("%s: restarting from byte 0: %s", self.job.path, reason)
+        await self.ctx.on_reset(self.job.path, reason)
+        await asyncio.to_thread(self.file.truncate, 0)
+
+    # --- writing (worker threads) ----------------------------------------
+    def _write_job(self, gen: int, data: bytearray, offset: int) -> None:
+        if gen != self.gen:
+            raise _Stale()
+        try:
+            self.file.write(data, offset)
+        except OSError as exc:
+            if _is_disk_full(exc):
+                raise DiskFull(str(exc)) from None
+            raise
+        idx = offset // self.ps
+        with self._lock:
+            if gen != self.gen:
+                raise _Stale()
+            h = self.hashers.get(idx)
+            if h is None:
+                h = self.hashers[idx] = hashlib.sha256()
+        h.update(data)  # the piece belongs to this worker alone
+        done = None
+        with self._lock:
+            if gen != self.gen:
+                raise _Stale()
+            self.written[idx] += len(data)
+            if self.written[idx] >= self.piece_len(idx):
+                self.state[idx] = 2
+                done = self.hashers.pop(idx).hexdigest()
+                self.piece_sha[idx] = done
+                self._commit_q.append((idx, done))
+        with self._hlock:
+            if gen == self.gen:
+                self.frontier.feed(offset, data)
+        if done is not None:
+            self._loop.call_soon_threadsafe(self._commit_event.set)
+
+    def _contiguous_end(self) -> int:
+        with self._lock:
+            end = 0
+            for k in range(self.npieces):
+                end = k * self.ps + self.written[k]
+                if self.written[k] < self.piece_len(k):
+                    return end
+            return self.size
+
+    def _catch_up(self, limit: int | None = None) -> int:
+        """Read back and hash written bytes the frontier has not seen; return bytes read."""
+        total = 0
+        while True:
+            with self._hlock:
+                gen, pos = self.gen, self.frontier.pos
+            end = self._contiguous_end()
+            if limit is not None:
+                end = min(end, pos + limit - total)
+            if pos >= end:
+                return total
+            n = min(READBACK_CHUNK, end - pos)
+            data = self.file.read(pos, n)
+            if len(data) < n:
+                raise OSError(errno.EIO, f"partial file shorter than recorded at {pos}")
+            total += n
+            with self._hlock:
+                if gen != self.gen:
+                    return total
+                self.frontier.feed(pos, data)
+
+    # --- committing pieces -------------------------------------------------
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._commit_event.wait()
+            self._commit_event.clear()
+            await self._commit_pending()
+            await asyncio.to_thread(self._catch_up, 64 * 1024 * 1024)
+
+    async def _commit_pending(self) -> None:
+        async with self._alock:
+            await self._commit_pending_locked()
+
+    async def _commit_pending_locked(self) -> None:
+        with self._lock:
+            batch, self._commit_q = self._commit_q, []
+            gen = self.gen
+        if not batch:
+            return
+        await asyncio.to_thread(self.file.flush)
+        if gen != self.gen:
+            return
+        await self.ctx.on_pieces(self.job.path, batch)
+        with self._lock:
+            if gen == self.gen:
+                self.recorded.update(i for i, _ in batch)
+
+    # --- HTTP ----------------------------------------------------------------
+    def _pick_url(self, span: _Span) -> str:
+        live = [u for u in self.job.urls if u not in self.dead]
+        if not live:
+            raise SourceUnavailable(f"every URL of {self.job.path} failed", path=self.job.path, urls=list(self.job.urls))
+        return live[span.url_idx % len(live)]
+
+    def _check_validator(self, url: str, resp: httpx.Response) -> bool:
+        """Record the response's validator; False when it differs from the one recorded for this URL."""
+        etag, lm = resp.headers.get("etag"), resp.headers.get("last-modified")
+        old = self.validators.get(url)
+        if old is None:
+            self.validators[url] = [etag, lm]
+            return True
+        if (old[0] and etag and old[0] != etag) or (not (old[0] and etag) and old[1] and lm and old[1] != lm):
+            return False
+        return True
+
+    def _request_headers(self, url: str, start: int, end: int) -> dict[str, str]:
+        h = {"Accept-Encoding": "identity", **self.ctx.headers_for(url)}
+        if not self.no_ranges:
+            h["Range"] = f"bytes={start}-{end - 1}"
+            v = self.validators.get(url)
+            if v and v[0] and not v[0].startswith("W/"):
+                h["If-Range"] = v[0]
+            elif v and v[1]:
+                h["If-Range"] = v[1]
+        return h
+
+    def _timeout(self) -> httpx.Timeout:
+        stall = float(self.ctx.setting("downloads.stall_timeout_s"))
+        return httpx.Timeout(connect=float(self.ctx.setting("downloads.connect_timeout_s")), read=stall, write=stall, pool=None)
+
+    async def _fetch(self, span: _Span, url: str) -> None:
+        start = self._span_offset(span)
+        if start is None:
+            return
+        end = self._span_end(span)
+        if self.no_ranges:
+            start = 0
+        gen = span.gen
+        try:
+            async with self.ctx.client.stream("GET", url, headers=self._request_headers(url, start, end), timeout=self._timeout()) as resp:
+                await self._check_response(resp, url, start, end, span)
+                await self._consume(resp, gen, start, end)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise
+            raise Stalled(f"no data from {url} for {self.ctx.setting('downloads.stall_timeout_s')} s") from None
+
+    async def _check_response(self, resp: httpx.Response, url: str, start: int, end: int, span: _Span) -> None:
+        st = resp.status_code
+        if st == 416:
+            cr = resp.headers.get("content-range", "")
+            m = re.match(r"^bytes \*/(\d+)$", cr)
+            if m and int(m.group(1)) != self.size:
+                self.dead.add(url)
+                raise DeadUrl(f"{url} serves {m.group(1)} bytes, the catalog says {self.size}")
+            raise HttpStatus(416, url)
+        if st >= 400 or st not in (200, 206):
+            ra = parse_retry_after(resp.headers.get("retry-after"))
+            err = HttpStatus(st, url, ra)
+            if not err.retryable:
+                self.dead.add(url)
+                raise DeadUrl(str(err))
+            raise err
+        if not self._check_validator(url, resp):
+            await self._reset(f"{url} changed (validator differs)")
+            self.validators[url] = [resp.headers.get("etag"), resp.headers.get("last-modified")]
+            await self.ctx.on_validator(self.job.path, self.validators)
+            raise _Restart()
+        await self.ctx.on_validator(self.job.path, self.validators)
+        if st == 200:
+            if self.no_ranges:
+                return
+            # Range ignored, or If-Range refused the validator the server gave before
+            self.no_ranges = True
+            await self._reset(f"{url} ignored the Range request; downloading it in one piece")
+            self.no_ranges = True
+            raise _Restart()
+        m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+        if not m or int(m.group(1)) != start:
+            raise ShortRead(f"{url} answered a different range ({resp.headers.get('content-range')!r})")
+        if m.group(3) != "*" and int(m.group(3)) != self.size:
+            self.dead.add(url)
+            raise DeadUrl(f"{url} serves {m.group(3)} bytes, the catalog says {self.size}")
+
+    async def _consume(self, resp: httpx.Response, gen: int, start: int, end: int) -> None:
+        ps = self.ps
+        pos = start  # next byte to place in buf
+        buf = bytearray()
+        buf_off = start
+        inflight: asyncio.Future[Any] | None = None
+        limiters = self.ctx.limiters
+        skip = 0
+        if self.no_ranges:
+            # a plain GET: bytes already written in this generation are skipped, not rewritten
+            skip = self._span_offset(_Span(gen, 0, self.npieces)) or 0
+            pos = buf_off = skip
+        seen = 0  # body bytes before this chunk
+        try:
+            async for chunk in resp.aiter_raw():
+                n = len(chunk)
+                self.ctx.on_bytes(n)
+                view = memoryview(chunk)
+                if seen < skip:
+                    view = view[min(skip - seen, n):]
+                seen += n
+                need = end - pos
+                if len(view) > need:
+                    view = view[:need]
+                while view:
+                    boundary = min(end, (pos // ps + 1) * ps)
+                    part = view[: boundary - pos]
+                    buf += part
+                    pos += len(part)
+                    view = view[len(part):]
+                    if pos == boundary or len(buf) >= WRITE_CHUNK:
+                        if inflight is not None:
+                            await inflight
+                        inflight = asyncio.ensure_future(asyncio.to_thread(self._write_job, gen, buf, buf_off))
+                        buf_off = pos
+                        buf = bytearray()
+                if limiters:
+                    await take_all(limiters, n)
+                if pos >= end:
+                    break
+        finally:
+            # keep every byte that arrived, even when the connection broke or we were cancelled
+            await asyncio.shield(self._drain(inflight, gen, buf, buf_off))
+        if pos < end:
+            raise ShortRead(f"response ended at byte {pos} of {end}")
+
+    async def _drain(self, inflight: asyncio.Future[Any] | None, gen: int, buf: bytearray, buf_off: int) -> None:
+        try:
+            if inflight is not None:
+                await inflight
+            if buf:
+                await asyncio.to_thread(self._write_job, gen, buf, buf_off)
+        except _Stale:
+            pass
+
+    # --- workers -----------------------------------------------------------
+    def _account(self, span: _Span, exc: BaseException, progressed: bool, url: str) -> None:
+        if progressed:
+            span.failures = 0
+            span.stalls = 0
+            return
+        if isinstance(exc, Stalled):
+            span.stalls += 1
+            if span.stalls >= 3:
+                span.failures += 1
+                span.stalls = 0
+        elif not isinstance(exc, TransferError) or exc.counts:
+            span.failures += 1
+        span.url_idx += 1  # try the next mirror
+
+    @staticmethod
+    def _retryable(exc: BaseException) -> bool:
+        if isinstance(exc, TransferError):
+            return exc.retryable
+        return isinstance(exc, httpx.TransportError)
+
+    async def _run_span(self, span: _Span) -> None:
+        def stop(rs: RetryCallState) -> bool:
+            return span.failures > self.ctx.max_retries()
+
+        def wait(rs: RetryCallState) -> float:
+            exc = rs.outcome.exception() if rs.outcome else None
+            if isinstance(exc, (Stalled, DeadUrl)):
+                return 0.0
+            ra = getattr(exc, "retry_after", None)
+            if span.failures == 0 and ra is None:
+                return 0.0  # the last attempt made progress: reconnect at once
+            return backoff_delay(max(1, span.failures), float(self.ctx.setting("downloads.retry_base_s")),
+                                 float(self.ctx.setting("downloads.retry_max_s")), ra)
+
+        def before_sleep(rs: RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            self.ctx.on_retry(self.job.path, getattr(rs, "_url", ""), exc, rs.upcoming_sleep)  # type: ignore[arg-type]
+
+        retrying = AsyncRetrying(retry=retry_if_exception(self._retryable), stop=stop, wait=wait, sleep=self.ctx.sleep,
+                                 before_sleep=before_sleep, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                url = self._pick_url(span)
+                attempt.retry_state._url = url  # type: ignore[attr-defined]
+                before = self.written_bytes
+                try:
+                    await self._fetch(span, url)
+                except (_Restart, _Stale, DiskFull, asyncio.CancelledError, SourceUnavailable):
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, DeadUrl) and not [u for u in self.job.urls if u not in self.dead]:
+                        raise SourceUnavailable(f"every URL of {self.job.path} failed; last: {exc}", path=self.job.path) from None
+                    self._account(span, exc, self.written_bytes > before, url)
+                    raise
+                if self._span_offset(span) is not None and span.gen == self.gen:
+                    raise ShortRead("span incomplete")
+
+    async def _worker(self, max_pieces: int) -> None:
+        while True:
+            span = self._take_span(max_pieces)
+            if span is None:
+                return
+            try:
+                await self._run_span(span)
+            finally:
+                self._release(span)
+            if span.gen != self.gen:
+                raise _Restart()
+
+    # --- the whole file ------------------------------------------------------
+    def _plan(self) -> tuple[int, int]:
+        """(workers, pieces per span) for the current settings and what the server supports."""
+        if self.no_ranges:
+            return 1, self.npieces
+        parallel = int(self.ctx.setting("downloads.parallel_ranges"))
+        min_size = float(self.ctx.setting("downloads.parallel_min_size_mb")) * 1024 * 1024
+        if parallel <= 1 or self.size < min_size:
+            return 1, max(1, MAX_SPAN_BYTES // self.ps) if self.npieces > 1 else 1
+        remaining = sum(1 for s in self.state if s == 0)
+        per = max(1, min(max(1, (16 * 1024 * 1024) // self.ps), -(-remaining // parallel)))
+        return min(parallel, max(1, remaining)), per
+
+    async def run(self) -> tuple[str, list[tuple[int, str]]]:
+        """Fetch what is missing, verify, flush; return (sha256, [(piece index, sha256)])."""
+        self._loop = asyncio.get_running_loop()
+        self.dead.clear()
+        await asyncio.to_thread(self._drop_missing_pieces)
+        self.resets = 0
+        self.integrity_failures = 0
+        committer = asyncio.create_task(self._commit_loop(), name=f"commit:{self.job.path}")
+        try:
+            while True:
+                if self.size == 0:
+                    break
+                if not self.complete:
+                    await self._run_workers()
+                    if not self.complete:
+                        continue
+                await self._commit_pending()
+                await asyncio.to_thread(self._catch_up)
+                ok, problem = self._verify()
+                if ok:
+                    break
+                self.integrity_failures += 1
+                if self.integrity_failures > self.ctx.max_retries():
+                    raise IntegrityError(f"{self.job.path}: {problem} after {self.integrity_failures} downloads", path=self.job.path)
+                self.ctx.on_retry(self.job.path, "", IntegrityError(problem), 0.0)
+                await self._reset(problem)
+            await asyncio.to_thread(self.file.flush)
+        finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            await asyncio.shield(self._commit_pending())
+        with self._hlock:
+            sha = self.frontier.sha.hexdigest()
+        return sha, sorted(self.piece_sha.items())
+
+    def _verify(self) -> tuple[bool, str]:
+        with self._hlock:
+            if self.frontier.pos != self.size:
+                return False, f"hashed {self.frontier.pos} of {self.size} bytes"
+            sha = self.frontier.sha.hexdigest()
+            sha1 = self.frontier.sha1.hexdigest() if self.frontier.sha1 is not None else None
+        if self.job.sha256 and sha != self.job.sha256:
+            return False, f"sha256 {sha[:16]}… does not match the catalog's {self.job.sha256[:16]}…"
+        if self.job.git_sha1 and sha1 != self.job.git_sha1:
+            return False, f"git blob sha1 {sha1} does not match {self.job.git_sha1}"
+        return True, ""
+
+    async def _run_workers(self) -> None:
+        n, per = self._plan()
+        tasks = [asyncio.create_task(self._worker(per), name=f"range:{self.job.path}:{i}") for i in range(n)]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        for t in pending:
+            t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+        if not errors:
+            return
+        if any(isinstance(e, (_Restart, _Stale)) for e in errors) and not any(isinstance(e, (DiskFull, SourceUnavailable)) for e in errors):
+            if self.resets > max(5, self.ctx.max_retries() + 2):
+                raise SourceUnavailable(f"{self.job.path} keeps changing on the server", path=self.job.path)
+            return
+        for kind in (DiskFull, SourceUnavailable, IntegrityError):
+            for e in errors:
+                if isinstance(e, kind):
+                    raise e
+        first = errors[0]
+        raise SourceUnavailable(f"{self.job.path}: {_describe(first)}", path=self.job.path) from first
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TransferError):
+        return str(exc)
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect to the server"
+    if isinstance(exc, httpx.TimeoutException):
+        return "the server did not answer in time"
+    if isinstance(exc, httpx.TransportError):
+        return "the connection broke"
+    if _is_disk_full(exc) or isinstance(exc, DiskFull):
+        return "the disk is full"
+    return exc.__class__.__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message a person can act on, without internal exception text."""
+    return _describe(exc)
+
+
+# --- one range, for repairs ----------------------------------------------------------
+async def fetch_range(client: httpx.AsyncClient, urls: Sequence[str], start: int, length: int, *, max_retries: int = 3,
+                      stall_timeout_s: float = 30.0, connect_timeout_s: float = 15.0, retry_base_s: float = 1.0,
+                      retry_max_s: float = 60.0, headers: dict[str, str] | None = None,
+                      limiters: Sequence[RateLimiter] = (), expect_size: int | None = None,
+                      sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> bytes:
+    """The bytes [start, start+length) of a file, trying each URL in turn with retries; SourceUnavailable when all fail.
+
+    A drop resumes where it stopped; a server that ignores Range is read from
+    byte 0 with the prefix discarded. `expect_size` (the file's size) refuses a
+    URL that serves a file of another size.
+    """
+    if length <= 0:
+        return b""
+    out = bytearray()
+    dead: set[str] = set()
+    failures = 0
+    idx = 0
+    last: BaseException | None = None
+    timeout = httpx.Timeout(connect=connect_timeout_s, read=stall_timeout_s, write=stall_timeout_s, pool=None)
+    while True:
+        live = [u for u in urls if u not in dead]
+        if not live:
+            raise SourceUnavailable(f"every URL failed for bytes {start}-{start + length - 1}: {_describe(last) if last else 'no URL'}",
+                                    urls=list(urls))
+        url = live[idx % len(live)]
+        got_before = len(out)
+        pos = start + len(out)
+        try:
+            h = {"Accept-Encoding": "identity", "Range": f"bytes={pos}-{start + length - 1}", **(headers or {})}
+            async with client.stream("GET", url, headers=h, timeout=timeout) as resp:
+                st = resp.status_code
+                if st not in (200, 206):
+                    err = HttpStatus(st, url, parse_retry_after(resp.headers.get("retry-after")))
+                    if not err.retryable and st != 416:
+                        dead.add(url)
+                        raise DeadUrl(str(err))
+                    raise err
+                skip = pos if st == 200 else 0
+                if st == 206:
+                    m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+                    if not m or int(m.group(1)) != pos:
+                        raise ShortRead("unexpected Content-Range")
+                    if expect_size is not None and m.group(3) != "*" and int(m.group(3)) != expect_size:
+                        dead.add(url)
+                        raise DeadUrl(f"{url} serves {m.group(3)} bytes, expected {expect_size}")
+                async for chunk in resp.aiter_raw():
+                    if skip:
+                        d = min(skip, len(chunk))
+                        chunk = chunk[d:]
+                        skip -= d
+                    need = length - len(out)
+                    out += chunk[:need]
+                    await take_all(list(limiters), len(chunk))
+                    if len(out) >= length:
+                        return bytes(out)
+                raise ShortRead(f"response ended after {len(out)} of {length} bytes")
+        except (TransferError, httpx.TransportError) as exc:
+            last = exc
+            progressed = len(out) > got_before
+            if isinstance(exc, httpx.ReadTimeout):
+                exc = Stalled(str(exc))
+            if isinstance(exc, TransferError) and not exc.retryable and not isinstance(exc, DeadUrl):
+                dead.add(url)
+                continue
+            if progressed:
+                failures = 0
+            elif isinstance(exc, DeadUrl) or isinstance(exc, Stalled):
+                pass
+            else:
+                failures += 1
+                idx += 1
+            if failures > max_retries:
+                raise SourceUnavailable(f"bytes {start}-{start + length - 1}: {_describe(exc)} after {failures} attempts", urls=list(urls)) from None
+            if not isinstance(exc, (DeadUrl, Stalled)) and failures:
+                await sleep(backoff_delay(failures, retry_base_s, retry_max_s, getattr(exc, "retry_after", None)))
+
+
+__all__ = ["FileJob", "FileTransfer", "TransferContext", "fetch_range", "DiskFull", "describe_error", "backoff_delay",
+           "parse_retry_after", "InsufficientStorage"]
