@@ -179,10 +179,11 @@ MIGRATIONS: list[tuple[str, str]] = [
             vram_peak_mb      REAL,
             parameters        TEXT
         );
-        -- Only a time index: every read of raw events is a time range (the
-        -- partial days at a range's edges, the last 24 hours, preload's window);
-        -- per-model figures come from usage_daily. A (model_id, ts) index would
-        -- cost a random page write per event.
+        -- Time ranges (a range's partial edge days, the last 24 hours, preload's
+        -- window) use the time index; a model's latest events (health's
+        -- performance samples) use the other. Per-model figures over days come
+        -- from usage_daily.
+        CREATE INDEX usage_events_model_ts ON usage_events (model_id, ts);
         CREATE INDEX usage_events_ts ON usage_events (ts);
         -- Per-model, per-UTC-day rollup maintained on insert (model_id '*' is every
         -- model together). The plain columns are that day's figures; the c_ columns

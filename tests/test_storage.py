@@ -88,7 +88,8 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         lease = await holder.call("models.acquire", model_id="m-leased")
         eng.activity.acquire("m-busy", "checking")
         eng.activity.acquire("m-busy", "downloading")
-        eng.queue = SimpleNamespace(has_waiting=lambda mid: mid == "m-queued")
+        real_queue = eng.queue
+        eng.queue = SimpleNamespace(has_waiting=lambda mid: mid == "m-queued" or real_queue.has_waiting(mid))
         await c.subscribe(types=["model_availability_change"])
 
         info = await c.call("storage.info")
@@ -164,7 +165,7 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         eng.activity.release("m-busy", "checking")
         eng.activity.release("m-busy", "downloading")
         assert owned.exists()
-        del eng.queue
+        eng.queue = real_queue
 
 
 async def test_ceiling_floor_and_storage_warnings(home: Path):
