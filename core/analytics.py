@@ -355,6 +355,8 @@ class Analytics:
             upto = self._queued
             try:
                 await self.engine.db.write(lambda conn: _write_batch(conn, batch, self._rollup))
+            except asyncio.CancelledError:
+                raise  # the writer thread still commits the batch: queueing it again would count it twice
             except BaseException:
                 self._rollup.clear()  # the transaction rolled back: forget what it claimed
                 self._buf[:0] = batch

@@ -422,7 +422,7 @@ class StorageManager:
             orphan = not self._partial_owned(e, owner, kept) and (now - e.size.newest_mtime) >= max_age
             partial_rows.append({"name": e.name, "model_id": owner, "size_bytes": e.size.bytes, "modified": iso(e.size.newest_mtime),
                                  "orphaned": orphan})
-        plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed)
+        plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed, keep=False)
         max_gb = float(self.engine.config.get("storage.max_gb"))
         return {
             "storage_summary": {
@@ -461,7 +461,7 @@ class StorageManager:
     async def _make_plan(self, cleanup_type: str, models_to_remove: list[str] | None, min_unused_days: float | None,
                          preserve_frequently_used: bool, threshold_gb: float | None, include_partial: bool = True,
                          du: Any = None, models: list[DiskEntry] | None = None, partial: list[DiskEntry] | None = None,
-                         installed: dict[str, float] | None = None) -> Plan:
+                         installed: dict[str, float] | None = None, keep: bool = True) -> Plan:
         if models is None or partial is None or du is None:
             du, models, partial, _ = await asyncio.to_thread(self._disk)
         if installed is None:
@@ -557,8 +557,9 @@ class StorageManager:
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
                                       f"partial download data untouched for {age / DAY:.0f} days, no download owns it", 0.8, None, 0))
         plan = Plan("plan_" + secrets.token_hex(6), time.monotonic(), items, preserved, skipped, models_bytes, du.free, processed)
-        self._plans = {k: p for k, p in self._plans.items() if time.monotonic() - p.created_at < PLAN_TTL_S}
-        self._plans[plan.plan_id] = plan
+        if keep:  # storage.info's suggestions are not plans anyone can run
+            self._plans = {k: p for k, p in self._plans.items() if time.monotonic() - p.created_at < PLAN_TTL_S}
+            self._plans[plan.plan_id] = plan
         return plan
 
     async def recommendations(self, storage_threshold_gb: float | None, min_unused_days: float | None) -> dict[str, Any]:
