@@ -612,11 +612,15 @@ class StorageManager:
                 "planned_savings_gb": sum(i.size_bytes for i in plan.items) / GIB,
                 "planned_savings_bytes": sum(i.size_bytes for i in plan.items),
             }
-            if dry_run:
-                result.update({"cleanup_id": None, "models_removed": [], "partial_removed": [], "space_freed_gb": 0.0, "bytes_freed": 0,
+            if dry_run:  # what the run would remove and free, in the fields the run reports
+                planned = sum(i.size_bytes for i in plan.items)
+                result.update({"cleanup_id": None, "models_removed": [i.name for i in plan.items if i.kind == "model"],
+                               "partial_removed": [i.name for i in plan.items if i.kind == "partial"],
+                               "space_freed_gb": planned / GIB, "bytes_freed": planned,
                                "models_preserved": [p["model_id"] for p in plan.preserved], "preserved": plan.preserved,
                                "skipped": plan.skipped, "errors": [],
-                               "summary": {"total_processed": plan.processed, "removed": 0, "preserved": len(plan.preserved), "errors": 0}})
+                               "summary": {"total_processed": plan.processed, "removed": sum(1 for i in plan.items if i.kind == "model"),
+                                           "preserved": len(plan.preserved), "errors": 0}})
                 return result
             self._plans.pop(plan.plan_id, None)  # a plan runs once
             cleanup_id = "cleanup_" + secrets.token_hex(6)

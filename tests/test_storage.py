@@ -126,8 +126,9 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         why = {p["model_id"]: p["reason"] for p in dry["preserved"]}
         assert "leased" in why["m-leased"] and why["m-busy"] == "busy: checking, downloading" and "queued" in why["m-queued"]
         assert "used 1.0 days ago" in why["m-recent"] and "used 20 times" in why["m-freq"]
-        assert dry["models_removed"] == [] and (home / "models" / "m-old").is_dir()
+        assert dry["models_removed"] == ["m-old"] and dry["partial_removed"] == ["m-gone.part"] and (home / "models" / "m-old").is_dir()
         expected_freed = du(home / "models" / "m-old") + du(old_part)
+        assert dry["bytes_freed"] == expected_freed  # what it would free
 
         res = await c.call("storage.cleanup", plan_id=dry["plan_id"])
         assert res["models_removed"] == ["m-old"] and res["partial_removed"] == ["m-gone.part"]
