@@ -179,10 +179,6 @@ MIGRATIONS: list[tuple[str, str]] = [
             vram_peak_mb      REAL,
             parameters        TEXT
         );
-        -- Time ranges (a range's partial edge days, the last 24 hours, preload's
-        -- window) use the time index; a model's latest events (health's
-        -- performance samples) use the other. Per-model figures over days come
-        -- from usage_daily.
         CREATE INDEX usage_events_model_ts ON usage_events (model_id, ts);
         CREATE INDEX usage_events_ts ON usage_events (ts);
         -- Per-model, per-UTC-day rollup maintained on insert (model_id '*' is every
@@ -252,6 +248,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             c_h23      INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (model_id, day)
         ) WITHOUT ROWID;
+        CREATE INDEX usage_daily_day ON usage_daily (day, model_id);
         -- All-time figures per model, loaded at start for the status fields.
         CREATE TABLE usage_models (
             model_id          TEXT PRIMARY KEY,
@@ -277,6 +274,14 @@ MIGRATIONS: list[tuple[str, str]] = [
             state      TEXT NOT NULL,
             created_at REAL NOT NULL
         );
+        """,
+    ),
+    (
+        "0006b_analytics_indexes",
+        """
+        -- usage_daily is read by model (primary key) only: a (day, model_id) index
+        -- cost a page write per recorded event for no query.
+        DROP INDEX IF EXISTS usage_daily_day;
         """,
     ),
 ]
