@@ -276,6 +276,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0006b_analytics_indexes",
+        """
+        -- usage_daily is read by model (primary key) only: a (day, model_id) index
+        -- cost a page write per recorded event for no query.
+        DROP INDEX IF EXISTS usage_daily_day;
+        """,
+    ),
 ]
 
 

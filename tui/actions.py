@@ -252,7 +252,10 @@ class ScreenActions:
         if not await self.app.push_screen_wait(ConfirmScreen("Delete these models?", body, "Delete")):
             self.app.notify("Cleanup cancelled; nothing deleted.", timeout=3)
             return
-        res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
+        if plan.get("plan_id"):  # run exactly the reviewed plan (what is still safe to remove)
+            res = await self._call("storage.cleanup", plan_id=plan["plan_id"])
+        else:
+            res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
         if res is not None:
             self.app.notify(f"Cleanup removed {len(res.get('models_removed') or [])} model(s), "
                             f"freed {fmt.size_gb(res.get('space_freed_gb'))}", timeout=5)

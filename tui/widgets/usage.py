@@ -62,7 +62,8 @@ class UsagePane(Pane):
         yield Sparkline([], classes="body", id="usage-spark")
 
     async def fetch(self) -> None:
-        res = await self.mavail.link.call("analytics.usage", period="month")
+        # every model's 30-day series is opt-in for an all-models answer: the trend column needs it
+        res = await self.mavail.link.call("analytics.usage", period="month", include_series=True)
         models = res.get("models", {})
         assert self.table is not None
         self.table.sync({mid: (usage_cells({**u, "model_id": mid}), {**u, "model_id": mid}) for mid, u in models.items()})
