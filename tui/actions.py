@@ -48,6 +48,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("mavail.repair", "R", "repair", "Repair", "Repair the selected model (re-downloads bad pieces); asks first", show=False),
     ActionSpec("mavail.cleanup", "x", "cleanup", "Clean", "Plan a storage cleanup (dry run), then ask before deleting"),
     ActionSpec("mavail.update", "u", "update", "Update", "Update the selected model to the catalog's version; asks first", show=False),
+    ActionSpec("mavail.remove", "D", "remove", "Remove", "Remove the selected model's files (refused while in use); asks first", show=False),
     ActionSpec("mavail.filter", "slash", "filter", "Filter", "Filter the table by model id", key_display="/"),
     ActionSpec("mavail.sort", "s", "sort", "Sort", "Sort the table by the next column", show=False),
     ActionSpec("mavail.help", "question_mark", "help", "Help", "Show every key and how to remap them", key_display="?"),
@@ -226,8 +227,20 @@ class ScreenActions:
             f"Update {mid} from {cur} to {latest}?", "The new version is downloaded and verified before it replaces the old one; "
             "the old one is kept as configured (updates.keep_versions).", "Update", danger=False))
         if ok and (res := await self._call("models.update", model_id=mid)) is not None:
-            self.app.notify(f"{mid}: {res.get('message') or 'update started'}", timeout=4)
+            self.app.notify(res.get("message") or f"{mid}: updating {res.get('from_version', cur)} → {res.get('to_version', latest)}", timeout=4)
             self._after("models", "downloads")
+
+    def action_remove(self) -> None:
+        if (mid := self._target()) and self._offered("models.remove"):
+            self._run(self._remove(mid))
+
+    async def _remove(self, mid: str) -> None:
+        ok = await self.app.push_screen_wait(ConfirmScreen(
+            f"Remove {mid}?", "Its installed files are deleted; it stays in the catalog and can be downloaded again.", "Remove"))
+        if ok and (res := await self._call("models.remove", model_id=mid)) is not None:
+            self.app.notify(f"{mid}: removed {', '.join(res.get('removed_versions') or [])} "
+                            f"({fmt.size(res.get('freed_bytes'))} freed)", timeout=4)
+            self._after("models", "storage", "health")
 
     # --- storage -------------------------------------------------------------
     def action_cleanup(self) -> None:
