@@ -131,6 +131,26 @@ SCHEMA: tuple[Setting, ...] = (
     # storage
     _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0),
     _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0),
+    _s("storage.keep_used_within_days", float, 30.0, "Retention: cleanup keeps models used (generated with or requested) in the last N days, "
+       "counting from installation for a model never used.", min=0),
+    _s("storage.keep_used_more_than", int, 10, "Retention: cleanup keeps models used more than N times in the last "
+       "storage.frequent_window_days days (when preserve_frequently_used).", min=0),
+    _s("storage.frequent_window_days", float, 90.0, "The window over which storage.keep_used_more_than counts uses.", min=1),
+    _s("storage.hot_days", float, 7.0, "Tier: hot = used in the last N days or in use now; never evicted for the ceiling or floor.", min=0),
+    _s("storage.warm_days", float, 30.0, "Tier: warm = used in the last N days (and not hot); cold = the rest.", min=0),
+    _s("storage.partial_max_age_days", float, 7.0, "Partial download data untouched this long, with no download "
+       "owning it, is offered for cleanup.", min=0),
+    _s("storage.ceiling_warn_percent", float, 90.0, "storage_warning when the models use this share of storage.max_gb.", min=1, max=100),
+    _s("storage.check_interval_s", float, 300.0, "How often free space and the ceiling are checked for storage_warning.", min=1),
+    # analytics
+    _s("analytics.flush_interval_ms", float, 5.0, "Recorded events are written to the database in one transaction at most this often.", min=0, max=10000),
+    _s("analytics.max_buffered_events", int, 50000, "Events held in memory before analytics.record waits for a write.", min=100),
+    _s("analytics.frequency_window_days", int, 30, "usage_frequency is uses per day over this many days.", min=1, max=3650),
+    _s("analytics.trend_threshold", float, 0.05, "performance trend: improving/degrading when the current (24-hour) score is this "
+       "much above/below the mean of the 7- and 30-day scores, else stable.", min=0, max=1),
+    _s("analytics.trend_min_events", int, 5, "Generations needed in the current window and in 30 days to judge a trend.", min=1),
+    _s("analytics.preload_window_days", float, 14.0, "analytics.preload looks at uses and requests in this many days.", min=1),
+    _s("analytics.preload_min_uses", int, 3, "Uses plus requests in the window that make a model worth preloading.", min=1),
     # updates
     _s("updates.keep_versions", int, 1, "Previous versions kept after an update.", min=0, max=20),
     # rpc

@@ -220,6 +220,43 @@ async def models_remove(ctx: CallContext, model_id: str, version: str | None) ->
 
 
 
+# --- analytics and storage (issue 6) -------------------------------------------
+async def analytics_record(ctx: CallContext, model_id: str, generation_time_s: float, success: bool, parameters: dict[str, Any] | None,
+                           vram_peak_mb: float | None, timestamp: str | None) -> dict[str, Any]:
+    return await ctx.engine.analytics.record(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp)
+
+
+async def analytics_record_batch(ctx: CallContext, events: list[Any]) -> dict[str, Any]:
+    return await ctx.engine.analytics.record_many(events)
+
+
+async def analytics_usage(ctx: CallContext, model_id: str | None, period: str | None, start_date: str | None, end_date: str | None,
+                          include_series: bool | None) -> dict[str, Any]:
+    return await ctx.engine.analytics.usage(model_id, period, start_date, end_date, include_series)
+
+
+async def analytics_cleanup(ctx: CallContext, storage_threshold_gb: float | None, min_unused_days: float | None) -> dict[str, Any]:
+    return await ctx.engine.storage.recommendations(storage_threshold_gb, min_unused_days)
+
+
+async def analytics_performance(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.analytics.performance()
+
+
+async def analytics_preload(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.analytics.preload()
+
+
+async def storage_info(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.storage.info()
+
+
+async def storage_cleanup(ctx: CallContext, cleanup_type: str, models_to_remove: list[Any] | None, min_unused_days: float | None,
+                          preserve_frequently_used: bool, dry_run: bool, plan_id: str | None, include_partial: bool) -> dict[str, Any]:
+    return await ctx.engine.storage.cleanup(cleanup_type, models_to_remove, min_unused_days, preserve_frequently_used, dry_run,
+                                            plan_id, include_partial)
+
+
 _MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
 _PRIORITY = P("priority", "string", "critical, high, normal (or medium), low.", default="normal", enum=PRIORITY_INPUT)
 _PRIORITY_REQ = P("priority", "string", "critical, high, normal (or medium), low.", required=True, enum=PRIORITY_INPUT)
@@ -324,6 +361,44 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("events.unsubscribe", events_unsubscribe, "Stop a subscription.",
            (P("subscription_id", "string", "From events.subscribe.", required=True),)),
+    # analytics and storage (issue 6)
+    Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters.", (
+        _MODEL_ID,
+        P("generation_time_s", "number", "Seconds the generation took.", required=True, minimum=0),
+        P("success", "boolean", "Whether it succeeded.", required=True),
+        P("parameters", "object", "The generation's parameters (at most 16 KiB as JSON).", nullable=True),
+        P("vram_peak_mb", "number", "Peak VRAM in MiB.", nullable=True, minimum=0),
+        P("timestamp", "string", "When it finished (ISO-8601, default now; not in the future).", nullable=True),
+    ), inline=True),
+    Method("analytics.record_batch", analytics_record_batch, "Record up to 1,000 generations at once (all or none).", (
+        P("events", "array", "Objects with the params of analytics.record.", required=True),
+    ), inline=True),
+    Method("analytics.usage", analytics_usage, "Usage figures over a period (UTC days), for one model or every model used.", (
+        P("model_id", "string", "One model; omit for all.", nullable=True),
+        P("period", "string", "day = today, week/month/year = the last 7/30/365 UTC days (default week).",
+          enum=("day", "week", "month", "year"), nullable=True),
+        P("start_date", "string", "ISO date or date-time; replaces period.", nullable=True),
+        P("end_date", "string", "ISO date (inclusive) or date-time (exclusive); default the end of today.", nullable=True),
+        P("include_series", "boolean", "Daily series: omitted = the summary's (and the one model's), true = also every "
+          "model's last_30_days_usage, false = none.", nullable=True),
+    )),
+    Method("analytics.cleanup", analytics_cleanup, "Cleanup recommendations by the retention policies, with reasons and savings.", (
+        P("storage_threshold_gb", "number", "Recommend enough to bring the models under this many GiB.", nullable=True, minimum=0),
+        P("min_unused_days", "number", "Models unused this long are candidates (default storage.keep_used_within_days).",
+          nullable=True, minimum=0),
+    )),
+    Method("analytics.performance", analytics_performance, "Per-model performance scores and trends."),
+    Method("analytics.preload", analytics_preload, "Models used often that are missing, outdated or unhealthy."),
+    Method("storage.info", storage_info, "Disk figures, every model's size, tier and use, partial downloads."),
+    Method("storage.cleanup", storage_cleanup, "Remove unused models (dry_run: only the plan).", (
+        P("cleanup_type", "string", "auto: by the retention policies; manual: models_to_remove.", default="auto", enum=("auto", "manual")),
+        P("models_to_remove", "array", "Model ids, for a manual cleanup.", nullable=True),
+        P("min_unused_days", "number", "Override storage.keep_used_within_days.", nullable=True, minimum=0),
+        P("preserve_frequently_used", "boolean", "Keep models used more than storage.keep_used_more_than times.", default=True),
+        P("dry_run", "boolean", "Only return the plan.", default=False),
+        P("plan_id", "string", "Run exactly the plan a dry run returned (what is still safe to remove).", nullable=True),
+        P("include_partial", "boolean", "Also remove orphaned partial download data.", default=True),
+    )),
 )
 
 TABLE: dict[str, Method] = {m.name: m for m in METHODS}

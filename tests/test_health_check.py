@@ -98,8 +98,6 @@ async def test_flipped_byte_found_and_located(home: Path):
         st = await c.call("health.status", model_id="m1")
         assert st["overall_health"] == "corrupted"
         assert (await c.call("models.status", model_id="m1"))["availability_status"] == "corrupted"
-    log = (home / "logs").exists()
-    assert log or True
 
 
 @pytest.mark.parametrize("damage", ["truncate", "append", "delete", "chmod", "symlink", "touch"])

@@ -230,3 +230,35 @@ def test_killed_mid_switch_restarts_consistent(crash_at: str, expect: str):
             proc.wait(10)
         assert db(home, "SELECT COUNT(*) FROM installed_versions WHERE model_id = 'm1' AND is_current = 1")[0][0] == 1
         assert db(home, "SELECT status FROM model_updates ORDER BY started_at")[0][0] in ("interrupted", "completed")
+
+
+async def test_update_through_the_downloads_engine(home: Path):
+    """Install 1.0.0 by download, publish 2.0.0 on the mirror, update: downloaded beside, checked, switched, 1.0.0 kept."""
+    from core.mirror import Mirror
+
+    with Mirror() as m:
+        home.mkdir(parents=True)
+        (home / "config.toml").write_text("[downloads]\npiece_size_mb = 1\n[health]\nscheduler_tick_s = 3600\n")
+        (home / "catalog.toml").write_text(m.add_model("m1", dict(V1), version="1.0.0"))
+        async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="m1")
+            await finished(c, "1.0.0")
+            assert eng.health.repair_dir.parent == home / "partial"
+            full = (await c.call("health.check", model_id="m1"))["result"]
+            assert full["overall_health"] == "healthy"
+            (home / "catalog.toml").write_text(m.add_model("m1", dict(V2), version="2.0.0"))
+            await c.call("catalog.reload")
+            sub = await c.subscribe(types=["model_availability_change"])
+            assert sub
+            res = await c.call("models.update", model_id="m1")
+            assert res["to_version"] == "2.0.0"
+            seen = []
+            async for ev in c.events():
+                seen.append(ev["params"]["new_status"])
+                if ev["params"]["new_status"] == "available" and "updating" in seen:
+                    break
+            await finished(c, "2.0.0")
+            assert (home / "models/m1/2.0.0/w.bin").read_bytes() == V2[0][1]
+            assert (home / "models/m1/1.0.0/w.bin").read_bytes() == V1[0][1]
+            assert db(home, "SELECT status FROM model_updates") == [("completed",)]
+            assert db(home, "SELECT COUNT(*) FROM file_pieces WHERE version = '2.0.0'")[0][0] == 2
