@@ -79,3 +79,41 @@ async def test_queue_tab_shows_a_waiting_request_and_c_cancels_it_after_yes(home
                     await pilot.press("y")
                     await until(pilot, lambda: q["queue_id"] not in pane.table.keys())
                     assert (await c.call("fallback.queue_list"))["total"] == 0
+
+
+@_needs("storage.cleanup", "storage.info")
+async def test_x_shows_the_plan_and_deletes_nothing_until_confirmed(home: Path):
+    import os
+    import time
+
+    from tests.helpers import install_files, model_toml, synthetic_bytes
+    from tui.screens.confirm import ConfirmScreen
+
+    home.mkdir(parents=True)
+    data = [("model.safetensors", synthetic_bytes("old", 64 * 1024))]
+    (home / "catalog.toml").write_text(model_toml("old-model", data) + model_toml("new-model", data))
+    old_dir = install_files(home, "old-model", data)
+    new_dir = install_files(home, "new-model", data)
+    long_ago = time.time() - 90 * 86400
+    for p in (old_dir / "model.safetensors", old_dir, old_dir.parent):
+        os.utime(p, (long_ago, long_ago))
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("5")
+            await until(pilot, lambda: app.pane("storage").loaded)
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=15)
+            plan = app.screen.body  # type: ignore[attr-defined]
+            assert "models/old-model" in plan and "Nothing has been deleted yet" in plan and "models/new-model" not in plan
+            assert "models/old-model" in screen_text(app)
+            assert (old_dir / "model.safetensors").exists()
+            await pilot.press("n")
+            await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            assert (old_dir / "model.safetensors").exists() and (new_dir / "model.safetensors").exists()
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=15)
+            await pilot.press("y")
+            await until(pilot, lambda: not (old_dir / "model.safetensors").exists(), timeout=15)
+            assert (new_dir / "model.safetensors").exists()
+            await until(pilot, lambda: any("Cleanup removed 1 item" in str(n.message) for n in app._notifications))

@@ -251,24 +251,33 @@ class ScreenActions:
         plan = await self._call("storage.cleanup", cleanup_type="auto", dry_run=True)
         if plan is None:
             return
-        doomed = list(plan.get("models_removed") or plan.get("models_to_remove") or [])
-        if not doomed:
+        items = plan.get("plan")
+        if items is None:  # an engine that reports only model ids
+            items = [{"model_id": m, "path": m} for m in plan.get("models_removed") or plan.get("models_to_remove") or []]
+        if not items:
             self.app.notify("Cleanup: nothing would be removed.", timeout=4)
             return
         kept = plan.get("models_preserved") or []
+        savings = plan.get("planned_savings_gb", plan.get("space_freed_gb"))
         body = "\n".join(
-            [f"Would remove {len(doomed)} model(s), freeing {fmt.size_gb(plan.get('space_freed_gb'))}:"]
-            + [f"  - {m}" for m in doomed]
-            + ([f"Kept: {', '.join(kept[:8])}{' …' if len(kept) > 8 else ''}"] if kept else [])
+            [f"Would remove {len(items)} item(s), freeing {fmt.size_gb(savings)}:"]
+            + [f"  - {i.get('path') or i.get('model_id')}  {fmt.size(i.get('size_bytes'))}  {i.get('reason') or ''}".rstrip() for i in items]
+            + ([f"Kept: {', '.join(map(str, kept[:8]))}{' …' if len(kept) > 8 else ''}"] if kept else [])
             + ["Nothing has been deleted yet."]
         )
-        if not await self.app.push_screen_wait(ConfirmScreen("Delete these models?", body, "Delete")):
+        if not await self.app.push_screen_wait(ConfirmScreen("Delete these?", body, "Delete")):
             self.app.notify("Cleanup cancelled; nothing deleted.", timeout=3)
             return
-        res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
+        if plan.get("plan_id"):  # run exactly the plan shown (the engine re-checks each item is still safe)
+            res = await self._call("storage.cleanup", plan_id=plan["plan_id"], dry_run=False)
+        else:
+            doomed = [i["model_id"] for i in items if i.get("model_id")]
+            res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
         if res is not None:
-            self.app.notify(f"Cleanup removed {len(res.get('models_removed') or [])} model(s), "
-                            f"freed {fmt.size_gb(res.get('space_freed_gb'))}", timeout=5)
+            removed = len(res.get("models_removed") or []) + len(res.get("partial_removed") or [])
+            kept_now = [p for p in (res.get("models_preserved") or []) if p not in kept]
+            self.app.notify(f"Cleanup removed {removed} item(s), freed {fmt.size_gb(res.get('space_freed_gb'))}"
+                            + (f"; kept {', '.join(kept_now)} (no longer safe)" if kept_now else ""), timeout=5)
             self._after("storage", "models", "usage")
 
     # --- view ----------------------------------------------------------------
