@@ -93,3 +93,16 @@ async def test_health_tab_and_h_runs_a_real_check(home: Path):
             await pilot.press("h")
             await until(pilot, lambda: any("health check healthy" in str(n.message) for n in app._notifications), timeout=15)
             await until(pilot, lambda: str(pane.table.cell("wan2.2-ti2v-5b", "health")) == "healthy")
+
+
+async def test_engine_with_a_token(home: Path, monkeypatch):
+    write_catalog(home, ["m1"])
+    (home / "config.toml").write_text('[rpc]\ntoken = "s3cret"\n')
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={}, min_backoff_s=0.05, max_backoff_s=0.2)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: "UNAUTHORIZED" in screen_text(app) and "DISCONNECTED" in screen_text(app))
+        monkeypatch.setenv("MAVAIL_RPC_TOKEN", "s3cret")
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: "m1" in screen_text(app) and app.connected)
