@@ -75,7 +75,7 @@ async def test_request_ready_missing_and_no_download(home: Path):
         big = await c.call("models.request", model_id="ltx-t2v", requirements={"resolution": "1920x1088"})
         assert big["action_taken"] == "model_ready"
         assert big["fallback_strategy"]["strategy_type"] in ("reduce_requirements", "alternative_model")
-        # no download service attached yet in this engine, or auto_download off: an error with a decision
+        # auto_download off: an error with a decision
         off = await c.call("models.request", model_id="wan-t2v", auto_download=False)
         assert off["success"] is False and off["action_taken"] == "error"
         assert off["fallback_strategy"]["suggested_model"] == "ltx-t2v"
@@ -99,6 +99,9 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
         seen: list[str] = []
 
         class Health:
+            def is_busy(self, model_id: str) -> bool:
+                return False
+
             async def repair(self, model_id: str) -> dict[str, Any]:
                 seen.append(model_id)
                 return {"success": True, "repair_id": "r1", "actions_taken": ["redownload"], "bytes_redownloaded": 0}

@@ -119,9 +119,7 @@ class HealthService:
         await self._recover()
         await self.updates.recover()
         await self.check_all(trigger="startup", record=False)
-        downloads = getattr(self.engine, "downloads", None)
-        if downloads is not None and hasattr(downloads, "add_listener"):
-            downloads.add_listener(self._on_download)
+        self.engine.downloads.add_listener(self._on_download)
         self.engine.spawn(self._scheduler(), name="health-scheduler")
 
     async def stop(self) -> None:
