@@ -407,6 +407,20 @@ class Analytics:
 
         return await self.engine.db.read(q)
 
+    async def generation_samples(self, model_id: str, limit: int = 500) -> list[tuple[float, float, bool]]:
+        """The model's latest `limit` generations, newest first, as (ts, generation_time_s, success).
+
+        Requests are not generations and are left out. Flushes the write buffer first, as every query does.
+        """
+        await self.flush()
+
+        def q(conn: sqlite3.Connection) -> list[tuple[float, float, bool]]:
+            return [(r[0], r[1], bool(r[2])) for r in conn.execute(
+                "SELECT ts, generation_time_s, success FROM usage_events WHERE model_id = ? AND kind = 0 "
+                "AND generation_time_s IS NOT NULL ORDER BY ts DESC LIMIT ?", (model_id, limit))]
+
+        return await self.engine.db.read(q)
+
     # --- analytics.usage ---------------------------------------------------
     async def usage(self, model_id: str | None = None, period: str | None = None, start_date: str | None = None,
                     end_date: str | None = None, include_series: bool | None = None) -> dict[str, Any]:
