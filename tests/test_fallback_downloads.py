@@ -14,8 +14,6 @@ from rpc.client import AsyncClient
 from tests.fallback_helpers import NoGpu
 from tests.helpers import running_engine, wait_until
 
-pytest.importorskip("core.downloads", reason="the download scheduler (issue 3) is not merged yet")
-
 MIB = 1024 * 1024
 
 
