@@ -9,20 +9,10 @@ from typing import Any
 import pytest
 
 from rpc.client import AsyncClient, RpcError
-from tests.fallback_helpers import FakeDownloads, NoGpu, write_catalog
+from tests.fallback_helpers import FakeDownloads, NoGpu, next_event, write_catalog
 from tests.helpers import running_engine, wait_until
 
 GPU16 = {"MAVAIL_GPU_VRAM_GB": "16"}
-
-
-async def next_event(c: AsyncClient, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-    async def take() -> dict[str, Any]:
-        async for m in c.events():
-            if m["method"] == kind:
-                return m["params"]
-        raise AssertionError("connection closed")
-
-    return await asyncio.wait_for(take(), timeout)
 
 
 async def test_suggest_scores_and_strategy(home: Path):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rpc.client import AsyncClient
 
-from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
-from tests.tui_helpers import screen_text, start_engine_process, until
+from tests.helpers import install_files, model_toml, running_engine, start_engine_process, synthetic_bytes
+from tests.tui_helpers import screen_text, until
 from tui.app import create_app
 from tui.screens.edit import EditSettingScreen
 
