@@ -407,6 +407,20 @@ class Analytics:
 
         return await self.engine.db.read(q)
 
+    async def generation_samples(self, model_id: str, limit: int = 500) -> list[tuple[float, float, bool]]:
+        """The model's latest `limit` generations, newest first, as (ts, generation_time_s, success).
+
+        Requests are not generations and are left out. Flushes the write buffer first, as every query does.
+        """
+        await self.flush()
+
+        def q(conn: sqlite3.Connection) -> list[tuple[float, float, bool]]:
+            return [(r[0], r[1], bool(r[2])) for r in conn.execute(
+                "SELECT ts, generation_time_s, success FROM usage_events WHERE model_id = ? AND kind = 0 "
+                "AND generation_time_s IS NOT NULL ORDER BY ts DESC LIMIT ?", (model_id, limit))]
+
+        return await self.engine.db.read(q)
+
     # --- analytics.usage ---------------------------------------------------
     async def usage(self, model_id: str | None = None, period: str | None = None, start_date: str | None = None,
                     end_date: str | None = None, include_series: bool | None = None) -> dict[str, Any]:
@@ -548,11 +562,11 @@ class Analytics:
         system = {
             "overall_score": (sum(scores) / len(scores)) if scores else None,
             "generation_success_rate": (suc7 / tot7) if tot7 else None,
+            # neither the download nor the health service keeps these figures yet: null rather than invented
             "download_success_rate": None,
             "average_download_speed_mbps": None,
             "health_check_success_rate": None,
         }
-        system.update(_service_stats(self.engine))
         return {"performance_trends": trends, "system_performance": system,
                 "thresholds": {"trend_threshold": tau, "trend_min_events": min_events}}
 
@@ -607,33 +621,11 @@ def _model_flags(engine: "Engine", model_id: str) -> tuple[bool, bool]:
         return False, False
     update = pres.complete and version_key(spec.version) > version_key(engine.version_in_use(model_id))
     corrupt = bool(pres.wrong_size_files)
-    health = getattr(engine, "health", None)
-    fields = getattr(health, "model_fields", None)
-    if callable(fields):
-        try:
-            corrupt = corrupt or bool(fields(model_id).get("corruption_detected"))
-        except Exception:
-            log.exception("health.model_fields failed")
+    try:
+        corrupt = corrupt or bool(engine.health.model_fields(model_id).get("corruption_detected"))
+    except Exception:  # a health fault must not fail the usage figures
+        log.exception("health.model_fields failed")
     return update, corrupt
-
-
-def _service_stats(engine: "Engine") -> dict[str, Any]:
-    """Download and health figures from the other services, where they offer them (`stats()` -> dict)."""
-    out: dict[str, Any] = {}
-    for name, keys in (("downloads", ("download_success_rate", "average_download_speed_mbps")),
-                       ("health", ("health_check_success_rate",))):
-        svc = getattr(engine, name, None)
-        fn = getattr(svc, "stats", None)
-        if not callable(fn):
-            continue
-        try:
-            got = fn()
-        except Exception:
-            log.exception("%s.stats() failed", name)
-            continue
-        if isinstance(got, dict):
-            out.update({k: got[k] for k in keys if k in got})
-    return out
 
 
 # --- SQL (run in the database's threads) -------------------------------------------

@@ -265,9 +265,7 @@ class StorageManager:
         await self.recover()
         self.engine.spawn(self._check_loop(), name="storage-check")
         self.engine.config.on_change(self._on_config)
-        dl = getattr(self.engine, "downloads", None)
-        if dl is not None and callable(getattr(dl, "add_listener", None)):
-            dl.add_listener(self._on_download)
+        self.engine.downloads.add_listener(self._on_download)
 
     def _on_config(self, changed: dict[str, Any]) -> None:
         if any(k.startswith("storage.") for k in changed):
@@ -319,11 +317,9 @@ class StorageManager:
         reasons = eng.activity.reasons(model_id)
         if reasons:
             out.append("busy: " + ", ".join(sorted(reasons)))
-        q = getattr(eng, "queue", None)
-        if q is not None and q.has_waiting(model_id):
+        if eng.queue.has_waiting(model_id):
             out.append("requests are queued for it")
-        dl = getattr(eng, "downloads", None)
-        if dl is not None and callable(getattr(dl, "is_active", None)) and dl.is_active(model_id) and "busy: " not in " ".join(out):
+        if not reasons and eng.downloads.is_active(model_id):  # an active download holds "downloading": named once
             out.append("downloading")
         return out
 
@@ -358,29 +354,15 @@ class StorageManager:
     async def _downloads_kept(self) -> set[str]:
         """Models with a download record that may still use its partial data (any state but completed or cancelled)."""
         def q(c: Any) -> set[str]:
-            if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'downloads'").fetchone() is None:
-                return set()
             return {r[0] for r in c.execute("SELECT model_id FROM downloads WHERE status NOT IN ('completed', 'cancelled')")}
 
         return await self.engine.db.read(q)
 
-    def _partial_owned(self, entry: DiskEntry, owner: str | None, kept: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
-        if owner is not None and owner in kept:
-            return True
-        dl = getattr(self.engine, "downloads", None)
-        fn = getattr(dl, "partial_paths", None)
-        if callable(fn):
-            try:
-                if any(Path(p) == entry.path or entry.path in Path(p).parents for p in fn()):
-                    return True
-            except Exception:
-                log.exception("downloads.partial_paths() failed")
-        if owner is not None:
-            if self.engine.activity.busy(owner, "downloading"):
-                return True
-            if dl is not None and callable(getattr(dl, "is_active", None)) and dl.is_active(owner):
-                return True
-        return False
+    def _partial_owned(self, owner: str | None, kept: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+        """Whether partial data of `owner` is still wanted: a download record that may resume it, or a download running now."""
+        if owner is None:
+            return False
+        return owner in kept or self.engine.activity.busy(owner, "downloading") or self.engine.downloads.is_active(owner)
 
     async def info(self) -> dict[str, Any]:
         """storage.info: the filesystem, every model's measured size, tier and use, partial data, suggestions."""
@@ -419,7 +401,7 @@ class StorageManager:
         partial_rows = []
         for e in partial:
             owner = self._partial_owner(e.name)
-            orphan = not self._partial_owned(e, owner, kept) and (now - e.size.newest_mtime) >= max_age
+            orphan = not self._partial_owned(owner, kept) and (now - e.size.newest_mtime) >= max_age
             partial_rows.append({"name": e.name, "model_id": owner, "size_bytes": e.size.bytes, "modified": iso(e.size.newest_mtime),
                                  "orphaned": orphan})
         plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed, keep=False)
@@ -552,7 +534,7 @@ class StorageManager:
             for e in partial:
                 owner = self._partial_owner(e.name)
                 age = now - e.size.newest_mtime
-                if age < max_age or self._partial_owned(e, owner, kept):
+                if age < max_age or self._partial_owned(owner, kept):
                     continue
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
                                       f"partial download data untouched for {age / DAY:.0f} days, no download owns it", 0.8, None, 0))

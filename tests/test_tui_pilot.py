@@ -6,12 +6,10 @@ import asyncio
 import signal
 from pathlib import Path
 
-import pytest
-
 from rpc.client import AsyncClient
 
-from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
-from tests.tui_helpers import screen_text, start_engine_process, until
+from tests.helpers import install_files, model_toml, running_engine, start_engine_process, synthetic_bytes
+from tests.tui_helpers import screen_text, until
 from tui.app import create_app
 from tui.screens.edit import EditSettingScreen
 
@@ -72,14 +70,6 @@ async def test_engine_killed_shows_disconnected_and_reconnects(home: Path):
         proc.wait(10)
 
 
-def _needs(*methods: str) -> pytest.MarkDecorator:
-    from rpc.methods import TABLE
-
-    missing = [m for m in methods if m not in TABLE]
-    return pytest.mark.skipif(bool(missing), reason=f"engine lacks {', '.join(missing)} (not merged yet)")
-
-
-@_needs("health.status", "health.check")
 async def test_health_tab_and_h_runs_a_real_check(home: Path):
     data = write_catalog(home, ["wan2.2-ti2v-5b"])
     install_files(home, "wan2.2-ti2v-5b", data)  # copied in by hand: never verified

@@ -6,12 +6,10 @@ from pathlib import Path
 
 from rpc.client import AsyncClient
 from tests.helpers import running_engine
-from tests.test_tui_pilot import _needs
 from tests.tui_helpers import screen_text, until
 from tui.app import create_app
 
 
-@_needs("downloads.start", "downloads.pause", "downloads.resume", "downloads.progress")
 async def test_download_progresses_in_the_table_and_p_r_pause_and_resume(home: Path):
     from core.mirror import MIB, Mirror, Synthetic
 
@@ -50,7 +48,6 @@ async def test_download_progresses_in_the_table_and_p_r_pause_and_resume(home: P
                     await until(pilot, lambda: str(table.cell("wan2.2-ti2v-5b", "status")) == "downloading")
 
 
-@_needs("fallback.queue", "fallback.queue_list", "fallback.queue_cancel")
 async def test_queue_tab_shows_a_waiting_request_and_c_cancels_it_after_yes(home: Path):
     from core.mirror import MIB, Mirror, Synthetic
     from tui.screens.confirm import ConfirmScreen
@@ -81,7 +78,6 @@ async def test_queue_tab_shows_a_waiting_request_and_c_cancels_it_after_yes(home
                     assert (await c.call("fallback.queue_list"))["total"] == 0
 
 
-@_needs("storage.cleanup", "storage.info")
 async def test_x_shows_the_plan_and_deletes_nothing_until_confirmed(home: Path):
     import os
     import time
