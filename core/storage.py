@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from core.errors import InvalidParams, ModelNotFound, NotFound
+from core.errors import InvalidParams, NotFound
 from core.fsutil import fsync_dir
 from core.timeutil import iso
 

@@ -16,7 +16,7 @@ import psutil
 
 from rpc.client import Client
 from tui.demo import CATALOG, Demo
-from tests.tui_helpers import screen_text, until
+from tests.tui_helpers import until
 from tui.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

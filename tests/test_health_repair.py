@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
-import socket
 from pathlib import Path
 
 import pytest

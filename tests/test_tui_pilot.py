@@ -6,7 +6,6 @@ import asyncio
 import signal
 from pathlib import Path
 
-from rpc.client import AsyncClient
 
 from tests.helpers import install_files, model_toml, running_engine, start_engine_process, synthetic_bytes
 from tests.tui_helpers import screen_text, until

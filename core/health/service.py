@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from core.errors import Conflict, InvalidState, MavailError, NotFound, SourceUnavailable
 from core.health import repair as rp
