@@ -280,7 +280,6 @@ def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, p
         computed: list[str] = []
         broken: list[int] = []
         good = 0
-        limit = min(st.st_size, f.size)
         pos = 0
         idx = 0
         step = piece_size if piece_size > 0 else max(f.size, 1)
