@@ -227,3 +227,14 @@ async def test_health_alerts_and_availability_changes_become_notifications():
         assert ("Health alert", "m: 3 pieces do not match their sha256", "warning") in texts
         assert any("m: downloading → available" in t for _, t, _ in texts)
         await until(pilot, lambda: str(app.pane("models").table.cell("m", "status")) == "available")
+
+
+async def test_models_summary_follows_live_changes():
+    rows = [status("a"), status("b", "available")]
+    app, link = make_app({"models.status": lambda **p: models_answer(*rows) if not p else status(p["model_id"], "available")})
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.pane("models")
+        await until(pilot, lambda: pane.loaded)
+        await until(pilot, lambda: "2 models · 1 available" in screen_text(app))
+        link.push("model_availability_change", model_id="a", old_status="missing", new_status="available")
+        await until(pilot, lambda: "2 models · 2 available" in screen_text(app) and "0 missing" in screen_text(app))

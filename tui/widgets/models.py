@@ -54,6 +54,8 @@ class ModelsPane(Pane):
     """Every model: what is there, what is missing, what is broken, what is in use."""
 
     TITLE = "Models"
+    _storage_gb: float | None = None
+    """Bytes of models on disk from the last full fetch (a partial update cannot measure it)."""
     REQUIRES = ("models.status",)
 
     def body(self) -> ComposeResult:
@@ -65,7 +67,18 @@ class ModelsPane(Pane):
         res = await self.mavail.link.call("models.status")
         assert self.table is not None
         self.table.sync({mid: (model_cells(s), s) for mid, s in res["models"].items()})
+        self._storage_gb = res.get("summary", {}).get("total_storage_gb")
         self._summary(res.get("summary", {}))
+
+    def _recount(self) -> None:
+        """Recount the summary from the rows after a partial update (storage keeps the last full figure)."""
+        assert self.table is not None
+        statuses = [(self.table.raw(k) or {}).get("availability_status") for k in self.table.keys()]
+        self._summary({
+            "total_models": len(statuses),
+            **{f"{s}_models": statuses.count(s) for s in ("available", "downloading", "queued", "missing", "corrupted")},
+            "total_storage_gb": self._storage_gb,
+        })
 
     def _summary(self, sm: dict[str, Any]) -> None:
         self.query_one("#models-summary", Static).update(
@@ -83,6 +96,7 @@ class ModelsPane(Pane):
         for mid, s in zip(model_ids, results):
             if isinstance(s, dict):
                 self.table.upsert(mid, model_cells(s), s)
+        self._recount()
 
     def on_events(self, events: list[dict[str, Any]]) -> None:
         if self.table is None or not self.loaded:
@@ -97,6 +111,7 @@ class ModelsPane(Pane):
             if kind == "model_availability_change":
                 raw = {**raw, "availability_status": p.get("new_status")}
                 self.table.upsert(mid, model_cells(raw), raw)
+                self._recount()
                 self.mark_dirty(mid)
             elif kind == "model_download_progress":
                 raw = {**raw, "download_progress": p.get("progress_percent", raw.get("download_progress"))}
