@@ -43,13 +43,13 @@ from core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
 
 log = logging.getLogger("mavail.downloads")
 
-WRITE_CHUNK = 1024 * 1024  # bytes handed to a worker thread per write
-READBACK_CHUNK = 4 * 1024 * 1024
+WRITE_CHUNK = 512 * 1024  # bytes handed to a worker thread per write
+READBACK_CHUNK = 1024 * 1024
 MAX_SPAN_BYTES = 64 * 1024 * 1024
 # httpcore reads sockets 64 KiB at a time; at loopback speeds the per-read Python work then costs
 # more than the bytes. Larger reads return whatever the socket holds, so slow links are unaffected.
-if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 1024 * 1024:
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1024 * 1024  # type: ignore[attr-defined]
+if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 256 * 1024:
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024  # type: ignore[attr-defined]
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
