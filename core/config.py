@@ -95,14 +95,62 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.connect_timeout_s", float, 15.0, "TCP connect timeout.", min=0.1, max=600),
     # gpu
     _s("gpu.vram_gb", float, 0.0, "VRAM to assume when NVML sees no GPU; 0 = unknown.", min=0),
+    # fallback (issue 5): the scoring formula's weights (normalised by their sum) and strategy thresholds
+    _s("fallback.weight_capabilities", float, 0.30, "Weight of capability coverage in compatibility_score.", min=0, max=10),
+    _s("fallback.weight_model_type", float, 0.10, "Weight of the model type match.", min=0, max=10),
+    _s("fallback.weight_quality", float, 0.15, "Weight of the quality tier against the wanted one.", min=0, max=10),
+    _s("fallback.weight_speed", float, 0.05, "Weight of the speed tier against the wanted one.", min=0, max=10),
+    _s("fallback.weight_vram", float, 0.15, "Weight of the VRAM fit at the requested resolution.", min=0, max=10),
+    _s("fallback.weight_family", float, 0.05, "Weight of being in the requested model's family.", min=0, max=10),
+    _s("fallback.weight_availability", float, 0.20, "Weight of availability (ready, downloading with an ETA, missing).", min=0, max=10),
+    _s("fallback.weight_size", float, 0.05, "Weight of size, used only with user_preferences.prefer_smaller_models.", min=0, max=10),
+    _s("fallback.vram_reduce_factor", float, 0.6, "VRAM sub-score scale when only a smaller resolution fits.", min=0, max=1),
+    _s("fallback.availability_downloading", float, 0.7, "Availability sub-score of a download that ends now; falls to 0 at max wait.", min=0, max=1),
+    _s("fallback.min_score", float, 0.2, "Candidates scoring under this are not suggested.", min=0, max=1),
+    _s("fallback.max_suggestions", int, 5, "Suggestions returned at most.", min=1, max=100),
+    _s("fallback.alternative_min_score", float, 0.7, "A ready alternative this good gives the alternative_model strategy.", min=0, max=1),
+    _s("fallback.hybrid_min_score", float, 0.45, "A ready alternative this good is worth using while the requested model downloads.", min=0, max=1),
+    _s("fallback.hybrid_min_wait_s", float, 120.0, "Shorter waits than this are simply waited for (queue_and_wait).", min=0),
+    _s("fallback.default_max_wait_minutes", float, 30.0, "max_wait_time_minutes when a request gives none.", min=0),
+    _s("fallback.queue_max_wait_minutes", float, 60.0, "Expiry of a queued request that gives no max_wait_time_minutes.", min=0.001),
+    _s("fallback.suggestion_timeout_s", float, 30.0, "timeout_seconds of fallback_suggestion events.", min=0),
+    _s("fallback.vram_headroom_gb", float, 0.0, "VRAM kept free: subtracted from the free VRAM before fitting.", min=0),
+    _s("fallback.repair_wait_s", float, 2.0, "models.request waits this long for a repair it starts before answering.", min=0, max=600),
+    _s("fallback.vram_cache_s", float, 2.0, "How long a free-VRAM reading is reused.", min=0, max=3600),
     # health
     _s("health.check_interval_hours", float, 24.0, "Quick check of every model.", min=0.01),
     _s("health.full_check_interval_days", float, 7.0, "Full check of every model.", min=0.01),
     _s("health.max_read_mbps", float, 200.0, "Read budget of scheduled checks, MiB/s; 0 = none.", min=0),
     _s("health.auto_repair_enabled", bool, True, "Repair what scheduled checks find."),
+    _s("health.scheduler_tick_s", float, 60.0, "How often the scheduler looks for due checks, seconds.", min=0.05, max=86400),
+    _s("health.auto_repair_backoff_minutes", float, 30.0, "Wait after a failed automatic repair before trying again.", min=0),
+    _s("health.performance_degraded_ratio", float, 1.5, "Recent/baseline generation time at which performance is degraded.", min=1.0, max=100),
+    _s("health.performance_critical_ratio", float, 3.0, "Recent/baseline generation time at which the speed part of performance_score is 0.", min=1.01, max=1000),
+    _s("health.performance_min_success_rate", float, 0.8, "Recent success rate under which performance is degraded.", min=0, max=1),
+    _s("health.performance_min_samples", int, 5, "Successful generations needed before performance_score is known.", min=1, max=10000),
     # storage
     _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0),
     _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0),
+    _s("storage.keep_used_within_days", float, 30.0, "Retention: cleanup keeps models used (generated with or requested) in the last N days, "
+       "counting from installation for a model never used.", min=0),
+    _s("storage.keep_used_more_than", int, 10, "Retention: cleanup keeps models used more than N times in the last "
+       "storage.frequent_window_days days (when preserve_frequently_used).", min=0),
+    _s("storage.frequent_window_days", float, 90.0, "The window over which storage.keep_used_more_than counts uses.", min=1),
+    _s("storage.hot_days", float, 7.0, "Tier: hot = used in the last N days or in use now; never evicted for the ceiling or floor.", min=0),
+    _s("storage.warm_days", float, 30.0, "Tier: warm = used in the last N days (and not hot); cold = the rest.", min=0),
+    _s("storage.partial_max_age_days", float, 7.0, "Partial download data untouched this long, with no download "
+       "owning it, is offered for cleanup.", min=0),
+    _s("storage.ceiling_warn_percent", float, 90.0, "storage_warning when the models use this share of storage.max_gb.", min=1, max=100),
+    _s("storage.check_interval_s", float, 300.0, "How often free space and the ceiling are checked for storage_warning.", min=1),
+    # analytics
+    _s("analytics.flush_interval_ms", float, 5.0, "Recorded events are written to the database in one transaction at most this often.", min=0, max=10000),
+    _s("analytics.max_buffered_events", int, 50000, "Events held in memory before analytics.record waits for a write.", min=100),
+    _s("analytics.frequency_window_days", int, 30, "usage_frequency is uses per day over this many days.", min=1, max=3650),
+    _s("analytics.trend_threshold", float, 0.05, "performance trend: improving/degrading when the current (24-hour) score is this "
+       "much above/below the mean of the 7- and 30-day scores, else stable.", min=0, max=1),
+    _s("analytics.trend_min_events", int, 5, "Generations needed in the current window and in 30 days to judge a trend.", min=1),
+    _s("analytics.preload_window_days", float, 14.0, "analytics.preload looks at uses and requests in this many days.", min=1),
+    _s("analytics.preload_min_uses", int, 3, "Uses plus requests in the window that make a model worth preloading.", min=1),
     # updates
     _s("updates.keep_versions", int, 1, "Previous versions kept after an update.", min=0, max=20),
     # rpc

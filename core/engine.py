@@ -15,10 +15,15 @@ from core.downloads import DownloadManager
 from core.errors import InvalidParams, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
+from core.fallback.queue import RequestQueue
+from core.fallback.service import FallbackService
+from core.health import HealthService
+from core.analytics import Analytics
 from core.leases import LeaseManager
 from core.inventory import ModelPresence, VerifiedIndex, scan_model
 from core.paths import HomeLayout
 from core.state import Database
+from core.storage import StorageManager
 from core.sysinfo import Nvml, system_info
 from core.timeutil import Clock, SystemClock, iso
 
@@ -80,8 +85,14 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.add_status_provider(self.leases)
+        # health before downloads: during an update (downloading beside a version still in use) its "updating" wins
+        self.health = HealthService(self)
         self.downloads = DownloadManager(self)
         self.add_status_provider(self.downloads)
+        self.fallback = FallbackService(self)  # issue 5: suggestions, strategies, models.request
+        self.queue = RequestQueue(self)  # issue 5: requests waiting for a model
+        self.analytics = Analytics(self)  # issue 6: usage events and figures
+        self.storage = StorageManager(self)  # issue 6: disk figures, retention, cleanup
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- lifecycle -----------------------------------------------------------
@@ -97,7 +108,11 @@ class Engine:
             log.error("catalog refused at start: %s", exc)
         await self.refresh_presence()
         await self.downloads.start_service()
+        await self.health.start()
+        await self.analytics.start()
+        await self.storage.start()
         self.spawn(self._rescan_loop(), name="presence-rescan")
+        await self.queue.start()  # last: it may ask the other services (downloads) for models
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -105,6 +105,177 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0004_health",
+        """
+        -- Every health check (quick, full, performance): its outcome as JSON.
+        CREATE TABLE health_checks (
+            check_id    TEXT PRIMARY KEY,
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            check_type  TEXT NOT NULL,
+            trigger     TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            started_at  REAL NOT NULL,
+            finished_at REAL,
+            result      TEXT
+        );
+        CREATE INDEX health_checks_model ON health_checks (model_id, started_at);
+        CREATE TABLE health_repairs (
+            repair_id          TEXT PRIMARY KEY,
+            model_id           TEXT NOT NULL,
+            version            TEXT NOT NULL,
+            repair_type        TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            started_at         REAL NOT NULL,
+            finished_at        REAL,
+            bytes_redownloaded INTEGER NOT NULL DEFAULT 0,
+            result             TEXT
+        );
+        CREATE TABLE model_updates (
+            update_id    TEXT PRIMARY KEY,
+            model_id     TEXT NOT NULL,
+            from_version TEXT,
+            to_version   TEXT NOT NULL,
+            status       TEXT NOT NULL,
+            started_at   REAL NOT NULL,
+            finished_at  REAL,
+            message      TEXT
+        );
+        """,
+    ),
+    (
+        "0005_fallback_queue",
+        """
+        -- Generation requests waiting for a model (issue 5), in priority then arrival (seq) order.
+        -- status: waiting, ready, expired, cancelled; finished_at is set when it leaves waiting.
+        CREATE TABLE fallback_queue (
+            queue_id    TEXT PRIMARY KEY,
+            seq         INTEGER NOT NULL,
+            model_id    TEXT NOT NULL,
+            request     TEXT NOT NULL,
+            priority    TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            expires_at  REAL NOT NULL,
+            session_id  TEXT,
+            status      TEXT NOT NULL,
+            finished_at REAL
+        );
+        CREATE INDEX fallback_queue_status ON fallback_queue (status, model_id);
+        """,
+    ),
+    (
+        "0006_analytics_storage",
+        """
+        -- One row per generation (kind 0, from analytics.record) or per request
+        -- (kind 1, from models.request). Times are epoch seconds, UTC.
+        CREATE TABLE usage_events (
+            id                INTEGER PRIMARY KEY,
+            model_id          TEXT NOT NULL,
+            ts                REAL NOT NULL,
+            kind              INTEGER NOT NULL DEFAULT 0,
+            generation_time_s REAL,
+            success           INTEGER,
+            vram_peak_mb      REAL,
+            parameters        TEXT
+        );
+        CREATE INDEX usage_events_model_ts ON usage_events (model_id, ts);
+        CREATE INDEX usage_events_ts ON usage_events (ts);
+        -- Per-model, per-UTC-day rollup maintained on insert (model_id '*' is every
+        -- model together). The plain columns are that day's figures; the c_ columns
+        -- are running totals of every day up to and including it, so any range of
+        -- whole days is the difference of two rows (two index seeks per model).
+        -- time_sum adds generation_time_s of successful generations; hNN counts
+        -- generations that started in UTC hour NN.
+        CREATE TABLE usage_daily (
+            model_id     TEXT NOT NULL,
+            day          INTEGER NOT NULL,
+            uses         INTEGER NOT NULL DEFAULT 0,
+            successes    INTEGER NOT NULL DEFAULT 0,
+            time_sum     REAL NOT NULL DEFAULT 0,
+            requests     INTEGER NOT NULL DEFAULT 0,
+            h00        INTEGER NOT NULL DEFAULT 0,
+            h01        INTEGER NOT NULL DEFAULT 0,
+            h02        INTEGER NOT NULL DEFAULT 0,
+            h03        INTEGER NOT NULL DEFAULT 0,
+            h04        INTEGER NOT NULL DEFAULT 0,
+            h05        INTEGER NOT NULL DEFAULT 0,
+            h06        INTEGER NOT NULL DEFAULT 0,
+            h07        INTEGER NOT NULL DEFAULT 0,
+            h08        INTEGER NOT NULL DEFAULT 0,
+            h09        INTEGER NOT NULL DEFAULT 0,
+            h10        INTEGER NOT NULL DEFAULT 0,
+            h11        INTEGER NOT NULL DEFAULT 0,
+            h12        INTEGER NOT NULL DEFAULT 0,
+            h13        INTEGER NOT NULL DEFAULT 0,
+            h14        INTEGER NOT NULL DEFAULT 0,
+            h15        INTEGER NOT NULL DEFAULT 0,
+            h16        INTEGER NOT NULL DEFAULT 0,
+            h17        INTEGER NOT NULL DEFAULT 0,
+            h18        INTEGER NOT NULL DEFAULT 0,
+            h19        INTEGER NOT NULL DEFAULT 0,
+            h20        INTEGER NOT NULL DEFAULT 0,
+            h21        INTEGER NOT NULL DEFAULT 0,
+            h22        INTEGER NOT NULL DEFAULT 0,
+            h23        INTEGER NOT NULL DEFAULT 0,
+            c_uses       INTEGER NOT NULL DEFAULT 0,
+            c_successes  INTEGER NOT NULL DEFAULT 0,
+            c_time_sum   REAL NOT NULL DEFAULT 0,
+            c_requests   INTEGER NOT NULL DEFAULT 0,
+            c_h00      INTEGER NOT NULL DEFAULT 0,
+            c_h01      INTEGER NOT NULL DEFAULT 0,
+            c_h02      INTEGER NOT NULL DEFAULT 0,
+            c_h03      INTEGER NOT NULL DEFAULT 0,
+            c_h04      INTEGER NOT NULL DEFAULT 0,
+            c_h05      INTEGER NOT NULL DEFAULT 0,
+            c_h06      INTEGER NOT NULL DEFAULT 0,
+            c_h07      INTEGER NOT NULL DEFAULT 0,
+            c_h08      INTEGER NOT NULL DEFAULT 0,
+            c_h09      INTEGER NOT NULL DEFAULT 0,
+            c_h10      INTEGER NOT NULL DEFAULT 0,
+            c_h11      INTEGER NOT NULL DEFAULT 0,
+            c_h12      INTEGER NOT NULL DEFAULT 0,
+            c_h13      INTEGER NOT NULL DEFAULT 0,
+            c_h14      INTEGER NOT NULL DEFAULT 0,
+            c_h15      INTEGER NOT NULL DEFAULT 0,
+            c_h16      INTEGER NOT NULL DEFAULT 0,
+            c_h17      INTEGER NOT NULL DEFAULT 0,
+            c_h18      INTEGER NOT NULL DEFAULT 0,
+            c_h19      INTEGER NOT NULL DEFAULT 0,
+            c_h20      INTEGER NOT NULL DEFAULT 0,
+            c_h21      INTEGER NOT NULL DEFAULT 0,
+            c_h22      INTEGER NOT NULL DEFAULT 0,
+            c_h23      INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (model_id, day)
+        ) WITHOUT ROWID;
+        CREATE INDEX usage_daily_day ON usage_daily (day, model_id);
+        -- All-time figures per model, loaded at start for the status fields.
+        CREATE TABLE usage_models (
+            model_id          TEXT PRIMARY KEY,
+            uses              INTEGER NOT NULL DEFAULT 0,
+            successes         INTEGER NOT NULL DEFAULT 0,
+            time_sum          REAL NOT NULL DEFAULT 0,
+            requests          INTEGER NOT NULL DEFAULT 0,
+            first_ts          REAL,
+            last_used_ts      REAL,
+            last_requested_ts REAL
+        ) WITHOUT ROWID;
+        -- The cleanup journal: a model directory moved aside into trash/ before it
+        -- is deleted. A restart finishes (state 'moved', or 'moving' with the
+        -- directory found in trash) or reverts ('moving' with it still in place).
+        CREATE TABLE storage_trash (
+            id         INTEGER PRIMARY KEY,
+            cleanup_id TEXT NOT NULL,
+            model_id   TEXT,
+            kind       TEXT NOT NULL,
+            src        TEXT NOT NULL,
+            dst        TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL DEFAULT 0,
+            state      TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
 ]
 
 

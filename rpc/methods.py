@@ -15,6 +15,7 @@ from core.downloads import PRIORITY_INPUT
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
 from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
 from core.events import EVENT_TYPES
+from core.fallback.queue import PRIORITIES, normalise_priority
 from rpc import PROTOCOL_VERSION
 from rpc.spec import Method, P
 
@@ -103,6 +104,28 @@ async def models_release(ctx: CallContext, lease_id: str) -> dict[str, Any]:
     return {"success": True, "lease_id": lease.lease_id, "model_id": lease.model_id}
 
 
+# --- fallback (issue 5) ----------------------------------------------------------
+async def models_request(ctx: CallContext, model_id: str, requirements: dict[str, Any] | None, auto_download: bool,
+                         priority: str, user_preferences: dict[str, Any] | None) -> dict[str, Any]:
+    return await ctx.engine.fallback.request(model_id, requirements, auto_download, normalise_priority(priority), user_preferences)
+
+
+async def fallback_suggest(ctx: CallContext, requested_model: str, requirements: dict[str, Any] | None,
+                           user_preferences: dict[str, Any] | None) -> dict[str, Any]:
+    return ctx.engine.fallback.suggest(requested_model, requirements, user_preferences)
+
+
+async def fallback_queue(ctx: CallContext, model_id: str, request: dict[str, Any], priority: str,
+                         max_wait_time_minutes: float | None) -> dict[str, Any]:
+    return await ctx.engine.queue.enqueue(model_id, request, priority, max_wait_time_minutes, session=ctx.conn)
+
+
+async def fallback_queue_list(ctx: CallContext, model_id: str | None) -> dict[str, Any]:
+    return ctx.engine.queue.list(model_id)
+
+
+async def fallback_queue_cancel(ctx: CallContext, queue_id: str) -> dict[str, Any]:
+    return await ctx.engine.queue.cancel(queue_id)
 # --- downloads (issue 3) ----------------------------------------------------------
 async def downloads_start(ctx: CallContext, model_id: str, priority: str, max_retries: int | None, bandwidth_limit_mbps: float) -> dict[str, Any]:
     return await ctx.engine.downloads.start(model_id, priority=priority, max_retries=max_retries, bandwidth_limit_mbps=bandwidth_limit_mbps)
@@ -156,6 +179,84 @@ async def events_unsubscribe(ctx: CallContext, subscription_id: str) -> dict[str
     return {"success": True}
 
 
+# --- health and updates (issue 4) ---------------------------------------------------
+async def health_status(ctx: CallContext, model_id: str | None) -> dict[str, Any]:
+    if model_id is not None:
+        ctx.engine.spec(model_id)
+        await ctx.engine.refresh_presence([model_id])
+    return await ctx.engine.health.status(model_id)
+
+
+async def health_check(ctx: CallContext, model_id: str, check_type: str, force: bool, wait: bool, max_read_mbps: float | None) -> dict[str, Any]:
+    return await ctx.engine.health.check(model_id, check_type, force=force, wait=wait, max_read_mbps=max_read_mbps)
+
+
+async def health_check_all(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.health.check_all()
+
+
+async def health_check_status(ctx: CallContext, check_id: str) -> dict[str, Any]:
+    return ctx.engine.health.job(check_id)
+
+
+async def health_repair(ctx: CallContext, model_id: str, repair_type: str, force_repair: bool) -> dict[str, Any]:
+    return await ctx.engine.health.repair(model_id, repair_type, force_repair)
+
+
+async def models_check_updates(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.health.updates.check_updates()
+
+
+async def models_update(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.health.updates.update(model_id)
+
+
+async def models_rollback(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    return await ctx.engine.health.updates.rollback(model_id)
+
+
+async def models_remove(ctx: CallContext, model_id: str, version: str | None) -> dict[str, Any]:
+    return await ctx.engine.health.updates.remove(model_id, version)
+
+
+
+# --- analytics and storage (issue 6) -------------------------------------------
+async def analytics_record(ctx: CallContext, model_id: str, generation_time_s: float, success: bool, parameters: dict[str, Any] | None,
+                           vram_peak_mb: float | None, timestamp: str | None) -> dict[str, Any]:
+    return await ctx.engine.analytics.record(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp)
+
+
+async def analytics_record_batch(ctx: CallContext, events: list[Any]) -> dict[str, Any]:
+    return await ctx.engine.analytics.record_many(events)
+
+
+async def analytics_usage(ctx: CallContext, model_id: str | None, period: str | None, start_date: str | None, end_date: str | None,
+                          include_series: bool | None) -> dict[str, Any]:
+    return await ctx.engine.analytics.usage(model_id, period, start_date, end_date, include_series)
+
+
+async def analytics_cleanup(ctx: CallContext, storage_threshold_gb: float | None, min_unused_days: float | None) -> dict[str, Any]:
+    return await ctx.engine.storage.recommendations(storage_threshold_gb, min_unused_days)
+
+
+async def analytics_performance(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.analytics.performance()
+
+
+async def analytics_preload(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.analytics.preload()
+
+
+async def storage_info(ctx: CallContext) -> dict[str, Any]:
+    return await ctx.engine.storage.info()
+
+
+async def storage_cleanup(ctx: CallContext, cleanup_type: str, models_to_remove: list[Any] | None, min_unused_days: float | None,
+                          preserve_frequently_used: bool, dry_run: bool, plan_id: str | None, include_partial: bool) -> dict[str, Any]:
+    return await ctx.engine.storage.cleanup(cleanup_type, models_to_remove, min_unused_days, preserve_frequently_used, dry_run,
+                                            plan_id, include_partial)
+
+
 _MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
 _PRIORITY = P("priority", "string", "critical, high, normal (or medium), low.", default="normal", enum=PRIORITY_INPUT)
 _PRIORITY_REQ = P("priority", "string", "critical, high, normal (or medium), low.", required=True, enum=PRIORITY_INPUT)
@@ -183,6 +284,33 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("models.acquire", models_acquire, "Mark an available model in use; returns a lease, its path and files.", (_MODEL_ID,)),
     Method("models.release", models_release, "End a lease.", (P("lease_id", "string", "From models.acquire.", required=True),)),
+    # fallback (issue 5)
+    Method("models.request", models_request, "Ask for a model: ready (path), download started or in progress (estimate), "
+           "repair attempted, or error; with a fallback_strategy and suggestions when an alternative is worth a look.", (
+        _MODEL_ID,
+        P("requirements", "object", "What the generation needs: resolution \"WxH\", has_image or inputs, model_type, "
+          "capabilities, quality, speed, max_wait_time_minutes.", nullable=True),
+        P("auto_download", "boolean", "Start (or join) the download when the model is missing.", default=True),
+        P("priority", "string", "Download priority when one is started.", default="normal", enum=PRIORITIES),
+        P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
+    )),
+    Method("fallback.suggest", fallback_suggest, "Ranked alternatives to a model and the strategy to follow.", (
+        P("requested_model", "string", "The model the caller wants.", required=True),
+        P("requirements", "object", "As for models.request.", nullable=True),
+        P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
+    ), inline=True),
+    Method("fallback.queue", fallback_queue, "Queue a generation request until its model is ready (starts the download).", (
+        _MODEL_ID,
+        P("request", "object", "The generation request, returned as is in queued_request_ready.", required=True),
+        P("priority", "string", "Queue and download priority.", default="normal", enum=PRIORITIES),
+        P("max_wait_time_minutes", "number", "Expire the request after this long (default fallback.queue_max_wait_minutes).",
+          nullable=True, minimum=0.001),
+    )),
+    Method("fallback.queue_list", fallback_queue_list, "Waiting requests in queue order, with current positions and estimates.", (
+        P("model_id", "string", "Only requests for this model.", nullable=True),
+    ), inline=True),
+    Method("fallback.queue_cancel", fallback_queue_cancel, "Cancel a waiting request.",
+           (P("queue_id", "string", "From fallback.queue.", required=True),)),
     # downloads (issue 3)
     Method("downloads.start", downloads_start, "Queue a download of a model's catalog version.", (
         _MODEL_ID,
@@ -201,12 +329,76 @@ METHODS: tuple[Method, ...] = (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0))),
     Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,)),
     Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order."),
+    # health and updates (issue 4)
+    Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
+           (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),
+    Method("health.check", health_check, "Check a model: quick (presence, size, changed since verified), full/integrity (every byte), performance.", (
+        _MODEL_ID,
+        P("check_type", "string", "Kind of check.", default="full", enum=("quick", "full", "integrity", "performance")),
+        P("force", "boolean", "Accepted for the seeds' force_check; every call runs a fresh check.", default=False),
+        P("wait", "boolean", "Wait for the result; false returns the check_id at once (see health.check_status).", default=True),
+        P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default health.max_read_mbps.", minimum=0, nullable=True),
+    )),
+    Method("health.check_all", health_check_all, "Quick check of every installed model in one pass."),
+    Method("health.check_status", health_check_status, "A check or repair by id: status and result.",
+           (P("check_id", "string", "From health.check or health.repair.", required=True),)),
+    Method("health.repair", health_repair, "Repair a model: auto (cheapest that works), redownload, integrity_fix (only the broken pieces).", (
+        _MODEL_ID,
+        P("repair_type", "string", "How to repair.", default="auto", enum=("auto", "redownload", "integrity_fix")),
+        P("force_repair", "boolean", "Repair even while the model is in use; with redownload, fetch healthy files again too.", default=False),
+    )),
+    Method("models.check_updates", models_check_updates, "Installed models whose catalog version is newer."),
+    Method("models.update", models_update, "Download the catalog version beside the current one, verify it, switch when no lease holds it.",
+           (_MODEL_ID,)),
+    Method("models.rollback", models_rollback, "Switch back to the newest kept previous version (after any lease ends).", (_MODEL_ID,)),
+    Method("models.remove", models_remove, "Remove a model (or one version): refused while in use or busy.", (
+        P("model_id", "string", "A model id.", required=True),
+        P("version", "string", "Only this version; omit for every version.", nullable=True),
+    )),
     Method("events.subscribe", events_subscribe, "Receive event notifications on this connection.", (
         P("types", "array", "Event types; omit for all.", nullable=True),
         P("model_ids", "array", "Only events about these models; omit for all.", nullable=True),
     )),
     Method("events.unsubscribe", events_unsubscribe, "Stop a subscription.",
            (P("subscription_id", "string", "From events.subscribe.", required=True),)),
+    # analytics and storage (issue 6)
+    Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters.", (
+        _MODEL_ID,
+        P("generation_time_s", "number", "Seconds the generation took.", required=True, minimum=0),
+        P("success", "boolean", "Whether it succeeded.", required=True),
+        P("parameters", "object", "The generation's parameters (at most 16 KiB as JSON).", nullable=True),
+        P("vram_peak_mb", "number", "Peak VRAM in MiB.", nullable=True, minimum=0),
+        P("timestamp", "string", "When it finished (ISO-8601, default now; not in the future).", nullable=True),
+    ), inline=True),
+    Method("analytics.record_batch", analytics_record_batch, "Record up to 1,000 generations at once (all or none).", (
+        P("events", "array", "Objects with the params of analytics.record.", required=True),
+    ), inline=True),
+    Method("analytics.usage", analytics_usage, "Usage figures over a period (UTC days), for one model or every model used.", (
+        P("model_id", "string", "One model; omit for all.", nullable=True),
+        P("period", "string", "day = today, week/month/year = the last 7/30/365 UTC days (default week).",
+          enum=("day", "week", "month", "year"), nullable=True),
+        P("start_date", "string", "ISO date or date-time; replaces period.", nullable=True),
+        P("end_date", "string", "ISO date (inclusive) or date-time (exclusive); default the end of today.", nullable=True),
+        P("include_series", "boolean", "Daily series: omitted = the summary's (and the one model's), true = also every "
+          "model's last_30_days_usage, false = none.", nullable=True),
+    )),
+    Method("analytics.cleanup", analytics_cleanup, "Cleanup recommendations by the retention policies, with reasons and savings.", (
+        P("storage_threshold_gb", "number", "Recommend enough to bring the models under this many GiB.", nullable=True, minimum=0),
+        P("min_unused_days", "number", "Models unused this long are candidates (default storage.keep_used_within_days).",
+          nullable=True, minimum=0),
+    )),
+    Method("analytics.performance", analytics_performance, "Per-model performance scores and trends."),
+    Method("analytics.preload", analytics_preload, "Models used often that are missing, outdated or unhealthy."),
+    Method("storage.info", storage_info, "Disk figures, every model's size, tier and use, partial downloads."),
+    Method("storage.cleanup", storage_cleanup, "Remove unused models (dry_run: only the plan).", (
+        P("cleanup_type", "string", "auto: by the retention policies; manual: models_to_remove.", default="auto", enum=("auto", "manual")),
+        P("models_to_remove", "array", "Model ids, for a manual cleanup.", nullable=True),
+        P("min_unused_days", "number", "Override storage.keep_used_within_days.", nullable=True, minimum=0),
+        P("preserve_frequently_used", "boolean", "Keep models used more than storage.keep_used_more_than times.", default=True),
+        P("dry_run", "boolean", "Only return the plan.", default=False),
+        P("plan_id", "string", "Run exactly the plan a dry run returned (what is still safe to remove).", nullable=True),
+        P("include_partial", "boolean", "Also remove orphaned partial download data.", default=True),
+    )),
 )
 
 TABLE: dict[str, Method] = {m.name: m for m in METHODS}

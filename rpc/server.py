@@ -216,6 +216,7 @@ class Server:
                 if not self._peer_allowed(uid):
                     log.warning("refused peer uid %s", uid)
                     await conn.send(encode(error_obj(None, -32003, "Unauthorized", name="UNAUTHORIZED", details={"reason": "peer uid not allowed", "uid": uid})))
+                    await self._linger(conn)
                     return
                 await self._read_loop(conn, tg)
             finally:

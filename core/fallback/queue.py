@@ -1,0 +1,357 @@
+"""`engine.queue`: generation requests waiting for a model, persisted in SQLite, released when it is ready.
+
+A request is queued for one model with a priority and a maximum wait. The
+queue is ordered by priority (critical, high, normal, low) then arrival; that
+order is the `position` shown by `fallback.queue_list` and the order in which
+requests are released. Queuing for a model that is not ready asks the download
+scheduler for it (`engine.downloads.ensure`, with the request's priority).
+
+When the model becomes available (an internal subscription to
+`model_availability_change`) every request waiting for it is released with a
+`queued_request_ready` event, sent to the connection that queued it and to
+event subscribers. A request still waiting after `max_wait_time_minutes` ends
+with `queued_request_expired`. Both outcomes, and cancellations, are written
+to the `fallback_queue` table, so an engine restart keeps the waiting requests
+(their connections are gone: events then reach subscribers only), expires
+those whose time ran out while it was down, releases those whose model
+arrived, and asks the scheduler again for the models still missing.
+
+Wait estimates come from `engine.downloads.estimate_ready_seconds`: the
+scheduler's remaining bytes of the model, the bytes ahead of it, its
+concurrency, smoothed rate and bandwidth limit. None means unknown; there is
+no constant per queue position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import InvalidParams, InvalidState, MavailError, NotFound
+from core.events import Event, make_event
+from core.fallback.scoring import READY
+from core.session import Session
+from core.timeutil import iso
+
+log = logging.getLogger("mavail.fallback")
+
+PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+PRIORITIES = ("critical", "high", "normal", "medium", "low")
+
+def normalise_priority(priority: str | None) -> str:
+    """The contract's priority names (`medium` is `normal`); InvalidParams otherwise."""
+    p = "normal" if priority in (None, "medium") else priority
+    if p not in PRIORITY_RANK:
+        raise InvalidParams(f"priority must be one of {', '.join(PRIORITIES)}", field="priority", allowed=list(PRIORITIES))
+    return str(p)
+
+
+@dataclass
+class QueuedRequest:
+    """One waiting request."""
+
+    queue_id: str
+    seq: int
+    model_id: str
+    request: dict[str, Any]
+    priority: str
+    created_at: float
+    expires_at: float
+    session_id: str | None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Queue order: priority, then arrival."""
+        return PRIORITY_RANK[self.priority], self.seq
+
+
+class RequestQueue:
+    """The persistent queue of requests waiting for models (`engine.queue`)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._waiting: dict[str, QueuedRequest] = {}
+        self._per_model: Counter[str] = Counter()
+        self._sessions: dict[str, Session] = {}
+        self._seq = 0
+        self._wake: asyncio.Event | None = None
+        self._sub: Any = None
+        self._lock: asyncio.Lock | None = None
+
+    # --- queries ----------------------------------------------------------------
+    def has_waiting(self, model_id: str) -> bool:
+        """Whether any request waits for `model_id` (cleanup must not remove it)."""
+        return self._per_model.get(model_id, 0) > 0
+
+    def model_fields(self, model_id: str) -> dict[str, Any]:
+        """Status provider: how many queued requests wait for the model."""
+        return {"queued_requests": self._per_model.get(model_id, 0)}
+
+    def ordered(self) -> list[QueuedRequest]:
+        """Waiting requests in queue order."""
+        return sorted(self._waiting.values(), key=lambda e: e.key)
+
+    # --- lifecycle --------------------------------------------------------------
+    async def start(self) -> None:
+        """Load waiting requests, subscribe to availability changes, reconcile with what happened while down."""
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+        def load(conn: Any) -> tuple[list[Any], int]:
+            rows = conn.execute("SELECT queue_id, seq, model_id, request, priority, created_at, expires_at, session_id "
+                                "FROM fallback_queue WHERE status = 'waiting'").fetchall()
+            top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM fallback_queue").fetchone()[0]
+            return rows, int(top)
+
+        rows, self._seq = await self.engine.db.read(load)
+        for r in rows:
+            try:
+                request = json.loads(r[3])
+            except ValueError:
+                request = {}
+            self._add(QueuedRequest(r[0], r[1], r[2], request, r[4], r[5], r[6], r[7]))
+        if rows:
+            log.info("queue: %d waiting requests loaded", len(rows))
+        self._sub = self.engine.events.subscribe(["model_availability_change"])
+        self.engine.spawn(self._watch(), name="queue-availability")
+        self.engine.spawn(self._expiry_loop(), name="queue-expiry")
+        self.engine.on_stop(self._stop)
+        self.engine.add_status_provider(self)
+        dl = getattr(self.engine, "downloads", None)
+        if dl is not None and hasattr(dl, "add_listener"):
+            dl.add_listener(self._on_download_status)
+        await self._expire_due()
+        for model_id in sorted(set(self._per_model)):
+            if self.engine.catalog.get(model_id) is None:
+                continue
+            if self.engine.availability_status(model_id) in READY:
+                await self.release(model_id)
+            else:
+                await self._ensure(model_id, self._best_priority(model_id), raise_errors=False)
+
+    async def _stop(self) -> None:
+        if self._sub is not None:
+            self.engine.events.unsubscribe(self._sub.id)
+            self._sub = None
+
+    def _add(self, e: QueuedRequest) -> None:
+        self._waiting[e.queue_id] = e
+        self._per_model[e.model_id] += 1
+
+    def _remove(self, queue_id: str) -> QueuedRequest | None:
+        e = self._waiting.pop(queue_id, None)
+        if e is not None:
+            self._per_model[e.model_id] -= 1
+            if self._per_model[e.model_id] <= 0:
+                del self._per_model[e.model_id]
+        return e
+
+    def _best_priority(self, model_id: str) -> str:
+        ranks = [PRIORITY_RANK[e.priority] for e in self._waiting.values() if e.model_id == model_id]
+        return next(p for p, r in PRIORITY_RANK.items() if r == min(ranks)) if ranks else "normal"
+
+    async def _ensure(self, model_id: str, priority: str, raise_errors: bool) -> dict[str, Any] | None:
+        dl = getattr(self.engine, "downloads", None)
+        if dl is None:
+            return None
+        try:
+            return await dl.ensure(model_id, priority=priority)
+        except MavailError as exc:
+            if raise_errors:
+                raise
+            log.warning("queue: cannot start the download of %s: %s", model_id, exc.message)
+            return None
+
+    # --- fallback.queue ---------------------------------------------------------
+    async def enqueue(self, model_id: str, request: dict[str, Any], priority: str | None = None,
+                      max_wait_time_minutes: float | None = None, session: Session | None = None) -> dict[str, Any]:
+        """Queue `request` for `model_id`; start its download when needed; release at once if it is ready."""
+        engine = self.engine
+        engine.spec(model_id)
+        prio = normalise_priority(priority)
+        if not isinstance(request, dict):
+            raise InvalidParams("request must be an object", field="request")
+        wait_min = float(max_wait_time_minutes if max_wait_time_minutes is not None else engine.config.get("fallback.queue_max_wait_minutes"))
+        if wait_min <= 0:
+            raise InvalidParams("max_wait_time_minutes must be positive", field="max_wait_time_minutes")
+        text = json.dumps(request, separators=(",", ":"))
+        ready = engine.availability_status(model_id) in READY
+        if not ready:
+            await self._ensure(model_id, prio, raise_errors=True)  # an error (no space, no source) refuses the request
+        now = engine.clock.time()
+        self._seq += 1
+        e = QueuedRequest("queue_" + secrets.token_hex(8), self._seq, model_id, request, prio, now, now + wait_min * 60.0,
+                          getattr(session, "id", None))
+        await engine.db.write(lambda c: c.execute(
+            "INSERT INTO fallback_queue (queue_id, seq, model_id, request, priority, created_at, expires_at, session_id, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'waiting')",
+            (e.queue_id, e.seq, model_id, text, prio, now, e.expires_at, e.session_id)))
+        self._add(e)
+        if session is not None:
+            self._sessions[e.queue_id] = session
+            session.on_close(lambda qid=e.queue_id: self._sessions.pop(qid, None))
+        assert self._wake is not None
+        self._wake.set()
+        log.info("queue: %s for %s (priority %s, max wait %.1f min)", e.queue_id, model_id, prio, wait_min)
+        entry = self._describe(e, self._positions())
+        if engine.availability_status(model_id) in READY:  # ready now, or became ready while we queued
+            await self.release(model_id)
+            entry.update(status="ready", position=0, estimated_wait_seconds=0.0, estimated_wait_time_minutes=0.0,
+                         estimated_start_time=iso(engine.clock.time()))
+        return {"success": True, **entry}
+
+    # --- fallback.queue_list / queue_cancel ------------------------------------
+    def _positions(self) -> dict[str, tuple[int, int]]:
+        pos: dict[str, tuple[int, int]] = {}
+        per: Counter[str] = Counter()
+        for i, e in enumerate(self.ordered(), 1):
+            per[e.model_id] += 1
+            pos[e.queue_id] = (i, per[e.model_id])
+        return pos
+
+    def _describe(self, e: QueuedRequest, positions: dict[str, tuple[int, int]]) -> dict[str, Any]:
+        engine = self.engine
+        status = engine.availability_status(e.model_id) if engine.catalog.get(e.model_id) else "unknown"
+        eta = 0.0 if status in READY else engine.fallback.eta(e.model_id)
+        now = engine.clock.time()
+        pos, model_pos = positions.get(e.queue_id, (0, 0))
+        return {
+            "queue_id": e.queue_id,
+            "model_id": e.model_id,
+            "status": "waiting",
+            "priority": e.priority,
+            "position": pos,
+            "model_position": model_pos,
+            "availability_status": status,
+            "estimated_wait_seconds": None if eta is None else round(eta, 1),
+            "estimated_wait_time_minutes": None if eta is None else round(eta / 60.0, 2),
+            "estimated_start_time": None if eta is None else iso(now + eta),
+            "queued_at": iso(e.created_at),
+            "expires_at": iso(e.expires_at),
+            "expires_in_seconds": round(max(0.0, e.expires_at - now), 1),
+            "will_expire_first": eta is not None and now + eta > e.expires_at,
+            "request": e.request,
+        }
+
+    def list(self, model_id: str | None = None) -> dict[str, Any]:
+        """Every waiting request in queue order with current positions and estimates."""
+        positions = self._positions()
+        items = [self._describe(e, positions) for e in self.ordered() if model_id is None or e.model_id == model_id]
+        return {"queue": items, "total": len(items)}
+
+    async def cancel(self, queue_id: str) -> dict[str, Any]:
+        """Cancel a waiting request (the model's download is left alone)."""
+        e = self._waiting.get(queue_id)
+        if e is None:
+            row = await self.engine.db.fetchone("SELECT status FROM fallback_queue WHERE queue_id = ?", (queue_id,))
+            if row is None:
+                raise NotFound(f"no queued request {queue_id!r}", field="queue_id")
+            raise InvalidState(f"queued request {queue_id!r} is already {row[0]}", queue_id=queue_id, status=row[0])
+        if not await self._finish([e], "cancelled"):
+            raise InvalidState(f"queued request {queue_id!r} was released or expired meanwhile", queue_id=queue_id)
+        return {"success": True, "queue_id": queue_id, "model_id": e.model_id, "status": "cancelled"}
+
+    # --- release and expiry -----------------------------------------------------
+    async def _finish(self, entries: list[QueuedRequest], status: str) -> list[QueuedRequest]:
+        """Mark entries `status` in the database and drop them from the waiting set; return those still waiting."""
+        assert self._lock is not None
+        async with self._lock:
+            live = [e for e in entries if e.queue_id in self._waiting]
+            if not live:
+                return []
+            now = self.engine.clock.time()
+            await self.engine.db.write(lambda c: c.executemany(
+                "UPDATE fallback_queue SET status = ?, finished_at = ? WHERE queue_id = ? AND status = 'waiting'",
+                [(status, now, e.queue_id) for e in live]))
+            for e in live:
+                self._remove(e.queue_id)
+            return live
+
+    def _deliver(self, e: QueuedRequest, event: Event) -> None:
+        self.engine.events.publish(event)
+        session = self._sessions.pop(e.queue_id, None)
+        if session is None:
+            return
+        subs = getattr(session, "subscriptions", {}) or {}
+        if any(s.wants(event) for s in subs.values()):
+            return  # the connection already gets it through its subscription
+        session.notify(event)
+
+    async def release(self, model_id: str) -> int:
+        """Release every request waiting for `model_id` (now ready), in queue order; return how many."""
+        waiting = [e for e in self.ordered() if e.model_id == model_id]
+        if not waiting:
+            return 0
+        released = await self._finish(waiting, "ready")
+        if not released:
+            return 0
+        try:
+            st = self.engine.model_status(model_id)
+            path, version = st["path"], st["version"]
+        except MavailError:
+            path = version = None
+        now = self.engine.clock.time()
+        for e in released:
+            self._deliver(e, make_event("queued_request_ready", queue_id=e.queue_id, model_id=model_id, version=version, path=path,
+                                        priority=e.priority, request=e.request, waited_seconds=round(now - e.created_at, 3)))
+        log.info("queue: %d request(s) for %s released", len(released), model_id)
+        return len(released)
+
+    async def _expire_due(self) -> None:
+        now = self.engine.clock.time()
+        due = [e for e in self.ordered() if e.expires_at <= now]
+        if not due:
+            return
+        expired = await self._finish(due, "expired")
+        for e in expired:
+            status = self.engine.availability_status(e.model_id) if self.engine.catalog.get(e.model_id) else "unknown"
+            eta = None if status in READY else self.engine.fallback.eta(e.model_id)
+            self._deliver(e, make_event("queued_request_expired", queue_id=e.queue_id, model_id=e.model_id, priority=e.priority,
+                                        request=e.request, waited_seconds=round(now - e.created_at, 3),
+                                        availability_status=status, estimated_wait_seconds=None if eta is None else round(eta, 1)))
+            log.info("queue: %s for %s expired", e.queue_id, e.model_id)
+
+    async def _expiry_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                await self._expire_due()
+            except Exception:
+                log.exception("queue: expiry failed")
+            now = self.engine.clock.time()
+            nxt = min((e.expires_at for e in self._waiting.values()), default=None)
+            timeout = 60.0 if nxt is None else min(60.0, max(0.005, nxt - now))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _on_download_status(self, model_id: str, version: Any, status: str) -> None:
+        # a safety net beside model_availability_change: a completed download rescans and releases
+        if status == "completed" and self.has_waiting(model_id):
+            self.engine.spawn(self._recheck(model_id), name=f"queue-recheck-{model_id}")
+
+    async def _recheck(self, model_id: str) -> None:
+        await self.engine.refresh_presence([model_id])
+        if self.engine.availability_status(model_id) in READY:
+            await self.release(model_id)
+
+    async def _watch(self) -> None:
+        sub = self._sub
+        while sub is not None and not sub.closed:
+            batch = await sub.next_batch()
+            if not batch:
+                return
+            for ev in batch:
+                mid = ev.params.get("model_id")
+                if ev.params.get("new_status") in READY and isinstance(mid, str) and self.has_waiting(mid):
+                    try:
+                        await self.release(mid)
+                    except Exception:
+                        log.exception("queue: releasing requests for %s failed", mid)

@@ -1,0 +1,524 @@
+"""Scoring of candidate models for a request, from catalog data only (no table of model names).
+
+Every catalog model is reduced once per catalog to a `Features` record
+(input modes, capability bits, quality and speed tiers, family, VRAM table,
+size); a call to `rank` is then pure Python over those records plus two
+figures read once per call (the free VRAM, and each candidate's availability
+through a callable), so it does no I/O.
+
+The formula
+-----------
+1. Hard filters (a candidate failing one is never suggested):
+   - input compatibility: the candidate must accept every input mode the
+     request needs. A model's modes come from its `model_type`:
+     `text_to_video` -> text only, `image_to_video` -> image required,
+     `text_image_to_video` -> both. The request's modes come from
+     `requirements.has_image` / `requirements.inputs`, else
+     `requirements.model_type`, else input capabilities named in
+     `requirements.capabilities`, else the requested model's own modes. So a
+     text-only request never gets an image-requiring model and a request with
+     an image never gets a text-only model.
+   - VRAM feasibility: when the free VRAM is known and the candidate's VRAM
+     need is known, it must fit at the requested resolution or at one of its
+     listed smaller resolutions (then it carries `vram_fit = "reduce"` and a
+     `suggested_resolution`).
+   - the requested model itself is listed only when it is ready now.
+2. Sub-scores, each in [0, 1]:
+   - `capabilities`: share of the wanted feature capabilities
+     (high_resolution, fast_generation, high_quality; from
+     `requirements.capabilities`, else the requested model's) the candidate has.
+   - `model_type`: 1 same type as wanted; 0.75 a text_image_to_video model
+     (a superset) for a single-mode request; 0.5 otherwise.
+   - `quality`, `speed`: 1 at or above the wanted tier (from requirements,
+     else the requested model's), minus 0.5 per tier short.
+   - `vram`: 1 fits at the requested resolution (or free VRAM unknown);
+     `fallback.vram_reduce_factor` x (pixels of the largest listed resolution
+     that fits / requested pixels) when only a smaller one fits; 0.5 when the
+     candidate lists no VRAM figures.
+   - `family`: 1 same family as the requested model, else 0.
+   - `availability`: 1 ready now (available, updating); for a download in
+     progress `fallback.availability_downloading` x max(0, 1 - eta / max_wait),
+     or x 0.25 when its ETA is unknown; 0 missing, failed, corrupted.
+   - `size` (only with `user_preferences.prefer_smaller_models`):
+     min(1, requested size / candidate size).
+   The requested model matches itself: its capability, type, quality, speed,
+   family and size sub-scores are 1, so when it is ready and fits it scores
+   exactly 1 and ranks first (ties go to it).
+3. `compatibility_score = sum(w_i * s_i) / sum(w_i)` with the weights
+   `fallback.weight_*` from the configuration; it is therefore in [0, 1].
+   Candidates under `fallback.min_score` are dropped; the best
+   `fallback.max_suggestions` are returned, best first (ties: requested
+   model, then ready ones, then catalog order).
+
+`performance_difference` is the speed tier difference / 2 in [-1, 1]
+(positive: faster than the requested model); `estimated_quality_difference`
+is one of higher, similar, slightly_lower, lower, much_lower from the
+quality tier difference (similar tiers but a lost high_quality or
+high_resolution capability, or a reduced resolution, read slightly_lower).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from core.catalog import CAPABILITIES, MODEL_TYPES, RESOLUTION_RE, SPEEDS, TIERS
+from core.errors import InvalidParams
+
+INPUT_TEXT = 1
+INPUT_IMAGE = 2
+MODES_OF_TYPE = {"text_to_video": INPUT_TEXT, "image_to_video": INPUT_IMAGE, "text_image_to_video": INPUT_TEXT | INPUT_IMAGE}
+MODE_NAMES = {INPUT_TEXT: "text", INPUT_IMAGE: "image"}
+FEATURE_CAPS = ("high_resolution", "fast_generation", "high_quality")
+_CAP_BIT = {c: 1 << i for i, c in enumerate(FEATURE_CAPS)}
+TIER = {t: i for i, t in enumerate(TIERS)}
+SPEED = {s: i for i, s in enumerate(SPEEDS)}
+READY = frozenset({"available", "updating"})
+IN_PROGRESS = frozenset({"downloading", "queued", "verifying", "paused"})
+QUALITY_WORDS = {2: "higher", 1: "higher", 0: "similar", -1: "lower", -2: "much_lower"}
+
+
+def _cap_bits(caps: Iterable[str]) -> int:
+    bits = 0
+    for c in caps:
+        bits |= _CAP_BIT.get(c, 0)
+    return bits
+
+
+def parse_resolution(text: str) -> int:
+    """Pixels of a "WxH" resolution (ValueError when malformed)."""
+    m = RESOLUTION_RE.match(text)
+    if not m:
+        raise ValueError(text)
+    return int(m.group(1)) * int(m.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What scoring needs of one catalog model, precomputed."""
+
+    model_id: str
+    display_name: str
+    model_type: str
+    modes: int
+    caps: int  # bits of FEATURE_CAPS
+    quality: int
+    speed: int
+    family: str | None
+    vram: tuple[tuple[int, str, float], ...]  # (pixels, "WxH", GiB), by pixels
+    size_bytes: int
+    fetchable: bool
+
+    def vram_at(self, pixels: int) -> float | None:
+        """Estimated peak VRAM (GiB) at `pixels`: the listed figure, else interpolated linearly in pixels
+        between listed neighbours, scaled in proportion above the largest, the smallest's below it."""
+        table = self.vram
+        if not table:
+            return None
+        if pixels <= table[0][0]:
+            return table[0][2]
+        for i in range(1, len(table)):
+            p1, _, g1 = table[i]
+            if pixels <= p1:
+                p0, _, g0 = table[i - 1]
+                return g0 + (g1 - g0) * (pixels - p0) / (p1 - p0) if p1 > p0 else g1
+        p, _, g = table[-1]
+        return g * pixels / p
+
+    def largest_fitting(self, free_gb: float, below_pixels: int | None) -> tuple[int, str, float] | None:
+        """The listed resolution with most pixels whose VRAM fits `free_gb` (and under `below_pixels`)."""
+        best = None
+        for entry in self.vram:
+            if below_pixels is not None and entry[0] >= below_pixels:
+                break
+            if entry[2] <= free_gb:
+                best = entry
+        return best
+
+
+def features_of(spec: Any) -> Features:
+    """The `Features` of a catalog `ModelSpec`."""
+    table: dict[int, tuple[int, str, float]] = {}
+    for res, gb in spec.vram_gb.items():
+        px = parse_resolution(res)
+        if px not in table or table[px][2] < gb:  # same pixel count: keep the larger need
+            table[px] = (px, res, float(gb))
+    return Features(
+        model_id=spec.id,
+        display_name=spec.display_name,
+        model_type=spec.model_type,
+        modes=MODES_OF_TYPE[spec.model_type],
+        caps=_cap_bits(spec.capabilities),
+        quality=TIER[spec.quality],
+        speed=SPEED[spec.speed],
+        family=spec.family,
+        vram=tuple(table[p] for p in sorted(table)),
+        size_bytes=spec.size_bytes,
+        fetchable=bool(spec.files) or spec.source is not None,
+    )
+
+
+class FeatureIndex:
+    """Features of every model of one catalog, rebuilt only when the catalog object changes."""
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+        self.by_id: dict[str, Features] = {}
+        self.all: tuple[Features, ...] = ()
+
+    def refresh(self, catalog: Any) -> "FeatureIndex":
+        """Rebuild from `catalog` if it is not the one indexed; return self."""
+        if catalog is not self._catalog:
+            feats = [features_of(spec) for spec in catalog]
+            self.by_id = {f.model_id: f for f in feats}
+            self.all = tuple(feats)
+            self._catalog = catalog
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """The formula's weights and factors (`fallback.*` settings)."""
+
+    capabilities: float = 0.30
+    model_type: float = 0.10
+    quality: float = 0.15
+    speed: float = 0.05
+    vram: float = 0.15
+    family: float = 0.05
+    availability: float = 0.20
+    size: float = 0.05
+    vram_reduce_factor: float = 0.6
+    availability_downloading: float = 0.7
+    min_score: float = 0.2
+    max_suggestions: int = 5
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Weights":
+        """Read the weights from a `core.config.Config`."""
+        g = config.get
+        return cls(
+            capabilities=g("fallback.weight_capabilities"),
+            model_type=g("fallback.weight_model_type"),
+            quality=g("fallback.weight_quality"),
+            speed=g("fallback.weight_speed"),
+            vram=g("fallback.weight_vram"),
+            family=g("fallback.weight_family"),
+            availability=g("fallback.weight_availability"),
+            size=g("fallback.weight_size"),
+            vram_reduce_factor=g("fallback.vram_reduce_factor"),
+            availability_downloading=g("fallback.availability_downloading"),
+            min_score=g("fallback.min_score"),
+            max_suggestions=g("fallback.max_suggestions"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A request, normalised: what an alternative must offer."""
+
+    requested: Features
+    modes: int
+    caps: int
+    model_type: str
+    quality: int
+    speed: int
+    resolution: str | None
+    pixels: int | None
+    free_vram_gb: float | None
+    max_wait_s: float
+    prefer_smaller: bool
+    family: str | None
+
+
+def _enum_field(req: Mapping[str, Any], key: str, choices: Iterable[str]) -> str | None:
+    v = req.get(key)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = v.strip().lower().replace("-", "_")
+    choices = tuple(choices)
+    if v not in choices:
+        raise InvalidParams(f"requirements.{key} must be one of {', '.join(choices)}", field=f"requirements.{key}", allowed=list(choices))
+    return str(v)
+
+
+def _positive_number(d: Mapping[str, Any], key: str, prefix: str) -> float | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+        raise InvalidParams(f"{prefix}.{key} must be a non-negative number", field=f"{prefix}.{key}")
+    return float(v)
+
+
+def build_query(requested: Features, requirements: Mapping[str, Any] | None, preferences: Mapping[str, Any] | None,
+                free_vram_gb: float | None, default_max_wait_minutes: float) -> Query:
+    """Normalise `requirements` and `user_preferences`; InvalidParams names a bad field. Unknown keys are ignored."""
+    if not isinstance(requirements or {}, Mapping):
+        raise InvalidParams("requirements must be an object", field="requirements")
+    if not isinstance(preferences or {}, Mapping):
+        raise InvalidParams("user_preferences must be an object", field="user_preferences")
+    req = dict(requirements or {})
+    prefs = dict(preferences or {})
+    model_type = _enum_field(req, "model_type", MODEL_TYPES)
+    caps_raw = req.get("capabilities")
+    if caps_raw is not None and (not isinstance(caps_raw, list) or any(c not in CAPABILITIES for c in caps_raw)):
+        raise InvalidParams(f"requirements.capabilities must be a list drawn from {', '.join(CAPABILITIES)}", field="requirements.capabilities")
+    # the input modes the request needs
+    modes = 0
+    has_image = req.get("has_image")
+    inputs = req.get("inputs")
+    if has_image is not None:
+        if not isinstance(has_image, bool):
+            raise InvalidParams("requirements.has_image must be a boolean", field="requirements.has_image")
+        modes = INPUT_IMAGE if has_image else INPUT_TEXT
+    elif inputs is not None:
+        if not isinstance(inputs, list) or not inputs or any(i not in ("text", "image") for i in inputs):
+            raise InvalidParams("requirements.inputs must be a non-empty list of \"text\" and \"image\"", field="requirements.inputs")
+        modes = INPUT_IMAGE if "image" in inputs else INPUT_TEXT
+    elif model_type is not None:
+        modes = MODES_OF_TYPE[model_type]
+    elif caps_raw and any(c in MODES_OF_TYPE for c in caps_raw):
+        for c in caps_raw:
+            modes |= MODES_OF_TYPE.get(c, 0)
+    else:
+        modes = requested.modes
+    if model_type is None:
+        if modes == requested.modes:
+            model_type = requested.model_type
+        else:
+            model_type = {INPUT_TEXT: "text_to_video", INPUT_IMAGE: "image_to_video"}.get(modes, "text_image_to_video")
+    caps = _cap_bits(caps_raw) if caps_raw is not None else requested.caps
+    quality = _enum_field(req, "quality", TIERS)
+    speed = _enum_field(req, "speed", SPEEDS)
+    resolution = req.get("resolution")
+    pixels = None
+    if resolution is not None:
+        try:
+            pixels = parse_resolution(resolution) if isinstance(resolution, str) else None
+        except ValueError:
+            pixels = None
+        if pixels is None:
+            raise InvalidParams("requirements.resolution must look like \"1280x704\"", field="requirements.resolution")
+    wait_min = _positive_number(prefs, "max_wait_time_minutes", "user_preferences")
+    if wait_min is None:
+        wait_min = _positive_number(req, "max_wait_time_minutes", "requirements")
+    if wait_min is None:
+        wait_min = default_max_wait_minutes
+    prefer_smaller = prefs.get("prefer_smaller_models", False)
+    if not isinstance(prefer_smaller, bool):
+        raise InvalidParams("user_preferences.prefer_smaller_models must be a boolean", field="user_preferences.prefer_smaller_models")
+    family = req.get("family", requested.family)
+    if family is not None and not isinstance(family, str):
+        raise InvalidParams("requirements.family must be a string", field="requirements.family")
+    return Query(
+        requested=requested,
+        modes=modes,
+        caps=caps,
+        model_type=model_type,
+        quality=TIER[quality] if quality else requested.quality,
+        speed=SPEED[speed] if speed else requested.speed,
+        resolution=resolution,
+        pixels=pixels,
+        free_vram_gb=free_vram_gb,
+        max_wait_s=wait_min * 60.0,
+        prefer_smaller=prefer_smaller,
+        family=family,
+    )
+
+
+@dataclass(slots=True)
+class Suggestion:
+    """One scored candidate."""
+
+    features: Features
+    score: float
+    parts: dict[str, float]
+    vram_fit: str  # fits | reduce | unknown
+    resolution: str | None
+    vram_need_gb: float | None
+    availability_status: str = "unknown"
+    eta_s: float | None = None
+    is_requested: bool = False
+    reason: str = ""
+
+    @property
+    def model_id(self) -> str:
+        """The candidate's id."""
+        return self.features.model_id
+
+    def to_dict(self, query: Query) -> dict[str, Any]:
+        """The seeds' suggestion fields plus VRAM and wait figures."""
+        f, ref = self.features, query.requested
+        qdiff = f.quality - ref.quality
+        word = QUALITY_WORDS[max(-2, min(2, qdiff))]
+        lost = (ref.caps & ~f.caps) & (_CAP_BIT["high_quality"] | _CAP_BIT["high_resolution"])
+        if word == "similar" and (lost or self.vram_fit == "reduce"):
+            word = "slightly_lower"
+        return {
+            "suggested_model": f.model_id,
+            "display_name": f.display_name,
+            "model_type": f.model_type,
+            "compatibility_score": round(self.score, 4),
+            "performance_difference": round((f.speed - ref.speed) / 2.0, 4),
+            "estimated_quality_difference": word,
+            "availability_status": self.availability_status,
+            "estimated_wait_seconds": None if self.eta_s is None else round(self.eta_s, 1),
+            "reason": self.reason,
+            "is_requested_model": self.is_requested,
+            "vram_fit": self.vram_fit,
+            "suggested_resolution": self.resolution,
+            "required_vram_gb": None if self.vram_need_gb is None else round(self.vram_need_gb, 2),
+            "score_breakdown": {k: round(v, 4) for k, v in self.parts.items()},
+        }
+
+
+Availability = Callable[[str], tuple[str, float | None]]
+"""model_id -> (availability_status, seconds until ready or None)."""
+
+
+def vram_fit(f: Features, q: Query, w: Weights) -> tuple[float, str, str | None, float | None] | None:
+    """(sub-score, fit, resolution, need GiB) or None when the candidate cannot fit at all."""
+    free = q.free_vram_gb
+    if not f.vram:
+        return (0.5 if free is not None else 1.0), "unknown", q.resolution, None
+    target = q.pixels if q.pixels is not None else f.vram[0][0]
+    need = f.vram_at(target)
+    if free is None:
+        return 1.0, "unknown", q.resolution, need
+    if need is not None and need <= free:
+        if q.resolution is not None:
+            return 1.0, "fits", q.resolution, need
+        best = f.largest_fitting(free, None)
+        return 1.0, "fits", best[1] if best else None, best[2] if best else need
+    smaller = f.largest_fitting(free, target)
+    if smaller is None:
+        return None
+    return w.vram_reduce_factor * smaller[0] / target, "reduce", smaller[1], smaller[2]
+
+
+def _availability_part(status: str, eta: float | None, q: Query, w: Weights) -> float:
+    if status in READY:
+        return 1.0
+    if status in IN_PROGRESS:
+        if status == "paused" or eta is None:
+            return w.availability_downloading * 0.25
+        if q.max_wait_s <= 0:
+            return 0.0
+        return w.availability_downloading * max(0.0, 1.0 - eta / q.max_wait_s)
+    return 0.0
+
+
+def _reason(s: Suggestion, q: Query) -> str:
+    f, ref = s.features, q.requested
+    bits: list[str] = []
+    if s.is_requested:
+        bits.append("the model you asked for")
+    else:
+        if q.family and f.family == q.family:
+            bits.append(f"same family ({f.family})")
+        if f.model_type == q.model_type:
+            bits.append(f"same model type ({f.model_type})")
+        else:
+            bits.append(f"a {f.model_type} model that accepts your inputs")
+        missing = q.caps & ~f.caps
+        if q.caps and not missing:
+            bits.append("has every requested capability")
+        elif missing:
+            bits.append("lacks " + ", ".join(c for c in FEATURE_CAPS if missing & _CAP_BIT[c]))
+        if f.quality > q.quality:
+            bits.append(f"higher quality ({TIERS[f.quality]})")
+        elif f.quality < q.quality:
+            bits.append(f"lower quality ({TIERS[f.quality]} vs {TIERS[q.quality]})")
+        if f.speed != ref.speed:
+            bits.append(f"{'faster' if f.speed > ref.speed else 'slower'} ({SPEEDS[f.speed]})")
+    free = q.free_vram_gb
+    if s.vram_fit == "fits" and free is not None:
+        bits.append(f"fits the {free:.1f} GiB of free VRAM at {s.resolution} (needs {s.vram_need_gb:.1f})")
+    elif s.vram_fit == "reduce" and free is not None:
+        bits.append(f"needs {s.resolution} instead of {q.resolution} to fit the {free:.1f} GiB of free VRAM")
+    elif s.vram_fit == "unknown":
+        bits.append("VRAM fit unknown" if free is None else "lists no VRAM figures")
+    st = s.availability_status
+    if st in READY:
+        bits.append("ready now")
+    elif st in IN_PROGRESS:
+        bits.append(f"{st}, ready in about {max(1, round(s.eta_s / 60))} min" if s.eta_s is not None else f"{st}, no estimate yet")
+    else:
+        bits.append(f"{st}: needs a download" if st == "missing" else st)
+    text = "; ".join(bits)
+    return text[0].upper() + text[1:]
+
+
+def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, limit: int | None = None) -> list[Suggestion]:
+    """Score every input-compatible candidate and return the best, best first.
+
+    The availability sub-score is the only part that needs `availability()`;
+    candidates are visited in order of their score without it, and the visit
+    stops once even a ready candidate could no longer enter the top `limit`.
+    """
+    limit = w.max_suggestions if limit is None else limit
+    # the same expression as each candidate's partial sum with every part 1, so a perfect candidate scores exactly 1.0
+    total = (w.capabilities * 1.0 + w.model_type * 1.0 + w.quality * 1.0 + w.speed * 1.0 + w.vram * 1.0 + w.family * 1.0
+             + (w.size * 1.0 if q.prefer_smaller else 0.0)) + w.availability * 1.0
+    if total <= 0 or limit <= 0:
+        return []
+    ref = q.requested
+    qcaps = q.caps
+    ncaps = qcaps.bit_count()
+    qmodes = q.modes
+    staged: list[tuple[float, int, Features, dict[str, float], tuple[float, str, str | None, float | None]]] = []
+    for i, f in enumerate(index.all):
+        if f.modes & qmodes != qmodes:
+            continue
+        vp = vram_fit(f, q, w)
+        if vp is None:
+            continue
+        if f is ref:
+            parts = {"capabilities": 1.0, "model_type": 1.0, "quality": 1.0, "speed": 1.0, "family": 1.0}
+            if q.prefer_smaller:
+                parts["size"] = 1.0
+        else:
+            parts = {
+                "capabilities": (qcaps & f.caps).bit_count() / ncaps if ncaps else 1.0,
+                "model_type": 1.0 if f.model_type == q.model_type else (0.75 if f.modes == INPUT_TEXT | INPUT_IMAGE else 0.5),
+                "quality": 1.0 - max(0, q.quality - f.quality) / 2.0,
+                "speed": 1.0 - max(0, q.speed - f.speed) / 2.0,
+                "family": 1.0 if q.family is not None and f.family == q.family else 0.0,
+            }
+            if q.prefer_smaller:
+                parts["size"] = min(1.0, ref.size_bytes / f.size_bytes) if f.size_bytes > 0 else 1.0
+        parts["vram"] = vp[0]
+        partial = (w.capabilities * parts["capabilities"] + w.model_type * parts["model_type"] + w.quality * parts["quality"]
+                   + w.speed * parts["speed"] + w.vram * parts["vram"] + w.family * parts["family"]
+                   + (w.size * parts["size"] if q.prefer_smaller else 0.0))
+        staged.append((partial, i, f, parts, vp))
+    staged.sort(key=lambda t: (-t[0], t[2] is not ref, t[1]))
+    best: list[tuple[tuple[float, int, int, int], Suggestion]] = []  # min-heap of (sort key, suggestion)
+    for partial, i, f, parts, vp in staged:
+        bound = (partial + w.availability) / total  # the best this and every later candidate can reach
+        if bound < w.min_score or (len(best) >= limit and bound < best[0][0][0]):
+            break
+        status, eta = availability(f.model_id)
+        is_ref = f is ref
+        if is_ref and status not in READY:
+            continue
+        a = _availability_part(status, eta, q, w)
+        score = (partial + w.availability * a) / total
+        score = 0.0 if score < 0.0 else (1.0 if score > 1.0 else score)
+        if score < w.min_score:
+            continue
+        parts = dict(parts, availability=a)
+        s = Suggestion(f, score, parts, vp[1], vp[2], vp[3], status, eta if status not in READY else 0.0, is_ref)
+        key = (score, 1 if is_ref else 0, 1 if status in READY else 0, -i)
+        if len(best) < limit:
+            heapq.heappush(best, (key, s))
+        elif key > best[0][0]:
+            heapq.heapreplace(best, (key, s))
+    out = [s for _, s in sorted(best, key=lambda t: t[0], reverse=True)]
+    for s in out:
+        s.reason = _reason(s, q)
+    return out

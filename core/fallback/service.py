@@ -1,0 +1,227 @@
+"""`engine.fallback`: fallback.suggest and models.request, over the scoring and strategy modules."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+from core.errors import MavailError
+from core.fallback.scoring import IN_PROGRESS, READY, FeatureIndex, Query, Weights, build_query, rank, vram_fit
+from core.fallback.strategy import Thresholds, choose
+
+log = logging.getLogger("mavail.fallback")
+
+# strategies under which the caller should look at the alternatives
+_ALTERNATIVE_STRATEGIES = frozenset({"alternative_model", "hybrid_approach", "reduce_requirements", "mock_generation"})
+
+
+class FallbackService:
+    """Suggestions, strategies and the `models.request` decision for one engine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.index = FeatureIndex()
+        self._vram: tuple[float, float | None, str] | None = None  # (monotonic read time, GiB, source)
+
+    # --- inputs ---------------------------------------------------------------
+    def features(self) -> FeatureIndex:
+        """The feature index of the current catalog (rebuilt after a catalog reload)."""
+        return self.index.refresh(self.engine.catalog)
+
+    def free_vram(self) -> tuple[float | None, str]:
+        """(free VRAM in GiB less `fallback.vram_headroom_gb`, source): NVML, else `gpu.vram_gb`, else (None, "unknown").
+
+        The reading is reused for `fallback.vram_cache_s` so suggestions do no per-call driver I/O.
+        """
+        cfg = self.engine.config
+        now = self.engine.clock.monotonic()
+        cached = self._vram
+        if cached is not None and now - cached[0] < cfg.get("fallback.vram_cache_s"):
+            return cached[1], cached[2]
+        value: float | None = None
+        source = "unknown"
+        try:
+            value = self.engine.nvml.free_vram_gb()
+        except Exception:  # a driver problem degrades to the configured figure
+            log.warning("reading free VRAM failed", exc_info=True)
+        if value is not None:
+            source = "nvml"
+        else:
+            configured = float(cfg.get("gpu.vram_gb"))
+            if configured > 0:
+                value, source = configured, "config"
+        if value is not None:
+            value = max(0.0, value - float(cfg.get("fallback.vram_headroom_gb")))
+        self._vram = (now, value, source)
+        return value, source
+
+    def eta(self, model_id: str) -> float | None:
+        """Seconds until `model_id` is downloaded, from the download scheduler; None when unknown."""
+        dl = getattr(self.engine, "downloads", None)
+        if dl is None:
+            return None
+        try:
+            v = dl.estimate_ready_seconds(model_id)
+        except Exception:
+            log.warning("estimate_ready_seconds(%s) failed", model_id, exc_info=True)
+            return None
+        return None if v is None else max(0.0, float(v))
+
+    def availability(self, model_id: str) -> tuple[str, float | None]:
+        """(availability_status, seconds until ready) as scoring needs them."""
+        status = self.engine.availability_status(model_id)
+        if status in READY:
+            return status, 0.0
+        return status, (self.eta(model_id) if status in IN_PROGRESS else None)
+
+    # --- fallback.suggest -----------------------------------------------------
+    def evaluate(self, requested_model: str, requirements: dict[str, Any] | None = None,
+                 preferences: dict[str, Any] | None = None) -> tuple[Query, list[Any], dict[str, Any], str, float | None]:
+        """Rank candidates and choose a strategy: (query, suggestions, strategy, status, eta)."""
+        engine = self.engine
+        engine.spec(requested_model)
+        idx = self.features()
+        free, _ = self.free_vram()
+        cfg = engine.config
+        q = build_query(idx.by_id[requested_model], requirements, preferences, free, cfg.get("fallback.default_max_wait_minutes"))
+        w = Weights.from_config(cfg)
+        suggestions = rank(idx, q, self.availability, w)
+        status, eta = self.availability(requested_model)
+        if status not in READY and status not in IN_PROGRESS:
+            eta = self.eta(requested_model)  # what the scheduler would need to fetch it now, when it can say
+        strategy = choose(q, suggestions, status, eta, vram_fit(q.requested, q, w), Thresholds.from_config(cfg))
+        return q, suggestions, strategy, status, eta
+
+    def suggest(self, requested_model: str, requirements: dict[str, Any] | None = None,
+                preferences: dict[str, Any] | None = None, emit: bool = True) -> dict[str, Any]:
+        """The `fallback.suggest` result: ranked `suggestions` and a `fallback_strategy`; emits `fallback_suggestion`."""
+        q, suggestions, strategy, status, eta = self.evaluate(requested_model, requirements, preferences)
+        free, source = self.free_vram()
+        result = {
+            "requested_model": requested_model,
+            "requested_status": status,
+            "requested_estimated_wait_seconds": None if eta is None else round(eta, 1),
+            "suggestions": [s.to_dict(q) for s in suggestions],
+            "fallback_strategy": strategy,
+            "free_vram_gb": None if free is None else round(free, 2),
+            "vram_source": source,
+            "request": {
+                "inputs": [n for bit, n in ((1, "text"), (2, "image")) if q.modes & bit],
+                "resolution": q.resolution,
+                "max_wait_time_minutes": q.max_wait_s / 60.0,
+            },
+        }
+        if emit and strategy["fallback_needed"]:
+            self.emit_suggestion(result)
+        return result
+
+    def emit_suggestion(self, result: dict[str, Any]) -> None:
+        """Publish a `fallback_suggestion` event for a suggest result."""
+        strategy = result["fallback_strategy"]
+        suggested = strategy.get("suggested_model")
+        score = next((s["compatibility_score"] for s in result["suggestions"] if s["suggested_model"] == suggested), None)
+        self.engine.events.emit(
+            "fallback_suggestion",
+            requested_model=result["requested_model"],
+            suggested_model=suggested,
+            compatibility_score=score,
+            strategy_type=strategy["strategy_type"],
+            recommended_action=strategy["recommended_action"],
+            user_message=strategy["user_message"],
+            estimated_wait_seconds=strategy["estimated_wait_seconds"],
+            user_action_required=strategy["strategy_type"] not in ("queue_and_wait",),
+            timeout_seconds=self.engine.config.get("fallback.suggestion_timeout_s"),
+        )
+
+    # --- models.request -------------------------------------------------------
+    async def _record_request(self, model_id: str) -> None:
+        analytics = getattr(self.engine, "analytics", None)
+        fn = getattr(analytics, "record_request", None) if analytics is not None else None
+        if fn is None:
+            return
+        try:
+            r = fn(model_id)
+            if inspect.isawaitable(r):
+                await r
+        except Exception:  # usage accounting must never fail a request
+            log.warning("analytics.record_request(%s) failed", model_id, exc_info=True)
+
+    async def _repair(self, model_id: str) -> dict[str, Any]:
+        """Start a repair through `engine.health` and report what is known after `fallback.repair_wait_s`."""
+        health = getattr(self.engine, "health", None)
+        fn = getattr(health, "repair", None) if health is not None else None
+        if fn is None:
+            return {"started": False, "message": "no repair service in this engine"}
+        task = self.engine.spawn(fn(model_id), name=f"request-repair-{model_id}")
+        done, _ = await asyncio.wait({task}, timeout=float(self.engine.config.get("fallback.repair_wait_s")))
+        if not done:
+            return {"started": True, "finished": False, "message": "repair running; model_availability_change tells when it is done"}
+        exc = task.exception()
+        if exc is None:
+            res = task.result()
+            return {"started": True, "finished": True, "result": res if isinstance(res, dict) else None}
+        if isinstance(exc, MavailError):
+            return {"started": False, "finished": True, "error": {"code": exc.NAME, "message": exc.message, "details": exc.details}}
+        return {"started": False, "finished": True, "error": {"code": "INTERNAL_ERROR", "message": "repair failed"}}
+
+    async def request(self, model_id: str, requirements: dict[str, Any] | None = None, auto_download: bool = True,
+                      priority: str = "normal", preferences: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The `models.request` decision: ready (path), download started/in progress (estimate), repair, or error,
+        with `fallback_strategy` always and `suggestions` when an alternative is worth a look."""
+        engine = self.engine
+        engine.spec(model_id)
+        await self._record_request(model_id)
+        await engine.refresh_presence([model_id])
+        st = engine.model_status(model_id)
+        status = st["availability_status"]
+        out: dict[str, Any] = {"success": True, "model_id": model_id, "version": st["version"]}
+        dl = getattr(engine, "downloads", None)
+        if st["is_available"]:
+            out.update(action_taken="model_ready", path=st["path"], estimated_wait_seconds=0.0,
+                       message=f"{model_id} is ready")
+        elif status == "corrupted":
+            repair = await self._repair(model_id)
+            await engine.refresh_presence([model_id])
+            if engine.model_status(model_id)["is_available"]:
+                out.update(action_taken="model_ready", path=st["path"], estimated_wait_seconds=0.0, repair=repair,
+                           message=f"{model_id} was repaired and is ready")
+            elif repair.get("started"):
+                out.update(action_taken="repair_attempted", repair=repair, estimated_wait_seconds=self.eta(model_id),
+                           message=f"{model_id} is corrupted; a repair is under way")
+            else:
+                out.update(success=False, action_taken="error", repair=repair,
+                           message=f"{model_id} is corrupted and could not be repaired now")
+        elif dl is not None and (status in IN_PROGRESS or dl.is_active(model_id)):
+            info: dict[str, Any] = {}
+            if auto_download:
+                info = await dl.ensure(model_id, priority=priority) or {}
+            out.update(action_taken="download_in_progress", download_id=info.get("download_id"),
+                       estimated_wait_seconds=self.eta(model_id), message=f"{model_id} is {status}")
+        elif not auto_download:
+            out.update(success=False, action_taken="error", message=f"{model_id} is {status} and auto_download is false")
+        elif dl is None:
+            out.update(success=False, action_taken="error", message=f"{model_id} is {status} and this engine has no download service")
+        else:
+            try:
+                info = await dl.ensure(model_id, priority=priority) or {}
+            except MavailError as exc:
+                out.update(success=False, action_taken="error", message=exc.message,
+                           error={"code": exc.NAME, "message": exc.message, "details": exc.details})
+            else:
+                queued = info.get("status") == "queued"
+                out.update(action_taken="queued" if queued else "download_started", download_id=info.get("download_id"),
+                           estimated_wait_seconds=self.eta(model_id),
+                           message=f"{model_id} was {status}; its download is " + ("queued behind others" if queued else "under way"))
+        if out.get("estimated_wait_seconds") is not None:
+            out["estimated_wait_seconds"] = round(out["estimated_wait_seconds"], 1)
+        sug = self.suggest(model_id, requirements, preferences, emit=False)
+        out["availability_status"] = sug["requested_status"]
+        strategy = sug["fallback_strategy"]
+        out["fallback_strategy"] = strategy
+        if strategy["strategy_type"] in _ALTERNATIVE_STRATEGIES:
+            out["suggestions"] = [s for s in sug["suggestions"] if not s["is_requested_model"]] or sug["suggestions"]
+        if strategy["fallback_needed"]:
+            self.emit_suggestion(sug)
+        return out

@@ -1,0 +1,800 @@
+"""Storage management: real disk figures, hot/warm/cold tiers, retention policies and a crash-safe cleanup.
+
+Everything on disk is measured with `lstat` and never through a symbolic
+link: a model's size is the blocks its files occupy (hard links counted once),
+a symlink planted in `models/` is reported and left alone, and deletion walks
+directories through file descriptors opened with O_NOFOLLOW.
+
+Rules (config keys under `storage.`):
+- tier: hot = used or requested within `hot_days`, or in use now; warm = within
+  `warm_days`; cold = the rest (a never-used model counts from its installation);
+- retention, for `cleanup_type="auto"`: a model is kept when it was used in the
+  last `keep_used_within_days` days (min_unused_days overrides), or, with
+  preserve_frequently_used, used more than `keep_used_more_than` times in the
+  last `frequent_window_days`; the rest are removed;
+- ceiling and floor: while the models would still exceed `max_gb` (or the
+  analytics.cleanup threshold), or free space would stay under `min_free_gb`,
+  further models are added, least recently used first, never a hot one;
+- never removed: a model under a lease, busy (downloading, checking, repairing,
+  updating...), or with requests queued for it; anything that is not a real
+  directory named like a model id directly under `models/`;
+- partial download data (entries of `partial/`) untouched for
+  `partial_max_age_days` and not owned by a download is offered too.
+
+A removal renames the model directory into `trash/` (one atomic step, after a
+journal row in `storage_trash`), deletes its installed_* rows, deletes the
+files, and drops the journal row. A restart finishes a removal whose directory
+reached the trash and reverts (forgets) one whose directory never moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import psutil
+
+from core.errors import InvalidParams, ModelNotFound, NotFound
+from core.fsutil import fsync_dir
+from core.timeutil import iso
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger("mavail.storage")
+
+GIB = 1024**3
+DAY = 86400.0
+MODEL_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+PLAN_TTL_S = 900.0
+FAULT_ENV = "MAVAIL_STORAGE_FAULT"  # test hook: the engine exits at this cleanup stage (a real crash)
+
+
+# --- measuring (worker threads) ------------------------------------------------------
+@dataclass
+class TreeSize:
+    """What a directory tree holds, measured without following symlinks."""
+
+    bytes: int = 0  # allocated blocks (st_blocks * 512), each inode once
+    apparent_bytes: int = 0  # st_size sum, each inode once
+    files: int = 0
+    symlinks: int = 0
+    newest_mtime: float = 0.0
+
+
+def measure(path: Path) -> TreeSize:
+    """Size of the file or tree at `path` (lstat only; a symlink counts as itself)."""
+    out = TreeSize()
+    seen: set[tuple[int, int]] = set()
+
+    def add(st: os.stat_result) -> None:
+        out.newest_mtime = max(out.newest_mtime, st.st_mtime)
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1:
+            if key in seen:
+                return
+            seen.add(key)
+        out.bytes += st.st_blocks * 512
+        out.apparent_bytes += st.st_size
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return out
+    add(st)
+    if stat.S_ISLNK(st.st_mode):
+        out.symlinks += 1
+        return out
+    if not stat.S_ISDIR(st.st_mode):
+        out.files += 1
+        return out
+    stack = [str(path)]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                add(st)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(e.path)
+                elif stat.S_ISLNK(st.st_mode):
+                    out.symlinks += 1
+                else:
+                    out.files += 1
+    return out
+
+
+def remove_tree(path: Path) -> int:
+    """Delete the file, symlink or directory tree at `path` without following symlinks; return bytes freed.
+
+    Bytes freed are the blocks of every inode whose last link this removed
+    (directories included), the same measure as `measure`.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return st.st_blocks * 512 if st.st_nlink == 1 else 0
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        freed = _empty_dir(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+    return freed + st.st_blocks * 512
+
+
+def _empty_dir(dirfd: int) -> int:
+    freed = 0
+    with os.scandir(dirfd) as it:
+        names = [e.name for e in it]
+    for name in names:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+            try:
+                freed += _empty_dir(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=dirfd)
+            freed += st.st_blocks * 512
+        else:
+            os.unlink(name, dir_fd=dirfd)
+            if st.st_nlink == 1:  # read just before the unlink: this one was the last link
+                freed += st.st_blocks * 512
+    return freed
+
+
+@dataclass
+class DiskEntry:
+    """One entry directly under `models/` or `partial/`."""
+
+    name: str
+    path: Path
+    kind: str  # dir | symlink | file | other
+    size: TreeSize
+    versions: list[str] = field(default_factory=list)
+
+
+def scan_dir(base: Path, with_versions: bool = False) -> list[DiskEntry]:
+    """Measure every entry directly under `base` (lstat; symlinks are not followed)."""
+    out: list[DiskEntry] = []
+    try:
+        it = os.scandir(base)
+    except FileNotFoundError:
+        return out
+    with it:
+        entries = list(it)
+    for e in sorted(entries, key=lambda e: e.name):
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+        p = Path(e.path)
+        versions: list[str] = []
+        if with_versions and kind == "dir":
+            try:
+                versions = sorted(v.name for v in os.scandir(p) if v.is_dir(follow_symlinks=False))
+            except OSError:
+                pass
+        out.append(DiskEntry(e.name, p, kind, measure(p), versions))
+    return out
+
+
+# --- plans ---------------------------------------------------------------------------
+@dataclass
+class PlanItem:
+    """One thing a cleanup will remove, and why."""
+
+    kind: str  # model | partial
+    name: str  # the entry's name under models/ or partial/
+    model_id: str | None
+    size_bytes: int
+    reason: str
+    confidence: float
+    last_used: float | None
+    usage_count: int
+
+    @property
+    def action(self) -> str:
+        """safe_to_remove at confidence >= 0.75, else consider_removing."""
+        return "safe_to_remove" if self.confidence >= 0.75 else "consider_removing"
+
+    def to_dict(self, home: Path) -> dict[str, Any]:
+        """The item as reported by storage.cleanup and analytics.cleanup."""
+        rel = ("models/" if self.kind == "model" else "partial/") + self.name
+        return {"kind": self.kind, "model_id": self.model_id, "path": rel, "size_bytes": self.size_bytes,
+                "size_mb": self.size_bytes / 1024**2, "size_gb": self.size_bytes / GIB, "reason": self.reason,
+                "confidence": round(self.confidence, 3), "action": self.action, "last_used": iso(self.last_used),
+                "usage_count": self.usage_count}
+
+
+@dataclass
+class Plan:
+    """A computed cleanup: what to remove, what is kept (and why), what was skipped."""
+
+    plan_id: str
+    created_at: float
+    items: list[PlanItem]
+    preserved: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    models_bytes: int
+    free_bytes: int
+    processed: int
+
+
+class CleanupCrash(BaseException):
+    """Raised by a test's fault hook to stop a cleanup the way a crash would (never caught by the cleanup)."""
+
+
+class StorageManager:
+    """`engine.storage`: storage.info, retention plans, crash-safe removal, storage_warning events."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self._plans: dict[str, Plan] = {}
+        self._lock = asyncio.Lock()
+        self._warn_state: dict[str, str] = {"free_space": "ok", "ceiling": "ok"}
+        self._check_pending = False
+        self.fault: Callable[[str], None] | None = None  # tests: called at each cleanup stage
+        self.last_check: dict[str, Any] | None = None
+
+    @property
+    def layout(self) -> Any:
+        return self.engine.layout
+
+    # --- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        """Finish or revert interrupted cleanups, then start the periodic threshold check."""
+        await self.recover()
+        self.engine.spawn(self._check_loop(), name="storage-check")
+        self.engine.config.on_change(self._on_config)
+        dl = getattr(self.engine, "downloads", None)
+        if dl is not None and callable(getattr(dl, "add_listener", None)):
+            dl.add_listener(self._on_download)
+
+    def _on_config(self, changed: dict[str, Any]) -> None:
+        if any(k.startswith("storage.") for k in changed):
+            self.schedule_check()
+
+    def _on_download(self, model_id: str, version: str, status: str) -> None:
+        if status == "completed":
+            self.schedule_check()
+
+    def schedule_check(self) -> None:
+        """Run a threshold check soon (coalesced)."""
+        if self._check_pending:
+            return
+        self._check_pending = True
+
+        async def run() -> None:
+            try:
+                await self.check_thresholds()
+            finally:
+                self._check_pending = False
+
+        self.engine.spawn(run(), name="storage-check-once")
+
+    async def _check_loop(self) -> None:
+        while True:
+            try:
+                await self.check_thresholds()
+            except Exception:
+                log.exception("storage check failed")
+            await asyncio.sleep(float(self.engine.config.get("storage.check_interval_s")))
+
+    # --- figures -----------------------------------------------------------
+    def _disk(self) -> tuple[Any, list[DiskEntry], list[DiskEntry], TreeSize]:
+        models_dir = self.layout.models_dir
+        models_dir.mkdir(parents=True, exist_ok=True)
+        du = psutil.disk_usage(str(models_dir))
+        return du, scan_dir(models_dir, with_versions=True), scan_dir(self.layout.partial_dir), measure(self.layout.trash_dir)
+
+    async def _installed_at(self) -> dict[str, float]:
+        return await self.engine.db.read(lambda c: {r[0]: r[1] for r in c.execute(
+            "SELECT model_id, MAX(installed_at) FROM installed_versions GROUP BY model_id")})
+
+    def blockers(self, model_id: str) -> list[str]:
+        """Why `model_id` must not be removed now (empty when it may be)."""
+        out = []
+        eng = self.engine
+        if eng.leases.is_leased(model_id):
+            out.append("in use (leased)")
+        reasons = eng.activity.reasons(model_id)
+        if reasons:
+            out.append("busy: " + ", ".join(sorted(reasons)))
+        q = getattr(eng, "queue", None)
+        if q is not None and q.has_waiting(model_id):
+            out.append("requests are queued for it")
+        dl = getattr(eng, "downloads", None)
+        if dl is not None and callable(getattr(dl, "is_active", None)) and dl.is_active(model_id) and "busy: " not in " ".join(out):
+            out.append("downloading")
+        return out
+
+    def _last_activity(self, model_id: str) -> tuple[float | None, int]:
+        s = self.engine.analytics.summary_of(model_id)
+        if s is None:
+            return None, 0
+        return s.last_activity, s.uses
+
+    def _tier(self, model_id: str, reference: float | None, now: float) -> str:
+        if self.engine.leases.is_leased(model_id):
+            return "hot"
+        if reference is None:
+            return "cold"
+        idle = (now - reference) / DAY
+        if idle <= float(self.engine.config.get("storage.hot_days")):
+            return "hot"
+        if idle <= float(self.engine.config.get("storage.warm_days")):
+            return "warm"
+        return "cold"
+
+    def _partial_owner(self, name: str) -> str | None:
+        ids = self.engine.catalog.models
+        if name in ids:
+            return name
+        best = None
+        for mid in ids:
+            if name.startswith(mid) and len(name) > len(mid) and name[len(mid)] in "._-@" and (best is None or len(mid) > len(best)):
+                best = mid
+        return best
+
+    def _partial_owned(self, entry: DiskEntry, owner: str | None) -> bool:
+        dl = getattr(self.engine, "downloads", None)
+        fn = getattr(dl, "partial_paths", None)
+        if callable(fn):
+            try:
+                if any(Path(p) == entry.path or entry.path in Path(p).parents for p in fn()):
+                    return True
+            except Exception:
+                log.exception("downloads.partial_paths() failed")
+        if owner is not None:
+            if self.engine.activity.busy(owner, "downloading"):
+                return True
+            if dl is not None and callable(getattr(dl, "is_active", None)) and dl.is_active(owner):
+                return True
+        return False
+
+    async def info(self) -> dict[str, Any]:
+        """storage.info: the filesystem, every model's measured size, tier and use, partial data, suggestions."""
+        du, models, partial, trash = await asyncio.to_thread(self._disk)
+        installed = await self._installed_at()
+        now = self.engine.clock.time()
+        rows = []
+        skipped = []
+        models_bytes = 0
+        for e in models:
+            models_bytes += e.size.bytes
+            if e.kind != "dir" or not MODEL_ID_RE.fullmatch(e.name):
+                skipped.append({"name": e.name, "kind": e.kind, "size_bytes": e.size.bytes,
+                                "reason": "symbolic link: not followed, never removed" if e.kind == "symlink" else "not a model directory"})
+                continue
+            last, uses = self._last_activity(e.name)
+            ref = last if last is not None else installed.get(e.name, e.size.newest_mtime or None)
+            rows.append({
+                "model_id": e.name,
+                "size_gb": e.size.bytes / GIB,
+                "size_bytes": e.size.bytes,
+                "apparent_size_bytes": e.size.apparent_bytes,
+                "files": e.size.files,
+                "versions": e.versions,
+                "last_accessed": iso(last),
+                "installed_at": iso(installed.get(e.name)),
+                "usage_frequency": self.engine.analytics.usage_frequency(e.name),
+                "total_uses": uses,
+                "storage_tier": self._tier(e.name, ref, now),
+                "in_catalog": e.name in self.engine.catalog.models,
+                "blocked_by": self.blockers(e.name),
+            })
+        rows.sort(key=lambda r: (-r["size_bytes"], r["model_id"]))
+        max_age = float(self.engine.config.get("storage.partial_max_age_days")) * DAY
+        partial_rows = []
+        for e in partial:
+            owner = self._partial_owner(e.name)
+            orphan = not self._partial_owned(e, owner) and (now - e.size.newest_mtime) >= max_age
+            partial_rows.append({"name": e.name, "model_id": owner, "size_bytes": e.size.bytes, "modified": iso(e.size.newest_mtime),
+                                 "orphaned": orphan})
+        plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed)
+        max_gb = float(self.engine.config.get("storage.max_gb"))
+        return {
+            "storage_summary": {
+                "total_capacity_gb": du.total / GIB,
+                "used_space_gb": du.used / GIB,
+                "available_space_gb": du.free / GIB,
+                "usage_percent": du.percent,
+                "total_capacity_bytes": du.total,
+                "used_space_bytes": du.used,
+                "available_space_bytes": du.free,
+                "models_count": len(rows),
+                "models_size_bytes": models_bytes,
+                "models_size_gb": models_bytes / GIB,
+                "partial_size_bytes": sum(e.size.bytes for e in partial),
+                "partial_size_gb": sum(e.size.bytes for e in partial) / GIB,
+                "trash_size_bytes": trash.bytes,
+                "max_gb": max_gb,
+                "ceiling_usage_percent": (100.0 * models_bytes / (max_gb * GIB)) if max_gb > 0 else None,
+                "min_free_gb": float(self.engine.config.get("storage.min_free_gb")),
+                "below_free_floor": du.free < float(self.engine.config.get("storage.min_free_gb")) * GIB,
+                "models_directory": str(self.layout.models_dir),
+            },
+            "models_storage": rows,
+            "partial_downloads": {"size_bytes": sum(e.size.bytes for e in partial), "entries": partial_rows},
+            "skipped": skipped,
+            "cleanup_suggestions": {
+                "potential_savings_gb": sum(i.size_bytes for i in plan.items) / GIB,
+                "safe_to_remove_count": sum(1 for i in plan.items if i.action == "safe_to_remove"),
+                "candidates": [i.model_id or i.name for i in plan.items],
+            },
+            "tier_rules": {"hot_days": float(self.engine.config.get("storage.hot_days")),
+                           "warm_days": float(self.engine.config.get("storage.warm_days"))},
+        }
+
+    # --- planning ----------------------------------------------------------
+    async def _make_plan(self, cleanup_type: str, models_to_remove: list[str] | None, min_unused_days: float | None,
+                         preserve_frequently_used: bool, threshold_gb: float | None, include_partial: bool = True,
+                         du: Any = None, models: list[DiskEntry] | None = None, partial: list[DiskEntry] | None = None,
+                         installed: dict[str, float] | None = None) -> Plan:
+        if models is None or partial is None or du is None:
+            du, models, partial, _ = await asyncio.to_thread(self._disk)
+        if installed is None:
+            installed = await self._installed_at()
+        cfg = self.engine.config
+        now = self.engine.clock.time()
+        keep_days = float(cfg.get("storage.keep_used_within_days")) if min_unused_days is None else float(min_unused_days)
+        keep_more = int(cfg.get("storage.keep_used_more_than"))
+        window = float(cfg.get("storage.frequent_window_days"))
+        recent = await self.engine.analytics.uses_since(now - window * DAY)
+        items: list[PlanItem] = []
+        preserved: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        keepable: list[tuple[float, int, DiskEntry, float | None, int]] = []  # kept only by retention: pressure may take them
+        wanted = set(models_to_remove or [])
+        models_bytes = sum(e.size.bytes for e in models)
+        processed = 0
+        for e in models:
+            if e.kind != "dir" or not MODEL_ID_RE.fullmatch(e.name):
+                if e.name in wanted or cleanup_type == "auto":
+                    skipped.append({"name": e.name, "kind": e.kind,
+                                    "reason": "symbolic link: not followed, never removed" if e.kind == "symlink" else "not a model directory"})
+                wanted.discard(e.name)
+                continue
+            mid = e.name
+            if cleanup_type == "manual" and mid not in wanted:
+                continue
+            wanted.discard(mid)
+            processed += 1
+            last, uses = self._last_activity(mid)
+            n_recent = recent.get(mid, 0)
+            block = self.blockers(mid)
+            if block:
+                preserved.append({"model_id": mid, "reason": "; ".join(block)})
+                continue
+            if preserve_frequently_used and n_recent > keep_more:
+                preserved.append({"model_id": mid, "reason": f"used {n_recent} times in the last {window:g} days (more than {keep_more})"})
+                continue
+            ref = last if last is not None else installed.get(mid, e.size.newest_mtime or now)
+            idle_days = (now - ref) / DAY
+            if cleanup_type == "manual":
+                items.append(PlanItem("model", mid, mid, e.size.bytes, "asked for", 1.0, last, uses))
+                continue
+            if idle_days < keep_days:
+                what = "used" if last is not None else "installed"
+                preserved.append({"model_id": mid, "reason": f"{what} {idle_days:.1f} days ago (kept for {keep_days:g} days)"})
+                if self._tier(mid, ref, now) != "hot":
+                    keepable.append((ref, e.size.bytes, e, last, uses))
+                continue
+            if last is None:
+                reason = f"Never used; installed {idle_days:.0f} days ago"
+                conf = 0.9
+            else:
+                reason = f"Not used in {idle_days:.0f} days"
+                conf = 0.9 if idle_days >= 2 * keep_days else 0.75
+            if mid not in self.engine.catalog.models and self.engine.catalog_error is None:
+                reason += "; not in the catalog"
+            items.append(PlanItem("model", mid, mid, e.size.bytes, reason, conf, last, uses))
+        for name in sorted(wanted):
+            if name in self.engine.catalog.models:
+                skipped.append({"name": name, "kind": "missing", "reason": "not installed"})
+            else:
+                skipped.append({"name": name, "kind": "missing", "reason": "no such model"})
+        if cleanup_type == "auto":
+            # ceiling and floor: take more, least recently used first (never hot models)
+            max_gb = float(cfg.get("storage.max_gb")) if threshold_gb is None else float(threshold_gb)
+            need = 0
+            why = ""
+            planned = sum(i.size_bytes for i in items)
+            if max_gb > 0 and models_bytes - planned > max_gb * GIB:
+                need = int(models_bytes - planned - max_gb * GIB)
+                why = f"models use {models_bytes / GIB:.2f} GiB, over the {max_gb:g} GiB ceiling"
+            floor = float(cfg.get("storage.min_free_gb")) * GIB
+            if du.free + planned < floor and floor - du.free - planned > need:
+                need = int(floor - du.free - planned)
+                why = f"free space {du.free / GIB:.2f} GiB is under the {floor / GIB:g} GiB floor"
+            if need > 0:
+                got = 0
+                for ref, size, e, last, uses in sorted(keepable, key=lambda k: (k[0], -k[1], k[2].name)):
+                    if got >= need:
+                        break
+                    items.append(PlanItem("model", e.name, e.name, size, why + "; least recently used", 0.5, last, uses))
+                    preserved = [p for p in preserved if p["model_id"] != e.name]
+                    got += size
+        if include_partial and cleanup_type == "auto":
+            max_age = float(cfg.get("storage.partial_max_age_days")) * DAY
+            for e in partial:
+                owner = self._partial_owner(e.name)
+                age = now - e.size.newest_mtime
+                if age < max_age or self._partial_owned(e, owner):
+                    continue
+                items.append(PlanItem("partial", e.name, owner, e.size.bytes,
+                                      f"partial download data untouched for {age / DAY:.0f} days, no download owns it", 0.8, None, 0))
+        plan = Plan("plan_" + secrets.token_hex(6), time.monotonic(), items, preserved, skipped, models_bytes, du.free, processed)
+        self._plans = {k: p for k, p in self._plans.items() if time.monotonic() - p.created_at < PLAN_TTL_S}
+        self._plans[plan.plan_id] = plan
+        return plan
+
+    async def recommendations(self, storage_threshold_gb: float | None, min_unused_days: float | None) -> dict[str, Any]:
+        """analytics.cleanup: every recommendation with its reason, last use, size and confidence, and the savings."""
+        plan = await self._make_plan("auto", None, min_unused_days, True, storage_threshold_gb)
+        savings = sum(i.size_bytes for i in plan.items)
+        home = self.layout.home
+        recs = []
+        for i in plan.items:
+            d = i.to_dict(home)
+            recs.append(d)
+        return {
+            "recommendations": recs,
+            "potential_savings_gb": savings / GIB,
+            "potential_savings_bytes": savings,
+            "current_usage_gb": plan.models_bytes / GIB,
+            "target_usage_gb": max(0, plan.models_bytes - sum(i.size_bytes for i in plan.items if i.kind == "model")) / GIB,
+            "preserved": plan.preserved,
+            "skipped": plan.skipped,
+            "plan_id": plan.plan_id,
+            "policy": {k.split(".", 1)[1]: self.engine.config.get(k) for k in (
+                "storage.keep_used_within_days", "storage.keep_used_more_than", "storage.frequent_window_days",
+                "storage.max_gb", "storage.min_free_gb", "storage.partial_max_age_days")},
+        }
+
+    # --- cleanup -----------------------------------------------------------
+    async def cleanup(self, cleanup_type: str = "auto", models_to_remove: list[Any] | None = None, min_unused_days: float | None = None,
+                      preserve_frequently_used: bool = True, dry_run: bool = False, plan_id: str | None = None,
+                      include_partial: bool = True) -> dict[str, Any]:
+        """storage.cleanup: a dry run returns the plan; a real run removes what its plan names and is still safe to remove."""
+        if cleanup_type not in ("auto", "manual"):
+            raise InvalidParams("cleanup_type must be auto or manual", field="cleanup_type")
+        if models_to_remove is not None and not all(isinstance(m, str) for m in models_to_remove):
+            raise InvalidParams("models_to_remove must be a list of model ids", field="models_to_remove")
+        if cleanup_type == "manual" and not models_to_remove and plan_id is None:
+            raise InvalidParams("a manual cleanup needs models_to_remove", field="models_to_remove")
+        async with self._lock:
+            if plan_id is not None:
+                plan = self._plans.get(plan_id)
+                if plan is None or time.monotonic() - plan.created_at > PLAN_TTL_S:
+                    raise NotFound(f"no plan {plan_id!r} (plans last {PLAN_TTL_S / 60:g} minutes)", field="plan_id")
+            else:
+                plan = await self._make_plan(cleanup_type, models_to_remove, min_unused_days, preserve_frequently_used, None, include_partial)
+            home = self.layout.home
+            result: dict[str, Any] = {
+                "success": True,
+                "dry_run": dry_run,
+                "plan_id": plan.plan_id,
+                "plan": [i.to_dict(home) for i in plan.items],
+                "planned_savings_gb": sum(i.size_bytes for i in plan.items) / GIB,
+                "planned_savings_bytes": sum(i.size_bytes for i in plan.items),
+            }
+            if dry_run:
+                result.update({"cleanup_id": None, "models_removed": [], "partial_removed": [], "space_freed_gb": 0.0, "bytes_freed": 0,
+                               "models_preserved": [p["model_id"] for p in plan.preserved], "preserved": plan.preserved,
+                               "skipped": plan.skipped, "errors": [],
+                               "summary": {"total_processed": plan.processed, "removed": 0, "preserved": len(plan.preserved), "errors": 0}})
+                return result
+            self._plans.pop(plan.plan_id, None)  # a plan runs once
+            cleanup_id = "cleanup_" + secrets.token_hex(6)
+            removed: list[str] = []
+            partial_removed: list[str] = []
+            preserved = list(plan.preserved)
+            errors: list[dict[str, Any]] = []
+            freed = 0
+            for item in plan.items:
+                try:
+                    got = await self._remove(cleanup_id, item, plan)
+                except CleanupCrash:
+                    raise
+                except _Preserve as p:
+                    preserved.append({"model_id": item.model_id or item.name, "reason": str(p)})
+                    continue
+                except Exception as exc:
+                    log.exception("cleanup %s: removing %s %s failed", cleanup_id, item.kind, item.name)
+                    errors.append({"name": item.name, "kind": item.kind, "error": exc.__class__.__name__})
+                    continue
+                freed += got
+                (removed if item.kind == "model" else partial_removed).append(item.name)
+            log.info("cleanup %s removed %d models and %d partial entries, freed %d bytes", cleanup_id, len(removed), len(partial_removed), freed)
+        if removed:
+            await self.engine.refresh_presence(removed)
+        self.schedule_check()
+        result.update({
+            "cleanup_id": cleanup_id,
+            "models_removed": removed,
+            "partial_removed": partial_removed,
+            "space_freed_gb": freed / GIB,
+            "bytes_freed": freed,
+            "models_preserved": [p["model_id"] for p in preserved],
+            "preserved": preserved,
+            "skipped": plan.skipped,
+            "errors": errors,
+            "summary": {"total_processed": plan.processed, "removed": len(removed), "preserved": len(preserved), "errors": len(errors)},
+        })
+        return result
+
+    def _fault(self, stage: str) -> None:
+        if self.fault is not None:
+            self.fault(stage)
+        if os.environ.get(FAULT_ENV) == stage:
+            log.error("test fault %s: exiting now", stage)
+            os._exit(70)
+
+    async def _remove(self, cleanup_id: str, item: PlanItem, plan: Plan) -> int:
+        """Move one plan item aside into trash/, forget it in the database, delete it; return bytes freed."""
+        base = self.layout.models_dir if item.kind == "model" else self.layout.partial_dir
+        src = base / item.name
+        dst = self.layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name}"
+        if item.kind == "model":
+            self._recheck(item, plan, src)
+        elif not os.path.lexists(src):
+            raise _Preserve("already gone")
+        db = self.engine.db
+        row_id = await db.write(lambda c: c.execute(
+            "INSERT INTO storage_trash (cleanup_id, model_id, kind, src, dst, size_bytes, state, created_at) VALUES (?,?,?,?,?,?,?,?)",
+            (cleanup_id, item.model_id, item.kind, str(src), str(dst), item.size_bytes, "moving", time.time())).lastrowid)
+        self._fault("after_journal")
+        try:
+            if item.kind == "model":
+                self._recheck(item, plan, src)  # again, with no await before the rename: nobody can take it in between
+            self.layout.trash_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+        except BaseException:
+            await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
+            raise
+        hold = self.engine.activity.hold(item.model_id, "removing") if item.kind == "model" and item.model_id else None
+        if hold is not None:
+            hold.__enter__()
+        try:
+            fsync_dir(base)
+            self._fault("after_move")
+
+            def forget(c: Any) -> None:
+                c.execute("UPDATE storage_trash SET state = 'moved' WHERE id = ?", (row_id,))
+                if item.kind == "model":
+                    _forget_model(c, item.name)
+
+            await db.write(forget)
+            self._fault("before_delete")
+            freed = await asyncio.to_thread(remove_tree, dst)
+            await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
+            log.info("cleanup %s removed %s %s (%d bytes freed): %s", cleanup_id, item.kind, item.name, freed, item.reason)
+            return freed
+        finally:
+            if hold is not None:
+                hold.__exit__(None, None, None)
+
+    def _recheck(self, item: PlanItem, plan: Plan, src: Path) -> None:
+        block = self.blockers(item.name)
+        if block:
+            raise _Preserve("; ".join(block))
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            raise _Preserve("already gone") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise _Preserve("no longer a real directory: left alone")
+        last, _ = self._last_activity(item.name)
+        if last is not None and (item.last_used is None or last > item.last_used) and item.confidence < 1.0:
+            raise _Preserve("used since the plan was made")  # a manual request stands; an automatic verdict is stale
+
+    # --- recovery ----------------------------------------------------------
+    async def recover(self) -> list[str]:
+        """Finish removals whose directory reached the trash, revert the others; return the affected model ids."""
+        rows = await self.engine.db.read(lambda c: [tuple(r) for r in c.execute(
+            "SELECT id, cleanup_id, model_id, kind, src, dst, state FROM storage_trash ORDER BY id")])
+        touched: list[str] = []
+        for rid, cid, mid, kind, src, dst, state in rows:
+            src_p, dst_p = Path(src), Path(dst)
+            if not _inside(dst_p, self.layout.trash_dir):
+                log.error("cleanup journal row %s names %s outside the trash: ignored", rid, dst)
+                await self.engine.db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
+                continue
+            moved = os.path.lexists(dst_p)
+            if state == "moving" and not moved:
+                log.warning("cleanup %s of %s %s was interrupted before the move: reverted, nothing was removed", cid, kind, mid)
+            else:
+                src_back = os.path.lexists(src_p)
+
+                def forget(c: Any, rid: int = rid, kind: str = kind, name: str = src_p.name, src_back: bool = src_back) -> None:
+                    if kind == "model" and not src_back:
+                        _forget_model(c, name)
+                    c.execute("UPDATE storage_trash SET state = 'moved' WHERE id = ?", (rid,))
+
+                await self.engine.db.write(forget)
+                freed = await asyncio.to_thread(remove_tree, dst_p) if moved else 0
+                log.warning("cleanup %s of %s %s was interrupted after the move: finished (%d bytes freed)", cid, kind, mid, freed)
+                if kind == "model" and mid:
+                    touched.append(mid)
+            await self.engine.db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
+        # leftovers of ours in the trash that no journal row names (a crash after the delete, before the journal update)
+        known = {Path(r[5]).name for r in rows}
+        for e in await asyncio.to_thread(scan_dir, self.layout.trash_dir):
+            if e.name.startswith("cleanup_") and e.name not in known:
+                await asyncio.to_thread(remove_tree, e.path)
+        if touched:
+            await self.engine.refresh_presence(touched)
+        return touched
+
+    # --- warnings ----------------------------------------------------------
+    async def check_thresholds(self) -> dict[str, Any]:
+        """Measure free space and the models' size; emit storage_warning when a state changes."""
+        def measure_now() -> tuple[Any, int]:
+            self.layout.models_dir.mkdir(parents=True, exist_ok=True)
+            return psutil.disk_usage(str(self.layout.models_dir)), measure(self.layout.models_dir).bytes
+
+        du, models_bytes = await asyncio.to_thread(measure_now)
+        cfg = self.engine.config
+        floor = float(cfg.get("storage.min_free_gb"))
+        max_gb = float(cfg.get("storage.max_gb"))
+        warn_pct = float(cfg.get("storage.ceiling_warn_percent"))
+        free_state = "low" if du.free < floor * GIB else "ok"
+        if max_gb > 0 and models_bytes > max_gb * GIB:
+            ceiling_state = "exceeded"
+        elif max_gb > 0 and models_bytes >= max_gb * GIB * warn_pct / 100:
+            ceiling_state = "near"
+        else:
+            ceiling_state = "ok"
+        figures = {"free_gb": du.free / GIB, "min_free_gb": floor, "models_gb": models_bytes / GIB, "max_gb": max_gb,
+                   "total_gb": du.total / GIB, "usage_percent": du.percent}
+        for key, state, msg in (
+            ("free_space", free_state, f"free space {du.free / GIB:.2f} GiB is under the {floor:g} GiB floor" if free_state == "low"
+             else f"free space {du.free / GIB:.2f} GiB is back above the {floor:g} GiB floor"),
+            ("ceiling", ceiling_state, {"exceeded": f"models use {models_bytes / GIB:.2f} GiB, over the {max_gb:g} GiB ceiling",
+                                        "near": f"models use {models_bytes / GIB:.2f} GiB, {warn_pct:g}% or more of the {max_gb:g} GiB ceiling",
+                                        "ok": f"models use {models_bytes / GIB:.2f} GiB, within the ceiling"}[ceiling_state]),
+        ):
+            old = self._warn_state[key]
+            if state != old:
+                self._warn_state[key] = state
+                level = "resolved" if state == "ok" else "critical" if state in ("low", "exceeded") else "warning"
+                log.warning("storage_warning %s %s: %s", key, state, msg)
+                self.engine.events.emit("storage_warning", warning_type=key, state=state, level=level, message=msg, **figures)
+        self.last_check = {"free_space": free_state, "ceiling": ceiling_state, **figures}
+        return self.last_check
+
+
+class _Preserve(Exception):
+    """A plan item that turned out not to be removable now; the message says why."""
+
+
+def _forget_model(conn: Any, model_id: str) -> None:
+    for table in ("installed_versions", "installed_files", "file_pieces"):
+        conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (model_id,))
+
+
+def _inside(path: Path, base: Path) -> bool:
+    try:
+        path.relative_to(base)
+    except ValueError:
+        return False
+    return ".." not in path.parts
