@@ -1,0 +1,198 @@
+"""CPU of the TUI and of the engine it watches: a 1,000-model catalog, 8 downloads running, and idle.
+
+An engine subprocess serves a 1,000-model catalog; 8 of the models are real
+files on a local mirror (this process), throttled so the downloads run for the
+whole measurement. The TUI runs as `mavail tui` in a pseudo-terminal of 80x24
+whose output is read and thrown away, so its rendering to a terminal is part
+of the figure. CPU is measured from the processes' own CPU times (user+system)
+over a window, as % of one core.
+
+Phases: engine idle without TUI; engine idle with the TUI attached (Models
+tab); 8 downloads with the TUI on the Downloads tab, then on the Models tab;
+the same downloads with the TUI detached (the engine's download work alone).
+
+    .venv/bin/python scripts/bench/tui.py [--models 1000] [--downloads 8] [--window 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from _common import ROOT, engine_process, short_tmpdir
+
+from core.mirror import MIB, Mirror, Synthetic
+from rpc.client import Client
+
+
+PARALLEL = 4  # the engine's default connections per large file
+
+
+def write_home(home: Path, mirror: Mirror, n_models: int, n_big: int, big_mib: int, concurrent: int) -> list[str]:
+    """The catalog (n_big real downloads, the rest never fetched) and a config; the ids to download."""
+    home.mkdir(parents=True, exist_ok=True)
+    sha = hashlib.sha256(b"").hexdigest()
+    parts, big = [], []
+    for i in range(n_big):
+        mid = f"bench-dl-{i:02d}"
+        big.append(mid)
+        parts.append(mirror.add_model(mid, {"model.safetensors": Synthetic(mid, big_mib * MIB)}))
+    for i in range(n_models - n_big):
+        parts.append(
+            f'[[models]]\nid = "bench-model-{i:04d}"\nversion = "1.0.{i % 7}"\ndisplay_name = "Bench {i}"\n'
+            f'model_type = "text_to_video"\ncapabilities = ["text_to_video"]\nquality = "medium"\nspeed = "fast"\n'
+            f'[models.vram_gb]\n"832x480" = 8.0\n'
+            f'[[models.files]]\npath = "model.safetensors"\nurl = "http://127.0.0.1:9/m{i}"\nsize = {1024 * (i + 1)}\nsha256 = "{sha}"\n'
+        )
+    (home / "catalog.toml").write_text("".join(parts))
+    (home / "config.toml").write_text(f"[downloads]\nmax_concurrent = {concurrent}\nparallel_ranges = {PARALLEL}\n"
+                                      "[storage]\nmin_free_gb = 0.0\n")
+    return big
+
+
+class PtyTui:
+    """`mavail tui` in an 80x24 pseudo-terminal; output drained by a thread."""
+
+    def __init__(self, sock: Path) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT), "COLUMNS": "80", "LINES": "24"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "tui", "--socket", str(sock)], cwd=ROOT, env=env,
+                                     stdin=slave, stdout=slave, stderr=slave, close_fds=True, start_new_session=True)
+        os.close(slave)
+        self.master = master
+        self.bytes_out = 0
+        self.tail = b""
+        self._stop = False
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.bytes_out += len(data)
+            self.tail = (self.tail + data)[-200_000:]
+
+    def wait_for(self, text: bytes, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.tail:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the TUI did not show {text!r}")
+            time.sleep(0.05)
+
+    def press(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.press(b"q")
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stop = True
+        os.close(self.master)
+
+
+def cpu_percent(procs: dict[str, psutil.Process], window: float) -> dict[str, float]:
+    """% of one core each process used over `window` seconds."""
+    def total(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    start = {k: total(p) for k, p in procs.items()}
+    t0 = time.monotonic()
+    time.sleep(window)
+    wall = time.monotonic() - t0
+    return {k: 100.0 * (total(p) - start[k]) / wall for k, p in procs.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=1000)
+    ap.add_argument("--downloads", type=int, default=8)
+    ap.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
+    ap.add_argument("--idle-window", type=float, default=35.0, help="seconds of the idle phase (covers a 30 s resync)")
+    ap.add_argument("--rate-mbps", type=float, default=0.5, help="per-connection mirror rate, MiB/s")
+    args = ap.parse_args()
+    rows: list[tuple[str, str, float]] = []
+    # enough to outlast the download phases, with every connection of a download running
+    big_mib = int(args.rate_mbps * PARALLEL * (args.window * 3 + 45)) + 16
+
+    with short_tmpdir() as d, Mirror() as mirror:
+        mirror.default_faults.throttle_bps = args.rate_mbps * MIB
+        home, sock = d / "home", d / "e.sock"
+        big = write_home(home, mirror, args.models, args.downloads, big_mib, args.downloads)
+        with engine_process(home, sock) as engine:
+            eng = psutil.Process(engine.pid)
+            with Client(sock) as c:
+                methods = set(c.call("session.hello")["methods"])
+            time.sleep(1.0)
+            rows.append(("engine idle, no TUI", "engine", cpu_percent({"e": eng}, args.window)["e"]))
+
+            tui = PtyTui(sock)
+            try:
+                tui.wait_for(b"bench-dl-00")
+                time.sleep(2.0)  # first fetches done
+                r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.idle_window)
+                rows += [("idle, TUI attached (Models tab)", "engine", r["e"]), ("idle, TUI attached (Models tab)", "TUI", r["t"])]
+                if "downloads.start" not in methods:
+                    print("this engine has no downloads.start: the download phases are skipped", file=sys.stderr)
+                else:
+                    with Client(sock) as c:
+                        for mid in big:
+                            c.call("downloads.start", model_id=mid)
+                    tui.press(b"2")
+                    tui.wait_for(b"bench-dl-07" if args.downloads >= 8 else big[-1].encode())
+                    time.sleep(2.0)
+                    r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.window)
+                    label = f"{args.downloads} downloads, TUI on Downloads tab"
+                    rows += [(label, "engine", r["e"]), (label, "TUI", r["t"])]
+                    tui.press(b"1")
+                    time.sleep(1.0)
+                    r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.window)
+                    label = f"{args.downloads} downloads, TUI on Models tab"
+                    rows += [(label, "engine", r["e"]), (label, "TUI", r["t"])]
+            finally:
+                tui.close()
+            if "downloads.start" in methods:
+                time.sleep(1.0)
+                r = cpu_percent({"e": eng}, args.window)
+                rows.append((f"{args.downloads} downloads, no TUI (download work)", "engine", r["e"]))
+                with Client(sock) as c:
+                    active = c.call("downloads.active")
+                running = sum(1 for a in active["active_downloads"] if a["status"] == "downloading")
+                rows.append((f"downloads still running at the end ({running})", "-", float(running)))
+
+    print(f"{'phase':<48} {'process':<7} {'% of one core':>13}")
+    for phase, proc, pct in rows:
+        print(f"{phase:<48} {proc:<7} {pct:>13.1f}")
+    with_tui = [p for ph, pr, p in rows if pr == "engine" and "Downloads tab" in ph]
+    alone = [p for ph, pr, p in rows if pr == "engine" and "no TUI (download work)" in ph]
+    if with_tui and alone:
+        print(f"engine CPU the attached TUI adds beside the download work: {with_tui[0] - alone[0]:+.1f} points")
+    print(f"({args.models} models, mirror at {args.rate_mbps:g} MiB/s per connection, {args.window:g} s windows "
+          f"({args.idle_window:g} s idle), "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""TUI widgets with a stub engine link: live tables by key, unavailable tabs, filter, sort, errors, keys, confirm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rpc.client import CallTimeout, EngineUnavailable, RpcError
+from tui import format as fmt
+from tui.app import MavailApp, load_keymap
+from tui.client import error_text
+from tui.screens.confirm import ConfirmScreen
+from tui.widgets.live_table import LiveTable
+
+from tests.tui_helpers import StubLink, screen_text, until
+
+
+def status(mid: str, st: str = "missing", **kw: Any) -> dict[str, Any]:
+    return {"model_id": mid, "availability_status": st, "version": "1.0.0", "size_bytes": 1 << 30, **kw}
+
+
+def make_app(answers: dict[str, Any], methods: set[str] | None = None, **kw: Any) -> tuple[MavailApp, StubLink]:
+    link = StubLink(answers, methods)
+    app = MavailApp(link=link, keymap=kw.pop("keymap", {}), drain_interval_s=0.01, **kw)
+    link.app = app
+    return app, link
+
+
+def models_answer(*statuses: dict[str, Any]) -> dict[str, Any]:
+    return {"models": {s["model_id"]: s for s in statuses}, "summary": {"total_models": len(statuses)}}
+
+
+async def test_models_table_updates_rows_by_key_without_refill():
+    state = {"rows": [status("a"), status("b", "available"), status("c")]}
+    app, link = make_app({"models.status": lambda **p: models_answer(*state["rows"]) if not p else status(p["model_id"], "downloading")})
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.pane("models")
+        await until(pilot, lambda: pane.loaded)
+        table = pane.table
+        assert table is not None and table.keys() == ["a", "b", "c"]
+        table.move_cursor(row=2)
+        # a resync where one row changed, one is gone and one is new
+        state["rows"] = [status("a", "available"), status("c"), status("d")]
+        before = pane.loads
+        pane.reload()
+        await until(pilot, lambda: pane.loads > before)
+        assert [str(k.value) for k in table.rows] == ["a", "c", "d"]
+        assert str(table.cell("a", "status")) == "available"
+        assert table.updates >= 1
+        assert table.selected_key == "c"  # the cursor stayed on its row: nothing was cleared
+        # a live event updates the cell at once, then the model is refetched by id
+        link.push("model_availability_change", model_id="c", old_status="missing", new_status="queued")
+        await until(pilot, lambda: str(table.cell("c", "status")) in ("queued", "downloading"))
+        await until(pilot, lambda: ("models.status", {"model_id": "c"}) in link.calls)
+
+
+async def test_progress_events_supersede_and_update_downloads_row():
+    active = {"active_downloads": [{"model_id": "m", "status": "downloading", "progress_percent": 10.0, "priority": "normal",
+                                    "downloaded_bytes": 10, "total_bytes": 100, "speed_mbps": 1.0, "eta_seconds": 9}],
+              "total_active": 1}
+    app, link = make_app({"models.status": models_answer(status("m", "downloading")), "downloads.active": active,
+                          "downloads.progress": {}})
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.pane("downloads")
+        await until(pilot, lambda: pane.loaded)
+        for pct in (20.0, 30.0, 40.0, 55.0):
+            link.push("model_download_progress", model_id="m", status="downloading", progress_percent=pct)
+        assert len(app._inbox) == 1  # the newest progress event replaced the pending ones
+        await until(pilot, lambda: "55%" in str(pane.table.cell("m", "progress")))
+        await pilot.press("2")
+        await until(pilot, lambda: "55%" in screen_text(app))
+
+
+async def test_tab_without_engine_methods_says_not_available():
+    app, _ = make_app({"models.status": models_answer(status("a"))})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        for key, name, method in (("3", "Health", "health.status"), ("4", "Queue", "fallback.queue_list"),
+                                  ("5", "Storage", "storage.info"), ("6", "Usage", "analytics.usage")):
+            await pilot.press(key)
+            await until(pilot, lambda: "not available from this engine" in screen_text(app))
+            text = screen_text(app)
+            assert f"{name} is not available" in text and method in text
+
+
+async def test_filter_and_sort_keep_every_row_in_the_source():
+    rows = [status("wan2.2-t2v-a14b", size_bytes=3), status("wan2.2-i2v-a14b", size_bytes=1), status("ltx-video", size_bytes=2)]
+    app, _ = make_app({"models.status": models_answer(*rows)})
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.pane("models")
+        await until(pilot, lambda: pane.loaded)
+        await pilot.press("slash")
+        for ch in "wan":
+            await pilot.press(ch)
+        table = pane.table
+        assert table is not None
+        await until(pilot, lambda: table.row_count == 2)
+        await pilot.press("escape")
+        await until(pilot, lambda: table.row_count == 3)
+        await pilot.press("s")  # by id
+        assert [str(k.value) for k in sorted(table.rows, key=table.get_row_index)][0] == "ltx-video"
+        await pilot.press("s", "s")  # id descending, then status
+        await pilot.press("s", "s", "s")  # status desc, version asc, version desc
+        await pilot.press("s")  # size ascending
+        order = [str(k.value) for k in sorted(table.rows, key=table.get_row_index)]
+        assert order == ["wan2.2-i2v-a14b", "ltx-video", "wan2.2-t2v-a14b"]
+
+
+async def test_engine_errors_show_the_contract_message():
+    err = RpcError(-32002, "a download of 'm' is already running", {"code": "CONFLICT", "details": {"model_id": "m"}})
+    app, link = make_app({"models.status": models_answer(status("m")), "downloads.start": err})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        await pilot.press("enter")
+        await until(pilot, lambda: any("CONFLICT: a download of 'm' is already running" in str(n.message) for n in app._notifications))
+        assert ("downloads.start", {"model_id": "m"}) in link.calls
+
+
+async def test_destructive_action_asks_and_does_nothing_on_no():
+    app, link = make_app({"models.status": models_answer(status("m", "downloading")), "downloads.cancel": {"success": True}})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Cancel the download of m?" in screen_text(app)
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert not any(m == "downloads.cancel" for m, _ in link.calls)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: ("downloads.cancel", {"model_id": "m", "keep_partial": False}) in link.calls)
+
+
+async def test_remapped_key_help_palette_and_light_theme():
+    app, link = make_app({"models.status": models_answer(status("m", "downloading")), "downloads.pause": {"message": "paused"}},
+                         keymap={"mavail.pause": "P"})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        await pilot.press("p")
+        await pilot.pause()
+        assert not any(m == "downloads.pause" for m, _ in link.calls)
+        await pilot.press("P")
+        await until(pilot, lambda: any(m == "downloads.pause" for m, _ in link.calls))
+        await pilot.press("question_mark")
+        await until(pilot, lambda: "mavail.pause" in screen_text(app))
+        await pilot.press("escape")
+        await pilot.press("t")
+        assert app.theme == "textual-light"
+        await pilot.press("ctrl+p")
+        for ch in "resume":
+            await pilot.press(ch)
+        await until(pilot, lambda: "Resume the selected" in screen_text(app))
+
+
+def test_keymap_file(tmp_path: Path):
+    p = tmp_path / "keymap.toml"
+    p.write_text('[keys]\n"mavail.pause" = "P"\n"nope" = "z"\n')
+    keys, error = load_keymap(p)
+    assert keys == {"mavail.pause": "P"} and error and "nope" in error
+    assert load_keymap(tmp_path / "missing.toml") == ({}, None)
+
+
+def test_error_text_and_formatting():
+    assert error_text(RpcError(-32602, "max_concurrent must be at most 64", {"code": "INVALID_PARAMS", "details": {"field": "downloads.max_concurrent"}})) \
+        == "INVALID_PARAMS: max_concurrent must be at most 64 [downloads.max_concurrent]"
+    assert error_text(EngineUnavailable("x")).startswith("DISCONNECTED")
+    assert error_text(CallTimeout("x")).startswith("TIMEOUT")
+    assert fmt.size(1536 * 1024 * 1024) == "1.5G" and fmt.duration(185) == "3m05s" and fmt.bar(0.5, 4) == "██░░"
+    assert fmt.sparkline([0, 1, 2]) == "▁▅█"
+
+
+async def test_live_table_direct():
+    from textual.app import App, ComposeResult
+
+    from tui.widgets.live_table import Column
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable([Column("id", "Id"), Column("v", "V", sort=lambda r: r["v"])])
+
+    async with One().run_test(size=(40, 10)) as pilot:
+        t = pilot.app.query_one(LiveTable)
+        t.sync({k: ((k, str(v)), {"v": v}) for k, v in (("a", 3), ("b", 1))})
+        t.upsert("a", ("a", "4"), {"v": 4})
+        assert t.updates == 1 and t.cell("a", "v") == "4"
+        t.upsert("a", ("a", "4"), {"v": 4})
+        assert t.updates == 1  # unchanged cells are not touched
+        t.remove("b")
+        assert t.keys() == ["a"] and t.row_count == 1
+
+
+async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
+    def cleanup(**p: Any) -> dict[str, Any]:
+        if p.get("dry_run"):
+            return {"models_removed": ["old-a", "old-b"], "space_freed_gb": 12.5, "models_preserved": ["wan2.2-ti2v-5b"]}
+        return {"models_removed": p["models_to_remove"], "space_freed_gb": 12.5}
+
+    app, link = make_app({"models.status": models_answer(status("old-a", "available")), "storage.cleanup": cleanup})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        text = screen_text(app)
+        assert "old-a" in text and "old-b" in text and "12.5G" in text and "Nothing has been deleted yet" in text
+        assert [p for m, p in link.calls if m == "storage.cleanup"] == [{"cleanup_type": "auto", "dry_run": True}]
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert all(p.get("dry_run") for m, p in link.calls if m == "storage.cleanup")
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: ("storage.cleanup", {"cleanup_type": "manual", "models_to_remove": ["old-a", "old-b"], "dry_run": False}) in link.calls)
+
+
+async def test_health_alerts_and_availability_changes_become_notifications():
+    app, link = make_app({"models.status": models_answer(status("m", "downloading"))})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.pane("models").loaded)
+        link.push("model_health_alert", model_id="m", alert_type="corruption_detected", severity="warning",
+                  message="3 pieces do not match their sha256")
+        link.push("model_availability_change", model_id="m", old_status="downloading", new_status="available")
+        await until(pilot, lambda: len(app._notifications) >= 2)
+        texts = [(n.title, str(n.message), n.severity) for n in app._notifications]
+        assert ("Health alert", "m: 3 pieces do not match their sha256", "warning") in texts
+        assert any("m: downloading → available" in t for _, t, _ in texts)
+        await until(pilot, lambda: str(app.pane("models").table.cell("m", "status")) == "available")

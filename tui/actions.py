@@ -1,0 +1,282 @@
+"""Every user action of the TUI: one table (key, binding id, description) used by bindings, help and palette."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from textual.binding import Binding
+
+from rpc.client import CallTimeout, EngineUnavailable, RpcError
+from tui import format as fmt
+from tui.client import error_text
+from tui.screens.confirm import ConfirmScreen
+
+if TYPE_CHECKING:
+    from tui.app import MavailApp
+    from tui.widgets.base import Pane
+
+PRIORITIES = ("low", "normal", "high", "critical")
+TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", "settings")
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """One action: binding id (what a keymap remaps), default key, action string, footer label, description."""
+
+    id: str
+    key: str
+    action: str
+    label: str
+    description: str
+    show: bool = True
+    key_display: str | None = None
+
+    def binding(self) -> Binding:
+        """The Textual binding for this action."""
+        return Binding(self.key, self.action, self.label, show=self.show, key_display=self.key_display, id=self.id)
+
+
+ACTIONS: tuple[ActionSpec, ...] = (
+    ActionSpec("mavail.pause", "p", "pause", "Pause", "Pause the selected download, keeping its partial data"),
+    ActionSpec("mavail.resume", "r", "resume", "Resume", "Resume the selected paused or failed download"),
+    ActionSpec("mavail.cancel", "c", "cancel", "Cancel", "Cancel the selected download (or queued request); asks first"),
+    ActionSpec("mavail.priority_up", "plus", "priority(1)", "Prio+", "Raise the selected download's priority", key_display="+", show=False),
+    ActionSpec("mavail.priority_down", "minus", "priority(-1)", "Prio-", "Lower the selected download's priority", key_display="-", show=False),
+    ActionSpec("mavail.request", "enter", "request", "Get", "Download or request the selected model", show=False),
+    ActionSpec("mavail.check", "h", "check", "Check", "Run a full health check of the selected model"),
+    ActionSpec("mavail.repair", "R", "repair", "Repair", "Repair the selected model (re-downloads bad pieces); asks first", show=False),
+    ActionSpec("mavail.cleanup", "x", "cleanup", "Clean", "Plan a storage cleanup (dry run), then ask before deleting"),
+    ActionSpec("mavail.update", "u", "update", "Update", "Update the selected model to the catalog's version; asks first", show=False),
+    ActionSpec("mavail.filter", "slash", "filter", "Filter", "Filter the table by model id", key_display="/"),
+    ActionSpec("mavail.sort", "s", "sort", "Sort", "Sort the table by the next column", show=False),
+    ActionSpec("mavail.help", "question_mark", "help", "Help", "Show every key and how to remap them", key_display="?"),
+    ActionSpec("mavail.quit", "q", "quit", "Quit", "Quit the TUI (the engine keeps running)"),
+    ActionSpec("mavail.theme", "t", "toggle_theme", "Theme", "Switch between the dark and the light theme", show=False),
+    ActionSpec("mavail.refresh", "f5", "refresh", "Refresh", "Fetch the current tab again now", show=False),
+    ActionSpec("mavail.reconnect", "ctrl+r", "reconnect", "Reconnect", "Try to reach the engine now", show=False),
+) + tuple(
+    ActionSpec(f"mavail.tab.{name}", str(i), f"tab('{name}')", name.title(), f"Show the {name.title()} tab", show=False)
+    for i, name in enumerate(TABS, 1)
+)
+
+
+class ScreenActions:
+    """The `action_*` methods of the main screen (mixed into MainScreen)."""
+
+    app: "MavailApp"
+
+    def active_pane(self) -> "Pane":  # provided by MainScreen
+        raise NotImplementedError
+
+    # --- helpers -------------------------------------------------------------
+    def _target(self) -> str | None:
+        mid = self.active_pane().selected_model()
+        if mid is None:
+            self.app.notify("Select a model first (arrows move, 1-8 switch tabs).", severity="warning", timeout=3)
+        return mid
+
+    def _offered(self, *methods: str) -> bool:
+        missing = [m for m in methods if m not in self.app.link.methods]
+        if not self.app.link.connected:
+            self.app.report_error("DISCONNECTED: the engine cannot be reached; retrying")
+            return False
+        if missing:
+            self.app.notify(f"Not available from this engine: {', '.join(missing)}", severity="warning", timeout=4)
+            return False
+        return True
+
+    async def _call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
+        """One call; an engine error is shown with its contract message and None returned."""
+        try:
+            return await self.app.link.call(method, _timeout=timeout, **params)
+        except (RpcError, CallTimeout, EngineUnavailable) as exc:
+            self.app.report_error(error_text(exc))
+            return None
+
+    def _run(self, coro: Any) -> None:
+        self.app.run_worker(coro, group="actions", exit_on_error=False)
+
+    def _after(self, *panes: str) -> None:
+        for name in panes:
+            self.app.pane(name).mark_dirty()
+
+    # --- downloads -----------------------------------------------------------
+    def action_pause(self) -> None:
+        if (mid := self._target()) and self._offered("downloads.pause"):
+            self._run(self._simple("downloads.pause", mid, "paused"))
+
+    def action_resume(self) -> None:
+        if (mid := self._target()) and self._offered("downloads.resume"):
+            self._run(self._simple("downloads.resume", mid, "resumed"))
+
+    async def _simple(self, method: str, mid: str, verb: str, **params: Any) -> None:
+        res = await self._call(method, model_id=mid, **params)
+        if res is not None:
+            self.app.notify(f"{mid}: {res.get('message') or verb}", timeout=3)
+            self._after("downloads", "models")
+
+    def action_cancel(self) -> None:
+        pane = self.active_pane()
+        if pane.TITLE == "Queue":
+            qid = pane.table.selected_key if pane.table is not None else None
+            if qid and self._offered("fallback.queue_cancel"):
+                self._run(self._cancel_queued(qid))
+            return
+        if (mid := self._target()) and self._offered("downloads.cancel"):
+            self._run(self._cancel_download(mid))
+
+    async def _cancel_download(self, mid: str) -> None:
+        ok = await self.app.push_screen_wait(ConfirmScreen(
+            f"Cancel the download of {mid}?", "Its partial data is deleted; a later download starts from zero.", "Cancel download"))
+        if ok:
+            await self._simple("downloads.cancel", mid, "cancelled", keep_partial=False)
+
+    async def _cancel_queued(self, qid: str) -> None:
+        ok = await self.app.push_screen_wait(ConfirmScreen(f"Cancel the queued request {qid}?", "Its caller stops waiting.", "Cancel request"))
+        if ok and await self._call("fallback.queue_cancel", queue_id=qid) is not None:
+            self.app.notify(f"{qid}: cancelled", timeout=3)
+            self._after("queue")
+
+    def action_priority(self, delta: int) -> None:
+        if (mid := self._target()) and self._offered("downloads.set_priority"):
+            self._run(self._priority(mid, delta))
+
+    async def _priority(self, mid: str, delta: int) -> None:
+        raw = self.app.pane("downloads").table.raw(mid) if self.app.pane("downloads").table else None  # type: ignore[union-attr]
+        current = (raw or {}).get("priority")
+        if current not in PRIORITIES:
+            prog = await self._call("downloads.progress", model_id=mid)
+            if prog is None:
+                return
+            current = prog.get("priority", "normal")
+        current = "normal" if current == "medium" else current
+        i = PRIORITIES.index(current) if current in PRIORITIES else 1
+        new = PRIORITIES[max(0, min(len(PRIORITIES) - 1, i + delta))]
+        if new == current:
+            self.app.notify(f"{mid}: priority is already {current}", timeout=2)
+            return
+        if await self._call("downloads.set_priority", model_id=mid, priority=new) is not None:
+            self.app.notify(f"{mid}: priority {current} → {new}", timeout=3)
+            self._after("downloads")
+
+    def action_request(self) -> None:
+        mid = self._target()
+        if not mid:
+            return
+        if "models.request" in self.app.link.methods:
+            self._run(self._request(mid))
+        elif self._offered("downloads.start"):
+            self._run(self._start(mid))
+
+    async def _request(self, mid: str) -> None:
+        res = await self._call("models.request", model_id=mid)
+        if res is None:
+            return
+        wait = res.get("estimated_wait_seconds")
+        extra = f", ready in about {fmt.duration(wait)}" if wait else ""
+        self.app.notify(f"{mid}: {str(res.get('action_taken', 'done')).replace('_', ' ')}{extra}", timeout=4)
+        self._after("downloads", "models", "queue")
+
+    async def _start(self, mid: str) -> None:
+        res = await self._call("downloads.start", model_id=mid)
+        if res is not None:
+            self.app.notify(f"{mid}: {res.get('message') or 'download started'}", timeout=3)
+            self._after("downloads", "models")
+
+    # --- health and updates --------------------------------------------------
+    def action_check(self) -> None:
+        if (mid := self._target()) and self._offered("health.check"):
+            self._run(self._check(mid))
+
+    async def _check(self, mid: str) -> None:
+        self.app.notify(f"{mid}: full health check started", timeout=2)
+        res = await self._call("health.check", timeout=3600, model_id=mid, check_type="full")
+        if res is not None:
+            result = res.get("result") or {}
+            health = result.get("overall_health") or result.get("status") or "done"
+            sev = "information" if health in ("healthy", "done") else "warning"
+            self.app.notify(f"{mid}: health check {health}", severity=sev, timeout=5)  # type: ignore[arg-type]
+            self._after("health", "models")
+
+    def action_repair(self) -> None:
+        if (mid := self._target()) and self._offered("health.repair"):
+            self._run(self._repair(mid))
+
+    async def _repair(self, mid: str) -> None:
+        ok = await self.app.push_screen_wait(ConfirmScreen(
+            f"Repair {mid}?", "Bad pieces are downloaded again and replaced; files may be rewritten.", "Repair", danger=False))
+        if not ok:
+            return
+        res = await self._call("health.repair", timeout=3600, model_id=mid)
+        if res is not None:
+            actions = ", ".join(res.get("actions_taken") or []) or "nothing to do"
+            self.app.notify(f"{mid}: repair: {actions} ({fmt.size(res.get('bytes_redownloaded'))} re-downloaded)", timeout=5)
+            self._after("health", "models")
+
+    def action_update(self) -> None:
+        if (mid := self._target()) and self._offered("models.update"):
+            self._run(self._update(mid))
+
+    async def _update(self, mid: str) -> None:
+        raw = self.app.pane("models").table.raw(mid) if self.app.pane("models").table else None  # type: ignore[union-attr]
+        cur = (raw or {}).get("current_version") or "?"
+        latest = (raw or {}).get("latest_version") or "?"
+        ok = await self.app.push_screen_wait(ConfirmScreen(
+            f"Update {mid} from {cur} to {latest}?", "The new version is downloaded and verified before it replaces the old one; "
+            "the old one is kept as configured (updates.keep_versions).", "Update", danger=False))
+        if ok and (res := await self._call("models.update", model_id=mid)) is not None:
+            self.app.notify(f"{mid}: {res.get('message') or 'update started'}", timeout=4)
+            self._after("models", "downloads")
+
+    # --- storage -------------------------------------------------------------
+    def action_cleanup(self) -> None:
+        if self._offered("storage.cleanup"):
+            self._run(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        plan = await self._call("storage.cleanup", cleanup_type="auto", dry_run=True)
+        if plan is None:
+            return
+        doomed = list(plan.get("models_removed") or plan.get("models_to_remove") or [])
+        if not doomed:
+            self.app.notify("Cleanup: nothing would be removed.", timeout=4)
+            return
+        kept = plan.get("models_preserved") or []
+        body = "\n".join(
+            [f"Would remove {len(doomed)} model(s), freeing {fmt.size_gb(plan.get('space_freed_gb'))}:"]
+            + [f"  - {m}" for m in doomed]
+            + ([f"Kept: {', '.join(kept[:8])}{' …' if len(kept) > 8 else ''}"] if kept else [])
+            + ["Nothing has been deleted yet."]
+        )
+        if not await self.app.push_screen_wait(ConfirmScreen("Delete these models?", body, "Delete")):
+            self.app.notify("Cleanup cancelled; nothing deleted.", timeout=3)
+            return
+        res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
+        if res is not None:
+            self.app.notify(f"Cleanup removed {len(res.get('models_removed') or [])} model(s), "
+                            f"freed {fmt.size_gb(res.get('space_freed_gb'))}", timeout=5)
+            self._after("storage", "models", "usage")
+
+    # --- view ----------------------------------------------------------------
+    def action_sort(self) -> None:
+        table = self.active_pane().table
+        if table is not None:
+            self.app.notify(f"Sorted by {table.cycle_sort()}", timeout=2)
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen())
+
+    def action_quit(self) -> None:
+        self.app.exit(0)
+
+    def action_toggle_theme(self) -> None:
+        self.app.toggle_light_theme()
+
+    def action_refresh(self) -> None:
+        self.active_pane().reload()
+
+    def action_reconnect(self) -> None:
+        self.app.link.retry_now()

@@ -1,0 +1,253 @@
+"""The mavail TUI application: app factory, engine link wiring, live event inbox, command palette, run_tui."""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.css.query import NoMatches
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from tui.actions import ACTIONS
+from tui.client import EngineLink
+from tui.messages import ConnectionChanged, EventsPending
+from tui.screens.edit import EditSettingScreen
+from tui.screens.main import MainScreen
+from tui.widgets.base import Pane
+
+LIGHT_THEME = "textual-light"
+DARK_THEME = "textual-dark"
+NOTIFY_EVENTS = ("model_health_alert", "model_availability_change", "download_failed", "queued_request_ready",
+                 "queued_request_expired", "storage_warning")
+
+
+class ActionCommands(Provider):
+    """The command palette: every action of the main screen by name, with its key."""
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for a in ACTIONS:
+            text = f"{a.label}: {a.description}"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), partial(self._run, a.action), help=f"key {a.key_display or a.key}")
+
+    async def discover(self) -> Hits:
+        for a in ACTIONS:
+            yield DiscoveryHit(f"{a.label}: {a.description}", partial(self._run, a.action), help=f"key {a.key_display or a.key}")
+
+    async def _run(self, action: str) -> None:
+        app = self.app
+        if isinstance(app, MavailApp):
+            await app.main.run_action(action)
+
+
+def default_keymap_path() -> Path:
+    """Where a user's key remapping lives: $MAVAIL_TUI_KEYMAP, else $XDG_CONFIG_HOME/mavail/keymap.toml."""
+    env = os.environ.get("MAVAIL_TUI_KEYMAP")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "mavail" / "keymap.toml"
+
+
+def load_keymap(path: Path | None) -> tuple[dict[str, str], str | None]:
+    """`{binding id: key}` from the `[keys]` table of `path`, and an error message if it could not be read."""
+    if path is None or not path.exists():
+        return {}, None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return {}, f"keymap {path} ignored: {exc}"
+    keys = data.get("keys", {})
+    known = {a.id for a in ACTIONS}
+    bad = [k for k in keys if k not in known or not isinstance(keys[k], str)]
+    if bad:
+        return {k: v for k, v in keys.items() if k not in bad}, f"keymap {path}: unknown or invalid entries {', '.join(bad)}"
+    return dict(keys), None
+
+
+class MavailApp(App[int]):
+    """The TUI: one main screen of tabs over a self-healing link to the engine."""
+
+    TITLE = "mavail"
+    COMMANDS = App.COMMANDS | {ActionCommands}
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(self, socket_path: str | Path | None = None, link: Any = None, keymap: dict[str, str] | None = None,
+                 min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.2) -> None:
+        super().__init__()
+        self.link: EngineLink = link or EngineLink(socket_path or "", self._on_engine_event, self._on_link_state,
+                                                   min_backoff_s=min_backoff_s, max_backoff_s=max_backoff_s)
+        """The connection to the engine (a stub in widget tests)."""
+        self.keymap_overrides: dict[str, str] = dict(keymap or {})
+        """Keys the user remapped, by binding id."""
+        if self.keymap_overrides:
+            self.set_keymap(self.keymap_overrides)
+        self.drain_interval_s = drain_interval_s
+        self._inbox: dict[Any, dict[str, Any]] = {}
+        self._seq = 0
+        self._drain_scheduled = False
+        self.events_seen = 0
+        """Engine events received (tests and benchmarks read it)."""
+        self.connected = False
+        """Whether the engine answers (mirrors the top line)."""
+        self._last_load: dict[str, float] = {}
+        self.main = MainScreen()
+
+    # --- lifecycle -----------------------------------------------------------
+    def on_mount(self) -> None:
+        self.push_screen(self.main)
+        self.run_worker(self.link.run(), group="link", exit_on_error=False)
+        self.set_interval(1.0, self._resync_tick)
+
+    def pane(self, name: str) -> Pane:
+        """The pane of tab `name` on the main screen."""
+        return self.main.pane(name)
+
+    def report_error(self, text: str) -> None:
+        """Show an engine error (its contract code and message) as an error notification."""
+        self.notify(text, severity="error", timeout=8)
+
+    def toggle_light_theme(self) -> None:
+        """Switch between the default dark theme and the light one."""
+        self.theme = DARK_THEME if self.theme == LIGHT_THEME else LIGHT_THEME
+
+    # --- connection ----------------------------------------------------------
+    def _on_link_state(self, connected: bool, detail: str) -> None:
+        self.post_message(ConnectionChanged(connected, detail))
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        was = self.connected
+        self.connected = message.connected
+        if message.connected:
+            self.main.show_connection(True, f"● connected · {message.detail} · ? help · ctrl+p commands")
+            self._last_load.clear()
+            for pane in {self.pane("models"), self.pane("downloads"), self.main.active_pane()}:
+                self._load(pane)
+            if was is False and self.link.connections > 1:
+                self.notify("Reconnected to the engine.", timeout=3)
+        else:
+            self.main.show_connection(
+                False, f"✖ DISCONNECTED · {message.detail} · retrying (attempt {self.link.attempts + 1}) · ctrl+r now")
+            if was:
+                self.notify("Lost the engine; reconnecting with backoff.", severity="error", timeout=5)
+
+    # --- live events: an inbox drained a few times a second -----------------
+    def _on_engine_event(self, event: dict[str, Any]) -> None:
+        self.events_seen += 1
+        params = event.get("params") or {}
+        if event.get("method") == "model_download_progress":
+            key: Any = ("p", params.get("model_id"))
+            self._inbox.pop(key, None)  # a newer progress event supersedes the pending one
+        else:
+            self._seq += 1
+            key = ("e", self._seq)
+        self._inbox[key] = event
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.post_message(EventsPending())
+
+    def on_events_pending(self, message: EventsPending) -> None:
+        self.set_timer(self.drain_interval_s, self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        events = list(self._inbox.values())
+        self._inbox.clear()
+        if not events or not self.main.is_attached:
+            return
+        try:
+            panes = self.main.panes()
+        except NoMatches:  # shutting down
+            return
+        with self.batch_update():
+            for pane in panes:
+                pane.on_events(events)
+        self._notify_events([e for e in events if e.get("method") in NOTIFY_EVENTS])
+
+    def _notify_events(self, events: list[dict[str, Any]]) -> None:
+        if len(events) > 4:
+            self.notify(f"{len(events)} model changes; see the Models and Health tabs.", timeout=4)
+            return
+        for ev in events:
+            p = ev.get("params") or {}
+            kind = ev.get("method")
+            mid = p.get("model_id", "?")
+            if kind == "model_health_alert":
+                sev = "error" if p.get("severity") in ("error", "critical") else "warning"
+                self.notify(f"{mid}: {p.get('message') or p.get('alert_type')}", title="Health alert", severity=sev, timeout=8)  # type: ignore[arg-type]
+            elif kind == "model_availability_change":
+                sev = "error" if p.get("new_status") in ("corrupted", "failed") else "information"
+                self.notify(f"{mid}: {p.get('old_status')} → {p.get('new_status')}", severity=sev, timeout=4)  # type: ignore[arg-type]
+            elif kind == "download_failed":
+                self.notify(f"{mid}: {p.get('error_code')}: {p.get('message')}", title="Download failed", severity="error", timeout=8)
+            elif kind == "queued_request_ready":
+                self.notify(f"{mid}: queued request {p.get('queue_id')} is ready", timeout=5)
+            elif kind == "queued_request_expired":
+                self.notify(f"{mid}: queued request {p.get('queue_id')} expired", severity="warning", timeout=5)
+            elif kind == "storage_warning":
+                self.notify(str(p.get("message") or "storage is running low"), title="Storage", severity="warning", timeout=8)
+
+    # --- slow resync ---------------------------------------------------------
+    def _load(self, pane: Pane) -> None:
+        self._last_load[pane.id or ""] = time.monotonic()
+        pane.reload()
+
+    def pane_shown(self, pane: Pane) -> None:
+        """A tab came into view: fetch it unless it was fetched a moment ago."""
+        if self.link.connected and time.monotonic() - self._last_load.get(pane.id or "", 0.0) > 2.0:
+            self._load(pane)
+
+    def _resync_tick(self) -> None:
+        if not self.link.connected or not self.main.is_attached or not isinstance(self.screen, MainScreen):
+            return
+        try:
+            pane = self.main.active_pane()
+        except NoMatches:
+            return
+        if time.monotonic() - self._last_load.get(pane.id or "", 0.0) >= pane.RESYNC_S:
+            self._load(pane)
+
+    # --- settings ------------------------------------------------------------
+    def edit_setting(self, key: str, value: Any) -> None:
+        """Open the editor for one setting; the engine validates and saves."""
+
+        async def save(k: str, v: Any) -> str | None:
+            from rpc.client import CallTimeout, EngineUnavailable, RpcError
+            from tui.client import error_text
+
+            try:
+                res = await self.link.call("config.update", patch={k: v})
+            except (RpcError, CallTimeout, EngineUnavailable) as exc:
+                return error_text(exc)
+            note = " (applies after an engine restart)" if res.get("restart_required") else " (applied)"
+            self.notify(f"{k} = {v}{note}", timeout=4)
+            self.pane("settings").mark_dirty()
+            return None
+
+        self.push_screen(EditSettingScreen(key, value, save))
+
+
+def create_app(socket_path: str | Path | None = None, **kw: Any) -> MavailApp:
+    """Build the app (tests call this too); applies the user's keymap unless one is given."""
+    if "keymap" not in kw:
+        keymap, error = load_keymap(default_keymap_path())
+        kw["keymap"] = keymap
+        app = MavailApp(socket_path, **kw)
+        if error:
+            app.call_later(app.notify, error, severity="warning", timeout=8)
+        return app
+    return MavailApp(socket_path, **kw)
+
+
+def run_tui(socket_path: str | Path) -> int:
+    """Run the TUI attached to the engine at `socket_path` until the user quits; the exit status."""
+    app = create_app(socket_path)
+    result = app.run()
+    return int(result or 0) if app.return_code in (None, 0) else int(app.return_code or 1)

@@ -1,0 +1,119 @@
+"""MainScreen: the connection line, one tab per area, the filter box and the footer; owns the action keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
+
+from tui.actions import ACTIONS, TABS, ScreenActions
+from tui.widgets.base import Pane
+from tui.widgets.downloads import DownloadsPane
+from tui.widgets.health import HealthPane
+from tui.widgets.models import ModelsPane
+from tui.widgets.queue import QueuePane
+from tui.widgets.settings import SettingsPane
+from tui.widgets.storage import StoragePane
+from tui.widgets.system import SystemPane
+from tui.widgets.usage import UsagePane
+
+if TYPE_CHECKING:
+    from tui.app import MavailApp
+
+PANES: dict[str, type[Pane]] = {
+    "models": ModelsPane, "downloads": DownloadsPane, "health": HealthPane, "queue": QueuePane,
+    "storage": StoragePane, "usage": UsagePane, "system": SystemPane, "settings": SettingsPane,
+}
+assert tuple(PANES) == TABS
+
+
+class MainScreen(ScreenActions, Screen[None]):
+    """Everything the user sees between dialogs."""
+
+    app: "MavailApp"
+
+    DEFAULT_CSS = """
+    MainScreen #conn { height: 1; padding: 0 1; background: $success-darken-2; color: $text; }
+    MainScreen #conn.-down { background: $error; text-style: bold; }
+    MainScreen #filter { dock: bottom; display: none; height: 3; }
+    MainScreen #filter.-shown { display: block; }
+    MainScreen TabbedContent { height: 1fr; }
+    MainScreen TabPane { padding: 0; }
+    """
+
+    BINDINGS = [a.binding() for a in ACTIONS] + [Binding("escape", "close_filter", "Close filter", show=False, id="mavail.filter_close")]
+
+    def compose(self) -> ComposeResult:
+        yield Static("connecting to the engine…", id="conn")
+        with TabbedContent(id="tabs", initial="models"):
+            for name, cls in PANES.items():
+                with TabPane(cls.TITLE, id=name):
+                    yield cls(id=f"pane-{name}")
+        yield Input(placeholder="filter by model id · enter keeps it · esc clears", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.active_pane().focus_main()
+
+    # --- panes ---------------------------------------------------------------
+    def pane(self, name: str) -> Pane:
+        """The pane of tab `name`."""
+        return self.query_one(f"#pane-{name}", Pane)
+
+    def panes(self) -> list[Pane]:
+        """Every pane, in tab order."""
+        return [self.pane(n) for n in PANES]
+
+    def active_name(self) -> str:
+        """The id of the shown tab."""
+        return self.query_one("#tabs", TabbedContent).active or "models"
+
+    def active_pane(self) -> Pane:
+        return self.pane(self.active_name())
+
+    def action_tab(self, name: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = name
+        self.active_pane().focus_main()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = self.active_pane()
+        input_ = self.query_one("#filter", Input)
+        if pane.table is not None and input_.value != pane.table.filter_text:
+            input_.value = pane.table.filter_text
+        self.app.pane_shown(pane)
+
+    # --- connection line -----------------------------------------------------
+    def show_connection(self, connected: bool, text: str) -> None:
+        """Update the top line: green when connected, red DISCONNECTED otherwise."""
+        line = self.query_one("#conn", Static)
+        line.set_class(not connected, "-down")
+        line.update(text)
+
+    # --- filter --------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-shown")
+        table = self.active_pane().table
+        box.value = table.filter_text if table is not None else ""
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            table = self.active_pane().table
+            if table is not None:
+                table.set_filter(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            event.input.remove_class("-shown")
+            self.active_pane().focus_main()
+
+    def action_close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("-shown"):
+            box.value = ""
+            box.remove_class("-shown")
+            self.active_pane().focus_main()

@@ -1,0 +1,134 @@
+"""Downloads tab: progress bar, bytes, speed, ETA, priority, queue position, retries and errors, live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from tui import format as fmt
+from tui.widgets.base import Pane, status_text
+from tui.widgets.live_table import Cell, Column, LiveTable
+
+_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+SHORT_PRIORITY = {"critical": "crit", "high": "high", "normal": "norm", "low": "low"}
+
+# Fixed widths: the row fits 80 columns and cells do not jump as figures change.
+COLUMNS = [
+    Column("id", "Model", width=15),
+    Column("status", "Status", sort=lambda r: r.get("status"), width=11),
+    Column("progress", "Progress", sort=lambda r: r.get("progress_percent"), width=9),
+    Column("bytes", "Bytes", sort=lambda r: r.get("downloaded_bytes"), width=11),
+    Column("rate", "Speed ETA", sort=lambda r: r.get("speed_mbps"), width=10),
+    Column("queue", "Prio Q", sort=lambda r: (_RANK.get(r.get("priority", "normal"), 9), r.get("queue_position") or 999), width=6),
+    Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=2),
+]
+TERMINAL = ("completed", "cancelled")
+
+
+def _bytes(d: dict[str, Any]) -> str:
+    done = d.get("downloaded_bytes")
+    total = d.get("total_bytes")
+    if done is None and d.get("downloaded_mb") is not None:
+        done = d["downloaded_mb"] * fmt.MIB
+    if total is None and d.get("total_mb") is not None:
+        total = d["total_mb"] * fmt.MIB
+    if done is None and total is None:
+        return "-"
+    return f"{fmt.size(done)}/{fmt.size(total)}"
+
+
+def download_cells(d: dict[str, Any]) -> tuple[Cell, ...]:
+    """One row of the Downloads table from a `downloads.active` / `downloads.progress` record."""
+    pct = d.get("progress_percent")
+    status = d.get("status")
+    retries = d.get("retry_count")
+    running = status == "downloading"
+    prio = SHORT_PRIORITY.get(str(d.get("priority")), str(d.get("priority") or "-"))
+    pos = d.get("queue_position")
+    return (
+        d["model_id"],
+        status_text(status),
+        f"{fmt.bar(None if pct is None else pct / 100, 4)} {fmt.percent(pct):>4}",
+        _bytes(d),
+        f"{fmt.rate(d.get('speed_mbps'))} {fmt.duration(d.get('eta_seconds'))}" if running else "-",
+        f"{prio} {pos}" if pos else prio,
+        Text(str(retries), style="yellow") if retries else "0",
+    )
+
+
+class DownloadsPane(Pane):
+    """What is downloading, how fast, and what went wrong."""
+
+    TITLE = "Downloads"
+    REQUIRES = ("downloads.active", "downloads.progress")
+    RESYNC_S = 3.0
+    """Retries and errors are not in progress events: a small downloads.active every few seconds while shown."""
+
+    def body(self) -> ComposeResult:
+        yield Static("", classes="summary body", id="downloads-summary")
+        self.table = LiveTable(COLUMNS, id="downloads-table", classes="body")
+        yield self.table
+        yield Static("", classes="detail body", id="downloads-detail")
+
+    async def fetch(self) -> None:
+        res = await self.mavail.link.call("downloads.active")
+        assert self.table is not None
+        rows = {d["model_id"]: (download_cells(d), d) for d in res.get("active_downloads", [])}
+        # keep failed rows the engine no longer lists, so their errors stay readable until resolved
+        for key in self.table.keys():
+            raw = self.table.raw(key) or {}
+            if key not in rows and raw.get("status") == "failed":
+                rows[key] = (download_cells(raw), raw)
+        self.table.sync(rows)
+        self.query_one("#downloads-summary", Static).update(
+            f"{res.get('total_active', len(rows))} active · {fmt.rate(res.get('total_bandwidth_usage_mbps'))} total"
+        )
+        self._detail()
+
+    async def refetch(self, model_ids: list[str]) -> None:
+        await self.fetch()
+
+    def on_events(self, events: list[dict[str, Any]]) -> None:
+        if self.table is None or not self.loaded:
+            return
+        for ev in events:
+            kind = ev.get("method")
+            p = ev.get("params", {})
+            mid = p.get("model_id")
+            if not isinstance(mid, str):
+                continue
+            if kind == "model_download_progress":
+                raw = self.table.raw(mid)
+                merged = {**(raw or {}), **{k: v for k, v in p.items() if k not in ("type", "timestamp")}}
+                old_status = (raw or {}).get("status")
+                self.table.upsert(mid, download_cells(merged), merged)
+                if raw is None or old_status != merged.get("status"):
+                    self.mark_dirty(mid)
+            elif kind == "download_failed":
+                raw = self.table.raw(mid) or {"model_id": mid}
+                merged = {**raw, "status": "failed", "error_message": f"{p.get('error_code', 'FAILED')}: {p.get('message', '')}"}
+                self.table.upsert(mid, download_cells(merged), merged)
+        self._detail()
+
+    def _detail(self) -> None:
+        raw = self.selected_raw()
+        err = raw.get("error_message")
+        if err:
+            code = raw.get("error_code")
+            text = f"{raw.get('model_id')}: {code + ': ' if code and not str(err).startswith(code) else ''}{err}"
+        elif raw:
+            text = (f"{raw.get('model_id')}: {raw.get('retry_count', 0)}/{raw.get('max_retries', '?')} retries"
+                    + (f" · {raw.get('current_file')}" if raw.get("current_file") else ""))
+        else:
+            text = ""
+        self.query_one("#downloads-detail", Static).update(Text(text, style="red" if err else ""))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.mavail.main.action_request()

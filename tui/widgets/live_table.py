@@ -1,0 +1,202 @@
+"""LiveTable: a DataTable kept in step with engine data by row key (update changed cells, add new, remove gone)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rich.text import Text
+from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+
+Cell = str | Text
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its key, its header, and how to sort rows by it (from the row's raw record)."""
+
+    key: str
+    label: str
+    sort: Callable[[dict[str, Any]], Any] | None = None
+    width: int | None = None
+
+
+class LiveTable(DataTable[Cell]):
+    """A table whose rows follow a keyed source without being cleared and refilled.
+
+    `sync(rows)` makes the shown rows equal to `rows` (key -> (cells, raw)):
+    cells that changed are updated in place, new rows added, gone rows removed,
+    all inside one `batch_update`. `upsert` does the same for some rows only
+    (live events). A text filter hides rows whose key does not contain it, and
+    `cycle_sort` orders rows by one column after another. The first column is
+    always the row key.
+    """
+
+    DEFAULT_CSS = """
+    LiveTable { height: 1fr; }
+    """
+
+    def __init__(self, columns: list[Column], **kw: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=False, **kw)
+        self.spec = columns
+        self._cells: dict[str, tuple[Cell, ...]] = {}
+        """Every row the source has, shown or filtered out."""
+        self._raw: dict[str, dict[str, Any]] = {}
+        """The record each row was built from (used for sorting and actions)."""
+        self.filter_text = ""
+        """Rows whose key contains this (case-insensitive) are shown."""
+        self.sort_index: int | None = None
+        """Column the rows are sorted by, None for source order."""
+        self.sort_reverse = False
+        self.updates = 0
+        """Cells updated in place so far (tests and benchmarks read it)."""
+        self._shown_cells: dict[str, tuple[Cell, ...]] = {}
+        """The cells of the rows now in the DataTable."""
+
+    def on_mount(self) -> None:
+        for c in self.spec:
+            self.add_column(c.label, key=c.key, width=c.width)
+
+    # --- data --------------------------------------------------------------
+    def _visible(self, key: str) -> bool:
+        return not self.filter_text or self.filter_text.lower() in key.lower()
+
+    def _apply(self, key: str, cells: tuple[Cell, ...]) -> bool:
+        """Show `cells` for `key`; return True when a row was added (order may need sorting)."""
+        if not self._visible(key):
+            self._drop(key)
+            return False
+        if key in self.rows:
+            old = self._shown_cells.get(key)
+            for col, new, prev in zip(self.spec, cells, old or (None,) * len(cells)):
+                if new != prev:
+                    try:
+                        self.update_cell(key, col.key, new)
+                        self.updates += 1
+                    except CellDoesNotExist:
+                        pass
+            self._shown_cells[key] = cells
+            return False
+        self.add_row(*cells, key=key)
+        self._shown_cells[key] = cells
+        return True
+
+    def _drop(self, key: str) -> None:
+        if key in self.rows:
+            try:
+                self.remove_row(key)
+            except RowDoesNotExist:
+                pass
+        self._shown_cells.pop(key, None)
+
+    def sync(self, rows: dict[str, tuple[tuple[Cell, ...], dict[str, Any]]]) -> None:
+        """Make the table show exactly `rows` (key -> (cells, raw record))."""
+        with self.app.batch_update():
+            for key in [k for k in self._cells if k not in rows]:
+                self._cells.pop(key, None)
+                self._raw.pop(key, None)
+                self._drop(key)
+            added = False
+            for key, (cells, raw) in rows.items():
+                self._cells[key] = cells
+                self._raw[key] = raw
+                added |= self._apply(key, cells)
+            if added and self.sort_index is not None:
+                self._sort()
+
+    def upsert(self, key: str, cells: tuple[Cell, ...], raw: dict[str, Any]) -> None:
+        """Add or update one row."""
+        with self.app.batch_update():
+            self._cells[key] = cells
+            self._raw[key] = raw
+            if self._apply(key, cells) and self.sort_index is not None:
+                self._sort()
+
+    def remove(self, key: str) -> None:
+        """Forget one row."""
+        self._cells.pop(key, None)
+        self._raw.pop(key, None)
+        self._drop(key)
+
+    def raw(self, key: str) -> dict[str, Any] | None:
+        """The record behind row `key`."""
+        return self._raw.get(key)
+
+    def keys(self) -> list[str]:
+        """Every row key the source has (shown or not)."""
+        return list(self._cells)
+
+    def cell(self, key: str, column: str) -> Cell | None:
+        """The shown value of one cell, or None."""
+        cells = self._cells.get(key)
+        if cells is None:
+            return None
+        for col, value in zip(self.spec, cells):
+            if col.key == column:
+                return value
+        return None
+
+    @property
+    def selected_key(self) -> str | None:
+        """The key of the row under the cursor, or None in an empty table."""
+        if self.row_count == 0:
+            return None
+        try:
+            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        except (CellDoesNotExist, RowDoesNotExist):
+            return None
+
+    def select(self, key: str) -> bool:
+        """Move the cursor to row `key`; False if it is not shown."""
+        try:
+            self.move_cursor(row=self.get_row_index(key))
+        except RowDoesNotExist:
+            return False
+        return True
+
+    # --- filter and sort ---------------------------------------------------
+    def set_filter(self, text: str) -> None:
+        """Show only rows whose key contains `text`."""
+        self.filter_text = text.strip()
+        with self.app.batch_update():
+            added = False
+            for key, cells in self._cells.items():
+                added |= self._apply(key, cells)
+            if added and self.sort_index is not None:
+                self._sort()
+
+    def cycle_sort(self) -> str:
+        """Sort by the next sortable column (then reverse, then source order); return a description."""
+        sortable = [i for i, c in enumerate(self.spec) if c.sort is not None or i == 0]
+        if self.sort_index is None:
+            self.sort_index, self.sort_reverse = sortable[0], False
+        elif not self.sort_reverse:
+            self.sort_reverse = True
+        else:
+            pos = sortable.index(self.sort_index) if self.sort_index in sortable else -1
+            if pos + 1 >= len(sortable):
+                self.sort_index = None
+            else:
+                self.sort_index, self.sort_reverse = sortable[pos + 1], False
+        if self.sort_index is None:
+            order = {k: i for i, k in enumerate(self._cells)}
+            self.sort(self.spec[0].key, key=lambda k: order.get(str(k), len(order)))
+            return "source order"
+        self._sort()
+        col = self.spec[self.sort_index]
+        return f"{col.label} {'descending' if self.sort_reverse else 'ascending'}"
+
+    def _sort(self) -> None:
+        assert self.sort_index is not None
+        col = self.spec[self.sort_index]
+        if col.sort is None:
+            self.sort(self.spec[0].key, reverse=self.sort_reverse)
+            return
+
+        def value(key: Any) -> Any:
+            raw = self._raw.get(str(key), {})
+            v = col.sort(raw)  # type: ignore[misc]
+            return (v is None, v if v is not None else 0)
+
+        self.sort(self.spec[0].key, key=value, reverse=self.sort_reverse)

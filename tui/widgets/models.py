@@ -1,0 +1,111 @@
+"""Models tab: every catalog model's status, version, size, health, use and update flag, live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from tui import format as fmt
+from tui.widgets.base import Pane, status_text
+from tui.widgets.live_table import Cell, Column, LiveTable
+
+COLUMNS = [
+    Column("id", "Model"),
+    Column("status", "Status", sort=lambda r: r.get("availability_status")),
+    Column("version", "Ver", sort=lambda r: r.get("version")),
+    Column("size", "Size", sort=lambda r: r.get("size_bytes")),
+    Column("health", "Health", sort=lambda r: r.get("integrity_score")),
+    Column("use", "Use", sort=lambda r: bool(r.get("is_loaded"))),
+    Column("upd", "Upd", sort=lambda r: bool(r.get("update_available"))),
+    Column("prog", "Prog", sort=lambda r: r.get("download_progress")),
+]
+
+
+def health_cell(s: dict[str, Any]) -> Cell:
+    """Integrity as the Models table shows it."""
+    if s.get("corruption_detected") or s.get("availability_status") == "corrupted":
+        return Text("bad", style="bold red")
+    if s.get("availability_status") != "available" and not s.get("last_health_check"):
+        return "-"
+    if not s.get("verified") and not s.get("last_health_check"):
+        return Text("unchk", style="dim")
+    return fmt.score(s.get("integrity_score"))
+
+
+def model_cells(s: dict[str, Any]) -> tuple[Cell, ...]:
+    """One row of the Models table from a `models.status` entry."""
+    prog = s.get("download_progress")
+    return (
+        s["model_id"],
+        status_text(s.get("availability_status")),
+        str(s.get("current_version") or s.get("version") or "-"),
+        fmt.size(s.get("size_bytes")) if s.get("size_bytes") is not None else fmt.size_mb(s.get("size_mb")),
+        health_cell(s),
+        fmt.yes(s.get("is_loaded")),
+        Text("new", style="magenta") if s.get("update_available") else "",
+        fmt.percent(prog) if isinstance(prog, (int, float)) else "",
+    )
+
+
+class ModelsPane(Pane):
+    """Every model: what is there, what is missing, what is broken, what is in use."""
+
+    TITLE = "Models"
+    REQUIRES = ("models.status",)
+
+    def body(self) -> ComposeResult:
+        yield Static("", classes="summary body", id="models-summary")
+        self.table = LiveTable(COLUMNS, id="models-table", classes="body")
+        yield self.table
+
+    async def fetch(self) -> None:
+        res = await self.mavail.link.call("models.status")
+        assert self.table is not None
+        self.table.sync({mid: (model_cells(s), s) for mid, s in res["models"].items()})
+        self._summary(res.get("summary", {}))
+
+    def _summary(self, sm: dict[str, Any]) -> None:
+        self.query_one("#models-summary", Static).update(
+            f"{sm.get('total_models', 0)} models · {sm.get('available_models', 0)} available · "
+            f"{sm.get('downloading_models', 0)} downloading · {sm.get('queued_models', 0)} queued · "
+            f"{sm.get('missing_models', 0)} missing · {sm.get('corrupted_models', 0)} corrupted · "
+            f"{fmt.size_gb(sm.get('total_storage_gb'))} on disk"
+        )
+
+    async def refetch(self, model_ids: list[str]) -> None:
+        if not self.loaded:
+            return
+        results = await self.mavail.link.call_many([("models.status", {"model_id": m}) for m in model_ids])
+        assert self.table is not None
+        for mid, s in zip(model_ids, results):
+            if isinstance(s, dict):
+                self.table.upsert(mid, model_cells(s), s)
+
+    def on_events(self, events: list[dict[str, Any]]) -> None:
+        if self.table is None or not self.loaded:
+            return
+        for ev in events:
+            p = ev.get("params", {})
+            mid = p.get("model_id")
+            raw = self.table.raw(mid) if isinstance(mid, str) else None
+            if raw is None:
+                continue
+            kind = ev.get("method")
+            if kind == "model_availability_change":
+                raw = {**raw, "availability_status": p.get("new_status")}
+                self.table.upsert(mid, model_cells(raw), raw)
+                self.mark_dirty(mid)
+            elif kind == "model_download_progress":
+                raw = {**raw, "download_progress": p.get("progress_percent", raw.get("download_progress"))}
+                self.table.upsert(mid, model_cells(raw), raw)
+                if p.get("status") in ("completed", "failed", "cancelled", "paused"):
+                    self.mark_dirty(mid)
+            elif kind in ("model_health_alert", "download_failed"):
+                self.mark_dirty(mid)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.mavail.main.action_request()

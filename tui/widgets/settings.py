@@ -1,0 +1,104 @@
+"""Settings tab: bandwidth, concurrency, health intervals and more, edited in place through config.update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from tui.widgets.base import Pane
+from tui.widgets.live_table import Cell, Column, LiveTable
+
+COLUMNS = [Column("id", "Setting"), Column("value", "Value"), Column("doc", "Meaning")]
+
+# The settings people change from the TUI first, with a short meaning (the engine validates every value).
+EDITABLE: dict[str, str] = {
+    "downloads.bandwidth_limit_mbps": "global cap MiB/s, 0 = none",
+    "downloads.max_concurrent": "downloads at once",
+    "downloads.max_retries": "retries per file",
+    "health.check_interval_hours": "quick check every N hours",
+    "health.full_check_interval_days": "full check every N days",
+    "health.max_read_mbps": "read budget of checks MiB/s",
+    "health.auto_repair_enabled": "repair what checks find",
+    "storage.max_gb": "ceiling for models GiB, 0 = none",
+    "storage.min_free_gb": "free-space floor GiB",
+    "gpu.vram_gb": "VRAM to assume without NVML",
+    "updates.keep_versions": "previous versions kept",
+}
+HIDDEN = ("rpc.token",)
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """`{section: {key: v}}` as `{"section.key": v}`."""
+    out: dict[str, Any] = {}
+    for section, body in config.items():
+        if isinstance(body, dict):
+            for k, v in body.items():
+                out[f"{section}.{k}"] = v
+        else:
+            out[section] = body
+    return out
+
+
+def show_value(v: Any) -> str:
+    """A value as the user types it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def parse_value(text: str, like: Any) -> Any:
+    """Parse typed text into the type of the current value (the engine does the real validation)."""
+    t = text.strip()
+    if isinstance(like, bool):
+        low = t.lower()
+        if low in ("true", "yes", "on", "1"):
+            return True
+        if low in ("false", "no", "off", "0"):
+            return False
+        raise ValueError("type true or false")
+    if isinstance(like, int):
+        return int(t)
+    if isinstance(like, float):
+        return float(t)
+    if isinstance(like, list):
+        return [int(x) for x in t.replace(",", " ").split()]
+    return t
+
+
+class SettingsPane(Pane):
+    """Live engine settings; enter edits the selected one."""
+
+    TITLE = "Settings"
+    REQUIRES = ("config.get", "config.update")
+    RESYNC_S = 60.0
+
+    def body(self) -> ComposeResult:
+        yield Static("enter: edit the selected setting (validated and saved by the engine; live ones apply at once)",
+                     classes="summary body")
+        self.table = LiveTable(COLUMNS, id="settings-table", classes="body")
+        yield self.table
+
+    async def fetch(self) -> None:
+        flat = flatten(await self.mavail.link.call("config.get"))
+        rows: dict[str, tuple[tuple[Cell, ...], dict[str, Any]]] = {}
+        ordered = [k for k in EDITABLE if k in flat] + sorted(k for k in flat if k not in EDITABLE and k not in HIDDEN)
+        for key in ordered:
+            rec = {"key": key, "value": flat[key], "model_id": None}
+            rows[key] = ((key, show_value(flat[key]), EDITABLE.get(key, "")), rec)
+        assert self.table is not None
+        self.table.sync(rows)
+
+    def selected_model(self) -> str | None:
+        return None
+
+    def on_events(self, events: list[dict[str, Any]]) -> None:
+        if self.loaded and any(ev.get("method") == "config_changed" for ev in events):
+            self.mark_dirty()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        raw = self.selected_raw()
+        if raw:
+            self.mavail.edit_setting(raw["key"], raw["value"])

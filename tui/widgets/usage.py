@@ -1,0 +1,87 @@
+"""Usage tab: per-model uses and success rate, a 30-day sparkline and the peak hours of the selected model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Sparkline, Static
+
+from tui import format as fmt
+from tui.widgets.base import Pane
+from tui.widgets.live_table import Cell, Column, LiveTable
+
+COLUMNS = [
+    Column("id", "Model"),
+    Column("uses", "Uses", sort=lambda r: r.get("total_uses")),
+    Column("per_day", "/day", sort=lambda r: r.get("uses_per_day")),
+    Column("success", "OK", sort=lambda r: r.get("success_rate")),
+    Column("avg", "Avg", sort=lambda r: r.get("average_generation_time")),
+    Column("trend", "30 days", sort=lambda r: sum(daily_uses(r))),
+]
+
+
+def daily_uses(u: dict[str, Any]) -> list[float]:
+    """Uses per day over the last 30 days, oldest first."""
+    days = u.get("last_30_days_usage") or []
+    return [float(d.get("uses", 0)) if isinstance(d, dict) else float(d) for d in days][-30:]
+
+
+def usage_cells(u: dict[str, Any]) -> tuple[Cell, ...]:
+    """One row of the Usage table from an `analytics.usage` entry."""
+    days = daily_uses(u)
+    # two days per block keeps the row inside 80 columns
+    pairs = [sum(days[i : i + 2]) for i in range(0, len(days), 2)]
+    rate = u.get("success_rate")
+    return (
+        u["model_id"],
+        str(u.get("total_uses", 0)),
+        "-" if u.get("uses_per_day") is None else f"{float(u['uses_per_day']):.1f}",
+        "-" if rate is None else f"{float(rate) * 100:.0f}%",
+        fmt.duration(u.get("average_generation_time")),
+        fmt.sparkline(pairs),
+    )
+
+
+class UsagePane(Pane):
+    """Which models are used, how well they do, and when."""
+
+    TITLE = "Usage"
+    REQUIRES = ("analytics.usage",)
+    RESYNC_S = 60.0
+
+    DEFAULT_CSS = """
+    UsagePane Sparkline { height: 2; margin: 0 1; }
+    """
+
+    def body(self) -> ComposeResult:
+        yield Static("", classes="summary body", id="usage-summary")
+        self.table = LiveTable(COLUMNS, id="usage-table", classes="body")
+        yield self.table
+        yield Static("", classes="detail body", id="usage-detail")
+        yield Sparkline([], classes="body", id="usage-spark")
+
+    async def fetch(self) -> None:
+        res = await self.mavail.link.call("analytics.usage", period="month")
+        models = res.get("models", {})
+        assert self.table is not None
+        self.table.sync({mid: (usage_cells({**u, "model_id": mid}), {**u, "model_id": mid}) for mid, u in models.items()})
+        sm = res.get("summary", {})
+        rate = sm.get("average_success_rate")
+        self.query_one("#usage-summary", Static).update(
+            f"{sm.get('total_generations', 0)} generations · {sm.get('total_models_used', 0)} models used · "
+            f"success {'-' if rate is None else f'{float(rate) * 100:.0f}%'} · most used {sm.get('most_used_model') or '-'}"
+        )
+        self._detail()
+
+    def _detail(self) -> None:
+        raw = self.selected_raw()
+        days = daily_uses(raw)
+        self.query_one("#usage-spark", Sparkline).data = days or [0.0]
+        peaks = raw.get("peak_usage_hours") or []
+        self.query_one("#usage-detail", Static).update(
+            f"{raw.get('model_id', '')}: last 30 days below · peak hours {', '.join(f'{int(h):02d}h' for h in peaks if isinstance(h, (int, float))) or '-'}" if raw else ""
+        )
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail()
