@@ -46,6 +46,7 @@ log = logging.getLogger("mavail.downloads")
 WRITE_CHUNK = 512 * 1024  # bytes handed to a worker thread per write
 READBACK_CHUNK = 1024 * 1024
 MAX_SPAN_BYTES = 64 * 1024 * 1024
+PREFIX_RECORD_S = 0.5  # how often the flushed prefix of pieces in progress is recorded when no piece completes
 # httpcore reads sockets 64 KiB at a time; at loopback speeds the per-read Python work then costs
 # more than the bytes. Larger reads return whatever the socket holds, so slow links are unaffected.
 if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 256 * 1024:
@@ -149,7 +150,8 @@ class TransferContext:
     limiters: list[RateLimiter]
     max_retries: Callable[[], int]
     setting: Callable[[str], Any]  # config.get
-    on_pieces: Callable[[str, list[tuple[int, str]]], Awaitable[None]]  # after fdatasync
+    # after fdatasync: (path, [(finished piece, sha256)], {piece in progress: flushed prefix length})
+    on_pieces: Callable[[str, list[tuple[int, str]], dict[int, int]], Awaitable[None]]
     on_reset: Callable[[str, str], Awaitable[None]]  # (path, reason): forget recorded pieces
     on_validator: Callable[[str, dict[str, list[str | None]]], Awaitable[None]]
     on_bytes: Callable[[int], None] = lambda n: None
@@ -199,7 +201,8 @@ class FileTransfer:
     """Downloads one file into its partial path; resumable, restartable, in-process reusable after a pause."""
 
     def __init__(self, job: FileJob, file: PartialFile, piece_size: int, ctx: TransferContext,
-                 recorded: dict[int, str] | None = None, validators: dict[str, list[str | None]] | None = None) -> None:
+                 recorded: dict[int, str] | None = None, validators: dict[str, list[str | None]] | None = None,
+                 prefixes: dict[int, int] | None = None) -> None:
         self.job = job
         self.file = file
         self.ps = piece_size
@@ -215,8 +218,10 @@ class FileTransfer:
         self.resets = 0
         self.integrity_failures = 0
         self._init_state(recorded or {})
+        self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
         self._commit_event = asyncio.Event()
+        self._catchup_event = asyncio.Event()
         self._alock = asyncio.Lock()  # a reset never interleaves with recording pieces
 
     # --- piece state -------------------------------------------------------
@@ -226,6 +231,7 @@ class FileTransfer:
         self.hashers: dict[int, Any] = {}
         self.piece_sha: dict[int, str] = {}
         self.recorded: set[int] = set()
+        self._last_prefixes: dict[int, int] = {}
         for idx, sha in recorded.items():
             if 0 <= idx < self.npieces:
                 self.state[idx] = 2
@@ -244,6 +250,36 @@ class FileTransfer:
                     self.written[i] = 0
                     self.piece_sha.pop(i, None)
                     self.recorded.discard(i)
+
+    def _restore_prefixes(self) -> None:
+        """Re-hash the recorded flushed prefix of pieces that were in progress, from disk, so only their rest is fetched."""
+        prefixes, self._prefixes = self._prefixes, {}
+        have = self.file.size()
+        for idx, length in sorted(prefixes.items()):
+            if not (0 <= idx < self.npieces) or not (0 < length < self.piece_len(idx)) or idx * self.ps + length > have:
+                continue
+            with self._lock:
+                if self.state[idx] != 0 or self.written[idx] != 0:
+                    continue
+            h = hashlib.sha256()
+            pos, end = idx * self.ps, idx * self.ps + length
+            while pos < end:
+                data = self.file.read(pos, min(READBACK_CHUNK, end - pos))
+                if not data:
+                    break
+                h.update(data)
+                pos += len(data)
+            if pos != end:
+                continue
+            with self._lock:
+                if self.state[idx] == 0 and self.written[idx] == 0:
+                    self.hashers[idx] = h
+                    self.written[idx] = length
+                    self._last_prefixes[idx] = length
+
+    def _prefixes_locked(self) -> dict[int, int]:
+        """{piece in progress: bytes written from its start}; read under `_lock` before a flush, record after it."""
+        return {i: self.written[i] for i in self.hashers if self.state[i] != 2 and 0 < self.written[i] < self.piece_len(i)}
 
     def piece_len(self, idx: int) -> int:
         """Bytes of piece `idx` (the last one may be short)."""
@@ -304,6 +340,7 @@ class FileTransfer:
             self.gen += 1
             self.resets += 1
             self._init_state({})
+            self._prefixes = {}
             self._commit_q.clear()
             self.validators = {}
         log.warning("%s: restarting from byte 0: %s", self.job.path, reason)
@@ -316,6 +353,9 @@ class FileTransfer:
             raise _Stale()
         try:
             self.file.write(data, offset)
+            writeback = getattr(self.file, "start_writeback", None)
+            if writeback is not None:
+                writeback(offset, len(data))
         except OSError as exc:
             if _is_disk_full(exc):
                 raise DiskFull(str(exc)) from None
@@ -342,7 +382,11 @@ class FileTransfer:
             if gen == self.gen:
                 self.frontier.feed(offset, data)
         if done is not None:
-            self._loop.call_soon_threadsafe(self._commit_event.set)
+            self._loop.call_soon_threadsafe(self._piece_done)
+
+    def _piece_done(self) -> None:
+        self._commit_event.set()
+        self._catchup_event.set()
 
     def _contiguous_end(self) -> int:
         with self._lock:
@@ -377,9 +421,18 @@ class FileTransfer:
     # --- committing pieces -------------------------------------------------
     async def _commit_loop(self) -> None:
         while True:
-            await self._commit_event.wait()
+            try:
+                await asyncio.wait_for(self._commit_event.wait(), PREFIX_RECORD_S)
+            except asyncio.TimeoutError:
+                pass
             self._commit_event.clear()
             await self._commit_pending()
+
+    async def _hash_loop(self) -> None:
+        """Catch the whole-file hash up over pieces that finished ahead of it (apart from commits, so neither waits)."""
+        while True:
+            await self._catchup_event.wait()
+            self._catchup_event.clear()
             await asyncio.to_thread(self._catch_up, 64 * 1024 * 1024)
 
     async def _commit_pending(self) -> None:
@@ -388,17 +441,20 @@ class FileTransfer:
 
     async def _commit_pending_locked(self) -> None:
         with self._lock:
+            # the prefixes are read before the flush: whatever they count is on disk once it returns
+            prefixes = self._prefixes_locked()
             batch, self._commit_q = self._commit_q, []
             gen = self.gen
-        if not batch:
+        if not batch and prefixes == self._last_prefixes:
             return
         await asyncio.to_thread(self.file.flush)
         if gen != self.gen:
             return
-        await self.ctx.on_pieces(self.job.path, batch)
+        await self.ctx.on_pieces(self.job.path, batch, prefixes)
         with self._lock:
             if gen == self.gen:
                 self.recorded.update(i for i, _ in batch)
+                self._last_prefixes = prefixes
 
     # --- HTTP ----------------------------------------------------------------
     def _pick_url(self, span: _Span) -> str:
@@ -630,9 +686,12 @@ class FileTransfer:
         self._loop = asyncio.get_running_loop()
         self.dead.clear()
         await asyncio.to_thread(self._drop_missing_pieces)
+        if self._prefixes:
+            await asyncio.to_thread(self._restore_prefixes)
         self.resets = 0
         self.integrity_failures = 0
         committer = asyncio.create_task(self._commit_loop(), name=f"commit:{self.job.path}")
+        hasher = asyncio.create_task(self._hash_loop(), name=f"hash:{self.job.path}")
         try:
             while True:
                 if self.size == 0:
@@ -654,7 +713,8 @@ class FileTransfer:
             await asyncio.to_thread(self.file.flush)
         finally:
             committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
+            hasher.cancel()
+            await asyncio.gather(committer, hasher, return_exceptions=True)
             await asyncio.shield(self._commit_pending())
         with self._hlock:
             sha = self.frontier.sha.hexdigest()
