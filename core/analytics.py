@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable
 
+from core.catalog import version_key
 from core.errors import InvalidParams, ModelNotFound
 from core.timeutil import iso, parse_iso
 
@@ -201,6 +202,7 @@ class Analytics:
         self._flush_lock = asyncio.Lock()
         self._summary: dict[str, ModelUsage] = {}
         self._rollup = RollupCache()  # used by the database's writer thread only
+        self._iso_cache: tuple[int, str | None] = (-1, None)
         self.flushes = 0
         self.write_errors = 0
 
@@ -220,7 +222,8 @@ class Analytics:
             out: dict[str, ModelUsage] = {}
             for r in conn.execute("SELECT model_id, uses, successes, time_sum, requests, last_used_ts, last_requested_ts FROM usage_models"):
                 out[r[0]] = ModelUsage(uses=r[1], successes=r[2], time_sum=r[3], requests=r[4], last_used=r[5], last_requested=r[6])
-            for r in conn.execute("SELECT model_id, day, uses FROM usage_daily WHERE day >= ? AND model_id != ? AND uses > 0", (first_day, ALL)):
+            for r in conn.execute("SELECT d.model_id, d.day, d.uses FROM usage_models m JOIN usage_daily d "
+                                  "ON d.model_id = m.model_id AND d.day >= ? WHERE d.uses > 0", (first_day,)):
                 out.setdefault(r[0], ModelUsage()).daily[r[1]] = r[2]
             return out
 
@@ -295,7 +298,10 @@ class Analytics:
         ev = self._check_event(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp, now)
         await self._backpressure()
         self._accept([ev])
-        return {"success": True, "model_id": model_id, "recorded_at": iso(ev[1])}
+        sec = int(ev[1])
+        if self._iso_cache[0] != sec:  # formatting a time costs more than recording the event
+            self._iso_cache = (sec, iso(sec))
+        return {"success": True, "model_id": model_id, "recorded_at": self._iso_cache[1]}
 
     async def record_many(self, events: list[Any]) -> dict[str, Any]:
         """Validate every event first, then buffer them all (none when any is invalid)."""
@@ -349,6 +355,8 @@ class Analytics:
             upto = self._queued
             try:
                 await self.engine.db.write(lambda conn: _write_batch(conn, batch, self._rollup))
+            except asyncio.CancelledError:
+                raise  # the writer thread still commits the batch: queueing it again would count it twice
             except BaseException:
                 self._rollup.clear()  # the transaction rolled back: forget what it claimed
                 self._buf[:0] = batch
@@ -391,8 +399,25 @@ class Analytics:
         d0 = utc_day(since_ts)
 
         def q(conn: sqlite3.Connection) -> dict[str, int]:
+            seek = "(SELECT day FROM usage_daily WHERE model_id = m.model_id AND day < ? ORDER BY day DESC LIMIT 1)"
             return {r[0]: r[1] for r in conn.execute(
-                "SELECT model_id, SUM(uses) FROM usage_daily WHERE day >= ? AND model_id != ? GROUP BY model_id", (d0, ALL))}
+                f"""SELECT m.model_id, hi.c_uses - COALESCE(lo.c_uses, 0) FROM usage_models m
+                    JOIN usage_daily hi ON hi.model_id = m.model_id AND hi.day = {seek}
+                    LEFT JOIN usage_daily lo ON lo.model_id = m.model_id AND lo.day = {seek}""", (2**31, d0))}
+
+        return await self.engine.db.read(q)
+
+    async def generation_samples(self, model_id: str, limit: int = 500) -> list[tuple[float, float, bool]]:
+        """The model's latest `limit` generations, newest first, as (ts, generation_time_s, success).
+
+        Requests are not generations and are left out. Flushes the write buffer first, as every query does.
+        """
+        await self.flush()
+
+        def q(conn: sqlite3.Connection) -> list[tuple[float, float, bool]]:
+            return [(r[0], r[1], bool(r[2])) for r in conn.execute(
+                "SELECT ts, generation_time_s, success FROM usage_events WHERE model_id = ? AND kind = 0 "
+                "AND generation_time_s IS NOT NULL ORDER BY ts DESC LIMIT ?", (model_id, limit))]
 
         return await self.engine.db.read(q)
 
@@ -514,16 +539,12 @@ class Analytics:
                 issues.append(f"generations {100 * ((t7 / s7) / avg30 - 1):.0f}% slower than the 30-day average")
             if trend == "degrading":
                 recs.append("Performance is degrading: check the model's health and the GPU")
-            try:
-                st = self.engine.model_status(mid)
-            except ModelNotFound:
-                st = None
-            if st is not None:
-                if st.get("update_available"):
-                    recs.append("Consider updating to latest version")
-                if st.get("corruption_detected"):
-                    issues.append("corruption detected")
-                    recs.append("Repair the model")
+            update, corrupt = _model_flags(self.engine, mid)
+            if update:
+                recs.append("Consider updating to latest version")
+            if corrupt:
+                issues.append("corruption detected")
+                recs.append("Repair the model")
             trends[mid] = {
                 "current_score": current,
                 "trend": trend,
@@ -541,11 +562,11 @@ class Analytics:
         system = {
             "overall_score": (sum(scores) / len(scores)) if scores else None,
             "generation_success_rate": (suc7 / tot7) if tot7 else None,
+            # neither the download nor the health service keeps these figures yet: null rather than invented
             "download_success_rate": None,
             "average_download_speed_mbps": None,
             "health_check_success_rate": None,
         }
-        system.update(_service_stats(self.engine))
         return {"performance_trends": trends, "system_performance": system,
                 "thresholds": {"trend_threshold": tau, "trend_min_events": min_events}}
 
@@ -592,23 +613,19 @@ class Analytics:
         return {"suggestions": out, "window_days": window, "min_uses": min_uses}
 
 
-def _service_stats(engine: "Engine") -> dict[str, Any]:
-    """Download and health figures from the other services, where they offer them (`stats()` -> dict)."""
-    out: dict[str, Any] = {}
-    for name, keys in (("downloads", ("download_success_rate", "average_download_speed_mbps")),
-                       ("health", ("health_check_success_rate",))):
-        svc = getattr(engine, name, None)
-        fn = getattr(svc, "stats", None)
-        if not callable(fn):
-            continue
-        try:
-            got = fn()
-        except Exception:
-            log.exception("%s.stats() failed", name)
-            continue
-        if isinstance(got, dict):
-            out.update({k: got[k] for k in keys if k in got})
-    return out
+def _model_flags(engine: "Engine", model_id: str) -> tuple[bool, bool]:
+    """(update available, corruption detected) from the last scan and the health service, without a full status."""
+    spec = engine.catalog.get(model_id)
+    pres = engine.presence(model_id)
+    if spec is None or pres is None:
+        return False, False
+    update = pres.complete and version_key(spec.version) > version_key(engine.version_in_use(model_id))
+    corrupt = bool(pres.wrong_size_files)
+    try:
+        corrupt = corrupt or bool(engine.health.model_fields(model_id).get("corruption_detected"))
+    except Exception:  # a health fault must not fail the usage figures
+        log.exception("health.model_fields failed")
+    return update, corrupt
 
 
 # --- SQL (run in the database's threads) -------------------------------------------
@@ -648,22 +665,24 @@ def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], cache: 
     """Insert events, then fold them into usage_daily (day and running totals) and usage_models."""
     conn.executemany(
         "INSERT INTO usage_events (model_id, ts, kind, generation_time_s, success, vram_peak_mb, parameters) VALUES (?,?,?,?,?,?,?)", batch)
-    deltas: dict[tuple[str, int], list[float]] = {}
+    # sparse deltas: column index -> amount (an event touches 3 or 4 of the 28 figures)
+    deltas: dict[tuple[str, int], dict[int, float]] = {}
     per_model: dict[str, list[Any]] = {}
     for mid, ts, kind, gt, ok, _vram, _p in batch:
         day = int(ts // DAY)
+        hour_col = 4 + int(ts // HOUR) % 24
         for key in ((mid, day), (ALL, day)):
             v = deltas.get(key)
             if v is None:
-                v = deltas[key] = [0] * _NVALS
+                v = deltas[key] = {}
             if kind == 0:
-                v[0] += 1
+                v[0] = v.get(0, 0) + 1
                 if ok:
-                    v[1] += 1
-                    v[2] += gt
-                v[4 + int(ts // HOUR) % 24] += 1
+                    v[1] = v.get(1, 0) + 1
+                    v[2] = v.get(2, 0.0) + gt
+                v[hour_col] = v.get(hour_col, 0) + 1
             else:
-                v[3] += 1
+                v[3] = v.get(3, 0) + 1
         m = per_model.get(mid)
         if m is None:
             m = per_model[mid] = [0, 0, 0.0, 0, ts, None, None]
@@ -680,16 +699,22 @@ def _write_batch(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], cache: 
             m[6] = ts if m[6] is None else max(m[6], ts)
     rows = []
     late: list[tuple[str, int, list[float]]] = []
-    for (mid, day), v in deltas.items():
+    zeros = [0] * _NVALS
+    for (mid, day), sv in deltas.items():
         lday, row = cache.get(conn, mid)
         if day > lday:  # a new latest day: running totals continue from the previous latest row
-            cum = row[_NVALS:] if row is not None else [0] * _NVALS
-            new = v + [c + x for c, x in zip(cum, v)]
+            new = zeros + (row[_NVALS:] if row is not None else zeros)
         elif day == lday and row is not None:
-            new = [a + x for a, x in zip(row[:_NVALS], v)] + [c + x for c, x in zip(row[_NVALS:], v)]
+            new = list(row)
         else:
+            v = list(zeros)
+            for i, x in sv.items():
+                v[i] = x
             late.append((mid, day, v))
             continue
+        for i, x in sv.items():
+            new[i] += x
+            new[_NVALS + i] += x
         cache.latest[mid] = (day, new)
         rows.append((mid, day, *new))
     conn.executemany(_REPLACE, rows)
@@ -745,8 +770,8 @@ def _query_usage(conn: sqlite3.Connection, rng: Range, model_id: str | None, inc
             # per-model series: the last 30 days of the range; the scope's: the whole range
             lo_m = max(series_first, d0)
             if model_id is None and per_model_series and lo_m < d1:
-                for r in conn.execute("SELECT model_id, day, uses, successes, time_sum FROM usage_daily "
-                                      "WHERE day >= ? AND day < ? AND model_id != ?", (lo_m, d1, ALL)):
+                for r in conn.execute("SELECT d.model_id, d.day, d.uses, d.successes, d.time_sum FROM usage_models m "
+                                      "JOIN usage_daily d ON d.model_id = m.model_id AND d.day >= ? AND d.day < ?", (lo_m, d1)):
                     accs[r[0]].add_day(r[1], r[2], r[3], r[4])
             for r in conn.execute("SELECT day, uses, successes, time_sum FROM usage_daily WHERE model_id = ? AND day >= ? AND day < ?",
                                   (scope_id, d0, d1)):
@@ -775,16 +800,26 @@ def _query_usage(conn: sqlite3.Connection, rng: Range, model_id: str | None, inc
 
 
 def _query_performance(conn: sqlite3.Connection, now: float, today: int) -> dict[str, dict[str, tuple[int, int, float]]]:
-    """(uses, successes, time_sum) per model over the last 24 hours, 7 days and 30 days."""
+    """(uses, successes, time_sum) per model over the last 24 hours, 7 days and 30 days.
+
+    The 7- and 30-day windows are differences of running totals (a few index
+    seeks per model); the last 24 hours come from the raw events.
+    """
     out: dict[str, dict[str, tuple[int, int, float]]] = {}
-    for mid, u30, s30, t30, u7, s7, t7 in conn.execute(
-        """SELECT model_id, SUM(uses), SUM(successes), TOTAL(time_sum),
-                  SUM(CASE WHEN day >= ? THEN uses ELSE 0 END), SUM(CASE WHEN day >= ? THEN successes ELSE 0 END),
-                  TOTAL(CASE WHEN day >= ? THEN time_sum END)
-           FROM usage_daily WHERE day >= ? AND model_id != ? GROUP BY model_id HAVING SUM(uses) > 0""",
-        (today - 6, today - 6, today - 6, today - 29, ALL),
-    ):
-        out[mid] = {"30d": (u30, s30, t30), "7d": (u7, s7, t7), "24h": (0, 0, 0.0)}
+    seek = "(SELECT day FROM usage_daily WHERE model_id = m.model_id AND day < ? ORDER BY day DESC LIMIT 1)"
+    sql = f"""
+        SELECT m.model_id,
+               hi.c_uses - COALESCE(a.c_uses, 0), hi.c_successes - COALESCE(a.c_successes, 0), hi.c_time_sum - COALESCE(a.c_time_sum, 0),
+               hi.c_uses - COALESCE(b.c_uses, 0), hi.c_successes - COALESCE(b.c_successes, 0), hi.c_time_sum - COALESCE(b.c_time_sum, 0)
+        FROM usage_models m
+        JOIN usage_daily hi ON hi.model_id = m.model_id AND hi.day = {seek}
+        LEFT JOIN usage_daily a ON a.model_id = m.model_id AND a.day = {seek}
+        LEFT JOIN usage_daily b ON b.model_id = m.model_id AND b.day = {seek}
+        WHERE m.last_used_ts >= ?
+    """
+    for mid, u30, s30, t30, u7, s7, t7 in conn.execute(sql, (today + 1, today - 29, today - 6, (today - 29) * DAY)):
+        if u30 > 0:
+            out[mid] = {"30d": (u30, s30, t30), "7d": (u7, s7, t7), "24h": (0, 0, 0.0)}
     for mid, u, s, t in conn.execute(
         """SELECT model_id, COUNT(*), SUM(success = 1), TOTAL(CASE WHEN success = 1 THEN generation_time_s END)
            FROM usage_events WHERE ts >= ? AND kind = 0 GROUP BY model_id""", (now - DAY,)):

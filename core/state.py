@@ -277,6 +277,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
+        "0006b_analytics_indexes",
+        """
+        -- usage_daily is read by model (primary key) only: a (day, model_id) index
+        -- cost a page write per recorded event for no query.
+        DROP INDEX IF EXISTS usage_daily_day;
+        """,
+    ),
+    (
         "0003_downloads_prefixes",
         """
         -- The flushed prefix (bytes from the piece's start) of pieces still in

@@ -18,8 +18,9 @@ Rules (config keys under `storage.`):
 - never removed: a model under a lease, busy (downloading, checking, repairing,
   updating...), or with requests queued for it; anything that is not a real
   directory named like a model id directly under `models/`;
-- partial download data (entries of `partial/`) untouched for
-  `partial_max_age_days` and not owned by a download is offered too.
+- partial download data (entries of `partial/`, `partial/<model_id>/...`)
+  untouched for `partial_max_age_days` and not owned by a download (active,
+  or with a download record that is not completed or cancelled) is offered too.
 
 A removal renames the model directory into `trash/` (one atomic step, after a
 journal row in `storage_trash`), deletes its installed_* rows, deletes the
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from core.errors import InvalidParams, ModelNotFound, NotFound
+from core.errors import InvalidParams, NotFound
 from core.fsutil import fsync_dir
 from core.timeutil import iso
 
@@ -264,9 +265,7 @@ class StorageManager:
         await self.recover()
         self.engine.spawn(self._check_loop(), name="storage-check")
         self.engine.config.on_change(self._on_config)
-        dl = getattr(self.engine, "downloads", None)
-        if dl is not None and callable(getattr(dl, "add_listener", None)):
-            dl.add_listener(self._on_download)
+        self.engine.downloads.add_listener(self._on_download)
 
     def _on_config(self, changed: dict[str, Any]) -> None:
         if any(k.startswith("storage.") for k in changed):
@@ -318,11 +317,9 @@ class StorageManager:
         reasons = eng.activity.reasons(model_id)
         if reasons:
             out.append("busy: " + ", ".join(sorted(reasons)))
-        q = getattr(eng, "queue", None)
-        if q is not None and q.has_waiting(model_id):
+        if eng.queue.has_waiting(model_id):
             out.append("requests are queued for it")
-        dl = getattr(eng, "downloads", None)
-        if dl is not None and callable(getattr(dl, "is_active", None)) and dl.is_active(model_id) and "busy: " not in " ".join(out):
+        if not reasons and eng.downloads.is_active(model_id):  # an active download holds "downloading": named once
             out.append("downloading")
         return out
 
@@ -354,21 +351,18 @@ class StorageManager:
                 best = mid
         return best
 
-    def _partial_owned(self, entry: DiskEntry, owner: str | None) -> bool:
-        dl = getattr(self.engine, "downloads", None)
-        fn = getattr(dl, "partial_paths", None)
-        if callable(fn):
-            try:
-                if any(Path(p) == entry.path or entry.path in Path(p).parents for p in fn()):
-                    return True
-            except Exception:
-                log.exception("downloads.partial_paths() failed")
-        if owner is not None:
-            if self.engine.activity.busy(owner, "downloading"):
-                return True
-            if dl is not None and callable(getattr(dl, "is_active", None)) and dl.is_active(owner):
-                return True
-        return False
+    async def _downloads_kept(self) -> set[str]:
+        """Models with a download record that may still use its partial data (any state but completed or cancelled)."""
+        def q(c: Any) -> set[str]:
+            return {r[0] for r in c.execute("SELECT model_id FROM downloads WHERE status NOT IN ('completed', 'cancelled')")}
+
+        return await self.engine.db.read(q)
+
+    def _partial_owned(self, owner: str | None, kept: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+        """Whether partial data of `owner` is still wanted: a download record that may resume it, or a download running now."""
+        if owner is None:
+            return False
+        return owner in kept or self.engine.activity.busy(owner, "downloading") or self.engine.downloads.is_active(owner)
 
     async def info(self) -> dict[str, Any]:
         """storage.info: the filesystem, every model's measured size, tier and use, partial data, suggestions."""
@@ -403,13 +397,14 @@ class StorageManager:
             })
         rows.sort(key=lambda r: (-r["size_bytes"], r["model_id"]))
         max_age = float(self.engine.config.get("storage.partial_max_age_days")) * DAY
+        kept = await self._downloads_kept()
         partial_rows = []
         for e in partial:
             owner = self._partial_owner(e.name)
-            orphan = not self._partial_owned(e, owner) and (now - e.size.newest_mtime) >= max_age
+            orphan = not self._partial_owned(owner, kept) and (now - e.size.newest_mtime) >= max_age
             partial_rows.append({"name": e.name, "model_id": owner, "size_bytes": e.size.bytes, "modified": iso(e.size.newest_mtime),
                                  "orphaned": orphan})
-        plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed)
+        plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed, keep=False)
         max_gb = float(self.engine.config.get("storage.max_gb"))
         return {
             "storage_summary": {
@@ -448,7 +443,7 @@ class StorageManager:
     async def _make_plan(self, cleanup_type: str, models_to_remove: list[str] | None, min_unused_days: float | None,
                          preserve_frequently_used: bool, threshold_gb: float | None, include_partial: bool = True,
                          du: Any = None, models: list[DiskEntry] | None = None, partial: list[DiskEntry] | None = None,
-                         installed: dict[str, float] | None = None) -> Plan:
+                         installed: dict[str, float] | None = None, keep: bool = True) -> Plan:
         if models is None or partial is None or du is None:
             du, models, partial, _ = await asyncio.to_thread(self._disk)
         if installed is None:
@@ -535,16 +530,18 @@ class StorageManager:
                     got += size
         if include_partial and cleanup_type == "auto":
             max_age = float(cfg.get("storage.partial_max_age_days")) * DAY
+            kept = await self._downloads_kept()
             for e in partial:
                 owner = self._partial_owner(e.name)
                 age = now - e.size.newest_mtime
-                if age < max_age or self._partial_owned(e, owner):
+                if age < max_age or self._partial_owned(owner, kept):
                     continue
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
                                       f"partial download data untouched for {age / DAY:.0f} days, no download owns it", 0.8, None, 0))
         plan = Plan("plan_" + secrets.token_hex(6), time.monotonic(), items, preserved, skipped, models_bytes, du.free, processed)
-        self._plans = {k: p for k, p in self._plans.items() if time.monotonic() - p.created_at < PLAN_TTL_S}
-        self._plans[plan.plan_id] = plan
+        if keep:  # storage.info's suggestions are not plans anyone can run
+            self._plans = {k: p for k, p in self._plans.items() if time.monotonic() - p.created_at < PLAN_TTL_S}
+            self._plans[plan.plan_id] = plan
         return plan
 
     async def recommendations(self, storage_threshold_gb: float | None, min_unused_days: float | None) -> dict[str, Any]:
@@ -597,11 +594,15 @@ class StorageManager:
                 "planned_savings_gb": sum(i.size_bytes for i in plan.items) / GIB,
                 "planned_savings_bytes": sum(i.size_bytes for i in plan.items),
             }
-            if dry_run:
-                result.update({"cleanup_id": None, "models_removed": [], "partial_removed": [], "space_freed_gb": 0.0, "bytes_freed": 0,
+            if dry_run:  # what the run would remove and free, in the fields the run reports
+                planned = sum(i.size_bytes for i in plan.items)
+                result.update({"cleanup_id": None, "models_removed": [i.name for i in plan.items if i.kind == "model"],
+                               "partial_removed": [i.name for i in plan.items if i.kind == "partial"],
+                               "space_freed_gb": planned / GIB, "bytes_freed": planned,
                                "models_preserved": [p["model_id"] for p in plan.preserved], "preserved": plan.preserved,
                                "skipped": plan.skipped, "errors": [],
-                               "summary": {"total_processed": plan.processed, "removed": 0, "preserved": len(plan.preserved), "errors": 0}})
+                               "summary": {"total_processed": plan.processed, "removed": sum(1 for i in plan.items if i.kind == "model"),
+                                           "preserved": len(plan.preserved), "errors": 0}})
                 return result
             self._plans.pop(plan.plan_id, None)  # a plan runs once
             cleanup_id = "cleanup_" + secrets.token_hex(6)

@@ -64,10 +64,26 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_call(args: argparse.Namespace) -> int:
-    """One call: exit 0 on a result, 1 on an RPC error, 2 when unreachable or bad arguments."""
+def _call_engine(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None,
+                 timeout: float | None = None) -> tuple[int, Any]:
+    """(0, result) of one call, else (exit code, None) with the error on stderr: 1 for an RPC error (as JSON),
+    2 when the engine is unreachable or the call timed out."""
     from rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
 
+    try:
+        client = Client(_socket(args)) if timeout is None else Client(_socket(args), timeout=timeout)
+        with client as c:
+            return 0, c.call(method, params)
+    except RpcError as exc:
+        print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)
+        return 1, None
+    except (EngineUnavailable, CallTimeout) as exc:
+        print(f"mavail: {exc}", file=sys.stderr)
+        return 2, None
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """One call: exit 0 on a result, 1 on an RPC error, 2 when unreachable or bad arguments."""
     try:
         params = json.loads(args.params)
     except ValueError as exc:
@@ -76,17 +92,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     if not isinstance(params, dict):
         print("mavail: PARAMS_JSON must be a JSON object", file=sys.stderr)
         return 2
-    try:
-        with Client(_socket(args), timeout=args.timeout) as c:
-            result = c.call(args.method, params)
-    except RpcError as exc:
-        print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)
-        return 1
-    except (EngineUnavailable, CallTimeout) as exc:
-        print(f"mavail: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    rc, result = _call_engine(args, args.method, params, timeout=args.timeout)
+    if rc == 0:
+        print(json.dumps(result, indent=2))
+    return rc
 
 
 def _fmt_size(mb: float | None) -> str:
@@ -119,38 +128,23 @@ def render_status(result: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every model's status as a table, or as JSON with --json."""
-    from rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
-
-    try:
-        with Client(_socket(args)) as c:
-            result = c.call("models.status")
-    except RpcError as exc:
-        print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)
-        return 1
-    except (EngineUnavailable, CallTimeout) as exc:
-        print(f"mavail: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else render_status(result))
-    return 0
+    rc, result = _call_engine(args, "models.status")
+    if rc == 0:
+        print(json.dumps(result, indent=2) if args.json else render_status(result))
+    return rc
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
     """Attach the TUI."""
-    try:
-        from tui.app import run_tui
-    except ImportError as exc:  # pragma: no cover - until the TUI lands
-        print(f"mavail: the TUI is not available: {exc}", file=sys.stderr)
-        return 2
+    from tui.app import run_tui
+
     return run_tui(_socket(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
-    try:
-        from tui.demo import run_demo
-    except ImportError as exc:  # pragma: no cover - until the demo lands
-        print(f"mavail: the demo is not available: {exc}", file=sys.stderr)
-        return 2
+    from tui.demo import run_demo
+
     return run_demo(headless=args.headless)
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from jsonrpcserver import Error, Success
-from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.async_dispatcher import call as jsonrpc_call
 from jsonrpcserver.dispatcher import create_request, to_response
+from jsonrpcserver.result import MethodNotFoundResult
 from jsonrpcserver.response import ErrorResponse, SuccessResponse
 from jsonrpcserver.sentinels import NOCONTEXT, NOID
 from oslash.either import Left  # type: ignore[import-untyped]
@@ -30,9 +32,14 @@ MAX_BATCH = 100
 _NAMES = {-32700: "PARSE_ERROR", -32600: "INVALID_REQUEST", -32601: "METHOD_NOT_FOUND", -32602: "INVALID_PARAMS", -32603: "INTERNAL_ERROR"}
 
 
+_REQ_PREFIX = "req_" + secrets.token_hex(3)
+_req_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    """A short random id tying a response to its log lines."""
-    return "req_" + secrets.token_hex(6)
+    """A short id tying a response to its log lines: a random prefix per engine run and a counter
+    (no system call per request, unlike drawing random bytes each time)."""
+    return f"{_REQ_PREFIX}{next(_req_counter):x}"
 
 
 def error_data(code: int, name: str | None = None, details: dict[str, Any] | None = None, request_id: str | None = None) -> dict[str, Any]:
@@ -116,10 +123,15 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> dict[str, A
             return error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id)
         ctx = CallContext(engine=engine, conn=conn, request_id=request_id)
         name = req["method"]
-        methods = {name: (lambda *a, **kw: _invoke(ctx, name, *a, **kw))} if name in TABLE else {}
-        # jsonrpcserver resolves the method and calls it; its batch path (a task per
-        # request through asyncio.gather) is skipped: batches are gathered in dispatch_line.
-        request, result = await dispatch_request(methods, NOCONTEXT, create_request(req))
+        request = create_request(req)
+        if name in TABLE:
+            # jsonrpcserver calls the method and shapes its Result. Its own lookup binds every
+            # call against inspect.signature and its batch path gathers through a task per
+            # request; the method table already validates params, and batches are gathered
+            # in dispatch_parsed, so both are skipped.
+            result = await jsonrpc_call(request, NOCONTEXT, lambda *a, **kw: _invoke(ctx, name, *a, **kw))
+        else:
+            result = Left(MethodNotFoundResult(name))
         if request.id is NOID:
             return None
         return _to_obj(to_response(request, result), request_id)

@@ -327,8 +327,8 @@ METHODS: tuple[Method, ...] = (
         _MODEL_ID, P("position", "integer", "1-based queue position.", required=True, minimum=1))),
     Method("downloads.set_limit", downloads_set_limit, "Change a download's own bandwidth cap while it runs.", (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0))),
-    Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,)),
-    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order."),
+    Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,), inline=True),
+    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order.", inline=True),
     # health and updates (issue 4)
     Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
            (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),

@@ -1,9 +1,13 @@
-"""Shared pieces of the fallback tests: a small catalog of related models and a GPU-less NVML."""
+"""Shared pieces of the fallback tests: a small catalog of related models, a GPU-less NVML, a fake download
+service, and waiting for one event."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
+
+from rpc.client import AsyncClient
 
 from tests.helpers import install_files, model_toml, synthetic_bytes
 
@@ -71,3 +75,14 @@ class FakeDownloads:
         install_files(self.engine.layout.home, model_id, FILES[model_id])
         self.active.pop(model_id, None)
         await self.engine.refresh_presence([model_id])
+
+
+async def next_event(c: AsyncClient, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The params of the next `kind` notification `c` receives (fails after `timeout` seconds)."""
+    async def take() -> dict[str, Any]:
+        async for m in c.events():
+            if m["method"] == kind:
+                return m["params"]
+        raise AssertionError("connection closed")
+
+    return await asyncio.wait_for(take(), timeout)

@@ -7,14 +7,20 @@ import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from core.config import Config
 from core.engine import Engine
 from core.paths import HomeLayout
+from rpc.client import Client
 from rpc.server import Server
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def synthetic_bytes(seed: str, size: int) -> bytes:
@@ -85,6 +91,33 @@ async def running_engine(home: Path, socket_path: Path | None = None, config_env
         finally:
             engine.shutdown_requested.set()
             await asyncio.wait_for(task, 10)
+
+
+def start_engine_process(home: Path, sock: Path, env: dict[str, str] | None = None, new_session: bool = False,
+                         timeout: float = 20.0) -> subprocess.Popen[bytes]:
+    """`mavail engine` on `home` and `sock` in a subprocess, returned once it answers `session.hello`.
+
+    `env` adds variables (an inherited MAVAIL_CRASH_AT is dropped: crash points are set per call);
+    `new_session` puts it in its own process group (for `os.killpg`). Fails if the engine exits or
+    does not answer within `timeout` seconds (and kills it then); stderr is kept for the message.
+    """
+    environ = {k: v for k, v in os.environ.items() if k != "MAVAIL_CRASH_AT"}
+    environ.update({"PYTHONPATH": str(ROOT), **(env or {})})
+    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                            env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=new_session)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"engine exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with Client(sock, timeout=5) as c:
+                c.call("session.hello")
+            return proc
+        except Exception:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise AssertionError("engine did not start")
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:

@@ -16,7 +16,7 @@ import psutil
 
 from rpc.client import Client
 from tui.demo import CATALOG, Demo
-from tests.tui_helpers import screen_text, until
+from tests.tui_helpers import until
 from tui.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,13 @@ def test_headless_demo_serves_the_catalog_and_ctrl_c_stops_everything():
         engine_pid, sock = int(m.group(1)), Path(m.group(2))
         with Client(sock, timeout=10) as c:
             models = c.call("models.status")["models"]
+            methods = set(c.call("session.hello")["methods"])
+            if "downloads.active" in methods:  # the demo starts downloads at once, one of them from the flaky mirror
+                assert {"wan2.2-ti2v-5b", "wan2.2-i2v-a14b"} <= {d["model_id"] for d in c.call("downloads.active")["active_downloads"]}
+            if "analytics.usage" in methods:
+                assert c.call("analytics.usage", period="month")["summary"]["total_generations"] > 0
+            if "fallback.queue_list" in methods:
+                assert c.call("fallback.queue_list")["total"] == 1
         assert {"wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b"} <= set(models)
         ti2v = models["wan2.2-ti2v-5b"]
         assert ti2v["model_type"] == "text_image_to_video" and "fast_generation" in ti2v["capabilities"]

@@ -5,32 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 
 from core.mirror import MIB, Mirror, Synthetic
 from rpc.client import Client
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
-from tests.helpers import short_tmpdir
-
-
-def _engine_proc(home, sock):
-    return subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def _wait_ready(sock, proc, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        try:
-            with Client(sock, timeout=2) as c:
-                c.call("session.hello")
-                return
-        except Exception:
-            time.sleep(0.05)
-    raise AssertionError("engine did not start")
+from tests.helpers import short_tmpdir, start_engine_process
 
 
 def test_kill_9_mid_download_then_restart_resumes(home):
@@ -43,9 +23,8 @@ def test_kill_9_mid_download_then_restart_resumes(home):
                              "held": {"h.bin": Synthetic("held", 200_000)}},
                    {"downloads": {"piece_size_mb": 1, "max_concurrent": 1}})
         m.faults("big/w.bin").throttle_bps = 4 * MIB
-        proc = _engine_proc(home, sock)
+        proc = start_engine_process(home, sock, new_session=True)
         try:
-            _wait_ready(sock, proc)
             with Client(sock, timeout=5) as c:
                 c.call("downloads.start", {"model_id": "big"})
                 c.call("downloads.start", {"model_id": "later", "priority": "low"})
@@ -74,9 +53,8 @@ def test_kill_9_mid_download_then_restart_resumes(home):
         assert len(recorded) >= 2  # pieces flushed and recorded before the kill
         m.faults("big/w.bin").throttle_bps = 0
         m.reset_counters()
-        proc = _engine_proc(home, sock)
+        proc = start_engine_process(home, sock, new_session=True)
         try:
-            _wait_ready(sock, proc)
             with Client(sock, timeout=5) as c:
                 deadline = time.monotonic() + 30
                 while True:

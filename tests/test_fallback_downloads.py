@@ -3,7 +3,6 @@ models.request starting a download, estimates that come from the scheduler."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +10,10 @@ import pytest
 
 from core.mirror import Mirror, Synthetic
 from rpc.client import AsyncClient
-from tests.fallback_helpers import NoGpu
+from tests.fallback_helpers import NoGpu, next_event
 from tests.helpers import running_engine, wait_until
 
-pytest.importorskip("core.downloads", reason="the download scheduler (issue 3) is not merged yet")
-
 MIB = 1024 * 1024
-
-
-async def next_event(c: AsyncClient, kind: str, timeout: float = 30.0) -> dict[str, Any]:
-    async def take() -> dict[str, Any]:
-        async for m in c.events():
-            if m["method"] == kind:
-                return m["params"]
-        raise AssertionError("connection closed")
-
-    return await asyncio.wait_for(take(), timeout)
 
 
 @pytest.fixture
@@ -58,10 +45,10 @@ async def test_queue_released_when_real_download_completes(home: Path, mirror: M
 
         # once the scheduler has measured a rate, the estimate is its figure for this model
         await wait_until(lambda: _not_none(estimate()), timeout=20)
-        ready = await next_event(c, "queued_request_ready")
+        ready = await next_event(c, "queued_request_ready", timeout=30)
         assert ready["queue_id"] == q["queue_id"] and ready["path"] == str(home / "models" / "wanted" / "1.0.0")
         assert (home / "models" / "wanted" / "1.0.0" / "w.bin").stat().st_size == 2 * MIB
-        assert (await next_event(watcher, "queued_request_ready"))["queue_id"] == q["queue_id"]
+        assert (await next_event(watcher, "queued_request_ready", timeout=30))["queue_id"] == q["queue_id"]
         assert not eng.queue.has_waiting("wanted")
         again = await c.call("models.request", model_id="wanted")
         assert again["action_taken"] == "model_ready" and again["path"] == ready["path"]
@@ -82,7 +69,7 @@ async def test_queue_restart_asks_scheduler_again(home: Path, mirror: Mirror):
     async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
         await c.subscribe(types=["queued_request_ready"])
         if eng.queue.has_waiting("m"):
-            ev = await next_event(c, "queued_request_ready")
+            ev = await next_event(c, "queued_request_ready", timeout=30)
             assert ev["queue_id"] == q["queue_id"]
         await wait_until(lambda: not eng.queue.has_waiting("m"), timeout=20)
         assert (home / "models" / "m" / "1.0.0" / "w.bin").exists()

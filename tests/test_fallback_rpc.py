@@ -9,20 +9,10 @@ from typing import Any
 import pytest
 
 from rpc.client import AsyncClient, RpcError
-from tests.fallback_helpers import FakeDownloads, NoGpu, write_catalog
+from tests.fallback_helpers import FakeDownloads, NoGpu, next_event, write_catalog
 from tests.helpers import running_engine, wait_until
 
 GPU16 = {"MAVAIL_GPU_VRAM_GB": "16"}
-
-
-async def next_event(c: AsyncClient, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-    async def take() -> dict[str, Any]:
-        async for m in c.events():
-            if m["method"] == kind:
-                return m["params"]
-        raise AssertionError("connection closed")
-
-    return await asyncio.wait_for(take(), timeout)
 
 
 async def test_suggest_scores_and_strategy(home: Path):
@@ -75,7 +65,7 @@ async def test_request_ready_missing_and_no_download(home: Path):
         big = await c.call("models.request", model_id="ltx-t2v", requirements={"resolution": "1920x1088"})
         assert big["action_taken"] == "model_ready"
         assert big["fallback_strategy"]["strategy_type"] in ("reduce_requirements", "alternative_model")
-        # no download service attached yet in this engine, or auto_download off: an error with a decision
+        # auto_download off: an error with a decision
         off = await c.call("models.request", model_id="wan-t2v", auto_download=False)
         assert off["success"] is False and off["action_taken"] == "error"
         assert off["fallback_strategy"]["suggested_model"] == "ltx-t2v"
@@ -94,11 +84,14 @@ async def test_request_ready_missing_and_no_download(home: Path):
 async def test_request_corrupted_calls_health_and_analytics(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
     (home / "models/ltx-t2v/1.0.0/w.bin").write_bytes(b"short")
-    async with running_engine(home, config_env=GPU16) as (eng, sock), AsyncClient(sock) as c:
+    async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "0.3"}) as (eng, sock), AsyncClient(sock) as c:
         eng.nvml = NoGpu()
         seen: list[str] = []
 
         class Health:
+            def is_busy(self, model_id: str) -> bool:
+                return False
+
             async def repair(self, model_id: str) -> dict[str, Any]:
                 seen.append(model_id)
                 return {"success": True, "repair_id": "r1", "actions_taken": ["redownload"], "bytes_redownloaded": 0}
@@ -115,7 +108,18 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
         res = await c.call("models.request", model_id="ltx-t2v")
         assert res["action_taken"] == "repair_attempted" and res["repair"]["finished"] is True
         assert res["repair"]["result"]["repair_id"] == "r1"
-        assert seen == ["req:ltx-t2v", "ltx-t2v"]
+
+        class BusyHealth:
+            def is_busy(self, model_id: str) -> bool:
+                return True
+
+            async def repair(self, model_id: str) -> dict[str, Any]:
+                raise AssertionError("a second repair must not start")
+
+        eng.health = BusyHealth()
+        res = await c.call("models.request", model_id="ltx-t2v")
+        assert res["action_taken"] == "repair_attempted" and res["repair"]["finished"] is False
+        assert seen == ["req:ltx-t2v", "ltx-t2v", "req:ltx-t2v"]
 
 
 async def test_queue_order_release_and_events(home: Path):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.catalog import CAPABILITIES, MODEL_TYPES, SPEEDS, TIERS, FileSpec, ModelSpec
-from core.fallback.scoring import (INPUT_IMAGE, INPUT_TEXT, FeatureIndex, Weights, build_query, parse_resolution, rank, vram_fit)
+from core.fallback.scoring import (INPUT_IMAGE, INPUT_TEXT, FeatureIndex, Weights, build_query, need_at, parse_resolution, rank, vram_fit)
 from core.fallback.strategy import Thresholds, choose
 
 RESOLUTIONS = ["512x288", "832x480", "1024x576", "1280x704", "1920x1088"]
@@ -97,6 +96,13 @@ def test_properties(specs: list[ModelSpec], data: st.DataObject) -> None:
         assert 0.0 <= s.score <= 1.0 and 0.0 <= d["compatibility_score"] <= 1.0
         assert all(0.0 <= v <= 1.0 for v in s.parts.values()), s.parts
         assert -1.0 <= d["performance_difference"] <= 1.0
+        # the inlined sums of rank() agree with the documented formula over the reported parts
+        wmap = {"capabilities": weights.capabilities, "model_type": weights.model_type, "quality": weights.quality,
+                "speed": weights.speed, "vram": weights.vram, "family": weights.family, "availability": weights.availability,
+                "size": weights.size}
+        tw = sum(wmap[k] for k in s.parts)
+        assert abs(sum(wmap[k] * v for k, v in s.parts.items()) / tw - s.score) < 1e-9
+        assert s.parts["vram"] == vram_fit(s.features, q, weights)[0]
         assert d["reason"]
         # 2. input compatibility is never violated
         f = s.features
@@ -107,11 +113,13 @@ def test_properties(specs: list[ModelSpec], data: st.DataObject) -> None:
             assert f.model_type != "text_to_video"
         # 3. nothing VRAM-infeasible unless it names a smaller resolution that fits
         if free is not None and f.vram:
-            target = q.pixels if q.pixels is not None else f.vram[0][0]
-            if f.vram_at(target) > free:
+            if q.pixels is None:
+                assert s.vram_fit == "fits" and f.vram_by_res[s.resolution] <= free
+            elif need_at(f, q) > free:
                 assert s.vram_fit == "reduce" and s.resolution is not None
-                assert f.vram_at(parse_resolution(s.resolution)) <= free
-                assert q.pixels is None or parse_resolution(s.resolution) < q.pixels
+                assert f.vram_by_res[s.resolution] <= free and parse_resolution(s.resolution) < q.pixels
+            else:
+                assert s.vram_fit == "fits" and s.resolution == q.resolution
     # 4. the requested model, ready and fitting and compatible, is the top
     R = idx.by_id[requested]
     fit = vram_fit(R, q, weights)
@@ -130,13 +138,11 @@ def test_properties(specs: list[ModelSpec], data: st.DataObject) -> None:
     named = strategy["suggested_model"]
     if named is not None and free is not None:
         f = idx.by_id[named]
-        if f.vram:
-            target = q.pixels if q.pixels is not None else f.vram[0][0]
-            if f.vram_at(target) > free:
-                assert strategy["requirements_reduced"] and strategy["suggested_resolution"]
-                assert f.vram_at(parse_resolution(strategy["suggested_resolution"])) <= free
-                if named != requested or status[requested] in ("available", "updating"):
-                    assert strategy["strategy_type"] == "reduce_requirements"
+        if f.vram and q.pixels is not None and need_at(f, q) > free:
+            assert strategy["requirements_reduced"] and strategy["suggested_resolution"]
+            assert f.vram_by_res[strategy["suggested_resolution"]] <= free
+            if named != requested or status[requested] in ("available", "updating"):
+                assert strategy["strategy_type"] == "reduce_requirements"
     if R.modes & q.modes != q.modes:
         assert strategy["suggested_model"] != requested and strategy["fallback_needed"]
     if strategy["strategy_type"] == "mock_generation":

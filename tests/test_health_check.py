@@ -231,6 +231,29 @@ async def test_performance_check_and_system_health(home: Path):
         assert (await c.call("models.status", model_id="m1"))["performance_score"] == 0.25
 
 
+async def test_performance_check_reads_what_analytics_recorded(home: Path):
+    """The default performance source: generations recorded through analytics.record_batch, still in its write
+    buffer when the check runs (the source flushes it); requests are not generations."""
+    import time
+
+    from core.timeutil import iso
+
+    setup_home(home)
+    (home / "config.toml").write_text("[downloads]\npiece_size_mb = 1\n[health]\nscheduler_tick_s = 3600\n"
+                                      "[analytics]\nflush_interval_ms = 10000\n")
+    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+        await c.call("health.check", model_id="m1")
+        t0 = int(time.time()) - 3600
+        events = [{"model_id": "m1", "generation_time_s": 10.0 if i < 20 else 25.0, "success": True, "timestamp": iso(t0 + i)}
+                  for i in range(30)]
+        assert (await c.call("analytics.record_batch", events=events))["recorded"] == 30
+        eng.analytics.record_request("m1")
+        res = (await c.call("health.check", model_id="m1", check_type="performance"))["result"]
+        assert res["performance_score"] == 0.25 and res["overall_health"] == "degraded"
+        samples = await eng.analytics.generation_samples("m1")
+        assert len(samples) == 30 and samples[0] == (t0 + 29, 25.0, True) and samples[-1] == (t0, 10.0, True)
+
+
 async def test_scheduler_staggers_and_repairs_nothing_healthy(home: Path):
     home.mkdir(parents=True)
     (home / "config.toml").write_text("[downloads]\npiece_size_mb = 1\n[health]\nscheduler_tick_s = 3600\ncheck_interval_hours = 1.0\n")

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from core.mirror import Mirror
 from rpc.client import AsyncClient, Client, RpcError
-from tests.helpers import running_engine, short_tmpdir, synthetic_bytes
+from tests.helpers import running_engine, short_tmpdir, start_engine_process, synthetic_bytes
 
 MIB = 1024 * 1024
-ROOT = Path(__file__).resolve().parent.parent
 BIG = synthetic_bytes("unet", 4 * MIB + 4321)
 SMALL = synthetic_bytes("vae", 300_000)
 
@@ -182,36 +175,12 @@ async def test_scheduled_check_auto_repairs(home: Path, mirror: Mirror):
 
 
 # --- kill the engine in the middle of a repair ----------------------------------------------
-def _wait_ready(sock: Path, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "engine exited"
-        try:
-            with Client(sock, timeout=5) as c:
-                c.call("session.hello")
-                return
-        except Exception:
-            time.sleep(0.05)
-    raise AssertionError("engine did not become ready")
-
-
-def _engine(home: Path, sock: Path, crash_at: str | None = None) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.pop("MAVAIL_CRASH_AT", None)
-    if crash_at:
-        env["MAVAIL_CRASH_AT"] = crash_at
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _wait_ready(sock, proc)
-    return proc
-
-
 @pytest.mark.parametrize("crash_at", ["repair.committed", "repair.mid_apply"])
 def test_killed_mid_repair_restarts_consistent(mirror: Mirror, crash_at: str):
     with short_tmpdir() as tmp:
         home, sock = tmp / "home", tmp / "e.sock"
         d = setup(home, mirror)
-        proc = _engine(home, sock, crash_at)
+        proc = start_engine_process(home, sock, {"MAVAIL_CRASH_AT": crash_at})
         try:
             with Client(sock, timeout=30) as c:
                 c.call("health.check", model_id="m1")
@@ -226,7 +195,7 @@ def test_killed_mid_repair_restarts_consistent(mirror: Mirror, crash_at: str):
                 proc.kill()
         journals = list((home / "partial" / "repair").iterdir())
         assert len(journals) == 1 and (journals[0] / "journal.json").exists()
-        proc = _engine(home, sock)
+        proc = start_engine_process(home, sock)
         try:
             with Client(sock, timeout=30) as c:
                 st = c.call("models.status", model_id="m1")

@@ -74,6 +74,11 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
     now = time.time() + 60 * DAY  # every file looks 60 days old
     os.utime(old_part, (now - 10 * DAY, now - 10 * DAY))
     os.utime(fresh_part, (now - 3600, now - 3600))
+    owned = home / "partial" / "m-busy" / "1.0.0" / "w" / "a.bin.part"  # old, but its download is running
+    owned.parent.mkdir(parents=True)
+    owned.write_bytes(b"y" * 3000)
+    for q in (owned, owned.parent, owned.parent.parent, owned.parent.parent.parent):
+        os.utime(q, (now - 30 * DAY, now - 30 * DAY))
     clock = FakeClock(now)
     async with clocked_engine(home, clock) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as holder:
         await add_rows(eng, "m-old", now - 60 * DAY)
@@ -82,7 +87,9 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
                                                          "timestamp": iso_at(now - 40 * DAY + i)} for i in range(20)])
         lease = await holder.call("models.acquire", model_id="m-leased")
         eng.activity.acquire("m-busy", "checking")
-        eng.queue = SimpleNamespace(has_waiting=lambda mid: mid == "m-queued")
+        eng.activity.acquire("m-busy", "downloading")
+        real_queue = eng.queue
+        eng.queue = SimpleNamespace(has_waiting=lambda mid: mid == "m-queued" or real_queue.has_waiting(mid))
         await c.subscribe(types=["model_availability_change"])
 
         info = await c.call("storage.info")
@@ -95,13 +102,13 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         for m in IDS:
             assert rows[m]["size_bytes"] == du(home / "models" / m), m
         assert s["models_size_bytes"] == sum(du(p) for p in (home / "models").iterdir())  # the link itself, not its target
-        assert s["partial_size_bytes"] == du(old_part) + du(fresh_part)
+        assert s["partial_size_bytes"] == du(old_part) + du(fresh_part) + du(home / "partial" / "m-busy")
         assert info["skipped"] == [{"name": "evil", "kind": "symlink", "size_bytes": du(home / "models" / "evil"),
                                     "reason": "symbolic link: not followed, never removed"}]
         tiers = {m: r["storage_tier"] for m, r in rows.items()}
         assert tiers == {"m-old": "cold", "m-recent": "hot", "m-freq": "cold", "m-leased": "hot", "m-busy": "cold", "m-queued": "cold"}
         parts = {p["name"]: p["orphaned"] for p in info["partial_downloads"]["entries"]}
-        assert parts == {"m-gone.part": True, "m-recent.part": False}
+        assert parts == {"m-gone.part": True, "m-recent.part": False, "m-busy": False}
 
         rec = await c.call("analytics.cleanup")
         by = {r["path"]: r for r in rec["recommendations"]}
@@ -117,10 +124,11 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         dry = await c.call("storage.cleanup", dry_run=True)
         assert sorted(i["path"] for i in dry["plan"]) == ["models/m-old", "partial/m-gone.part"]
         why = {p["model_id"]: p["reason"] for p in dry["preserved"]}
-        assert "leased" in why["m-leased"] and why["m-busy"] == "busy: checking" and "queued" in why["m-queued"]
+        assert "leased" in why["m-leased"] and why["m-busy"] == "busy: checking, downloading" and "queued" in why["m-queued"]
         assert "used 1.0 days ago" in why["m-recent"] and "used 20 times" in why["m-freq"]
-        assert dry["models_removed"] == [] and (home / "models" / "m-old").is_dir()
+        assert dry["models_removed"] == ["m-old"] and dry["partial_removed"] == ["m-gone.part"] and (home / "models" / "m-old").is_dir()
         expected_freed = du(home / "models" / "m-old") + du(old_part)
+        assert dry["bytes_freed"] == expected_freed  # what it would free
 
         res = await c.call("storage.cleanup", plan_id=dry["plan_id"])
         assert res["models_removed"] == ["m-old"] and res["partial_removed"] == ["m-gone.part"]
@@ -156,7 +164,9 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         res = await c.call("storage.cleanup", cleanup_type="manual", models_to_remove=["m-recent", "m-leased"], preserve_frequently_used=False)
         assert sorted(res["models_removed"]) == ["m-leased", "m-recent"]
         eng.activity.release("m-busy", "checking")
-        del eng.queue
+        eng.activity.release("m-busy", "downloading")
+        assert owned.exists()
+        eng.queue = real_queue
 
 
 async def test_ceiling_floor_and_storage_warnings(home: Path):

@@ -193,8 +193,10 @@ async def test_live_table_direct():
 async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
     def cleanup(**p: Any) -> dict[str, Any]:
         if p.get("dry_run"):
-            return {"models_removed": ["old-a", "old-b"], "space_freed_gb": 12.5, "models_preserved": ["wan2.2-ti2v-5b"]}
-        return {"models_removed": p["models_to_remove"], "space_freed_gb": 12.5}
+            return {"plan_id": "plan_1", "planned_savings_gb": 12.5, "models_preserved": ["wan2.2-ti2v-5b"],
+                    "plan": [{"kind": "model", "model_id": m, "path": f"models/{m}", "size_bytes": 1 << 30, "reason": "unused 45 days"}
+                             for m in ("old-a", "old-b")]}
+        return {"models_removed": ["old-a", "old-b"], "space_freed_gb": 12.5}
 
     app, link = make_app({"models.status": models_answer(status("old-a", "available")), "storage.cleanup": cleanup})
     async with app.run_test(size=(80, 24)) as pilot:
@@ -202,7 +204,7 @@ async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         text = screen_text(app)
-        assert "old-a" in text and "old-b" in text and "12.5G" in text and "Nothing has been deleted yet" in text
+        assert "models/old-a" in text and "models/old-b" in text and "12.5G" in text and "Nothing has been deleted yet" in text
         assert [p for m, p in link.calls if m == "storage.cleanup"] == [{"cleanup_type": "auto", "dry_run": True}]
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
@@ -210,7 +212,7 @@ async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
-        await until(pilot, lambda: ("storage.cleanup", {"cleanup_type": "manual", "models_to_remove": ["old-a", "old-b"], "dry_run": False}) in link.calls)
+        await until(pilot, lambda: ("storage.cleanup", {"plan_id": "plan_1", "dry_run": False}) in link.calls)
 
 
 async def test_health_alerts_and_availability_changes_become_notifications():

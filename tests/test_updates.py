@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from rpc.client import AsyncClient, Client, RpcError
-from tests.helpers import install_files, model_toml, running_engine, short_tmpdir, synthetic_bytes, wait_until
+from tests.helpers import install_files, model_toml, running_engine, short_tmpdir, start_engine_process, synthetic_bytes, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 V1 = [("w.bin", synthetic_bytes("v1", 200_000)), ("cfg.json", b'{"v": 1}')]
 V2 = [("w.bin", synthetic_bytes("v2", 210_000)), ("cfg.json", b'{"v": 2}')]
 
@@ -174,30 +171,12 @@ async def test_remove_interrupted_after_the_move_is_finished_at_start(home: Path
 
 
 # --- kill the engine in the middle of an update switch -----------------------------------
-def _engine(home: Path, sock: Path, crash_at: str | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "MAVAIL_CRASH_AT"}
-    if crash_at:
-        env["MAVAIL_CRASH_AT"] = crash_at
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None
-        try:
-            with Client(sock, timeout=5) as c:
-                c.call("session.hello")
-                return proc
-        except Exception:
-            time.sleep(0.05)
-    raise AssertionError("engine did not start")
-
-
 @pytest.mark.parametrize("crash_at,expect", [("update.before_switch", "1.0.0"), ("update.in_switch", "1.0.0"), ("update.after_switch", "2.0.0")])
 def test_killed_mid_switch_restarts_consistent(crash_at: str, expect: str):
     with short_tmpdir() as tmp:
         home, sock = tmp / "home", tmp / "e.sock"
         setup(home)
-        proc = _engine(home, sock)
+        proc = start_engine_process(home, sock)
         try:
             with Client(sock, timeout=30) as c:
                 c.call("health.check", model_id="m1")
@@ -205,7 +184,7 @@ def test_killed_mid_switch_restarts_consistent(crash_at: str, expect: str):
             proc.terminate()
             proc.wait(10)
         publish_v2(home)
-        proc = _engine(home, sock, crash_at)
+        proc = start_engine_process(home, sock, {"MAVAIL_CRASH_AT": crash_at})
         try:
             with Client(sock, timeout=30) as c:
                 c.call("models.update", model_id="m1")
@@ -213,7 +192,7 @@ def test_killed_mid_switch_restarts_consistent(crash_at: str, expect: str):
         finally:
             if proc.poll() is None:
                 proc.kill()
-        proc = _engine(home, sock)
+        proc = start_engine_process(home, sock)
         try:
             with Client(sock, timeout=30) as c:
                 st = c.call("models.status", model_id="m1")

@@ -64,31 +64,3 @@ async def until(pilot: Any, predicate: Callable[[], Any], timeout: float = 10.0)
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await pilot.pause(0.02)
-
-
-def start_engine_process(home: Any, sock: Any) -> Any:
-    """`mavail engine` in a subprocess on `home` and `sock` (returns the Popen once the socket exists)."""
-    import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    from rpc.client import Client, EngineUnavailable
-
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"engine exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            with Client(sock, timeout=2) as c:
-                c.call("session.hello")
-            return proc
-        except (EngineUnavailable, OSError):
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("engine did not start")

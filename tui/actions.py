@@ -48,6 +48,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("mavail.repair", "R", "repair", "Repair", "Repair the selected model (re-downloads bad pieces); asks first", show=False),
     ActionSpec("mavail.cleanup", "x", "cleanup", "Clean", "Plan a storage cleanup (dry run), then ask before deleting"),
     ActionSpec("mavail.update", "u", "update", "Update", "Update the selected model to the catalog's version; asks first", show=False),
+    ActionSpec("mavail.remove", "D", "remove", "Remove", "Remove the selected model's files (refused while in use); asks first", show=False),
     ActionSpec("mavail.filter", "slash", "filter", "Filter", "Filter the table by model id", key_display="/"),
     ActionSpec("mavail.sort", "s", "sort", "Sort", "Sort the table by the next column", show=False),
     ActionSpec("mavail.help", "question_mark", "help", "Help", "Show every key and how to remap them", key_display="?"),
@@ -226,8 +227,20 @@ class ScreenActions:
             f"Update {mid} from {cur} to {latest}?", "The new version is downloaded and verified before it replaces the old one; "
             "the old one is kept as configured (updates.keep_versions).", "Update", danger=False))
         if ok and (res := await self._call("models.update", model_id=mid)) is not None:
-            self.app.notify(f"{mid}: {res.get('message') or 'update started'}", timeout=4)
+            self.app.notify(res.get("message") or f"{mid}: updating {res.get('from_version', cur)} → {res.get('to_version', latest)}", timeout=4)
             self._after("models", "downloads")
+
+    def action_remove(self) -> None:
+        if (mid := self._target()) and self._offered("models.remove"):
+            self._run(self._remove(mid))
+
+    async def _remove(self, mid: str) -> None:
+        ok = await self.app.push_screen_wait(ConfirmScreen(
+            f"Remove {mid}?", "Its installed files are deleted; it stays in the catalog and can be downloaded again.", "Remove"))
+        if ok and (res := await self._call("models.remove", model_id=mid)) is not None:
+            self.app.notify(f"{mid}: removed {', '.join(res.get('removed_versions') or [])} "
+                            f"({fmt.size(res.get('freed_bytes'))} freed)", timeout=4)
+            self._after("models", "storage", "health")
 
     # --- storage -------------------------------------------------------------
     def action_cleanup(self) -> None:
@@ -238,24 +251,33 @@ class ScreenActions:
         plan = await self._call("storage.cleanup", cleanup_type="auto", dry_run=True)
         if plan is None:
             return
-        doomed = list(plan.get("models_removed") or plan.get("models_to_remove") or [])
-        if not doomed:
+        items = plan.get("plan")
+        if items is None:  # an engine that reports only model ids
+            items = [{"model_id": m, "path": m} for m in plan.get("models_removed") or plan.get("models_to_remove") or []]
+        if not items:
             self.app.notify("Cleanup: nothing would be removed.", timeout=4)
             return
         kept = plan.get("models_preserved") or []
+        savings = plan.get("planned_savings_gb", plan.get("space_freed_gb"))
         body = "\n".join(
-            [f"Would remove {len(doomed)} model(s), freeing {fmt.size_gb(plan.get('space_freed_gb'))}:"]
-            + [f"  - {m}" for m in doomed]
-            + ([f"Kept: {', '.join(kept[:8])}{' …' if len(kept) > 8 else ''}"] if kept else [])
+            [f"Would remove {len(items)} item(s), freeing {fmt.size_gb(savings)}:"]
+            + [f"  - {i.get('path') or i.get('model_id')}  {fmt.size(i.get('size_bytes'))}  {i.get('reason') or ''}".rstrip() for i in items]
+            + ([f"Kept: {', '.join(map(str, kept[:8]))}{' …' if len(kept) > 8 else ''}"] if kept else [])
             + ["Nothing has been deleted yet."]
         )
-        if not await self.app.push_screen_wait(ConfirmScreen("Delete these models?", body, "Delete")):
+        if not await self.app.push_screen_wait(ConfirmScreen("Delete these?", body, "Delete")):
             self.app.notify("Cleanup cancelled; nothing deleted.", timeout=3)
             return
-        res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
+        if plan.get("plan_id"):  # run exactly the plan shown (the engine re-checks each item is still safe)
+            res = await self._call("storage.cleanup", plan_id=plan["plan_id"], dry_run=False)
+        else:
+            doomed = [i["model_id"] for i in items if i.get("model_id")]
+            res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
         if res is not None:
-            self.app.notify(f"Cleanup removed {len(res.get('models_removed') or [])} model(s), "
-                            f"freed {fmt.size_gb(res.get('space_freed_gb'))}", timeout=5)
+            removed = len(res.get("models_removed") or []) + len(res.get("partial_removed") or [])
+            kept_now = [p for p in (res.get("models_preserved") or []) if p not in kept]
+            self.app.notify(f"Cleanup removed {removed} item(s), freed {fmt.size_gb(res.get('space_freed_gb'))}"
+                            + (f"; kept {', '.join(kept_now)} (no longer safe)" if kept_now else ""), timeout=5)
             self._after("storage", "models", "usage")
 
     # --- view ----------------------------------------------------------------

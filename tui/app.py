@@ -103,8 +103,12 @@ class MavailApp(App[int]):
     # --- lifecycle -----------------------------------------------------------
     def on_mount(self) -> None:
         self.push_screen(self.main)
-        self.run_worker(self.link.run(), group="link", exit_on_error=False)
         self.set_interval(1.0, self._resync_tick)
+
+    def start_link(self) -> None:
+        """Start following the engine (the main screen calls this once it is mounted)."""
+        if not any(w.group == "link" and not w.is_finished for w in self.workers):
+            self.run_worker(self.link.run, group="link", exit_on_error=False)
 
     def pane(self, name: str) -> Pane:
         """The pane of tab `name` on the main screen."""
@@ -123,6 +127,12 @@ class MavailApp(App[int]):
         self.post_message(ConnectionChanged(connected, detail))
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
+        try:
+            self._connection_changed(message)
+        except NoMatches:  # the main screen is not there (starting or shutting down)
+            pass
+
+    def _connection_changed(self, message: ConnectionChanged) -> None:
         was = self.connected
         self.connected = message.connected
         if message.connected:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -42,7 +43,7 @@ class EngineLink:
 
     def __init__(self, socket_path: str | Path, on_event: EventCallback, on_state: StateCallback,
                  min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, call_timeout_s: float = 30.0,
-                 client_name: str = "mavail-tui") -> None:
+                 client_name: str = "mavail-tui", token: str | None = None) -> None:
         self.socket_path = Path(socket_path)
         self.on_event = on_event
         self.on_state = on_state
@@ -50,6 +51,8 @@ class EngineLink:
         self.max_backoff_s = max_backoff_s
         self.call_timeout_s = call_timeout_s
         self.client_name = client_name
+        self.token = token if token is not None else (os.environ.get("MAVAIL_RPC_TOKEN") or None)
+        """Sent in session.hello when the engine requires one (rpc.token); default $MAVAIL_RPC_TOKEN."""
         self.client: AsyncClient | None = None
         self.connected = False
         """True between a successful hello and the connection's end."""
@@ -98,7 +101,10 @@ class EngineLink:
         await client.connect()
         self.client = client
         try:
-            hello = await client.call("session.hello", client=self.client_name, timeout=10)
+            params: dict[str, Any] = {"client": self.client_name}
+            if self.token:
+                params["token"] = self.token
+            hello = await client.call("session.hello", params, timeout=10)
             self.methods = frozenset(hello.get("methods", ()))
             self.engine_version = hello.get("engine_version")
             await client.subscribe()

@@ -85,6 +85,27 @@ def demo_config() -> dict[str, Any]:
     return {k: v for k, v in wanted.items() if k in known}
 
 
+def usage_history(now: float, days: int = 30) -> list[dict[str, Any]]:
+    """A month of plausible generations (deterministic): TI2V-5B daily at working hours, the A14Bs now and then."""
+    import random
+    from datetime import datetime, timezone
+
+    rng = random.Random(2025)
+    plan = {"wan2.2-ti2v-5b": (6, 95.0, 0.97), "wan2.2-i2v-a14b": (2, 540.0, 0.92), "ltx-video-2b": (3, 40.0, 0.99),
+            "wan2.1-t2v-1.3b": (1, 70.0, 0.95)}
+    events: list[dict[str, Any]] = []
+    midnight = now - now % 86400  # UTC
+    for day in range(days, 0, -1):
+        for mid, (per_day, seconds, ok) in plan.items():
+            for _ in range(rng.randint(0, per_day)):
+                hour = rng.choice((10, 11, 14, 15, 16, 21))
+                t = midnight - day * 86400 + hour * 3600 + rng.randint(0, 3599)
+                events.append({"model_id": mid, "generation_time_s": round(seconds * rng.uniform(0.8, 1.3), 1),
+                               "success": rng.random() < ok, "parameters": {"resolution": "1280x704", "frames": 121},
+                               "timestamp": datetime.fromtimestamp(min(t, now - 60), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    return events[:1000]
+
+
 def catalog_toml(good: Mirror, flaky: Mirror, models: tuple[DemoModel, ...] = CATALOG) -> str:
     """Serve every demo file on the mirrors and return the catalog."""
     blocks = []
@@ -116,6 +137,8 @@ class Demo:
     flaky_drop_bytes: int = 3 * MIB
     """The flaky mirror drops each response after this many bytes."""
     autostart: tuple[str, ...] = AUTOSTART
+    history: bool = True
+    """Record a month of generated usage history (so the Usage tab has something to show)."""
     home: Path = field(init=False)
     socket: Path = field(init=False)
     engine: subprocess.Popen[bytes] | None = field(init=False, default=None)
@@ -181,17 +204,22 @@ class Demo:
         raise RuntimeError("the demo engine did not answer in time")
 
     def _autostart(self) -> None:
+        """Start the demo's downloads, queue one generation request, and record a month of usage history."""
         from rpc.client import Client, RpcError
 
         with Client(self.socket, timeout=10) as c:
             methods = set(c.call("session.hello", client="mavail-demo")["methods"])
-            if "downloads.start" not in methods:
-                return
-            for i, mid in enumerate(self.autostart):
-                try:
-                    c.call("downloads.start", model_id=mid, priority="high" if i == 0 else "normal")
-                except RpcError:
-                    pass
+            if "analytics.record_batch" in methods and self.history:
+                with contextlib.suppress(RpcError):
+                    c.call("analytics.record_batch", events=usage_history(time.time()))
+            if "downloads.start" in methods:
+                for i, mid in enumerate(self.autostart):
+                    with contextlib.suppress(RpcError):
+                        c.call("downloads.start", model_id=mid, priority="high" if i == 0 else "normal")
+            if "fallback.queue" in methods and self.autostart:
+                with contextlib.suppress(RpcError):
+                    c.call("fallback.queue", model_id="wan2.2-t2v-a14b", max_wait_time_minutes=120,
+                           request={"prompt": "a red fox running through snow, golden hour", "parameters": {"resolution": "1280x720"}})
 
     def close(self) -> None:
         """Stop the engine (SIGTERM, then SIGKILL), the mirrors, and delete the home."""
@@ -213,14 +241,15 @@ class Demo:
     def banner(self) -> str:
         """What the headless demo prints."""
         assert self.engine is not None
-        return "\n".join((
+        return "\n".join(line for line in (
             f"mavail demo: engine pid {self.engine.pid} on {self.socket}",
             f"  home       {self.home} (deleted on exit)",
             f"  mirror     {self.good.base_url} ({self.throttle_mbps:g} MiB/s per connection)",
             f"  flaky      {self.flaky.base_url} (drops every response after {self.flaky_drop_bytes // MIB} MiB)",
             f"  attach     mavail tui --socket {self.socket}",
+            "  usage      a month of generated usage history is recorded (the Usage tab)" if self.history else "",
             "  Ctrl-C stops everything.",
-        ))
+        ) if line)
 
 
 def run_demo(headless: bool = False) -> int:

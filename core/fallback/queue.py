@@ -122,9 +122,7 @@ class RequestQueue:
         self.engine.spawn(self._expiry_loop(), name="queue-expiry")
         self.engine.on_stop(self._stop)
         self.engine.add_status_provider(self)
-        dl = getattr(self.engine, "downloads", None)
-        if dl is not None and hasattr(dl, "add_listener"):
-            dl.add_listener(self._on_download_status)
+        self.engine.downloads.add_listener(self._on_download_status)
         await self._expire_due()
         for model_id in sorted(set(self._per_model)):
             if self.engine.catalog.get(model_id) is None:
@@ -156,11 +154,8 @@ class RequestQueue:
         return next(p for p, r in PRIORITY_RANK.items() if r == min(ranks)) if ranks else "normal"
 
     async def _ensure(self, model_id: str, priority: str, raise_errors: bool) -> dict[str, Any] | None:
-        dl = getattr(self.engine, "downloads", None)
-        if dl is None:
-            return None
         try:
-            return await dl.ensure(model_id, priority=priority)
+            return await self.engine.downloads.ensure(model_id, priority=priority)
         except MavailError as exc:
             if raise_errors:
                 raise

@@ -21,7 +21,9 @@ The formula
    - VRAM feasibility: when the free VRAM is known and the candidate's VRAM
      need is known, it must fit at the requested resolution or at one of its
      listed smaller resolutions (then it carries `vram_fit = "reduce"` and a
-     `suggested_resolution`).
+     `suggested_resolution`); with no resolution requested, at one of its
+     listed resolutions (the largest that fits is suggested). The need at an
+     unlisted resolution is `Features.vram_at`.
    - the requested model itself is listed only when it is ready now.
 2. Sub-scores, each in [0, 1]:
    - `capabilities`: share of the wanted feature capabilities
@@ -31,7 +33,8 @@ The formula
      (a superset) for a single-mode request; 0.5 otherwise.
    - `quality`, `speed`: 1 at or above the wanted tier (from requirements,
      else the requested model's), minus 0.5 per tier short.
-   - `vram`: 1 fits at the requested resolution (or free VRAM unknown);
+   - `vram`: 1 fits at the requested resolution (or at a listed one when
+     none is requested, or free VRAM unknown);
      `fallback.vram_reduce_factor` x (pixels of the largest listed resolution
      that fits / requested pixels) when only a smaller one fits; 0.5 when the
      candidate lists no VRAM figures.
@@ -110,6 +113,8 @@ class Features:
     vram: tuple[tuple[int, str, float], ...]  # (pixels, "WxH", GiB), by pixels
     size_bytes: int
     fetchable: bool
+    min_vram_gb: float | None = None  # the smallest listed figure: no resolution needs less
+    vram_by_res: dict[str, float] = field(default_factory=dict)
 
     def vram_at(self, pixels: int) -> float | None:
         """Estimated peak VRAM (GiB) at `pixels`: the listed figure, else interpolated linearly in pixels
@@ -157,6 +162,8 @@ def features_of(spec: Any) -> Features:
         vram=tuple(table[p] for p in sorted(table)),
         size_bytes=spec.size_bytes,
         fetchable=bool(spec.files) or spec.source is not None,
+        min_vram_gb=min((e[2] for e in table.values()), default=None),
+        vram_by_res={e[1]: e[2] for e in table.values()},
     )
 
 
@@ -380,24 +387,37 @@ Availability = Callable[[str], tuple[str, float | None]]
 """model_id -> (availability_status, seconds until ready or None)."""
 
 
+def need_at(f: Features, q: Query) -> float | None:
+    """The candidate's VRAM need (GiB) at the requested resolution: the listed figure, else `vram_at`."""
+    if q.pixels is None or not f.vram:
+        return None
+    need = f.vram_by_res.get(q.resolution) if q.resolution is not None else None
+    return need if need is not None else f.vram_at(q.pixels)
+
+
 def vram_fit(f: Features, q: Query, w: Weights) -> tuple[float, str, str | None, float | None] | None:
-    """(sub-score, fit, resolution, need GiB) or None when the candidate cannot fit at all."""
+    """(sub-score, fit, resolution, need GiB) or None when the candidate cannot fit at all.
+
+    With a requested resolution: "fits" when the need there is within the free
+    VRAM, else "reduce" to the largest listed smaller resolution that fits.
+    Without one: "fits" at the largest listed resolution that fits. "unknown"
+    when the free VRAM or the candidate's figures are unknown.
+    """
     free = q.free_vram_gb
     if not f.vram:
         return (0.5 if free is not None else 1.0), "unknown", q.resolution, None
-    target = q.pixels if q.pixels is not None else f.vram[0][0]
-    need = f.vram_at(target)
     if free is None:
-        return 1.0, "unknown", q.resolution, need
-    if need is not None and need <= free:
-        if q.resolution is not None:
-            return 1.0, "fits", q.resolution, need
+        return 1.0, "unknown", q.resolution, need_at(f, q)
+    if q.pixels is None:
         best = f.largest_fitting(free, None)
-        return 1.0, "fits", best[1] if best else None, best[2] if best else need
-    smaller = f.largest_fitting(free, target)
+        return (1.0, "fits", best[1], best[2]) if best is not None else None
+    need = need_at(f, q)
+    if need is not None and need <= free:
+        return 1.0, "fits", q.resolution, need
+    smaller = f.largest_fitting(free, q.pixels)
     if smaller is None:
         return None
-    return w.vram_reduce_factor * smaller[0] / target, "reduce", smaller[1], smaller[2]
+    return w.vram_reduce_factor * smaller[0] / q.pixels, "reduce", smaller[1], smaller[2]
 
 
 def _availability_part(status: str, eta: float | None, q: Query, w: Weights) -> float:
@@ -453,57 +473,101 @@ def _reason(s: Suggestion, q: Query) -> str:
     return text[0].upper() + text[1:]
 
 
+def _parts(f: Features, q: Query, vram_score: float, availability_score: float) -> dict[str, float]:
+    """The sub-scores of one candidate (for the answer; `rank` sums them through lookup tables)."""
+    if f is q.requested:
+        parts = {"capabilities": 1.0, "model_type": 1.0, "quality": 1.0, "speed": 1.0, "family": 1.0}
+        if q.prefer_smaller:
+            parts["size"] = 1.0
+    else:
+        ncaps = q.caps.bit_count()
+        parts = {
+            "capabilities": (q.caps & f.caps).bit_count() / ncaps if ncaps else 1.0,
+            "model_type": 1.0 if f.model_type == q.model_type else (0.75 if f.modes == INPUT_TEXT | INPUT_IMAGE else 0.5),
+            "quality": 1.0 - max(0, q.quality - f.quality) / 2.0,
+            "speed": 1.0 - max(0, q.speed - f.speed) / 2.0,
+            "family": 1.0 if q.family is not None and f.family == q.family else 0.0,
+        }
+        if q.prefer_smaller:
+            parts["size"] = min(1.0, q.requested.size_bytes / f.size_bytes) if f.size_bytes > 0 else 1.0
+    parts["vram"] = vram_score
+    parts["availability"] = availability_score
+    return parts
+
+
 def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, limit: int | None = None) -> list[Suggestion]:
     """Score every input-compatible candidate and return the best, best first.
 
-    The availability sub-score is the only part that needs `availability()`;
-    candidates are visited in order of their score without it, and the visit
-    stops once even a ready candidate could no longer enter the top `limit`.
+    Everything but availability is summed through per-query lookup tables
+    (capability bits, tiers, types); the availability sub-score is the only
+    part that needs `availability()`, so candidates are visited in order of
+    their score without it and the visit stops once even a ready candidate
+    could no longer enter the top `limit` (or reach `min_score`).
     """
     limit = w.max_suggestions if limit is None else limit
-    # the same expression as each candidate's partial sum with every part 1, so a perfect candidate scores exactly 1.0
+    ref = q.requested
+    size_w = w.size if q.prefer_smaller else 0.0
+    # the same expression as a candidate's partial sum with every part 1, so a perfect candidate scores exactly 1.0
     total = (w.capabilities * 1.0 + w.model_type * 1.0 + w.quality * 1.0 + w.speed * 1.0 + w.vram * 1.0 + w.family * 1.0
-             + (w.size * 1.0 if q.prefer_smaller else 0.0)) + w.availability * 1.0
+             + size_w * 1.0) + w.availability * 1.0
     if total <= 0 or limit <= 0:
         return []
-    ref = q.requested
-    qcaps = q.caps
-    ncaps = qcaps.bit_count()
-    qmodes = q.modes
-    staged: list[tuple[float, int, Features, dict[str, float], tuple[float, str, str | None, float | None]]] = []
+    # weighted lookup tables for this query
+    ncaps = q.caps.bit_count()
+    cap_t = [w.capabilities * ((q.caps & bits).bit_count() / ncaps if ncaps else 1.0) for bits in range(1 << len(FEATURE_CAPS))]
+    type_t = {t: w.model_type * (1.0 if t == q.model_type else (0.75 if MODES_OF_TYPE[t] == INPUT_TEXT | INPUT_IMAGE else 0.5))
+              for t in MODES_OF_TYPE}
+    qual_t = [w.quality * (1.0 - max(0, q.quality - t) / 2.0) for t in range(len(TIERS))]
+    speed_t = [w.speed * (1.0 - max(0, q.speed - t) / 2.0) for t in range(len(SPEEDS))]
+    fam, fam_w, vram_w = q.family, w.family * 1.0, w.vram
+    qmodes, free, pixels, res = q.modes, q.free_vram_gb, q.pixels, q.resolution
+    reduce_f = w.vram_reduce_factor
+    ref_size = ref.size_bytes
+    staged: list[tuple[float, int, int, Features, float]] = []  # (-partial, not-requested, index, features, vram score)
     for i, f in enumerate(index.all):
         if f.modes & qmodes != qmodes:
             continue
-        vp = vram_fit(f, q, w)
-        if vp is None:
-            continue
-        if f is ref:
-            parts = {"capabilities": 1.0, "model_type": 1.0, "quality": 1.0, "speed": 1.0, "family": 1.0}
-            if q.prefer_smaller:
-                parts["size"] = 1.0
+        # VRAM (see vram_fit; inlined: this loop runs for every model of the catalog)
+        table = f.vram
+        if not table:
+            vs = 0.5 if free is not None else 1.0
+        elif free is None:
+            vs = 1.0
+        elif f.min_vram_gb > free:  # type: ignore[operator]
+            continue  # every resolution needs more than is free
         else:
-            parts = {
-                "capabilities": (qcaps & f.caps).bit_count() / ncaps if ncaps else 1.0,
-                "model_type": 1.0 if f.model_type == q.model_type else (0.75 if f.modes == INPUT_TEXT | INPUT_IMAGE else 0.5),
-                "quality": 1.0 - max(0, q.quality - f.quality) / 2.0,
-                "speed": 1.0 - max(0, q.speed - f.speed) / 2.0,
-                "family": 1.0 if q.family is not None and f.family == q.family else 0.0,
-            }
-            if q.prefer_smaller:
-                parts["size"] = min(1.0, ref.size_bytes / f.size_bytes) if f.size_bytes > 0 else 1.0
-        parts["vram"] = vp[0]
-        partial = (w.capabilities * parts["capabilities"] + w.model_type * parts["model_type"] + w.quality * parts["quality"]
-                   + w.speed * parts["speed"] + w.vram * parts["vram"] + w.family * parts["family"]
-                   + (w.size * parts["size"] if q.prefer_smaller else 0.0))
-        staged.append((partial, i, f, parts, vp))
-    staged.sort(key=lambda t: (-t[0], t[2] is not ref, t[1]))
+            if pixels is None:
+                vs = 1.0  # some listed resolution fits (min_vram_gb <= free)
+            else:
+                need = f.vram_by_res.get(res) if res is not None else None  # type: ignore[arg-type]
+                if need is None:
+                    need = f.vram_at(pixels)  # the same figure as need_at()
+                if need <= free:  # type: ignore[operator]
+                    vs = 1.0
+                else:
+                    smaller = f.largest_fitting(free, pixels)
+                    if smaller is None:
+                        continue
+                    vs = reduce_f * smaller[0] / pixels
+        if f is ref:
+            partial = (w.capabilities * 1.0 + w.model_type * 1.0 + w.quality * 1.0 + w.speed * 1.0 + vram_w * vs + fam_w
+                       + size_w * 1.0)
+            staged.append((-partial, 0, i, f, vs))
+            continue
+        partial = (cap_t[f.caps] + type_t[f.model_type] + qual_t[f.quality] + speed_t[f.speed] + vram_w * vs
+                   + (fam_w if fam is not None and f.family == fam else 0.0)
+                   + (size_w * (min(1.0, ref_size / f.size_bytes) if f.size_bytes > 0 else 1.0) if size_w else 0.0))
+        staged.append((-partial, 1, i, f, vs))
+    heapq.heapify(staged)
     best: list[tuple[tuple[float, int, int, int], Suggestion]] = []  # min-heap of (sort key, suggestion)
-    for partial, i, f, parts, vp in staged:
+    while staged:
+        neg, not_ref, i, f, vs = heapq.heappop(staged)
+        partial = -neg
         bound = (partial + w.availability) / total  # the best this and every later candidate can reach
         if bound < w.min_score or (len(best) >= limit and bound < best[0][0][0]):
             break
         status, eta = availability(f.model_id)
-        is_ref = f is ref
+        is_ref = not not_ref
         if is_ref and status not in READY:
             continue
         a = _availability_part(status, eta, q, w)
@@ -511,12 +575,15 @@ def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, 
         score = 0.0 if score < 0.0 else (1.0 if score > 1.0 else score)
         if score < w.min_score:
             continue
-        parts = dict(parts, availability=a)
-        s = Suggestion(f, score, parts, vp[1], vp[2], vp[3], status, eta if status not in READY else 0.0, is_ref)
         key = (score, 1 if is_ref else 0, 1 if status in READY else 0, -i)
+        if len(best) >= limit and key <= best[0][0]:
+            continue
+        vp = vram_fit(f, q, w)
+        assert vp is not None  # the loop above kept only candidates that fit somehow
+        s = Suggestion(f, score, _parts(f, q, vs, a), vp[1], vp[2], vp[3], status, eta if status not in READY else 0.0, is_ref)
         if len(best) < limit:
             heapq.heappush(best, (key, s))
-        elif key > best[0][0]:
+        else:
             heapq.heapreplace(best, (key, s))
     out = [s for _, s in sorted(best, key=lambda t: t[0], reverse=True)]
     for s in out:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from typing import Any
 
-from core.errors import MavailError
+from core.errors import Conflict, MavailError
 from core.fallback.scoring import IN_PROGRESS, READY, FeatureIndex, Query, Weights, build_query, rank, vram_fit
 from core.fallback.strategy import Thresholds, choose
 
@@ -59,11 +58,8 @@ class FallbackService:
 
     def eta(self, model_id: str) -> float | None:
         """Seconds until `model_id` is downloaded, from the download scheduler; None when unknown."""
-        dl = getattr(self.engine, "downloads", None)
-        if dl is None:
-            return None
         try:
-            v = dl.estimate_ready_seconds(model_id)
+            v = self.engine.downloads.estimate_ready_seconds(model_id)
         except Exception:
             log.warning("estimate_ready_seconds(%s) failed", model_id, exc_info=True)
             return None
@@ -136,25 +132,18 @@ class FallbackService:
         )
 
     # --- models.request -------------------------------------------------------
-    async def _record_request(self, model_id: str) -> None:
-        analytics = getattr(self.engine, "analytics", None)
-        fn = getattr(analytics, "record_request", None) if analytics is not None else None
-        if fn is None:
-            return
+    def _record_request(self, model_id: str) -> None:
         try:
-            r = fn(model_id)
-            if inspect.isawaitable(r):
-                await r
+            self.engine.analytics.record_request(model_id)
         except Exception:  # usage accounting must never fail a request
             log.warning("analytics.record_request(%s) failed", model_id, exc_info=True)
 
     async def _repair(self, model_id: str) -> dict[str, Any]:
         """Start a repair through `engine.health` and report what is known after `fallback.repair_wait_s`."""
-        health = getattr(self.engine, "health", None)
-        fn = getattr(health, "repair", None) if health is not None else None
-        if fn is None:
-            return {"started": False, "message": "no repair service in this engine"}
-        task = self.engine.spawn(fn(model_id), name=f"request-repair-{model_id}")
+        health = self.engine.health
+        if health.is_busy(model_id):
+            return {"started": True, "finished": False, "message": "a check or repair of this model is already running"}
+        task = self.engine.spawn(health.repair(model_id), name=f"request-repair-{model_id}")
         done, _ = await asyncio.wait({task}, timeout=float(self.engine.config.get("fallback.repair_wait_s")))
         if not done:
             return {"started": True, "finished": False, "message": "repair running; model_availability_change tells when it is done"}
@@ -162,6 +151,8 @@ class FallbackService:
         if exc is None:
             res = task.result()
             return {"started": True, "finished": True, "result": res if isinstance(res, dict) else None}
+        if isinstance(exc, Conflict):  # another repair or check got there first: it is under way
+            return {"started": True, "finished": False, "message": exc.message}
         if isinstance(exc, MavailError):
             return {"started": False, "finished": True, "error": {"code": exc.NAME, "message": exc.message, "details": exc.details}}
         return {"started": False, "finished": True, "error": {"code": "INTERNAL_ERROR", "message": "repair failed"}}
@@ -172,12 +163,12 @@ class FallbackService:
         with `fallback_strategy` always and `suggestions` when an alternative is worth a look."""
         engine = self.engine
         engine.spec(model_id)
-        await self._record_request(model_id)
+        self._record_request(model_id)
         await engine.refresh_presence([model_id])
         st = engine.model_status(model_id)
         status = st["availability_status"]
         out: dict[str, Any] = {"success": True, "model_id": model_id, "version": st["version"]}
-        dl = getattr(engine, "downloads", None)
+        dl = engine.downloads
         if st["is_available"]:
             out.update(action_taken="model_ready", path=st["path"], estimated_wait_seconds=0.0,
                        message=f"{model_id} is ready")
@@ -193,7 +184,7 @@ class FallbackService:
             else:
                 out.update(success=False, action_taken="error", repair=repair,
                            message=f"{model_id} is corrupted and could not be repaired now")
-        elif dl is not None and (status in IN_PROGRESS or dl.is_active(model_id)):
+        elif status in IN_PROGRESS or dl.is_active(model_id):
             info: dict[str, Any] = {}
             if auto_download:
                 info = await dl.ensure(model_id, priority=priority) or {}
@@ -201,8 +192,6 @@ class FallbackService:
                        estimated_wait_seconds=self.eta(model_id), message=f"{model_id} is {status}")
         elif not auto_download:
             out.update(success=False, action_taken="error", message=f"{model_id} is {status} and auto_download is false")
-        elif dl is None:
-            out.update(success=False, action_taken="error", message=f"{model_id} is {status} and this engine has no download service")
         else:
             try:
                 info = await dl.ensure(model_id, priority=priority) or {}

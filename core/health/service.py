@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from core.errors import Conflict, InvalidState, MavailError, NotFound, SourceUnavailable
 from core.health import repair as rp
@@ -37,48 +37,22 @@ BUSY_FOR_CHECK = ("downloading", "repairing", "updating")
 
 
 class PerformanceSource(Protocol):
-    """Where generation records come from (analytics' `usage_events` by default; tests inject their own)."""
+    """Where generation records come from (`engine.analytics` by default; tests inject their own)."""
 
     async def samples(self, model_id: str) -> list[scores.Sample]:
         """The model's generations, any order."""
 
 
-class UsageEventsSource:
-    """Reads the `usage_events` table the analytics service keeps, if it exists; nothing otherwise.
+class AnalyticsSource:
+    """The default PerformanceSource: the model's latest generations as the analytics service records them."""
 
-    Columns used: model_id, a duration (`generation_time_s` or `duration_s`), `success`, and a time
-    (`recorded_at`, `ts`, `timestamp`, `created_at` or `at`).
-    """
-
-    def __init__(self, db: Any, limit: int = 500) -> None:
-        self.db = db
+    def __init__(self, engine: "Engine", limit: int = 500) -> None:
+        self.engine = engine
         self.limit = limit
 
     async def samples(self, model_id: str) -> list[scores.Sample]:
-        def q(conn: Any) -> list[scores.Sample]:
-            cols = {r[1] for r in conn.execute("PRAGMA table_info(usage_events)")}
-            if not cols:
-                return []
-            t = next((c for c in ("recorded_at", "ts", "timestamp", "created_at", "at") if c in cols), None)
-            d = next((c for c in ("generation_time_s", "duration_s") if c in cols), None)
-            if t is None or d is None or "success" not in cols or "model_id" not in cols:
-                return []
-            rows = conn.execute(f"SELECT {t}, {d}, success FROM usage_events WHERE model_id = ? AND {d} IS NOT NULL ORDER BY {t} DESC LIMIT ?",
-                                (model_id, self.limit)).fetchall()
-            out = []
-            for r in rows:
-                at = r[0]
-                if isinstance(at, str):
-                    from core.timeutil import parse_iso
-
-                    try:
-                        at = parse_iso(at)
-                    except ValueError:
-                        continue
-                out.append(scores.Sample(float(at or 0), float(r[1]), bool(r[2])))
-            return out
-
-        return await self.db.read(q)
+        rows = await self.engine.analytics.generation_samples(model_id, self.limit)
+        return [scores.Sample(ts, duration_s, success) for ts, duration_s, success in rows]
 
 
 def _phase(model_id: str) -> float:
@@ -91,7 +65,7 @@ class HealthService:
 
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
-        self.performance_source: PerformanceSource = UsageEventsSource(engine.db)
+        self.performance_source: PerformanceSource = AnalyticsSource(engine)
         self._state: dict[str, ModelHealth] = {}
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._running_full: dict[str, Job] = {}
@@ -119,9 +93,7 @@ class HealthService:
         await self._recover()
         await self.updates.recover()
         await self.check_all(trigger="startup", record=False)
-        downloads = getattr(self.engine, "downloads", None)
-        if downloads is not None and hasattr(downloads, "add_listener"):
-            downloads.add_listener(self._on_download)
+        self.engine.downloads.add_listener(self._on_download)
         self.engine.spawn(self._scheduler(), name="health-scheduler")
 
     async def stop(self) -> None:

@@ -163,13 +163,10 @@ class UpdateManager:
                     files, _ = await asyncio.to_thread(self.health._quick, ctx)
                     already = bool(files) and all(f.actual_size == f.size and f.state not in ("symlink", "unreadable") for f in files.values())
                 if not already:
-                    downloads = getattr(self.engine, "downloads", None)
-                    if downloads is None:
-                        raise InvalidState("the downloads engine is not available")
                     fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
                     self._waiters[(mid, job.to_version)] = fut
                     try:
-                        await downloads.ensure(mid)
+                        await self.engine.downloads.ensure(mid)
                         status = await fut
                     finally:
                         self._waiters.pop((mid, job.to_version), None)
@@ -295,8 +292,7 @@ class UpdateManager:
         if self.engine.leases.is_leased(model_id, version):
             raise Conflict(f"model {model_id!r} is in use", model_id=model_id, active_leases=len(self.engine.leases.leases_for(model_id)))
         busy = self.engine.activity.reasons(model_id)
-        downloads = getattr(self.engine, "downloads", None)
-        if downloads is not None and downloads.is_active(model_id):
+        if self.engine.downloads.is_active(model_id):
             busy = busy | {"downloading"}
         if busy or self.is_updating(model_id) or model_id in self._pending_switch:
             raise Conflict(f"model {model_id!r} is busy: {', '.join(sorted(busy)) or 'updating'}", model_id=model_id, activity=sorted(busy))

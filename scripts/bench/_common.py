@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import statistics
@@ -33,6 +34,17 @@ def summarize(name: str, latencies_s: list[float], wall_s: float) -> dict[str, f
         "p99_ms": percentile(latencies_s, 99) * 1000,
         "mean_ms": statistics.fmean(latencies_s) * 1000,
     }
+
+
+def placeholder_models(n: int) -> str:
+    """Catalog TOML of `n` models `bench-model-NNNN` that are never fetched (their URLs point at a closed port)."""
+    sha = hashlib.sha256(b"").hexdigest()
+    return "".join(
+        f'[[models]]\nid = "bench-model-{i:04d}"\nversion = "1.0.{i % 7}"\ndisplay_name = "Bench {i}"\n'
+        f'model_type = "text_to_video"\ncapabilities = ["text_to_video"]\nquality = "medium"\nspeed = "fast"\n'
+        f'[models.vram_gb]\n"832x480" = 8.0\n'
+        f'[[models.files]]\npath = "model.safetensors"\nurl = "http://127.0.0.1:9/m{i}"\nsize = {1024 * (i + 1)}\nsha256 = "{sha}"\n'
+        for i in range(n))
 
 
 @contextlib.contextmanager

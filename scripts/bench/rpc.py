@@ -11,7 +11,6 @@ subprocess, then the same for aria2c (`aria2.getGlobalStat`, and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import shutil
@@ -20,23 +19,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import engine_process, short_tmpdir, summarize
+from _common import engine_process, placeholder_models, short_tmpdir, summarize
 
 from rpc.client import Client
 
 
 def write_catalog(home: Path, n: int) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    sha = hashlib.sha256(b"").hexdigest()
-    parts = []
-    for i in range(n):
-        parts.append(
-            f'[[models]]\nid = "bench-model-{i:04d}"\nversion = "1.0.{i % 7}"\ndisplay_name = "Bench {i}"\n'
-            f'model_type = "text_to_video"\ncapabilities = ["text_to_video"]\nquality = "medium"\nspeed = "fast"\n'
-            f'[models.vram_gb]\n"832x480" = 8.0\n'
-            f'[[models.files]]\npath = "model.safetensors"\nurl = "http://127.0.0.1:9/m{i}"\nsize = {1024 * (i + 1)}\nsha256 = "{sha}"\n'
-        )
-    (home / "catalog.toml").write_text("".join(parts))
+    (home / "catalog.toml").write_text(placeholder_models(n))
 
 
 def measure(call, n: int, name: str) -> dict:

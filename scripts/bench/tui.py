@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import os
 import pty
 import struct
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 import psutil
-from _common import ROOT, engine_process, short_tmpdir
+from _common import ROOT, engine_process, placeholder_models, short_tmpdir
 
 from core.mirror import MIB, Mirror, Synthetic
 from rpc.client import Client
@@ -42,19 +41,12 @@ PARALLEL = 4  # the engine's default connections per large file
 def write_home(home: Path, mirror: Mirror, n_models: int, n_big: int, big_mib: int, concurrent: int) -> list[str]:
     """The catalog (n_big real downloads, the rest never fetched) and a config; the ids to download."""
     home.mkdir(parents=True, exist_ok=True)
-    sha = hashlib.sha256(b"").hexdigest()
     parts, big = [], []
     for i in range(n_big):
         mid = f"bench-dl-{i:02d}"
         big.append(mid)
         parts.append(mirror.add_model(mid, {"model.safetensors": Synthetic(mid, big_mib * MIB)}))
-    for i in range(n_models - n_big):
-        parts.append(
-            f'[[models]]\nid = "bench-model-{i:04d}"\nversion = "1.0.{i % 7}"\ndisplay_name = "Bench {i}"\n'
-            f'model_type = "text_to_video"\ncapabilities = ["text_to_video"]\nquality = "medium"\nspeed = "fast"\n'
-            f'[models.vram_gb]\n"832x480" = 8.0\n'
-            f'[[models.files]]\npath = "model.safetensors"\nurl = "http://127.0.0.1:9/m{i}"\nsize = {1024 * (i + 1)}\nsha256 = "{sha}"\n'
-        )
+    parts.append(placeholder_models(n_models - n_big))
     (home / "catalog.toml").write_text("".join(parts))
     (home / "config.toml").write_text(f"[downloads]\nmax_concurrent = {concurrent}\nparallel_ranges = {PARALLEL}\n"
                                       "[storage]\nmin_free_gb = 0.0\n")

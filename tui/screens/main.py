@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
@@ -57,6 +58,7 @@ class MainScreen(ScreenActions, Screen[None]):
 
     def on_mount(self) -> None:
         self.active_pane().focus_main()
+        self.app.start_link()
 
     # --- panes ---------------------------------------------------------------
     def pane(self, name: str) -> Pane:
@@ -88,7 +90,10 @@ class MainScreen(ScreenActions, Screen[None]):
     # --- connection line -----------------------------------------------------
     def show_connection(self, connected: bool, text: str) -> None:
         """Update the top line: green when connected, red DISCONNECTED otherwise."""
-        line = self.query_one("#conn", Static)
+        try:
+            line = self.query_one("#conn", Static)
+        except NoMatches:  # not composed yet, or shutting down
+            return
         line.set_class(not connected, "-down")
         line.update(text)
 

@@ -62,7 +62,8 @@ class UsagePane(Pane):
         yield Sparkline([], classes="body", id="usage-spark")
 
     async def fetch(self) -> None:
-        res = await self.mavail.link.call("analytics.usage", period="month")
+        # every model's 30-day series is opt-in for an all-models answer: the trend column needs it
+        res = await self.mavail.link.call("analytics.usage", period="month", include_series=True)
         models = res.get("models", {})
         assert self.table is not None
         self.table.sync({mid: (usage_cells({**u, "model_id": mid}), {**u, "model_id": mid}) for mid, u in models.items()})
@@ -77,7 +78,9 @@ class UsagePane(Pane):
     def _detail(self) -> None:
         raw = self.selected_raw()
         days = daily_uses(raw)
-        self.query_one("#usage-spark", Sparkline).data = days or [0.0]
+        spark = self.query_one("#usage-spark", Sparkline)
+        spark.data = days if any(days) else []
+        spark.display = any(days)
         peaks = raw.get("peak_usage_hours") or []
         self.query_one("#usage-detail", Static).update(
             f"{raw.get('model_id', '')}: last 30 days below · peak hours {', '.join(f'{int(h):02d}h' for h in peaks if isinstance(h, (int, float))) or '-'}" if raw else ""

@@ -1,0 +1,115 @@
+"""Pilot tests of the TUI against a real engine with real downloads and queued requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rpc.client import AsyncClient
+from tests.helpers import running_engine
+from tests.tui_helpers import screen_text, until
+from tui.app import create_app
+
+
+async def test_download_progresses_in_the_table_and_p_r_pause_and_resume(home: Path):
+    from core.mirror import MIB, Mirror, Synthetic
+
+    with Mirror() as mirror:
+        mirror.default_faults.throttle_bps = 1024 * 1024
+        home.mkdir(parents=True)
+        (home / "catalog.toml").write_text(mirror.add_model("wan2.2-ti2v-5b", {"model.safetensors": Synthetic("ti2v", 24 * MIB)}))
+        (home / "config.toml").write_text('[storage]\nmin_free_gb = 0.0\n[downloads]\nretry_base_s = 0.05\n')
+        async with running_engine(home) as (engine, sock):
+            app = create_app(sock, keymap={})
+            async with app.run_test(size=(80, 24)) as pilot:
+                await until(pilot, lambda: "wan2.2-ti2v-5b" in screen_text(app))
+                await pilot.press("enter")  # download the selected model
+                await pilot.press("2")
+                table = app.pane("downloads").table
+                assert table is not None
+                seen: set[str] = set()
+
+                def progressing() -> bool:
+                    cell = table.cell("wan2.2-ti2v-5b", "bytes")
+                    if cell is not None and not str(cell).startswith("0B/"):
+                        seen.add(str(cell))
+                    return len(seen) >= 2
+
+                await until(pilot, progressing, timeout=20)
+                assert "downloading" in screen_text(app) and "%" in screen_text(app)
+                async with AsyncClient(sock) as c:
+                    assert table.select("wan2.2-ti2v-5b")
+                    await pilot.press("p")
+                    await until(pilot, lambda: engine.downloads.progress("wan2.2-ti2v-5b")["status"] == "paused")
+                    assert (await c.call("downloads.progress", model_id="wan2.2-ti2v-5b"))["status"] == "paused"
+                    await until(pilot, lambda: str(table.cell("wan2.2-ti2v-5b", "status")) == "paused")
+                    await pilot.press("r")
+                    await until(pilot, lambda: engine.downloads.progress("wan2.2-ti2v-5b")["status"] in ("queued", "downloading"))
+                    assert (await c.call("downloads.progress", model_id="wan2.2-ti2v-5b"))["status"] in ("queued", "downloading")
+                    await until(pilot, lambda: str(table.cell("wan2.2-ti2v-5b", "status")) == "downloading")
+
+
+async def test_queue_tab_shows_a_waiting_request_and_c_cancels_it_after_yes(home: Path):
+    from core.mirror import MIB, Mirror, Synthetic
+    from tui.screens.confirm import ConfirmScreen
+
+    with Mirror() as mirror:
+        mirror.default_faults.throttle_bps = 64 * 1024  # the model stays "not ready" for the whole test
+        home.mkdir(parents=True)
+        (home / "catalog.toml").write_text(mirror.add_model("wan2.2-t2v-a14b", {"model.safetensors": Synthetic("t2v", 8 * MIB)}))
+        (home / "config.toml").write_text('[storage]\nmin_free_gb = 0.0\n')
+        async with running_engine(home) as (engine, sock):
+            async with AsyncClient(sock) as c:
+                q = await c.call("fallback.queue", model_id="wan2.2-t2v-a14b", request={"prompt": "a red fox"})
+                app = create_app(sock, keymap={})
+                async with app.run_test(size=(80, 24)) as pilot:
+                    await pilot.press("4")
+                    pane = app.pane("queue")
+                    await until(pilot, lambda: pane.table is not None and q["queue_id"] in pane.table.keys())
+                    assert "wan2.2-t2v-a14b" in screen_text(app)
+                    await pilot.press("c")
+                    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                    await pilot.press("n")
+                    await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+                    assert (await c.call("fallback.queue_list"))["total"] == 1
+                    await pilot.press("c")
+                    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                    await pilot.press("y")
+                    await until(pilot, lambda: q["queue_id"] not in pane.table.keys())
+                    assert (await c.call("fallback.queue_list"))["total"] == 0
+
+
+async def test_x_shows_the_plan_and_deletes_nothing_until_confirmed(home: Path):
+    import os
+    import time
+
+    from tests.helpers import install_files, model_toml, synthetic_bytes
+    from tui.screens.confirm import ConfirmScreen
+
+    home.mkdir(parents=True)
+    data = [("model.safetensors", synthetic_bytes("old", 64 * 1024))]
+    (home / "catalog.toml").write_text(model_toml("old-model", data) + model_toml("new-model", data))
+    old_dir = install_files(home, "old-model", data)
+    new_dir = install_files(home, "new-model", data)
+    long_ago = time.time() - 90 * 86400
+    for p in (old_dir / "model.safetensors", old_dir, old_dir.parent):
+        os.utime(p, (long_ago, long_ago))
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("5")
+            await until(pilot, lambda: app.pane("storage").loaded)
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=15)
+            plan = app.screen.body  # type: ignore[attr-defined]
+            assert "models/old-model" in plan and "Nothing has been deleted yet" in plan and "models/new-model" not in plan
+            assert "models/old-model" in screen_text(app)
+            assert (old_dir / "model.safetensors").exists()
+            await pilot.press("n")
+            await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            assert (old_dir / "model.safetensors").exists() and (new_dir / "model.safetensors").exists()
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=15)
+            await pilot.press("y")
+            await until(pilot, lambda: not (old_dir / "model.safetensors").exists(), timeout=15)
+            assert (new_dir / "model.safetensors").exists()
+            await until(pilot, lambda: any("Cleanup removed 1 item" in str(n.message) for n in app._notifications))
