@@ -284,6 +284,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         DROP INDEX IF EXISTS usage_daily_day;
         """,
     ),
+    (
+        "0003_downloads_prefixes",
+        """
+        -- The flushed prefix (bytes from the piece's start) of pieces still in
+        -- progress, written after the bytes were flushed (fdatasync): a restart
+        -- re-hashes that prefix from disk and fetches only the rest of the piece.
+        CREATE TABLE download_prefixes (
+            model_id TEXT NOT NULL,
+            path     TEXT NOT NULL,
+            idx      INTEGER NOT NULL,
+            length   INTEGER NOT NULL,
+            PRIMARY KEY (model_id, path, idx)
+        );
+        """,
+    ),
 ]
 
 

@@ -101,6 +101,37 @@ async def test_in_process_restart_keeps_recorded_pieces(home):
         assert m.bytes_served["m/f.bin"] <= data.size - recorded * 64 * 1024 + 4 * 256 * 1024
 
 
+async def test_restart_resumes_inside_a_piece_from_its_flushed_prefix(home):
+    data = Synthetic("prefix", 2 * MIB)
+    with Mirror() as m:
+        write_home(home, m, {"m": {"f.bin": data}})
+        m.default_faults.throttle_bps = 1 * MIB
+        from tests.helpers import wait_until
+
+        async with dl_engine(home, piece_size=2 * MIB) as (eng, sock):  # one piece: every byte is inside it
+            await eng.downloads.start("m")
+            await wait_until(lambda: eng.downloads.get("m").files[0].prefixes.get(0, 0) >= 256 * 1024, timeout=10)
+            rows = await eng.db.fetchall("SELECT idx, length FROM download_prefixes WHERE model_id = 'm'")
+            assert [r[0] for r in rows] == [0] and rows[0][1] >= 256 * 1024  # recorded in SQLite, not only in memory
+        import sqlite3
+
+        conn = sqlite3.connect(home / "state.db")
+        (prefix,) = conn.execute("SELECT length FROM download_prefixes WHERE model_id = 'm' AND idx = 0").fetchone()
+        assert conn.execute("SELECT COUNT(*) FROM download_pieces").fetchone()[0] == 0
+        conn.close()
+        m.default_faults.throttle_bps = 0
+        await wait_until(lambda: any(r.path == "m/f.bin" for r in m.log))  # the first request is counted when it ends
+        m.reset_counters()
+        async with dl_engine(home, piece_size=2 * MIB) as (eng, sock):
+            await wait_status(eng, "m", "completed")
+            pieces = await eng.db.fetchall("SELECT idx, sha256 FROM file_pieces WHERE model_id = 'm'")
+            assert await eng.db.fetchall("SELECT * FROM download_prefixes") == []
+        assert installed_bytes(home, "m", "f.bin") == data.read(0, data.size)
+        # the prefix was re-hashed from disk: only the rest of the piece came over the network
+        assert m.bytes_served["m/f.bin"] == data.size - prefix
+        assert [(r[0], r[1]) for r in pieces] == [(0, hashlib.sha256(data.read(0, data.size)).hexdigest())]
+
+
 async def _pieces(home):
     import sqlite3
 

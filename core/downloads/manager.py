@@ -45,6 +45,23 @@ PROGRESS_INTERVAL_S = 0.25  # at most 4 progress events a second per download
 SPEED_TAU_S = 2.0
 
 
+def _return_big_buffers_to_the_os() -> None:
+    """Make glibc map buffers of 256 KiB and more with mmap and unmap them when freed.
+
+    Downloads allocate many short-lived buffers of a few hundred KiB in several
+    threads; with glibc's adaptive threshold they end up in per-thread heaps
+    that keep their peak size, and the engine's RSS grows with the number of
+    connections instead of staying flat.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def normalize_priority(priority: str) -> str:
     """A contract priority (`medium` is `normal`); InvalidParams otherwise."""
     p = "normal" if priority == "medium" else priority
@@ -60,6 +77,7 @@ class FileRec:
     job: FileJob
     piece_size: int
     recorded: dict[int, str] = field(default_factory=dict)
+    prefixes: dict[int, int] = field(default_factory=dict)  # flushed prefix of pieces in progress
     validators: dict[str, list[str | None]] = field(default_factory=dict)
     installed_sha256: str | None = None
     stat: tuple[int, int] | None = None  # (mtime_ns, inode) once installed
@@ -67,7 +85,7 @@ class FileRec:
     @property
     def recorded_bytes(self) -> int:
         ps, size = self.piece_size, self.job.size
-        return sum(min(ps, size - i * ps) for i in self.recorded)
+        return sum(min(ps, size - i * ps) for i in self.recorded) + sum(self.prefixes.values())
 
 
 @dataclass
@@ -152,6 +170,7 @@ class DownloadManager:
 
     async def start_service(self) -> None:
         """Load downloads from the database, resume those that were running or queued, start the ticker."""
+        _return_big_buffers_to_the_os()
         await self._load()
         self.engine.config.on_change(self._on_config)
         self.engine.on_stop(self._shutdown)
@@ -182,19 +201,25 @@ class DownloadManager:
 
     # --- persistence -------------------------------------------------------------
     async def _load(self) -> None:
-        def q(conn: Any) -> tuple[list[Any], list[Any], list[Any]]:
+        def q(conn: Any) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
             return (conn.execute("SELECT * FROM downloads").fetchall(),
                     conn.execute("SELECT * FROM download_files ORDER BY model_id, ordinal").fetchall(),
-                    conn.execute("SELECT model_id, path, idx, sha256 FROM download_pieces").fetchall())
+                    conn.execute("SELECT model_id, path, idx, sha256 FROM download_pieces").fetchall(),
+                    conn.execute("SELECT model_id, path, idx, length FROM download_prefixes").fetchall())
 
-        rows, frows, prows = await self.engine.db.read(q)
+        rows, frows, prows, xrows = await self.engine.db.read(q)
         pieces: dict[tuple[str, str], dict[int, str]] = {}
         for r in prows:
             pieces.setdefault((r[0], r[1]), {})[r[2]] = r[3]
+        prefixes: dict[tuple[str, str], dict[int, int]] = {}
+        for r in xrows:
+            if r[2] not in pieces.get((r[0], r[1]), {}):
+                prefixes.setdefault((r[0], r[1]), {})[r[2]] = r[3]
         files: dict[str, list[FileRec]] = {}
         for r in frows:
             job = FileJob(path=r["path"], urls=tuple(json.loads(r["urls"])), size=r["size"], sha256=r["sha256"], git_sha1=r["git_sha1"])
-            files.setdefault(r["model_id"], []).append(FileRec(job, r["piece_size"], pieces.get((r["model_id"], r["path"]), {}),
+            key = (r["model_id"], r["path"])
+            files.setdefault(r["model_id"], []).append(FileRec(job, r["piece_size"], pieces.get(key, {}), prefixes.get(key, {}),
                                                                json.loads(r["validators"]), r["installed_sha256"]))
         resumed = 0
         for r in rows:
@@ -235,10 +260,11 @@ class DownloadManager:
 
     async def _forget_pieces(self, model_id: str, path: str | None = None) -> None:
         def w(conn: Any) -> None:
-            if path is None:
-                conn.execute("DELETE FROM download_pieces WHERE model_id = ?", (model_id,))
-            else:
-                conn.execute("DELETE FROM download_pieces WHERE model_id = ? AND path = ?", (model_id, path))
+            for table in ("download_pieces", "download_prefixes"):
+                if path is None:
+                    conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (model_id,))
+                else:
+                    conn.execute(f"DELETE FROM {table} WHERE model_id = ? AND path = ?", (model_id, path))
 
         await self.engine.db.write(w)
 
@@ -509,15 +535,24 @@ class DownloadManager:
         cfg = self.engine.config
         assert d.limiter is not None
 
-        async def on_pieces(path: str, batch: list[tuple[int, str]]) -> None:
+        async def on_pieces(path: str, batch: list[tuple[int, str]], prefixes: dict[int, int]) -> None:
             rec = next(f for f in d.files if f.job.path == path)
             rec.recorded.update(batch)
+            rec.prefixes = {i: n for i, n in prefixes.items() if i not in rec.recorded}
             rows = [(d.model_id, path, i, sha) for i, sha in batch]
-            await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", rows)
+            prows = [(d.model_id, path, i, n) for i, n in rec.prefixes.items()]
+
+            def w(conn: Any) -> None:
+                conn.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", rows)
+                conn.execute("DELETE FROM download_prefixes WHERE model_id = ? AND path = ?", (d.model_id, path))
+                conn.executemany("INSERT INTO download_prefixes VALUES (?,?,?,?)", prows)
+
+            await self.engine.db.write(w)
 
         async def on_reset(path: str, reason: str) -> None:
             rec = next(f for f in d.files if f.job.path == path)
             rec.recorded.clear()
+            rec.prefixes.clear()
             log.warning("%s: %s restarted from byte 0: %s", d.model_id, path, reason)
             await self._forget_pieces(d.model_id, path)
 
@@ -546,7 +581,8 @@ class DownloadManager:
         tr = d.transfers.get(f.job.path)
         file = await asyncio.to_thread(self.opener, path)
         if tr is None:
-            tr = FileTransfer(f.job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators)
+            tr = FileTransfer(f.job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
+                              prefixes=dict(f.prefixes))
             d.transfers[f.job.path] = tr
         else:
             tr.file = file
@@ -567,6 +603,7 @@ class DownloadManager:
         f.stat = await asyncio.to_thread(install)
         f.installed_sha256 = sha
         f.recorded = dict(pieces)
+        f.prefixes = {}
         del d.transfers[f.job.path]
         await self.engine.db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
                                      (sha, d.model_id, f.job.path))
@@ -596,6 +633,7 @@ class DownloadManager:
                     conn.executemany("INSERT INTO file_pieces (model_id, version, path, piece_size, idx, sha256) VALUES (?,?,?,?,?,?)",
                                      [(mid, version, f.job.path, f.piece_size, i, s) for i, s in sorted(f.recorded.items())])
             conn.execute("DELETE FROM download_pieces WHERE model_id = ?", (mid,))
+            conn.execute("DELETE FROM download_prefixes WHERE model_id = ?", (mid,))
 
         await self.engine.db.write(w)
         d.completed_at = now
@@ -674,7 +712,7 @@ class DownloadManager:
             for j in jobs:
                 p = prior.get(j.path)
                 if p is not None and p.job == j and p.piece_size > 0:
-                    rec = FileRec(j, p.piece_size, dict(p.recorded), dict(p.validators))
+                    rec = FileRec(j, p.piece_size, dict(p.recorded), dict(p.prefixes), dict(p.validators))
                 else:
                     rec = FileRec(j, piece)
                 if j.path in installed:
@@ -695,6 +733,9 @@ class DownloadManager:
             keep = [(model_id, f.job.path, i, s) for f in files if f.installed_sha256 is None for i, s in f.recorded.items()]
             if keep:
                 await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
+            keep_prefixes = [(model_id, f.job.path, i, n) for f in files if f.installed_sha256 is None for i, n in f.prefixes.items()]
+            if keep_prefixes:
+                await self.engine.db.executemany("INSERT OR REPLACE INTO download_prefixes VALUES (?,?,?,?)", keep_prefixes)
             await self._persist(d, with_files=True)
             self._hold(d, True)
             log.info("%s: download %s queued (priority %s, %d bytes)", model_id, d.download_id, priority, d.total_bytes)
@@ -790,6 +831,7 @@ class DownloadManager:
         d.transfers.clear()
         for f in d.files:
             f.recorded.clear()
+            f.prefixes.clear()
             f.validators = {}
         await self._forget_pieces(d.model_id)
         await asyncio.to_thread(shutil.rmtree, self.engine.layout.partial_dir / d.model_id, True)

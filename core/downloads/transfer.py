@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
+import httpcore
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
@@ -42,9 +43,14 @@ from core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
 
 log = logging.getLogger("mavail.downloads")
 
-WRITE_CHUNK = 1024 * 1024  # bytes handed to a worker thread per write
-READBACK_CHUNK = 4 * 1024 * 1024
+WRITE_CHUNK = 512 * 1024  # bytes handed to a worker thread per write
+READBACK_CHUNK = 1024 * 1024
 MAX_SPAN_BYTES = 64 * 1024 * 1024
+PREFIX_RECORD_S = 0.5  # how often the flushed prefix of pieces in progress is recorded when no piece completes
+# httpcore reads sockets 64 KiB at a time; at loopback speeds the per-read Python work then costs
+# more than the bytes. Larger reads return whatever the socket holds, so slow links are unaffected.
+if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 256 * 1024:
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024  # type: ignore[attr-defined]
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -144,7 +150,8 @@ class TransferContext:
     limiters: list[RateLimiter]
     max_retries: Callable[[], int]
     setting: Callable[[str], Any]  # config.get
-    on_pieces: Callable[[str, list[tuple[int, str]]], Awaitable[None]]  # after fdatasync
+    # after fdatasync: (path, [(finished piece, sha256)], {piece in progress: flushed prefix length})
+    on_pieces: Callable[[str, list[tuple[int, str]], dict[int, int]], Awaitable[None]]
     on_reset: Callable[[str, str], Awaitable[None]]  # (path, reason): forget recorded pieces
     on_validator: Callable[[str, dict[str, list[str | None]]], Awaitable[None]]
     on_bytes: Callable[[int], None] = lambda n: None
@@ -194,7 +201,8 @@ class FileTransfer:
     """Downloads one file into its partial path; resumable, restartable, in-process reusable after a pause."""
 
     def __init__(self, job: FileJob, file: PartialFile, piece_size: int, ctx: TransferContext,
-                 recorded: dict[int, str] | None = None, validators: dict[str, list[str | None]] | None = None) -> None:
+                 recorded: dict[int, str] | None = None, validators: dict[str, list[str | None]] | None = None,
+                 prefixes: dict[int, int] | None = None) -> None:
         self.job = job
         self.file = file
         self.ps = piece_size
@@ -210,8 +218,10 @@ class FileTransfer:
         self.resets = 0
         self.integrity_failures = 0
         self._init_state(recorded or {})
+        self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
         self._commit_event = asyncio.Event()
+        self._catchup_event = asyncio.Event()
         self._alock = asyncio.Lock()  # a reset never interleaves with recording pieces
 
     # --- piece state -------------------------------------------------------
@@ -221,6 +231,7 @@ class FileTransfer:
         self.hashers: dict[int, Any] = {}
         self.piece_sha: dict[int, str] = {}
         self.recorded: set[int] = set()
+        self._last_prefixes: dict[int, int] = {}
         for idx, sha in recorded.items():
             if 0 <= idx < self.npieces:
                 self.state[idx] = 2
@@ -239,6 +250,36 @@ class FileTransfer:
                     self.written[i] = 0
                     self.piece_sha.pop(i, None)
                     self.recorded.discard(i)
+
+    def _restore_prefixes(self) -> None:
+        """Re-hash the recorded flushed prefix of pieces that were in progress, from disk, so only their rest is fetched."""
+        prefixes, self._prefixes = self._prefixes, {}
+        have = self.file.size()
+        for idx, length in sorted(prefixes.items()):
+            if not (0 <= idx < self.npieces) or not (0 < length < self.piece_len(idx)) or idx * self.ps + length > have:
+                continue
+            with self._lock:
+                if self.state[idx] != 0 or self.written[idx] != 0:
+                    continue
+            h = hashlib.sha256()
+            pos, end = idx * self.ps, idx * self.ps + length
+            while pos < end:
+                data = self.file.read(pos, min(READBACK_CHUNK, end - pos))
+                if not data:
+                    break
+                h.update(data)
+                pos += len(data)
+            if pos != end:
+                continue
+            with self._lock:
+                if self.state[idx] == 0 and self.written[idx] == 0:
+                    self.hashers[idx] = h
+                    self.written[idx] = length
+                    self._last_prefixes[idx] = length
+
+    def _prefixes_locked(self) -> dict[int, int]:
+        """{piece in progress: bytes written from its start}; read under `_lock` before a flush, record after it."""
+        return {i: self.written[i] for i in self.hashers if self.state[i] != 2 and 0 < self.written[i] < self.piece_len(i)}
 
     def piece_len(self, idx: int) -> int:
         """Bytes of piece `idx` (the last one may be short)."""
@@ -299,6 +340,7 @@ class FileTransfer:
             self.gen += 1
             self.resets += 1
             self._init_state({})
+            self._prefixes = {}
             self._commit_q.clear()
             self.validators = {}
         log.warning("%s: restarting from byte 0: %s", self.job.path, reason)
@@ -306,11 +348,16 @@ class FileTransfer:
         await asyncio.to_thread(self.file.truncate, 0)
 
     # --- writing (worker threads) ----------------------------------------
-    def _write_job(self, gen: int, data: bytearray, offset: int) -> None:
+    def _write_job(self, gen: int, parts: list[memoryview], offset: int) -> None:
+        """Write `parts` (consecutive, inside one piece) at `offset`, hash them, and mark the piece when it is whole."""
         if gen != self.gen:
             raise _Stale()
+        size = sum(len(p) for p in parts)
         try:
-            self.file.write(data, offset)
+            self.file.writev(parts, offset)
+            writeback = getattr(self.file, "start_writeback", None)
+            if writeback is not None:
+                writeback(offset, size)
         except OSError as exc:
             if _is_disk_full(exc):
                 raise DiskFull(str(exc)) from None
@@ -322,22 +369,30 @@ class FileTransfer:
             h = self.hashers.get(idx)
             if h is None:
                 h = self.hashers[idx] = hashlib.sha256()
-        h.update(data)  # the piece belongs to this worker alone
+        for p in parts:
+            h.update(p)  # the piece belongs to this worker alone
         done = None
         with self._lock:
             if gen != self.gen:
                 raise _Stale()
-            self.written[idx] += len(data)
+            self.written[idx] += size
             if self.written[idx] >= self.piece_len(idx):
                 self.state[idx] = 2
                 done = self.hashers.pop(idx).hexdigest()
                 self.piece_sha[idx] = done
                 self._commit_q.append((idx, done))
         with self._hlock:
-            if gen == self.gen:
-                self.frontier.feed(offset, data)
+            if gen == self.gen and offset <= self.frontier.pos < offset + size:
+                at = offset
+                for p in parts:
+                    self.frontier.feed(at, p)
+                    at += len(p)
         if done is not None:
-            self._loop.call_soon_threadsafe(self._commit_event.set)
+            self._loop.call_soon_threadsafe(self._piece_done)
+
+    def _piece_done(self) -> None:
+        self._commit_event.set()
+        self._catchup_event.set()
 
     def _contiguous_end(self) -> int:
         with self._lock:
@@ -351,6 +406,7 @@ class FileTransfer:
     def _catch_up(self, limit: int | None = None) -> int:
         """Read back and hash written bytes the frontier has not seen; return bytes read."""
         total = 0
+        buf: memoryview | None = None  # one buffer per call, reused: fresh 1 MiB buffers each cost 256 page faults
         while True:
             with self._hlock:
                 gen, pos = self.gen, self.frontier.pos
@@ -360,8 +416,10 @@ class FileTransfer:
             if pos >= end:
                 return total
             n = min(READBACK_CHUNK, end - pos)
-            data = self.file.read(pos, n)
-            if len(data) < n:
+            if buf is None:
+                buf = memoryview(bytearray(READBACK_CHUNK))
+            data = buf[:n]
+            if self.file.read_into(pos, data) < n:
                 raise OSError(errno.EIO, f"partial file shorter than recorded at {pos}")
             total += n
             with self._hlock:
@@ -372,9 +430,18 @@ class FileTransfer:
     # --- committing pieces -------------------------------------------------
     async def _commit_loop(self) -> None:
         while True:
-            await self._commit_event.wait()
+            try:
+                await asyncio.wait_for(self._commit_event.wait(), PREFIX_RECORD_S)
+            except asyncio.TimeoutError:
+                pass
             self._commit_event.clear()
             await self._commit_pending()
+
+    async def _hash_loop(self) -> None:
+        """Catch the whole-file hash up over pieces that finished ahead of it (apart from commits, so neither waits)."""
+        while True:
+            await self._catchup_event.wait()
+            self._catchup_event.clear()
             await asyncio.to_thread(self._catch_up, 64 * 1024 * 1024)
 
     async def _commit_pending(self) -> None:
@@ -383,17 +450,20 @@ class FileTransfer:
 
     async def _commit_pending_locked(self) -> None:
         with self._lock:
+            # the prefixes are read before the flush: whatever they count is on disk once it returns
+            prefixes = self._prefixes_locked()
             batch, self._commit_q = self._commit_q, []
             gen = self.gen
-        if not batch:
+        if not batch and prefixes == self._last_prefixes:
             return
         await asyncio.to_thread(self.file.flush)
         if gen != self.gen:
             return
-        await self.ctx.on_pieces(self.job.path, batch)
+        await self.ctx.on_pieces(self.job.path, batch, prefixes)
         with self._lock:
             if gen == self.gen:
                 self.recorded.update(i for i, _ in batch)
+                self._last_prefixes = prefixes
 
     # --- HTTP ----------------------------------------------------------------
     def _pick_url(self, span: _Span) -> str:
@@ -485,7 +555,8 @@ class FileTransfer:
     async def _consume(self, resp: httpx.Response, gen: int, start: int, end: int) -> None:
         ps = self.ps
         pos = start  # next byte to place in buf
-        buf = bytearray()
+        buf: list[memoryview] = []  # received chunks (views, not copies) not yet handed to a write
+        buf_len = 0
         buf_off = start
         inflight: asyncio.Future[Any] | None = None
         limiters = self.ctx.limiters
@@ -509,15 +580,17 @@ class FileTransfer:
                 while view:
                     boundary = min(end, (pos // ps + 1) * ps)
                     part = view[: boundary - pos]
-                    buf += part
+                    buf.append(part)
+                    buf_len += len(part)
                     pos += len(part)
                     view = view[len(part):]
-                    if pos == boundary or len(buf) >= WRITE_CHUNK:
+                    if pos == boundary or buf_len >= WRITE_CHUNK or len(buf) >= 256:
                         if inflight is not None:
                             await inflight
                         inflight = asyncio.ensure_future(asyncio.to_thread(self._write_job, gen, buf, buf_off))
                         buf_off = pos
-                        buf = bytearray()
+                        buf = []
+                        buf_len = 0
                 if limiters:
                     await take_all(limiters, n)
                 if pos >= end:
@@ -528,7 +601,7 @@ class FileTransfer:
         if pos < end:
             raise ShortRead(f"response ended at byte {pos} of {end}")
 
-    async def _drain(self, inflight: asyncio.Future[Any] | None, gen: int, buf: bytearray, buf_off: int) -> None:
+    async def _drain(self, inflight: asyncio.Future[Any] | None, gen: int, buf: list[memoryview], buf_off: int) -> None:
         try:
             if inflight is not None:
                 await inflight
@@ -625,9 +698,12 @@ class FileTransfer:
         self._loop = asyncio.get_running_loop()
         self.dead.clear()
         await asyncio.to_thread(self._drop_missing_pieces)
+        if self._prefixes:
+            await asyncio.to_thread(self._restore_prefixes)
         self.resets = 0
         self.integrity_failures = 0
         committer = asyncio.create_task(self._commit_loop(), name=f"commit:{self.job.path}")
+        hasher = asyncio.create_task(self._hash_loop(), name=f"hash:{self.job.path}")
         try:
             while True:
                 if self.size == 0:
@@ -649,7 +725,8 @@ class FileTransfer:
             await asyncio.to_thread(self.file.flush)
         finally:
             committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
+            hasher.cancel()
+            await asyncio.gather(committer, hasher, return_exceptions=True)
             await asyncio.shield(self._commit_pending())
         with self._hlock:
             sha = self.frontier.sha.hexdigest()
