@@ -32,21 +32,6 @@ class PartialFile:
             view = view[n:]
             offset += n
 
-    def writev(self, parts: list[bytes | bytearray | memoryview], offset: int) -> None:
-        """Write the buffers one after another from `offset` with one system call where possible (no joining copy)."""
-        if type(self).write is not PartialFile.write:  # a subclass that changes write (tests inject failures there)
-            self.write(b"".join(parts), offset)
-            return
-        views = [memoryview(p).cast("B") for p in parts if len(p)]
-        while views:
-            n = os.pwritev(self.fd, views[:1024], offset)
-            offset += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if n:
-                views[0] = views[0][n:]
-
     def start_writeback(self, offset: int, length: int) -> None:
         """Ask the kernel to start writing [offset, offset+length) to disk now (no wait; a hint where unsupported)."""
         if _sync_file_range is not None:
@@ -55,16 +40,6 @@ class PartialFile:
     def read(self, offset: int, length: int) -> bytes:
         """Read up to `length` bytes at `offset`."""
         return os.pread(self.fd, length, offset)
-
-    def read_into(self, offset: int, view: memoryview) -> int:
-        """Fill `view` from `offset` (into a buffer the caller reuses, so no allocation per read); return bytes read."""
-        got = 0
-        while got < len(view):
-            n = os.preadv(self.fd, [view[got:]], offset + got)
-            if n <= 0:
-                break
-            got += n
-        return got
 
     def flush(self) -> None:
         """Make written data durable (fdatasync)."""

@@ -348,16 +348,14 @@ class FileTransfer:
         await asyncio.to_thread(self.file.truncate, 0)
 
     # --- writing (worker threads) ----------------------------------------
-    def _write_job(self, gen: int, parts: list[memoryview], offset: int) -> None:
-        """Write `parts` (consecutive, inside one piece) at `offset`, hash them, and mark the piece when it is whole."""
+    def _write_job(self, gen: int, data: bytearray, offset: int) -> None:
         if gen != self.gen:
             raise _Stale()
-        size = sum(len(p) for p in parts)
         try:
-            self.file.writev(parts, offset)
+            self.file.write(data, offset)
             writeback = getattr(self.file, "start_writeback", None)
             if writeback is not None:
-                writeback(offset, size)
+                writeback(offset, len(data))
         except OSError as exc:
             if _is_disk_full(exc):
                 raise DiskFull(str(exc)) from None
@@ -369,24 +367,20 @@ class FileTransfer:
             h = self.hashers.get(idx)
             if h is None:
                 h = self.hashers[idx] = hashlib.sha256()
-        for p in parts:
-            h.update(p)  # the piece belongs to this worker alone
+        h.update(data)  # the piece belongs to this worker alone
         done = None
         with self._lock:
             if gen != self.gen:
                 raise _Stale()
-            self.written[idx] += size
+            self.written[idx] += len(data)
             if self.written[idx] >= self.piece_len(idx):
                 self.state[idx] = 2
                 done = self.hashers.pop(idx).hexdigest()
                 self.piece_sha[idx] = done
                 self._commit_q.append((idx, done))
         with self._hlock:
-            if gen == self.gen and offset <= self.frontier.pos < offset + size:
-                at = offset
-                for p in parts:
-                    self.frontier.feed(at, p)
-                    at += len(p)
+            if gen == self.gen:
+                self.frontier.feed(offset, data)
         if done is not None:
             self._loop.call_soon_threadsafe(self._piece_done)
 
@@ -406,7 +400,6 @@ class FileTransfer:
     def _catch_up(self, limit: int | None = None) -> int:
         """Read back and hash written bytes the frontier has not seen; return bytes read."""
         total = 0
-        buf: memoryview | None = None  # one buffer per call, reused: fresh 1 MiB buffers each cost 256 page faults
         while True:
             with self._hlock:
                 gen, pos = self.gen, self.frontier.pos
@@ -416,10 +409,8 @@ class FileTransfer:
             if pos >= end:
                 return total
             n = min(READBACK_CHUNK, end - pos)
-            if buf is None:
-                buf = memoryview(bytearray(READBACK_CHUNK))
-            data = buf[:n]
-            if self.file.read_into(pos, data) < n:
+            data = self.file.read(pos, n)
+            if len(data) < n:
                 raise OSError(errno.EIO, f"partial file shorter than recorded at {pos}")
             total += n
             with self._hlock:
@@ -555,8 +546,7 @@ class FileTransfer:
     async def _consume(self, resp: httpx.Response, gen: int, start: int, end: int) -> None:
         ps = self.ps
         pos = start  # next byte to place in buf
-        buf: list[memoryview] = []  # received chunks (views, not copies) not yet handed to a write
-        buf_len = 0
+        buf = bytearray()
         buf_off = start
         inflight: asyncio.Future[Any] | None = None
         limiters = self.ctx.limiters
@@ -580,17 +570,15 @@ class FileTransfer:
                 while view:
                     boundary = min(end, (pos // ps + 1) * ps)
                     part = view[: boundary - pos]
-                    buf.append(part)
-                    buf_len += len(part)
+                    buf += part
                     pos += len(part)
                     view = view[len(part):]
-                    if pos == boundary or buf_len >= WRITE_CHUNK or len(buf) >= 256:
+                    if pos == boundary or len(buf) >= WRITE_CHUNK:
                         if inflight is not None:
                             await inflight
                         inflight = asyncio.ensure_future(asyncio.to_thread(self._write_job, gen, buf, buf_off))
                         buf_off = pos
-                        buf = []
-                        buf_len = 0
+                        buf = bytearray()
                 if limiters:
                     await take_all(limiters, n)
                 if pos >= end:
@@ -601,7 +589,7 @@ class FileTransfer:
         if pos < end:
             raise ShortRead(f"response ended at byte {pos} of {end}")
 
-    async def _drain(self, inflight: asyncio.Future[Any] | None, gen: int, buf: list[memoryview], buf_off: int) -> None:
+    async def _drain(self, inflight: asyncio.Future[Any] | None, gen: int, buf: bytearray, buf_off: int) -> None:
         try:
             if inflight is not None:
                 await inflight
