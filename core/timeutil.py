@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timezone
 from typing import Protocol
@@ -50,3 +51,18 @@ def parse_iso(text: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+async def wait_event(event: "asyncio.Event", timeout: float) -> bool:
+    """Wait for `event` at most `timeout` seconds; True if it was set.
+
+    Loops that are cancelled at shutdown must use this rather than
+    `asyncio.wait_for(event.wait(), t)`: on Python 3.11 wait_for can swallow a
+    cancellation that arrives as the event fires, and the loop then never ends.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False

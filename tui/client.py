@@ -90,8 +90,10 @@ class EngineLink:
                 self.attempts += 1
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.backoff_s())
-                except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that ends this loop
+                    async with asyncio.timeout(self.backoff_s()):
+                        await self._wake.wait()
+                except TimeoutError:
                     pass
         finally:
             await self._close()

@@ -40,6 +40,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from core.downloads.limiter import RateLimiter, take_all
 from core.downloads.partial import PartialFile
 from core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
+from core.timeutil import wait_event
 
 log = logging.getLogger("mavail.downloads")
 
@@ -421,10 +422,7 @@ class FileTransfer:
     # --- committing pieces -------------------------------------------------
     async def _commit_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._commit_event.wait(), PREFIX_RECORD_S)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._commit_event, PREFIX_RECORD_S)
             self._commit_event.clear()
             await self._commit_pending()
 

@@ -36,7 +36,7 @@ from core.errors import InvalidParams, InvalidState, MavailError, NotFound
 from core.events import Event, make_event
 from core.fallback.scoring import READY
 from core.session import Session
-from core.timeutil import iso
+from core.timeutil import iso, wait_event
 
 log = logging.getLogger("mavail.fallback")
 
@@ -322,10 +322,7 @@ class RequestQueue:
             nxt = min((e.expires_at for e in self._waiting.values()), default=None)
             timeout = 60.0 if nxt is None else min(60.0, max(0.005, nxt - now))
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, timeout)
 
     def _on_download_status(self, model_id: str, version: Any, status: str) -> None:
         # a safety net beside model_availability_change: a completed download rescans and releases
