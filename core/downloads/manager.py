@@ -112,6 +112,7 @@ class Download:
     speed: float = 0.0  # smoothed bytes/s
     received: int = 0  # bytes off the wire this session (for speed)
     _sample: tuple[float, int] = (0.0, 0)
+    _warmup: tuple[float, int] | None = None  # (time, bytes) at the start of the first tick that saw bytes
     last_emit: float = 0.0
     last_emit_bytes: int = -1
     holding: bool = False
@@ -449,9 +450,16 @@ class DownloadManager:
                 t0, b0 = d._sample
                 dt = now - t0
                 if t0 and dt > 0:
-                    inst = (d.received - b0) / dt
-                    a = min(1.0, dt / SPEED_TAU_S) if d.speed else 1.0
-                    d.speed += a * (inst - d.speed)
+                    if d._warmup is None and d.received > b0:
+                        d._warmup = (t0, b0)
+                    if d._warmup is not None and now - d._warmup[0] < SPEED_TAU_S:
+                        # warm-up: the mean since bytes started to flow. An average started from the
+                        # first, partly idle tick would take several time constants to forget it,
+                        # and every early estimate (ETA, wait times) would come out too long.
+                        d.speed = (d.received - d._warmup[1]) / (now - d._warmup[0])
+                    else:
+                        inst = (d.received - b0) / dt
+                        d.speed += min(1.0, dt / SPEED_TAU_S) * (inst - d.speed)
                 d._sample = (now, d.received)
                 total += d.speed
                 if now - d.last_emit >= PROGRESS_INTERVAL_S * 0.9 and d.downloaded_bytes != d.last_emit_bytes:
@@ -519,6 +527,7 @@ class DownloadManager:
             d.task = None
             d.current_file = None
             d.speed = 0.0
+            d._warmup = None
             if d.stop_reason in (None, "preempt"):
                 # pause and cancel reset stop_reason themselves once the new status is set
                 d.stop_reason = None
