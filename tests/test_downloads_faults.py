@@ -26,12 +26,16 @@ async def test_drops_resume_where_they_stopped(home, parallel):
         f = m.faults("m/f.bin")
         f.drop_after, f.drop_count = 50_000, 6
         async with dl_engine(home) as (eng, sock):
+            sub = eng.events.subscribe(types=["model_download_progress"], model_ids=["m"])
             await eng.downloads.start("m", max_retries=1)  # progress renews the retry budget
             await wait_status(eng, "m", "completed")
             assert installed_bytes(home, "m", "f.bin") == data.read(0, SIZE)
             # nothing fetched twice beyond what was in flight: every drop resumed at its byte
             assert m.bytes_served["m/f.bin"] <= SIZE + 4 * 64 * 1024
             assert eng.downloads.progress("m")["retry_count"] >= 3
+            # progress events carry the retries, so a watcher (the TUI) sees them without polling
+            last = (await sub.next_batch())[-1]
+            assert last.params["status"] == "completed" and last.params["retry_count"] == eng.downloads.progress("m")["retry_count"]
 
 
 async def test_server_without_ranges_or_validators(home):

@@ -407,7 +407,7 @@ class DownloadManager:
         self.engine.events.emit("model_download_progress", model_id=d.model_id, download_id=d.download_id, status=d.status,
                                 progress_percent=p["progress_percent"], speed_mbps=p["speed_mbps"], eta_seconds=p["eta_seconds"],
                                 downloaded_bytes=p["downloaded_bytes"], total_bytes=p["total_bytes"],
-                                queue_position=p["queue_position"], error_code=d.error_code)
+                                queue_position=p["queue_position"], retry_count=d.retry_count, error_code=d.error_code)
 
     async def _set_status(self, d: Download, status: str, error_code: str | None = None, message: str | None = None,
                           persist: bool = True) -> None:

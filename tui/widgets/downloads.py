@@ -64,8 +64,9 @@ class DownloadsPane(Pane):
 
     TITLE = "Downloads"
     REQUIRES = ("downloads.active", "downloads.progress")
-    RESYNC_S = 3.0
-    """Retries and errors are not in progress events: a small downloads.active every few seconds while shown."""
+    RESYNC_S = 10.0
+    """Progress events carry status, bytes, speed, retries and error codes; the resync only catches
+    what no event says (an error message after a retry, a download started by another client's queue)."""
 
     def body(self) -> ComposeResult:
         yield Static("", classes="summary body", id="downloads-summary")
