@@ -126,6 +126,8 @@ async def fallback_queue_list(ctx: CallContext, model_id: str | None) -> dict[st
 
 async def fallback_queue_cancel(ctx: CallContext, queue_id: str) -> dict[str, Any]:
     return await ctx.engine.queue.cancel(queue_id)
+
+
 # --- downloads (issue 3) ----------------------------------------------------------
 async def downloads_start(ctx: CallContext, model_id: str, priority: str, max_retries: int | None, bandwidth_limit_mbps: float) -> dict[str, Any]:
     return await ctx.engine.downloads.start(model_id, priority=priority, max_retries=max_retries, bandwidth_limit_mbps=bandwidth_limit_mbps)
@@ -217,7 +219,6 @@ async def models_rollback(ctx: CallContext, model_id: str) -> dict[str, Any]:
 
 async def models_remove(ctx: CallContext, model_id: str, version: str | None) -> dict[str, Any]:
     return await ctx.engine.health.updates.remove(model_id, version)
-
 
 
 # --- analytics and storage (issue 6) -------------------------------------------
