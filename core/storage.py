@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
+from core import crash
 from core.errors import InvalidParams, NotFound
 from core.fsutil import fsync_dir
 from core.timeutil import iso
@@ -56,7 +57,6 @@ GIB = 1024**3
 DAY = 86400.0
 MODEL_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 PLAN_TTL_S = 900.0
-FAULT_ENV = "MAVAIL_STORAGE_FAULT"  # test hook: the engine exits at this cleanup stage (a real crash)
 
 
 # --- measuring (worker threads) ------------------------------------------------------
@@ -646,9 +646,7 @@ class StorageManager:
     def _fault(self, stage: str) -> None:
         if self.fault is not None:
             self.fault(stage)
-        if os.environ.get(FAULT_ENV) == stage:
-            log.error("test fault %s: exiting now", stage)
-            os._exit(70)
+        crash.point(f"storage.{stage}")
 
     async def _remove(self, cleanup_id: str, item: PlanItem, plan: Plan) -> int:
         """Move one plan item aside into trash/, forget it in the database, delete it; return bytes freed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -241,7 +242,7 @@ async def test_engine_killed_during_cleanup_recovers(home: Path):
     outside = home.parent / "outside"
     setup_home(home, outside, ["m-old", "m-recent"])
     sock = home / "k.sock"
-    env = {**os.environ, "MAVAIL_STORAGE_FAULT": "after_move", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MAVAIL_CRASH_AT": "storage.after_move", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -257,7 +258,7 @@ async def test_engine_killed_during_cleanup_recovers(home: Path):
         async with AsyncClient(sock, timeout=10) as c:
             with pytest.raises(EngineUnavailable):
                 await c.call("storage.cleanup", cleanup_type="manual", models_to_remove=["m-old"])
-        assert await asyncio.to_thread(proc.wait, 10) == 70
+        assert await asyncio.to_thread(proc.wait, 10) == -signal.SIGKILL
     finally:
         if proc.poll() is None:
             proc.kill()

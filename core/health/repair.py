@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from core.errors import IntegrityError, InvalidState, SourceUnavailable
 from core.fsutil import atomic_write_bytes, fsync_dir
-from core.health import crash
+from core import crash
 from core.health.scan import CHUNK, TEMP_SUFFIX, ManifestFile, ReadBudget, _symlink_component
 
 log = logging.getLogger("mavail.health")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.catalog import version_key
 from core.errors import Conflict, InvalidState, MavailError, ModelNotFound
-from core.health import crash
+from core import crash
 from core.health.model import new_id
 from core.health.scan import ReadBudget
 from core.timeutil import iso
