@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -75,8 +77,8 @@ def test_properties(specs: list[ModelSpec], data: st.DataObject) -> None:
     free = data.draw(st.one_of(st.none(), st.floats(0.0, 100.0, allow_nan=False)))
     status = {s.id: data.draw(st.sampled_from(STATUSES)) for s in specs}
     etas = {s.id: data.draw(st.one_of(st.none(), st.floats(0, 10_000, allow_nan=False))) for s in specs}
-    weights = Weights(
-        capabilities=data.draw(st.floats(0, 3)), model_type=data.draw(st.floats(0, 3)), quality=data.draw(st.floats(0, 3)),
+    weights = dataclasses.replace(
+        Weights.defaults(), capabilities=data.draw(st.floats(0, 3)), model_type=data.draw(st.floats(0, 3)), quality=data.draw(st.floats(0, 3)),
         speed=data.draw(st.floats(0, 3)), vram=data.draw(st.floats(0, 3)), family=data.draw(st.floats(0, 3)),
         availability=data.draw(st.floats(0, 3)), size=data.draw(st.floats(0, 3)), min_score=data.draw(st.floats(0, 0.5)),
         max_suggestions=data.draw(st.integers(1, 20)))
@@ -132,7 +134,7 @@ def test_properties(specs: list[ModelSpec], data: st.DataObject) -> None:
     if status[requested] not in ("available", "updating"):
         assert requested not in ids
     # 5. strategies: a named model that does not fit as asked comes with the resolution that does
-    strategy = choose(q, out, status[requested], etas[requested], fit, Thresholds())
+    strategy = choose(q, out, status[requested], etas[requested], fit, Thresholds.defaults())
     assert strategy["strategy_type"] in (None, "alternative_model", "queue_and_wait", "mock_generation", "download_and_retry",
                                          "reduce_requirements", "hybrid_approach")
     named = strategy["suggested_model"]
@@ -159,12 +161,12 @@ def test_text_request_never_gets_image_model() -> None:
     idx = index_of(specs)
     avail = lambda mid: ("missing", None) if mid == "t2v-wanted" else ("available", 0.0)  # noqa: E731
     q = build_query(idx.by_id["t2v-wanted"], {}, {}, 24.0, 30)
-    ids = [s.model_id for s in rank(idx, q, avail, Weights())]
+    ids = [s.model_id for s in rank(idx, q, avail, Weights.defaults())]
     assert "i2v-same-family" not in ids and "t2v-wanted" not in ids
     assert set(ids) == {"t2v-other", "ti2v"}
     # with an image: only models taking one
     q = build_query(idx.by_id["t2v-wanted"], {"has_image": True}, {}, 24.0, 30)
-    ids = [s.model_id for s in rank(idx, q, avail, Weights())]
+    ids = [s.model_id for s in rank(idx, q, avail, Weights.defaults())]
     assert set(ids) == {"i2v-same-family", "ti2v"}
 
 
@@ -177,11 +179,11 @@ def test_vram_reduce_and_infeasible() -> None:
     idx = index_of(specs)
     avail = lambda mid: ("available", 0.0)  # noqa: E731
     q = build_query(idx.by_id["big"], {"resolution": "1280x704"}, {}, 16.0, 30)
-    out = {s.model_id: s for s in rank(idx, q, avail, Weights())}
+    out = {s.model_id: s for s in rank(idx, q, avail, Weights.defaults())}
     assert "huge" not in out  # fits at no resolution
     assert out["big"].vram_fit == "reduce" and out["big"].resolution == "832x480"
     assert out["small"].vram_fit == "fits"
-    strategy = choose(q, list(out.values()), "available", 0.0, vram_fit(idx.by_id["big"], q, Weights()), Thresholds())
+    strategy = choose(q, list(out.values()), "available", 0.0, vram_fit(idx.by_id["big"], q, Weights.defaults()), Thresholds.defaults())
     assert strategy["strategy_type"] in ("reduce_requirements", "alternative_model")
     assert strategy["suggested_resolution"] in ("832x480", "1280x704")
     # interpolation between listed resolutions
@@ -192,9 +194,9 @@ def test_requested_ready_is_top_with_score_one() -> None:
     specs = [spec("a", family="x"), spec("b", family="x")]
     idx = index_of(specs)
     q = build_query(idx.by_id["a"], {"quality": "high"}, {}, None, 30)
-    out = rank(idx, q, lambda mid: ("available", 0.0), Weights())
+    out = rank(idx, q, lambda mid: ("available", 0.0), Weights.defaults())
     assert [s.model_id for s in out] == ["a", "b"] and out[0].score == 1.0 and out[1].score < 1.0
-    strategy = choose(q, out, "available", 0.0, vram_fit(idx.by_id["a"], q, Weights()), Thresholds())
+    strategy = choose(q, out, "available", 0.0, vram_fit(idx.by_id["a"], q, Weights.defaults()), Thresholds.defaults())
     assert strategy["strategy_type"] is None and strategy["fallback_needed"] is False
 
 
@@ -211,8 +213,8 @@ def test_strategies_by_state() -> None:
         st_map = {"want": status, **alts}
         av = lambda mid: (st_map.get(mid, "missing"), eta if mid == "want" else 0.0)  # noqa: E731
         q = build_query(idx.by_id["want"], {}, {"max_wait_time_minutes": wait_min}, 48.0, 30)
-        out = rank(idx, q, av, Weights())
-        return choose(q, out, status, eta, vram_fit(idx.by_id["want"], q, Weights()), th)
+        out = rank(idx, q, av, Weights.defaults())
+        return choose(q, out, status, eta, vram_fit(idx.by_id["want"], q, Weights.defaults()), th)
 
     assert run("downloading", 30, {"alt-weak": "available"})["strategy_type"] == "queue_and_wait"
     assert run("downloading", 600, {"alt-weak": "available"})["strategy_type"] == "hybrid_approach"

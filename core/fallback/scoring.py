@@ -67,6 +67,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from core.config import Config
 from core.catalog import CAPABILITIES, MODEL_TYPES, RESOLUTION_RE, SPEEDS, TIERS
 from core.errors import InvalidParams
 
@@ -189,18 +190,23 @@ class FeatureIndex:
 class Weights:
     """The formula's weights and factors (`fallback.*` settings)."""
 
-    capabilities: float = 0.30
-    model_type: float = 0.10
-    quality: float = 0.15
-    speed: float = 0.05
-    vram: float = 0.15
-    family: float = 0.05
-    availability: float = 0.20
-    size: float = 0.05
-    vram_reduce_factor: float = 0.6
-    availability_downloading: float = 0.7
-    min_score: float = 0.2
-    max_suggestions: int = 5
+    capabilities: float
+    model_type: float
+    quality: float
+    speed: float
+    vram: float
+    family: float
+    availability: float
+    size: float
+    vram_reduce_factor: float
+    availability_downloading: float
+    min_score: float
+    max_suggestions: int
+
+    @classmethod
+    def defaults(cls) -> "Weights":
+        """The weights of a default configuration (the values live in core/config.py's SCHEMA only)."""
+        return cls.from_config(Config(None))
 
     @classmethod
     def from_config(cls, config: Any) -> "Weights":

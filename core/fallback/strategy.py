@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.config import Config
 from core.fallback.scoring import IN_PROGRESS, READY, Features, Query, Suggestion
 
 GIB = 1024**3
@@ -48,9 +49,14 @@ GIB = 1024**3
 class Thresholds:
     """The strategy thresholds (`fallback.*` settings)."""
 
-    alternative_min_score: float = 0.7
-    hybrid_min_score: float = 0.45
-    hybrid_min_wait_s: float = 120.0
+    alternative_min_score: float
+    hybrid_min_score: float
+    hybrid_min_wait_s: float
+
+    @classmethod
+    def defaults(cls) -> "Thresholds":
+        """The thresholds of a default configuration (the values live in core/config.py's SCHEMA only)."""
+        return cls.from_config(Config(None))
 
     @classmethod
     def from_config(cls, config: Any) -> "Thresholds":

@@ -176,7 +176,7 @@ def bench_suggest(n_models: int, calls: int) -> dict[str, Any]:
         t_build = time.perf_counter()
         idx = FeatureIndex().refresh(cat)
         build_ms = (time.perf_counter() - t_build) * 1000
-        w = Weights()
+        w = Weights.defaults()
         status = {mid: ("available" if (home / "models" / mid).exists() else "missing") for mid in ids}
         avail = lambda mid: (status[mid], 0.0 if status[mid] == "available" else None)  # noqa: E731
         lat = []
