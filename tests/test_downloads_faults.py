@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 
 import pytest
@@ -34,8 +36,15 @@ async def test_drops_resume_where_they_stopped(home, parallel):
             assert m.bytes_served["m/f.bin"] <= SIZE + 4 * 64 * 1024
             assert eng.downloads.progress("m")["retry_count"] >= 3
             # progress events carry the retries, so a watcher (the TUI) sees them without polling
-            last = (await sub.next_batch())[-1]
-            assert last.params["status"] == "completed" and last.params["retry_count"] == eng.downloads.progress("m")["retry_count"]
+            # (the status changes before its event is sent, after the state is saved: wait for the event)
+            async def completed_event():
+                while True:
+                    for ev in await sub.next_batch():
+                        if ev.params["status"] == "completed":
+                            return ev
+
+            last = await asyncio.wait_for(completed_event(), 10)
+            assert last.params["retry_count"] == eng.downloads.progress("m")["retry_count"] >= 3
 
 
 async def test_server_without_ranges_or_validators(home):
