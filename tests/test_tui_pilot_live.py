@@ -21,7 +21,8 @@ async def test_download_progresses_in_the_table_and_p_r_pause_and_resume(home: P
         async with running_engine(home) as (engine, sock):
             app = create_app(sock, keymap={})
             async with app.run_test(size=(80, 24)) as pilot:
-                await until(pilot, lambda: "wan2.2-ti2v-5b" in screen_text(app))
+                # ready when the Models table holds the row (what the screen shows is asserted below)
+                await until(pilot, lambda: app.pane("models").loaded and "wan2.2-ti2v-5b" in app.pane("models").table.keys())
                 await pilot.press("enter")  # download the selected model
                 await pilot.press("2")
                 table = app.pane("downloads").table

@@ -62,5 +62,7 @@ async def until(pilot: Any, predicate: Callable[[], Any], timeout: float = 10.0)
     deadline = loop.time() + timeout
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
+            app = getattr(pilot, "app", None)
+            screen = screen_text(app) if app is not None else ""
+            raise AssertionError(f"condition not met in time; the screen shows:\n{screen}")
         await pilot.pause(0.02)
