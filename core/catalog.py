@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from core.errors import CatalogError
+from core.limits import MAX_FILE_BYTES, MAX_VRAM_GB
 from core.paths import is_safe_relative
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -125,8 +126,8 @@ def _parse_file(raw: Any, where: str) -> FileSpec:
     if not isinstance(mirrors, list) or not all(_url_ok(m) for m in mirrors):
         raise CatalogError(f"{where}.mirrors must be a list of http(s) URLs", entry=where)
     size = raw.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise CatalogError(f"{where}.size must be a non-negative integer", entry=where)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_BYTES:
+        raise CatalogError(f"{where}.size must be an integer from 0 to {MAX_FILE_BYTES}", entry=where)
     sha = raw.get("sha256")
     if not isinstance(sha, str) or not SHA256_RE.match(sha.lower()):
         raise CatalogError(f"{where}.sha256 must be 64 hex digits", entry=where)
@@ -171,8 +172,9 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
     if not isinstance(vram, dict):
         raise CatalogError(f"{where}: vram_gb must be a table of \"WxH\" = GiB", entry=where)
     for res, gb in vram.items():
-        if not RESOLUTION_RE.match(res) or not isinstance(gb, (int, float)) or isinstance(gb, bool) or gb <= 0:
-            raise CatalogError(f"{where}: vram_gb.{res} must be a positive number under a \"WxH\" key", entry=where)
+        if not RESOLUTION_RE.match(res) or not isinstance(gb, (int, float)) or isinstance(gb, bool) or not 0 < gb <= MAX_VRAM_GB:
+            raise CatalogError(f"{where}: vram_gb.{res} must be a number of GiB above 0 and at most {MAX_VRAM_GB:g}, "
+                               f"under a \"WxH\" key", entry=where)
     files_raw = raw.get("files")
     source = raw.get("source")
     if (files_raw is None) == (source is None):

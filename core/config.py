@@ -161,6 +161,20 @@ SCHEMA: tuple[Setting, ...] = (
 )
 
 
+
+def flatten_patch(patch: Any) -> dict[str, Any]:
+    """A config patch given as `{section: {key: value}}` or `{"section.key": value}` as `{"section.key": value}`."""
+    if not isinstance(patch, dict):
+        raise ConfigError("patch must be an object", field="patch")
+    flat: dict[str, Any] = {}
+    for top, value in patch.items():
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                flat[f"{top}.{name}"] = inner
+        else:
+            flat[top] = value
+    return flat
+
 class Config:
     """The live configuration: validated values, atomic saves, environment overrides, change callbacks.
 
@@ -232,15 +246,7 @@ class Config:
         Returns `(changed, restart_required)`. Nothing is applied or written when
         any value is invalid.
         """
-        if not isinstance(patch, dict):
-            raise ConfigError("patch must be an object", field="patch")
-        flat: dict[str, Any] = {}
-        for top, value in patch.items():
-            if isinstance(value, dict):
-                for name, inner in value.items():
-                    flat[f"{top}.{name}"] = inner
-            else:
-                flat[top] = value
+        flat = flatten_patch(patch)
         checked: dict[str, Any] = {}
         for key, value in flat.items():
             setting = self.schema.get(key)

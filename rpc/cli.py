@@ -47,13 +47,13 @@ def cmd_engine(args: argparse.Namespace) -> int:
     import anyio
 
     from rpc.runner import run_engine
-    from rpc.server import EngineAlreadyRunning
+    from rpc.server import CannotServe
 
     home = resolve_home(args.home)
     sock = resolve_socket(home, args.socket)
     try:
         anyio.run(run_engine, home, sock, backend_options={"use_uvloop": True})
-    except EngineAlreadyRunning as exc:
+    except CannotServe as exc:
         print(f"mavail: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:

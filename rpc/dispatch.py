@@ -18,7 +18,8 @@ from oslash.either import Left  # type: ignore[import-untyped]
 
 import orjson
 
-from core.errors import MavailError, RateLimited, Unauthorized
+from core.config import flatten_patch
+from core.errors import ConfigError, MavailError, RateLimited, Unauthorized
 from core.logs import request_id_var
 from core.timeutil import iso_now
 from rpc.methods import TABLE, CallContext
@@ -74,6 +75,25 @@ def _check_request(req: Any) -> None:
         raise ValueError(f"unexpected member(s) {', '.join(sorted(extra))}")
 
 
+RATE_LIMIT_SETTING = "rpc.rate_limit_per_second"
+
+
+def exempt_from_rate_limit(method_name: str, params: dict[str, Any]) -> bool:
+    """Calls that answer even over the rate limit, so a limited client can still recover.
+
+    `session.hello` and `config.get` never count, nor a `config.update` that changes the
+    limit alone: otherwise a limit set too low would lock out the call that removes it.
+    """
+    if method_name in ("session.hello", "config.get"):
+        return True
+    if method_name == "config.update":
+        try:
+            return set(flatten_patch(params.get("patch"))) == {RATE_LIMIT_SETTING}
+        except ConfigError:
+            return False
+    return False
+
+
 async def _invoke(ctx: CallContext, method_name: str, *args: Any, **kwargs: Any) -> Any:
     """Run one method with contract error handling; returns a jsonrpcserver Result."""
     method = TABLE[method_name]
@@ -81,7 +101,7 @@ async def _invoke(ctx: CallContext, method_name: str, *args: Any, **kwargs: Any)
     try:
         if method.needs_auth and not conn.authenticated:
             raise Unauthorized("call session.hello with the engine's token first")
-        wait = conn.rate_limit_wait()
+        wait = 0.0 if exempt_from_rate_limit(method_name, kwargs) else conn.rate_limit_wait()
         if wait > 0:
             raise RateLimited(f"over {conn.rate_per_second:g} calls per second", retry_after_s=round(wait, 3))
         params = method.bind(list(args) if args else kwargs)
@@ -111,8 +131,8 @@ def _to_obj(either: Any, request_id: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "error": {"code": resp.code, "message": resp.message, "data": data}, "id": resp.id}
 
 
-async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> dict[str, Any] | None:
-    """Dispatch one parsed request; None for a notification."""
+async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> bytes | None:
+    """Dispatch one parsed request; its encoded response (no newline), or None for a notification."""
     request_id = new_request_id()
     token = request_id_var.set(request_id)
     try:
@@ -120,7 +140,7 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> dict[str, A
             _check_request(req)
         except ValueError as exc:
             rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), (str, int)) else None
-            return error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id)
+            return _encode_one(error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id), request_id)
         ctx = CallContext(engine=engine, conn=conn, request_id=request_id)
         name = req["method"]
         request = create_request(req)
@@ -134,9 +154,18 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> dict[str, A
             result = Left(MethodNotFoundResult(name))
         if request.id is NOID:
             return None
-        return _to_obj(to_response(request, result), request_id)
+        return _encode_one(_to_obj(to_response(request, result), request_id), request_id)
     finally:
         request_id_var.reset(token)
+
+
+def _encode_one(resp: dict[str, Any], request_id: str) -> bytes:
+    """One response as JSON; a result that cannot be encoded becomes an internal error with the request's id."""
+    try:
+        return orjson.dumps(resp, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, ValueError):
+        log.exception("response to %s could not be encoded", request_id)
+        return orjson.dumps(error_obj(resp.get("id"), -32603, "Internal error", request_id=request_id))
 
 
 def parse_line(line: bytes) -> tuple[Any, bytes | None]:
@@ -165,9 +194,9 @@ async def dispatch_parsed(conn: "Connection", engine: Any, parsed: Any) -> bytes
             return encode(error_obj(None, -32600, "Invalid request", details={"reason": f"a batch holds at most {MAX_BATCH} requests", "size": len(parsed)}))
         results = await asyncio.gather(*(dispatch_one(conn, engine, r) for r in parsed))
         out = [r for r in results if r is not None]
-        return encode(out) if out else None
+        return b"[" + b",".join(out) + b"]\n" if out else None
     resp = await dispatch_one(conn, engine, parsed)
-    return encode(resp) if resp is not None else None
+    return resp + b"\n" if resp is not None else None
 
 
 async def dispatch_line(conn: "Connection", engine: Any, line: bytes) -> bytes | None:

@@ -10,7 +10,7 @@ import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core import __version__
+from core import __version__, limits
 from core.downloads import PRIORITY_INPUT
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
 from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
@@ -305,7 +305,7 @@ METHODS: tuple[Method, ...] = (
         P("request", "object", "The generation request, returned as is in queued_request_ready.", required=True),
         P("priority", "string", "Queue and download priority.", default="normal", enum=PRIORITIES),
         P("max_wait_time_minutes", "number", "Expire the request after this long (default fallback.queue_max_wait_minutes).",
-          nullable=True, minimum=0.001),
+          nullable=True, minimum=0.001, maximum=limits.MAX_WAIT_MINUTES),
     )),
     Method("fallback.queue_list", fallback_queue_list, "Waiting requests in queue order, with current positions and estimates.", (
         P("model_id", "string", "Only requests for this model.", nullable=True),
@@ -317,7 +317,7 @@ METHODS: tuple[Method, ...] = (
         _MODEL_ID,
         _PRIORITY,
         P("max_retries", "integer", "Retries per file without progress; default downloads.max_retries.", minimum=0, maximum=100, nullable=True),
-        P("bandwidth_limit_mbps", "number", "This download's cap in MiB/s; 0 = none.", default=0.0, minimum=0),
+        P("bandwidth_limit_mbps", "number", "This download's cap in MiB/s; 0 = none.", default=0.0, minimum=0, maximum=limits.MAX_RATE_MBPS),
     )),
     Method("downloads.pause", downloads_pause, "Stop a download, keeping every byte.", (_MODEL_ID,)),
     Method("downloads.resume", downloads_resume, "Queue a paused or failed download again.", (_MODEL_ID,)),
@@ -327,7 +327,7 @@ METHODS: tuple[Method, ...] = (
     Method("downloads.move", downloads_move, "Put a download at a position of the queue (1 = first).", (
         _MODEL_ID, P("position", "integer", "1-based queue position.", required=True, minimum=1))),
     Method("downloads.set_limit", downloads_set_limit, "Change a download's own bandwidth cap while it runs.", (
-        _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0))),
+        _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0, maximum=limits.MAX_RATE_MBPS))),
     Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,), inline=True),
     Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order.", inline=True),
     # health and updates (issue 4)
@@ -338,7 +338,8 @@ METHODS: tuple[Method, ...] = (
         P("check_type", "string", "Kind of check.", default="full", enum=("quick", "full", "integrity", "performance")),
         P("force", "boolean", "Accepted for the seeds' force_check; every call runs a fresh check.", default=False),
         P("wait", "boolean", "Wait for the result; false returns the check_id at once (see health.check_status).", default=True),
-        P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default health.max_read_mbps.", minimum=0, nullable=True),
+        P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default health.max_read_mbps.", minimum=0,
+          maximum=limits.MAX_RATE_MBPS, nullable=True),
     )),
     Method("health.check_all", health_check_all, "Quick check of every installed model in one pass."),
     Method("health.check_status", health_check_status, "A check or repair by id: status and result.",
@@ -365,10 +366,10 @@ METHODS: tuple[Method, ...] = (
     # analytics and storage (issue 6)
     Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters.", (
         _MODEL_ID,
-        P("generation_time_s", "number", "Seconds the generation took.", required=True, minimum=0),
+        P("generation_time_s", "number", "Seconds the generation took.", required=True, minimum=0, maximum=limits.MAX_DURATION_S),
         P("success", "boolean", "Whether it succeeded.", required=True),
         P("parameters", "object", "The generation's parameters (at most 16 KiB as JSON).", nullable=True),
-        P("vram_peak_mb", "number", "Peak VRAM in MiB.", nullable=True, minimum=0),
+        P("vram_peak_mb", "number", "Peak VRAM in MiB.", nullable=True, minimum=0, maximum=limits.MAX_VRAM_GB * 1024),
         P("timestamp", "string", "When it finished (ISO-8601, default now; not in the future).", nullable=True),
     ), inline=True),
     Method("analytics.record_batch", analytics_record_batch, "Record up to 1,000 generations at once (all or none).", (
@@ -384,9 +385,10 @@ METHODS: tuple[Method, ...] = (
           "model's last_30_days_usage, false = none.", nullable=True),
     )),
     Method("analytics.cleanup", analytics_cleanup, "Cleanup recommendations by the retention policies, with reasons and savings.", (
-        P("storage_threshold_gb", "number", "Recommend enough to bring the models under this many GiB.", nullable=True, minimum=0),
+        P("storage_threshold_gb", "number", "Recommend enough to bring the models under this many GiB.", nullable=True, minimum=0,
+          maximum=limits.MAX_GB),
         P("min_unused_days", "number", "Models unused this long are candidates (default storage.keep_used_within_days).",
-          nullable=True, minimum=0),
+          nullable=True, minimum=0, maximum=limits.MAX_DAYS),
     )),
     Method("analytics.performance", analytics_performance, "Per-model performance scores and trends."),
     Method("analytics.preload", analytics_preload, "Models used often that are missing, outdated or unhealthy."),
@@ -394,7 +396,7 @@ METHODS: tuple[Method, ...] = (
     Method("storage.cleanup", storage_cleanup, "Remove unused models (dry_run: only the plan).", (
         P("cleanup_type", "string", "auto: by the retention policies; manual: models_to_remove.", default="auto", enum=("auto", "manual")),
         P("models_to_remove", "array", "Model ids, for a manual cleanup.", nullable=True),
-        P("min_unused_days", "number", "Override storage.keep_used_within_days.", nullable=True, minimum=0),
+        P("min_unused_days", "number", "Override storage.keep_used_within_days.", nullable=True, minimum=0, maximum=limits.MAX_DAYS),
         P("preserve_frequently_used", "boolean", "Keep models used more than storage.keep_used_more_than times.", default=True),
         P("dry_run", "boolean", "Only return the plan.", default=False),
         P("plan_id", "string", "Run exactly the plan a dry run returned (what is still safe to remove).", nullable=True),

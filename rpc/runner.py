@@ -38,7 +38,7 @@ def home_lock(home: Path) -> Iterator[None]:
 
 
 async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True, ready: anyio.Event | None = None) -> None:
-    """Run the engine until it is asked to stop; raises EngineAlreadyRunning or ConfigError at start."""
+    """Run the engine until it is asked to stop; raises CannotServe or ConfigError at start."""
     layout = HomeLayout(home)
     layout.ensure()
     config = Config.load(layout.config_file)
@@ -47,6 +47,7 @@ async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True,
         with home_lock(home):
             async with Engine(layout, config) as engine:
                 server = Server(engine, socket_path)
+                await server.bind()  # refusals surface here as one exception, not inside a task group
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(server.serve, handle_signals)
                     await server.ready.wait()

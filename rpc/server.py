@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import struct
 import time
 from pathlib import Path
@@ -26,8 +27,16 @@ log = logging.getLogger("mavail.rpc")
 MAX_IN_FLIGHT = 64  # concurrent requests per connection before reading pauses
 
 
-class EngineAlreadyRunning(RuntimeError):
-    """Another engine answers on the socket."""
+class CannotServe(RuntimeError):
+    """The engine cannot start serving; the message says why in one line."""
+
+
+class EngineAlreadyRunning(CannotServe):
+    """Another engine answers on the socket, or holds the home."""
+
+
+class SocketPathTaken(CannotServe):
+    """The socket path names something that is not a socket (a file, a link, a directory)."""
 
 
 def peer_uid(stream: SocketStream) -> int | None:
@@ -60,7 +69,7 @@ class Connection:
         self.subscriptions: dict[str, Subscription] = {}
         self._direct = Subscription(None, None)
         self._close_callbacks: list[Callable[[], None]] = []
-        self._tokens = 0.0
+        self._tokens: float | None = None  # None: a full bucket, whatever the rate is by then
         self._last_refill = time.monotonic()
         self.closed = False
         tg.start_soon(self._pump, self._direct)
@@ -87,7 +96,8 @@ class Connection:
             return 0.0
         now = time.monotonic()
         burst = max(1.0, rate)
-        self._tokens = min(burst, self._tokens + (now - self._last_refill) * rate)
+        tokens = burst if self._tokens is None else self._tokens + (now - self._last_refill) * rate
+        self._tokens = min(burst, tokens)
         self._last_refill = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0
@@ -166,6 +176,7 @@ class Server:
         self.ready = anyio.Event()
         self.in_flight = 0
         self.drain_s = 5.0
+        self._listener: anyio.abc.SocketListener | None = None
 
     # --- socket hygiene ------------------------------------------------------
     def _probe(self) -> bool:
@@ -182,11 +193,23 @@ class Server:
         finally:
             s.close()
 
+    async def bind(self) -> None:
+        """Take the socket path (CannotServe when it is not ours to take); `serve` binds itself if not called."""
+        if self._listener is None:
+            self._listener = await self._bind()
+
     async def _bind(self) -> anyio.abc.SocketListener:
         path = self.socket_path
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=0o700)
-        if path.exists() or path.is_symlink():
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "a file"
+                raise SocketPathTaken(f"{path} is {kind}, not a socket: refusing to replace it (choose another --socket)")
             if self._probe():
                 raise EngineAlreadyRunning(f"another engine is already answering on {path}")
             log.info("replacing stale socket file %s", path)
@@ -229,12 +252,16 @@ class Server:
         while not conn.closed:
             max_bytes = int(self.engine.config.get("rpc.max_message_bytes"))
             try:
-                line = await reader.receive_until(b"\n", max_bytes)
+                # one byte more than the limit: a line of exactly max_bytes may still be waiting for its newline
+                line = await reader.receive_until(b"\n", max_bytes + 1)
+                too_large = len(line) > max_bytes  # a chunk read at once can carry the newline past the limit
             except anyio.DelimiterNotFound:
+                too_large = True
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            if too_large:
                 await conn.send(encode(error_obj(None, -32600, "Message too large", name="MESSAGE_TOO_LARGE", details={"max_message_bytes": max_bytes})))
                 await self._linger(conn)
-                return
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
             if not line.strip():
                 continue
@@ -265,9 +292,10 @@ class Server:
         try:
             try:
                 out = error if error is not None else await dispatch_parsed(conn, self.engine, parsed)
-            except Exception:  # an encoding failure of a result, say: never leak it
+            except Exception:  # never leak it, and answer the id that was asked
                 log.exception("%s: failed to answer a request", conn.id)
-                out = encode(error_obj(None, -32603, "Internal error"))
+                req_id = parsed.get("id") if isinstance(parsed, dict) else None
+                out = encode(error_obj(req_id if isinstance(req_id, (str, int)) else None, -32603, "Internal error"))
             if out is not None:
                 await conn.send(out)
         finally:
@@ -281,7 +309,9 @@ class Server:
         On shutdown it stops accepting, gives requests in flight up to
         `drain_s` seconds to be answered, then closes every connection.
         """
-        listener = await self._bind()
+        await self.bind()
+        listener = self._listener
+        assert listener is not None
         log.info("engine %s listening on %s", self.engine.version, self.socket_path)
         accept_scope = anyio.CancelScope()
         try:

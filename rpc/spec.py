@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -15,6 +16,12 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "array": (list,),
 }
+
+
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer parameter accepted: every JSON client represents it exactly."""
+MAX_NUMBER = 1e15
+"""The largest magnitude of a number parameter without a maximum of its own."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class P:
             ok = False
         if not ok:
             raise InvalidParams(f"{self.name} must be of type {self.type}", field=self.name, expected=self.type)
+        if self.type in ("integer", "number"):
+            self._check_magnitude(value)
         if self.enum is not None and value not in self.enum:
             raise InvalidParams(f"{self.name} must be one of: {', '.join(map(str, self.enum))}", field=self.name, allowed=list(self.enum))
         if self.minimum is not None and value < self.minimum:
@@ -49,6 +58,12 @@ class P:
         if self.type == "string" and len(value) > 4096:
             raise InvalidParams(f"{self.name} is too long", field=self.name)
         return value
+
+    def _check_magnitude(self, value: int | float) -> None:
+        """Numbers outside what the engine can compute with are refused at the edge, not deep inside."""
+        limit = MAX_SAFE_INTEGER if self.type == "integer" else MAX_NUMBER
+        if isinstance(value, float) and not math.isfinite(value) or abs(value) > limit:
+            raise InvalidParams(f"{self.name} is out of range (at most {limit:g} in magnitude)", field=self.name, maximum=limit)
 
     def schema(self) -> dict[str, Any]:
         """This parameter as an OpenRPC content descriptor."""

@@ -125,20 +125,6 @@ async def test_token_required(home: Path):
         assert (await c.call("models.list"))["data"] == []
 
 
-async def test_rate_limit(home: Path):
-    home.mkdir(parents=True)
-    (home / "config.toml").write_text("[rpc]\nrate_limit_per_second = 5.0\n")
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
-        errors = []
-        for _ in range(20):
-            try:
-                await c.call("session.hello")
-            except RpcError as exc:
-                errors.append(exc)
-        assert errors and all(e.code == -32004 for e in errors)
-        assert errors[0].details["retry_after_s"] > 0
-
-
 async def test_events_subscribe_config_changed(engine):
     eng, sock = engine
     async with AsyncClient(sock) as c:

@@ -70,6 +70,7 @@ from typing import Any, Callable, Iterable, Mapping
 from core.config import Config
 from core.catalog import CAPABILITIES, MODEL_TYPES, RESOLUTION_RE, SPEEDS, TIERS
 from core.errors import InvalidParams
+from core.limits import MAX_WAIT_MINUTES
 
 INPUT_TEXT = 1
 INPUT_IMAGE = 2
@@ -262,8 +263,9 @@ def _positive_number(d: Mapping[str, Any], key: str, prefix: str) -> float | Non
     v = d.get(key)
     if v is None:
         return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-        raise InvalidParams(f"{prefix}.{key} must be a non-negative number", field=f"{prefix}.{key}")
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= MAX_WAIT_MINUTES:
+        raise InvalidParams(f"{prefix}.{key} must be a number from 0 to {MAX_WAIT_MINUTES:g}", field=f"{prefix}.{key}",
+                            minimum=0, maximum=MAX_WAIT_MINUTES)
     return float(v)
 
 
