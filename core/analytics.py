@@ -18,7 +18,12 @@ Definitions (all times UTC):
   days, month = the last 30, year = the last 365; `start_date`/`end_date`
   replace them (a date-only `end_date` includes that whole day);
 - `uses_per_day` is uses / the length of the range in days;
-- `peak_usage_hours` are the (up to 5) UTC hours with the most uses, busiest first.
+- `peak_usage_hours` are the (up to 5) UTC hours with the most uses, busiest first;
+- `system_performance.download_success_rate` = completed / (completed + failed)
+  downloads, `average_download_speed_mbps` = bytes of completed downloads / their
+  total duration (request to completion), `health_check_success_rate` = checks
+  that completed without finding damage / checks that completed or failed; each
+  beside its sample count, null only when there is no sample (`_query_operations`).
 """
 
 from __future__ import annotations
@@ -496,11 +501,15 @@ class Analytics:
         scores: at least `analytics.trend_threshold` above is improving, as much
         below is degrading, else stable (also when there are fewer than
         `analytics.trend_min_events` generations in the last 24 hours or 30 days).
+
+        The download and health figures of `system_performance` are read from
+        what those services record (see `_query_operations`); each comes with its
+        sample count and is null only when that count is 0.
         """
         await self.flush()
         now = self.engine.clock.time()
         today = utc_day(now)
-        rows = await self.engine.db.read(lambda conn: _query_performance(conn, now, today))
+        rows, ops = await self.engine.db.read(lambda conn: (_query_performance(conn, now, today), _query_operations(conn)))
         tau = float(self.engine.config.get("analytics.trend_threshold"))
         min_events = int(self.engine.config.get("analytics.trend_min_events"))
         trends: dict[str, Any] = {}
@@ -562,10 +571,7 @@ class Analytics:
         system = {
             "overall_score": (sum(scores) / len(scores)) if scores else None,
             "generation_success_rate": (suc7 / tot7) if tot7 else None,
-            # neither the download nor the health service keeps these figures yet: null rather than invented
-            "download_success_rate": None,
-            "average_download_speed_mbps": None,
-            "health_check_success_rate": None,
+            **ops,
         }
         return {"performance_trends": trends, "system_performance": system,
                 "thresholds": {"trend_threshold": tau, "trend_min_events": min_events}}
@@ -826,3 +832,65 @@ def _query_performance(conn: sqlite3.Connection, now: float, today: int) -> dict
         if mid in out:
             out[mid]["24h"] = (u, s, t)
     return out
+
+
+def _query_operations(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Download and health-check figures from the `downloads` and `health_checks` tables (read only).
+
+    - `download_success_rate` = completed / (completed + failed) over the latest
+      download of each model (the `downloads` table keeps one per model);
+      cancelled, paused and running downloads are not counted.
+      `download_samples` = completed + failed.
+    - `average_download_speed_mbps` = sum of the completed downloads' bytes /
+      sum of their durations (completed_at - created_at), in MiB/s: an effective
+      speed from the request to the last verified byte, queue waits and pauses
+      included. `download_speed_samples` = completed downloads with a duration.
+    - `health_check_success_rate` = passed / (completed + failed) over the
+      recorded checks (the last 50 of each model; the stock-taking at start is
+      not recorded): a check passes when it completed and found no critical
+      issue (overall_health not corrupted); a check that failed to run counts
+      against it; cancelled and interrupted checks measured nothing and are left
+      out. `health_check_samples` = completed + failed; the counts of passed,
+      problem-finding and failed checks are given too.
+    Every rate is null exactly when its sample count is 0.
+    """
+    completed = failed = 0
+    total_bytes = 0
+    total_s = 0.0
+    timed = 0
+    for status, created, finished, size in conn.execute(
+            "SELECT d.status, d.created_at, d.completed_at, (SELECT SUM(f.size) FROM download_files f WHERE f.model_id = d.model_id)"
+            " FROM downloads d WHERE d.status IN ('completed', 'failed')"):
+        if status == "failed":
+            failed += 1
+            continue
+        completed += 1
+        if finished is not None and size and finished > created:
+            total_bytes += size
+            total_s += finished - created
+            timed += 1
+    passed = problems = check_failed = 0
+    for status, health, n in conn.execute(
+            "SELECT status, json_extract(result, '$.overall_health'), COUNT(*) FROM health_checks"
+            " WHERE status IN ('completed', 'failed') GROUP BY 1, 2"):
+        if status == "failed":
+            check_failed += n
+        elif health == "corrupted":
+            problems += n
+        else:
+            passed += n
+    downloads = completed + failed
+    checks = passed + problems + check_failed
+    return {
+        "download_success_rate": completed / downloads if downloads else None,
+        "download_samples": downloads,
+        "downloads_completed": completed,
+        "downloads_failed": failed,
+        "average_download_speed_mbps": total_bytes / total_s / (1024 * 1024) if timed and total_s > 0 else None,
+        "download_speed_samples": timed,
+        "health_check_success_rate": passed / checks if checks else None,
+        "health_check_samples": checks,
+        "health_checks_passed": passed,
+        "health_checks_found_problems": problems,
+        "health_checks_failed": check_failed,
+    }

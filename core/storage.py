@@ -198,6 +198,31 @@ def scan_dir(base: Path, with_versions: bool = False) -> list[DiskEntry]:
 
 
 # --- plans ---------------------------------------------------------------------------
+def cleanup_confidence(idle_days: float, keep_days: float, uses: int) -> float:
+    """How sure a cleanup recommendation is that the entry will not be missed, in [0.5, 0.95].
+
+    ``past = 1 - exp(-max(0, idle_days - keep_days) / keep_days)`` grows from 0 at
+    the retention threshold (0.63 at twice it, 0.86 at three times);
+    ``history = 1 / (1 + log10(1 + uses))`` is 1 for a model never used and
+    shrinks with its recorded generations (0.5 at 9 uses, 0.33 at 99): a model
+    with a long history that merely paused is likelier to be wanted again;
+    ``confidence = 0.5 + 0.45 * past * history``. idle_days counts from the last
+    use or request, else from the installation; for partial download data it is
+    the age of the data, keep_days `partial_max_age_days` and uses 0. Entries
+    added only to meet the ceiling or floor are within retention, so they read
+    0.5. A `keep_days` of 0 counts any idle time as fully past the threshold.
+    """
+    import math
+
+    over = max(0.0, idle_days - keep_days)
+    if keep_days > 0:
+        past = 1.0 - math.exp(-over / keep_days)
+    else:
+        past = 1.0 if over > 0 else 0.0
+    history = 1.0 / (1.0 + math.log10(1 + max(0, uses)))
+    return 0.5 + 0.45 * past * history
+
+
 @dataclass
 class PlanItem:
     """One thing a cleanup will remove, and why."""
@@ -213,7 +238,8 @@ class PlanItem:
 
     @property
     def action(self) -> str:
-        """safe_to_remove at confidence >= 0.75, else consider_removing."""
+        """safe_to_remove at confidence >= 0.75, else consider_removing (confidence: see `cleanup_confidence`;
+        1.0 for an entry the user named in a manual cleanup)."""
         return "safe_to_remove" if self.confidence >= 0.75 else "consider_removing"
 
     def to_dict(self, home: Path) -> dict[str, Any]:
@@ -493,12 +519,11 @@ class StorageManager:
                 if self._tier(mid, ref, now) != "hot":
                     keepable.append((ref, e.size.bytes, e, last, uses))
                 continue
+            conf = cleanup_confidence(idle_days, keep_days, uses)
             if last is None:
                 reason = f"Never used; installed {idle_days:.0f} days ago"
-                conf = 0.9
             else:
                 reason = f"Not used in {idle_days:.0f} days"
-                conf = 0.9 if idle_days >= 2 * keep_days else 0.75
             if mid not in self.engine.catalog.models and self.engine.catalog_error is None:
                 reason += "; not in the catalog"
             items.append(PlanItem("model", mid, mid, e.size.bytes, reason, conf, last, uses))
@@ -525,7 +550,9 @@ class StorageManager:
                 for ref, size, e, last, uses in sorted(keepable, key=lambda k: (k[0], -k[1], k[2].name)):
                     if got >= need:
                         break
-                    items.append(PlanItem("model", e.name, e.name, size, why + "; least recently used", 0.5, last, uses))
+                    idle = (now - ref) / DAY
+                    items.append(PlanItem("model", e.name, e.name, size, why + "; least recently used",
+                                          cleanup_confidence(idle, keep_days, uses), last, uses))
                     preserved = [p for p in preserved if p["model_id"] != e.name]
                     got += size
         if include_partial and cleanup_type == "auto":
@@ -537,7 +564,8 @@ class StorageManager:
                 if age < max_age or self._partial_owned(owner, kept):
                     continue
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
-                                      f"partial download data untouched for {age / DAY:.0f} days, no download owns it", 0.8, None, 0))
+                                      f"partial download data untouched for {age / DAY:.0f} days, no download owns it",
+                                      cleanup_confidence(age / DAY, max_age / DAY, 0), None, 0))
         plan = Plan("plan_" + secrets.token_hex(6), time.monotonic(), items, preserved, skipped, models_bytes, du.free, processed)
         if keep:  # storage.info's suggestions are not plans anyone can run
             self._plans = {k: p for k, p in self._plans.items() if time.monotonic() - p.created_at < PLAN_TTL_S}

@@ -298,3 +298,61 @@ async def test_preload_and_requests(home: Path):
             assert u["models"]["m-b"]["requests"] == 5 and u["models"]["m-b"]["total_uses"] == 0
             st = await c.call("models.status", model_id="m-b")
             assert st["total_requests"] == 5 and st["last_used"] is None
+
+
+async def test_system_performance_comes_from_recorded_downloads_and_checks(home: Path):
+    """download_success_rate, average_download_speed_mbps and health_check_success_rate come from the downloads and
+    health_checks tables: null with zero samples before any data, then the values the rows give, changing with them."""
+    import sqlite3
+
+    from core.mirror import Mirror, Synthetic
+    from tests.dlhelpers import dl_engine, wait_status, write_home
+    from tests.helpers import wait_until
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(home / "state.db") as conn:
+            return conn.execute(sql).fetchall()
+
+    def expected_speed() -> float:
+        done = rows("SELECT d.completed_at - d.created_at, (SELECT SUM(size) FROM download_files f WHERE f.model_id = d.model_id)"
+                    " FROM downloads d WHERE d.status = 'completed'")
+        return sum(b for _, b in done) / sum(t for t, _ in done) / (1024 * 1024)
+
+    with Mirror() as m:
+        write_home(home, m, {"m1": {"a.bin": Synthetic("a", 400_000)}, "m2": {"b.bin": Synthetic("b", 300_000)},
+                             "gone": {"g.bin": b"abc"}}, config={"health": {"scheduler_tick_s": 3600}})
+        m.remove("gone/g.bin")
+        async with dl_engine(home) as (eng, sock), AsyncClient(sock) as c:
+            sp = (await c.call("analytics.performance"))["system_performance"]
+            assert sp["download_success_rate"] is None and sp["download_samples"] == 0
+            assert sp["average_download_speed_mbps"] is None and sp["download_speed_samples"] == 0
+            assert sp["health_check_success_rate"] is None and sp["health_check_samples"] == 0
+
+            async def quick_checked(n: int) -> bool:
+                return len(rows("SELECT 1 FROM health_checks WHERE trigger = 'download' AND status = 'completed'")) >= n
+
+            await eng.downloads.start("m1")
+            await wait_status(eng, "m1", "completed")
+            await wait_until(lambda: quick_checked(1))
+            sp = (await c.call("analytics.performance"))["system_performance"]
+            assert sp["download_success_rate"] == 1.0 and sp["download_samples"] == 1
+            assert sp["average_download_speed_mbps"] == pytest.approx(expected_speed(), rel=1e-6) and sp["download_speed_samples"] == 1
+            assert sp["health_check_success_rate"] == 1.0 and sp["health_check_samples"] == 1
+
+            # a second data set: another download, one that fails, and a check that finds damage
+            await eng.downloads.start("m2")
+            await eng.downloads.start("gone", max_retries=0)
+            await wait_status(eng, "m2", "completed")
+            await wait_status(eng, "gone", "failed")
+            await wait_until(lambda: quick_checked(2))
+            with open(home / "models" / "m1" / "1.0.0" / "a.bin", "r+b") as fh:
+                fh.truncate(1000)
+            res = await c.call("health.check", model_id="m1", check_type="full")
+            assert res["result"]["overall_health"] == "corrupted"
+            sp = (await c.call("analytics.performance"))["system_performance"]
+            assert sp["download_success_rate"] == pytest.approx(2 / 3) and sp["download_samples"] == 3
+            assert sp["average_download_speed_mbps"] == pytest.approx(expected_speed(), rel=1e-6) and sp["download_speed_samples"] == 2
+            checks = rows("SELECT json_extract(result, '$.overall_health') FROM health_checks WHERE status IN ('completed', 'failed')")
+            passed = sum(1 for (h,) in checks if h != "corrupted")
+            assert len(checks) == 3 and passed == 2
+            assert sp["health_check_success_rate"] == pytest.approx(passed / len(checks)) and sp["health_check_samples"] == 3

@@ -100,6 +100,9 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
             def record_request(self, model_id: str) -> None:
                 seen.append("req:" + model_id)
 
+            def summary_of(self, model_id: str) -> None:
+                return None  # no generations recorded
+
         res = await c.call("models.request", model_id="ltx-t2v")
         # the real health service tries (its mirror at 127.0.0.1:9 refuses, so the repair cannot finish well)
         assert res["action_taken"] == "repair_attempted" and "repair" in res
@@ -231,3 +234,34 @@ async def test_leases_released_when_client_process_dies(home: Path):
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         await wait_until(lambda: not eng.leases.is_leased("ltx-t2v"))
+
+
+async def test_performance_difference_from_measured_generation_times(home: Path):
+    """performance_difference comes from the measured mean generation times when both models have them (basis says
+    so), from the catalog speed tiers otherwise; different data give different, documented values."""
+    write_catalog(home, installed=("ltx-t2v",))
+    async with running_engine(home, config_env=GPU16) as (eng, sock), AsyncClient(sock) as c:
+        eng.nvml = NoGpu()
+
+        async def ltx() -> dict[str, Any]:
+            res = await c.call("fallback.suggest", requested_model="wan-t2v")
+            return next(s for s in res["suggestions"] if s["suggested_model"] == "ltx-t2v")
+
+        s = await ltx()
+        assert s["performance_basis"] == "catalog_speed_tier" and s["performance_difference"] == 1.0  # fast vs slow: (2 - 0) / 2
+
+        def gens(mid: str, seconds: float, n: int = 3) -> list[dict[str, Any]]:
+            return [{"model_id": mid, "generation_time_s": seconds, "success": True} for _ in range(n)]
+
+        await c.call("analytics.record_batch", events=gens("wan-t2v", 20.0) + gens("ltx-t2v", 5.0)
+                     + [{"model_id": "ltx-t2v", "generation_time_s": 99.0, "success": False}])  # failures are not timed
+        s = await ltx()
+        assert s["performance_basis"] == "measured_generation_time"
+        assert s["performance_difference"] == pytest.approx((20.0 - 5.0) / 20.0, abs=1e-4)
+        assert s["measured_generation_time_s"] == pytest.approx(5.0) and s["requested_generation_time_s"] == pytest.approx(20.0)
+        await c.call("analytics.record_batch", events=gens("ltx-t2v", 25.0))  # now a mean of 15 s
+        s = await ltx()
+        assert s["performance_difference"] == pytest.approx((20.0 - 15.0) / 20.0, abs=1e-4)
+        await c.call("analytics.record_batch", events=gens("ltx-t2v", 45.0, 6))  # a mean of 30 s: slower than the requested model
+        s = await ltx()
+        assert s["performance_difference"] == pytest.approx((20.0 - 30.0) / 30.0, abs=1e-4) and s["performance_difference"] < 0

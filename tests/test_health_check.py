@@ -298,3 +298,33 @@ async def test_check_api_errors(home: Path):
         with pytest.raises(Conflict):
             with eng.activity.hold("m1", "repairing"):
                 await eng.health.check("m1", "quick")
+
+
+async def test_unchecked_missing_and_removed_models_have_no_score(home: Path):
+    """No score for what was never measured: a model never verified, a missing one, a removed one (also after a restart);
+    the system score is null until a model is checked, then the mean over checked models only."""
+    setup_home(home)
+    with open(home / "catalog.toml", "a") as fh:
+        fh.write(model_toml("m2", [("b.bin", synthetic_bytes("b", 1000))]))
+    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+        allh = await c.call("health.status")
+        sysh = allh["system_health"]
+        assert sysh["overall_score"] is None and sysh["checked_models"] == 0 and sysh["healthy_models"] == 0
+        assert allh["models"]["m1"]["integrity_score"] is None  # files copied in by hand, never verified
+        assert allh["models"]["m2"]["integrity_score"] is None and allh["models"]["m2"]["overall_health"] == "unknown"
+        assert (await c.call("models.status", model_id="m2"))["integrity_score"] is None
+        await c.call("health.check", model_id="m1", check_type="full")
+        sysh = (await c.call("health.status"))["system_health"]
+        assert sysh["overall_score"] == 1.0 and sysh["checked_models"] == 1 and sysh["healthy_models"] == 1
+        await c.call("models.remove", model_id="m1")
+        allh = await c.call("health.status")
+        m1 = allh["models"]["m1"]
+        assert m1["installed"] is False and m1["overall_health"] != "healthy" and m1["integrity_score"] is None
+        assert allh["system_health"]["healthy_models"] == 0 and allh["system_health"]["overall_score"] is None
+    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:  # the last check's record must not bring it back
+        allh = await c.call("health.status")
+        m1 = allh["models"]["m1"]
+        assert m1["installed"] is False and m1["overall_health"] == "unknown" and m1["integrity_score"] is None
+        assert allh["system_health"]["healthy_models"] == 0 and allh["system_health"]["overall_score"] is None
+        st = await c.call("models.status", model_id="m1")
+        assert st["integrity_score"] is None and st.get("overall_health") != "healthy"

@@ -270,3 +270,48 @@ async def test_engine_killed_during_cleanup_recovers(home: Path):
         assert status["models"]["m-old"]["availability_status"] == "missing"
         assert status["models"]["m-recent"]["availability_status"] == "available"
         assert (outside / "precious.bin").exists()
+
+
+def expected_confidence(idle_days: float, keep_days: float, uses: int) -> float:
+    """The documented formula, computed here independently."""
+    import math
+
+    past = 1 - math.exp(-max(0.0, idle_days - keep_days) / keep_days)
+    history = 1 / (1 + math.log10(1 + uses))
+    return round(0.5 + 0.45 * past * history, 3)
+
+
+async def test_cleanup_confidence_follows_idle_time_and_usage_history(home: Path):
+    """Confidence grows with the time past the retention threshold and shrinks with the model's usage history:
+    different data, different (and the documented) figures; never one constant."""
+    ids = ["m-never", "m-some", "m-once"]
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "catalog.toml").write_text("".join(model_toml(m, files_of(m)) for m in ids))
+    for m in ids:
+        install_files(home, m, files_of(m))
+    now = time.time() + 400 * DAY
+    clock = FakeClock(now)
+    async with clocked_engine(home, clock) as (eng, sock), AsyncClient(sock) as c:
+        await add_rows(eng, "m-never", now - 45 * DAY)
+        await c.call("analytics.record_batch", events=[{"model_id": "m-some", "generation_time_s": 1, "success": True,
+                                                         "timestamp": iso_at(now - 100 * DAY - i)} for i in range(20)])
+        await c.call("analytics.record", model_id="m-once", generation_time_s=1, success=True, timestamp=iso_at(now - 200 * DAY))
+
+        async def confidences() -> dict[str, float]:
+            rec = await c.call("analytics.cleanup")
+            return {r["model_id"]: r["confidence"] for r in rec["recommendations"] if r["kind"] == "model"}
+
+        got = await confidences()
+        want = {"m-never": expected_confidence(45, 30, 0), "m-some": expected_confidence(100, 30, 20), "m-once": expected_confidence(200, 30, 1)}
+        assert got == pytest.approx(want, abs=1e-3)
+        assert len(set(got.values())) == 3
+        # a second data set: more history for m-once lowers its confidence; a month later m-never's rises
+        await c.call("analytics.record_batch", events=[{"model_id": "m-once", "generation_time_s": 1, "success": True,
+                                                         "timestamp": iso_at(now - 200 * DAY - 10 - i)} for i in range(50)])
+        clock.t = now + 30 * DAY
+        got2 = await confidences()
+        assert got2["m-once"] == pytest.approx(expected_confidence(230, 30, 51), abs=1e-3) and got2["m-once"] < got["m-once"]
+        assert got2["m-never"] == pytest.approx(expected_confidence(75, 30, 0), abs=1e-3) and got2["m-never"] > got["m-never"]
+        rec = await c.call("analytics.cleanup")
+        for r in rec["recommendations"]:
+            assert r["action"] == ("safe_to_remove" if r["confidence"] >= 0.75 else "consider_removing")

@@ -238,3 +238,29 @@ async def test_models_summary_follows_live_changes():
         await until(pilot, lambda: "2 models · 0 available" in screen_text(app))  # the stub's summary has no counts
         link.push("model_availability_change", model_id="a", old_status="missing", new_status="available")
         await until(pilot, lambda: "2 models · 2 available" in screen_text(app) and "0 missing" in screen_text(app))
+
+
+async def test_health_tab_shows_unchecked_models_as_not_checked():
+    """Null scores (never checked, missing, removed) read "not checked" / "–", never a number, and nothing crashes on them."""
+    from tui.widgets.health import health_cells
+    from tui.widgets.models import health_cell
+
+    unchecked = {"model_id": "m", "overall_health": "unknown", "integrity_score": None, "performance_score": None, "last_check": None,
+                 "issues": None}
+    cells = health_cells(unchecked)
+    assert str(cells[2]) == "not checked" and str(cells[3]) == "–"
+    assert str(health_cell(status("m", "available", integrity_score=None, verified=False, last_health_check="2026-01-01T00:00:00Z"))) == "unchk"
+    answer = {"models": {"m": unchecked, "ok": {"overall_health": "healthy", "integrity_score": 1.0, "performance_score": None,
+                                                "last_check": None, "issues": []}},
+              "system_health": {"overall_score": None, "checked_models": 0, "healthy_models": 0, "degraded_models": 0,
+                                "corrupted_models": 0, "last_system_check": None}}
+    app, _ = make_app({"models.status": models_answer(status("m")), "health.status": answer})
+    async with app.run_test(size=(100, 24)) as pilot:
+        await pilot.press("3")
+        pane = app.pane("health")
+        await until(pilot, lambda: pane.loaded)
+        assert str(pane.table.cell("m", "integrity")) == "not checked" and str(pane.table.cell("ok", "integrity")) == "1.00"
+        pane.table.cycle_sort()
+        pane.table.cycle_sort()
+        pane.table.cycle_sort()  # by integrity, nulls last
+        await until(pilot, lambda: "score not checked" in screen_text(app))

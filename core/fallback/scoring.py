@@ -53,8 +53,18 @@ The formula
    `fallback.max_suggestions` are returned, best first (ties: requested
    model, then ready ones, then catalog order).
 
-`performance_difference` is the speed tier difference / 2 in [-1, 1]
-(positive: faster than the requested model); `estimated_quality_difference`
+`performance_difference` is in [-1, 1], positive when the candidate is
+faster than the requested model, and `performance_basis` says where it comes
+from:
+- `measured_generation_time` when both models have at least `MIN_TIMED`
+  successful generations recorded by analytics: with `t_req`, `t_cand` their
+  mean successful generation times (all-time),
+  `(t_req - t_cand) / max(t_req, t_cand)`, i.e. the share of the slower one's
+  time the faster one saves (0.75: the candidate takes a quarter of the time;
+  -0.5: it takes twice as long); both times are given beside it;
+- `catalog_speed_tier` otherwise: the speed tier difference / 2
+  (slow 0, medium 1, fast 2), an estimate from the catalog, not a measurement.
+`estimated_quality_difference`
 is one of higher, similar, slightly_lower, lower, much_lower from the
 quality tier difference (similar tiers but a lost high_quality or
 high_resolution capability, or a reduced resolution, read slightly_lower).
@@ -83,6 +93,29 @@ SPEED = {s: i for i, s in enumerate(SPEEDS)}
 READY = frozenset({"available", "updating"})
 IN_PROGRESS = frozenset({"downloading", "queued", "verifying", "paused"})
 QUALITY_WORDS = {2: "higher", 1: "higher", 0: "similar", -1: "lower", -2: "much_lower"}
+MIN_TIMED = 3  # successful generations a model needs before its mean time is used
+
+
+def measured_times(summary_of: Callable[[str], Any], model_ids: Iterable[str]) -> dict[str, float]:
+    """Mean successful generation time (s) of each model with at least `MIN_TIMED` timed successes.
+
+    `summary_of` returns an object with `successes` and `time_sum` (analytics' in-memory
+    summary), or None; nothing is read from disk."""
+    out: dict[str, float] = {}
+    for mid in model_ids:
+        u = summary_of(mid)
+        if u is not None and u.successes >= MIN_TIMED and u.time_sum > 0:
+            out[mid] = u.time_sum / u.successes
+    return out
+
+
+def performance_difference(candidate: "Features", requested: "Features", times: Mapping[str, float] | None) -> tuple[float, str]:
+    """(performance_difference, performance_basis) as documented above."""
+    tc = times.get(candidate.model_id) if times else None
+    tr = times.get(requested.model_id) if times else None
+    if tc is not None and tr is not None:
+        return (tr - tc) / max(tr, tc), "measured_generation_time"
+    return (candidate.speed - requested.speed) / 2.0, "catalog_speed_tier"
 
 
 def _cap_bits(caps: Iterable[str]) -> int:
@@ -365,9 +398,10 @@ class Suggestion:
         """The candidate's id."""
         return self.features.model_id
 
-    def to_dict(self, query: Query) -> dict[str, Any]:
-        """The seeds' suggestion fields plus VRAM and wait figures."""
+    def to_dict(self, query: Query, times: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """The seeds' suggestion fields plus VRAM and wait figures; `times` are `measured_times` of the models."""
         f, ref = self.features, query.requested
+        perf, basis = performance_difference(f, ref, times)
         qdiff = f.quality - ref.quality
         word = QUALITY_WORDS[max(-2, min(2, qdiff))]
         lost = (ref.caps & ~f.caps) & (_CAP_BIT["high_quality"] | _CAP_BIT["high_resolution"])
@@ -378,7 +412,10 @@ class Suggestion:
             "display_name": f.display_name,
             "model_type": f.model_type,
             "compatibility_score": round(self.score, 4),
-            "performance_difference": round((f.speed - ref.speed) / 2.0, 4),
+            "performance_difference": round(perf, 4),
+            "performance_basis": basis,
+            "measured_generation_time_s": times.get(f.model_id) if times and basis != "catalog_speed_tier" else None,
+            "requested_generation_time_s": times.get(ref.model_id) if times and basis != "catalog_speed_tier" else None,
             "estimated_quality_difference": word,
             "availability_status": self.availability_status,
             "estimated_wait_seconds": None if self.eta_s is None else round(self.eta_s, 1),

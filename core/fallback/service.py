@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from core.errors import Conflict, MavailError
-from core.fallback.scoring import IN_PROGRESS, READY, FeatureIndex, Query, Weights, build_query, rank, vram_fit
+from core.fallback.scoring import IN_PROGRESS, READY, FeatureIndex, Query, Weights, build_query, measured_times, rank, vram_fit
 from core.fallback.strategy import Thresholds, choose
 
 log = logging.getLogger("mavail.fallback")
@@ -95,11 +95,12 @@ class FallbackService:
         """The `fallback.suggest` result: ranked `suggestions` and a `fallback_strategy`; emits `fallback_suggestion`."""
         q, suggestions, strategy, status, eta = self.evaluate(requested_model, requirements, preferences)
         free, source = self.free_vram()
+        times = measured_times(self.engine.analytics.summary_of, [requested_model, *(s.model_id for s in suggestions)])
         result = {
             "requested_model": requested_model,
             "requested_status": status,
             "requested_estimated_wait_seconds": None if eta is None else round(eta, 1),
-            "suggestions": [s.to_dict(q) for s in suggestions],
+            "suggestions": [s.to_dict(q, times) for s in suggestions],
             "fallback_strategy": strategy,
             "free_vram_gb": None if free is None else round(free, 2),
             "vram_source": source,

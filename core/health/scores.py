@@ -7,7 +7,10 @@ integrity_score
     piece) and its size, mtime and inode are unchanged since; a file with broken
     pieces counts its good pieces only; a missing, unreadable or symlinked file,
     or one changed since it was verified, counts 0. 1.0 means every byte is
-    known good; a model never checked has the share its downloads verified.
+    known good. The score is None (not measured) for a model that is not
+    installed (missing, removed) and for one none of whose bytes was ever
+    verified, by its download or by a full check, unless a check found a
+    defect (then the measured share stands, possibly 0).
 
 performance_score
     From the model's own generation records (analytics.record: duration and
@@ -31,11 +34,14 @@ overall_health (per model)
     at download; ``unknown`` when the model is not installed or nothing is known.
 
 model score (for the system figure)
-    ``integrity_score * (performance_score if known else 1)``.
+    ``integrity_score * (performance_score if known else 1)``; None when the
+    integrity_score is None.
 
 system_health
-    ``overall_score`` = mean model score over installed models (1.0 when none is
-    installed); counts of healthy / degraded / corrupted / unknown models;
+    ``overall_score`` = mean model score over the checked models (those with an
+    integrity_score), None while no model has been checked; ``checked_models``
+    is how many it averages. Counts of healthy / degraded / corrupted / unknown
+    models (a model that is not installed is unknown, never healthy);
     ``last_system_check`` = the most recent check of any model.
 """
 
@@ -117,17 +123,25 @@ def overall_health(installed: bool, known: bool, issues: Iterable[Any], integrit
     return "healthy" if known else "unknown"
 
 
-def model_score(integrity: float, perf: float | None) -> float:
-    """integrity_score × performance_score (the latter taken as 1 when unknown)."""
+def measured(installed: bool, known: bool, has_critical: bool) -> bool:
+    """Whether a model's integrity_score was measured (else it is None, as documented above)."""
+    return installed and (known or has_critical)
+
+
+def model_score(integrity: float | None, perf: float | None) -> float | None:
+    """integrity_score × performance_score (the latter taken as 1 when unknown); None when integrity is unmeasured."""
+    if integrity is None:
+        return None
     return round(integrity * (perf if perf is not None else 1.0), 6)
 
 
 def system_health(models: Sequence[dict[str, Any]], last_check: str | None) -> dict[str, Any]:
     """The seeds' system_health block over per-model health dicts."""
     installed = [m for m in models if m.get("installed")]
-    scores = [model_score(m["integrity_score"], m["performance_score"]) for m in installed]
+    scores = [s for s in (model_score(m.get("integrity_score"), m.get("performance_score")) for m in installed) if s is not None]
     return {
-        "overall_score": round(sum(scores) / len(scores), 4) if scores else 1.0,
+        "overall_score": round(sum(scores) / len(scores), 4) if scores else None,
+        "checked_models": len(scores),
         "healthy_models": sum(1 for m in models if m["overall_health"] == "healthy"),
         "degraded_models": sum(1 for m in models if m["overall_health"] == "degraded"),
         "corrupted_models": sum(1 for m in models if m["overall_health"] == "corrupted"),

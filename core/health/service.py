@@ -55,6 +55,16 @@ class AnalyticsSource:
         return [scores.Sample(ts, duration_s, success) for ts, duration_s, success in rows]
 
 
+def integrity_of(mh: ModelHealth) -> float | None:
+    """The model's integrity_score, or None where nothing of it was measured (see core.health.scores)."""
+    return mh.integrity if scores.measured(mh.installed, mh.known, bool(mh.critical)) else None
+
+
+def status_of(mh: ModelHealth) -> dict[str, Any]:
+    """The per-model health block, with integrity_score None where it was not measured."""
+    return {**mh.to_status(), "integrity_score": integrity_of(mh)}
+
+
 def _phase(model_id: str) -> float:
     """A fixed fraction in [0, 1) per model, spreading scheduled checks over their interval."""
     return int(hashlib.sha256(model_id.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
@@ -282,7 +292,7 @@ class HealthService:
             elapsed = self.engine.clock.monotonic() - t0
             mh = await self._record(job, ctx, files, extra, perf)
             hashed = sum(f.hashed_bytes for f in files.values())
-            job.result = {**mh.to_status(), "check_type": job.type, "duration_s": round(elapsed, 4), "bytes_hashed": hashed}
+            job.result = {**status_of(mh), "check_type": job.type, "duration_s": round(elapsed, 4), "bytes_hashed": hashed}
             job.status = "completed"
             log.info("check %s %s %s (%s): %s, integrity %.4f, %d issue(s), %.1f MiB hashed in %.2fs", job.id, job.type, mid, job.trigger,
                      mh.overall, mh.integrity, len(mh.issues), hashed / MIB, elapsed)
@@ -417,16 +427,24 @@ class HealthService:
         todo = [c for m, c in ctxs.items() if m not in skip]
         t0 = self.engine.clock.monotonic()
 
+        gone: list[Context] = []
+
         def run() -> list[tuple[Context, dict[str, FileResult], list[Issue]]]:
             out = []
             for c in todo:
                 if not c.installed and not c.base.exists():
+                    gone.append(c)
                     continue
                 files, extra = self._quick(c)
                 out.append((c, files, extra))
             return out
 
         results = await asyncio.to_thread(run)
+        for c in gone:
+            # neither installed nor on disk (removed, perhaps while the engine was down): an older record no longer describes it
+            mh_old = self._state.get(c.model_id)
+            if mh_old is not None and mh_old.version == c.version:
+                del self._state[c.model_id]
         now = self.engine.clock.time()
         jobs: list[tuple[Job, ModelHealth]] = []
         for c, files, extra in results:
@@ -483,9 +501,12 @@ class HealthService:
             out["availability_status"] = "updating"
         mh = self._current(model_id)
         if mh is None:
+            pres = self.engine.presence(model_id)
+            if not (pres and pres.complete and any(f.verified for f in pres.files)):
+                out["integrity_score"] = None  # nothing of it was ever measured
             return out
         corrupted = bool(mh.critical)
-        out.update({"integrity_score": mh.integrity, "last_health_check": iso(mh.last_check_at), "corruption_detected": corrupted,
+        out.update({"integrity_score": integrity_of(mh), "last_health_check": iso(mh.last_check_at), "corruption_detected": corrupted,
                     "overall_health": mh.overall})
         if mh.perf is not None:
             out["performance_score"] = mh.perf.score
@@ -499,9 +520,9 @@ class HealthService:
             pres = self.engine.presence(model_id)
             installed = bool(pres and any(f.actual_size is not None for f in pres.files))
             return {"model_id": model_id, "version": self.engine.version_in_use(model_id), "installed": installed, "overall_health": "unknown",
-                    "integrity_score": 0.0, "performance_score": None, "last_check": None, "last_check_id": None, "last_quick_check": None,
+                    "integrity_score": None, "performance_score": None, "last_check": None, "last_check_id": None, "last_quick_check": None,
                     "last_full_check": None, "corruption_detected": False, "issues": [], "recommendations": [], "files": [], "performance": None}
-        return mh.to_status()
+        return status_of(mh)
 
     async def status(self, model_id: str | None = None) -> dict[str, Any]:
         """`health.status`: one model's health, or every model's with the system figures."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
@@ -27,14 +28,24 @@ def _item(x: Any) -> str:
     return str(x)
 
 
+NOT_CHECKED = "not checked"
+NO_FIGURE = "–"
+
+
+def integrity_cell(value: float | None) -> Cell:
+    """An integrity score, or "not checked" where the engine has not measured it (null)."""
+    return Text(NOT_CHECKED, style="dim") if value is None else fmt.score(value)
+
+
 def health_cells(h: dict[str, Any]) -> tuple[Cell, ...]:
     """One row of the Health table from a `health.status` entry."""
     issues = h.get("issues") or []
+    perf = h.get("performance_score")
     return (
         h["model_id"],
         status_text(h.get("overall_health")),
-        fmt.score(h.get("integrity_score")),
-        fmt.score(h.get("performance_score")),
+        integrity_cell(h.get("integrity_score")),
+        NO_FIGURE if perf is None else fmt.score(perf),
         fmt.ago(h.get("last_check")),
         f"{len(issues)}: {_item(issues[0])[:24]}" if issues else "0",
     )
@@ -57,9 +68,11 @@ class HealthPane(Pane):
         models = res.get("models", {})
         assert self.table is not None
         self.table.sync({mid: (health_cells({**h, "model_id": mid}), {**h, "model_id": mid}) for mid, h in models.items()})
-        sh = res.get("system_health", {})
+        sh = res.get("system_health") or {}
+        overall = sh.get("overall_score")
+        score = NOT_CHECKED if overall is None else f"{fmt.score(overall)} over {sh.get('checked_models', '?')} checked"
         self.query_one("#health-summary", Static).update(
-            f"score {fmt.score(sh.get('overall_score'))} · {sh.get('healthy_models', 0)} healthy · "
+            f"score {score} · {sh.get('healthy_models', 0)} healthy · "
             f"{sh.get('degraded_models', 0)} degraded · {sh.get('corrupted_models', 0)} corrupted · "
             f"last system check {fmt.ago(sh.get('last_system_check'))}"
         )
