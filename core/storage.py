@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import secrets
@@ -212,8 +213,6 @@ def cleanup_confidence(idle_days: float, keep_days: float, uses: int) -> float:
     added only to meet the ceiling or floor are within retention, so they read
     0.5. A `keep_days` of 0 counts any idle time as fully past the threshold.
     """
-    import math
-
     over = max(0.0, idle_days - keep_days)
     if keep_days > 0:
         past = 1.0 - math.exp(-over / keep_days)
