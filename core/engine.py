@@ -292,7 +292,7 @@ class Engine:
             "download_progress": None,
             "missing_files": pres.missing_files if pres else [f.path for f in spec.files],
             # share of bytes verified against sha256 and unchanged since; health refines it
-            "integrity_score": (verified_bytes / total if total else 1.0) if complete else 0.0,
+            "integrity_score": (verified_bytes / total if total else 1.0) if complete and verified_bytes else None,
             "last_health_check": None,
             "performance_score": None,
             "corruption_detected": bool(pres and pres.wrong_size_files),
