@@ -208,3 +208,52 @@ def test_killed_mid_repair_restarts_consistent(mirror: Mirror, crash_at: str):
         assert not list((home / "partial" / "repair").iterdir())
         log = (home / "logs" / "health_monitor.log").read_text()
         assert "finished an interrupted repair of m1 1.0.0 unet/model.bin: verified" in log
+
+
+# --- a killed redownload resumes ---------------------------------------------------------------
+def test_killed_redownload_resumes_from_its_flushed_pieces(mirror: Mirror):
+    import threading
+    import time
+
+    with short_tmpdir() as tmp:
+        home, sock = tmp / "home", tmp / "e.sock"
+        d = setup(home, mirror)
+        flip(d / "unet/model.bin", 5)
+        faults = mirror.faults("m1/unet/model.bin")
+        faults.throttle_bps = 3 * MIB
+        proc = start_engine_process(home, sock)
+        try:
+            def call() -> None:
+                try:
+                    with Client(sock, timeout=60) as c:
+                        c.call("health.repair", model_id="m1", repair_type="redownload")
+                except Exception:
+                    pass
+
+            threading.Thread(target=call, daemon=True).start()
+            deadline = time.monotonic() + 30
+            while mirror.bytes_served.get("m1/unet/model.bin", 0) < 3 * MIB:
+                assert time.monotonic() < deadline and proc.poll() is None, "the redownload did not get going"
+                time.sleep(0.01)
+            proc.kill()  # SIGKILL: no cleanup of any kind
+            assert proc.wait(10) == -9
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        faults.throttle_bps = 0
+        mirror.reset_counters()
+        proc = start_engine_process(home, sock)
+        try:
+            with Client(sock, timeout=60) as c:
+                res = c.call("health.repair", model_id="m1", repair_type="redownload")
+                assert res["success"], res
+                assert c.call("health.check", model_id="m1")["result"]["overall_health"] == "healthy"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        again = mirror.bytes_served.get("m1/unet/model.bin", 0)
+        assert again <= len(BIG) - 2 * MIB, f"fetched {again} of {len(BIG)} bytes again"
+        assert res["bytes_redownloaded"] <= len(BIG) - 2 * MIB
+        assert (d / "unet/model.bin").read_bytes() == BIG
+        assert not any(p.name.endswith(".mavail-repair.tmp") for p in d.rglob("*"))
+        assert not list((home / "partial" / "redownload").iterdir())
