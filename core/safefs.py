@@ -47,6 +47,12 @@ def _refuse(home: Path, parts: list[str], upto: int, what: str = "a symbolic lin
     return LinkRefused(f"{where} is {what}; mavail never writes or deletes through it, move it away by hand", link=where)
 
 
+def refuse(home: Path, path: Path) -> LinkRefused:
+    """The error (logged) for a symbolic link found at `path` itself."""
+    parts = parts_under(home, path)
+    return _refuse(home, parts, len(parts) - 1)
+
+
 def open_dir(home: Path, path: Path, create: bool = False) -> int:
     """A descriptor of the directory `path` (or of `home` itself), reached without following any link below `home`.
 
