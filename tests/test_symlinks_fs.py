@@ -122,29 +122,33 @@ async def test_remove_never_deletes_through_a_link(home: Path, mirror: Mirror, t
     assert not [p for p in (home / "trash").iterdir()]
 
 
-@pytest.mark.parametrize("level", ["trash", "models"])
+@pytest.mark.parametrize("level", LEVELS + ["trash", "models"])
 async def test_cleanup_never_renames_or_deletes_through_a_link(home: Path, mirror: Mirror, tmp_path: Path, level: str):
     outside = tmp_path / "outside"
     setup_repair(home, mirror)
-    d = home / "models/m1/1.0.0"
-    (d / "unet").mkdir(parents=True)
-    (d / "unet/model.bin").write_bytes(BIG)
-    (d / "vae.bin").write_bytes(SMALL)
-    outside.mkdir()
-    (outside / "bystander.txt").write_text("not mavail's")
-    if level == "trash":  # trash/ itself is a link out of the home
-        (home / "trash").mkdir(exist_ok=True)
-        os.rmdir(home / "trash")
-        os.symlink(outside, home / "trash")
-    else:  # models/ itself is a link: the model's directory lives outside
-        shutil.move(str(home / "models"), str(outside / "models"))
-        os.symlink(outside / "models", home / "models")
+    if level in LEVELS:
+        plant(home, outside, level)
+    else:
+        d = home / "models/m1/1.0.0"
+        (d / "unet").mkdir(parents=True)
+        (d / "unet/model.bin").write_bytes(BIG)
+        (d / "vae.bin").write_bytes(SMALL)
+        (outside / "unet").mkdir(parents=True)
+        (outside / "unet" / "bystander.txt").write_text("not mavail's")
+        if level == "trash":  # trash/ itself is a link out of the home
+            os.symlink(outside, home / "trash")
+        else:  # models/ itself is a link: the model's directory lives outside
+            shutil.move(str(home / "models"), str(outside / "models"))
+            os.symlink(outside / "models", home / "models")
     before = snapshot(outside)
     async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
         res = await c.call("storage.cleanup", cleanup_type="manual", models_to_remove=["m1"])
-        assert "m1" not in res["models_removed"], res
+        if level in ("model", "trash", "models"):
+            assert "m1" not in res["models_removed"], res
+        else:  # a real models/m1: it goes, and a link inside it goes as a link, its target stays
+            assert res["models_removed"] == ["m1"], res
     assert snapshot(outside) == before
-    assert (outside / "bystander.txt").read_text() == "not mavail's"
+    assert (outside / "unet" / "bystander.txt").read_text() == "not mavail's"
 
 
 @pytest.mark.parametrize("level", LEVELS)
