@@ -163,6 +163,8 @@ async def test_download_install_never_writes_through_a_link(home: Path, tmp_path
             await c.call("downloads.start", model_id="m1")
             prog = await wait_status(eng, "m1", "completed", "failed")
             assert prog["status"] == "failed", prog
+            d = eng.downloads.get("m1")
+            assert d.error_code == "INVALID_STATE" and "symbolic link" in d.error_message, (d.error_code, d.error_message)
     assert snapshot(outside) == before
     assert (outside / "unet" / "bystander.txt").read_text() == "not mavail's"
     assert "symbolic link" in caplog.text
