@@ -257,3 +257,40 @@ def test_killed_redownload_resumes_from_its_flushed_pieces(mirror: Mirror):
         assert (d / "unet/model.bin").read_bytes() == BIG
         assert not any(p.name.endswith(".mavail-repair.tmp") for p in d.rglob("*"))
         assert not list((home / "partial" / "redownload").iterdir())
+
+
+# --- leases: a redownload never replaces files under a user ----------------------------------------
+async def test_redownload_never_replaces_files_of_a_leased_model(home: Path, mirror: Mirror):
+    import asyncio
+
+    from tests.helpers import wait_until
+
+    d = setup(home, mirror)
+    files = [d / "unet/model.bin", d / "vae.bin"]
+    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as user:
+        await c.call("health.check", model_id="m1")
+        inodes = [os.stat(p).st_ino for p in files]
+        lease = await user.call("models.acquire", model_id="m1")
+        for force in (False, True):
+            with pytest.raises(RpcError) as ei:
+                await c.call("health.repair", model_id="m1", repair_type="redownload", force_repair=force)
+            assert ei.value.code == -32002
+        assert [os.stat(p).st_ino for p in files] == inodes
+        await user.call("models.release", lease_id=lease["lease_id"])
+
+        # a lease taken while the redownload is fetching: nothing is replaced, the fetched data waits for the next repair
+        mirror.faults("m1/unet/model.bin").throttle_bps = 2 * MIB
+        repair = asyncio.create_task(c.call("health.repair", model_id="m1", repair_type="redownload", force_repair=True))
+        await wait_until(lambda: mirror.bytes_served.get("m1/unet/model.bin", 0) >= MIB, timeout=20)
+        lease = await user.call("models.acquire", model_id="m1")
+        res = await repair
+        assert not res["success"] and {e["code"] for e in res["errors"]} == {"CONFLICT"}, res
+        assert [os.stat(p).st_ino for p in files] == inodes
+        assert [p.read_bytes() for p in files] == [BIG, SMALL]
+        await user.call("models.release", lease_id=lease["lease_id"])
+        mirror.faults("m1/unet/model.bin").throttle_bps = 0
+        mirror.reset_counters()
+        res = await c.call("health.repair", model_id="m1", repair_type="redownload", force_repair=True)
+        assert res["success"], res
+        assert mirror.bytes_served.get("m1/unet/model.bin", 0) == 0  # every piece was already fetched and flushed
+        assert os.stat(files[0]).st_ino != inodes[0] and files[0].read_bytes() == BIG

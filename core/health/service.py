@@ -526,9 +526,14 @@ class HealthService:
         busy = self.engine.activity.reasons(model_id) & {"downloading", "repairing", "updating"}
         if busy:
             raise Conflict(f"model {model_id!r} is {', '.join(sorted(busy))}", model_id=model_id, activity=sorted(busy))
-        if self.engine.leases.is_leased(model_id) and not force_repair:
-            raise Conflict(f"model {model_id!r} is in use; repair writes its files (pass force_repair to repair anyway)", model_id=model_id,
-                           active_leases=len(self.engine.leases.leases_for(model_id)))
+        if self.engine.leases.is_leased(model_id):
+            # force_repair may write verified pieces in place under a lease; replacing a file never happens under one
+            if repair_type == "redownload":
+                raise Conflict(f"model {model_id!r} is in use; a redownload replaces its files, which is never done under a lease: "
+                               "release it first", model_id=model_id, active_leases=len(self.engine.leases.leases_for(model_id)))
+            if not force_repair:
+                raise Conflict(f"model {model_id!r} is in use; repair writes its files (pass force_repair to repair anyway)", model_id=model_id,
+                               active_leases=len(self.engine.leases.leases_for(model_id)))
         job = Job(new_id("repair"), "repair", model_id, repair_type, trigger, self.engine.clock.time())
         self._remember(job)
         with self.engine.activity.hold(model_id, "repairing"):
@@ -671,9 +676,16 @@ class HealthService:
             return await rp.integrity_fix(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, repair_dir=self.repair_dir,
                                           base=ctx.base, home=self.engine.layout.home, model_id=ctx.model_id, version=ctx.version, f=f, broken=fr.broken_pieces,
                                           piece_hashes=hashes, piece_size=ps)
+
+        def may_replace() -> None:
+            if self.engine.leases.is_leased(ctx.model_id):
+                log.warning("redownload of %s %s held back: the model is in use (the fetched data is kept)", ctx.model_id, f.path)
+                raise Conflict(f"{f.path}: model {ctx.model_id!r} is in use; a redownload replaces the file, which is never done under a lease "
+                               "(the fetched data is kept for the next repair)", model_id=ctx.model_id, file=f.path)
+
         return await rp.redownload(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, base=ctx.base,
                                    home=self.engine.layout.home, redownload_dir=self.redownload_dir, model_id=ctx.model_id, version=ctx.version, f=f,
-                                   piece_size=piece_default)
+                                   piece_size=piece_default, may_replace=may_replace)
 
     async def _recover(self) -> None:
         """At start: finish committed repair journals, drop uncommitted ones, delete the repair's temp files."""
