@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from core import crash
-from core.errors import InvalidParams, NotFound
-from core.fsutil import fsync_dir
+from core import crash, safefs
+from core.errors import InvalidParams, MavailError, NotFound
 from core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -121,44 +120,13 @@ def measure(path: Path) -> TreeSize:
     return out
 
 
-def remove_tree(path: Path) -> int:
-    """Delete the file, symlink or directory tree at `path` without following symlinks; return bytes freed.
+def remove_tree(home: Path, path: Path) -> int:
+    """Delete the file, symlink or directory tree at `path` without following any link below `home`; return bytes freed.
 
     Bytes freed are the blocks of every inode whose last link this removed
     (directories included), the same measure as `measure`.
     """
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return st.st_blocks * 512 if st.st_nlink == 1 else 0
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        freed = _empty_dir(fd)
-    finally:
-        os.close(fd)
-    os.rmdir(path)
-    return freed + st.st_blocks * 512
-
-
-def _empty_dir(dirfd: int) -> int:
-    freed = 0
-    with os.scandir(dirfd) as it:
-        names = [e.name for e in it]
-    for name in names:
-        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
-            try:
-                freed += _empty_dir(fd)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=dirfd)
-            freed += st.st_blocks * 512
-        else:
-            os.unlink(name, dir_fd=dirfd)
-            if st.st_nlink == 1:  # read just before the unlink: this one was the last link
-                freed += st.st_blocks * 512
-    return freed
+    return safefs.remove_tree(home, path)
 
 
 @dataclass
@@ -692,8 +660,7 @@ class StorageManager:
         try:
             if item.kind == "model":
                 self._recheck(item, plan, src)  # again, with no await before the rename: nobody can take it in between
-            self.layout.trash_dir.mkdir(parents=True, exist_ok=True)
-            os.rename(src, dst)
+            safefs.rename(self.layout.home, src, dst, create_parents=True)  # by directory descriptors: no link followed
         except BaseException:
             await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
             raise
@@ -701,7 +668,6 @@ class StorageManager:
         if hold is not None:
             hold.__enter__()
         try:
-            fsync_dir(base)
             self._fault("after_move")
 
             def forget(c: Any) -> None:
@@ -711,7 +677,7 @@ class StorageManager:
 
             await db.write(forget)
             self._fault("before_delete")
-            freed = await asyncio.to_thread(remove_tree, dst)
+            freed = await asyncio.to_thread(remove_tree, self.layout.home, dst)
             await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
             log.info("cleanup %s removed %s %s (%d bytes freed): %s", cleanup_id, item.kind, item.name, freed, item.reason)
             return freed
@@ -757,7 +723,11 @@ class StorageManager:
                     c.execute("UPDATE storage_trash SET state = 'moved' WHERE id = ?", (rid,))
 
                 await self.engine.db.write(forget)
-                freed = await asyncio.to_thread(remove_tree, dst_p) if moved else 0
+                try:
+                    freed = await asyncio.to_thread(remove_tree, self.layout.home, dst_p) if moved else 0
+                except (OSError, MavailError) as exc:
+                    log.error("cleanup %s: could not delete %s from the trash: %s", cid, dst_p, exc)
+                    freed = 0
                 log.warning("cleanup %s of %s %s was interrupted after the move: finished (%d bytes freed)", cid, kind, mid, freed)
                 if kind == "model" and mid:
                     touched.append(mid)
@@ -766,7 +736,10 @@ class StorageManager:
         known = {Path(r[5]).name for r in rows}
         for e in await asyncio.to_thread(scan_dir, self.layout.trash_dir):
             if e.name.startswith("cleanup_") and e.name not in known:
-                await asyncio.to_thread(remove_tree, e.path)
+                try:
+                    await asyncio.to_thread(remove_tree, self.layout.home, e.path)
+                except (OSError, MavailError) as exc:
+                    log.error("could not delete %s from the trash: %s", e.path, exc)
         if touched:
             await self.engine.refresh_presence(touched)
         return touched

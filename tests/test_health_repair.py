@@ -208,3 +208,89 @@ def test_killed_mid_repair_restarts_consistent(mirror: Mirror, crash_at: str):
         assert not list((home / "partial" / "repair").iterdir())
         log = (home / "logs" / "health_monitor.log").read_text()
         assert "finished an interrupted repair of m1 1.0.0 unet/model.bin: verified" in log
+
+
+# --- a killed redownload resumes ---------------------------------------------------------------
+def test_killed_redownload_resumes_from_its_flushed_pieces(mirror: Mirror):
+    import threading
+    import time
+
+    with short_tmpdir() as tmp:
+        home, sock = tmp / "home", tmp / "e.sock"
+        d = setup(home, mirror)
+        flip(d / "unet/model.bin", 5)
+        faults = mirror.faults("m1/unet/model.bin")
+        faults.throttle_bps = 3 * MIB
+        proc = start_engine_process(home, sock)
+        try:
+            def call() -> None:
+                try:
+                    with Client(sock, timeout=60) as c:
+                        c.call("health.repair", model_id="m1", repair_type="redownload")
+                except Exception:
+                    pass
+
+            threading.Thread(target=call, daemon=True).start()
+            deadline = time.monotonic() + 30
+            while mirror.bytes_served.get("m1/unet/model.bin", 0) < 3 * MIB:
+                assert time.monotonic() < deadline and proc.poll() is None, "the redownload did not get going"
+                time.sleep(0.01)
+            proc.kill()  # SIGKILL: no cleanup of any kind
+            assert proc.wait(10) == -9
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        faults.throttle_bps = 0
+        mirror.reset_counters()
+        proc = start_engine_process(home, sock)
+        try:
+            with Client(sock, timeout=60) as c:
+                res = c.call("health.repair", model_id="m1", repair_type="redownload")
+                assert res["success"], res
+                assert c.call("health.check", model_id="m1")["result"]["overall_health"] == "healthy"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        again = mirror.bytes_served.get("m1/unet/model.bin", 0)
+        assert again <= len(BIG) - 2 * MIB, f"fetched {again} of {len(BIG)} bytes again"
+        assert res["bytes_redownloaded"] <= len(BIG) - 2 * MIB
+        assert (d / "unet/model.bin").read_bytes() == BIG
+        assert not any(p.name.endswith(".mavail-repair.tmp") for p in d.rglob("*"))
+        assert not list((home / "partial" / "redownload").iterdir())
+
+
+# --- leases: a redownload never replaces files under a user ----------------------------------------
+async def test_redownload_never_replaces_files_of_a_leased_model(home: Path, mirror: Mirror):
+    import asyncio
+
+    from tests.helpers import wait_until
+
+    d = setup(home, mirror)
+    files = [d / "unet/model.bin", d / "vae.bin"]
+    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as user:
+        await c.call("health.check", model_id="m1")
+        inodes = [os.stat(p).st_ino for p in files]
+        lease = await user.call("models.acquire", model_id="m1")
+        for force in (False, True):
+            with pytest.raises(RpcError) as ei:
+                await c.call("health.repair", model_id="m1", repair_type="redownload", force_repair=force)
+            assert ei.value.code == -32002
+        assert [os.stat(p).st_ino for p in files] == inodes
+        await user.call("models.release", lease_id=lease["lease_id"])
+
+        # a lease taken while the redownload is fetching: nothing is replaced, the fetched data waits for the next repair
+        mirror.faults("m1/unet/model.bin").throttle_bps = 2 * MIB
+        repair = asyncio.create_task(c.call("health.repair", model_id="m1", repair_type="redownload", force_repair=True))
+        await wait_until(lambda: mirror.bytes_served.get("m1/unet/model.bin", 0) >= MIB, timeout=20)
+        lease = await user.call("models.acquire", model_id="m1")
+        res = await repair
+        assert not res["success"] and {e["code"] for e in res["errors"]} == {"CONFLICT"}, res
+        assert [os.stat(p).st_ino for p in files] == inodes
+        assert [p.read_bytes() for p in files] == [BIG, SMALL]
+        await user.call("models.release", lease_id=lease["lease_id"])
+        mirror.faults("m1/unet/model.bin").throttle_bps = 0
+        mirror.reset_counters()
+        res = await c.call("health.repair", model_id="m1", repair_type="redownload", force_repair=True)
+        assert res["success"], res
+        assert mirror.bytes_served.get("m1/unet/model.bin", 0) == 0  # every piece was already fetched and flushed
+        assert os.stat(files[0]).st_ino != inodes[0] and files[0].read_bytes() == BIG

@@ -27,7 +27,8 @@ from core.downloads.limiter import MIB, RateLimiter
 from core.downloads.partial import Opener, PartialFile
 from core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
 from core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
-from core.fsutil import free_bytes, fsync_dir
+from core import safefs
+from core.fsutil import free_bytes
 from core.paths import safe_join
 from core.timeutil import iso
 
@@ -603,10 +604,9 @@ class DownloadManager:
         def install() -> tuple[int, int]:
             file.flush()
             file.close()
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
-            fsync_dir(dest.parent)
-            st = os.stat(dest)
+            home = self.engine.layout.home
+            safefs.replace(home, path, dest, create_parents=True)  # no link followed below the home; fsyncs the directory
+            st = safefs.lstat(home, dest)
             return st.st_mtime_ns, st.st_ino
 
         f.stat = await asyncio.to_thread(install)

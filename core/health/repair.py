@@ -14,9 +14,14 @@ integrity_fix
     file can only get closer to right, never worse.
 
 redownload
-    The whole file is fetched into a temp file beside it, hashed on the way,
-    fsynced and renamed over the original (or over a symlink, replacing the
-    link itself, never writing through it); the directory is fsynced.
+    The whole file is fetched into `partial/redownload/<key>/data`, piece by
+    piece, each piece flushed and recorded in `progress.json`, so an
+    interrupted redownload resumes after its last flushed piece. The finished
+    file is checked against its sha256, then renamed over the original; the
+    directory is fsynced.
+
+Every write, rename and delete goes through `core.safefs`: a symbolic link at
+any level below the home is refused and left alone, never written through.
 """
 
 from __future__ import annotations
@@ -25,16 +30,13 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable, Sequence
 
-from core.errors import IntegrityError, InvalidState, SourceUnavailable
-from core.fsutil import atomic_write_bytes, fsync_dir
-from core import crash
+from core.errors import IntegrityError, InvalidState, MavailError, SourceUnavailable
+from core import crash, safefs
 from core.health.scan import CHUNK, TEMP_SUFFIX, ManifestFile, ReadBudget, _symlink_component
 
 log = logging.getLogger("mavail.health")
@@ -76,7 +78,8 @@ def target_path(base: Path, rel: str) -> Path:
     """The file's path, refusing one whose directories (from the version directory down) contain a symlink."""
     link = _symlink_component(base, rel)
     if link is not None:
-        raise InvalidState(f"{rel}: {link} is a symlink; mavail does not write through it, move it away by hand", file=rel, link=link)
+        log.warning("refused to write %s: %s is a symbolic link (left alone)", rel, link)
+        raise safefs.LinkRefused(f"{rel}: {link} is a symbolic link; mavail does not write through it, move it away by hand", file=rel, link=link)
     return base.joinpath(*PurePosixPath(rel).parts)
 
 
@@ -105,23 +108,22 @@ def write_journal_piece(data_fh: Any, data: bytes) -> int:
     return off
 
 
-def commit_journal(jdir: Path, record: dict[str, Any], data_fh: Any) -> None:
+def commit_journal(jdir: Path, record: dict[str, Any], data_fh: Any, home: Path) -> None:
     """fsync the data, then write journal.json atomically: from here on the repair will be finished."""
     data_fh.flush()
     os.fsync(data_fh.fileno())
     data_fh.close()
-    atomic_write_bytes(jdir / "journal.json", json.dumps(record).encode())
-    fsync_dir(jdir)
+    safefs.atomic_write(home, jdir / "journal.json", json.dumps(record).encode())
 
 
-def apply_journal(jdir: Path, base: Path) -> tuple[int, int, int]:
+def apply_journal(jdir: Path, base: Path, home: Path) -> tuple[int, int, int]:
     """Write a committed journal's pieces in place, set the size, fsync; return the file's (size, mtime_ns, inode).
 
     Idempotent: replaying it twice writes the same bytes twice.
     """
     rec = json.loads((jdir / "journal.json").read_text())
     p = target_path(base, rec["path"])
-    fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = safefs.open_file(home, p, os.O_WRONLY)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -164,18 +166,21 @@ def whole_sha256(path: Path, budget: ReadBudget | None = None) -> str:
     return h.hexdigest()
 
 
-def discard(jdir: Path) -> None:
-    """Remove a journal directory."""
-    shutil.rmtree(jdir, ignore_errors=True)
+def discard(jdir: Path, home: Path) -> None:
+    """Remove a journal (or redownload) directory, never following a link on the way."""
+    try:
+        safefs.remove_tree(home, jdir)
+    except (OSError, MavailError):
+        log.warning("could not remove %s", jdir, exc_info=True)
 
 
 def pending_journals(repair_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
     """Journal directories left by a crash: (dir, record) when committed, (dir, None) when not."""
     out: list[tuple[Path, dict[str, Any] | None]] = []
-    if not repair_dir.is_dir():
+    if not repair_dir.is_dir() or repair_dir.is_symlink():
         return out
     for d in sorted(repair_dir.iterdir()):
-        if not d.is_dir():
+        if d.is_symlink() or not d.is_dir():
             continue
         j = d / "journal.json"
         rec = None
@@ -190,17 +195,22 @@ def pending_journals(repair_dir: Path) -> list[tuple[Path, dict[str, Any] | None
 
 # --- the repairs --------------------------------------------------------------------
 async def integrity_fix(
-    *, client: Any, fetch: FetchRange, to_thread: Callable[..., Awaitable[Any]], repair_dir: Path, base: Path, model_id: str, version: str,
-    f: ManifestFile, broken: Sequence[int], piece_hashes: Sequence[str], piece_size: int,
+    *, client: Any, fetch: FetchRange, to_thread: Callable[..., Awaitable[Any]], repair_dir: Path, base: Path, home: Path, model_id: str,
+    version: str, f: ManifestFile, broken: Sequence[int], piece_hashes: Sequence[str], piece_size: int,
 ) -> RepairOutcome:
     """Fetch only the broken pieces, journal them, write them in place, confirm the whole-file sha256."""
     p = target_path(base, f.path)
+    await to_thread(safefs.ensure_dir, home, p.parent)  # refuse a link anywhere above the file before fetching anything
     jdir = repair_dir / journal_key(model_id, version, f.path)
-    await to_thread(discard, jdir)
-    jdir.mkdir(parents=True, exist_ok=True)
+    await to_thread(discard, jdir, home)
+
+    def open_data() -> Any:
+        safefs.ensure_dir(home, jdir)
+        return os.fdopen(safefs.open_file(home, jdir / "data", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+
+    data_fh = await to_thread(open_data)
     fetched = 0
     record: dict[str, Any] = {"model_id": model_id, "version": version, "path": f.path, "target_size": f.size, "sha256": f.sha256, "pieces": []}
-    data_fh = open(jdir / "data", "wb")
     try:
         for idx in broken:
             off = idx * piece_size
@@ -214,37 +224,85 @@ async def integrity_fix(
                 raise IntegrityError(f"{f.path}: piece {idx} from the source does not match its recorded sha256", file=f.path, piece=idx)
             data_off = await to_thread(write_journal_piece, data_fh, blob)
             record["pieces"].append({"idx": idx, "offset": off, "length": length, "sha256": digest, "data_offset": data_off})
-        await to_thread(commit_journal, jdir, record, data_fh)
+        await to_thread(commit_journal, jdir, record, data_fh, home)
     except BaseException:
         data_fh.close()
-        await to_thread(discard, jdir)
+        await to_thread(discard, jdir, home)
         raise
     crash.point("repair.committed")
-    sig = await to_thread(apply_journal, jdir, base)
+    try:
+        sig = await to_thread(apply_journal, jdir, base, home)
+    except BaseException:
+        await to_thread(discard, jdir, home)
+        raise
     digest = await to_thread(whole_sha256, p)
-    await to_thread(discard, jdir)
+    await to_thread(discard, jdir, home)
     if digest != f.sha256:
         raise IntegrityError(f"{f.path} still does not match its sha256 after the piece repair", file=f.path)
     log.info("integrity_fix %s %s %s: %d piece(s), %d bytes fetched", model_id, version, f.path, len(record["pieces"]), fetched)
     return RepairOutcome(f.path, "integrity_fix" if record["pieces"] else "truncate", fetched, sig)
 
 
+# --- redownload: fetched into partial/redownload/<key>/, resumable ------------------------
+def _load_progress(home: Path, rdir: Path, f: ManifestFile, step: int) -> tuple[int, list[str], Any]:
+    """Open (or create) the redownload's data file; return (verified bytes to keep, their piece hashes, whole-file hasher).
+
+    The kept prefix is what `progress.json` says was flushed, for the same file, size,
+    sha256 and piece size, and whose pieces still hash as recorded; the rest is dropped.
+    """
+    safefs.ensure_dir(home, rdir)
+    fd = safefs.open_file(home, rdir / "data", os.O_RDWR | os.O_CREAT)
+    whole = hashlib.sha256()
+    kept: list[str] = []
+    try:
+        rec = json.loads((rdir / "progress.json").read_text())
+        same = (rec.get("path"), rec.get("size"), rec.get("sha256"), rec.get("piece_size")) == (f.path, f.size, f.sha256, step)
+        hashes = [str(h) for h in rec.get("pieces", [])] if same else []
+    except (OSError, ValueError, AttributeError):
+        hashes = []
+    off = 0
+    for h in hashes:
+        length = min(step, f.size - off)
+        if length <= 0:
+            break
+        blob = os.pread(fd, length, off)
+        if len(blob) != length or hashlib.sha256(blob).hexdigest() != h:
+            break
+        whole.update(blob)
+        kept.append(h)
+        off += length
+    os.ftruncate(fd, off)
+    return fd, kept, whole
+
+
+def _save_progress(home: Path, rdir: Path, fd: int, f: ManifestFile, step: int, pieces: list[str]) -> None:
+    """Make the written pieces durable, then record them: a restart keeps exactly these."""
+    os.fdatasync(fd)
+    rec = {"path": f.path, "size": f.size, "sha256": f.sha256, "piece_size": step, "pieces": pieces}
+    safefs.atomic_write(home, rdir / "progress.json", json.dumps(rec).encode())
+
+
 async def redownload(
-    *, client: Any, fetch: FetchRange, to_thread: Callable[..., Awaitable[Any]], base: Path, f: ManifestFile, piece_size: int,
+    *, client: Any, fetch: FetchRange, to_thread: Callable[..., Awaitable[Any]], base: Path, home: Path, redownload_dir: Path,
+    model_id: str, version: str, f: ManifestFile, piece_size: int, may_replace: Callable[[], None] | None = None,
 ) -> RepairOutcome:
-    """Fetch the whole file into a temp file beside it, verify it, rename it over the original."""
+    """Fetch the whole file into `redownload_dir`, piece by flushed piece, verify it, rename it over the original.
+
+    An interrupted redownload resumes after its last flushed piece. `may_replace`
+    runs on the event loop just before the rename and raises to forbid it (a lease);
+    the fetched data is kept then, for the next try.
+    """
     if not f.urls:
         raise SourceUnavailable(f"{f.path}: no URL known for this version", file=f.path)
     p = target_path(base, f.path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-    whole = hashlib.sha256()
-    pieces: list[str] = []
+    await to_thread(safefs.ensure_dir, home, p.parent)  # a link anywhere above the file: refused before any fetch
+    rdir = redownload_dir / journal_key(model_id, version, f.path)
+    step = piece_size if piece_size > 0 else 8 * 1024 * 1024
+    fd, pieces, whole = await to_thread(_load_progress, home, rdir, f, step)
+    resumed = len(pieces)
     fetched = 0
-    fh = open(tmp, "wb")
     try:
-        off = 0
-        step = piece_size if piece_size > 0 else 8 * 1024 * 1024
+        off = min(len(pieces) * step, f.size)
         while off < f.size:
             length = min(step, f.size - off)
             blob = await fetch(client, list(f.urls), off, length)
@@ -252,60 +310,72 @@ async def redownload(
             if len(blob) != length:
                 raise SourceUnavailable(f"{f.path}: short read from the source", file=f.path)
 
-            def put(b: bytes = blob) -> None:
+            def put(b: bytes = blob, at: int = off) -> None:
                 whole.update(b)
                 pieces.append(hashlib.sha256(b).hexdigest())
-                fh.write(b)
+                view = memoryview(b)
+                pos = at
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view = view[n:]
+                    pos += n
+                _save_progress(home, rdir, fd, f, step, pieces)
 
             await to_thread(put)
             off += length
+        if whole.hexdigest() != f.sha256:
+            os.close(fd)
+            fd = -1
+            await to_thread(discard, rdir, home)
+            raise IntegrityError(f"{f.path}: the downloaded file does not match its sha256", file=f.path)
+        if may_replace is not None:
+            may_replace()
 
         def finish() -> tuple[int, int, int]:
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-            if whole.hexdigest() != f.sha256:
-                raise IntegrityError(f"{f.path}: the downloaded file does not match its sha256", file=f.path)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, p)  # replaces a symlink itself, never its target
-            fsync_dir(p.parent)
-            st = os.lstat(p)
+            os.fchmod(fd, 0o644)
+            os.fsync(fd)
+            safefs.replace(home, rdir / "data", p, create_parents=True)
+            st = safefs.lstat(home, p)
             return (st.st_size, st.st_mtime_ns, st.st_ino)
 
         sig = await to_thread(finish)
-    except BaseException:
-        fh.close()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    log.info("redownload %s: %d bytes fetched", f.path, fetched)
-    return RepairOutcome(f.path, "redownload", fetched, sig, pieces, piece_size)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    await to_thread(discard, rdir, home)
+    log.info("redownload %s: %d bytes fetched%s", f.path, fetched, f" (resumed after {resumed} flushed piece(s))" if resumed else "")
+    return RepairOutcome(f.path, "redownload", fetched, sig, pieces, step)
 
 
-def fix_permissions(base: Path, rel: str) -> tuple[int, int, int]:
+def fix_permissions(base: Path, rel: str, home: Path) -> tuple[int, int, int]:
     """Give the owner read (and write) access back to a regular file; return its new stat signature."""
     p = target_path(base, rel)
-    st = os.lstat(p)
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidState(f"{rel} is not a regular file", file=rel)
-    os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)
-    st = os.lstat(p)
+    dfd, name = safefs.open_parent(home, p)
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidState(f"{rel} is not a regular file", file=rel)
+        os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP, dir_fd=dfd)
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    finally:
+        os.close(dfd)
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def remove_temps(directory: Path) -> int:
-    """Delete the repair's temp files left in a version directory by a crash; return how many."""
+def remove_temps(directory: Path, home: Path) -> int:
+    """Delete the repair's temp files left in a version directory by a crash; return how many.
+
+    A version directory reached through a link is left alone.
+    """
     n = 0
-    if not directory.is_dir() or directory.is_symlink():
-        return 0
-    for root, dnames, fnames in os.walk(directory, followlinks=False):
-        for name in fnames:
+    try:
+        for dfd, _root, name in safefs.walk_files(home, directory):
             if name.endswith(TEMP_SUFFIX):
                 try:
-                    os.unlink(os.path.join(root, name))
+                    os.unlink(name, dir_fd=dfd)
                     n += 1
                 except OSError:
                     pass
+    except (OSError, MavailError):
+        return n
     return n

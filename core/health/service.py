@@ -96,6 +96,11 @@ class HealthService:
         """Where repair journals live: `partial/repair/`."""
         return self.engine.layout.partial_dir / "repair"
 
+    @property
+    def redownload_dir(self) -> Path:
+        """Where whole-file redownloads collect their data until it is verified: `partial/redownload/`."""
+        return self.engine.layout.partial_dir / "redownload"
+
     async def start(self) -> None:
         """Load the last checks, finish or discard interrupted repairs, take stock, start the scheduler."""
         self.engine.on_stop(self.stop)
@@ -542,9 +547,14 @@ class HealthService:
         busy = self.engine.activity.reasons(model_id) & {"downloading", "repairing", "updating"}
         if busy:
             raise Conflict(f"model {model_id!r} is {', '.join(sorted(busy))}", model_id=model_id, activity=sorted(busy))
-        if self.engine.leases.is_leased(model_id) and not force_repair:
-            raise Conflict(f"model {model_id!r} is in use; repair writes its files (pass force_repair to repair anyway)", model_id=model_id,
-                           active_leases=len(self.engine.leases.leases_for(model_id)))
+        if self.engine.leases.is_leased(model_id):
+            # force_repair may write verified pieces in place under a lease; replacing a file never happens under one
+            if repair_type == "redownload":
+                raise Conflict(f"model {model_id!r} is in use; a redownload replaces its files, which is never done under a lease: "
+                               "release it first", model_id=model_id, active_leases=len(self.engine.leases.leases_for(model_id)))
+            if not force_repair:
+                raise Conflict(f"model {model_id!r} is in use; repair writes its files (pass force_repair to repair anyway)", model_id=model_id,
+                               active_leases=len(self.engine.leases.leases_for(model_id)))
         job = Job(new_id("repair"), "repair", model_id, repair_type, trigger, self.engine.clock.time())
         self._remember(job)
         with self.engine.activity.hold(model_id, "repairing"):
@@ -674,7 +684,7 @@ class HealthService:
 
     async def _repair_step(self, step: str, ctx: Context, f: ManifestFile, fr: FileResult, piece_default: int) -> rp.RepairOutcome:
         if step == "fix_permissions":
-            sig = await asyncio.to_thread(rp.fix_permissions, ctx.base, f.path)
+            sig = await asyncio.to_thread(rp.fix_permissions, ctx.base, f.path, self.engine.layout.home)
             return rp.RepairOutcome(f.path, "fix_permissions", 0, sig)
         if not ctx.catalog_version and step != "fix_permissions":
             raise SourceUnavailable(f"version {ctx.version} of {ctx.model_id} is no longer in the catalog: no source to fetch from", version=ctx.version)
@@ -685,28 +695,36 @@ class HealthService:
                 pieces = (fr.piece_size or piece_default, [])
             ps, hashes = pieces
             return await rp.integrity_fix(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, repair_dir=self.repair_dir,
-                                          base=ctx.base, model_id=ctx.model_id, version=ctx.version, f=f, broken=fr.broken_pieces,
+                                          base=ctx.base, home=self.engine.layout.home, model_id=ctx.model_id, version=ctx.version, f=f, broken=fr.broken_pieces,
                                           piece_hashes=hashes, piece_size=ps)
-        return await rp.redownload(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, base=ctx.base, f=f,
-                                   piece_size=piece_default)
+
+        def may_replace() -> None:
+            if self.engine.leases.is_leased(ctx.model_id):
+                log.warning("redownload of %s %s held back: the model is in use (the fetched data is kept)", ctx.model_id, f.path)
+                raise Conflict(f"{f.path}: model {ctx.model_id!r} is in use; a redownload replaces the file, which is never done under a lease "
+                               "(the fetched data is kept for the next repair)", model_id=ctx.model_id, file=f.path)
+
+        return await rp.redownload(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, base=ctx.base,
+                                   home=self.engine.layout.home, redownload_dir=self.redownload_dir, model_id=ctx.model_id, version=ctx.version, f=f,
+                                   piece_size=piece_default, may_replace=may_replace)
 
     async def _recover(self) -> None:
         """At start: finish committed repair journals, drop uncommitted ones, delete the repair's temp files."""
         pending = await asyncio.to_thread(rp.pending_journals, self.repair_dir)
         for jdir, rec in pending:
             if rec is None:
-                await asyncio.to_thread(rp.discard, jdir)
+                await asyncio.to_thread(rp.discard, jdir, self.engine.layout.home)
                 log.info("discarded an unfinished repair journal %s", jdir.name)
                 continue
             mid, version = rec["model_id"], rec["version"]
             base = self.engine.layout.model_dir(mid, version)
             with self.engine.activity.hold(mid, "repairing"):
                 try:
-                    sig = await asyncio.to_thread(rp.apply_journal, jdir, base)
+                    sig = await asyncio.to_thread(rp.apply_journal, jdir, base, self.engine.layout.home)
                     digest = await asyncio.to_thread(rp.whole_sha256, rp.target_path(base, rec["path"]))
                 except (OSError, MavailError):
                     log.exception("could not finish the repair journal %s", jdir.name)
-                    await asyncio.to_thread(rp.discard, jdir)
+                    await asyncio.to_thread(rp.discard, jdir, self.engine.layout.home)
                     continue
                 ok = digest == rec["sha256"]
 
@@ -715,11 +733,11 @@ class HealthService:
                                  (sig[1], sig[2], sig[0], self.engine.clock.time() if ok else None, mid, version, rec["path"]))
 
                 await self.engine.db.write(w)
-                await asyncio.to_thread(rp.discard, jdir)
+                await asyncio.to_thread(rp.discard, jdir, self.engine.layout.home)
                 log.info("finished an interrupted repair of %s %s %s: %s", mid, version, rec["path"], "verified" if ok else "still damaged")
         dirs = [self.engine.layout.model_dir(m, v) for m, v in await self.engine.db.read(
             lambda c: c.execute("SELECT model_id, version FROM installed_versions").fetchall())]
-        removed = await asyncio.to_thread(lambda: sum(rp.remove_temps(d) for d in dirs))
+        removed = await asyncio.to_thread(lambda: sum(rp.remove_temps(d, self.engine.layout.home) for d in dirs))
         if removed:
             log.info("removed %d temp file(s) left by an interrupted repair", removed)
 

@@ -17,14 +17,14 @@ import asyncio
 import logging
 import os
 import secrets
-import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.catalog import version_key
 from core.errors import Conflict, InvalidState, MavailError, ModelNotFound
-from core import crash
+from core import crash, safefs
 from core.health.model import new_id
 from core.health.scan import ReadBudget
 from core.timeutil import iso
@@ -95,7 +95,10 @@ class UpdateManager:
                 mid, version = parts[1], parts[2]
                 if not self.engine.layout.model_dir(mid, version).exists():
                     await self.engine.db.write(lambda c, m=mid, v=version: _forget(c, m, v))
-            await asyncio.to_thread(shutil.rmtree, p, True)
+            try:
+                await asyncio.to_thread(safefs.remove_tree, self.engine.layout.home, p)
+            except (OSError, MavailError) as exc:
+                log.warning("could not delete %s left in the trash: %s", p, exc)
 
         def w(conn: Any) -> list[tuple[str, str]]:
             conn.execute("UPDATE model_updates SET status = 'interrupted', finished_at = ? WHERE status NOT IN ('completed', 'failed', 'interrupted')",
@@ -296,12 +299,13 @@ class UpdateManager:
             busy = busy | {"downloading"}
         if busy or self.is_updating(model_id) or model_id in self._pending_switch:
             raise Conflict(f"model {model_id!r} is busy: {', '.join(sorted(busy)) or 'updating'}", model_id=model_id, activity=sorted(busy))
-        on_disk = await asyncio.to_thread(lambda: sorted(p.name for p in (self.engine.layout.models_dir / model_id).iterdir() if p.is_dir() or p.is_symlink())
-                                          if (self.engine.layout.models_dir / model_id).is_dir() else [])
+        on_disk = await asyncio.to_thread(_versions_on_disk, self.engine.layout.home, self.engine.layout.models_dir / model_id)
         known = {v for v, _ in versions} | set(on_disk)
         targets = [version] if version is not None else sorted(known, key=version_key)
         if version is not None and version not in known:
             raise InvalidState(f"{model_id} {version} is not installed", model_id=model_id, version=version, installed=sorted(known))
+        # every version directory must be reachable without a link before anything moves
+        await asyncio.to_thread(lambda: [_check_version_dir(self.engine.layout.home, self.engine.layout.model_dir(model_id, v)) for v in targets])
         freed = 0
         with self.engine.activity.hold(model_id, "removing"):
             for v in targets:
@@ -313,7 +317,7 @@ class UpdateManager:
                     new_current = remaining[0]
                     await self.engine.db.write(lambda c: c.execute("UPDATE installed_versions SET is_current = 1 WHERE model_id = ? AND version = ?",
                                                                    (model_id, new_current)))
-            await asyncio.to_thread(_rmdir_empty, self.engine.layout.models_dir / model_id)
+            await asyncio.to_thread(safefs.rmdir, self.engine.layout.home, self.engine.layout.models_dir / model_id)
         if version is None or current in targets:
             self.health._state.pop(model_id, None)
         await self.engine.refresh_presence([model_id])
@@ -325,17 +329,18 @@ class UpdateManager:
         src = self.engine.layout.model_dir(model_id, version)
         trash = self.engine.layout.trash_dir / f"{TRASH_PREFIX}{model_id}--{version}--{secrets.token_hex(4)}"
 
+        home = self.engine.layout.home
+
         def move() -> int:
-            if not os.path.lexists(src):
+            if not _check_version_dir(home, src):
                 return 0
-            size = _tree_size(src)
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(src, trash)  # one rename: a symlinked dir moves as the link, its target untouched
-            return size
+            safefs.rename(home, src, trash, create_parents=True)  # one rename, by directory descriptors
+            return _tree_size(trash)
 
         size = await asyncio.to_thread(move)
         await self.engine.db.write(lambda c: _forget(c, model_id, version, promote=False))
-        await asyncio.to_thread(_delete, trash)
+        if size or await asyncio.to_thread(safefs.exists, home, trash):
+            await asyncio.to_thread(safefs.remove_tree, home, trash)
         return size
 
 
@@ -363,15 +368,26 @@ def _tree_size(p: Path) -> int:
     return total
 
 
-def _delete(p: Path) -> None:
-    if p.is_symlink() or p.is_file():
-        p.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _rmdir_empty(p: Path) -> None:
+def _versions_on_disk(home: Path, model_dir: Path) -> list[str]:
+    """Names under `models/<id>/` (links included: removing them is refused later, with a clear error)."""
     try:
-        p.rmdir()
-    except OSError:
-        pass
+        fd = safefs.open_dir(home, model_dir)
+    except FileNotFoundError:
+        return []
+    try:
+        return sorted(n for n in os.listdir(fd) if stat.S_ISDIR(m := os.stat(n, dir_fd=fd, follow_symlinks=False).st_mode) or stat.S_ISLNK(m))
+    finally:
+        os.close(fd)
+
+
+def _check_version_dir(home: Path, path: Path) -> bool:
+    """True when `path` is a real directory reached without links, False when nothing is there; LinkRefused otherwise."""
+    try:
+        st = safefs.lstat(home, path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise safefs.refuse(home, path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidState(f"{path.name} under models/ is not a directory; left alone", path=str(path))
+    return True
