@@ -3,8 +3,10 @@
 Every operation here takes the home (trusted as it is) and an absolute path
 inside it. The directories between them are opened one at a time with
 `O_NOFOLLOW | O_DIRECTORY`, each relative to the descriptor of the one above
-(`dir_fd`), and the final step works on a name inside the last descriptor. A
-symlink at any level below the home makes the operation fail with
+(`dir_fd`), and the final step works on a name inside the last descriptor. The
+home's own folders (`models/`, `partial/`, `trash/`) may be links the owner made
+to put them on another disk; everything below them is never followed. A
+symlink at any other level below the home makes the operation fail with
 `LinkRefused` (INVALID_STATE) and a log line; the link and whatever it points
 to are left untouched. Links found inside a tree being deleted are unlinked as
 links, never followed.
@@ -26,6 +28,9 @@ from core.errors import InvalidState
 log = logging.getLogger("mavail.storage")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TOP_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+OWNER_LINKABLE = frozenset({"models", "partial", "trash"})
+"""The home's own folders, which the owner may make links to a bigger disk: followed at that one level only."""
 
 
 class LinkRefused(InvalidState):
@@ -64,8 +69,9 @@ def open_dir(home: Path, path: Path, create: bool = False) -> int:
     parts = parts_under(home, path)
     try:
         for i, name in enumerate(parts):
+            flags = _TOP_FLAGS if i == 0 and name in OWNER_LINKABLE else _DIR_FLAGS
             try:
-                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(name, flags, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
