@@ -296,14 +296,15 @@ class UpdateManager:
             busy = busy | {"downloading"}
         if busy or self.is_updating(model_id) or model_id in self._pending_switch:
             raise Conflict(f"model {model_id!r} is busy: {', '.join(sorted(busy)) or 'updating'}", model_id=model_id, activity=sorted(busy))
-        on_disk = await asyncio.to_thread(lambda: sorted(p.name for p in (self.engine.layout.models_dir / model_id).iterdir() if p.is_dir() or p.is_symlink())
-                                          if (self.engine.layout.models_dir / model_id).is_dir() else [])
-        known = {v for v, _ in versions} | set(on_disk)
-        targets = [version] if version is not None else sorted(known, key=version_key)
-        if version is not None and version not in known:
-            raise InvalidState(f"{model_id} {version} is not installed", model_id=model_id, version=version, installed=sorted(known))
-        freed = 0
-        with self.engine.activity.hold(model_id, "removing"):
+        # the intent is marked before the first await below: from here no lease can be taken on the model
+        with self.engine.leases.removing(model_id, version), self.engine.activity.hold(model_id, "removing"):
+            on_disk = await asyncio.to_thread(lambda: sorted(p.name for p in (self.engine.layout.models_dir / model_id).iterdir() if p.is_dir() or p.is_symlink())
+                                              if (self.engine.layout.models_dir / model_id).is_dir() else [])
+            known = {v for v, _ in versions} | set(on_disk)
+            targets = [version] if version is not None else sorted(known, key=version_key)
+            if version is not None and version not in known:
+                raise InvalidState(f"{model_id} {version} is not installed", model_id=model_id, version=version, installed=sorted(known))
+            freed = 0
             for v in targets:
                 freed += await self._remove_version(model_id, v)
             new_current = None
@@ -314,9 +315,10 @@ class UpdateManager:
                     await self.engine.db.write(lambda c: c.execute("UPDATE installed_versions SET is_current = 1 WHERE model_id = ? AND version = ?",
                                                                    (model_id, new_current)))
             await asyncio.to_thread(_rmdir_empty, self.engine.layout.models_dir / model_id)
+            # rescanned before the intent ends, so the next acquire sees what is left
+            await self.engine.refresh_presence([model_id])
         if version is None or current in targets:
             self.health._state.pop(model_id, None)
-        await self.engine.refresh_presence([model_id])
         log.info("removed %s %s (%d bytes)", model_id, ", ".join(targets), freed)
         return {"success": True, "model_id": model_id, "removed_versions": targets, "freed_bytes": freed, "freed_mb": freed / 1048576,
                 "current_version": new_current if current in targets else current}
