@@ -200,9 +200,13 @@ class FallbackService:
                            error={"code": exc.NAME, "message": exc.message, "details": exc.details})
             else:
                 queued = info.get("status") == "queued"
-                out.update(action_taken="queued" if queued else "download_started", download_id=info.get("download_id"),
-                           estimated_wait_seconds=self.eta(model_id),
-                           message=f"{model_id} was {status}; its download is " + ("queued behind others" if queued else "under way"))
+                if info.get("joined"):  # a concurrent request started it first
+                    out.update(action_taken="download_in_progress", download_id=info.get("download_id"),
+                               estimated_wait_seconds=self.eta(model_id), message=f"{model_id} is {info.get('status')}")
+                else:
+                    out.update(action_taken="queued" if queued else "download_started", download_id=info.get("download_id"),
+                               estimated_wait_seconds=self.eta(model_id),
+                               message=f"{model_id} was {status}; its download is " + ("queued behind others" if queued else "under way"))
         if out.get("estimated_wait_seconds") is not None:
             out["estimated_wait_seconds"] = round(out["estimated_wait_seconds"], 1)
         sug = self.suggest(model_id, requirements, preferences, emit=False)
