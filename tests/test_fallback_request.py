@@ -1,9 +1,10 @@
 """models.request over the socket with the real download scheduler: concurrent requests for one model join its
-download."""
+download; with auto_download off nothing is downloaded and nothing says it will be."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from core.mirror import Mirror, Synthetic
 from rpc.client import AsyncClient
-from tests.fallback_helpers import NoGpu
+from tests.fallback_helpers import NoGpu, write_catalog
 from tests.helpers import running_engine, wait_until
 
 MIB = 1024 * 1024
@@ -83,3 +84,24 @@ async def test_concurrent_requests_stress(home: Path, mirror: Mirror):
         finally:
             for c in clients:
                 await c.__aexit__(None, None, None)
+
+
+async def test_request_without_auto_download_says_what_happens(home: Path):
+    write_catalog(home, installed=("ltx-t2v",))
+    # a low bar for the alternative, a high one for "use it instead": the hybrid strategy, which used to promise a download
+    (home / "config.toml").write_text("[fallback]\nalternative_min_score = 0.99\nhybrid_min_score = 0.05\n")
+    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "16"}) as (eng, sock), AsyncClient(sock) as c:
+        eng.nvml = NoGpu()
+        off = await c.call("models.request", model_id="wan-t2v", auto_download=False)
+        assert off["success"] is False and off["action_taken"] == "error" and off.get("download_id") is None
+        text = json.dumps(off).lower()
+        for promise in ("will be downloaded", "downloads meanwhile", "will be ready", "download is under way"):
+            assert promise not in text, (promise, off["message"], off["fallback_strategy"])
+        assert "auto_download" in off["message"] and "not" in off["message"]
+        assert off["fallback_strategy"]["suggested_model"] == "ltx-t2v"
+        assert not eng.downloads.is_active("wan-t2v")
+        assert (await c.call("models.status", model_id="wan-t2v"))["availability_status"] == "missing"
+        # the same request with auto_download on may promise it: the download really starts
+        on = await c.call("models.request", model_id="wan-t2v")
+        assert on["action_taken"] in STARTED and on["download_id"]
+        await wait_until(lambda: eng.downloads.is_active("wan-t2v") or eng.availability_status("wan-t2v") != "missing")
