@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from core import __version__
 from core.downloads import PRIORITY_INPUT
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
-from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
+from core.errors import InvalidParams, NotFound, Unauthorized
 from core.events import EVENT_TYPES
 from core.fallback.queue import PRIORITIES, normalise_priority
 from rpc import PROTOCOL_VERSION
