@@ -12,16 +12,17 @@ from core import __version__
 from core.catalog import Catalog, FileSpec, load_catalog, version_key
 from core.config import Config
 from core.downloads import DownloadManager
-from core.errors import InvalidParams, ModelNotFound
+from core.errors import InvalidParams, InvalidState, ModelNotFound
 from core.events import EventBus
 from core.activity import Activity
 from core.fallback.queue import RequestQueue
 from core.fallback.service import FallbackService
 from core.health import HealthService
 from core.analytics import Analytics
-from core.leases import LeaseManager
+from core.leases import Lease, LeaseManager
 from core.inventory import ModelPresence, VerifiedIndex, scan_model
 from core.paths import HomeLayout
+from core.session import Session
 from core.state import Database
 from core.storage import StorageManager
 from core.sysinfo import Nvml, system_info
@@ -217,6 +218,28 @@ class Engine:
             fresh.presence = {**self._snap.presence, **fresh.presence}
         self._snap = fresh
         self.publish_status_changes(model_ids)
+
+    async def acquire_model(self, session: Session, model_id: str) -> tuple[Lease, dict[str, Any]]:
+        """`models.acquire`: lease the model for `session` once a fresh scan shows it available; (lease, status).
+
+        The lease is taken, pending, before the scan is awaited, so a removal
+        that checks for leases meanwhile sees it and leaves the model alone;
+        one already under way makes the acquire fail (Conflict). If the scan
+        then finds the model unavailable, the lease is dropped again.
+        """
+        self.spec(model_id)
+        lease = self.leases.acquire(session, model_id)
+        try:
+            await self.refresh_presence([model_id])
+            status = self.model_status(model_id)
+            if not status["is_available"]:
+                raise InvalidState(f"model {model_id!r} is {status['availability_status']}, not available", model_id=model_id,
+                                   availability_status=status["availability_status"])
+            self.leases.settle(lease.lease_id, status["version"], status["path"])
+        except BaseException:
+            self.leases.discard(lease.lease_id)
+            raise
+        return lease, status
 
     def publish_status_changes(self, model_ids: list[str] | None = None) -> None:
         """Emit `model_availability_change` for every model whose status differs from the last one seen."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-from core.errors import NotFound
+from core.errors import Conflict, NotFound
 from core.session import Session
 
 log = logging.getLogger("mavail.leases")
@@ -16,11 +18,15 @@ log = logging.getLogger("mavail.leases")
 
 @dataclass
 class Lease:
-    """One use of one model version by one connection."""
+    """One use of one model version by one connection.
+
+    `version` is None while the lease is pending: taken before the acquire has
+    looked at the model, it holds every version until `settle` names one.
+    """
 
     lease_id: str
     model_id: str
-    version: str
+    version: str | None
     path: str
     session_id: str
     acquired_at: float
@@ -31,20 +37,66 @@ class LeaseManager:
 
     Other services ask `is_leased(model_id)` before touching a model and may
     `await wait_released(model_id)` to act as soon as the last user is gone.
+
+    Check-and-act is atomic in both directions, because neither side awaits
+    between its check and its mark: an acquire takes a (pending) lease before
+    it awaits anything, and a removal takes its intent with `removing` (which
+    refuses while a lease holds the model) before it awaits anything. So a
+    removal never starts under a lease, and no lease is granted while a
+    removal is under way.
     """
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
         self._leases: dict[str, Lease] = {}
+        self._removing: Counter[str] = Counter()
         self._released = asyncio.Condition()
 
-    def acquire(self, session: Session, model_id: str, version: str, path: str) -> Lease:
-        """Record a lease for `session`; it ends with `release` or when the session closes."""
+    def acquire(self, session: Session, model_id: str, version: str | None = None, path: str = "") -> Lease:
+        """Record a lease for `session`; it ends with `release` or when the session closes.
+
+        Without `version` the lease is pending (see `Lease`); Conflict while the model is being removed.
+        """
+        if self.being_removed(model_id):
+            raise Conflict(f"model {model_id!r} is being removed", model_id=model_id)
         lease = Lease("lease_" + secrets.token_hex(8), model_id, version, path, session.id, self._clock.time())
         self._leases[lease.lease_id] = lease
         session.on_close(lambda: self._drop(lease.lease_id, "connection closed"))
         log.info("lease %s on %s %s by %s", lease.lease_id, model_id, version, session.id)
         return lease
+
+    def settle(self, lease_id: str, version: str, path: str) -> Lease:
+        """Name the version and path a pending lease holds (NotFound if it has ended meanwhile)."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise NotFound(f"no lease {lease_id!r}", field="lease_id")
+        lease.version, lease.path = version, path
+        return lease
+
+    def discard(self, lease_id: str) -> None:
+        """End a lease if it is still live (an acquire that turned out not to be possible)."""
+        self._drop(lease_id, "not granted")
+
+    def being_removed(self, model_id: str) -> bool:
+        """Whether a removal of `model_id` (or of one of its versions) is under way."""
+        return self._removing[model_id] > 0
+
+    @contextmanager
+    def removing(self, model_id: str, version: str | None = None) -> Iterator[None]:
+        """`with leases.removing(mid):` marks the removal of `model_id` (at `version`) for the block.
+
+        Conflict, and no mark, while a lease holds it; while marked, `acquire` refuses the model.
+        Enter it with no await between the caller's other checks and the block's first await.
+        """
+        if self.is_leased(model_id, version):
+            raise Conflict(f"model {model_id!r} is in use", model_id=model_id, active_leases=len(self.leases_for(model_id)))
+        self._removing[model_id] += 1
+        try:
+            yield
+        finally:
+            self._removing[model_id] -= 1
+            if self._removing[model_id] <= 0:
+                del self._removing[model_id]
 
     def release(self, lease_id: str) -> Lease:
         """End a lease (NotFound if unknown or already released)."""
@@ -65,8 +117,9 @@ class LeaseManager:
             self._released.notify_all()
 
     def is_leased(self, model_id: str, version: str | None = None) -> bool:
-        """Whether any lease holds `model_id` (at `version`, when given)."""
-        return any(l.model_id == model_id and (version is None or l.version == version) for l in self._leases.values())
+        """Whether any lease holds `model_id` (at `version`, when given; a pending lease holds every version)."""
+        return any(l.model_id == model_id and (version is None or l.version is None or l.version == version)
+                   for l in self._leases.values())
 
     def leases_for(self, model_id: str) -> list[Lease]:
         """The live leases on `model_id`."""

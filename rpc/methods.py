@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from core import __version__, limits
 from core.downloads import PRIORITY_INPUT
 from core.engine import AVAILABILITY, SORT_KEYS, Engine
-from core.errors import InvalidParams, InvalidState, NotFound, Unauthorized
+from core.errors import InvalidParams, NotFound, Unauthorized
 from core.events import EVENT_TYPES
 from core.fallback.queue import PRIORITIES, normalise_priority
 from rpc import PROTOCOL_VERSION
@@ -88,13 +88,7 @@ async def models_status(ctx: CallContext, model_id: str | None, refresh: bool) -
 
 
 async def models_acquire(ctx: CallContext, model_id: str) -> dict[str, Any]:
-    engine = ctx.engine
-    engine.spec(model_id)
-    await engine.refresh_presence([model_id])
-    status = engine.model_status(model_id)
-    if not status["is_available"]:
-        raise InvalidState(f"model {model_id!r} is {status['availability_status']}, not available", model_id=model_id, availability_status=status["availability_status"])
-    lease = engine.leases.acquire(ctx.conn, model_id, status["version"], status["path"])
+    lease, status = await ctx.engine.acquire_model(ctx.conn, model_id)
     return {"lease_id": lease.lease_id, "model_id": model_id, "version": lease.version, "path": lease.path,
             "files": [{"path": f["path"], "size_bytes": f["size_bytes"]} for f in status["files"]]}
 

@@ -761,18 +761,23 @@ class DownloadManager:
         priority = normalize_priority(priority)
         self.engine.spec(model_id)
         d = self._dl.get(model_id)
-        joined = d is not None and d.status in RUNNABLE + ("paused",)
-        if joined and d is not None:
+        started = False
+        if d is None or d.status not in RUNNABLE + ("paused",):
+            try:
+                await self.start(model_id, priority=priority)
+                started = True
+            except Conflict:
+                # another caller started it while this one waited for the lock: join that download
+                d = self._dl.get(model_id)
+                if d is None or d.status not in RUNNABLE + ("paused",):
+                    raise
+            d = self._dl[model_id]
+        if not started:
             async with self._lock:
                 if _RANK[priority] < _RANK[d.priority]:
                     await self._set_priority(model_id, priority)
                 if d.status == "paused":
                     await self._resume(model_id)
-            started = False
-        else:
-            await self.start(model_id, priority=priority)
-            d = self._dl[model_id]
-            started = True
         eta = self.estimate_ready_seconds(model_id)
         return {"download_id": d.download_id, "status": d.status, "started": started, "joined": not started,
                 "queue_position": self.queue_position(d), "estimated_wait_seconds": eta}

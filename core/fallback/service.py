@@ -74,8 +74,12 @@ class FallbackService:
 
     # --- fallback.suggest -----------------------------------------------------
     def evaluate(self, requested_model: str, requirements: dict[str, Any] | None = None,
-                 preferences: dict[str, Any] | None = None) -> tuple[Query, list[Any], dict[str, Any], str, float | None]:
-        """Rank candidates and choose a strategy: (query, suggestions, strategy, status, eta)."""
+                 preferences: dict[str, Any] | None = None,
+                 auto_download: bool = True) -> tuple[Query, list[Any], dict[str, Any], str, float | None]:
+        """Rank candidates and choose a strategy: (query, suggestions, strategy, status, eta).
+
+        `auto_download` false: the strategy must not count on a download this request would have started.
+        """
         engine = self.engine
         engine.spec(requested_model)
         idx = self.features()
@@ -87,13 +91,13 @@ class FallbackService:
         status, eta = self.availability(requested_model)
         if status not in READY and status not in IN_PROGRESS:
             eta = self.eta(requested_model)  # what the scheduler would need to fetch it now, when it can say
-        strategy = choose(q, suggestions, status, eta, vram_fit(q.requested, q, w), Thresholds.from_config(cfg))
+        strategy = choose(q, suggestions, status, eta, vram_fit(q.requested, q, w), Thresholds.from_config(cfg), auto_download)
         return q, suggestions, strategy, status, eta
 
     def suggest(self, requested_model: str, requirements: dict[str, Any] | None = None,
-                preferences: dict[str, Any] | None = None, emit: bool = True) -> dict[str, Any]:
+                preferences: dict[str, Any] | None = None, emit: bool = True, auto_download: bool = True) -> dict[str, Any]:
         """The `fallback.suggest` result: ranked `suggestions` and a `fallback_strategy`; emits `fallback_suggestion`."""
-        q, suggestions, strategy, status, eta = self.evaluate(requested_model, requirements, preferences)
+        q, suggestions, strategy, status, eta = self.evaluate(requested_model, requirements, preferences, auto_download)
         free, source = self.free_vram()
         times = measured_times(self.engine.analytics.summary_of, [requested_model, *(s.model_id for s in suggestions)])
         result = {
@@ -192,7 +196,8 @@ class FallbackService:
             out.update(action_taken="download_in_progress", download_id=info.get("download_id"),
                        estimated_wait_seconds=self.eta(model_id), message=f"{model_id} is {status}")
         elif not auto_download:
-            out.update(success=False, action_taken="error", message=f"{model_id} is {status} and auto_download is false")
+            out.update(success=False, action_taken="error",
+                       message=f"{model_id} is {status} and was not downloaded: auto_download is false (downloads.start fetches it)")
         else:
             try:
                 info = await dl.ensure(model_id, priority=priority) or {}
@@ -201,12 +206,16 @@ class FallbackService:
                            error={"code": exc.NAME, "message": exc.message, "details": exc.details})
             else:
                 queued = info.get("status") == "queued"
-                out.update(action_taken="queued" if queued else "download_started", download_id=info.get("download_id"),
-                           estimated_wait_seconds=self.eta(model_id),
-                           message=f"{model_id} was {status}; its download is " + ("queued behind others" if queued else "under way"))
+                if info.get("joined"):  # a concurrent request started it first
+                    out.update(action_taken="download_in_progress", download_id=info.get("download_id"),
+                               estimated_wait_seconds=self.eta(model_id), message=f"{model_id} is {info.get('status')}")
+                else:
+                    out.update(action_taken="queued" if queued else "download_started", download_id=info.get("download_id"),
+                               estimated_wait_seconds=self.eta(model_id),
+                               message=f"{model_id} was {status}; its download is " + ("queued behind others" if queued else "under way"))
         if out.get("estimated_wait_seconds") is not None:
             out["estimated_wait_seconds"] = round(out["estimated_wait_seconds"], 1)
-        sug = self.suggest(model_id, requirements, preferences, emit=False)
+        sug = self.suggest(model_id, requirements, preferences, emit=False, auto_download=auto_download)
         out["availability_status"] = sug["requested_status"]
         strategy = sug["fallback_strategy"]
         out["fallback_strategy"] = strategy

@@ -25,6 +25,10 @@ alternative, W = the caller's max wait; thresholds are `fallback.*` settings):
      known and <= W, else `download_and_retry`;
    - not worth fetching: `alternative_model` with a usable A, else
      `mock_generation`.
+   - with `auto_download` off nothing fetches it, so nothing waits for it:
+     `alternative_model` with a usable A, else `download_and_retry` (an
+     instruction to the caller), and every message says it is not being
+     downloaded.
 Wherever the chosen A fits only at a smaller resolution, `alternative_model`
 and `hybrid_approach` become `reduce_requirements` (naming A and the
 resolution). Every strategy that names a model also names the resolution it
@@ -90,12 +94,14 @@ def _strategy(kind: str | None, action: str, message: str, *, model: str | None 
 
 
 def choose(q: Query, suggestions: list[Suggestion], status: str, eta_s: float | None,
-           requested_vram: tuple[float, str, str | None, float | None] | None, t: Thresholds) -> dict[str, Any]:
+           requested_vram: tuple[float, str, str | None, float | None] | None, t: Thresholds,
+           auto_download: bool = True) -> dict[str, Any]:
     """The `fallback_strategy` object for a request (see the module docstring for the rules).
 
     `status` and `eta_s` are the requested model's availability and seconds
     until ready (None when unknown); `requested_vram` is its VRAM fit as
-    `scoring._vram_part` gives it (None: fits at no listed resolution).
+    `scoring._vram_part` gives it (None: fits at no listed resolution);
+    `auto_download` false: the request will not start a download.
     """
     R: Features = q.requested
     rid = R.model_id
@@ -179,6 +185,13 @@ def choose(q: Query, suggestions: list[Suggestion], status: str, eta_s: float | 
         return mock(why, eta_s)
     # 3. missing, failed, corrupted, unknown
     why = f"{rid} is {status}"
+    if R.fetchable and feasible and not auto_download:
+        why += " and is not being downloaded (auto_download is false)"
+        if usable is not None:
+            return use_alt(usable, why)
+        return _strategy("download_and_retry", f"Download {rid} ({R.size_bytes / GIB:.1f} GiB) and retry",
+                         f"{why}; no ready alternative is close enough. Start its download (downloads.start, or models.request "
+                         f"with auto_download) and retry{at}.", model=rid, resolution=r_res, wait_s=None, download=rid, reduced=r_reduced)
     if R.fetchable and feasible:
         if good is not None:
             return use_alt(good, why)

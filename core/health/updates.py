@@ -8,7 +8,9 @@ either the old or the new version current, both complete. Previous versions
 beyond `updates.keep_versions` are removed only after the new one passed its
 full check, and never while leased. Removal moves a version directory into
 `trash/` first (one rename), then forgets it in the database, then deletes it;
-a crash in between is finished at the next start.
+a crash in between is finished at the next start. An update a crash
+interrupted resumes by itself at the next start, under its own update_id;
+`models.update` called meanwhile joins it.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class UpdateManager:
             fut.set_result(status)
 
     async def recover(self) -> None:
-        """At start: mark interrupted updates, finish interrupted removals, forget versions whose directory is gone."""
+        """At start: finish interrupted removals, forget versions whose directory is gone, resume interrupted updates."""
         trash = self.engine.layout.trash_dir
         entries = await asyncio.to_thread(lambda: [p for p in trash.iterdir() if p.name.startswith(TRASH_PREFIX)] if trash.is_dir() else [])
         for p in entries:
@@ -100,17 +102,48 @@ class UpdateManager:
             except (OSError, MavailError) as exc:
                 log.warning("could not delete %s left in the trash: %s", p, exc)
 
-        def w(conn: Any) -> list[tuple[str, str]]:
+        def w(conn: Any) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
+            live = [tuple(r) for r in conn.execute(
+                "SELECT update_id, model_id, from_version, to_version, started_at FROM model_updates "
+                "WHERE status NOT IN ('completed', 'failed', 'interrupted') ORDER BY started_at DESC")]
             conn.execute("UPDATE model_updates SET status = 'interrupted', finished_at = ? WHERE status NOT IN ('completed', 'failed', 'interrupted')",
                          (self.engine.clock.time(),))
-            return [(r[0], r[1]) for r in conn.execute("SELECT model_id, version FROM installed_versions")]
+            return [(r[0], r[1]) for r in conn.execute("SELECT model_id, version FROM installed_versions")], live
 
-        rows = await self.engine.db.write(w)
+        rows, interrupted = await self.engine.db.write(w)
         gone = await asyncio.to_thread(lambda: [(m, v) for m, v in rows if not self.engine.layout.model_dir(m, v).exists()])
         for m, v in gone:
             # a version whose directory vanished: forget it; promote another if it was current
             await self.engine.db.write(lambda c, m=m, v=v: _forget(c, m, v))
             log.info("forgot %s %s: its directory is gone", m, v)
+        for update_id, mid, from_version, to_version, started_at in interrupted:
+            await self._resume(update_id, mid, from_version, to_version, started_at)
+
+    async def _resume(self, update_id: str, model_id: str, from_version: str | None, to_version: str, started_at: float) -> None:
+        """Carry on an update a crash interrupted: finish its bookkeeping if the switch was made, else run it again.
+
+        It keeps its update_id and joins whatever download of the new version the downloads engine resumed; an
+        update the catalog no longer asks for (another version now, or the model gone) stays `interrupted`.
+        """
+        if model_id in self._jobs:
+            return  # an older row for a model whose newer update is resumed: that one stays interrupted
+        current, versions = await self._versions(model_id)
+        job = UpdateJob(update_id, model_id, from_version, to_version, started_at)
+        if current == to_version:
+            await self._set(job, "completed", f"now at {to_version} (finished after a restart)")
+            self.last[model_id] = job
+            log.info("update %s of %s: the switch to %s was made before the restart", update_id, model_id, to_version)
+            await self.prune(model_id)
+            return
+        spec = self.engine.catalog.get(model_id)
+        if spec is None or spec.version != to_version or current is None or version_key(to_version) <= version_key(current):
+            log.info("update %s of %s to %s stays interrupted: the catalog or the installed versions changed", update_id, model_id, to_version)
+            return
+        job.from_version = current
+        await self._set(job, "downloading", "resumed after a restart")
+        self._jobs[model_id] = job
+        self.engine.spawn(self._run(job, False), name=f"update-{model_id}")
+        log.info("update %s of %s: %s -> %s resumed after a restart", update_id, model_id, current, to_version)
 
     # --- check / update ------------------------------------------------------------------
     async def check_updates(self) -> dict[str, Any]:
@@ -129,7 +162,12 @@ class UpdateManager:
         spec = self.engine.spec(model_id)
         if self.is_updating(model_id):
             job = self._jobs[model_id]
-            raise Conflict(f"model {model_id!r} is already being updated to {job.to_version}", model_id=model_id, update_id=job.update_id)
+            if job.to_version != spec.version:
+                raise Conflict(f"model {model_id!r} is already being updated to {job.to_version}", model_id=model_id, update_id=job.update_id)
+            # the same update is under way (started by another call, or resumed after a restart): join it
+            return {"success": True, "update_id": job.update_id, "model_id": model_id, "from_version": job.from_version,
+                    "to_version": job.to_version, "status": job.status, "joined": True,
+                    "message": f"an update to {job.to_version} is already under way ({job.status})"}
         current, versions = await self._versions(model_id)
         if current is None:
             raise InvalidState(f"model {model_id!r} is not installed; download it instead", model_id=model_id)
@@ -147,7 +185,7 @@ class UpdateManager:
         self.engine.publish_status_changes([model_id])
         log.info("update %s of %s: %s -> %s started", job.update_id, model_id, current, spec.version)
         return {"success": True, "update_id": job.update_id, "model_id": model_id, "from_version": current, "to_version": spec.version,
-                "status": job.status, "message": f"downloading {spec.version} beside {current}" if not already else f"{spec.version} is already on disk"}
+                "status": job.status, "joined": False, "message": f"downloading {spec.version} beside {current}" if not already else f"{spec.version} is already on disk"}
 
     async def _set(self, job: UpdateJob, status: str, message: str = "") -> None:
         job.status, job.message = status, message
@@ -299,15 +337,16 @@ class UpdateManager:
             busy = busy | {"downloading"}
         if busy or self.is_updating(model_id) or model_id in self._pending_switch:
             raise Conflict(f"model {model_id!r} is busy: {', '.join(sorted(busy)) or 'updating'}", model_id=model_id, activity=sorted(busy))
-        on_disk = await asyncio.to_thread(_versions_on_disk, self.engine.layout.home, self.engine.layout.models_dir / model_id)
-        known = {v for v, _ in versions} | set(on_disk)
-        targets = [version] if version is not None else sorted(known, key=version_key)
-        if version is not None and version not in known:
-            raise InvalidState(f"{model_id} {version} is not installed", model_id=model_id, version=version, installed=sorted(known))
-        # every version directory must be reachable without a link before anything moves
-        await asyncio.to_thread(lambda: [_check_version_dir(self.engine.layout.home, self.engine.layout.model_dir(model_id, v)) for v in targets])
-        freed = 0
-        with self.engine.activity.hold(model_id, "removing"):
+        # the intent is marked before the first await below: from here no lease can be taken on the model
+        with self.engine.leases.removing(model_id, version), self.engine.activity.hold(model_id, "removing"):
+            on_disk = await asyncio.to_thread(_versions_on_disk, self.engine.layout.home, self.engine.layout.models_dir / model_id)
+            known = {v for v, _ in versions} | set(on_disk)
+            targets = [version] if version is not None else sorted(known, key=version_key)
+            if version is not None and version not in known:
+                raise InvalidState(f"{model_id} {version} is not installed", model_id=model_id, version=version, installed=sorted(known))
+            # every version directory must be reachable without a link before anything moves
+            await asyncio.to_thread(lambda: [_check_version_dir(self.engine.layout.home, self.engine.layout.model_dir(model_id, v)) for v in targets])
+            freed = 0
             for v in targets:
                 freed += await self._remove_version(model_id, v)
             new_current = None
@@ -318,9 +357,10 @@ class UpdateManager:
                     await self.engine.db.write(lambda c: c.execute("UPDATE installed_versions SET is_current = 1 WHERE model_id = ? AND version = ?",
                                                                    (model_id, new_current)))
             await asyncio.to_thread(safefs.rmdir, self.engine.layout.home, self.engine.layout.models_dir / model_id)
+            # rescanned before the intent ends, so the next acquire sees what is left
+            await self.engine.refresh_presence([model_id])
         if version is None or current in targets:
             self.health._state.pop(model_id, None)
-        await self.engine.refresh_presence([model_id])
         log.info("removed %s %s (%d bytes)", model_id, ", ".join(targets), freed)
         return {"success": True, "model_id": model_id, "removed_versions": targets, "freed_bytes": freed, "freed_mb": freed / 1048576,
                 "current_version": new_current if current in targets else current}
