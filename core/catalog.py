@@ -59,6 +59,7 @@ class ModelSpec:
     vram_gb: dict[str, float] = field(default_factory=dict)
     files: tuple[FileSpec, ...] = ()
     source: str | None = None
+    allow_unverified: bool = False  # Hub files without sha256 or blob id may be installed unchecked
     origin: str = ""  # "file.toml: models[i]" for messages
 
     @property
@@ -79,6 +80,7 @@ class ModelSpec:
             "family": self.family,
             "vram_gb": dict(self.vram_gb),
             "source": self.source,
+            "allow_unverified": self.allow_unverified,
             "size_bytes": self.size_bytes,
             "files": [
                 {"path": f.path, "url": f.url, "mirrors": list(f.mirrors), "size": f.size, "sha256": f.sha256}
@@ -103,6 +105,23 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.models)
+
+
+def path_collision(paths: Iterable[str]) -> str | None:
+    """Why a list of file paths cannot all be files of one directory tree (a name twice, or a file that is
+    also another's directory), or None when they can."""
+    seen: set[str] = set()
+    for p in paths:
+        if p in seen:
+            return f"file path {p!r} is listed twice"
+        seen.add(p)
+    for p in sorted(seen):
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in seen:
+                return f"file path {p!r} collides with the file {parent!r} (it would have to be a directory)"
+    return None
 
 
 def _url_ok(url: Any) -> bool:
@@ -148,7 +167,8 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
     if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
         raise CatalogError(f"{where}: id {model_id!r} must match [a-z0-9][a-z0-9._-]{{0,127}}", entry=where)
     where = f"{where} (id {model_id!r})"
-    allowed = {"id", "version", "display_name", "model_type", "capabilities", "quality", "speed", "family", "vram_gb", "files", "source", "description"}
+    allowed = {"id", "version", "display_name", "model_type", "capabilities", "quality", "speed", "family", "vram_gb", "files", "source", "description",
+               "allow_unverified"}
     unknown = set(raw) - allowed
     if unknown:
         raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", entry=where)
@@ -182,15 +202,14 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
         if not isinstance(files_raw, list) or not files_raw:
             raise CatalogError(f"{where}: files must be a non-empty list", entry=where)
         files = tuple(_parse_file(f, f"{where}.files[{i}]") for i, f in enumerate(files_raw))
-        seen: set[str] = set()
-        for f in files:
-            # two paths where one is a directory prefix of the other cannot both be files
-            lowered = f.path
-            if lowered in seen or any(p.startswith(lowered + "/") or lowered.startswith(p + "/") for p in seen):
-                raise CatalogError(f"{where}: file path {f.path!r} collides with another file of the model", entry=where)
-            seen.add(lowered)
+        problem = path_collision([f.path for f in files])
+        if problem:
+            raise CatalogError(f"{where}: {problem}", entry=where)
     if source is not None and (not isinstance(source, str) or not HF_SOURCE_RE.match(source)):
         raise CatalogError(f"{where}: source must look like hf://ORG/REPO@REVISION", entry=where)
+    allow_unverified = raw.get("allow_unverified", False)
+    if not isinstance(allow_unverified, bool):
+        raise CatalogError(f"{where}: allow_unverified must be true or false", entry=where)
     return ModelSpec(
         id=model_id,
         version=version,
@@ -203,6 +222,7 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
         vram_gb={k: float(v) for k, v in vram.items()},
         files=files,
         source=source,
+        allow_unverified=allow_unverified,
         origin=where,
     )
 

@@ -348,8 +348,10 @@ class DownloadManager:
     def model_fields(self, model_id: str) -> dict[str, Any]:
         """Download fields of models.status (and its availability while a download is live)."""
         d = self._dl.get(model_id)
-        if d is None or d.status not in LIVE:
+        if d is None:
             return {}
+        if d.status not in LIVE:
+            return self._unverified_fields(d)
         total = d.total_bytes
         out: dict[str, Any] = {
             "download_progress": round(100.0 * d.downloaded_bytes / total, 2) if total else 0.0,
@@ -367,6 +369,20 @@ class DownloadManager:
         if d.version == in_use or pres is None or not pres.complete:
             out["availability_status"] = {"verifying": "downloading"}.get(d.status, d.status)
         return out
+
+    def _unverified_fields(self, d: Download) -> dict[str, Any]:
+        """`unverified_files` (and `verified` false) for an installed version whose catalog let files in without a hash."""
+        if d.status != "completed":
+            return {}
+        names = [f.job.path for f in d.files if f.job.sha256 is None and f.job.git_sha1 is None]
+        if not names:
+            return {}
+        try:
+            if self.engine.version_in_use(d.model_id) != d.version:
+                return {}
+        except MavailError:
+            return {}
+        return {"unverified_files": names, "verified": False}
 
     def progress_dict(self, d: Download) -> dict[str, Any]:
         """The seeds' progress object plus bytes, queue position and ids."""
@@ -655,7 +671,7 @@ class DownloadManager:
     async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
         spec = self.engine.spec(model_id)
         if spec.source:
-            jobs = await resolve_hf(self.client, spec.source, self.environ)
+            jobs = await resolve_hf(self.client, spec.source, self.environ, allow_unverified=spec.allow_unverified)
         else:
             jobs = [FileJob(path=f.path, urls=f.urls, size=f.size, sha256=f.sha256) for f in spec.files]
         return spec.version, jobs
