@@ -62,6 +62,14 @@ def _return_big_buffers_to_the_os() -> None:
         pass
 
 
+def _close_quietly(file: PartialFile) -> None:
+    """Close a partial file, ignoring errors (it is being let go of either way)."""
+    try:
+        file.close()
+    except OSError:
+        pass
+
+
 def normalize_priority(priority: str) -> str:
     """A contract priority (`medium` is `normal`); InvalidParams otherwise."""
     p = "normal" if priority == "medium" else priority
@@ -551,10 +559,7 @@ class DownloadManager:
 
     def _close_files(self, d: Download) -> None:
         for tr in d.transfers.values():
-            try:
-                tr.file.close()
-            except OSError:
-                pass
+            _close_quietly(tr.file)
 
     def _ctx(self, d: Download) -> TransferContext:
         cfg = self.engine.config
@@ -601,16 +606,28 @@ class DownloadManager:
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
                                sleep=self.sleep)
 
+    async def _open_partial(self, path: Path) -> PartialFile:
+        """Open a partial file in a worker thread; if the caller is cancelled meanwhile, the file is closed once open."""
+        fut = asyncio.ensure_future(asyncio.to_thread(self.opener, path))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # the thread still opens the file: nobody will own it, so close it when it is open
+            fut.add_done_callback(lambda t: None if t.cancelled() or t.exception() is not None else _close_quietly(t.result()))
+            raise
+
     async def _fetch_file(self, d: Download, f: FileRec) -> None:
         path = self._partial_path(d, f.job.path)
         tr = d.transfers.get(f.job.path)
-        file = await asyncio.to_thread(self.opener, path)
+        file = await self._open_partial(path)
         if tr is None:
             tr = FileTransfer(f.job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
                               prefixes=dict(f.prefixes))
             d.transfers[f.job.path] = tr
         else:
-            tr.file = file
+            old_file, tr.file = tr.file, file
+            if old_file is not file:
+                await asyncio.to_thread(_close_quietly, old_file)
         sha, pieces = await tr.run()
         dest = safe_join(self.engine.layout.model_dir(d.model_id, d.version), f.job.path)
         if await asyncio.to_thread(os.path.lexists, dest) and self.engine.leases.is_leased(d.model_id):
@@ -853,6 +870,7 @@ class DownloadManager:
                 "new_status": "cancelled"}
 
     async def _discard_partial(self, d: Download) -> None:
+        self._close_files(d)
         d.transfers.clear()
         for f in d.files:
             f.recorded.clear()
