@@ -17,7 +17,11 @@ downloaded over one plain GET, so old and new bytes are never spliced.
 Retries use tenacity: exponential backoff with jitter, Retry-After honoured,
 4xx other than 408/429 not retried (the URL is dropped and the next mirror
 tried), a stalled connection replaced without spending a retry, and the retry
-budget renewed whenever an attempt made progress.
+budget renewed whenever an attempt made progress. A connection that delivers
+less than `downloads.min_rate_bytes_per_s` over `downloads.min_rate_window_s`
+(time spent waiting for our own bandwidth limits and disk not counted) is
+replaced too; after `downloads.min_rate_replacements` such connections the URL
+is given up on for the file, and with no URL left the file fails.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ class HttpStatus(TransferError):
 
 class Stalled(TransferError):
     """No byte arrived for `downloads.stall_timeout_s`."""
+
+    counts = False
+
+
+class TooSlow(TransferError):
+    """The connection delivered less than `downloads.min_rate_bytes_per_s` over a window."""
 
     counts = False
 
@@ -215,6 +225,8 @@ class FileTransfer:
         self.gen = 0
         self.no_ranges = False
         self.dead: set[str] = set()
+        self.dead_reason: str = ""  # why the last URL was given up on, for the message when none is left
+        self.slow: dict[str, int] = {}  # URL -> connections replaced for being too slow
         self.validators: dict[str, list[str | None]] = dict(validators or {})
         self.resets = 0
         self.integrity_failures = 0
@@ -458,7 +470,8 @@ class FileTransfer:
     def _pick_url(self, span: _Span) -> str:
         live = [u for u in self.job.urls if u not in self.dead]
         if not live:
-            raise SourceUnavailable(f"every URL of {self.job.path} failed", path=self.job.path, urls=list(self.job.urls))
+            raise SourceUnavailable(f"every URL of {self.job.path} failed" + (f"; last: {self.dead_reason}" if self.dead_reason else ""),
+                                    path=self.job.path, urls=list(self.job.urls))
         return live[span.url_idx % len(live)]
 
     def _check_validator(self, url: str, resp: httpx.Response) -> bool:
@@ -554,10 +567,15 @@ class FileTransfer:
             skip = self._span_offset(_Span(gen, 0, self.npieces)) or 0
             pos = buf_off = skip
         seen = 0  # body bytes before this chunk
+        min_rate = float(self.ctx.setting("downloads.min_rate_bytes_per_s"))
+        window = float(self.ctx.setting("downloads.min_rate_window_s"))
+        clock = self._loop.time
+        win_start, win_bytes, win_ours = clock(), 0, 0.0  # win_ours: time spent waiting on our own limits and disk
         try:
             async for chunk in resp.aiter_raw():
                 n = len(chunk)
                 self.ctx.on_bytes(n)
+                win_bytes += n
                 view = memoryview(chunk)
                 if seen < skip:
                     view = view[min(skip - seen, n):]
@@ -573,14 +591,26 @@ class FileTransfer:
                     view = view[len(part):]
                     if pos == boundary or len(buf) >= WRITE_CHUNK:
                         if inflight is not None:
+                            t0 = clock()
                             await inflight
+                            win_ours += clock() - t0
                         inflight = asyncio.ensure_future(asyncio.to_thread(self._write_job, gen, buf, buf_off))
                         buf_off = pos
                         buf = bytearray()
                 if limiters:
+                    t0 = clock()
                     await take_all(limiters, n)
+                    win_ours += clock() - t0
                 if pos >= end:
                     break
+                if min_rate > 0:
+                    now = clock()
+                    if now - win_start >= window:
+                        server_time = now - win_start - win_ours
+                        if server_time > 0 and win_bytes / server_time < min_rate:
+                            raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {resp.url}, under downloads.min_rate_bytes_per_s "
+                                          f"({min_rate:.0f} B/s)")
+                        win_start, win_bytes, win_ours = now, 0, 0.0
         finally:
             # keep every byte that arrived, even when the connection broke or we were cancelled
             await asyncio.shield(self._drain(inflight, gen, buf, buf_off))
@@ -598,6 +628,13 @@ class FileTransfer:
 
     # --- workers -----------------------------------------------------------
     def _account(self, span: _Span, exc: BaseException, progressed: bool, url: str) -> None:
+        if isinstance(exc, TooSlow):
+            self.slow[url] = self.slow.get(url, 0) + 1
+            if self.slow[url] >= int(self.ctx.setting("downloads.min_rate_replacements")):
+                log.warning("%s: giving up on %s: %d connections in a row were too slow (%s)", self.job.path, url, self.slow[url], exc)
+                self.dead.add(url)
+                self.dead_reason = (f"{url} stayed under downloads.min_rate_bytes_per_s over {self.slow[url]} connections "
+                                    f"(last: {exc})")
         if progressed:
             span.failures = 0
             span.stalls = 0
@@ -623,7 +660,7 @@ class FileTransfer:
 
         def wait(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome else None
-            if isinstance(exc, (Stalled, DeadUrl)):
+            if isinstance(exc, (Stalled, DeadUrl, TooSlow)):
                 return 0.0
             ra = getattr(exc, "retry_after", None)
             if span.failures == 0 and ra is None:
@@ -650,6 +687,9 @@ class FileTransfer:
                     if isinstance(exc, DeadUrl) and not [u for u in self.job.urls if u not in self.dead]:
                         raise SourceUnavailable(f"every URL of {self.job.path} failed; last: {exc}", path=self.job.path) from None
                     self._account(span, exc, self.written_bytes > before, url)
+                    if isinstance(exc, TooSlow) and not [u for u in self.job.urls if u not in self.dead]:
+                        raise SourceUnavailable(f"every URL of {self.job.path} was given up on; last: {self.dead_reason}",
+                                                path=self.job.path) from None
                     raise
                 if self._span_offset(span) is not None and span.gen == self.gen:
                     raise ShortRead("span incomplete")
@@ -683,6 +723,8 @@ class FileTransfer:
         """Fetch what is missing, verify, flush; return (sha256, [(piece index, sha256)])."""
         self._loop = asyncio.get_running_loop()
         self.dead.clear()
+        self.slow.clear()
+        self.dead_reason = ""
         await asyncio.to_thread(self._drop_missing_pieces)
         if self._prefixes:
             await asyncio.to_thread(self._restore_prefixes)
