@@ -144,6 +144,12 @@ class Download:
         return n
 
     @property
+    def retries_this_file(self) -> int:
+        """Failed attempts in a row on the file downloading now, the figure `max_retries` (per file) bounds."""
+        tr = self.transfers.get(self.current_file) if self.current_file else None
+        return tr.retries_in_a_row if tr is not None else 0
+
+    @property
     def remaining_bytes(self) -> int:
         return max(0, self.total_bytes - self.downloaded_bytes)
 
@@ -410,8 +416,11 @@ class DownloadManager:
             "speed_mbps": round(d.speed / MIB, 3) if d.status == "downloading" else 0.0,
             "eta_seconds": round(eta, 1) if eta is not None else None,
             "queue_position": self.queue_position(d),
+            # retry_count: every retry of the download, all files together; the per-file limit bounds retries_this_file
             "retry_count": d.retry_count,
             "max_retries": d.max_retries,
+            "retries_this_file": d.retries_this_file,
+            "max_retries_per_file": d.max_retries,
             "bandwidth_limit_mbps": d.bandwidth_limit_mbps,
             "error_code": d.error_code,
             "error_message": d.error_message,
@@ -431,7 +440,8 @@ class DownloadManager:
         self.engine.events.emit("model_download_progress", model_id=d.model_id, download_id=d.download_id, status=d.status,
                                 progress_percent=p["progress_percent"], speed_mbps=p["speed_mbps"], eta_seconds=p["eta_seconds"],
                                 downloaded_bytes=p["downloaded_bytes"], total_bytes=p["total_bytes"],
-                                queue_position=p["queue_position"], retry_count=d.retry_count, error_code=d.error_code)
+                                queue_position=p["queue_position"], retry_count=d.retry_count,
+                                retries_this_file=p["retries_this_file"], max_retries_per_file=d.max_retries, error_code=d.error_code)
 
     async def _set_status(self, d: Download, status: str, error_code: str | None = None, message: str | None = None,
                           persist: bool = True) -> None:

@@ -230,6 +230,7 @@ class FileTransfer:
         self.validators: dict[str, list[str | None]] = dict(validators or {})
         self.resets = 0
         self.integrity_failures = 0
+        self._live_spans: list[_Span] = []
         self._init_state(recorded or {})
         self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
@@ -307,6 +308,11 @@ class FileTransfer:
     def recorded_bytes(self) -> int:
         """Bytes of pieces flushed and recorded."""
         return sum(self.piece_len(i) for i in self.recorded)
+
+    @property
+    def retries_in_a_row(self) -> int:
+        """Failed attempts in a row on this file: what `max_retries` bounds (progress renews it)."""
+        return max([s.failures for s in self._live_spans] + [self.integrity_failures])
 
     @property
     def complete(self) -> bool:
@@ -699,9 +705,11 @@ class FileTransfer:
             span = self._take_span(max_pieces)
             if span is None:
                 return
+            self._live_spans.append(span)
             try:
                 await self._run_span(span)
             finally:
+                self._live_spans.remove(span)
                 self._release(span)
             if span.gen != self.gen:
                 raise _Restart()
