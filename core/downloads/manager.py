@@ -10,6 +10,7 @@ arrives: pre-empted, paused and interrupted downloads keep every byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -18,7 +19,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 
@@ -29,6 +30,7 @@ from core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferCon
 from core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
 from core.fsutil import free_bytes, fsync_dir
 from core.paths import safe_join
+from core.state import DatabaseFull
 from core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -60,6 +62,15 @@ def _return_big_buffers_to_the_os() -> None:
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+@contextlib.contextmanager
+def _full_is_disk_full() -> Iterator[None]:
+    """Turn the database's disk-full error into the download's own (DiskFull), which pauses and keeps the data."""
+    try:
+        yield
+    except DatabaseFull as exc:
+        raise DiskFull(str(exc)) from None
 
 
 def _close_quietly(file: PartialFile) -> None:
@@ -271,7 +282,15 @@ class DownloadManager:
                 conn.execute("DELETE FROM download_files WHERE model_id = ?", (row[0],))
                 conn.executemany("INSERT INTO download_files VALUES (?,?,?,?,?,?,?,?,?,?)", files)
 
-        await self.engine.db.write(w)
+        if with_files:
+            await self.engine.db.write(w)  # a new download's files: it cannot start without them
+            return
+        try:
+            await self.engine.db.write(w)
+        except DatabaseFull:
+            # the status stays right in memory and is written with the next change; a restart
+            # before then resumes the download from its recorded pieces, which is what it would do anyway
+            log.warning("%s: could not save the download's state (%s): the disk is full", d.model_id, d.status)
 
     async def _forget_pieces(self, model_id: str, path: str | None = None) -> None:
         def w(conn: Any) -> None:
@@ -542,7 +561,7 @@ class DownloadManager:
                 d.status = "queued" if d.status in RUNNABLE else d.status
                 self._hold(d, False)
             raise
-        except DiskFull:
+        except (DiskFull, DatabaseFull):
             self._close_files(d)
             free = free_bytes(self.engine.layout.partial_dir)
             msg = f"the disk is full ({free} bytes free, {d.remaining_bytes} still to download): free space, then resume"
@@ -587,21 +606,24 @@ class DownloadManager:
                 conn.execute("DELETE FROM download_prefixes WHERE model_id = ? AND path = ?", (d.model_id, path))
                 conn.executemany("INSERT INTO download_prefixes VALUES (?,?,?,?)", prows)
 
-            await self.engine.db.write(w)
+            with _full_is_disk_full():
+                await self.engine.db.write(w)
 
         async def on_reset(path: str, reason: str) -> None:
             rec = next(f for f in d.files if f.job.path == path)
             rec.recorded.clear()
             rec.prefixes.clear()
             log.warning("%s: %s restarted from byte 0: %s", d.model_id, path, reason)
-            await self._forget_pieces(d.model_id, path)
+            with _full_is_disk_full():
+                await self._forget_pieces(d.model_id, path)
 
         async def on_validator(path: str, validators: dict[str, list[str | None]]) -> None:
             rec = next(f for f in d.files if f.job.path == path)
             if rec.validators != validators:
                 rec.validators = {k: list(v) for k, v in validators.items()}
-                await self.engine.db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
-                                             (json.dumps(rec.validators), d.model_id, path))
+                with _full_is_disk_full():
+                    await self.engine.db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
+                                                 (json.dumps(rec.validators), d.model_id, path))
 
         def on_bytes(n: int) -> None:
             d.received += n
@@ -657,8 +679,9 @@ class DownloadManager:
         f.recorded = dict(pieces)
         f.prefixes = {}
         del d.transfers[f.job.path]
-        await self.engine.db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
-                                     (sha, d.model_id, f.job.path))
+        with _full_is_disk_full():
+            await self.engine.db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
+                                         (sha, d.model_id, f.job.path))
         log.info("%s: %s verified (sha256 %s) and installed", d.model_id, f.job.path, sha)
 
     async def _finalize(self, d: Download) -> None:
@@ -687,7 +710,8 @@ class DownloadManager:
             conn.execute("DELETE FROM download_pieces WHERE model_id = ?", (mid,))
             conn.execute("DELETE FROM download_prefixes WHERE model_id = ?", (mid,))
 
-        await self.engine.db.write(w)
+        with _full_is_disk_full():
+            await self.engine.db.write(w)
         d.completed_at = now
         await asyncio.to_thread(shutil.rmtree, self.engine.layout.partial_dir / mid, True)
         await self.engine.refresh_presence([mid])

@@ -44,6 +44,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from core.downloads.limiter import RateLimiter, take_all
 from core.downloads.partial import PartialFile
 from core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
+from core.state import DatabaseFull
 from core.timeutil import wait_event
 
 log = logging.getLogger("mavail.downloads")
@@ -114,7 +115,7 @@ class _Stale(Exception):
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, DatabaseFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -231,6 +232,8 @@ class FileTransfer:
         self.resets = 0
         self.integrity_failures = 0
         self._live_spans: list[_Span] = []
+        self._run_task: asyncio.Task[Any] | None = None
+        self._commit_error: BaseException | None = None
         self._init_state(recorded or {})
         self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
@@ -439,10 +442,19 @@ class FileTransfer:
 
     # --- committing pieces -------------------------------------------------
     async def _commit_loop(self) -> None:
-        while True:
-            await wait_event(self._commit_event, PREFIX_RECORD_S)
-            self._commit_event.clear()
-            await self._commit_pending()
+        try:
+            while True:
+                await wait_event(self._commit_event, PREFIX_RECORD_S)
+                self._commit_event.clear()
+                await self._commit_pending()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # recording failed (a full disk): stop the whole file rather than download what cannot be recorded
+            self._commit_error = exc
+            if self._run_task is not None:
+                self._run_task.cancel()
+            raise
 
     async def _hash_loop(self) -> None:
         """Catch the whole-file hash up over pieces that finished ahead of it (apart from commits, so neither waits)."""
@@ -738,35 +750,49 @@ class FileTransfer:
             await asyncio.to_thread(self._restore_prefixes)
         self.resets = 0
         self.integrity_failures = 0
+        self._run_task, self._commit_error = asyncio.current_task(), None
         committer = asyncio.create_task(self._commit_loop(), name=f"commit:{self.job.path}")
         hasher = asyncio.create_task(self._hash_loop(), name=f"hash:{self.job.path}")
         try:
-            while True:
-                if self.size == 0:
-                    break
-                if not self.complete:
-                    await self._run_workers()
-                    if not self.complete:
-                        continue
-                await self._commit_pending()
-                await asyncio.to_thread(self._catch_up)
-                ok, problem = self._verify()
-                if ok:
-                    break
-                self.integrity_failures += 1
-                if self.integrity_failures > self.ctx.max_retries():
-                    raise IntegrityError(f"{self.job.path}: {problem} after {self.integrity_failures} downloads", path=self.job.path)
-                self.ctx.on_retry(self.job.path, "", IntegrityError(problem), 0.0)
-                await self._reset(problem)
-            await asyncio.to_thread(self.file.flush)
+            await self._run_loop()
+        except asyncio.CancelledError:
+            if self._commit_error is not None:
+                raise self._commit_error from None
+            raise
         finally:
+            self._run_task = None
             committer.cancel()
             hasher.cancel()
             await asyncio.gather(committer, hasher, return_exceptions=True)
-            await asyncio.shield(self._commit_pending())
+            try:
+                await asyncio.shield(self._commit_pending())
+            except (DiskFull, DatabaseFull):
+                # the pieces stay known in memory; the exception already on its way says why the file stopped
+                log.warning("%s: could not record the last pieces: the disk is full", self.job.path)
         with self._hlock:
             sha = self.frontier.sha.hexdigest()
         return sha, sorted(self.piece_sha.items())
+
+    async def _run_loop(self) -> None:
+        """Fetch, verify (refetching from zero on a mismatch, within the retry budget) and flush the file."""
+        while True:
+            if self.size == 0:
+                break
+            if not self.complete:
+                await self._run_workers()
+                if not self.complete:
+                    continue
+            await self._commit_pending()
+            await asyncio.to_thread(self._catch_up)
+            ok, problem = self._verify()
+            if ok:
+                break
+            self.integrity_failures += 1
+            if self.integrity_failures > self.ctx.max_retries():
+                raise IntegrityError(f"{self.job.path}: {problem} after {self.integrity_failures} downloads", path=self.job.path)
+            self.ctx.on_retry(self.job.path, "", IntegrityError(problem), 0.0)
+            await self._reset(problem)
+        await asyncio.to_thread(self.file.flush)
 
     def _verify(self) -> tuple[bool, str]:
         with self._hlock:
