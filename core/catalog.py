@@ -107,23 +107,6 @@ class Catalog:
         return len(self.models)
 
 
-def path_collision(paths: Iterable[str]) -> str | None:
-    """Why a list of file paths cannot all be files of one directory tree (a name twice, or a file that is
-    also another's directory), or None when they can."""
-    seen: set[str] = set()
-    for p in paths:
-        if p in seen:
-            return f"file path {p!r} is listed twice"
-        seen.add(p)
-    for p in sorted(seen):
-        parts = p.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent in seen:
-                return f"file path {p!r} collides with the file {parent!r} (it would have to be a directory)"
-    return None
-
-
 def _url_ok(url: Any) -> bool:
     return isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) < 4096 and not any(c in url for c in "\r\n\x00 ")
 
@@ -202,9 +185,13 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
         if not isinstance(files_raw, list) or not files_raw:
             raise CatalogError(f"{where}: files must be a non-empty list", entry=where)
         files = tuple(_parse_file(f, f"{where}.files[{i}]") for i, f in enumerate(files_raw))
-        problem = path_collision([f.path for f in files])
-        if problem:
-            raise CatalogError(f"{where}: {problem}", entry=where)
+        seen: set[str] = set()
+        for f in files:
+            # two paths where one is a directory prefix of the other cannot both be files
+            lowered = f.path
+            if lowered in seen or any(p.startswith(lowered + "/") or lowered.startswith(p + "/") for p in seen):
+                raise CatalogError(f"{where}: file path {f.path!r} collides with another file of the model", entry=where)
+            seen.add(lowered)
     if source is not None and (not isinstance(source, str) or not HF_SOURCE_RE.match(source)):
         raise CatalogError(f"{where}: source must look like hf://ORG/REPO@REVISION", entry=where)
     allow_unverified = raw.get("allow_unverified", False)

@@ -123,3 +123,15 @@ async def test_malformed_hashes_are_refused(home, field: str, value: str):
         err = await _start_refused(home, endpoint)
         assert err.code == -32008, err.to_dict()
         assert "w.bin" in err.message
+
+
+@pytest.mark.parametrize("names", [["a", "a"], ["a", "a/b"], ["x/a/b", "x/a"]])
+def test_catalog_files_lists_refuse_the_same_names(names: list[str]):
+    from core.catalog import parse_catalog_text
+    from core.errors import CatalogError
+
+    files = "".join(f'[[models.files]]\npath = "{n}"\nurl = "http://h/{i}"\nsize = 1\nsha256 = "{"0" * 64}"\n'
+                    for i, n in enumerate(names))
+    with pytest.raises(CatalogError) as ei:
+        parse_catalog_text(f'[[models]]\nid = "x"\nversion = "1"\nmodel_type = "text_to_video"\n{files}', "catalog.toml")
+    assert "collides" in ei.value.message

@@ -9,7 +9,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from core.catalog import HF_SOURCE_RE, SHA256_RE, path_collision
+from core.catalog import HF_SOURCE_RE, SHA256_RE
 from core.downloads.transfer import FileJob
 from core.errors import SourceUnavailable
 from core.paths import is_safe_relative
@@ -17,6 +17,23 @@ from core.paths import is_safe_relative
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_SIZE = 2 ** 63  # sizes go into SQLite INTEGER columns (signed 64-bit)
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def path_collision(paths: list[str]) -> str | None:
+    """Why a list of file paths cannot all be files of one directory tree (a name twice, or a file that is
+    also another's directory), or None when they can."""
+    seen: set[str] = set()
+    for p in paths:
+        if p in seen:
+            return f"file path {p!r} is listed twice"
+        seen.add(p)
+    for p in sorted(seen):
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in seen:
+                return f"file path {p!r} collides with the file {parent!r} (it would have to be a directory)"
+    return None
 
 
 def _is_size(value: object) -> bool:
