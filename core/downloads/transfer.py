@@ -234,6 +234,7 @@ class FileTransfer:
         self._live_spans: list[_Span] = []
         self._run_task: asyncio.Task[Any] | None = None
         self._commit_error: BaseException | None = None
+        self._hash_read: asyncio.Future[int] | None = None  # the hash loop's read-back in its thread
         self._init_state(recorded or {})
         self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
@@ -461,7 +462,8 @@ class FileTransfer:
         while True:
             await self._catchup_event.wait()
             self._catchup_event.clear()
-            await asyncio.to_thread(self._catch_up, 64 * 1024 * 1024)
+            self._hash_read = asyncio.ensure_future(asyncio.to_thread(self._catch_up, 64 * 1024 * 1024))
+            await asyncio.shield(self._hash_read)
 
     async def _commit_pending(self) -> None:
         async with self._alock:
@@ -764,6 +766,10 @@ class FileTransfer:
             committer.cancel()
             hasher.cancel()
             await asyncio.gather(committer, hasher, return_exceptions=True)
+            if self._hash_read is not None:
+                # a thread still reading the partial file must finish before its owner may close the descriptor
+                await asyncio.gather(self._hash_read, return_exceptions=True)
+                self._hash_read = None
             try:
                 await asyncio.shield(self._commit_pending())
             except (DiskFull, DatabaseFull):
