@@ -36,3 +36,16 @@ async def test_retry_count_is_the_total_and_the_per_file_figure_stays_within_its
             # the total went past the per-file limit while the download went on, as it may
             assert any(s["retry_count"] > s["max_retries_per_file"] and s["status"] == "downloading" for s in seen)
             await wait_status(eng, "r", "completed")
+
+
+async def test_a_failed_download_shows_the_retries_its_file_spent(home):
+    with Mirror() as m:
+        write_home(home, m, {"f": {"a.bin": Synthetic("fa", 50_000)}}, config={"downloads": {"max_retries": 2}})
+        m.faults("f/a.bin").errors = [503] * 10
+        async with dl_engine(home) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="f")
+            await wait_status(eng, "f", "failed")
+            p = await c.call("downloads.progress", model_id="f")
+            assert p["error_code"] == "SOURCE_UNAVAILABLE", p
+            assert p["retries_this_file"] == 2 and p["max_retries_per_file"] == 2, p  # the attempt after the last retry ended it
+            assert p["retry_count"] == 2

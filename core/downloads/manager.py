@@ -137,6 +137,7 @@ class Download:
     holding: bool = False
     stop_reason: str | None = None  # why the task is being cancelled: pause, cancel, preempt, shutdown
     current_file: str | None = None
+    stopped_file_retries: int = 0  # retries_this_file when the download last stopped (a failure shows what it spent)
 
     @property
     def total_bytes(self) -> int:
@@ -158,7 +159,7 @@ class Download:
     def retries_this_file(self) -> int:
         """Failed attempts in a row on the file downloading now, the figure `max_retries` (per file) bounds."""
         tr = self.transfers.get(self.current_file) if self.current_file else None
-        return tr.retries_in_a_row if tr is not None else 0
+        return tr.retries_in_a_row if tr is not None else self.stopped_file_retries
 
     @property
     def remaining_bytes(self) -> int:
@@ -578,6 +579,7 @@ class DownloadManager:
             await self._set_status(d, "failed", "INTERNAL_ERROR", f"internal error ({describe_error(exc)}); see downloads.log")
         finally:
             d.task = None
+            d.stopped_file_retries = d.retries_this_file if d.status == "failed" else 0
             d.current_file = None
             d.speed = 0.0
             d._warmup = None

@@ -232,6 +232,7 @@ class FileTransfer:
         self.resets = 0
         self.integrity_failures = 0
         self._live_spans: list[_Span] = []
+        self._failed_span_retries = 0  # failures of the span that gave up, kept for the figure after it ended
         self._run_task: asyncio.Task[Any] | None = None
         self._commit_error: BaseException | None = None
         self._hash_read: asyncio.Future[int] | None = None  # the hash loop's read-back in its thread
@@ -315,8 +316,12 @@ class FileTransfer:
 
     @property
     def retries_in_a_row(self) -> int:
-        """Failed attempts in a row on this file: what `max_retries` bounds (progress renews it)."""
-        return max([s.failures for s in self._live_spans] + [self.integrity_failures])
+        """Retries in a row on this file, the figure `max_retries` bounds (an attempt that makes progress renews it).
+
+        Every failed attempt is followed by a retry until the limit; the one past the limit ends the file.
+        """
+        failed = max([s.failures for s in self._live_spans] + [self.integrity_failures, self._failed_span_retries])
+        return min(failed, self.ctx.max_retries())
 
     @property
     def complete(self) -> bool:
@@ -722,6 +727,9 @@ class FileTransfer:
             self._live_spans.append(span)
             try:
                 await self._run_span(span)
+            except BaseException:
+                self._failed_span_retries = max(self._failed_span_retries, span.failures)
+                raise
             finally:
                 self._live_spans.remove(span)
                 self._release(span)
@@ -752,6 +760,7 @@ class FileTransfer:
             await asyncio.to_thread(self._restore_prefixes)
         self.resets = 0
         self.integrity_failures = 0
+        self._failed_span_retries = 0
         self._run_task, self._commit_error = asyncio.current_task(), None
         committer = asyncio.create_task(self._commit_loop(), name=f"commit:{self.job.path}")
         hasher = asyncio.create_task(self._hash_loop(), name=f"hash:{self.job.path}")
