@@ -99,10 +99,14 @@ def test_disk_full_mid_download_pauses_keeps_data_stays_up_and_sigterm_exits_0(s
                 # the engine keeps answering, reads and writes alike
                 assert c.call("session.hello")["engine_version"]
                 assert c.call("models.status", model_id="big")["availability_status"] == "paused"
-                try:
-                    c.call("downloads.resume", model_id="big")
-                except RpcError as exc:
-                    assert exc.name == "INSUFFICIENT_STORAGE", exc.to_dict()
+                # control calls on the full disk answer as they would or with INSUFFICIENT_STORAGE, never INTERNAL_ERROR
+                for meth, params in (("downloads.set_priority", {"priority": "high"}), ("downloads.resume", {}),
+                                     ("downloads.pause", {})):
+                    try:
+                        c.call(meth, model_id="big", **params)
+                    except RpcError as exc:
+                        assert exc.name in ("INSUFFICIENT_STORAGE", "INVALID_STATE"), exc.to_dict()
+                assert c.call("downloads.progress", model_id="big")["downloaded_bytes"] >= kept
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
             assert not sock.exists()

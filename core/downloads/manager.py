@@ -73,6 +73,16 @@ def _full_is_disk_full() -> Iterator[None]:
         raise DiskFull(str(exc)) from None
 
 
+@contextlib.contextmanager
+def _full_is_insufficient_storage(model_id: str) -> Iterator[None]:
+    """For control calls: the database's disk-full error is the caller's INSUFFICIENT_STORAGE, not a bug."""
+    try:
+        yield
+    except DatabaseFull:
+        raise InsufficientStorage(f"the disk is full: cannot record the change to the download of {model_id}; free space and "
+                                  f"try again", model_id=model_id) from None
+
+
 def _close_quietly(file: PartialFile) -> None:
     """Close a partial file, ignoring errors (it is being let go of either way)."""
     try:
@@ -781,45 +791,51 @@ class DownloadManager:
             if old is not None and old.status in RUNNABLE + ("paused",):
                 raise Conflict(f"a download of {model_id!r} is already {old.status}" + ("; resume it instead" if old.status == "paused" else ""),
                                model_id=model_id, download_id=old.download_id, status=old.status)
-            version, jobs = await self._resolve(model_id)
-            installed = await self._already_installed(model_id, version, jobs)
-            piece = self._piece_size()
-            reuse = old is not None and old.version == version and old.status in ("failed", "cancelled")
-            prior = {f.job.path: f for f in old.files} if reuse and old is not None else {}
-            files = []
-            for j in jobs:
-                p = prior.get(j.path)
-                if p is not None and p.job == j and p.piece_size > 0:
-                    rec = FileRec(j, p.piece_size, dict(p.recorded), dict(p.prefixes), dict(p.validators))
-                else:
-                    rec = FileRec(j, piece)
-                if j.path in installed:
-                    rec.installed_sha256 = installed[j.path][0]
-                    rec.stat = installed[j.path][1:]
-                files.append(rec)
-            now = self.engine.clock.time()
-            d = Download(model_id=model_id, download_id="dl_" + secrets.token_hex(6), version=version, status="queued",
-                         priority=priority, seq=float(next(self._seq)),
-                         max_retries=int(self.engine.config.get("downloads.max_retries")) if max_retries is None else max_retries,
-                         bandwidth_limit_mbps=float(bandwidth_limit_mbps), created_at=now, files=files)
-            if old is not None and (old.version != version or not prior):
-                await self._discard_partial(old)
-            self._check_space(d)
-            self._attach_limiter(d)
-            self._dl[model_id] = d
-            await self._forget_pieces(model_id)
-            keep = [(model_id, f.job.path, i, s) for f in files if f.installed_sha256 is None for i, s in f.recorded.items()]
-            if keep:
-                await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
-            keep_prefixes = [(model_id, f.job.path, i, n) for f in files if f.installed_sha256 is None for i, n in f.prefixes.items()]
-            if keep_prefixes:
-                await self.engine.db.executemany("INSERT OR REPLACE INTO download_prefixes VALUES (?,?,?,?)", keep_prefixes)
-            await self._persist(d, with_files=True)
-            self._hold(d, True)
-            log.info("%s: download %s queued (priority %s, %d bytes)", model_id, d.download_id, priority, d.total_bytes)
-            self._emit_progress(d)
-            self.engine.publish_status_changes([model_id])
-            self._kick()
+            with _full_is_insufficient_storage(model_id):
+                return await self._start_locked(model_id, old, priority, max_retries, bandwidth_limit_mbps)
+
+    async def _start_locked(self, model_id: str, old: Download | None, priority: str, max_retries: int | None,
+                            bandwidth_limit_mbps: float) -> dict[str, Any]:
+        """The part of `start` under the manager lock: resolve, reuse what is kept, check space, record, queue."""
+        version, jobs = await self._resolve(model_id)
+        installed = await self._already_installed(model_id, version, jobs)
+        piece = self._piece_size()
+        reuse = old is not None and old.version == version and old.status in ("failed", "cancelled")
+        prior = {f.job.path: f for f in old.files} if reuse and old is not None else {}
+        files = []
+        for j in jobs:
+            p = prior.get(j.path)
+            if p is not None and p.job == j and p.piece_size > 0:
+                rec = FileRec(j, p.piece_size, dict(p.recorded), dict(p.prefixes), dict(p.validators))
+            else:
+                rec = FileRec(j, piece)
+            if j.path in installed:
+                rec.installed_sha256 = installed[j.path][0]
+                rec.stat = installed[j.path][1:]
+            files.append(rec)
+        now = self.engine.clock.time()
+        d = Download(model_id=model_id, download_id="dl_" + secrets.token_hex(6), version=version, status="queued",
+                     priority=priority, seq=float(next(self._seq)),
+                     max_retries=int(self.engine.config.get("downloads.max_retries")) if max_retries is None else max_retries,
+                     bandwidth_limit_mbps=float(bandwidth_limit_mbps), created_at=now, files=files)
+        if old is not None and (old.version != version or not prior):
+            await self._discard_partial(old)
+        self._check_space(d)
+        self._attach_limiter(d)
+        self._dl[model_id] = d
+        await self._forget_pieces(model_id)
+        keep = [(model_id, f.job.path, i, s) for f in files if f.installed_sha256 is None for i, s in f.recorded.items()]
+        if keep:
+            await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
+        keep_prefixes = [(model_id, f.job.path, i, n) for f in files if f.installed_sha256 is None for i, n in f.prefixes.items()]
+        if keep_prefixes:
+            await self.engine.db.executemany("INSERT OR REPLACE INTO download_prefixes VALUES (?,?,?,?)", keep_prefixes)
+        await self._persist(d, with_files=True)
+        self._hold(d, True)
+        log.info("%s: download %s queued (priority %s, %d bytes)", model_id, d.download_id, priority, d.total_bytes)
+        self._emit_progress(d)
+        self.engine.publish_status_changes([model_id])
+        self._kick()
         eta = self.estimate_ready_seconds(model_id)
         return {"success": True, "message": f"download of {model_id} {d.status}", "download_id": d.download_id,
                 "estimated_completion": iso(self.engine.clock.time() + eta) if eta is not None else None,
@@ -856,7 +872,8 @@ class DownloadManager:
     async def pause(self, model_id: str) -> dict[str, Any]:
         """Stop the download, keeping every byte; resume continues it."""
         async with self._lock:
-            return await self._pause(model_id)
+            with _full_is_insufficient_storage(model_id):
+                return await self._pause(model_id)
 
     async def _pause(self, model_id: str) -> dict[str, Any]:
         d = self._get(model_id)
@@ -873,7 +890,8 @@ class DownloadManager:
     async def resume(self, model_id: str) -> dict[str, Any]:
         """Queue a paused or failed download again (from the bytes it has)."""
         async with self._lock:
-            return await self._resume(model_id)
+            with _full_is_insufficient_storage(model_id):
+                return await self._resume(model_id)
 
     async def _resume(self, model_id: str) -> dict[str, Any]:
         d = self._get(model_id)
@@ -890,7 +908,8 @@ class DownloadManager:
     async def cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
         """Stop the download; delete its partial data unless `keep_partial`."""
         async with self._lock:
-            return await self._cancel(model_id, keep_partial)
+            with _full_is_insufficient_storage(model_id):
+                return await self._cancel(model_id, keep_partial)
 
     async def _cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
         d = self._get(model_id)
@@ -918,7 +937,8 @@ class DownloadManager:
     async def set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
         """Change the download's priority (the queue reorders at once)."""
         async with self._lock:
-            return await self._set_priority(model_id, priority)
+            with _full_is_insufficient_storage(model_id):
+                return await self._set_priority(model_id, priority)
 
     async def _set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
         priority = normalize_priority(priority)
@@ -935,7 +955,8 @@ class DownloadManager:
     async def move(self, model_id: str, position: int) -> dict[str, Any]:
         """Put a queued or running download at `position` (1-based) of the queue; it takes the priority found there."""
         async with self._lock:
-            return await self._move(model_id, position)
+            with _full_is_insufficient_storage(model_id):
+                return await self._move(model_id, position)
 
     async def _move(self, model_id: str, position: int) -> dict[str, Any]:
         d = self._get(model_id)
@@ -962,7 +983,8 @@ class DownloadManager:
     async def set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
         """Change the download's own bandwidth cap (MiB/s, 0 = none) while it runs."""
         async with self._lock:
-            return await self._set_limit(model_id, bandwidth_limit_mbps)
+            with _full_is_insufficient_storage(model_id):
+                return await self._set_limit(model_id, bandwidth_limit_mbps)
 
     async def _set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
         d = self._get(model_id)
