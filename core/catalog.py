@@ -60,6 +60,7 @@ class ModelSpec:
     vram_gb: dict[str, float] = field(default_factory=dict)
     files: tuple[FileSpec, ...] = ()
     source: str | None = None
+    allow_unverified: bool = False  # Hub files without sha256 or blob id may be installed unchecked
     origin: str = ""  # "file.toml: models[i]" for messages
 
     @property
@@ -80,6 +81,7 @@ class ModelSpec:
             "family": self.family,
             "vram_gb": dict(self.vram_gb),
             "source": self.source,
+            "allow_unverified": self.allow_unverified,
             "size_bytes": self.size_bytes,
             "files": [
                 {"path": f.path, "url": f.url, "mirrors": list(f.mirrors), "size": f.size, "sha256": f.sha256}
@@ -149,7 +151,8 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
     if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
         raise CatalogError(f"{where}: id {model_id!r} must match [a-z0-9][a-z0-9._-]{{0,127}}", entry=where)
     where = f"{where} (id {model_id!r})"
-    allowed = {"id", "version", "display_name", "model_type", "capabilities", "quality", "speed", "family", "vram_gb", "files", "source", "description"}
+    allowed = {"id", "version", "display_name", "model_type", "capabilities", "quality", "speed", "family", "vram_gb", "files", "source", "description",
+               "allow_unverified"}
     unknown = set(raw) - allowed
     if unknown:
         raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", entry=where)
@@ -193,6 +196,9 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
             seen.add(lowered)
     if source is not None and (not isinstance(source, str) or not HF_SOURCE_RE.match(source)):
         raise CatalogError(f"{where}: source must look like hf://ORG/REPO@REVISION", entry=where)
+    allow_unverified = raw.get("allow_unverified", False)
+    if not isinstance(allow_unverified, bool):
+        raise CatalogError(f"{where}: allow_unverified must be true or false", entry=where)
     return ModelSpec(
         id=model_id,
         version=version,
@@ -205,6 +211,7 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
         vram_gb={k: float(v) for k, v in vram.items()},
         files=files,
         source=source,
+        allow_unverified=allow_unverified,
         origin=where,
     )
 

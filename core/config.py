@@ -93,6 +93,12 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.retry_base_s", float, 1.0, "First retry delay; doubles each retry, with jitter.", min=0, max=600),
     _s("downloads.retry_max_s", float, 60.0, "Longest retry delay.", min=0, max=3600),
     _s("downloads.connect_timeout_s", float, 15.0, "TCP connect timeout.", min=0.1, max=600),
+    _s("downloads.min_rate_bytes_per_s", float, 1024.0, "A connection slower than this over downloads.min_rate_window_s "
+       "(not counting waits for our own bandwidth limits) is replaced; 0 = never.", min=0),
+    _s("downloads.min_rate_window_s", float, 60.0, "The window over which downloads.min_rate_bytes_per_s is measured, seconds.",
+       min=0.1, max=3600),
+    _s("downloads.min_rate_replacements", int, 3, "Slow connections to one URL of a file before that URL is given up on "
+       "(the next mirror is tried, else the download fails).", min=1, max=100),
     # gpu
     _s("gpu.vram_gb", float, 0.0, "VRAM to assume when NVML sees no GPU; 0 = unknown.", min=0),
     # fallback (issue 5): the scoring formula's weights (normalised by their sum) and strategy thresholds

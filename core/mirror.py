@@ -354,6 +354,18 @@ class Mirror:
             self._hf_lfs[(repo, revision)] = lfs
         return self.base_url.rstrip("/")
 
+    def set_hf_siblings(self, repo: str, revision: str, siblings: list[dict[str, Any]] | None) -> None:
+        """Answer the Hub listing of a repository added with `add_hf_repo` with `siblings` as given (None: the real list).
+
+        For tests of listings the Hub should never send: missing hashes, duplicate or colliding names, absurd sizes.
+        """
+        with self._lock:
+            self._hf_raw = getattr(self, "_hf_raw", {})
+            if siblings is None:
+                self._hf_raw.pop((repo, revision), None)
+            else:
+                self._hf_raw[(repo, revision)] = [dict(s) for s in siblings]
+
     # --- internals used by the handler -----------------------------------
     def _lookup(self, path: str) -> tuple[_Entry | None, Faults]:
         with self._lock:
@@ -377,9 +389,10 @@ class Mirror:
         with self._lock:
             paths = self._hf.get((repo, revision))
             lfs = getattr(self, "_hf_lfs", {}).get((repo, revision), True)
+            raw = getattr(self, "_hf_raw", {}).get((repo, revision))
         if paths is None:
             return None
-        siblings = []
+        siblings: list[dict[str, Any]] = []
         for p in paths:
             c = self.content(f"hf/{repo}/{revision}/{p}")
             sib: dict[str, Any] = {"rfilename": p, "size": c.size}
@@ -389,6 +402,8 @@ class Mirror:
                 data = c.read(0, c.size)
                 sib["blobId"] = hashlib.sha1(b"blob %d\0" % c.size + data).hexdigest()
             siblings.append(sib)
+        if raw is not None:
+            siblings = raw
         return {"id": repo, "sha": hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest(), "siblings": siblings}
 
 

@@ -302,6 +302,23 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
+class DatabaseFull(sqlite3.OperationalError):
+    """A write failed because the disk (or the database's quota) is full: SQLITE_FULL.
+
+    Raised instead of the plain OperationalError so callers can treat it as the disk-full
+    condition it is (pause and keep data) rather than as a bug.
+    """
+
+
+def _is_full(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_FULL
+    return "database or disk is full" in str(exc)
+
+
 class Database:
     """An SQLite file used from async code: `await db.write(fn)`, `await db.read(fn)`.
 
@@ -346,13 +363,30 @@ class Database:
     # --- running work ----------------------------------------------------
     def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._writer_conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite may have rolled back already (SQLITE_FULL does)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc) and not isinstance(exc, DatabaseFull):
+                raise DatabaseFull(f"cannot write {self.path.name}: the disk is full") from exc
             raise
-        conn.execute("COMMIT")
         return result
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

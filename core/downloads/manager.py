@@ -10,6 +10,7 @@ arrives: pre-empted, paused and interrupted downloads keep every byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -18,7 +19,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 
@@ -30,6 +31,7 @@ from core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidSta
 from core import safefs
 from core.fsutil import free_bytes
 from core.paths import safe_join
+from core.state import DatabaseFull
 from core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -60,6 +62,33 @@ def _return_big_buffers_to_the_os() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _full_is_disk_full() -> Iterator[None]:
+    """Turn the database's disk-full error into the download's own (DiskFull), which pauses and keeps the data."""
+    try:
+        yield
+    except DatabaseFull as exc:
+        raise DiskFull(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _full_is_insufficient_storage(model_id: str) -> Iterator[None]:
+    """For control calls: the database's disk-full error is the caller's INSUFFICIENT_STORAGE, not a bug."""
+    try:
+        yield
+    except DatabaseFull:
+        raise InsufficientStorage(f"the disk is full: cannot record the change to the download of {model_id}; free space and "
+                                  f"try again", model_id=model_id) from None
+
+
+def _close_quietly(file: PartialFile) -> None:
+    """Close a partial file, ignoring errors (it is being let go of either way)."""
+    try:
+        file.close()
+    except OSError:
         pass
 
 
@@ -119,6 +148,7 @@ class Download:
     holding: bool = False
     stop_reason: str | None = None  # why the task is being cancelled: pause, cancel, preempt, shutdown
     current_file: str | None = None
+    stopped_file_retries: int = 0  # retries_this_file when the download last stopped (a failure shows what it spent)
 
     @property
     def total_bytes(self) -> int:
@@ -135,6 +165,12 @@ class Download:
             else:
                 n += f.recorded_bytes
         return n
+
+    @property
+    def retries_this_file(self) -> int:
+        """Failed attempts in a row on the file downloading now, the figure `max_retries` (per file) bounds."""
+        tr = self.transfers.get(self.current_file) if self.current_file else None
+        return tr.retries_in_a_row if tr is not None else self.stopped_file_retries
 
     @property
     def remaining_bytes(self) -> int:
@@ -258,7 +294,15 @@ class DownloadManager:
                 conn.execute("DELETE FROM download_files WHERE model_id = ?", (row[0],))
                 conn.executemany("INSERT INTO download_files VALUES (?,?,?,?,?,?,?,?,?,?)", files)
 
-        await self.engine.db.write(w)
+        if with_files:
+            await self.engine.db.write(w)  # a new download's files: it cannot start without them
+            return
+        try:
+            await self.engine.db.write(w)
+        except DatabaseFull:
+            # the status stays right in memory and is written with the next change; a restart
+            # before then resumes the download from its recorded pieces, which is what it would do anyway
+            log.warning("%s: could not save the download's state (%s): the disk is full", d.model_id, d.status)
 
     async def _forget_pieces(self, model_id: str, path: str | None = None) -> None:
         def w(conn: Any) -> None:
@@ -349,8 +393,10 @@ class DownloadManager:
     def model_fields(self, model_id: str) -> dict[str, Any]:
         """Download fields of models.status (and its availability while a download is live)."""
         d = self._dl.get(model_id)
-        if d is None or d.status not in LIVE:
+        if d is None:
             return {}
+        if d.status not in LIVE:
+            return self._unverified_fields(d)
         total = d.total_bytes
         out: dict[str, Any] = {
             "download_progress": round(100.0 * d.downloaded_bytes / total, 2) if total else 0.0,
@@ -368,6 +414,20 @@ class DownloadManager:
         if d.version == in_use or pres is None or not pres.complete:
             out["availability_status"] = {"verifying": "downloading"}.get(d.status, d.status)
         return out
+
+    def _unverified_fields(self, d: Download) -> dict[str, Any]:
+        """`unverified_files` (and `verified` false) for an installed version whose catalog let files in without a hash."""
+        if d.status != "completed":
+            return {}
+        names = [f.job.path for f in d.files if f.job.sha256 is None and f.job.git_sha1 is None]
+        if not names:
+            return {}
+        try:
+            if self.engine.version_in_use(d.model_id) != d.version:
+                return {}
+        except MavailError:
+            return {}
+        return {"unverified_files": names, "verified": False}
 
     def progress_dict(self, d: Download) -> dict[str, Any]:
         """The seeds' progress object plus bytes, queue position and ids."""
@@ -387,8 +447,11 @@ class DownloadManager:
             "speed_mbps": round(d.speed / MIB, 3) if d.status == "downloading" else 0.0,
             "eta_seconds": round(eta, 1) if eta is not None else None,
             "queue_position": self.queue_position(d),
+            # retry_count: every retry of the download, all files together; the per-file limit bounds retries_this_file
             "retry_count": d.retry_count,
             "max_retries": d.max_retries,
+            "retries_this_file": d.retries_this_file,
+            "max_retries_per_file": d.max_retries,
             "bandwidth_limit_mbps": d.bandwidth_limit_mbps,
             "error_code": d.error_code,
             "error_message": d.error_message,
@@ -408,7 +471,8 @@ class DownloadManager:
         self.engine.events.emit("model_download_progress", model_id=d.model_id, download_id=d.download_id, status=d.status,
                                 progress_percent=p["progress_percent"], speed_mbps=p["speed_mbps"], eta_seconds=p["eta_seconds"],
                                 downloaded_bytes=p["downloaded_bytes"], total_bytes=p["total_bytes"],
-                                queue_position=p["queue_position"], retry_count=d.retry_count, error_code=d.error_code)
+                                queue_position=p["queue_position"], retry_count=d.retry_count,
+                                retries_this_file=p["retries_this_file"], max_retries_per_file=d.max_retries, error_code=d.error_code)
 
     async def _set_status(self, d: Download, status: str, error_code: str | None = None, message: str | None = None,
                           persist: bool = True) -> None:
@@ -509,7 +573,7 @@ class DownloadManager:
                 d.status = "queued" if d.status in RUNNABLE else d.status
                 self._hold(d, False)
             raise
-        except DiskFull:
+        except (DiskFull, DatabaseFull):
             self._close_files(d)
             free = free_bytes(self.engine.layout.partial_dir)
             msg = f"the disk is full ({free} bytes free, {d.remaining_bytes} still to download): free space, then resume"
@@ -526,6 +590,7 @@ class DownloadManager:
             await self._set_status(d, "failed", "INTERNAL_ERROR", f"internal error ({describe_error(exc)}); see downloads.log")
         finally:
             d.task = None
+            d.stopped_file_retries = d.retries_this_file if d.status == "failed" else 0
             d.current_file = None
             d.speed = 0.0
             d._warmup = None
@@ -536,10 +601,7 @@ class DownloadManager:
 
     def _close_files(self, d: Download) -> None:
         for tr in d.transfers.values():
-            try:
-                tr.file.close()
-            except OSError:
-                pass
+            _close_quietly(tr.file)
 
     def _ctx(self, d: Download) -> TransferContext:
         cfg = self.engine.config
@@ -557,21 +619,24 @@ class DownloadManager:
                 conn.execute("DELETE FROM download_prefixes WHERE model_id = ? AND path = ?", (d.model_id, path))
                 conn.executemany("INSERT INTO download_prefixes VALUES (?,?,?,?)", prows)
 
-            await self.engine.db.write(w)
+            with _full_is_disk_full():
+                await self.engine.db.write(w)
 
         async def on_reset(path: str, reason: str) -> None:
             rec = next(f for f in d.files if f.job.path == path)
             rec.recorded.clear()
             rec.prefixes.clear()
             log.warning("%s: %s restarted from byte 0: %s", d.model_id, path, reason)
-            await self._forget_pieces(d.model_id, path)
+            with _full_is_disk_full():
+                await self._forget_pieces(d.model_id, path)
 
         async def on_validator(path: str, validators: dict[str, list[str | None]]) -> None:
             rec = next(f for f in d.files if f.job.path == path)
             if rec.validators != validators:
                 rec.validators = {k: list(v) for k, v in validators.items()}
-                await self.engine.db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
-                                             (json.dumps(rec.validators), d.model_id, path))
+                with _full_is_disk_full():
+                    await self.engine.db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
+                                                 (json.dumps(rec.validators), d.model_id, path))
 
         def on_bytes(n: int) -> None:
             d.received += n
@@ -586,16 +651,28 @@ class DownloadManager:
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
                                sleep=self.sleep)
 
+    async def _open_partial(self, path: Path) -> PartialFile:
+        """Open a partial file in a worker thread; if the caller is cancelled meanwhile, the file is closed once open."""
+        fut = asyncio.ensure_future(asyncio.to_thread(self.opener, path))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # the thread still opens the file: nobody will own it, so close it when it is open
+            fut.add_done_callback(lambda t: None if t.cancelled() or t.exception() is not None else _close_quietly(t.result()))
+            raise
+
     async def _fetch_file(self, d: Download, f: FileRec) -> None:
         path = self._partial_path(d, f.job.path)
         tr = d.transfers.get(f.job.path)
-        file = await asyncio.to_thread(self.opener, path)
+        file = await self._open_partial(path)
         if tr is None:
             tr = FileTransfer(f.job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
                               prefixes=dict(f.prefixes))
             d.transfers[f.job.path] = tr
         else:
-            tr.file = file
+            old_file, tr.file = tr.file, file
+            if old_file is not file:
+                await asyncio.to_thread(_close_quietly, old_file)
         sha, pieces = await tr.run()
         dest = safe_join(self.engine.layout.model_dir(d.model_id, d.version), f.job.path)
         if await asyncio.to_thread(os.path.lexists, dest) and self.engine.leases.is_leased(d.model_id):
@@ -614,8 +691,9 @@ class DownloadManager:
         f.recorded = dict(pieces)
         f.prefixes = {}
         del d.transfers[f.job.path]
-        await self.engine.db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
-                                     (sha, d.model_id, f.job.path))
+        with _full_is_disk_full():
+            await self.engine.db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
+                                         (sha, d.model_id, f.job.path))
         log.info("%s: %s verified (sha256 %s) and installed", d.model_id, f.job.path, sha)
 
     async def _finalize(self, d: Download) -> None:
@@ -644,7 +722,8 @@ class DownloadManager:
             conn.execute("DELETE FROM download_pieces WHERE model_id = ?", (mid,))
             conn.execute("DELETE FROM download_prefixes WHERE model_id = ?", (mid,))
 
-        await self.engine.db.write(w)
+        with _full_is_disk_full():
+            await self.engine.db.write(w)
         d.completed_at = now
         await asyncio.to_thread(shutil.rmtree, self.engine.layout.partial_dir / mid, True)
         await self.engine.refresh_presence([mid])
@@ -655,7 +734,7 @@ class DownloadManager:
     async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
         spec = self.engine.spec(model_id)
         if spec.source:
-            jobs = await resolve_hf(self.client, spec.source, self.environ)
+            jobs = await resolve_hf(self.client, spec.source, self.environ, allow_unverified=spec.allow_unverified)
         else:
             jobs = [FileJob(path=f.path, urls=f.urls, size=f.size, sha256=f.sha256) for f in spec.files]
         return spec.version, jobs
@@ -712,45 +791,51 @@ class DownloadManager:
             if old is not None and old.status in RUNNABLE + ("paused",):
                 raise Conflict(f"a download of {model_id!r} is already {old.status}" + ("; resume it instead" if old.status == "paused" else ""),
                                model_id=model_id, download_id=old.download_id, status=old.status)
-            version, jobs = await self._resolve(model_id)
-            installed = await self._already_installed(model_id, version, jobs)
-            piece = self._piece_size()
-            reuse = old is not None and old.version == version and old.status in ("failed", "cancelled")
-            prior = {f.job.path: f for f in old.files} if reuse and old is not None else {}
-            files = []
-            for j in jobs:
-                p = prior.get(j.path)
-                if p is not None and p.job == j and p.piece_size > 0:
-                    rec = FileRec(j, p.piece_size, dict(p.recorded), dict(p.prefixes), dict(p.validators))
-                else:
-                    rec = FileRec(j, piece)
-                if j.path in installed:
-                    rec.installed_sha256 = installed[j.path][0]
-                    rec.stat = installed[j.path][1:]
-                files.append(rec)
-            now = self.engine.clock.time()
-            d = Download(model_id=model_id, download_id="dl_" + secrets.token_hex(6), version=version, status="queued",
-                         priority=priority, seq=float(next(self._seq)),
-                         max_retries=int(self.engine.config.get("downloads.max_retries")) if max_retries is None else max_retries,
-                         bandwidth_limit_mbps=float(bandwidth_limit_mbps), created_at=now, files=files)
-            if old is not None and (old.version != version or not prior):
-                await self._discard_partial(old)
-            self._check_space(d)
-            self._attach_limiter(d)
-            self._dl[model_id] = d
-            await self._forget_pieces(model_id)
-            keep = [(model_id, f.job.path, i, s) for f in files if f.installed_sha256 is None for i, s in f.recorded.items()]
-            if keep:
-                await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
-            keep_prefixes = [(model_id, f.job.path, i, n) for f in files if f.installed_sha256 is None for i, n in f.prefixes.items()]
-            if keep_prefixes:
-                await self.engine.db.executemany("INSERT OR REPLACE INTO download_prefixes VALUES (?,?,?,?)", keep_prefixes)
-            await self._persist(d, with_files=True)
-            self._hold(d, True)
-            log.info("%s: download %s queued (priority %s, %d bytes)", model_id, d.download_id, priority, d.total_bytes)
-            self._emit_progress(d)
-            self.engine.publish_status_changes([model_id])
-            self._kick()
+            with _full_is_insufficient_storage(model_id):
+                return await self._start_locked(model_id, old, priority, max_retries, bandwidth_limit_mbps)
+
+    async def _start_locked(self, model_id: str, old: Download | None, priority: str, max_retries: int | None,
+                            bandwidth_limit_mbps: float) -> dict[str, Any]:
+        """The part of `start` under the manager lock: resolve, reuse what is kept, check space, record, queue."""
+        version, jobs = await self._resolve(model_id)
+        installed = await self._already_installed(model_id, version, jobs)
+        piece = self._piece_size()
+        reuse = old is not None and old.version == version and old.status in ("failed", "cancelled")
+        prior = {f.job.path: f for f in old.files} if reuse and old is not None else {}
+        files = []
+        for j in jobs:
+            p = prior.get(j.path)
+            if p is not None and p.job == j and p.piece_size > 0:
+                rec = FileRec(j, p.piece_size, dict(p.recorded), dict(p.prefixes), dict(p.validators))
+            else:
+                rec = FileRec(j, piece)
+            if j.path in installed:
+                rec.installed_sha256 = installed[j.path][0]
+                rec.stat = installed[j.path][1:]
+            files.append(rec)
+        now = self.engine.clock.time()
+        d = Download(model_id=model_id, download_id="dl_" + secrets.token_hex(6), version=version, status="queued",
+                     priority=priority, seq=float(next(self._seq)),
+                     max_retries=int(self.engine.config.get("downloads.max_retries")) if max_retries is None else max_retries,
+                     bandwidth_limit_mbps=float(bandwidth_limit_mbps), created_at=now, files=files)
+        if old is not None and (old.version != version or not prior):
+            await self._discard_partial(old)
+        self._check_space(d)
+        self._attach_limiter(d)
+        self._dl[model_id] = d
+        await self._forget_pieces(model_id)
+        keep = [(model_id, f.job.path, i, s) for f in files if f.installed_sha256 is None for i, s in f.recorded.items()]
+        if keep:
+            await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
+        keep_prefixes = [(model_id, f.job.path, i, n) for f in files if f.installed_sha256 is None for i, n in f.prefixes.items()]
+        if keep_prefixes:
+            await self.engine.db.executemany("INSERT OR REPLACE INTO download_prefixes VALUES (?,?,?,?)", keep_prefixes)
+        await self._persist(d, with_files=True)
+        self._hold(d, True)
+        log.info("%s: download %s queued (priority %s, %d bytes)", model_id, d.download_id, priority, d.total_bytes)
+        self._emit_progress(d)
+        self.engine.publish_status_changes([model_id])
+        self._kick()
         eta = self.estimate_ready_seconds(model_id)
         return {"success": True, "message": f"download of {model_id} {d.status}", "download_id": d.download_id,
                 "estimated_completion": iso(self.engine.clock.time() + eta) if eta is not None else None,
@@ -792,7 +877,8 @@ class DownloadManager:
     async def pause(self, model_id: str) -> dict[str, Any]:
         """Stop the download, keeping every byte; resume continues it."""
         async with self._lock:
-            return await self._pause(model_id)
+            with _full_is_insufficient_storage(model_id):
+                return await self._pause(model_id)
 
     async def _pause(self, model_id: str) -> dict[str, Any]:
         d = self._get(model_id)
@@ -809,7 +895,8 @@ class DownloadManager:
     async def resume(self, model_id: str) -> dict[str, Any]:
         """Queue a paused or failed download again (from the bytes it has)."""
         async with self._lock:
-            return await self._resume(model_id)
+            with _full_is_insufficient_storage(model_id):
+                return await self._resume(model_id)
 
     async def _resume(self, model_id: str) -> dict[str, Any]:
         d = self._get(model_id)
@@ -826,7 +913,8 @@ class DownloadManager:
     async def cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
         """Stop the download; delete its partial data unless `keep_partial`."""
         async with self._lock:
-            return await self._cancel(model_id, keep_partial)
+            with _full_is_insufficient_storage(model_id):
+                return await self._cancel(model_id, keep_partial)
 
     async def _cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
         d = self._get(model_id)
@@ -842,6 +930,7 @@ class DownloadManager:
                 "new_status": "cancelled"}
 
     async def _discard_partial(self, d: Download) -> None:
+        self._close_files(d)
         d.transfers.clear()
         for f in d.files:
             f.recorded.clear()
@@ -853,7 +942,8 @@ class DownloadManager:
     async def set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
         """Change the download's priority (the queue reorders at once)."""
         async with self._lock:
-            return await self._set_priority(model_id, priority)
+            with _full_is_insufficient_storage(model_id):
+                return await self._set_priority(model_id, priority)
 
     async def _set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
         priority = normalize_priority(priority)
@@ -870,7 +960,8 @@ class DownloadManager:
     async def move(self, model_id: str, position: int) -> dict[str, Any]:
         """Put a queued or running download at `position` (1-based) of the queue; it takes the priority found there."""
         async with self._lock:
-            return await self._move(model_id, position)
+            with _full_is_insufficient_storage(model_id):
+                return await self._move(model_id, position)
 
     async def _move(self, model_id: str, position: int) -> dict[str, Any]:
         d = self._get(model_id)
@@ -897,7 +988,8 @@ class DownloadManager:
     async def set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
         """Change the download's own bandwidth cap (MiB/s, 0 = none) while it runs."""
         async with self._lock:
-            return await self._set_limit(model_id, bandwidth_limit_mbps)
+            with _full_is_insufficient_storage(model_id):
+                return await self._set_limit(model_id, bandwidth_limit_mbps)
 
     async def _set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
         d = self._get(model_id)

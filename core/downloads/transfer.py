@@ -17,7 +17,11 @@ downloaded over one plain GET, so old and new bytes are never spliced.
 Retries use tenacity: exponential backoff with jitter, Retry-After honoured,
 4xx other than 408/429 not retried (the URL is dropped and the next mirror
 tried), a stalled connection replaced without spending a retry, and the retry
-budget renewed whenever an attempt made progress.
+budget renewed whenever an attempt made progress. A connection that delivers
+less than `downloads.min_rate_bytes_per_s` over `downloads.min_rate_window_s`
+(time spent waiting for our own bandwidth limits and disk not counted) is
+replaced too; after `downloads.min_rate_replacements` such connections the URL
+is given up on for the file, and with no URL left the file fails.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from core.downloads.limiter import RateLimiter, take_all
 from core.downloads.partial import PartialFile
 from core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
+from core.state import DatabaseFull
 from core.timeutil import wait_event
 
 log = logging.getLogger("mavail.downloads")
@@ -81,6 +86,12 @@ class Stalled(TransferError):
     counts = False
 
 
+class TooSlow(TransferError):
+    """The connection delivered less than `downloads.min_rate_bytes_per_s` over a window."""
+
+    counts = False
+
+
 class ShortRead(TransferError):
     """The response ended before the bytes it was asked for (a drop, or a Content-Length that lied)."""
 
@@ -104,7 +115,7 @@ class _Stale(Exception):
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, DatabaseFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -215,9 +226,16 @@ class FileTransfer:
         self.gen = 0
         self.no_ranges = False
         self.dead: set[str] = set()
+        self.dead_reason: str = ""  # why the last URL was given up on, for the message when none is left
+        self.slow: dict[str, int] = {}  # URL -> connections replaced for being too slow
         self.validators: dict[str, list[str | None]] = dict(validators or {})
         self.resets = 0
         self.integrity_failures = 0
+        self._live_spans: list[_Span] = []
+        self._failed_span_retries = 0  # failures of the span that gave up, kept for the figure after it ended
+        self._run_task: asyncio.Task[Any] | None = None
+        self._commit_error: BaseException | None = None
+        self._hash_read: asyncio.Future[int] | None = None  # the hash loop's read-back in its thread
         self._init_state(recorded or {})
         self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
@@ -295,6 +313,15 @@ class FileTransfer:
     def recorded_bytes(self) -> int:
         """Bytes of pieces flushed and recorded."""
         return sum(self.piece_len(i) for i in self.recorded)
+
+    @property
+    def retries_in_a_row(self) -> int:
+        """Retries in a row on this file, the figure `max_retries` bounds (an attempt that makes progress renews it).
+
+        Every failed attempt is followed by a retry until the limit; the one past the limit ends the file.
+        """
+        failed = max([s.failures for s in self._live_spans] + [self.integrity_failures, self._failed_span_retries])
+        return min(failed, self.ctx.max_retries())
 
     @property
     def complete(self) -> bool:
@@ -421,17 +448,27 @@ class FileTransfer:
 
     # --- committing pieces -------------------------------------------------
     async def _commit_loop(self) -> None:
-        while True:
-            await wait_event(self._commit_event, PREFIX_RECORD_S)
-            self._commit_event.clear()
-            await self._commit_pending()
+        try:
+            while True:
+                await wait_event(self._commit_event, PREFIX_RECORD_S)
+                self._commit_event.clear()
+                await self._commit_pending()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # recording failed (a full disk): stop the whole file rather than download what cannot be recorded
+            self._commit_error = exc
+            if self._run_task is not None:
+                self._run_task.cancel()
+            raise
 
     async def _hash_loop(self) -> None:
         """Catch the whole-file hash up over pieces that finished ahead of it (apart from commits, so neither waits)."""
         while True:
             await self._catchup_event.wait()
             self._catchup_event.clear()
-            await asyncio.to_thread(self._catch_up, 64 * 1024 * 1024)
+            self._hash_read = asyncio.ensure_future(asyncio.to_thread(self._catch_up, 64 * 1024 * 1024))
+            await asyncio.shield(self._hash_read)
 
     async def _commit_pending(self) -> None:
         async with self._alock:
@@ -458,7 +495,8 @@ class FileTransfer:
     def _pick_url(self, span: _Span) -> str:
         live = [u for u in self.job.urls if u not in self.dead]
         if not live:
-            raise SourceUnavailable(f"every URL of {self.job.path} failed", path=self.job.path, urls=list(self.job.urls))
+            raise SourceUnavailable(f"every URL of {self.job.path} failed" + (f"; last: {self.dead_reason}" if self.dead_reason else ""),
+                                    path=self.job.path, urls=list(self.job.urls))
         return live[span.url_idx % len(live)]
 
     def _check_validator(self, url: str, resp: httpx.Response) -> bool:
@@ -554,10 +592,15 @@ class FileTransfer:
             skip = self._span_offset(_Span(gen, 0, self.npieces)) or 0
             pos = buf_off = skip
         seen = 0  # body bytes before this chunk
+        min_rate = float(self.ctx.setting("downloads.min_rate_bytes_per_s"))
+        window = float(self.ctx.setting("downloads.min_rate_window_s"))
+        clock = self._loop.time
+        win_start, win_bytes, win_ours = clock(), 0, 0.0  # win_ours: time spent waiting on our own limits and disk
         try:
             async for chunk in resp.aiter_raw():
                 n = len(chunk)
                 self.ctx.on_bytes(n)
+                win_bytes += n
                 view = memoryview(chunk)
                 if seen < skip:
                     view = view[min(skip - seen, n):]
@@ -573,14 +616,26 @@ class FileTransfer:
                     view = view[len(part):]
                     if pos == boundary or len(buf) >= WRITE_CHUNK:
                         if inflight is not None:
+                            t0 = clock()
                             await inflight
+                            win_ours += clock() - t0
                         inflight = asyncio.ensure_future(asyncio.to_thread(self._write_job, gen, buf, buf_off))
                         buf_off = pos
                         buf = bytearray()
                 if limiters:
+                    t0 = clock()
                     await take_all(limiters, n)
+                    win_ours += clock() - t0
                 if pos >= end:
                     break
+                if min_rate > 0:
+                    now = clock()
+                    if now - win_start >= window:
+                        server_time = now - win_start - win_ours
+                        if server_time > 0 and win_bytes / server_time < min_rate:
+                            raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {resp.url}, under downloads.min_rate_bytes_per_s "
+                                          f"({min_rate:.0f} B/s)")
+                        win_start, win_bytes, win_ours = now, 0, 0.0
         finally:
             # keep every byte that arrived, even when the connection broke or we were cancelled
             await asyncio.shield(self._drain(inflight, gen, buf, buf_off))
@@ -598,6 +653,13 @@ class FileTransfer:
 
     # --- workers -----------------------------------------------------------
     def _account(self, span: _Span, exc: BaseException, progressed: bool, url: str) -> None:
+        if isinstance(exc, TooSlow):
+            self.slow[url] = self.slow.get(url, 0) + 1
+            if self.slow[url] >= int(self.ctx.setting("downloads.min_rate_replacements")):
+                log.warning("%s: giving up on %s: %d connections in a row were too slow (%s)", self.job.path, url, self.slow[url], exc)
+                self.dead.add(url)
+                self.dead_reason = (f"{url} stayed under downloads.min_rate_bytes_per_s over {self.slow[url]} connections "
+                                    f"(last: {exc})")
         if progressed:
             span.failures = 0
             span.stalls = 0
@@ -623,7 +685,7 @@ class FileTransfer:
 
         def wait(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome else None
-            if isinstance(exc, (Stalled, DeadUrl)):
+            if isinstance(exc, (Stalled, DeadUrl, TooSlow)):
                 return 0.0
             ra = getattr(exc, "retry_after", None)
             if span.failures == 0 and ra is None:
@@ -650,6 +712,9 @@ class FileTransfer:
                     if isinstance(exc, DeadUrl) and not [u for u in self.job.urls if u not in self.dead]:
                         raise SourceUnavailable(f"every URL of {self.job.path} failed; last: {exc}", path=self.job.path) from None
                     self._account(span, exc, self.written_bytes > before, url)
+                    if isinstance(exc, TooSlow) and not [u for u in self.job.urls if u not in self.dead]:
+                        raise SourceUnavailable(f"every URL of {self.job.path} was given up on; last: {self.dead_reason}",
+                                                path=self.job.path) from None
                     raise
                 if self._span_offset(span) is not None and span.gen == self.gen:
                     raise ShortRead("span incomplete")
@@ -659,9 +724,14 @@ class FileTransfer:
             span = self._take_span(max_pieces)
             if span is None:
                 return
+            self._live_spans.append(span)
             try:
                 await self._run_span(span)
+            except BaseException:
+                self._failed_span_retries = max(self._failed_span_retries, span.failures)
+                raise
             finally:
+                self._live_spans.remove(span)
                 self._release(span)
             if span.gen != self.gen:
                 raise _Restart()
@@ -683,40 +753,61 @@ class FileTransfer:
         """Fetch what is missing, verify, flush; return (sha256, [(piece index, sha256)])."""
         self._loop = asyncio.get_running_loop()
         self.dead.clear()
+        self.slow.clear()
+        self.dead_reason = ""
         await asyncio.to_thread(self._drop_missing_pieces)
         if self._prefixes:
             await asyncio.to_thread(self._restore_prefixes)
         self.resets = 0
         self.integrity_failures = 0
+        self._failed_span_retries = 0
+        self._run_task, self._commit_error = asyncio.current_task(), None
         committer = asyncio.create_task(self._commit_loop(), name=f"commit:{self.job.path}")
         hasher = asyncio.create_task(self._hash_loop(), name=f"hash:{self.job.path}")
         try:
-            while True:
-                if self.size == 0:
-                    break
-                if not self.complete:
-                    await self._run_workers()
-                    if not self.complete:
-                        continue
-                await self._commit_pending()
-                await asyncio.to_thread(self._catch_up)
-                ok, problem = self._verify()
-                if ok:
-                    break
-                self.integrity_failures += 1
-                if self.integrity_failures > self.ctx.max_retries():
-                    raise IntegrityError(f"{self.job.path}: {problem} after {self.integrity_failures} downloads", path=self.job.path)
-                self.ctx.on_retry(self.job.path, "", IntegrityError(problem), 0.0)
-                await self._reset(problem)
-            await asyncio.to_thread(self.file.flush)
+            await self._run_loop()
+        except asyncio.CancelledError:
+            if self._commit_error is not None:
+                raise self._commit_error from None
+            raise
         finally:
+            self._run_task = None
             committer.cancel()
             hasher.cancel()
             await asyncio.gather(committer, hasher, return_exceptions=True)
-            await asyncio.shield(self._commit_pending())
+            if self._hash_read is not None:
+                # a thread still reading the partial file must finish before its owner may close the descriptor
+                await asyncio.gather(self._hash_read, return_exceptions=True)
+                self._hash_read = None
+            try:
+                await asyncio.shield(self._commit_pending())
+            except (DiskFull, DatabaseFull):
+                # the pieces stay known in memory; the exception already on its way says why the file stopped
+                log.warning("%s: could not record the last pieces: the disk is full", self.job.path)
         with self._hlock:
             sha = self.frontier.sha.hexdigest()
         return sha, sorted(self.piece_sha.items())
+
+    async def _run_loop(self) -> None:
+        """Fetch, verify (refetching from zero on a mismatch, within the retry budget) and flush the file."""
+        while True:
+            if self.size == 0:
+                break
+            if not self.complete:
+                await self._run_workers()
+                if not self.complete:
+                    continue
+            await self._commit_pending()
+            await asyncio.to_thread(self._catch_up)
+            ok, problem = self._verify()
+            if ok:
+                break
+            self.integrity_failures += 1
+            if self.integrity_failures > self.ctx.max_retries():
+                raise IntegrityError(f"{self.job.path}: {problem} after {self.integrity_failures} downloads", path=self.job.path)
+            self.ctx.on_retry(self.job.path, "", IntegrityError(problem), 0.0)
+            await self._reset(problem)
+        await asyncio.to_thread(self.file.flush)
 
     def _verify(self) -> tuple[bool, str]:
         with self._hlock:

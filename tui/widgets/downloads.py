@@ -17,13 +17,14 @@ SHORT_PRIORITY = {"critical": "crit", "high": "high", "normal": "norm", "low": "
 
 # Fixed widths: the row fits 80 columns and cells do not jump as figures change.
 COLUMNS = [
-    Column("id", "Model", width=15),
+    Column("id", "Model", width=13),
     Column("status", "Status", sort=lambda r: r.get("status"), width=11),
     Column("progress", "Progress", sort=lambda r: r.get("progress_percent"), width=9),
     Column("bytes", "Bytes", sort=lambda r: r.get("downloaded_bytes"), width=11),
     Column("rate", "Speed ETA", sort=lambda r: r.get("speed_mbps"), width=10),
     Column("queue", "Prio Q", sort=lambda r: (_RANK.get(r.get("priority", "normal"), 9), r.get("queue_position") or 999), width=6),
-    Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=2),
+    # the current file's retries against the per-file limit (the engine's retry_count is the total over all files)
+    Column("retries", "Rt", sort=lambda r: r.get("retries_this_file", r.get("retry_count")), width=4),
 ]
 TERMINAL = ("completed", "cancelled")
 
@@ -44,7 +45,7 @@ def download_cells(d: dict[str, Any]) -> tuple[Cell, ...]:
     """One row of the Downloads table from a `downloads.active` / `downloads.progress` record."""
     pct = d.get("progress_percent")
     status = d.get("status")
-    retries = d.get("retry_count")
+    retries = _file_retries(d)
     running = status == "downloading"
     prio = SHORT_PRIORITY.get(str(d.get("priority")), str(d.get("priority") or "-"))
     pos = d.get("queue_position")
@@ -55,8 +56,18 @@ def download_cells(d: dict[str, Any]) -> tuple[Cell, ...]:
         _bytes(d),
         f"{fmt.rate(d.get('speed_mbps'))} {fmt.duration(d.get('eta_seconds'))}" if running else "-",
         f"{prio} {pos}" if pos else prio,
-        Text(str(retries), style="yellow") if retries else "0",
+        Text(retries, style="yellow") if not retries.startswith("0") else retries,
     )
+
+
+def _file_retries(d: dict[str, Any]) -> str:
+    """`this/max` for the current file; an engine without the per-file fields shows its single count."""
+    this = d.get("retries_this_file")
+    if this is None:
+        return str(d.get("retry_count") or 0)
+    limit = d.get("max_retries_per_file", d.get("max_retries"))
+    text = f"{this}/{limit}" if limit is not None else str(this)
+    return text if len(text) <= 4 else str(this)
 
 
 class DownloadsPane(Pane):
@@ -121,8 +132,14 @@ class DownloadsPane(Pane):
             code = raw.get("error_code")
             text = f"{raw.get('model_id')}: {code + ': ' if code and not str(err).startswith(code) else ''}{err}"
         elif raw:
-            text = (f"{raw.get('model_id')}: {raw.get('retry_count', 0)}/{raw.get('max_retries', '?')} retries"
-                    + (f" · {raw.get('current_file')}" if raw.get("current_file") else ""))
+            if raw.get("retries_this_file") is not None:
+                limit = raw.get("max_retries_per_file", raw.get("max_retries", "?"))
+                text = (f"{raw.get('model_id')}: {raw['retries_this_file']}/{limit} retries"
+                        + (f" on {raw.get('current_file')}" if raw.get("current_file") else " on this file")
+                        + f" · {raw.get('retry_count', 0)} in all")
+            else:
+                text = (f"{raw.get('model_id')}: {raw.get('retry_count', 0)} retries"
+                        + (f" · {raw.get('current_file')}" if raw.get("current_file") else ""))
         else:
             text = ""
         self.query_one("#downloads-detail", Static).update(Text(text, style="red" if err else ""))
