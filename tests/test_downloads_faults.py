@@ -34,7 +34,7 @@ async def test_drops_resume_where_they_stopped(home, parallel):
             assert installed_bytes(home, "m", "f.bin") == data.read(0, SIZE)
             # nothing fetched twice beyond what was in flight: every drop resumed at its byte
             assert m.bytes_served["m/f.bin"] <= SIZE + 4 * 64 * 1024
-            assert eng.downloads.progress("m")["retry_count"] >= 3
+            assert eng.downloads.progress("m")["total_retries"] >= 3
             # progress events carry the retries, so a watcher (the TUI) sees them without polling
             # (the status changes before its event is sent, after the state is saved: wait for the event)
             async def completed_event():
@@ -44,7 +44,7 @@ async def test_drops_resume_where_they_stopped(home, parallel):
                             return ev
 
             last = await asyncio.wait_for(completed_event(), 10)
-            assert last.params["retry_count"] == eng.downloads.progress("m")["retry_count"] >= 3
+            assert last.params["total_retries"] == eng.downloads.progress("m")["total_retries"] >= 3
 
 
 async def test_server_without_ranges_or_validators(home):

@@ -268,8 +268,8 @@ async def test_health_tab_shows_unchecked_models_as_not_checked():
 
 async def test_downloads_show_the_current_files_retries_against_the_per_file_limit():
     row = {"model_id": "m", "status": "downloading", "progress_percent": 10.0, "priority": "normal", "downloaded_bytes": 10,
-           "total_bytes": 100, "speed_mbps": 1.0, "eta_seconds": 9, "retry_count": 30, "max_retries": 8,
-           "retries_this_file": 2, "max_retries_per_file": 8, "current_file": "w.bin"}
+           "total_bytes": 100, "speed_mbps": 1.0, "eta_seconds": 9, "retry_count": 2, "max_retries": 8,
+           "total_retries": 30, "current_file": "w.bin"}
     app, link = make_app({"models.status": models_answer(status("m", "downloading")),
                           "downloads.active": {"active_downloads": [row], "total_active": 1}, "downloads.progress": {}})
     async with app.run_test(size=(80, 24)) as pilot:
@@ -278,6 +278,6 @@ async def test_downloads_show_the_current_files_retries_against_the_per_file_lim
         assert str(pane.table.cell("m", "retries")) == "2/8"
         await pilot.press("2")
         await until(pilot, lambda: "2/8 retries on w.bin" in screen_text(app) and "30 in all" in screen_text(app))
-        link.push("model_download_progress", model_id="m", status="downloading", progress_percent=20.0, retry_count=31,
-                  retries_this_file=3, max_retries_per_file=8)
+        link.push("model_download_progress", model_id="m", status="downloading", progress_percent=20.0, retry_count=3,
+                  max_retries=8, total_retries=31)
         await until(pilot, lambda: str(pane.table.cell("m", "retries")) == "3/8")

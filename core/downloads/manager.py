@@ -132,7 +132,7 @@ class Download:
     bandwidth_limit_mbps: float
     created_at: float
     files: list[FileRec] = field(default_factory=list)
-    retry_count: int = 0
+    retry_count: int = 0  # every retry, all files together (total_retries on the wire)
     error_code: str | None = None
     error_message: str | None = None
     completed_at: float | None = None
@@ -447,11 +447,10 @@ class DownloadManager:
             "speed_mbps": round(d.speed / MIB, 3) if d.status == "downloading" else 0.0,
             "eta_seconds": round(eta, 1) if eta is not None else None,
             "queue_position": self.queue_position(d),
-            # retry_count: every retry of the download, all files together; the per-file limit bounds retries_this_file
-            "retry_count": d.retry_count,
+            # retry_count counts the current file's retries, which max_retries bounds; total_retries all files'
+            "retry_count": d.retries_this_file,
             "max_retries": d.max_retries,
-            "retries_this_file": d.retries_this_file,
-            "max_retries_per_file": d.max_retries,
+            "total_retries": d.retry_count,
             "bandwidth_limit_mbps": d.bandwidth_limit_mbps,
             "error_code": d.error_code,
             "error_message": d.error_message,
@@ -471,8 +470,8 @@ class DownloadManager:
         self.engine.events.emit("model_download_progress", model_id=d.model_id, download_id=d.download_id, status=d.status,
                                 progress_percent=p["progress_percent"], speed_mbps=p["speed_mbps"], eta_seconds=p["eta_seconds"],
                                 downloaded_bytes=p["downloaded_bytes"], total_bytes=p["total_bytes"],
-                                queue_position=p["queue_position"], retry_count=d.retry_count,
-                                retries_this_file=p["retries_this_file"], max_retries_per_file=d.max_retries, error_code=d.error_code)
+                                queue_position=p["queue_position"], retry_count=p["retry_count"], max_retries=d.max_retries,
+                                total_retries=d.retry_count, error_code=d.error_code)
 
     async def _set_status(self, d: Download, status: str, error_code: str | None = None, message: str | None = None,
                           persist: bool = True) -> None:

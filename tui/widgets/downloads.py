@@ -23,8 +23,8 @@ COLUMNS = [
     Column("bytes", "Bytes", sort=lambda r: r.get("downloaded_bytes"), width=11),
     Column("rate", "Speed ETA", sort=lambda r: r.get("speed_mbps"), width=10),
     Column("queue", "Prio Q", sort=lambda r: (_RANK.get(r.get("priority", "normal"), 9), r.get("queue_position") or 999), width=6),
-    # the current file's retries against the per-file limit (the engine's retry_count is the total over all files)
-    Column("retries", "Rt", sort=lambda r: r.get("retries_this_file", r.get("retry_count")), width=4),
+    # the current file's retries against the per-file limit
+    Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=4),
 ]
 TERMINAL = ("completed", "cancelled")
 
@@ -61,11 +61,9 @@ def download_cells(d: dict[str, Any]) -> tuple[Cell, ...]:
 
 
 def _file_retries(d: dict[str, Any]) -> str:
-    """`this/max` for the current file; an engine without the per-file fields shows its single count."""
-    this = d.get("retries_this_file")
-    if this is None:
-        return str(d.get("retry_count") or 0)
-    limit = d.get("max_retries_per_file", d.get("max_retries"))
+    """`this/max`: the current file's retries against the per-file limit."""
+    this = d.get("retry_count") or 0
+    limit = d.get("max_retries")
     text = f"{this}/{limit}" if limit is not None else str(this)
     return text if len(text) <= 4 else str(this)
 
@@ -132,14 +130,9 @@ class DownloadsPane(Pane):
             code = raw.get("error_code")
             text = f"{raw.get('model_id')}: {code + ': ' if code and not str(err).startswith(code) else ''}{err}"
         elif raw:
-            if raw.get("retries_this_file") is not None:
-                limit = raw.get("max_retries_per_file", raw.get("max_retries", "?"))
-                text = (f"{raw.get('model_id')}: {raw['retries_this_file']}/{limit} retries"
-                        + (f" on {raw.get('current_file')}" if raw.get("current_file") else " on this file")
-                        + f" · {raw.get('retry_count', 0)} in all")
-            else:
-                text = (f"{raw.get('model_id')}: {raw.get('retry_count', 0)} retries"
-                        + (f" · {raw.get('current_file')}" if raw.get("current_file") else ""))
+            text = (f"{raw.get('model_id')}: {raw.get('retry_count') or 0}/{raw.get('max_retries', '?')} retries"
+                    + (f" on {raw.get('current_file')}" if raw.get("current_file") else " on this file")
+                    + f" · {raw.get('total_retries') or 0} in all")
         else:
             text = ""
         self.query_one("#downloads-detail", Static).update(Text(text, style="red" if err else ""))
