@@ -172,3 +172,29 @@ async def test_download_install_never_writes_through_a_link(home: Path, tmp_path
     assert snapshot(outside) == before
     assert (outside / "unet" / "bystander.txt").read_text() == "not mavail's"
     assert "symbolic link" in caplog.text
+
+
+@pytest.mark.parametrize("level", ["model", "nested"])
+async def test_download_never_writes_partial_data_through_a_link(home: Path, tmp_path: Path, level: str):
+    """partial/<id> (or a folder inside it) as a link out of the home: the download refuses, the outside is untouched."""
+    outside = tmp_path / "outside"
+    (outside / "unet").mkdir(parents=True)
+    (outside / "unet" / "model.bin").write_bytes(b"outside bytes")
+    (outside / "bystander.txt").write_text("not mavail's")
+    with Mirror() as m:
+        write_home(home, m, {"m1": {"unet/model.bin": Synthetic("a", 200_000)}})
+        partial = home / "partial" / "m1"
+        if level == "model":
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(outside, partial)
+        else:
+            (partial / "1.0.0").mkdir(parents=True)
+            os.symlink(outside / "unet", partial / "1.0.0" / "unet")
+        before = snapshot(outside)
+        async with dl_engine(home) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="m1")
+            prog = await wait_status(eng, "m1", "completed", "failed")
+            assert prog["status"] == "failed", prog
+            assert "symbolic link" in (eng.downloads.get("m1").error_message or "")
+            await c.call("downloads.cancel", model_id="m1")
+    assert snapshot(outside) == before

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -182,7 +181,7 @@ class DownloadManager:
 
     def __init__(self, engine: "Engine", opener: Opener | None = None, environ: dict[str, str] | None = None) -> None:
         self.engine = engine
-        self.opener: Opener = opener or PartialFile
+        self.opener: Opener = opener or (lambda path: PartialFile(path, engine.layout.home))
         self.environ = environ  # None: os.environ (HF_ENDPOINT, HF_TOKEN)
         self.piece_size: int | None = None  # bytes; None = downloads.piece_size_mb (tests use tiny pieces)
         self._dl: dict[str, Download] = {}
@@ -650,6 +649,13 @@ class DownloadManager:
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
                                sleep=self.sleep)
 
+    def _remove_partial(self, model_id: str) -> None:
+        """Delete a download's partial data without following links (a link there is left, and logged)."""
+        try:
+            safefs.remove_tree(self.engine.layout.home, self.engine.layout.partial_dir / model_id)
+        except (OSError, MavailError) as exc:
+            log.warning("%s: partial data not removed: %s", model_id, exc)
+
     async def _open_partial(self, path: Path) -> PartialFile:
         """Open a partial file in a worker thread; if the caller is cancelled meanwhile, the file is closed once open."""
         fut = asyncio.ensure_future(asyncio.to_thread(self.opener, path))
@@ -724,7 +730,7 @@ class DownloadManager:
         with _full_is_disk_full():
             await self.engine.db.write(w)
         d.completed_at = now
-        await asyncio.to_thread(shutil.rmtree, self.engine.layout.partial_dir / mid, True)
+        await asyncio.to_thread(self._remove_partial, mid)
         await self.engine.refresh_presence([mid])
         log.info("%s: download %s completed: %d bytes, %d retries", mid, d.download_id, d.total_bytes, d.retry_count)
         await self._set_status(d, "completed")
@@ -936,7 +942,7 @@ class DownloadManager:
             f.prefixes.clear()
             f.validators = {}
         await self._forget_pieces(d.model_id)
-        await asyncio.to_thread(shutil.rmtree, self.engine.layout.partial_dir / d.model_id, True)
+        await asyncio.to_thread(self._remove_partial, d.model_id)
 
     async def set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
         """Change the download's priority (the queue reorders at once)."""

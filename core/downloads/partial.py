@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from core import safefs
+
 try:  # Linux: start writeback of written ranges early, so a later fdatasync has little left to do
     _sync_file_range = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -19,10 +21,14 @@ _SYNC_FILE_RANGE_WRITE = 2
 class PartialFile:
     """One file under `partial/` opened for positional I/O; thread-safe for disjoint ranges."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, home: Path | None = None) -> None:
+        """Open (creating it and its folders) `path`; with `home`, no link below the home is followed (LinkRefused)."""
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if home is not None:
+            self.fd = safefs.open_file(home, path, os.O_RDWR | os.O_CREAT, 0o600, create_parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
     def write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of `data` at `offset` (OSError ENOSPC when the disk is full)."""
