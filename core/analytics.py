@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable
 
-from core.catalog import version_key
-from core.errors import InvalidParams, ModelNotFound
-from core.timeutil import iso, parse_iso
+from mavail.core.catalog import version_key
+from mavail.core.errors import InvalidParams, ModelNotFound
+from mavail.core.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
-    from core.engine import Engine
+    from mavail.core.engine import Engine
 
 log = logging.getLogger("mavail.analytics")
 

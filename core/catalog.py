@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from core.errors import CatalogError
-from core.limits import MAX_FILE_BYTES, MAX_VRAM_GB
-from core.paths import is_safe_relative
+from mavail.core.errors import CatalogError
+from mavail.core.limits import MAX_FILE_BYTES, MAX_VRAM_GB
+from mavail.core.paths import is_safe_relative
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import tomli_w
 
-from core.errors import ConfigError
-from core.fsutil import atomic_write_bytes
+from mavail.core.errors import ConfigError
+from mavail.core.fsutil import atomic_write_bytes
 
 
 @dataclass(frozen=True)

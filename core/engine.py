@@ -8,25 +8,25 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
-from core import __version__
-from core.catalog import Catalog, FileSpec, load_catalog, version_key
-from core.config import Config
-from core.downloads import DownloadManager
-from core.errors import InvalidParams, InvalidState, ModelNotFound
-from core.events import EventBus
-from core.activity import Activity
-from core.fallback.queue import RequestQueue
-from core.fallback.service import FallbackService
-from core.health import HealthService
-from core.analytics import Analytics
-from core.leases import Lease, LeaseManager
-from core.inventory import ModelPresence, VerifiedIndex, scan_model
-from core.paths import HomeLayout
-from core.session import Session
-from core.state import Database
-from core.storage import StorageManager
-from core.sysinfo import Nvml, system_info
-from core.timeutil import Clock, SystemClock, iso
+from mavail.core import __version__
+from mavail.core.catalog import Catalog, FileSpec, load_catalog, version_key
+from mavail.core.config import Config
+from mavail.core.downloads import DownloadManager
+from mavail.core.errors import InvalidParams, InvalidState, ModelNotFound
+from mavail.core.events import EventBus
+from mavail.core.activity import Activity
+from mavail.core.fallback.queue import RequestQueue
+from mavail.core.fallback.service import FallbackService
+from mavail.core.health import HealthService
+from mavail.core.analytics import Analytics
+from mavail.core.leases import Lease, LeaseManager
+from mavail.core.inventory import ModelPresence, VerifiedIndex, scan_model
+from mavail.core.paths import HomeLayout
+from mavail.core.session import Session
+from mavail.core.state import Database
+from mavail.core.storage import StorageManager
+from mavail.core.sysinfo import Nvml, system_info
+from mavail.core.timeutil import Clock, SystemClock, iso
 
 log = logging.getLogger("mavail.engine")
 

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from core.timeutil import iso_now
+from mavail.core.timeutil import iso_now
 
 log = logging.getLogger("mavail.events")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from typing import Sequence
 
-from core.catalog import FileSpec
-from core.paths import HomeLayout, safe_join
+from mavail.core.catalog import FileSpec
+from mavail.core.paths import HomeLayout, safe_join
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from core.errors import Conflict, NotFound
-from core.session import Session
+from mavail.core.errors import Conflict, NotFound
+from mavail.core.session import Session
 
 log = logging.getLogger("mavail.leases")
 

@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from core.errors import InvalidState
+from mavail.core.errors import InvalidState
 
 log = logging.getLogger("mavail.storage")
 

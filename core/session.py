@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from core.events import Event
+from mavail.core.events import Event
 
 
 class Session(Protocol):

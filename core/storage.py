@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from core import crash, safefs
-from core.errors import InvalidParams, MavailError, NotFound
-from core.timeutil import iso
+from mavail.core import crash, safefs
+from mavail.core.errors import InvalidParams, MavailError, NotFound
+from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
-    from core.engine import Engine
+    from mavail.core.engine import Engine
 
 log = logging.getLogger("mavail.storage")
 

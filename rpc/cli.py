@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.errors import ConfigError
-from core.paths import resolve_home, resolve_socket
+from mavail.core.errors import ConfigError
+from mavail.core.paths import resolve_home, resolve_socket
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -46,8 +46,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     """Run the engine until SIGTERM/SIGINT or engine.shutdown."""
     import anyio
 
-    from rpc.runner import run_engine
-    from rpc.server import CannotServe
+    from mavail.rpc.runner import run_engine
+    from mavail.rpc.server import CannotServe
 
     home = resolve_home(args.home)
     sock = resolve_socket(home, args.socket)
@@ -68,7 +68,7 @@ def _call_engine(args: argparse.Namespace, method: str, params: dict[str, Any] |
                  timeout: float | None = None) -> tuple[int, Any]:
     """(0, result) of one call, else (exit code, None) with the error on stderr: 1 for an RPC error (as JSON),
     2 when the engine is unreachable or the call timed out."""
-    from rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
+    from mavail.rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
 
     try:
         client = Client(_socket(args)) if timeout is None else Client(_socket(args), timeout=timeout)
@@ -136,14 +136,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     """Attach the TUI."""
-    from tui.app import run_tui
+    from mavail.tui.app import run_tui
 
     return run_tui(_socket(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
-    from tui.demo import run_demo
+    from mavail.tui.demo import run_demo
 
     return run_demo(headless=args.headless)
 

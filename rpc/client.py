@@ -11,7 +11,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
-from core.paths import resolve_home, resolve_socket
+from mavail.core.paths import resolve_home, resolve_socket
 
 
 class RpcError(Exception):

@@ -18,14 +18,14 @@ from oslash.either import Left  # type: ignore[import-untyped]
 
 import orjson
 
-from core.config import flatten_patch
-from core.errors import ConfigError, MavailError, RateLimited, Unauthorized
-from core.logs import request_id_var
-from core.timeutil import iso_now
-from rpc.methods import TABLE, CallContext
+from mavail.core.config import flatten_patch
+from mavail.core.errors import ConfigError, MavailError, RateLimited, Unauthorized
+from mavail.core.logs import request_id_var
+from mavail.core.timeutil import iso_now
+from mavail.rpc.methods import TABLE, CallContext
 
 if TYPE_CHECKING:
-    from rpc.server import Connection
+    from mavail.rpc.server import Connection
 
 log = logging.getLogger("mavail.rpc")
 

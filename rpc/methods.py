@@ -10,17 +10,17 @@ import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core import __version__, limits
-from core.downloads import PRIORITY_INPUT
-from core.engine import AVAILABILITY, SORT_KEYS, Engine
-from core.errors import InvalidParams, NotFound, Unauthorized
-from core.events import EVENT_TYPES
-from core.fallback.queue import PRIORITIES, normalise_priority
-from rpc import PROTOCOL_VERSION
-from rpc.spec import Method, P
+from mavail.core import __version__, limits
+from mavail.core.downloads import PRIORITY_INPUT
+from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
+from mavail.core.errors import InvalidParams, NotFound, Unauthorized
+from mavail.core.events import EVENT_TYPES
+from mavail.core.fallback.queue import PRIORITIES, normalise_priority
+from mavail.rpc import PROTOCOL_VERSION
+from mavail.rpc.spec import Method, P
 
 if TYPE_CHECKING:
-    from rpc.server import Connection
+    from mavail.rpc.server import Connection
 
 
 @dataclass

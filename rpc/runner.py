@@ -11,11 +11,11 @@ from typing import Iterator
 
 import anyio
 
-from core.config import Config
-from core.engine import Engine
-from core.logs import setup_logging, teardown_logging
-from core.paths import HomeLayout
-from rpc.server import EngineAlreadyRunning, Server
+from mavail.core.config import Config
+from mavail.core.engine import Engine
+from mavail.core.logs import setup_logging, teardown_logging
+from mavail.core.paths import HomeLayout
+from mavail.rpc.server import EngineAlreadyRunning, Server
 
 log = logging.getLogger("mavail.engine")
 

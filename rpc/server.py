@@ -18,9 +18,9 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from core.engine import Engine
-from core.events import Event, Subscription
-from rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, parse_line
+from mavail.core.engine import Engine
+from mavail.core.events import Event, Subscription
+from mavail.rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, parse_line
 
 log = logging.getLogger("mavail.rpc")
 

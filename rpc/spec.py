@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from core.errors import InvalidParams
+from mavail.core.errors import InvalidParams
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),

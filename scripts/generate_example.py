@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rpc.client import Client, EngineUnavailable, RpcError, default_socket  # noqa: E402
+from mavail.rpc.client import Client, EngineUnavailable, RpcError, default_socket  # noqa: E402
 
 USE_ALTERNATIVE = ("alternative_model", "hybrid_approach", "reduce_requirements")
 

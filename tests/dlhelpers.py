@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 
 import tomli_w
 
-from core.mirror import Mirror
+from mavail.testing.mirror import Mirror
 from tests.helpers import running_engine, wait_until
 
 FAST = {

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from rpc.client import AsyncClient
+from mavail.rpc.client import AsyncClient
 
 from tests.helpers import install_files, model_toml, synthetic_bytes
 

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from core.config import Config
-from core.engine import Engine
-from core.paths import HomeLayout
-from rpc.client import Client
-from rpc.server import Server
+from mavail.core.config import Config
+from mavail.core.engine import Engine
+from mavail.core.paths import HomeLayout
+from mavail.rpc.client import Client
+from mavail.rpc.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +103,7 @@ def start_engine_process(home: Path, sock: Path, env: dict[str, str] | None = No
     """
     environ = {k: v for k, v in os.environ.items() if k != "MAVAIL_CRASH_AT"}
     environ.update({"PYTHONPATH": str(ROOT), **(env or {})})
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
                             env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=new_session)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

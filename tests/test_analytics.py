@@ -13,11 +13,11 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from core.config import Config
-from core.engine import Engine
-from core.paths import HomeLayout
-from rpc.client import AsyncClient, RpcError
-from rpc.server import Server
+from mavail.core.config import Config
+from mavail.core.engine import Engine
+from mavail.core.paths import HomeLayout
+from mavail.rpc.client import AsyncClient, RpcError
+from mavail.rpc.server import Server
 from tests.helpers import install_files, model_toml, synthetic_bytes
 
 DAY = 86400
@@ -305,7 +305,7 @@ async def test_system_performance_comes_from_recorded_downloads_and_checks(home:
     health_checks tables: null with zero samples before any data, then the values the rows give, changing with them."""
     import sqlite3
 
-    from core.mirror import Mirror, Synthetic
+    from mavail.testing.mirror import Mirror, Synthetic
     from tests.dlhelpers import dl_engine, wait_status, write_home
     from tests.helpers import wait_until
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import install_files, model_toml, short_tmpdir, synthetic_bytes
 
-MAVAIL = [sys.executable, "-m", "rpc.cli"]
+MAVAIL = [sys.executable, "-m", "mavail.rpc.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core.catalog import build_catalog, load_catalog, version_key
-from core.config import Config
-from core.errors import CatalogError, ConfigError
-from core.paths import is_safe_relative, resolve_home, resolve_socket
+from mavail.core.catalog import build_catalog, load_catalog, version_key
+from mavail.core.config import Config
+from mavail.core.errors import CatalogError, ConfigError
+from mavail.core.paths import is_safe_relative, resolve_home, resolve_socket
 from tests.helpers import model_toml
 
 SHA = hashlib.sha256(b"x").hexdigest()

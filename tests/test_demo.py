@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psutil
 
-from rpc.client import Client
-from tui.demo import CATALOG, Demo
+from mavail.rpc.client import Client
+from mavail.tui.demo import CATALOG, Demo
 from tests.tui_helpers import until
-from tui.app import create_app
+from mavail.tui.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_headless_demo_serves_the_catalog_and_ctrl_c_stops_everything():
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "demo", "--headless"], cwd=ROOT, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "demo", "--headless"], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = proc.stdout.readline() if proc.stdout else ""
@@ -66,7 +66,7 @@ def test_headless_demo_serves_the_catalog_and_ctrl_c_stops_everything():
 def test_demo_tui_quit_leaves_no_process_behind():
     """The real command in a pseudo-terminal: wait for the TUI to draw the catalog, press q, check every child is gone."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "demo"], cwd=ROOT, env={**_env(), "TERM": "xterm-256color",
+    proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "demo"], cwd=ROOT, env={**_env(), "TERM": "xterm-256color",
                             "COLUMNS": "80", "LINES": "24"}, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     out = b""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from core.mirror import Mirror, Synthetic
-from rpc.client import AsyncClient, RpcError
+from mavail.testing.mirror import Mirror, Synthetic
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
 
 

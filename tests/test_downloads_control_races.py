@@ -7,9 +7,9 @@ import os
 import random
 from pathlib import Path
 
-from core.downloads.partial import PartialFile
-from core.mirror import MIB, Mirror, Synthetic
-from rpc.client import AsyncClient, RpcError
+from mavail.core.downloads.partial import PartialFile
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, write_home
 from tests.helpers import wait_until
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from core.mirror import Mirror, Synthetic
-from rpc.client import AsyncClient, RpcError
+from mavail.testing.mirror import Mirror, Synthetic
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
 
 SIZE = 400_000

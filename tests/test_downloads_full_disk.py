@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from core.mirror import MIB, Mirror, Synthetic
-from rpc.client import Client, RpcError
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.rpc.client import Client, RpcError
 from tests.helpers import short_tmpdir, start_engine_process
 
 FS_MB = 24

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from core.mirror import Mirror
-from rpc.client import AsyncClient, RpcError
+from mavail.testing.mirror import Mirror
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status
 
 HTML = b"<html><body>Sign in to continue</body></html>\n"
@@ -60,8 +60,8 @@ async def test_file_without_a_hash_installs_when_the_catalog_allows_it_and_statu
 
 
 def test_catalog_allow_unverified_must_be_a_boolean():
-    from core.catalog import parse_catalog_text
-    from core.errors import CatalogError
+    from mavail.core.catalog import parse_catalog_text
+    from mavail.core.errors import CatalogError
 
     with pytest.raises(CatalogError) as ei:
         parse_catalog_text('[[models]]\nid = "x"\nversion = "1"\nmodel_type = "text_to_video"\nsource = "hf://a/b@main"\n'
@@ -127,8 +127,8 @@ async def test_malformed_hashes_are_refused(home, field: str, value: str):
 
 @pytest.mark.parametrize("names", [["a", "a"], ["a", "a/b"], ["x/a/b", "x/a"]])
 def test_catalog_files_lists_refuse_the_same_names(names: list[str]):
-    from core.catalog import parse_catalog_text
-    from core.errors import CatalogError
+    from mavail.core.catalog import parse_catalog_text
+    from mavail.core.errors import CatalogError
 
     files = "".join(f'[[models.files]]\npath = "{n}"\nurl = "http://h/{i}"\nsize = 1\nsha256 = "{"0" * 64}"\n'
                     for i, n in enumerate(names))

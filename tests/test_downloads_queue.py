@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from core.downloads.partial import PartialFile
-from core.mirror import MIB, Mirror, Synthetic
-from rpc.client import AsyncClient, RpcError
+from mavail.core.downloads.partial import PartialFile
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
 from tests.helpers import wait_until
 

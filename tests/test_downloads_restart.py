@@ -7,8 +7,8 @@ import os
 import signal
 import time
 
-from core.mirror import MIB, Mirror, Synthetic
-from rpc.client import Client
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.rpc.client import Client
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
 from tests.helpers import short_tmpdir, start_engine_process
 
@@ -171,7 +171,7 @@ async def test_hf_source_through_hf_endpoint_with_token(home):
             assert rows[0][0] == hashlib.sha256(b'{"dim": 8}').hexdigest()
             import pytest
 
-            from core.errors import SourceUnavailable
+            from mavail.core.errors import SourceUnavailable
 
             with pytest.raises(SourceUnavailable) as ei:
                 await eng.downloads.start("nope")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from core.mirror import Mirror, Synthetic
-from rpc.client import AsyncClient
+from mavail.testing.mirror import Mirror, Synthetic
+from mavail.rpc.client import AsyncClient
 from tests.dlhelpers import dl_engine, wait_status, write_home
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.mirror import MIB, Mirror, Synthetic
-from rpc.client import AsyncClient
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.rpc.client import AsyncClient
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
 
 SLOW = {"downloads": {"min_rate_bytes_per_s": 200_000.0, "min_rate_window_s": 0.3, "min_rate_replacements": 2,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.events import EventBus
+from mavail.core.events import EventBus
 
 
 async def test_progress_supersedes_and_keeps_order():

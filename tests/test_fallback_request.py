@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from core.mirror import Mirror, Synthetic
-from rpc.client import AsyncClient
+from mavail.testing.mirror import Mirror, Synthetic
+from mavail.rpc.client import AsyncClient
 from tests.fallback_helpers import NoGpu, write_catalog
 from tests.helpers import running_engine, wait_until
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rpc.client import AsyncClient, RpcError
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.fallback_helpers import FakeDownloads, NoGpu, next_event, write_catalog
 from tests.helpers import running_engine, wait_until
 

@@ -8,9 +8,9 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.catalog import CAPABILITIES, MODEL_TYPES, SPEEDS, TIERS, FileSpec, ModelSpec
-from core.fallback.scoring import (INPUT_IMAGE, INPUT_TEXT, FeatureIndex, Weights, build_query, need_at, parse_resolution, rank, vram_fit)
-from core.fallback.strategy import Thresholds, choose
+from mavail.core.catalog import CAPABILITIES, MODEL_TYPES, SPEEDS, TIERS, FileSpec, ModelSpec
+from mavail.core.fallback.scoring import (INPUT_IMAGE, INPUT_TEXT, FeatureIndex, Weights, build_query, need_at, parse_resolution, rank, vram_fit)
+from mavail.core.fallback.strategy import Thresholds, choose
 
 RESOLUTIONS = ["512x288", "832x480", "1024x576", "1280x704", "1920x1088"]
 STATUSES = ["available", "downloading", "queued", "paused", "missing", "corrupted", "failed", "updating"]
@@ -233,7 +233,7 @@ def test_strategies_by_state() -> None:
 def test_bad_requirements_name_the_field() -> None:
     import pytest
 
-    from core.errors import InvalidParams
+    from mavail.core.errors import InvalidParams
 
     idx = index_of([spec("a")])
     for req, field in [({"quality": "ultra"}, "requirements.quality"), ({"resolution": "big"}, "requirements.resolution"),

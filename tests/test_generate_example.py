@@ -90,8 +90,8 @@ async def test_queues_and_waits_for_release(home: Path):
 
 async def test_against_demo_catalog_with_real_downloads(home: Path):
     """The demo's catalog on the mirror, the real scheduler: a missing model is downloaded, the script waits, then uses it."""
-    from core.mirror import Mirror
-    from tui import demo
+    from mavail.testing.mirror import Mirror
+    from mavail.tui import demo
 
     with Mirror() as good, Mirror() as flaky:
         home.mkdir(parents=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import Conflict
-from core.health.scores import Sample, performance
-from rpc.client import AsyncClient, RpcError
+from mavail.core.errors import Conflict
+from mavail.core.health.scores import Sample, performance
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
 
 MIB = 1024 * 1024
@@ -236,7 +236,7 @@ async def test_performance_check_reads_what_analytics_recorded(home: Path):
     buffer when the check runs (the source flushes it); requests are not generations."""
     import time
 
-    from core.timeutil import iso
+    from mavail.core.timeutil import iso
 
     setup_home(home)
     (home / "config.toml").write_text("[downloads]\npiece_size_mb = 1\n[health]\nscheduler_tick_s = 3600\n"
@@ -274,9 +274,9 @@ async def test_scheduler_staggers_and_repairs_nothing_healthy(home: Path):
             return self.t
 
     clock = Clock()
-    from core.config import Config
-    from core.engine import Engine
-    from core.paths import HomeLayout
+    from mavail.core.config import Config
+    from mavail.core.engine import Engine
+    from mavail.core.paths import HomeLayout
 
     layout = HomeLayout(home)
     async with Engine(layout, Config.load(layout.config_file, environ={}), clock=clock) as eng:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.mirror import Mirror
-from rpc.client import AsyncClient, Client, RpcError
+from mavail.testing.mirror import Mirror
+from mavail.rpc.client import AsyncClient, Client, RpcError
 from tests.helpers import running_engine, short_tmpdir, start_engine_process, synthetic_bytes
 
 MIB = 1024 * 1024

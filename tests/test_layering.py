@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_core_does_not_import_rpc_or_tui():
     code = (
-        "import importlib, pkgutil, sys, core\n"
-        "for m in pkgutil.walk_packages(core.__path__, 'core.'):\n"
+        "import importlib, pkgutil, sys, mavail.core as core\n"
+        "for m in pkgutil.walk_packages(core.__path__, 'mavail.core.'):\n"
         "    importlib.import_module(m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('rpc', 'tui', 'textual'))\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[:2] in (['mavail', 'rpc'], ['mavail', 'tui'], ['mavail', 'testing'])\n"
+        "             or n.split('.')[0] in ('textual', 'core', 'rpc', 'tui'))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
@@ -37,8 +38,10 @@ def _imports(path: Path) -> set[str]:
 def test_tui_reaches_engine_only_through_client():
     for path in (ROOT / "tui").rglob("*.py"):
         for name in _imports(path):
-            top = name.split(".")[0]
+            parts = name.split(".")
+            assert parts[0] not in ("core", "rpc", "tui", "testing"), f"{path} imports {name}: use the mavail. names"
+            top = parts[1] if parts[0] == "mavail" and len(parts) > 1 else None
             if top == "rpc":
-                assert name in ("rpc.client", "rpc"), f"{path} imports {name}"
+                assert name in ("mavail.rpc.client", "mavail.rpc"), f"{path} imports {name}"
             if top == "core" and path.name != "demo.py":
                 raise AssertionError(f"{path} imports {name}: the TUI talks to the engine through rpc.client only")

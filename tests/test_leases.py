@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from rpc.client import AsyncClient, RpcError
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
 
 FILES = [("w.bin", synthetic_bytes("lease-m1", 50_000)), ("cfg.json", b"{}")]

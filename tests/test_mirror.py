@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from core.mirror import MIB, Mirror, Synthetic
+from mavail.testing.mirror import MIB, Mirror, Synthetic
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ def test_hf_endpoint(mirror):
 
 
 def test_add_model_gives_a_catalog_block(mirror):
-    from core.catalog import parse_catalog_text
+    from mavail.core.catalog import parse_catalog_text
 
     with Mirror() as alt:
         block = mirror.add_model("demo-a", {"w.bin": Synthetic("w", 1234), "c.json": b"{}"}, mirrors=[alt], family="demo")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rpc.client import AsyncClient, Client
+from mavail.rpc.client import AsyncClient, Client
 
 
 async def _raw_exchange(sock_path: Path, payload: bytes, expect_lines: int = 1, timeout: float = 10.0) -> list[dict]:
@@ -206,13 +206,13 @@ def test_sync_client_against_engine_in_thread(home):
 
 
 async def test_internal_errors_do_not_leak_and_are_logged(engine, monkeypatch):
-    from rpc import methods
-    from rpc.spec import Method
+    from mavail.rpc import methods
+    from mavail.rpc.spec import Method
 
     async def boom(ctx):
         raise RuntimeError("secret path /etc/shadow")
 
-    from core.logs import setup_logging, teardown_logging
+    from mavail.core.logs import setup_logging, teardown_logging
 
     monkeypatch.setitem(methods.TABLE, "test.boom", Method("test.boom", boom, "raises"))
     eng, sock = engine
@@ -242,7 +242,7 @@ def test_peer_uid_refused():
 
     with short_tmpdir() as d:
         home, sock = d / "home", d / "e.sock"
-        proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
+        proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             from tests.test_cli import wait_ready

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rpc.client import AsyncClient, RpcError
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
 
 

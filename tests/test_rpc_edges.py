@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rpc.client import AsyncClient, RpcError
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.helpers import ROOT, model_toml, running_engine, short_tmpdir, start_engine_process
 
-MAVAIL = [sys.executable, "-m", "rpc.cli"]
+MAVAIL = [sys.executable, "-m", "mavail.rpc.cli"]
 
 
 def _engine_cmd(home: Path, sock: Path) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from core.storage import CleanupCrash
-from rpc.client import AsyncClient, EngineUnavailable, RpcError
+from mavail.core.storage import CleanupCrash
+from mavail.rpc.client import AsyncClient, EngineUnavailable, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes, wait_until
 from tests.test_analytics import DAY, FakeClock, clocked_engine, iso_at
 
@@ -243,7 +243,7 @@ async def test_engine_killed_during_cleanup_recovers(home: Path):
     setup_home(home, outside, ["m-old", "m-recent"])
     sock = home / "k.sock"
     env = {**os.environ, "MAVAIL_CRASH_AT": "storage.after_move", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(home), "--socket", str(sock)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async def up() -> bool:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.mirror import Mirror, Synthetic
-from rpc.client import AsyncClient, RpcError
+from mavail.testing.mirror import Mirror, Synthetic
+from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, wait_status, write_home
 from tests.helpers import running_engine, synthetic_bytes
 

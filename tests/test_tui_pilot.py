@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tests.helpers import install_files, model_toml, running_engine, start_engine_process, synthetic_bytes
 from tests.tui_helpers import screen_text, until
-from tui.app import create_app
-from tui.screens.edit import EditSettingScreen
+from mavail.tui.app import create_app
+from mavail.tui.screens.edit import EditSettingScreen
 
 
 def write_catalog(home: Path, ids: list[str]) -> list[tuple[str, bytes]]:

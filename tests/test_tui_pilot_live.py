@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rpc.client import AsyncClient
+from mavail.rpc.client import AsyncClient
 from tests.helpers import running_engine
 from tests.tui_helpers import screen_text, until
-from tui.app import create_app
+from mavail.tui.app import create_app
 
 
 async def test_download_progresses_in_the_table_and_p_r_pause_and_resume(home: Path):
-    from core.mirror import MIB, Mirror, Synthetic
+    from mavail.testing.mirror import MIB, Mirror, Synthetic
 
     with Mirror() as mirror:
         mirror.default_faults.throttle_bps = 1024 * 1024
@@ -50,8 +50,8 @@ async def test_download_progresses_in_the_table_and_p_r_pause_and_resume(home: P
 
 
 async def test_queue_tab_shows_a_waiting_request_and_c_cancels_it_after_yes(home: Path):
-    from core.mirror import MIB, Mirror, Synthetic
-    from tui.screens.confirm import ConfirmScreen
+    from mavail.testing.mirror import MIB, Mirror, Synthetic
+    from mavail.tui.screens.confirm import ConfirmScreen
 
     with Mirror() as mirror:
         mirror.default_faults.throttle_bps = 64 * 1024  # the model stays "not ready" for the whole test
@@ -84,7 +84,7 @@ async def test_x_shows_the_plan_and_deletes_nothing_until_confirmed(home: Path):
     import time
 
     from tests.helpers import install_files, model_toml, synthetic_bytes
-    from tui.screens.confirm import ConfirmScreen
+    from mavail.tui.screens.confirm import ConfirmScreen
 
     home.mkdir(parents=True)
     data = [("model.safetensors", synthetic_bytes("old", 64 * 1024))]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rpc.client import CallTimeout, EngineUnavailable, RpcError
-from tui import format as fmt
-from tui.app import MavailApp, load_keymap
-from tui.client import error_text
-from tui.screens.confirm import ConfirmScreen
-from tui.widgets.live_table import LiveTable
+from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
+from mavail.tui import format as fmt
+from mavail.tui.app import MavailApp, load_keymap
+from mavail.tui.client import error_text
+from mavail.tui.screens.confirm import ConfirmScreen
+from mavail.tui.widgets.live_table import LiveTable
 
 from tests.tui_helpers import StubLink, screen_text, until
 
@@ -173,7 +173,7 @@ def test_error_text_and_formatting():
 async def test_live_table_direct():
     from textual.app import App, ComposeResult
 
-    from tui.widgets.live_table import Column
+    from mavail.tui.widgets.live_table import Column
 
     class One(App[None]):
         def compose(self) -> ComposeResult:
@@ -242,8 +242,8 @@ async def test_models_summary_follows_live_changes():
 
 async def test_health_tab_shows_unchecked_models_as_not_checked():
     """Null scores (never checked, missing, removed) read "not checked" / "–", never a number, and nothing crashes on them."""
-    from tui.widgets.health import health_cells
-    from tui.widgets.models import health_cell
+    from mavail.tui.widgets.health import health_cells
+    from mavail.tui.widgets.models import health_cell
 
     unchecked = {"model_id": "m", "overall_health": "unknown", "integrity_score": None, "performance_score": None, "last_check": None,
                  "issues": None}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rpc.client import AsyncClient, Client, RpcError
+from mavail.rpc.client import AsyncClient, Client, RpcError
 from tests.helpers import install_files, model_toml, running_engine, short_tmpdir, start_engine_process, synthetic_bytes, wait_until
 
 V1 = [("w.bin", synthetic_bytes("v1", 200_000)), ("cfg.json", b'{"v": 1}')]
@@ -222,7 +222,7 @@ def test_killed_mid_download_update_resumes_by_itself(monkeypatch: pytest.Monkey
     models.update made meanwhile joins it instead of answering CONFLICT."""
     import threading
 
-    from core import mirror as mirror_mod
+    from mavail.testing import mirror as mirror_mod
 
     release = threading.Event()
     # a stalled response waits for `release` (not for a time): the test decides when the download may go on
@@ -273,7 +273,7 @@ def test_killed_mid_download_update_resumes_by_itself(monkeypatch: pytest.Monkey
 
 async def test_update_through_the_downloads_engine(home: Path):
     """Install 1.0.0 by download, publish 2.0.0 on the mirror, update: downloaded beside, checked, switched, 1.0.0 kept."""
-    from core.mirror import Mirror
+    from mavail.testing.mirror import Mirror
 
     with Mirror() as m:
         home.mkdir(parents=True)

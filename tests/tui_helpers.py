@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from rpc.client import RpcError
+from mavail.rpc.client import RpcError
 
 
 class StubLink:

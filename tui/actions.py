@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from textual.binding import Binding
 
-from rpc.client import CallTimeout, EngineUnavailable, RpcError
-from tui import format as fmt
-from tui.client import error_text
-from tui.screens.confirm import ConfirmScreen
+from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
+from mavail.tui import format as fmt
+from mavail.tui.client import error_text
+from mavail.tui.screens.confirm import ConfirmScreen
 
 if TYPE_CHECKING:
-    from tui.app import MavailApp
-    from tui.widgets.base import Pane
+    from mavail.tui.app import MavailApp
+    from mavail.tui.widgets.base import Pane
 
 PRIORITIES = ("low", "normal", "high", "critical")
 TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", "settings")
@@ -287,7 +287,7 @@ class ScreenActions:
             self.app.notify(f"Sorted by {table.cycle_sort()}", timeout=2)
 
     def action_help(self) -> None:
-        from tui.screens.help import HelpScreen
+        from mavail.tui.screens.help import HelpScreen
 
         self.app.push_screen(HelpScreen())
 

@@ -13,12 +13,12 @@ from textual.app import App
 from textual.css.query import NoMatches
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from tui.actions import ACTIONS
-from tui.client import EngineLink
-from tui.messages import ConnectionChanged, EventsPending
-from tui.screens.edit import EditSettingScreen
-from tui.screens.main import MainScreen
-from tui.widgets.base import Pane
+from mavail.tui.actions import ACTIONS
+from mavail.tui.client import EngineLink
+from mavail.tui.messages import ConnectionChanged, EventsPending
+from mavail.tui.screens.edit import EditSettingScreen
+from mavail.tui.screens.main import MainScreen
+from mavail.tui.widgets.base import Pane
 
 LIGHT_THEME = "textual-light"
 DARK_THEME = "textual-dark"
@@ -229,8 +229,8 @@ class MavailApp(App[int]):
         """Open the editor for one setting; the engine validates and saves."""
 
         async def save(k: str, v: Any) -> str | None:
-            from rpc.client import CallTimeout, EngineUnavailable, RpcError
-            from tui.client import error_text
+            from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
+            from mavail.tui.client import error_text
 
             try:
                 res = await self.link.call("config.update", patch={k: v})

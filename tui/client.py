@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from rpc.client import AsyncClient, CallTimeout, EngineUnavailable, RpcError
+from mavail.rpc.client import AsyncClient, CallTimeout, EngineUnavailable, RpcError
 
 log = logging.getLogger("mavail.tui")
 

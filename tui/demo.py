@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import SCHEMA
-from core.mirror import MIB, Mirror, Synthetic
+from mavail.core.config import SCHEMA
+from mavail.testing.mirror import MIB, Mirror, Synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,7 +178,7 @@ class Demo:
         for k in [k for k in env if k.startswith("MAVAIL_")]:
             env.pop(k)  # the demo's engine uses only its own home and settings
         self.engine = subprocess.Popen(
-            [sys.executable, "-m", "rpc.cli", "engine", "--home", str(self.home), "--socket", str(self.socket)],
+            [sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(self.home), "--socket", str(self.socket)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=str(ROOT),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -187,7 +187,7 @@ class Demo:
         self._autostart()
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
-        from rpc.client import Client, EngineUnavailable
+        from mavail.rpc.client import Client, EngineUnavailable
 
         deadline = time.monotonic() + timeout
         assert self.engine is not None
@@ -205,7 +205,7 @@ class Demo:
 
     def _autostart(self) -> None:
         """Start the demo's downloads, queue one generation request, and record a month of usage history."""
-        from rpc.client import Client, RpcError
+        from mavail.rpc.client import Client, RpcError
 
         with Client(self.socket, timeout=10) as c:
             methods = set(c.call("session.hello", client="mavail-demo")["methods"])
@@ -275,7 +275,7 @@ def run_demo(headless: bool = False) -> int:
                 finally:
                     signal.signal(signal.SIGINT, old_int)
                 return 0
-            from tui.app import run_tui
+            from mavail.tui.app import run_tui
 
             with contextlib.suppress(KeyboardInterrupt):
                 return run_tui(demo.socket)

@@ -9,10 +9,10 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from core.catalog import HF_SOURCE_RE, SHA256_RE
-from core.downloads.transfer import FileJob
-from core.errors import SourceUnavailable
-from core.paths import is_safe_relative
+from mavail.core.catalog import HF_SOURCE_RE, SHA256_RE
+from mavail.core.downloads.transfer import FileJob
+from mavail.core.errors import SourceUnavailable
+from mavail.core.paths import is_safe_relative
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_SIZE = 2 ** 63  # sizes go into SQLite INTEGER columns (signed 64-bit)

@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 
-from core.downloads.hf import hf_headers, resolve_hf
-from core.downloads.limiter import MIB, RateLimiter
-from core.downloads.partial import Opener, PartialFile
-from core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
-from core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
-from core import safefs
-from core.fsutil import free_bytes
-from core.paths import safe_join
-from core.state import DatabaseFull
-from core.timeutil import iso
+from mavail.core.downloads.hf import hf_headers, resolve_hf
+from mavail.core.downloads.limiter import MIB, RateLimiter
+from mavail.core.downloads.partial import Opener, PartialFile
+from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
+from mavail.core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
+from mavail.core import safefs
+from mavail.core.fsutil import free_bytes
+from mavail.core.paths import safe_join
+from mavail.core.state import DatabaseFull
+from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
-    from core.engine import Engine
+    from mavail.core.engine import Engine
 
 log = logging.getLogger("mavail.downloads")
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from core import safefs
+from mavail.core import safefs
 
 try:  # Linux: start writeback of written ranges early, so a later fdatasync has little left to do
     _sync_file_range = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range

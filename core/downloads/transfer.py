@@ -41,11 +41,11 @@ import httpcore
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from core.downloads.limiter import RateLimiter, take_all
-from core.downloads.partial import PartialFile
-from core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
-from core.state import DatabaseFull
-from core.timeutil import wait_event
+from mavail.core.downloads.limiter import RateLimiter, take_all
+from mavail.core.downloads.partial import PartialFile
+from mavail.core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
+from mavail.core.state import DatabaseFull
+from mavail.core.timeutil import wait_event
 
 log = logging.getLogger("mavail.downloads")
 

@@ -32,11 +32,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import InvalidParams, InvalidState, MavailError, NotFound
-from core.events import Event, make_event
-from core.fallback.scoring import READY
-from core.session import Session
-from core.timeutil import iso, wait_event
+from mavail.core.errors import InvalidParams, InvalidState, MavailError, NotFound
+from mavail.core.events import Event, make_event
+from mavail.core.fallback.scoring import READY
+from mavail.core.session import Session
+from mavail.core.timeutil import iso, wait_event
 
 log = logging.getLogger("mavail.fallback")
 

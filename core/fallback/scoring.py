@@ -77,10 +77,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from core.config import Config
-from core.catalog import CAPABILITIES, MODEL_TYPES, RESOLUTION_RE, SPEEDS, TIERS
-from core.errors import InvalidParams
-from core.limits import MAX_WAIT_MINUTES
+from mavail.core.config import Config
+from mavail.core.catalog import CAPABILITIES, MODEL_TYPES, RESOLUTION_RE, SPEEDS, TIERS
+from mavail.core.errors import InvalidParams
+from mavail.core.limits import MAX_WAIT_MINUTES
 
 INPUT_TEXT = 1
 INPUT_IMAGE = 2

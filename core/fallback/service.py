@@ -6,9 +6,9 @@ import asyncio
 import logging
 from typing import Any
 
-from core.errors import Conflict, MavailError
-from core.fallback.scoring import IN_PROGRESS, READY, FeatureIndex, Query, Weights, build_query, measured_times, rank, vram_fit
-from core.fallback.strategy import Thresholds, choose
+from mavail.core.errors import Conflict, MavailError
+from mavail.core.fallback.scoring import IN_PROGRESS, READY, FeatureIndex, Query, Weights, build_query, measured_times, rank, vram_fit
+from mavail.core.fallback.strategy import Thresholds, choose
 
 log = logging.getLogger("mavail.fallback")
 

@@ -43,8 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import Config
-from core.fallback.scoring import IN_PROGRESS, READY, Features, Query, Suggestion
+from mavail.core.config import Config
+from mavail.core.fallback.scoring import IN_PROGRESS, READY, Features, Query, Suggestion
 
 GIB = 1024**3
 

@@ -1,5 +1,5 @@
 """Model health: integrity checks piece by piece, repair, scheduled maintenance, updates with rollback."""
 
-from core.health.service import HealthService
+from mavail.core.health.service import HealthService
 
 __all__ = ["HealthService"]

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.health import scores
-from core.health.scan import CRITICAL, WARNING, FileResult, Issue, ManifestFile, Verified
-from core.timeutil import iso
+from mavail.core.health import scores
+from mavail.core.health.scan import CRITICAL, WARNING, FileResult, Issue, ManifestFile, Verified
+from mavail.core.timeutil import iso
 
 RECOMMENDATION_TEXT = {
     "integrity_fix": "health.repair (auto or integrity_fix) re-fetches only the broken pieces of {file}",

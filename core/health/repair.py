@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable, Sequence
 
-from core.errors import IntegrityError, InvalidState, MavailError, SourceUnavailable
-from core import crash, safefs
-from core.health.scan import CHUNK, TEMP_SUFFIX, ManifestFile, ReadBudget, _symlink_component
+from mavail.core.errors import IntegrityError, InvalidState, MavailError, SourceUnavailable
+from mavail.core import crash, safefs
+from mavail.core.health.scan import CHUNK, TEMP_SUFFIX, ManifestFile, ReadBudget, _symlink_component
 
 log = logging.getLogger("mavail.health")
 
@@ -67,7 +67,7 @@ async def _simple_fetch_range(client: Any, urls: Sequence[str], start: int, leng
 def get_fetch_range() -> FetchRange:
     """The downloads engine's `fetch_range` (retries, mirrors) when present, else a plain fallback."""
     try:
-        from core.downloads.transfer import fetch_range  # type: ignore[import-not-found]
+        from mavail.core.downloads.transfer import fetch_range  # type: ignore[import-not-found]
 
         return fetch_range  # type: ignore[no-any-return]
     except ImportError:

@@ -16,16 +16,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from core.errors import Conflict, InvalidState, MavailError, NotFound, SourceUnavailable
-from core.health import repair as rp
-from core.health import scores
-from core.health.model import Context, Job, ModelHealth, new_id
-from core.health.scan import (CRITICAL, WARNING, CheckCancelled, FileResult, Issue, ManifestFile, ReadBudget, Verified, extra_files,
+from mavail.core.errors import Conflict, InvalidState, MavailError, NotFound, SourceUnavailable
+from mavail.core.health import repair as rp
+from mavail.core.health import scores
+from mavail.core.health.model import Context, Job, ModelHealth, new_id
+from mavail.core.health.scan import (CRITICAL, WARNING, CheckCancelled, FileResult, Issue, ManifestFile, ReadBudget, Verified, extra_files,
                               full_check_file, quick_check_file)
-from core.timeutil import iso
+from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
-    from core.engine import Engine
+    from mavail.core.engine import Engine
 
 log = logging.getLogger("mavail.health")
 
@@ -85,7 +85,7 @@ class HealthService:
         self._client: Any = None
         self.fetch_range = rp.get_fetch_range()
         self._scheduler_lock = asyncio.Lock()
-        from core.health.updates import UpdateManager
+        from mavail.core.health.updates import UpdateManager
 
         self.updates = UpdateManager(engine, self)
         engine.add_status_provider(self)

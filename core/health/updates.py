@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.catalog import version_key
-from core.errors import Conflict, InvalidState, MavailError, ModelNotFound
-from core import crash, safefs
-from core.health.model import new_id
-from core.health.scan import ReadBudget
-from core.timeutil import iso
+from mavail.core.catalog import version_key
+from mavail.core.errors import Conflict, InvalidState, MavailError, ModelNotFound
+from mavail.core import crash, safefs
+from mavail.core.health.model import new_id
+from mavail.core.health.scan import ReadBudget
+from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
-    from core.engine import Engine
-    from core.health.service import HealthService
+    from mavail.core.engine import Engine
+    from mavail.core.health.service import HealthService
 
 log = logging.getLogger("mavail.health")
 

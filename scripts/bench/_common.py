@@ -50,9 +50,9 @@ def placeholder_models(n: int) -> str:
 @contextlib.contextmanager
 def engine_process(home: Path, sock: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """Run `mavail engine` on `home`/`sock` until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
+    proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
                             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    from rpc.client import Client, EngineUnavailable
+    from mavail.rpc.client import Client, EngineUnavailable
 
     deadline = time.monotonic() + 30
     while True:

@@ -33,8 +33,8 @@ from pathlib import Path
 import orjson
 from _common import engine_process, percentile, short_tmpdir
 
-from core.analytics import RollupCache, _write_batch
-from core.state import Database
+from mavail.core.analytics import RollupCache, _write_batch
+from mavail.core.state import Database
 
 DAY = 86400
 

@@ -28,8 +28,8 @@ from _common import ROOT, engine_process, percentile, short_tmpdir
 import psutil
 import tomli_w
 
-from core.mirror import MIB, Mirror, Synthetic
-from rpc.client import Client
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.rpc.client import Client
 
 
 def wait_done(c: Client, mids: list[str], timeout: float = 600.0, poll: float = 0.01) -> float:
@@ -218,7 +218,7 @@ def main() -> int:
 
         if 6 not in skip:
             m.faults("k6/w.bin").throttle_bps = 64 * MIB  # x4 ranges: about 4 s for 1 GiB, so the kill lands mid-file
-            proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
+            proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
                 deadline = time.monotonic() + 30

@@ -29,7 +29,7 @@ from typing import Any
 
 from _common import engine_process, percentile, short_tmpdir, summarize
 
-from rpc.client import Client
+from mavail.rpc.client import Client
 
 MIB = 1024 * 1024
 TYPES = ("text_to_video", "image_to_video", "text_image_to_video")
@@ -38,7 +38,7 @@ RESOLUTIONS = (("512x288", 0.35), ("832x480", 1.0), ("1024x576", 1.5), ("1280x70
 
 # --- 1. wait-time accuracy ------------------------------------------------------------
 def bench_wait(size_mb: int, rate_mbps: float) -> dict[str, Any]:
-    from core.mirror import Mirror, Synthetic
+    from mavail.testing.mirror import Mirror, Synthetic
 
     with short_tmpdir() as d, Mirror() as mirror:
         home, sock = d / "home", d / "e.sock"
@@ -169,8 +169,8 @@ def bench_suggest(n_models: int, calls: int) -> dict[str, Any]:
             rpc = summarize("fallback.suggest (socket)", lat, time.perf_counter() - t0)
         rpc["mean_suggestions"] = sum(n_sugg) / len(n_sugg)
         # the scoring alone, in this process, over the same catalog
-        from core.catalog import load_catalog
-        from core.fallback.scoring import FeatureIndex, Weights, build_query, rank
+        from mavail.core.catalog import load_catalog
+        from mavail.core.fallback.scoring import FeatureIndex, Weights, build_query, rank
 
         cat = load_catalog(home / "catalog.toml", home / "catalog.d")
         t_build = time.perf_counter()

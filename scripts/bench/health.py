@@ -27,8 +27,8 @@ from pathlib import Path
 
 from _common import engine_process, percentile, short_tmpdir
 
-from core.mirror import Mirror, Synthetic
-from rpc.client import Client
+from mavail.testing.mirror import Mirror, Synthetic
+from mavail.rpc.client import Client
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

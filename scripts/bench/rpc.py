@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import engine_process, placeholder_models, short_tmpdir, summarize
 
-from rpc.client import Client
+from mavail.rpc.client import Client
 
 
 def write_catalog(home: Path, n: int) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 from _common import engine_process, percentile, placeholder_models, short_tmpdir
 
-from rpc.client import Client
+from mavail.rpc.client import Client
 
 
 def _install_tenth(home: Path, n: int) -> None:

@@ -31,8 +31,8 @@ from pathlib import Path
 import psutil
 from _common import ROOT, engine_process, placeholder_models, short_tmpdir
 
-from core.mirror import MIB, Mirror, Synthetic
-from rpc.client import Client
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.rpc.client import Client
 
 
 PARALLEL = 4  # the engine's default connections per large file
@@ -60,7 +60,7 @@ class PtyTui:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT), "COLUMNS": "80", "LINES": "24"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "tui", "--socket", str(sock)], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "tui", "--socket", str(sock)], cwd=ROOT, env=env,
                                      stdin=slave, stdout=slave, stderr=slave, close_fds=True, start_new_session=True)
         os.close(slave)
         self.master = master

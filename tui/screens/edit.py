@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from tui.widgets.settings import parse_value, show_value
+from mavail.tui.widgets.settings import parse_value, show_value
 
 # save(key, value) -> None on success, or the error message to show
 Saver = Callable[[str, Any], Awaitable[str | None]]

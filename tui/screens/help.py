@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from tui.actions import ACTIONS
+from mavail.tui.actions import ACTIONS
 
 
 class HelpScreen(ModalScreen[None]):

@@ -10,19 +10,19 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
-from tui.actions import ACTIONS, TABS, ScreenActions
-from tui.widgets.base import Pane
-from tui.widgets.downloads import DownloadsPane
-from tui.widgets.health import HealthPane
-from tui.widgets.models import ModelsPane
-from tui.widgets.queue import QueuePane
-from tui.widgets.settings import SettingsPane
-from tui.widgets.storage import StoragePane
-from tui.widgets.system import SystemPane
-from tui.widgets.usage import UsagePane
+from mavail.tui.actions import ACTIONS, TABS, ScreenActions
+from mavail.tui.widgets.base import Pane
+from mavail.tui.widgets.downloads import DownloadsPane
+from mavail.tui.widgets.health import HealthPane
+from mavail.tui.widgets.models import ModelsPane
+from mavail.tui.widgets.queue import QueuePane
+from mavail.tui.widgets.settings import SettingsPane
+from mavail.tui.widgets.storage import StoragePane
+from mavail.tui.widgets.system import SystemPane
+from mavail.tui.widgets.usage import UsagePane
 
 if TYPE_CHECKING:
-    from tui.app import MavailApp
+    from mavail.tui.app import MavailApp
 
 PANES: dict[str, type[Pane]] = {
     "models": ModelsPane, "downloads": DownloadsPane, "health": HealthPane, "queue": QueuePane,

@@ -9,12 +9,12 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from rpc.client import CallTimeout, EngineUnavailable, RpcError
-from tui.client import error_text
-from tui.widgets.live_table import LiveTable
+from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
+from mavail.tui.client import error_text
+from mavail.tui.widgets.live_table import LiveTable
 
 if TYPE_CHECKING:
-    from tui.app import MavailApp
+    from mavail.tui.app import MavailApp
 
 STATUS_STYLE = {
     "available": "green", "completed": "green", "healthy": "green",

@@ -8,9 +8,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from tui import format as fmt
-from tui.widgets.base import Pane, status_text
-from tui.widgets.live_table import Cell, Column, LiveTable
+from mavail.tui import format as fmt
+from mavail.tui.widgets.base import Pane, status_text
+from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 _RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 SHORT_PRIORITY = {"critical": "crit", "high": "high", "normal": "norm", "low": "low"}

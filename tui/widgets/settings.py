@@ -7,8 +7,8 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from tui.widgets.base import Pane
-from tui.widgets.live_table import Cell, Column, LiveTable
+from mavail.tui.widgets.base import Pane
+from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 COLUMNS = [Column("id", "Setting"), Column("value", "Value"), Column("doc", "Meaning")]
 

@@ -8,9 +8,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from tui import format as fmt
-from tui.widgets.base import Pane
-from tui.widgets.live_table import Cell, Column, LiveTable
+from mavail.tui import format as fmt
+from mavail.tui.widgets.base import Pane
+from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 COLUMNS = [
     Column("id", "Model"),

@@ -14,7 +14,7 @@ engine makes for `hf://` sources. Counters record requests and bytes per path.
         url = m.url("m1/a.bin")
 
 It runs its own threads, so it works the same from sync tests, async tests and
-separate processes (`python -m core.mirror` serves a directory of specs).
+separate processes (`python -m mavail.testing.mirror` serves a directory of specs).
 """
 
 from __future__ import annotations
@@ -611,7 +611,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m core.mirror [--port N] SIZE_MIB...`: serve synthetic files f0.bin... until interrupted."""
+    """`python -m mavail.testing.mirror [--port N] SIZE_MIB...`: serve synthetic files f0.bin... until interrupted."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
