@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mavail.core.errors import CatalogError
+from mavail.core.errors import CatalogError, ModelNotFound
 from mavail.core.limits import MAX_FILE_BYTES, MAX_VRAM_GB
 from mavail.core.paths import is_safe_relative
 
@@ -261,3 +261,62 @@ def load_catalog(catalog_file: Path, catalog_dir: Path) -> Catalog:
         except (OSError, UnicodeDecodeError) as exc:
             raise CatalogError(f"{p.name}: cannot read: {exc.__class__.__name__}", file=p.name) from None
     return build_catalog(pairs)
+
+
+class LiveCatalog:
+    """The catalog in force: the last good load of the catalog files, swapped whole on reload.
+
+    Services read it through `get`, `spec`, `ids` and `models`; a reload that
+    fails keeps the old catalog and raises, and `error` says why the files
+    could not be read at start.
+    """
+
+    def __init__(self, catalog_file: Path, catalog_dir: Path) -> None:
+        self._file = catalog_file
+        self._dir = catalog_dir
+        self.current = Catalog(models={})
+        self.error: str | None = None
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        """Every entry by id, in catalog order (read-only by convention)."""
+        return self.current.models
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        """The entry for `model_id`, or None."""
+        return self.current.models.get(model_id)
+
+    def spec(self, model_id: str) -> ModelSpec:
+        """The entry for `model_id`, or ModelNotFound."""
+        spec = self.current.models.get(model_id)
+        if spec is None:
+            raise ModelNotFound(f"model {model_id!r} is not in the catalog", model_id=model_id)
+        return spec
+
+    def ids(self) -> list[str]:
+        """Every model id in catalog order."""
+        return list(self.current.models)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self.current.models
+
+    def __len__(self) -> int:
+        return len(self.current.models)
+
+    def load_at_start(self) -> None:
+        """Read the files (blocking); a refused catalog leaves the empty one in force and says why in `error`."""
+        try:
+            self.current = load_catalog(self._file, self._dir)
+        except (CatalogError, OSError) as exc:
+            self.error = str(exc)
+
+    def reload(self) -> tuple[list[str], list[str]]:
+        """Read the files again (blocking) and swap them in if all are valid; (added ids, removed ids).
+
+        CatalogError leaves the catalog in force as it was.
+        """
+        new = load_catalog(self._file, self._dir)
+        old_ids = set(self.current.models)
+        self.current = new
+        self.error = None
+        return sorted(set(new.models) - old_ids), sorted(old_ids - set(new.models))

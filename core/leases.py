@@ -8,9 +8,9 @@ import secrets
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
-from mavail.core.errors import Conflict, NotFound
+from mavail.core.errors import Conflict, InvalidState, NotFound
 from mavail.core.session import Session
 
 log = logging.getLogger("mavail.leases")
@@ -134,3 +134,27 @@ class LeaseManager:
         """Status fields: `is_loaded` and the number of active leases."""
         n = len(self.leases_for(model_id))
         return {"is_loaded": n > 0, "active_leases": n}
+
+
+async def acquire_available(leases: LeaseManager, session: Session, model_id: str, refresh: Callable[[list[str]], Awaitable[None]],
+                            status: Callable[[str], dict[str, Any]]) -> tuple[Lease, dict[str, Any]]:
+    """`models.acquire`: lease the model for `session` once a fresh scan shows it available; (lease, its status).
+
+    The lease is taken, pending, before the scan is awaited, so a removal that
+    checks for leases meanwhile sees it and leaves the model alone; one already
+    under way makes the acquire fail (Conflict). If the scan then finds the
+    model unavailable (InvalidState), the lease is dropped again.
+    """
+    status(model_id)  # ModelNotFound before anything is taken
+    lease = leases.acquire(session, model_id)
+    try:
+        await refresh([model_id])
+        st = status(model_id)
+        if not st["is_available"]:
+            raise InvalidState(f"model {model_id!r} is {st['availability_status']}, not available", model_id=model_id,
+                               availability_status=st["availability_status"])
+        leases.settle(lease.lease_id, st["version"], st["path"])
+    except BaseException:
+        leases.discard(lease.lease_id)
+        raise
+    return lease, st
