@@ -44,7 +44,7 @@ def write_catalog(home: Path, base_url: str = "http://127.0.0.1:9/", installed: 
 
 
 class FakeDownloads:
-    """Issue 3's interface as far as fallback uses it, for tests that do not need real transfers."""
+    """The download service's interface as far as fallback uses it, for tests that do not need real transfers."""
 
     def __init__(self, engine: Any, eta: float | None = 42.0) -> None:
         self.engine = engine
@@ -52,7 +52,9 @@ class FakeDownloads:
         self.calls: list[tuple[str, str]] = []
         self.active: dict[str, str] = {}
         self.listeners: list[Any] = []
-        engine.add_status_provider(self)
+
+    async def start_service(self) -> None:
+        """Nothing to resume."""
 
     async def ensure(self, model_id: str, priority: str = "normal") -> dict[str, Any]:
         self.calls.append((model_id, priority))

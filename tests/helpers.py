@@ -72,13 +72,16 @@ def short_tmpdir() -> Any:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(home: Path, socket_path: Path | None = None, config_env: dict[str, str] | None = None) -> AsyncIterator[tuple[Engine, Path]]:
-    """An engine and its server on `home`, in this event loop; yields (engine, socket path)."""
+async def running_engine(home: Path, socket_path: Path | None = None, config_env: dict[str, str] | None = None,
+                         **engine_args: Any) -> AsyncIterator[tuple[Engine, Path]]:
+    """An engine and its server on `home`, in this event loop; yields (engine, socket path).
+
+    `engine_args` go to `Engine` (a clock, an NVML stand-in, `parts=Parts(...)` with fakes of services)."""
     layout = HomeLayout(home)
     layout.ensure()
     config = Config.load(layout.config_file, environ=config_env or {})
     sock = socket_path or home / "e.sock"
-    async with Engine(layout, config) as engine:
+    async with Engine(layout, config, **engine_args) as engine:
         server = Server(engine, sock)
         task = asyncio.create_task(server.serve(handle_signals=False))
         ready = asyncio.create_task(server.ready.wait())

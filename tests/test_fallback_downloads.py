@@ -29,8 +29,7 @@ async def test_queue_released_when_real_download_completes(home: Path, mirror: M
     mirror.faults().throttle_bps = 8 * MIB
     (home / "catalog.toml").write_text(text)
     (home / "config.toml").write_text("[downloads]\nmax_concurrent = 1\nparallel_ranges = 1\n")
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as watcher:
-        eng.nvml = NoGpu()
+    async with running_engine(home, nvml=NoGpu()) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as watcher:
         await watcher.subscribe(types=["queued_request_ready"])
         await c.call("downloads.start", model_id="first")
         res = await c.call("models.request", model_id="wanted", priority="low")

@@ -42,8 +42,7 @@ def check_joined(results: list[dict[str, Any]]) -> None:
 
 async def test_concurrent_requests_join_the_download(home: Path, mirror: Mirror):
     setup(home, mirror, ["wanted"])
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as a, AsyncClient(sock) as b:
-        eng.nvml = NoGpu()
+    async with running_engine(home, nvml=NoGpu()) as (eng, sock), AsyncClient(sock) as a, AsyncClient(sock) as b:
         dl = eng.downloads
         real_start, real_resolve = dl.start, dl._resolve
         entered: list[str] = []
@@ -72,8 +71,7 @@ async def test_concurrent_requests_join_the_download(home: Path, mirror: Mirror)
 async def test_concurrent_requests_stress(home: Path, mirror: Mirror):
     ids = [f"m{i}" for i in range(4)]
     setup(home, mirror, ids)
-    async with running_engine(home) as (eng, sock):
-        eng.nvml = NoGpu()
+    async with running_engine(home, nvml=NoGpu()) as (eng, sock):
         clients = [AsyncClient(sock) for _ in range(6)]
         for c in clients:
             await c.__aenter__()
@@ -90,8 +88,7 @@ async def test_request_without_auto_download_says_what_happens(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
     # a low bar for the alternative, a high one for "use it instead": the hybrid strategy, which used to promise a download
     (home / "config.toml").write_text("[fallback]\nalternative_min_score = 0.99\nhybrid_min_score = 0.05\n")
-    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "16"}) as (eng, sock), AsyncClient(sock) as c:
-        eng.nvml = NoGpu()
+    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "16"}, nvml=NoGpu()) as (eng, sock), AsyncClient(sock) as c:
         off = await c.call("models.request", model_id="wan-t2v", auto_download=False)
         assert off["success"] is False and off["action_taken"] == "error" and off.get("download_id") is None
         text = json.dumps(off).lower()

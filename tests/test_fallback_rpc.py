@@ -10,6 +10,7 @@ import pytest
 
 from mavail.rpc.client import AsyncClient, RpcError
 from tests.fallback_helpers import FakeDownloads, NoGpu, next_event, write_catalog
+from mavail.core.engine import Parts
 from tests.helpers import running_engine, wait_until
 
 GPU16 = {"MAVAIL_GPU_VRAM_GB": "16"}
@@ -17,8 +18,7 @@ GPU16 = {"MAVAIL_GPU_VRAM_GB": "16"}
 
 async def test_suggest_scores_and_strategy(home: Path):
     write_catalog(home, installed=("ltx-t2v", "wan-i2v"))
-    async with running_engine(home, config_env=GPU16) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as watcher:
-        eng.nvml = NoGpu()
+    async with running_engine(home, config_env=GPU16, nvml=NoGpu()) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as watcher:
         await watcher.subscribe(types=["fallback_suggestion"])
         res = await c.call("fallback.suggest", requested_model="wan-t2v",
                            requirements={"resolution": "1280x704"}, user_preferences={"max_wait_time_minutes": 30})
@@ -55,8 +55,9 @@ async def test_suggest_scores_and_strategy(home: Path):
 
 async def test_request_ready_missing_and_no_download(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
-    async with running_engine(home, config_env=GPU16) as (eng, sock), AsyncClient(sock) as c:
-        eng.nvml = NoGpu()
+    async with running_engine(home, config_env=GPU16, nvml=NoGpu(), parts=Parts(downloads=lambda e: FakeDownloads(e, eta=90.0))) \
+            as (eng, sock), AsyncClient(sock) as c:
+        fake = eng.downloads
         ready = await c.call("models.request", model_id="ltx-t2v")
         assert ready["action_taken"] == "model_ready" and ready["success"] is True
         assert ready["path"] == str(home / "models" / "ltx-t2v" / "1.0.0") and "suggestions" not in ready
@@ -71,8 +72,6 @@ async def test_request_ready_missing_and_no_download(home: Path):
         assert off["fallback_strategy"]["suggested_model"] == "ltx-t2v"
         assert [s["suggested_model"] for s in off["suggestions"]][0] == "ltx-t2v"
         # a download service: the download starts, with the scheduler's estimate
-        fake = FakeDownloads(eng, eta=90.0)
-        eng.downloads = fake
         started = await c.call("models.request", model_id="wan-t2v", priority="high")
         assert started["action_taken"] == "download_started" and started["download_id"] == "dl_wan-t2v"
         assert started["estimated_wait_seconds"] == 90.0 and fake.calls == [("wan-t2v", "high")]
@@ -84,8 +83,7 @@ async def test_request_ready_missing_and_no_download(home: Path):
 async def test_request_corrupted_calls_health_and_analytics(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
     (home / "models/ltx-t2v/1.0.0/w.bin").write_bytes(b"short")
-    async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "0.3"}) as (eng, sock), AsyncClient(sock) as c:
-        eng.nvml = NoGpu()
+    async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "0.3"}, nvml=NoGpu()) as (eng, sock), AsyncClient(sock) as c:
         seen: list[str] = []
 
         class Health:
@@ -127,10 +125,8 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
 
 async def test_queue_order_release_and_events(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
-    async with running_engine(home, config_env=GPU16) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as watcher:
-        eng.nvml = NoGpu()
-        fake = FakeDownloads(eng, eta=120.0)
-        eng.downloads = fake
+    async with running_engine(home, config_env=GPU16, nvml=NoGpu(), parts=Parts(downloads=lambda e: FakeDownloads(e, eta=120.0))) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as watcher:
+        fake = eng.downloads
         await watcher.subscribe(types=["queued_request_ready"])
         q_low = await c.call("fallback.queue", model_id="wan-t2v", request={"prompt": "a"}, priority="low")
         q_high = await c.call("fallback.queue", model_id="wan-t2v", request={"prompt": "b"}, priority="high")
@@ -178,8 +174,7 @@ async def test_queue_order_release_and_events(home: Path):
 
 async def test_queue_expiry(home: Path):
     write_catalog(home)
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
-        eng.downloads = FakeDownloads(eng, eta=None)
+    async with running_engine(home, parts=Parts(downloads=lambda e: FakeDownloads(e, eta=None))) as (eng, sock), AsyncClient(sock) as c:
         q = await c.call("fallback.queue", model_id="wan-t2v", request={"prompt": "x"}, max_wait_time_minutes=0.004)
         assert q["estimated_wait_seconds"] is None
         ev = await next_event(c, "queued_request_expired", timeout=10)
@@ -193,8 +188,7 @@ async def test_queue_expiry(home: Path):
 
 async def test_queue_survives_restart(home: Path):
     write_catalog(home)
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
-        eng.downloads = FakeDownloads(eng)
+    async with running_engine(home, parts=Parts(downloads=lambda e: FakeDownloads(e))) as (eng, sock), AsyncClient(sock) as c:
         keep = await c.call("fallback.queue", model_id="wan-t2v", request={"prompt": "keep"}, priority="high")
         arrive = await c.call("fallback.queue", model_id="ltx-t2v", request={"prompt": "arrives"})
         short = await c.call("fallback.queue", model_id="wan-i2v", request={"prompt": "short"}, max_wait_time_minutes=5)
@@ -240,8 +234,7 @@ async def test_performance_difference_from_measured_generation_times(home: Path)
     """performance_difference comes from the measured mean generation times when both models have them (basis says
     so), from the catalog speed tiers otherwise; different data give different, documented values."""
     write_catalog(home, installed=("ltx-t2v",))
-    async with running_engine(home, config_env=GPU16) as (eng, sock), AsyncClient(sock) as c:
-        eng.nvml = NoGpu()
+    async with running_engine(home, config_env=GPU16, nvml=NoGpu()) as (eng, sock), AsyncClient(sock) as c:
 
         async def ltx() -> dict[str, Any]:
             res = await c.call("fallback.suggest", requested_model="wan-t2v")

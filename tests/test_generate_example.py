@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fallback_helpers import FakeDownloads, NoGpu, write_catalog
+from mavail.core.engine import Parts
 from tests.helpers import running_engine, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +48,7 @@ async def start(sock: Path, *args: str) -> Run:
 
 async def test_uses_ready_model_and_releases(home: Path):
     write_catalog(home, installed=("wan-t2v",))
-    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "48"}) as (eng, sock):
-        eng.nvml = NoGpu()
+    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "48"}, nvml=NoGpu()) as (eng, sock):
         run = await start(sock, "wan-t2v", "--resolution", "1280x704")
         acquired = await run.until("acquired")
         assert acquired["model_id"] == "wan-t2v" and acquired["path"].endswith("models/wan-t2v/1.0.0")
@@ -58,9 +58,7 @@ async def test_uses_ready_model_and_releases(home: Path):
 
 async def test_takes_alternative(home: Path):
     write_catalog(home, installed=("ltx-t2v", "wan-i2v"))
-    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "16"}) as (eng, sock):
-        eng.nvml = NoGpu()
-        eng.downloads = FakeDownloads(eng, eta=3600.0)
+    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "16"}, nvml=NoGpu(), parts=Parts(downloads=lambda e: FakeDownloads(e, eta=3600.0))) as (eng, sock):
         run = await start(sock, "wan-t2v", "--resolution", "1280x704", "--max-wait", "10")
         req = await run.until("requested")
         assert req["strategy"] in ("alternative_model", "hybrid_approach")
@@ -71,10 +69,8 @@ async def test_takes_alternative(home: Path):
 
 async def test_queues_and_waits_for_release(home: Path):
     write_catalog(home)
-    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "48"}) as (eng, sock):
-        eng.nvml = NoGpu()
-        fake = FakeDownloads(eng, eta=20.0)
-        eng.downloads = fake
+    async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "48"}, nvml=NoGpu(), parts=Parts(downloads=lambda e: FakeDownloads(e, eta=20.0))) as (eng, sock):
+        fake = eng.downloads
         run = await start(sock, "wan-t2v", "--max-wait", "5")
         req = await run.until("requested")
         assert req["action_taken"] == "download_started" and req["strategy"] == "queue_and_wait"
@@ -96,8 +92,7 @@ async def test_against_demo_catalog_with_real_downloads(home: Path):
     with Mirror() as good, Mirror() as flaky:
         home.mkdir(parents=True)
         (home / "catalog.toml").write_text(demo.catalog_toml(good, flaky))
-        async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "24"}) as (eng, sock):
-            eng.nvml = NoGpu()
+        async with running_engine(home, config_env={"MAVAIL_GPU_VRAM_GB": "24"}, nvml=NoGpu()) as (eng, sock):
             run = await start(sock, "wan2.2-ti2v-5b", "--resolution", "1280x704", "--max-wait", "5", "--no-alternative")
             req = await run.until("requested")
             assert req["action_taken"] in ("download_started", "queued")

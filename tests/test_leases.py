@@ -34,7 +34,7 @@ class RefreshHolds:
         self.reached = [asyncio.Event(), asyncio.Event()]
         self.gate = [asyncio.Event(), asyncio.Event()]
         self._calls = 0
-        real = eng.refresh_presence
+        real = eng.presence_view.refresh
 
         async def held(model_ids: list[str] | None = None) -> None:
             i = self._calls if model_ids == ["m1"] else 2
@@ -47,7 +47,7 @@ class RefreshHolds:
                 self.reached[0].set()
                 await self.gate[0].wait()
 
-        eng.refresh_presence = held
+        eng.presence_view.refresh = held
 
     def open(self) -> None:
         """Let every held refresh go."""

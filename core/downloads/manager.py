@@ -777,7 +777,7 @@ class DownloadManager:
                 other_downloads_bytes=others, min_free_bytes=floor, free_bytes=free)
         max_gb = float(self.engine.config.get("storage.max_gb"))
         if max_gb > 0:
-            used = sum(p.bytes_on_disk for p in self.engine._snap.presence.values())
+            used = self.engine.presence_view.bytes_on_disk()
             ceiling = int(max_gb * 1024 * MIB)
             if used + needed + others > ceiling:
                 raise InsufficientStorage(f"{d.model_id} would take models past storage.max_gb ({used + needed + others} > {ceiling} bytes)",

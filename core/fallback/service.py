@@ -27,7 +27,7 @@ class FallbackService:
     # --- inputs ---------------------------------------------------------------
     def features(self) -> FeatureIndex:
         """The feature index of the current catalog (rebuilt after a catalog reload)."""
-        return self.index.refresh(self.engine.catalog)
+        return self.index.refresh(self.engine.catalog.current)
 
     def free_vram(self) -> tuple[float | None, str]:
         """(free VRAM in GiB less `fallback.vram_headroom_gb`, source): NVML, else `gpu.vram_gb`, else (None, "unknown").
