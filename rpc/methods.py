@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from mavail.core import __version__, limits
 from mavail.core.downloads import PRIORITY_INPUT
 from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
-from mavail.core.errors import InvalidParams, NotFound, Unauthorized
+from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
 from mavail.core.fallback.queue import PRIORITIES, normalise_priority
 from mavail.rpc import PROTOCOL_VERSION
+from mavail.rpc.errors import Unauthorized
 from mavail.rpc.spec import Method, P
 
 if TYPE_CHECKING:
