@@ -92,6 +92,11 @@ class StatusBoard:
             if old is not None and old != new:
                 self._emit("model_availability_change", model_id=mid, old_status=old, new_status=new)
 
+    @property
+    def caching(self) -> bool:
+        """Whether composed statuses are cached (and revisions follow every reported change)."""
+        return self._use_cache
+
     def revision(self, model_id: str) -> int:
         """A number that grows whenever the model's status may have changed."""
         return self._revisions.get(model_id, 0)

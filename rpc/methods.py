@@ -17,6 +17,7 @@ from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
 from mavail.core.fallback.queue import PRIORITIES, normalise_priority
 from mavail.rpc import PROTOCOL_VERSION
+from mavail.rpc.encoding import StatusEncodings
 from mavail.rpc.errors import Unauthorized
 from mavail.rpc.spec import Method, P
 
@@ -82,7 +83,9 @@ async def models_status(ctx: CallContext, model_id: str | None, refresh: bool) -
         if refresh:
             await engine.refresh_presence()
         statuses = engine.all_statuses()
-        return {"models": {s["model_id"]: s for s in statuses}, "summary": engine.summary(statuses)}
+        encodings = StatusEncodings.of(engine.status)
+        return {"models": {s["model_id"]: encodings.encoded(engine.status, s["model_id"]) for s in statuses},
+                "summary": engine.summary(statuses)}
     engine.spec(model_id)
     await engine.refresh_presence([model_id])
     return engine.model_status(model_id)

@@ -1,0 +1,57 @@
+"""Encodings kept between calls: each model's status is encoded once per change, not once per call.
+
+`models.status` of every model is the largest answer the engine gives (about a
+kilobyte a model). The status board gives each model a revision that grows at
+every change; the encoding of a model's status is kept with the revision it was
+made at and reused, as an `orjson.Fragment`, until the revision moves.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Protocol
+
+import orjson
+
+
+class RevisedStatuses(Protocol):
+    """What the cache reads: composed statuses and their revisions (`StatusBoard`)."""
+
+    @property
+    def caching(self) -> bool:
+        """Whether revisions follow every change (the board caches composed statuses)."""
+
+    def model_status(self, model_id: str) -> dict[str, Any]:
+        """One model's status."""
+
+    def revision(self, model_id: str) -> int:
+        """A number that grows whenever the model's status may have changed."""
+
+
+class StatusEncodings:
+    """Per board: model id -> (revision, encoded status)."""
+
+    _per_board: "weakref.WeakKeyDictionary[Any, StatusEncodings]" = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[int, orjson.Fragment]] = {}
+
+    @classmethod
+    def of(cls, board: Any) -> "StatusEncodings":
+        """The cache of one status board."""
+        found = cls._per_board.get(board)
+        if found is None:
+            found = cls._per_board[board] = cls()
+        return found
+
+    def encoded(self, board: RevisedStatuses, model_id: str) -> Any:
+        """The model's status as an orjson Fragment (or the status itself when the board does not track changes)."""
+        if not board.caching:
+            return board.model_status(model_id)
+        rev = board.revision(model_id)
+        hit = self._cache.get(model_id)
+        if hit is not None and hit[0] == rev:
+            return hit[1]
+        frag = orjson.Fragment(orjson.dumps(board.model_status(model_id), option=orjson.OPT_NON_STR_KEYS))
+        self._cache[model_id] = (rev, frag)
+        return frag
