@@ -45,3 +45,60 @@ def test_tui_reaches_engine_only_through_client():
                 assert name in ("mavail.rpc.client", "mavail.rpc"), f"{path} imports {name}"
             if top == "core" and path.name != "demo.py":
                 raise AssertionError(f"{path} imports {name}: the TUI talks to the engine through rpc.client only")
+
+
+SERVICES = {"downloads": "core/downloads", "health": "core/health", "fallback": "core/fallback",
+            "analytics": "core/analytics.py", "storage": "core/storage.py"}
+"""The services of the domain; each may import the shared parts of core, never another service nor the engine."""
+
+
+def _service_files(where: str) -> list[Path]:
+    p = ROOT / where
+    return sorted(p.rglob("*.py")) if p.is_dir() else [p]
+
+
+def test_no_core_module_imports_the_engine():
+    for path in (ROOT / "core").rglob("*.py"):
+        if path.name == "engine.py" and path.parent.name == "core":
+            continue
+        for name in _imports(path):
+            assert name != "mavail.core.engine", f"{path} imports the engine: take the ports it needs instead"
+
+
+def test_services_import_no_other_service():
+    for service, where in SERVICES.items():
+        others = {f"mavail.core.{s}" for s in SERVICES if s != service}
+        for path in _service_files(where):
+            for name in _imports(path):
+                hit = [o for o in others if name == o or name.startswith(o + ".")]
+                assert not hit, f"{path} imports {name}: a service gets what it needs of another as a port or a callable"
+
+
+def test_wire_codes_live_in_rpc_only():
+    import re
+
+    code = re.compile(r"-32[0-9]{3}")
+    for path in (ROOT / "core").rglob("*.py"):
+        assert not code.search(path.read_text()), f"{path} holds a JSON-RPC code: map the domain error in rpc/errors.py"
+    users = [p.relative_to(ROOT).as_posix() for p in (ROOT / "rpc").rglob("*.py") if "wire_code(" in p.read_text()]
+    assert users == ["rpc/dispatch.py"] or sorted(users) == ["rpc/dispatch.py", "rpc/errors.py"], users
+
+
+def test_every_domain_error_has_its_wire_code():
+    from mavail.core import errors
+    from mavail.rpc.errors import INTERNAL, WIRE, wire_code
+
+    for name in dir(errors):
+        cls = getattr(errors, name)
+        if isinstance(cls, type) and issubclass(cls, errors.MavailError) and cls is not errors.MavailError:
+            assert wire_code(cls("x")) != INTERNAL, f"{name} has no wire code in rpc/errors.py"
+            assert wire_code(cls("x"))[1] == cls.NAME or cls in (errors.ConfigError, errors.CatalogError), name
+    assert set(WIRE) >= {errors.ModelNotFound, errors.Conflict, errors.NotFound}
+
+
+def test_handlers_reach_one_level_into_the_engine():
+    import re
+
+    deep = re.compile(r"ctx\.engine\.\w+\.\w+\.\w+")
+    text = (ROOT / "rpc" / "methods.py").read_text()
+    assert not deep.findall(text), deep.findall(text)
