@@ -166,6 +166,39 @@ class Connection:
                 pass
 
 
+def socket_answers(path: Path) -> bool:
+    """True when something accepts connections on the Unix socket `path`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+        return True
+    except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+        return False
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+    finally:
+        s.close()
+
+
+def check_socket_path(path: Path) -> bool:
+    """Whether a stale socket file sits at `path` (True) or nothing does (False); CannotServe when it is not ours to take.
+
+    Something that is not a socket (SocketPathTaken) and a socket that answers
+    (EngineAlreadyRunning) are refused. Nothing is changed.
+    """
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "a file"
+        raise SocketPathTaken(f"{path} is {kind}, not a socket: refusing to replace it (choose another --socket)")
+    if socket_answers(path):
+        raise EngineAlreadyRunning(f"another engine is already answering on {path}")
+    return True
+
+
 class Server:
     """Serves the engine on a Unix socket until the engine asks to shut down or a signal arrives."""
 
@@ -181,17 +214,7 @@ class Server:
     # --- socket hygiene ------------------------------------------------------
     def _probe(self) -> bool:
         """True when something accepts connections on the socket path."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(1.0)
-        try:
-            s.connect(str(self.socket_path))
-            return True
-        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
-            return False
-        except OSError as exc:
-            return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
-        finally:
-            s.close()
+        return socket_answers(self.socket_path)
 
     async def bind(self) -> None:
         """Take the socket path (CannotServe when it is not ours to take); `serve` binds itself if not called."""
@@ -202,16 +225,7 @@ class Server:
         path = self.socket_path
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=0o700)
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "a file"
-                raise SocketPathTaken(f"{path} is {kind}, not a socket: refusing to replace it (choose another --socket)")
-            if self._probe():
-                raise EngineAlreadyRunning(f"another engine is already answering on {path}")
+        if check_socket_path(path):
             log.info("replacing stale socket file %s", path)
             path.unlink()
         old = os.umask(0o177)
