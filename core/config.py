@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 import os
@@ -206,6 +207,7 @@ class Config:
         self.schema = {s.key: s for s in schema}
         self._environ = dict(os.environ if environ is None else environ)
         self._lock = threading.Lock()
+        self._async_lock: asyncio.Lock | None = None
         self._file_values: dict[str, Any] = {}
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._values = {k: copy.deepcopy(s.default) for k, s in self.schema.items()}
@@ -259,12 +261,7 @@ class Config:
         """Call `callback(changed)` with `{key: new_value}` after every successful update."""
         self._listeners.append(callback)
 
-    def update(self, patch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Validate and apply a nested or dotted patch, save the file atomically.
-
-        Returns `(changed, restart_required)`. Nothing is applied or written when
-        any value is invalid.
-        """
+    def _check(self, patch: dict[str, Any]) -> dict[str, Any]:
         flat = flatten_patch(patch)
         checked: dict[str, Any] = {}
         for key, value in flat.items():
@@ -272,8 +269,14 @@ class Config:
             if setting is None:
                 raise ConfigError(f"unknown setting {key}", field=key)
             checked[key] = setting.coerce(value)
+        return checked
+
+    def _save(self, checked: dict[str, Any]) -> None:
+        """Write the file with `checked` merged in (blocking); nothing is written when the file would not change."""
         with self._lock:
             new_file = {**self._file_values, **checked}
+            if new_file == self._file_values:
+                return
             if self.path is not None:
                 nested: dict[str, dict[str, Any]] = {}
                 for key in sorted(new_file):
@@ -281,9 +284,31 @@ class Config:
                     nested.setdefault(section, {})[name] = new_file[key]
                 atomic_write_bytes(self.path, tomli_w.dumps(nested).encode("utf-8"))
             self._file_values = new_file
+
+    def _apply(self, checked: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        with self._lock:
             changed = {k: v for k, v in checked.items() if self._values.get(k) != v}
             self._values.update(checked)
         restart = any(not self.schema[k].live for k in changed)
         for cb in list(self._listeners):
             cb(changed)
         return changed, restart
+
+    def update(self, patch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Validate and apply a nested or dotted patch, save the file atomically (blocking).
+
+        Returns `(changed, restart_required)`. Nothing is applied or written when
+        any value is invalid; the file is not rewritten when nothing in it changes.
+        """
+        checked = self._check(patch)
+        self._save(checked)
+        return self._apply(checked)
+
+    async def update_async(self, patch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """`update` for the event loop: the file is written in a worker thread, listeners run on the loop."""
+        checked = self._check(patch)
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        async with self._async_lock:  # updates apply in the order their files were written
+            await asyncio.to_thread(self._save, checked)
+            return self._apply(checked)

@@ -50,6 +50,11 @@ def peer_uid(stream: SocketStream) -> int | None:
     return uid
 
 
+EXEMPT_RATE = 2.0
+"""Exempt writes (a config.update of the limit alone) per second per connection, while a rate limit is set."""
+EXEMPT_BURST = 2.0
+
+
 class Connection:
     """One client connection: serialised writes, subscriptions, a token bucket and close callbacks.
 
@@ -70,6 +75,8 @@ class Connection:
         self._direct = Subscription(None, None)
         self._close_callbacks: list[Callable[[], None]] = []
         self._tokens: float | None = None  # None: a full bucket, whatever the rate is by then
+        self._exempt_tokens = EXEMPT_BURST
+        self._exempt_refill = time.monotonic()
         self._last_refill = time.monotonic()
         self.closed = False
         tg.start_soon(self._pump, self._direct)
@@ -103,6 +110,21 @@ class Connection:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / rate
+
+    def exempt_rate_limit_wait(self) -> float:
+        """Take one token of the small bucket of writes exempt from the rate limit; 0 if allowed, else the seconds to wait.
+
+        Off, like the main limit, when `rpc.rate_limit_per_second` is 0.
+        """
+        if self.rate_per_second <= 0:
+            return 0.0
+        now = time.monotonic()
+        self._exempt_tokens = min(EXEMPT_BURST, self._exempt_tokens + (now - self._exempt_refill) * EXEMPT_RATE)
+        self._exempt_refill = now
+        if self._exempt_tokens >= 1.0:
+            self._exempt_tokens -= 1.0
+            return 0.0
+        return (1.0 - self._exempt_tokens) / EXEMPT_RATE
 
     # --- events --------------------------------------------------------------
     def subscribe(self, types: list[str] | None, model_ids: list[str] | None) -> str:
