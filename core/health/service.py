@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -698,15 +699,17 @@ class HealthService:
                                           base=ctx.base, home=self.engine.layout.home, model_id=ctx.model_id, version=ctx.version, f=f, broken=fr.broken_pieces,
                                           piece_hashes=hashes, piece_size=ps)
 
-        def may_replace() -> None:
+        def replacing() -> AbstractContextManager[None]:
+            # checked and marked with no await between: a lease either lands before (and the replace is refused) or is refused
             if self.engine.leases.is_leased(ctx.model_id):
                 log.warning("redownload of %s %s held back: the model is in use (the fetched data is kept)", ctx.model_id, f.path)
                 raise Conflict(f"{f.path}: model {ctx.model_id!r} is in use; a redownload replaces the file, which is never done under a lease "
                                "(the fetched data is kept for the next repair)", model_id=ctx.model_id, file=f.path)
+            return self.engine.leases.replacing(ctx.model_id)
 
         return await rp.redownload(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, base=ctx.base,
                                    home=self.engine.layout.home, redownload_dir=self.redownload_dir, model_id=ctx.model_id, version=ctx.version, f=f,
-                                   piece_size=piece_default, may_replace=may_replace)
+                                   piece_size=piece_default, replacing=replacing)
 
     async def _recover(self) -> None:
         """At start: finish committed repair journals, drop uncommitted ones, delete the repair's temp files."""
