@@ -9,6 +9,12 @@ from pathlib import Path, PurePosixPath
 import platformdirs
 
 APP_NAME = "mavail"
+REPAIR_DIR = ".repair"
+"""The folder under partial/ of repair journals; a model id never starts with a dot, so none can take it."""
+REDOWNLOAD_DIR = ".redownload"
+"""The folder under partial/ of whole-file redownloads."""
+ENGINE_PARTIAL_DIRS = frozenset({REPAIR_DIR, REDOWNLOAD_DIR})
+"""The engine's own folders under partial/: repair data, never a download's."""
 
 
 def resolve_home(cli_home: str | os.PathLike[str] | None = None) -> Path:

@@ -3,7 +3,7 @@
 integrity_fix
     The broken pieces are fetched with Range requests and each is checked
     against its recorded piece sha256, then written to a journal in
-    `partial/repair/<key>/` (data file, fsync), and the journal is committed by
+    `partial/.repair/<key>/` (data file, fsync), and the journal is committed by
     atomically writing `journal.json`. Only then are the pieces written in
     place (and the size cut or extended to the catalog's), the file fsynced,
     and the whole-file sha256 confirmed. The journal is deleted last.
@@ -14,7 +14,7 @@ integrity_fix
     file can only get closer to right, never worse.
 
 redownload
-    The whole file is fetched into `partial/redownload/<key>/data`, piece by
+    The whole file is fetched into `partial/.redownload/<key>/data`, piece by
     piece, each piece flushed and recorded in `progress.json`, so an
     interrupted redownload resumes after its last flushed piece. The finished
     file is checked against its sha256, then renamed over the original; the
@@ -245,7 +245,7 @@ async def integrity_fix(
     return RepairOutcome(f.path, "integrity_fix" if record["pieces"] else "truncate", fetched, sig)
 
 
-# --- redownload: fetched into partial/redownload/<key>/, resumable ------------------------
+# --- redownload: fetched into partial/.redownload/<key>/, resumable ------------------------
 def _load_progress(home: Path, rdir: Path, f: ManifestFile, step: int) -> tuple[int, list[str], Any]:
     """Open (or create) the redownload's data file; return (verified bytes to keep, their piece hashes, whole-file hasher).
 

@@ -17,12 +17,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from mavail.core import safefs
 from mavail.core.errors import Conflict, InvalidState, MavailError, NotFound, SourceUnavailable
 from mavail.core.health import repair as rp
 from mavail.core.health import scores
 from mavail.core.health.model import Context, Job, ModelHealth, new_id
 from mavail.core.health.scan import (CRITICAL, WARNING, CheckCancelled, FileResult, Issue, ManifestFile, ReadBudget, Verified, extra_files,
                               full_check_file, quick_check_file)
+from mavail.core.paths import REDOWNLOAD_DIR, REPAIR_DIR
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -94,23 +96,39 @@ class HealthService:
     # --- lifecycle -------------------------------------------------------------
     @property
     def repair_dir(self) -> Path:
-        """Where repair journals live: `partial/repair/`."""
-        return self.engine.layout.partial_dir / "repair"
+        """Where repair journals live: `partial/.repair/` (a leading dot: no model id can take the name)."""
+        return self.engine.layout.partial_dir / REPAIR_DIR
 
     @property
     def redownload_dir(self) -> Path:
-        """Where whole-file redownloads collect their data until it is verified: `partial/redownload/`."""
-        return self.engine.layout.partial_dir / "redownload"
+        """Where whole-file redownloads collect their data until it is verified: `partial/.redownload/`."""
+        return self.engine.layout.partial_dir / REDOWNLOAD_DIR
 
     async def start(self) -> None:
         """Load the last checks, finish or discard interrupted repairs, take stock, start the scheduler."""
         self.engine.on_stop(self.stop)
         await self._load_state()
+        await asyncio.to_thread(self._move_old_dirs)
         await self._recover()
         await self.updates.recover()
         await self.check_all(trigger="startup", record=False)
         self.engine.downloads.add_listener(self._on_download)
         self.engine.spawn(self._scheduler(), name="health-scheduler")
+
+    def _move_old_dirs(self) -> None:
+        """Move the repair folders of earlier versions (`partial/repair/`, `partial/redownload/`) to their dotted names.
+
+        Left alone when a catalog model has that id (the folder is then its partial data) or the new one exists.
+        """
+        home, partial = self.engine.layout.home, self.engine.layout.partial_dir
+        for old, new in (("repair", REPAIR_DIR), ("redownload", REDOWNLOAD_DIR)):
+            if old in self.engine.catalog.models or not safefs.is_real_dir(home, partial / old) or safefs.exists(home, partial / new):
+                continue
+            try:
+                safefs.rename(home, partial / old, partial / new)
+                log.info("moved %s to %s", partial / old, partial / new)
+            except OSError as exc:
+                log.warning("cannot move %s to %s: %s", partial / old, partial / new, exc)
 
     async def stop(self) -> None:
         """Stop running checks (they record nothing) and close the HTTP client."""
