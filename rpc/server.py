@@ -20,7 +20,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mavail.core.engine import Engine
 from mavail.core.events import Event, Subscription
-from mavail.rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, parse_line
+from mavail.rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, new_request_id, parse_line
 
 log = logging.getLogger("mavail.rpc")
 
@@ -329,9 +329,11 @@ class Server:
             try:
                 out = error if error is not None else await dispatch_parsed(conn, self.engine, parsed)
             except Exception:  # never leak it, and answer the id that was asked
-                log.exception("%s: failed to answer a request", conn.id)
+                request_id = new_request_id()
+                log.exception("%s: failed to answer a request (request id %s)", conn.id, request_id)
                 req_id = parsed.get("id") if isinstance(parsed, dict) else None
-                out = encode(error_obj(req_id if isinstance(req_id, (str, int)) else None, -32603, "Internal error"))
+                ok_id = isinstance(req_id, (str, int, float)) and not isinstance(req_id, bool)
+                out = encode(error_obj(req_id if ok_id else None, -32603, "Internal error", request_id=request_id))
             if out is not None:
                 await conn.send(out)
         finally:
