@@ -83,6 +83,8 @@ def exempt_from_rate_limit(method_name: str, params: dict[str, Any]) -> bool:
 
     `session.hello` and `config.get` never count, nor a `config.update` that changes the
     limit alone: otherwise a limit set too low would lock out the call that removes it.
+    That `config.update` rewrites config.toml, so it has a small bucket of its own
+    (`Connection.exempt_rate_limit_wait`) instead of none.
     """
     if method_name in ("session.hello", "config.get"):
         return True
