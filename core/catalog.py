@@ -13,7 +13,8 @@ from mavail.core.limits import MAX_FILE_BYTES, MAX_VRAM_GB
 from mavail.core.paths import is_safe_relative
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+"""A sha256 in hex; use with fullmatch (match with $ would let a trailing newline through)."""
 RESOLUTION_RE = re.compile(r"^([1-9][0-9]{1,5})x([1-9][0-9]{1,5})$")
 HF_SOURCE_RE = re.compile(r"^hf://([A-Za-z0-9][A-Za-z0-9._-]*)/([A-Za-z0-9][A-Za-z0-9._-]*)(?:@([A-Za-z0-9._/-]+))?$")
 
@@ -131,7 +132,7 @@ def _parse_file(raw: Any, where: str) -> FileSpec:
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_BYTES:
         raise CatalogError(f"{where}.size must be an integer from 0 to {MAX_FILE_BYTES}", entry=where)
     sha = raw.get("sha256")
-    if not isinstance(sha, str) or not SHA256_RE.match(sha.lower()):
+    if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower()):
         raise CatalogError(f"{where}.sha256 must be 64 hex digits", entry=where)
     return FileSpec(path=path, url=url, size=size, sha256=sha.lower(), mirrors=tuple(mirrors))
 

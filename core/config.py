@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import math
 import os
 import threading
 import tomllib
@@ -14,6 +16,8 @@ import tomli_w
 
 from mavail.core.errors import ConfigError
 from mavail.core.fsutil import atomic_write_bytes
+from mavail.core.limits import (MAX_DAYS, MAX_DURATION_S, MAX_GB, MAX_RATE_MBPS, MAX_SAFE_INT, MAX_SETTING_FLOAT, MAX_UID,
+                                MAX_VRAM_GB, MAX_WAIT_MINUTES)
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,20 @@ class Setting:
             ok = False
         if not ok:
             raise ConfigError(f"{self.key} must be of type {t.__name__}", field=self.key, value=repr(value)[:80])
-        if self.min is not None and value < self.min:
-            raise ConfigError(f"{self.key} must be at least {self.min}", field=self.key, value=value)
-        if self.max is not None and value > self.max:
-            raise ConfigError(f"{self.key} must be at most {self.max}", field=self.key, value=value)
+        if t is float and not math.isfinite(value):
+            raise ConfigError(f"{self.key} must be a finite number", field=self.key, value=repr(value))
+        if t is list:
+            if any(not 0 <= v <= MAX_UID for v in value):
+                raise ConfigError(f"{self.key} must hold user ids from 0 to {MAX_UID}", field=self.key, value=repr(value)[:80])
+            return value
+        if t in (int, float):
+            # a setting without bounds of its own still gets finite ones: the values end up in dates, sleeps and JSON
+            ceiling = self.max if self.max is not None else (MAX_SAFE_INT if t is int else MAX_SETTING_FLOAT)
+            floor = self.min if self.min is not None else -ceiling
+            if value < floor:
+                raise ConfigError(f"{self.key} must be at least {floor}", field=self.key, value=value)
+            if value > ceiling:
+                raise ConfigError(f"{self.key} must be at most {ceiling}", field=self.key, value=value)
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{self.key} must be one of {', '.join(self.choices)}", field=self.key, value=value)
         return value
@@ -84,7 +98,7 @@ def _s(key: str, t: type, default: Any, doc: str, **kw: Any) -> Setting:
 SCHEMA: tuple[Setting, ...] = (
     # downloads
     _s("downloads.max_concurrent", int, 3, "Downloads running at once.", min=1, max=64),
-    _s("downloads.bandwidth_limit_mbps", float, 0.0, "Global cap in MiB/s; 0 = none.", min=0),
+    _s("downloads.bandwidth_limit_mbps", float, 0.0, "Global cap in MiB/s; 0 = none.", min=0, max=MAX_RATE_MBPS),
     _s("downloads.max_retries", int, 3, "Default retries per file.", min=0, max=100),
     _s("downloads.stall_timeout_s", float, 30.0, "No bytes for this long: reconnect.", min=0.1, max=3600),
     _s("downloads.parallel_ranges", int, 4, "Connections per large file.", min=1, max=32),
@@ -100,7 +114,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.min_rate_replacements", int, 3, "Slow connections to one URL of a file before that URL is given up on "
        "(the next mirror is tried, else the download fails).", min=1, max=100),
     # gpu
-    _s("gpu.vram_gb", float, 0.0, "VRAM to assume when NVML sees no GPU; 0 = unknown.", min=0),
+    _s("gpu.vram_gb", float, 0.0, "VRAM to assume when NVML sees no GPU; 0 = unknown.", min=0, max=MAX_VRAM_GB),
     # fallback (issue 5): the scoring formula's weights (normalised by their sum) and strategy thresholds
     _s("fallback.weight_capabilities", float, 0.30, "Weight of capability coverage in compatibility_score.", min=0, max=10),
     _s("fallback.weight_model_type", float, 0.10, "Weight of the model type match.", min=0, max=10),
@@ -116,38 +130,38 @@ SCHEMA: tuple[Setting, ...] = (
     _s("fallback.max_suggestions", int, 5, "Suggestions returned at most.", min=1, max=100),
     _s("fallback.alternative_min_score", float, 0.7, "A ready alternative this good gives the alternative_model strategy.", min=0, max=1),
     _s("fallback.hybrid_min_score", float, 0.45, "A ready alternative this good is worth using while the requested model downloads.", min=0, max=1),
-    _s("fallback.hybrid_min_wait_s", float, 120.0, "Shorter waits than this are simply waited for (queue_and_wait).", min=0),
-    _s("fallback.default_max_wait_minutes", float, 30.0, "max_wait_time_minutes when a request gives none.", min=0),
-    _s("fallback.queue_max_wait_minutes", float, 60.0, "Expiry of a queued request that gives no max_wait_time_minutes.", min=0.001),
-    _s("fallback.suggestion_timeout_s", float, 30.0, "timeout_seconds of fallback_suggestion events.", min=0),
-    _s("fallback.vram_headroom_gb", float, 0.0, "VRAM kept free: subtracted from the free VRAM before fitting.", min=0),
+    _s("fallback.hybrid_min_wait_s", float, 120.0, "Shorter waits than this are simply waited for (queue_and_wait).", min=0, max=MAX_DURATION_S),
+    _s("fallback.default_max_wait_minutes", float, 30.0, "max_wait_time_minutes when a request gives none.", min=0, max=MAX_WAIT_MINUTES),
+    _s("fallback.queue_max_wait_minutes", float, 60.0, "Expiry of a queued request that gives no max_wait_time_minutes.", min=0.001, max=MAX_WAIT_MINUTES),
+    _s("fallback.suggestion_timeout_s", float, 30.0, "timeout_seconds of fallback_suggestion events.", min=0, max=MAX_DURATION_S),
+    _s("fallback.vram_headroom_gb", float, 0.0, "VRAM kept free: subtracted from the free VRAM before fitting.", min=0, max=MAX_VRAM_GB),
     _s("fallback.repair_wait_s", float, 2.0, "models.request waits this long for a repair it starts before answering.", min=0, max=600),
     _s("fallback.vram_cache_s", float, 2.0, "How long a free-VRAM reading is reused.", min=0, max=3600),
     # health
-    _s("health.check_interval_hours", float, 24.0, "Quick check of every model.", min=0.01),
-    _s("health.full_check_interval_days", float, 7.0, "Full check of every model.", min=0.01),
-    _s("health.max_read_mbps", float, 200.0, "Read budget of scheduled checks, MiB/s; 0 = none.", min=0),
+    _s("health.check_interval_hours", float, 24.0, "Quick check of every model.", min=0.01, max=MAX_DAYS * 24),
+    _s("health.full_check_interval_days", float, 7.0, "Full check of every model.", min=0.01, max=MAX_DAYS),
+    _s("health.max_read_mbps", float, 200.0, "Read budget of scheduled checks, MiB/s; 0 = none.", min=0, max=MAX_RATE_MBPS),
     _s("health.auto_repair_enabled", bool, True, "Repair what scheduled checks find."),
     _s("health.scheduler_tick_s", float, 60.0, "How often the scheduler looks for due checks, seconds.", min=0.05, max=86400),
-    _s("health.auto_repair_backoff_minutes", float, 30.0, "Wait after a failed automatic repair before trying again.", min=0),
+    _s("health.auto_repair_backoff_minutes", float, 30.0, "Wait after a failed automatic repair before trying again.", min=0, max=MAX_DAYS * 1440),
     _s("health.performance_degraded_ratio", float, 1.5, "Recent/baseline generation time at which performance is degraded.", min=1.0, max=100),
     _s("health.performance_critical_ratio", float, 3.0, "Recent/baseline generation time at which the speed part of performance_score is 0.", min=1.01, max=1000),
     _s("health.performance_min_success_rate", float, 0.8, "Recent success rate under which performance is degraded.", min=0, max=1),
     _s("health.performance_min_samples", int, 5, "Successful generations needed before performance_score is known.", min=1, max=10000),
     # storage
-    _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0),
-    _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0),
+    _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0, max=MAX_GB),
+    _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0, max=MAX_GB),
     _s("storage.keep_used_within_days", float, 30.0, "Retention: cleanup keeps models used (generated with or requested) in the last N days, "
-       "counting from installation for a model never used.", min=0),
+       "counting from installation for a model never used.", min=0, max=MAX_DAYS),
     _s("storage.keep_used_more_than", int, 10, "Retention: cleanup keeps models used more than N times in the last "
        "storage.frequent_window_days days (when preserve_frequently_used).", min=0),
-    _s("storage.frequent_window_days", float, 90.0, "The window over which storage.keep_used_more_than counts uses.", min=1),
-    _s("storage.hot_days", float, 7.0, "Tier: hot = used in the last N days or in use now; never evicted for the ceiling or floor.", min=0),
-    _s("storage.warm_days", float, 30.0, "Tier: warm = used in the last N days (and not hot); cold = the rest.", min=0),
+    _s("storage.frequent_window_days", float, 90.0, "The window over which storage.keep_used_more_than counts uses.", min=1, max=MAX_DAYS),
+    _s("storage.hot_days", float, 7.0, "Tier: hot = used in the last N days or in use now; never evicted for the ceiling or floor.", min=0, max=MAX_DAYS),
+    _s("storage.warm_days", float, 30.0, "Tier: warm = used in the last N days (and not hot); cold = the rest.", min=0, max=MAX_DAYS),
     _s("storage.partial_max_age_days", float, 7.0, "Partial download data untouched this long, with no download "
-       "owning it, is offered for cleanup.", min=0),
+       "owning it, is offered for cleanup.", min=0, max=MAX_DAYS),
     _s("storage.ceiling_warn_percent", float, 90.0, "storage_warning when the models use this share of storage.max_gb.", min=1, max=100),
-    _s("storage.check_interval_s", float, 300.0, "How often free space and the ceiling are checked for storage_warning.", min=1),
+    _s("storage.check_interval_s", float, 300.0, "How often free space and the ceiling are checked for storage_warning.", min=1, max=MAX_DURATION_S),
     # analytics
     _s("analytics.flush_interval_ms", float, 5.0, "Recorded events are written to the database in one transaction at most this often.", min=0, max=10000),
     _s("analytics.max_buffered_events", int, 50000, "Events held in memory before analytics.record waits for a write.", min=100),
@@ -155,7 +169,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("analytics.trend_threshold", float, 0.05, "performance trend: improving/degrading when the current (24-hour) score is this "
        "much above/below the mean of the 7- and 30-day scores, else stable.", min=0, max=1),
     _s("analytics.trend_min_events", int, 5, "Generations needed in the current window and in 30 days to judge a trend.", min=1),
-    _s("analytics.preload_window_days", float, 14.0, "analytics.preload looks at uses and requests in this many days.", min=1),
+    _s("analytics.preload_window_days", float, 14.0, "analytics.preload looks at uses and requests in this many days.", min=1, max=MAX_DAYS),
     _s("analytics.preload_min_uses", int, 3, "Uses plus requests in the window that make a model worth preloading.", min=1),
     # updates
     _s("updates.keep_versions", int, 1, "Previous versions kept after an update.", min=0, max=20),
@@ -163,7 +177,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("rpc.token", str, "", "Required in session.hello when set.", live=False),
     _s("rpc.allowed_uids", list, [], "Further peer uids allowed.", live=False),
     _s("rpc.max_message_bytes", int, 1048576, "Longest request line in bytes.", min=1024, max=64 * 1048576),
-    _s("rpc.rate_limit_per_second", float, 0.0, "Calls per second per connection; 0 = off.", min=0),
+    _s("rpc.rate_limit_per_second", float, 0.0, "Calls per second per connection; 0 = off.", min=0, max=1e6),
 )
 
 
@@ -193,6 +207,7 @@ class Config:
         self.schema = {s.key: s for s in schema}
         self._environ = dict(os.environ if environ is None else environ)
         self._lock = threading.Lock()
+        self._async_lock: asyncio.Lock | None = None
         self._file_values: dict[str, Any] = {}
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._values = {k: copy.deepcopy(s.default) for k, s in self.schema.items()}
@@ -246,12 +261,7 @@ class Config:
         """Call `callback(changed)` with `{key: new_value}` after every successful update."""
         self._listeners.append(callback)
 
-    def update(self, patch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Validate and apply a nested or dotted patch, save the file atomically.
-
-        Returns `(changed, restart_required)`. Nothing is applied or written when
-        any value is invalid.
-        """
+    def _check(self, patch: dict[str, Any]) -> dict[str, Any]:
         flat = flatten_patch(patch)
         checked: dict[str, Any] = {}
         for key, value in flat.items():
@@ -259,8 +269,14 @@ class Config:
             if setting is None:
                 raise ConfigError(f"unknown setting {key}", field=key)
             checked[key] = setting.coerce(value)
+        return checked
+
+    def _save(self, checked: dict[str, Any]) -> None:
+        """Write the file with `checked` merged in (blocking); nothing is written when the file would not change."""
         with self._lock:
             new_file = {**self._file_values, **checked}
+            if new_file == self._file_values:
+                return
             if self.path is not None:
                 nested: dict[str, dict[str, Any]] = {}
                 for key in sorted(new_file):
@@ -268,9 +284,31 @@ class Config:
                     nested.setdefault(section, {})[name] = new_file[key]
                 atomic_write_bytes(self.path, tomli_w.dumps(nested).encode("utf-8"))
             self._file_values = new_file
+
+    def _apply(self, checked: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        with self._lock:
             changed = {k: v for k, v in checked.items() if self._values.get(k) != v}
             self._values.update(checked)
         restart = any(not self.schema[k].live for k in changed)
         for cb in list(self._listeners):
             cb(changed)
         return changed, restart
+
+    def update(self, patch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Validate and apply a nested or dotted patch, save the file atomically (blocking).
+
+        Returns `(changed, restart_required)`. Nothing is applied or written when
+        any value is invalid; the file is not rewritten when nothing in it changes.
+        """
+        checked = self._check(patch)
+        self._save(checked)
+        return self._apply(checked)
+
+    async def update_async(self, patch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """`update` for the event loop: the file is written in a worker thread, listeners run on the loop."""
+        checked = self._check(patch)
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        async with self._async_lock:  # updates apply in the order their files were written
+            await asyncio.to_thread(self._save, checked)
+            return self._apply(checked)

@@ -50,6 +50,7 @@ class LeaseManager:
         self._clock = clock
         self._leases: dict[str, Lease] = {}
         self._removing: Counter[str] = Counter()
+        self._replacing: Counter[str] = Counter()
         self._released = asyncio.Condition()
 
     def acquire(self, session: Session, model_id: str, version: str | None = None, path: str = "") -> Lease:
@@ -59,6 +60,8 @@ class LeaseManager:
         """
         if self.being_removed(model_id):
             raise Conflict(f"model {model_id!r} is being removed", model_id=model_id)
+        if self._replacing[model_id] > 0:
+            raise Conflict(f"a repair is replacing files of model {model_id!r}; try again in a moment", model_id=model_id)
         lease = Lease("lease_" + secrets.token_hex(8), model_id, version, path, session.id, self._clock.time())
         self._leases[lease.lease_id] = lease
         session.on_close(lambda: self._drop(lease.lease_id, "connection closed"))
@@ -97,6 +100,23 @@ class LeaseManager:
             self._removing[model_id] -= 1
             if self._removing[model_id] <= 0:
                 del self._removing[model_id]
+
+    @contextmanager
+    def replacing(self, model_id: str) -> Iterator[None]:
+        """`with leases.replacing(mid):` marks a repair replacing files of `model_id` for the block.
+
+        Conflict, and no mark, while a lease holds it; while marked, `acquire` refuses the model.
+        Like `removing`, enter it with no await between the caller's checks and the block's first await.
+        """
+        if self.is_leased(model_id):
+            raise Conflict(f"model {model_id!r} is in use", model_id=model_id, active_leases=len(self.leases_for(model_id)))
+        self._replacing[model_id] += 1
+        try:
+            yield
+        finally:
+            self._replacing[model_id] -= 1
+            if self._replacing[model_id] <= 0:
+                del self._replacing[model_id]
 
     def release(self, lease_id: str) -> Lease:
         """End a lease (NotFound if unknown or already released)."""

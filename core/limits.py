@@ -20,3 +20,9 @@ MAX_DAYS = 36_500.0
 """The longest period in days: a century."""
 MAX_GB = 1e9
 """The largest size in GiB (an exabyte)."""
+MAX_SAFE_INT = 2**53 - 1
+"""The largest integer a setting may take where it has no maximum of its own: exact in a JSON double."""
+MAX_SETTING_FLOAT = 1e15
+"""The largest number a float setting may take where it has no maximum of its own."""
+MAX_UID = 2**32 - 1
+"""The largest user id."""

@@ -9,6 +9,12 @@ from pathlib import Path, PurePosixPath
 import platformdirs
 
 APP_NAME = "mavail"
+REPAIR_DIR = ".repair"
+"""The folder under partial/ of repair journals; a model id never starts with a dot, so none can take it."""
+REDOWNLOAD_DIR = ".redownload"
+"""The folder under partial/ of whole-file redownloads."""
+ENGINE_PARTIAL_DIRS = frozenset({REPAIR_DIR, REDOWNLOAD_DIR})
+"""The engine's own folders under partial/: repair data, never a download's."""
 
 
 def resolve_home(cli_home: str | os.PathLike[str] | None = None) -> Path:
@@ -103,5 +109,29 @@ class HomeLayout:
     def ensure(self) -> None:
         """Create the home and its folders (mode 0700 for the home) if missing."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for d in (self.models_dir, self.partial_dir, self.trash_dir, self.logs_dir, self.catalog_dir):
+        for d in (self.models_dir, self.partial_dir, self.trash_dir, self.catalog_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if not self.logs_dir.is_symlink():  # a link is left for `setup_logging` to refuse by name
+            self.logs_dir.mkdir(exist_ok=True)
+
+    def unusable_reason(self) -> str | None:
+        """Why an engine must not start on this home (one line), or None.
+
+        The database files are opened by SQLite, which follows links, so a link at
+        any of them is refused. Downloads rename `partial/` into `models/` and
+        removals rename `models/` into `trash/`: those need one filesystem.
+        """
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            if (self.home / name).is_symlink():
+                return (f"{self.home / name} is a symbolic link; mavail never opens its database through a link, "
+                        "move it away by hand")
+        devs = {}
+        for d in (self.models_dir, self.partial_dir, self.trash_dir):
+            try:
+                devs[d.name] = os.stat(d).st_dev
+            except OSError as exc:
+                return f"{d} cannot be used: {exc.strerror}"
+        if len(set(devs.values())) > 1:
+            return (f"models/, partial/ and trash/ under {self.home} must be on one filesystem (downloads and removals "
+                    "rename between them); link the home itself, or all three, to the other disk")
+        return None

@@ -46,6 +46,7 @@ import psutil
 
 from mavail.core import crash, safefs
 from mavail.core.errors import InvalidParams, MavailError, NotFound
+from mavail.core.paths import ENGINE_PARTIAL_DIRS
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -357,6 +358,12 @@ class StorageManager:
             return False
         return owner in kept or self.engine.activity.busy(owner, "downloading") or self.engine.downloads.is_active(owner)
 
+    def _partial_entry_owned(self, name: str, owner: str | None, kept: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+        """Whether the entry `name` of partial/ is still wanted; the engine's own repair folders while any repair runs."""
+        if name in ENGINE_PARTIAL_DIRS:
+            return any(self.engine.activity.busy(mid, "repairing") for mid in self.engine.catalog.models)
+        return self._partial_owned(owner, kept)
+
     async def info(self) -> dict[str, Any]:
         """storage.info: the filesystem, every model's measured size, tier and use, partial data, suggestions."""
         du, models, partial, trash = await asyncio.to_thread(self._disk)
@@ -394,7 +401,7 @@ class StorageManager:
         partial_rows = []
         for e in partial:
             owner = self._partial_owner(e.name)
-            orphan = not self._partial_owned(owner, kept) and (now - e.size.newest_mtime) >= max_age
+            orphan = not self._partial_entry_owned(e.name, owner, kept) and (now - e.size.newest_mtime) >= max_age
             partial_rows.append({"name": e.name, "model_id": owner, "size_bytes": e.size.bytes, "modified": iso(e.size.newest_mtime),
                                  "orphaned": orphan})
         plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed, keep=False)
@@ -528,7 +535,7 @@ class StorageManager:
             for e in partial:
                 owner = self._partial_owner(e.name)
                 age = now - e.size.newest_mtime
-                if age < max_age or self._partial_owned(owner, kept):
+                if age < max_age or self._partial_entry_owned(e.name, owner, kept):
                     continue
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
                                       f"partial download data untouched for {age / DAY:.0f} days, no download owns it",
@@ -650,8 +657,9 @@ class StorageManager:
         dst = self.layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name}"
         if item.kind == "model":
             self._recheck(item, plan, src)
-        elif not os.path.lexists(src):
-            raise _Preserve("already gone")
+        else:
+            kept = await self._downloads_kept()
+            self._recheck_partial(item, src, kept)
         db = self.engine.db
         row_id = await db.write(lambda c: c.execute(
             "INSERT INTO storage_trash (cleanup_id, model_id, kind, src, dst, size_bytes, state, created_at) VALUES (?,?,?,?,?,?,?,?)",
@@ -660,6 +668,8 @@ class StorageManager:
         try:
             if item.kind == "model":
                 self._recheck(item, plan, src)  # again, with no await before the rename: nobody can take it in between
+            else:
+                self._recheck_partial(item, src, kept)
             safefs.rename(self.layout.home, src, dst, create_parents=True)  # by directory descriptors: no link followed
         except BaseException:
             await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
@@ -684,6 +694,13 @@ class StorageManager:
         finally:
             if hold is not None:
                 hold.__exit__(None, None, None)
+
+    def _recheck_partial(self, item: PlanItem, src: Path, kept: set[str]) -> None:
+        """Preserve partial data that a download (or a repair) has taken since the plan was made."""
+        if not os.path.lexists(src):
+            raise _Preserve("already gone")
+        if self._partial_entry_owned(item.name, item.model_id, kept):
+            raise _Preserve("a download owns this partial data now")
 
     def _recheck(self, item: PlanItem, plan: Plan, src: Path) -> None:
         block = self.blockers(item.name)

@@ -76,6 +76,8 @@ def exempt_from_rate_limit(method_name: str, params: dict[str, Any]) -> bool:
 
     `session.hello` and `config.get` never count, nor a `config.update` that changes the
     limit alone: otherwise a limit set too low would lock out the call that removes it.
+    That `config.update` rewrites config.toml, so it has a small bucket of its own
+    (`Connection.exempt_rate_limit_wait`) instead of none.
     """
     if method_name in ("session.hello", "config.get"):
         return True
@@ -94,7 +96,12 @@ async def _run(ctx: CallContext, method_name: str, params: Any) -> tuple[Any, di
     try:
         if method.needs_auth and not conn.authenticated:
             raise Unauthorized("call session.hello with the engine's token first")
-        wait = 0.0 if exempt_from_rate_limit(method_name, params if isinstance(params, dict) else {}) else conn.rate_limit_wait()
+        if not exempt_from_rate_limit(method_name, params if isinstance(params, dict) else {}):
+            wait = conn.rate_limit_wait()
+        elif method_name == "config.update":  # exempt, but each one rewrites config.toml: a small bucket of its own
+            wait = conn.exempt_rate_limit_wait()
+        else:
+            wait = 0.0
         if wait > 0:
             raise RateLimited(f"over {conn.rate_per_second:g} calls per second", retry_after_s=round(wait, 3))
         return await method.handler(ctx, **method.bind(params)), None

@@ -64,7 +64,7 @@ async def config_get(ctx: CallContext) -> dict[str, Any]:
 
 
 async def config_update(ctx: CallContext, patch: dict[str, Any]) -> dict[str, Any]:
-    changed, restart = ctx.engine.config.update(patch)
+    changed, restart = await ctx.engine.config.update_async(patch)
     return {"success": True, "updated_settings": sorted(changed), "restart_required": restart}
 
 

@@ -11,11 +11,12 @@ from typing import Iterator
 
 import anyio
 
+from mavail.core import safefs
 from mavail.core.config import Config
 from mavail.core.engine import Engine
 from mavail.core.logs import setup_logging, teardown_logging
 from mavail.core.paths import HomeLayout
-from mavail.rpc.server import EngineAlreadyRunning, Server
+from mavail.rpc.server import CannotServe, EngineAlreadyRunning, Server, check_socket_path
 
 log = logging.getLogger("mavail.engine")
 
@@ -24,7 +25,10 @@ log = logging.getLogger("mavail.engine")
 def home_lock(home: Path) -> Iterator[None]:
     """Hold an exclusive lock on the home so two engines never share one (EngineAlreadyRunning)."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(home / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = safefs.open_file(home, home / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except safefs.LinkRefused as exc:
+        raise CannotServe(exc.message) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -39,10 +43,18 @@ def home_lock(home: Path) -> Iterator[None]:
 
 async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True, ready: anyio.Event | None = None) -> None:
     """Run the engine until it is asked to stop; raises CannotServe or ConfigError at start."""
+    # a socket that is not ours to take is refused before anything touches the home
+    check_socket_path(socket_path)
     layout = HomeLayout(home)
     layout.ensure()
+    reason = layout.unusable_reason()
+    if reason is not None:
+        raise CannotServe(reason)
     config = Config.load(layout.config_file)
-    handlers = setup_logging(layout.logs_dir)
+    try:
+        handlers = setup_logging(layout.logs_dir)
+    except safefs.LinkRefused as exc:
+        raise CannotServe(exc.message) from None
     try:
         with home_lock(home):
             async with Engine(layout, config) as engine:

@@ -20,7 +20,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mavail.core.engine import Engine
 from mavail.core.events import Event, Subscription
-from mavail.rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, parse_line
+from mavail.rpc.dispatch import answers_inline, dispatch_parsed, encode, error_obj, new_request_id, parse_line
 
 log = logging.getLogger("mavail.rpc")
 
@@ -50,6 +50,11 @@ def peer_uid(stream: SocketStream) -> int | None:
     return uid
 
 
+EXEMPT_RATE = 2.0
+"""Exempt writes (a config.update of the limit alone) per second per connection, while a rate limit is set."""
+EXEMPT_BURST = 2.0
+
+
 class Connection:
     """One client connection: serialised writes, subscriptions, a token bucket and close callbacks.
 
@@ -70,6 +75,8 @@ class Connection:
         self._direct = Subscription(None, None)
         self._close_callbacks: list[Callable[[], None]] = []
         self._tokens: float | None = None  # None: a full bucket, whatever the rate is by then
+        self._exempt_tokens = EXEMPT_BURST
+        self._exempt_refill = time.monotonic()
         self._last_refill = time.monotonic()
         self.closed = False
         tg.start_soon(self._pump, self._direct)
@@ -103,6 +110,21 @@ class Connection:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / rate
+
+    def exempt_rate_limit_wait(self) -> float:
+        """Take one token of the small bucket of writes exempt from the rate limit; 0 if allowed, else the seconds to wait.
+
+        Off, like the main limit, when `rpc.rate_limit_per_second` is 0.
+        """
+        if self.rate_per_second <= 0:
+            return 0.0
+        now = time.monotonic()
+        self._exempt_tokens = min(EXEMPT_BURST, self._exempt_tokens + (now - self._exempt_refill) * EXEMPT_RATE)
+        self._exempt_refill = now
+        if self._exempt_tokens >= 1.0:
+            self._exempt_tokens -= 1.0
+            return 0.0
+        return (1.0 - self._exempt_tokens) / EXEMPT_RATE
 
     # --- events --------------------------------------------------------------
     def subscribe(self, types: list[str] | None, model_ids: list[str] | None) -> str:
@@ -166,6 +188,39 @@ class Connection:
                 pass
 
 
+def socket_answers(path: Path) -> bool:
+    """True when something accepts connections on the Unix socket `path`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+        return True
+    except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+        return False
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+    finally:
+        s.close()
+
+
+def check_socket_path(path: Path) -> bool:
+    """Whether a stale socket file sits at `path` (True) or nothing does (False); CannotServe when it is not ours to take.
+
+    Something that is not a socket (SocketPathTaken) and a socket that answers
+    (EngineAlreadyRunning) are refused. Nothing is changed.
+    """
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "a file"
+        raise SocketPathTaken(f"{path} is {kind}, not a socket: refusing to replace it (choose another --socket)")
+    if socket_answers(path):
+        raise EngineAlreadyRunning(f"another engine is already answering on {path}")
+    return True
+
+
 class Server:
     """Serves the engine on a Unix socket until the engine asks to shut down or a signal arrives."""
 
@@ -181,17 +236,7 @@ class Server:
     # --- socket hygiene ------------------------------------------------------
     def _probe(self) -> bool:
         """True when something accepts connections on the socket path."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(1.0)
-        try:
-            s.connect(str(self.socket_path))
-            return True
-        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
-            return False
-        except OSError as exc:
-            return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
-        finally:
-            s.close()
+        return socket_answers(self.socket_path)
 
     async def bind(self) -> None:
         """Take the socket path (CannotServe when it is not ours to take); `serve` binds itself if not called."""
@@ -202,16 +247,7 @@ class Server:
         path = self.socket_path
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=0o700)
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "a file"
-                raise SocketPathTaken(f"{path} is {kind}, not a socket: refusing to replace it (choose another --socket)")
-            if self._probe():
-                raise EngineAlreadyRunning(f"another engine is already answering on {path}")
+        if check_socket_path(path):
             log.info("replacing stale socket file %s", path)
             path.unlink()
         old = os.umask(0o177)
@@ -293,9 +329,11 @@ class Server:
             try:
                 out = error if error is not None else await dispatch_parsed(conn, self.engine, parsed)
             except Exception:  # never leak it, and answer the id that was asked
-                log.exception("%s: failed to answer a request", conn.id)
+                request_id = new_request_id()
+                log.exception("%s: failed to answer a request (request id %s)", conn.id, request_id)
                 req_id = parsed.get("id") if isinstance(parsed, dict) else None
-                out = encode(error_obj(req_id if isinstance(req_id, (str, int)) else None, -32603, "Internal error"))
+                ok_id = isinstance(req_id, (str, int, float)) and not isinstance(req_id, bool)
+                out = encode(error_obj(req_id if ok_id else None, -32603, "Internal error", request_id=request_id))
             if out is not None:
                 await conn.send(out)
         finally:

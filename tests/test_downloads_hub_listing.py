@@ -109,7 +109,8 @@ async def test_duplicate_or_colliding_names_refuse_the_whole_listing(home, names
         assert not [r for r in m.log if not r.path.startswith("api/")]  # nothing was downloaded
 
 
-@pytest.mark.parametrize("field,value", [("sha256", "zz" * 32), ("sha256", "ab" * 40), ("blobId", "not-a-sha1")])
+@pytest.mark.parametrize("field,value", [("sha256", "zz" * 32), ("sha256", "ab" * 40), ("blobId", "not-a-sha1"),
+                                         ("sha256", "ab" * 32 + "\n"), ("blobId", "ab" * 20 + "\n")])
 async def test_malformed_hashes_are_refused(home, field: str, value: str):
     with Mirror() as m:
         endpoint = m.add_hf_repo("acme/bad", "main", {"w.bin": b"abc"})
@@ -135,3 +136,16 @@ def test_catalog_files_lists_refuse_the_same_names(names: list[str]):
     with pytest.raises(CatalogError) as ei:
         parse_catalog_text(f'[[models]]\nid = "x"\nversion = "1"\nmodel_type = "text_to_video"\n{files}', "catalog.toml")
     assert "collides" in ei.value.message
+
+
+def test_catalog_sha256_with_a_trailing_newline_is_refused():
+    from mavail.core.catalog import parse_catalog_text
+    from mavail.core.errors import CatalogError
+    from tests.helpers import model_toml
+
+    good = hashlib.sha256(b"x").hexdigest()
+    text = model_toml("m", [("w.bin", b"x")])
+    assert good in text
+    parse_catalog_text(text, "catalog.toml")
+    with pytest.raises(CatalogError, match="sha256"):
+        parse_catalog_text(text.replace(good, good + "\\n"), "catalog.toml")

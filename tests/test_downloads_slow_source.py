@@ -45,3 +45,20 @@ async def test_own_bandwidth_limit_is_not_mistaken_for_a_slow_source(home):
             await c.call("downloads.start", model_id="d", bandwidth_limit_mbps=0.1)
             await wait_status(eng, "d", "completed", timeout=30)
             assert installed_bytes(home, "d", "f.bin") == data.read(0, data.size)
+
+
+async def test_slow_connections_count_only_in_a_row(home):
+    # every connection is quick for a window or two, then stalls under the minimum rate: each is replaced,
+    # but the quick window between them means no two slow ones come in a row, so the URL is never given up on
+    data = Synthetic("spurts", 2 * MIB)
+    config = {"downloads": {**SLOW["downloads"], "parallel_min_size_mb": 1000.0, "retry_base_s": 0.01, "retry_max_s": 0.05}}
+    with Mirror() as m:
+        write_home(home, m, {"d": {"f.bin": data}}, config=config)
+        f = m.faults("d/f.bin")
+        f.throttle_bps = MIB  # 1 MiB/s: well over the minimum
+        f.stall_after, f.stall_s = 700_000, 0.8  # then a pause far under it (but shorter than the stall timeout)
+        async with dl_engine(home) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="d")
+            await wait_status(eng, "d", "completed", timeout=60)
+            assert installed_bytes(home, "d", "f.bin") == data.read(0, data.size)
+            assert m.requests["d/f.bin"] >= 3  # replaced more than min_rate_replacements times in all

@@ -59,7 +59,7 @@ async def test_flipped_byte_repaired_by_fetching_one_piece(home: Path, mirror: M
         assert st["availability_status"] == "available" and st["integrity_score"] == 1.0 and not st["corruption_detected"]
         h = await c.call("health.status", model_id="m1")
         assert h["overall_health"] == "healthy" and [i["type"] for i in h["issues"]] == ["extra_file"]
-        assert not list((home / "partial" / "repair").glob("*"))
+        assert not list((home / "partial" / ".repair").glob("*"))
     log = (home / "logs" / "health_monitor.log")
     assert not log.exists() or "integrity_fix" in log.read_text()
 
@@ -193,7 +193,7 @@ def test_killed_mid_repair_restarts_consistent(mirror: Mirror, crash_at: str):
         finally:
             if proc.poll() is None:
                 proc.kill()
-        journals = list((home / "partial" / "repair").iterdir())
+        journals = list((home / "partial" / ".repair").iterdir())
         assert len(journals) == 1 and (journals[0] / "journal.json").exists()
         proc = start_engine_process(home, sock)
         try:
@@ -205,7 +205,7 @@ def test_killed_mid_repair_restarts_consistent(mirror: Mirror, crash_at: str):
             proc.terminate()
             proc.wait(10)
         assert (d / "unet/model.bin").read_bytes() == BIG
-        assert not list((home / "partial" / "repair").iterdir())
+        assert not list((home / "partial" / ".repair").iterdir())
         log = (home / "logs" / "health_monitor.log").read_text()
         assert "finished an interrupted repair of m1 1.0.0 unet/model.bin: verified" in log
 
@@ -256,7 +256,7 @@ def test_killed_redownload_resumes_from_its_flushed_pieces(mirror: Mirror):
         assert res["bytes_redownloaded"] <= len(BIG) - 2 * MIB
         assert (d / "unet/model.bin").read_bytes() == BIG
         assert not any(p.name.endswith(".mavail-repair.tmp") for p in d.rglob("*"))
-        assert not list((home / "partial" / "redownload").iterdir())
+        assert not list((home / "partial" / ".redownload").iterdir())
 
 
 # --- leases: a redownload never replaces files under a user ----------------------------------------

@@ -263,3 +263,19 @@ def test_peer_uid_refused():
         finally:
             proc.terminate()
             proc.wait(20)
+
+
+@pytest.mark.parametrize("req_id", [7, "abc", 1.5])
+async def test_last_resort_internal_error_keeps_the_id_and_names_a_request_id(engine, monkeypatch, req_id):
+    import mavail.rpc.server as server_mod
+
+    async def broken(*_a, **_kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server_mod, "dispatch_parsed", broken)
+    _eng, sock = engine
+    line = json.dumps({"jsonrpc": "2.0", "method": "session.hello", "id": req_id}).encode() + b"\n"
+    (resp,) = await _raw_exchange(sock, line)
+    assert resp["id"] == req_id and type(resp["id"]) is type(req_id)
+    assert resp["error"]["code"] == -32603 and "boom" not in json.dumps(resp)
+    assert resp["error"]["data"]["code"] == "INTERNAL_ERROR" and resp["error"]["data"]["request_id"]

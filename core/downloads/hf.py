@@ -16,7 +16,7 @@ from mavail.core.paths import is_safe_relative
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_SIZE = 2 ** 63  # sizes go into SQLite INTEGER columns (signed 64-bit)
-_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+_SHA1_RE = re.compile(r"[0-9a-f]{40}")  # with fullmatch: $ would let a trailing newline through
 
 
 def path_collision(paths: list[str]) -> str | None:
@@ -105,10 +105,10 @@ async def resolve_hf(client: httpx.AsyncClient, source: str, environ: Mapping[st
             raise SourceUnavailable(f"the Hub gives no usable size for {path} in {org}/{repo} ({str(size)[:40]!r}): "
                                     f"a size must be an integer from 0 to 2**63-1", source=source, path=path)
         sha = lfs.get("sha256")
-        if sha is not None and not (isinstance(sha, str) and SHA256_RE.match(sha.lower())):
+        if sha is not None and not (isinstance(sha, str) and SHA256_RE.fullmatch(sha.lower())):
             raise SourceUnavailable(f"the Hub gives a malformed sha256 for {path} in {org}/{repo}", source=source, path=path)
         git = None if sha else sib.get("blobId")
-        if git is not None and not (isinstance(git, str) and _SHA1_RE.match(git.lower())):
+        if git is not None and not (isinstance(git, str) and _SHA1_RE.fullmatch(git.lower())):
             raise SourceUnavailable(f"the Hub gives a malformed blob id for {path} in {org}/{repo}", source=source, path=path)
         if sha is None and git is None and not allow_unverified:
             raise SourceUnavailable(f"the Hub gives neither a sha256 nor a blob id for {path} in {org}/{repo}, so its bytes "

@@ -536,7 +536,7 @@ class FileTransfer:
         try:
             async with self.ctx.client.stream("GET", url, headers=self._request_headers(url, start, end), timeout=self._timeout()) as resp:
                 await self._check_response(resp, url, start, end, span)
-                await self._consume(resp, gen, start, end)
+                await self._consume(resp, gen, start, end, url)
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise
@@ -579,7 +579,7 @@ class FileTransfer:
             self.dead.add(url)
             raise DeadUrl(f"{url} serves {m.group(3)} bytes, the catalog says {self.size}")
 
-    async def _consume(self, resp: httpx.Response, gen: int, start: int, end: int) -> None:
+    async def _consume(self, resp: httpx.Response, gen: int, start: int, end: int, url: str) -> None:
         ps = self.ps
         pos = start  # next byte to place in buf
         buf = bytearray()
@@ -635,6 +635,8 @@ class FileTransfer:
                         if server_time > 0 and win_bytes / server_time < min_rate:
                             raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {resp.url}, under downloads.min_rate_bytes_per_s "
                                           f"({min_rate:.0f} B/s)")
+                        if server_time > 0:  # a window at the minimum rate breaks the run of slow connections
+                            self.slow.pop(url, None)
                         win_start, win_bytes, win_ours = now, 0, 0.0
         finally:
             # keep every byte that arrived, even when the connection broke or we were cancelled

@@ -35,6 +35,7 @@ from typing import Any
 from mavail.core.errors import InvalidParams, InvalidState, MavailError, NotFound
 from mavail.core.events import Event, make_event
 from mavail.core.fallback.scoring import READY
+from mavail.core.limits import MAX_WAIT_MINUTES
 from mavail.core.session import Session
 from mavail.core.timeutil import iso, wait_event
 
@@ -172,13 +173,21 @@ class RequestQueue:
         if not isinstance(request, dict):
             raise InvalidParams("request must be an object", field="request")
         wait_min = float(max_wait_time_minutes if max_wait_time_minutes is not None else engine.config.get("fallback.queue_max_wait_minutes"))
-        if wait_min <= 0:
+        if not wait_min > 0:
             raise InvalidParams("max_wait_time_minutes must be positive", field="max_wait_time_minutes")
+        if wait_min > MAX_WAIT_MINUTES:
+            raise InvalidParams(f"max_wait_time_minutes must be at most {MAX_WAIT_MINUTES:g}", field="max_wait_time_minutes",
+                                value=wait_min)
         text = json.dumps(request, separators=(",", ":"))
         ready = engine.availability_status(model_id) in READY
         if not ready:
             await self._ensure(model_id, prio, raise_errors=True)  # an error (no space, no source) refuses the request
         now = engine.clock.time()
+        try:
+            iso(now + wait_min * 60.0)  # everything that can fail happens before the row exists
+        except (OverflowError, ValueError, OSError):
+            raise InvalidParams("max_wait_time_minutes gives an expiry that is not a date", field="max_wait_time_minutes",
+                                value=wait_min) from None
         self._seq += 1
         e = QueuedRequest("queue_" + secrets.token_hex(8), self._seq, model_id, request, prio, now, now + wait_min * 60.0,
                           getattr(session, "id", None))

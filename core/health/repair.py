@@ -3,7 +3,7 @@
 integrity_fix
     The broken pieces are fetched with Range requests and each is checked
     against its recorded piece sha256, then written to a journal in
-    `partial/repair/<key>/` (data file, fsync), and the journal is committed by
+    `partial/.repair/<key>/` (data file, fsync), and the journal is committed by
     atomically writing `journal.json`. Only then are the pieces written in
     place (and the size cut or extended to the catalog's), the file fsynced,
     and the whole-file sha256 confirmed. The journal is deleted last.
@@ -14,7 +14,7 @@ integrity_fix
     file can only get closer to right, never worse.
 
 redownload
-    The whole file is fetched into `partial/redownload/<key>/data`, piece by
+    The whole file is fetched into `partial/.redownload/<key>/data`, piece by
     piece, each piece flushed and recorded in `progress.json`, so an
     interrupted redownload resumes after its last flushed piece. The finished
     file is checked against its sha256, then renamed over the original; the
@@ -26,11 +26,13 @@ any level below the home is refused and left alone, never written through.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import stat
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable, Sequence
@@ -243,7 +245,7 @@ async def integrity_fix(
     return RepairOutcome(f.path, "integrity_fix" if record["pieces"] else "truncate", fetched, sig)
 
 
-# --- redownload: fetched into partial/redownload/<key>/, resumable ------------------------
+# --- redownload: fetched into partial/.redownload/<key>/, resumable ------------------------
 def _load_progress(home: Path, rdir: Path, f: ManifestFile, step: int) -> tuple[int, list[str], Any]:
     """Open (or create) the redownload's data file; return (verified bytes to keep, their piece hashes, whole-file hasher).
 
@@ -284,13 +286,15 @@ def _save_progress(home: Path, rdir: Path, fd: int, f: ManifestFile, step: int, 
 
 async def redownload(
     *, client: Any, fetch: FetchRange, to_thread: Callable[..., Awaitable[Any]], base: Path, home: Path, redownload_dir: Path,
-    model_id: str, version: str, f: ManifestFile, piece_size: int, may_replace: Callable[[], None] | None = None,
+    model_id: str, version: str, f: ManifestFile, piece_size: int,
+    replacing: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> RepairOutcome:
     """Fetch the whole file into `redownload_dir`, piece by flushed piece, verify it, rename it over the original.
 
-    An interrupted redownload resumes after its last flushed piece. `may_replace`
-    runs on the event loop just before the rename and raises to forbid it (a lease);
-    the fetched data is kept then, for the next try.
+    An interrupted redownload resumes after its last flushed piece. `replacing`
+    is entered on the event loop just before the rename and held until it is done:
+    it raises to forbid the rename (a lease), and while held no lease is granted.
+    The fetched data is kept when the rename is forbidden, for the next try.
     """
     if not f.urls:
         raise SourceUnavailable(f"{f.path}: no URL known for this version", file=f.path)
@@ -328,9 +332,6 @@ async def redownload(
             fd = -1
             await to_thread(discard, rdir, home)
             raise IntegrityError(f"{f.path}: the downloaded file does not match its sha256", file=f.path)
-        if may_replace is not None:
-            may_replace()
-
         def finish() -> tuple[int, int, int]:
             os.fchmod(fd, 0o644)
             os.fsync(fd)
@@ -338,7 +339,8 @@ async def redownload(
             st = safefs.lstat(home, p)
             return (st.st_size, st.st_mtime_ns, st.st_ino)
 
-        sig = await to_thread(finish)
+        with replacing() if replacing is not None else nullcontext():
+            sig = await to_thread(finish)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -352,13 +354,24 @@ def fix_permissions(base: Path, rel: str, home: Path) -> tuple[int, int, int]:
     p = target_path(base, rel)
     dfd, name = safefs.open_parent(home, p)
     try:
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidState(f"{rel} is not a regular file", file=rel)
-        os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP, dir_fd=dfd)
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        # O_PATH opens even a file without read permission, and the descriptor pins the inode checked below:
+        # a link swapped in by name afterwards is never the one changed
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidState(f"{rel} is not a regular file", file=rel) from None
+            raise
     finally:
         os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # an O_PATH|O_NOFOLLOW open of a link gives the link itself
+            raise InvalidState(f"{rel} is not a regular file", file=rel)
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 

@@ -13,15 +13,18 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from mavail.core import safefs
 from mavail.core.errors import Conflict, InvalidState, MavailError, NotFound, SourceUnavailable
 from mavail.core.health import repair as rp
 from mavail.core.health import scores
 from mavail.core.health.model import Context, Job, ModelHealth, new_id
 from mavail.core.health.scan import (CRITICAL, WARNING, CheckCancelled, FileResult, Issue, ManifestFile, ReadBudget, Verified, extra_files,
                               full_check_file, quick_check_file)
+from mavail.core.paths import REDOWNLOAD_DIR, REPAIR_DIR
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -93,23 +96,39 @@ class HealthService:
     # --- lifecycle -------------------------------------------------------------
     @property
     def repair_dir(self) -> Path:
-        """Where repair journals live: `partial/repair/`."""
-        return self.engine.layout.partial_dir / "repair"
+        """Where repair journals live: `partial/.repair/` (a leading dot: no model id can take the name)."""
+        return self.engine.layout.partial_dir / REPAIR_DIR
 
     @property
     def redownload_dir(self) -> Path:
-        """Where whole-file redownloads collect their data until it is verified: `partial/redownload/`."""
-        return self.engine.layout.partial_dir / "redownload"
+        """Where whole-file redownloads collect their data until it is verified: `partial/.redownload/`."""
+        return self.engine.layout.partial_dir / REDOWNLOAD_DIR
 
     async def start(self) -> None:
         """Load the last checks, finish or discard interrupted repairs, take stock, start the scheduler."""
         self.engine.on_stop(self.stop)
         await self._load_state()
+        await asyncio.to_thread(self._move_old_dirs)
         await self._recover()
         await self.updates.recover()
         await self.check_all(trigger="startup", record=False)
         self.engine.downloads.add_listener(self._on_download)
         self.engine.spawn(self._scheduler(), name="health-scheduler")
+
+    def _move_old_dirs(self) -> None:
+        """Move the repair folders of earlier versions (`partial/repair/`, `partial/redownload/`) to their dotted names.
+
+        Left alone when a catalog model has that id (the folder is then its partial data) or the new one exists.
+        """
+        home, partial = self.engine.layout.home, self.engine.layout.partial_dir
+        for old, new in (("repair", REPAIR_DIR), ("redownload", REDOWNLOAD_DIR)):
+            if old in self.engine.catalog.models or not safefs.is_real_dir(home, partial / old) or safefs.exists(home, partial / new):
+                continue
+            try:
+                safefs.rename(home, partial / old, partial / new)
+                log.info("moved %s to %s", partial / old, partial / new)
+            except OSError as exc:
+                log.warning("cannot move %s to %s: %s", partial / old, partial / new, exc)
 
     async def stop(self) -> None:
         """Stop running checks (they record nothing) and close the HTTP client."""
@@ -698,15 +717,17 @@ class HealthService:
                                           base=ctx.base, home=self.engine.layout.home, model_id=ctx.model_id, version=ctx.version, f=f, broken=fr.broken_pieces,
                                           piece_hashes=hashes, piece_size=ps)
 
-        def may_replace() -> None:
+        def replacing() -> AbstractContextManager[None]:
+            # checked and marked with no await between: a lease either lands before (and the replace is refused) or is refused
             if self.engine.leases.is_leased(ctx.model_id):
                 log.warning("redownload of %s %s held back: the model is in use (the fetched data is kept)", ctx.model_id, f.path)
                 raise Conflict(f"{f.path}: model {ctx.model_id!r} is in use; a redownload replaces the file, which is never done under a lease "
                                "(the fetched data is kept for the next repair)", model_id=ctx.model_id, file=f.path)
+            return self.engine.leases.replacing(ctx.model_id)
 
         return await rp.redownload(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, base=ctx.base,
                                    home=self.engine.layout.home, redownload_dir=self.redownload_dir, model_id=ctx.model_id, version=ctx.version, f=f,
-                                   piece_size=piece_default, may_replace=may_replace)
+                                   piece_size=piece_default, replacing=replacing)
 
     async def _recover(self) -> None:
         """At start: finish committed repair journals, drop uncommitted ones, delete the repair's temp files."""
