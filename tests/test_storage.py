@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import psutil
 import pytest
 
+from mavail.core.engine import Parts
+from mavail.core.fallback.queue import RequestQueue
 from mavail.core.storage import CleanupCrash
 from mavail.rpc.client import AsyncClient, EngineUnavailable, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes, wait_until
@@ -22,6 +23,13 @@ from tests.test_analytics import DAY, FakeClock, clocked_engine, iso_at
 
 ROOT = Path(__file__).resolve().parent.parent
 IDS = ["m-old", "m-recent", "m-freq", "m-leased", "m-busy", "m-queued"]
+
+
+class QueueWaitingFor(RequestQueue):
+    """The real queue, with requests reported waiting for `m-queued` too."""
+
+    def has_waiting(self, model_id: str) -> bool:
+        return model_id == "m-queued" or super().has_waiting(model_id)
 
 
 def files_of(mid: str) -> list[tuple[str, bytes]]:
@@ -81,7 +89,8 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
     for q in (owned, owned.parent, owned.parent.parent, owned.parent.parent.parent):
         os.utime(q, (now - 30 * DAY, now - 30 * DAY))
     clock = FakeClock(now)
-    async with clocked_engine(home, clock) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as holder:
+    async with running_engine(home, clock=clock, parts=Parts(queue=QueueWaitingFor)) as (eng, sock), AsyncClient(sock) as c, \
+            AsyncClient(sock) as holder:
         await add_rows(eng, "m-old", now - 60 * DAY)
         await c.call("analytics.record", model_id="m-recent", generation_time_s=1, success=True, timestamp=iso_at(now - DAY))
         await c.call("analytics.record_batch", events=[{"model_id": "m-freq", "generation_time_s": 1, "success": True,
@@ -89,8 +98,6 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         lease = await holder.call("models.acquire", model_id="m-leased")
         eng.activity.acquire("m-busy", "checking")
         eng.activity.acquire("m-busy", "downloading")
-        real_queue = eng.queue
-        eng.queue = SimpleNamespace(has_waiting=lambda mid: mid == "m-queued" or real_queue.has_waiting(mid))
         await c.subscribe(types=["model_availability_change"])
 
         info = await c.call("storage.info")
@@ -167,7 +174,6 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         eng.activity.release("m-busy", "checking")
         eng.activity.release("m-busy", "downloading")
         assert owned.exists()
-        eng.queue = real_queue
 
 
 async def test_ceiling_floor_and_storage_warnings(home: Path):
@@ -213,20 +219,18 @@ async def anext_event(c: AsyncClient) -> dict[str, Any]:
 async def test_crash_in_the_middle_of_a_cleanup(home: Path, stage: str):
     outside = home.parent / "outside"
     setup_home(home, outside, ["m-old"])
-    async with running_engine(home) as (eng, sock):
+
+    def crash(at: str) -> None:
+        if at == stage:
+            raise CleanupCrash(at)
+
+    async with running_engine(home, parts=Parts(storage=lambda e: e.build_storage(fault=crash))) as (eng, sock):
         await add_rows(eng, "m-old", time.time())
-
-        def crash(at: str) -> None:
-            if at == stage:
-                raise CleanupCrash(at)
-
-        eng.storage.fault = crash
         with pytest.raises(CleanupCrash):
             await eng.storage.cleanup("manual", ["m-old"])
         moved = stage != "after_journal"
         assert (home / "models" / "m-old").exists() is not moved
         assert len(list((home / "trash").iterdir())) == int(moved)
-        eng.storage.fault = None
     async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
         assert list((home / "trash").iterdir()) == []
         assert await eng.db.read(lambda c: c.execute("SELECT COUNT(*) FROM storage_trash").fetchone()[0]) == 0
