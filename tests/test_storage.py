@@ -89,7 +89,7 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
     for q in (owned, owned.parent, owned.parent.parent, owned.parent.parent.parent):
         os.utime(q, (now - 30 * DAY, now - 30 * DAY))
     clock = FakeClock(now)
-    async with running_engine(home, clock=clock, parts=Parts(queue=QueueWaitingFor)) as (eng, sock), AsyncClient(sock) as c, \
+    async with running_engine(home, clock=clock, parts=Parts(queue=QueueWaitingFor), status_cache=True) as (eng, sock), AsyncClient(sock) as c, \
             AsyncClient(sock) as holder:
         await add_rows(eng, "m-old", now - 60 * DAY)
         await c.call("analytics.record", model_id="m-recent", generation_time_s=1, success=True, timestamp=iso_at(now - DAY))
@@ -147,6 +147,7 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         assert os.path.islink(home / "models" / "evil") and list((home / "trash").iterdir()) == []
         assert await installed_rows(eng, "m-old") == 0
         assert (await c.call("models.status", model_id="m-old"))["availability_status"] == "missing"
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == "missing"  # the cached status too
         async for ev in c.events():
             if ev["params"]["model_id"] == "m-old":
                 assert ev["params"]["new_status"] == "missing"
@@ -231,8 +232,9 @@ async def test_crash_in_the_middle_of_a_cleanup(home: Path, stage: str):
         moved = stage != "after_journal"
         assert (home / "models" / "m-old").exists() is not moved
         assert len(list((home / "trash").iterdir())) == int(moved)
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+    async with running_engine(home, status_cache=True) as (eng, sock), AsyncClient(sock) as c:
         assert list((home / "trash").iterdir()) == []
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == ("missing" if moved else "available")
         assert await eng.db.read(lambda c: c.execute("SELECT COUNT(*) FROM storage_trash").fetchone()[0]) == 0
         st = await c.call("models.status", model_id="m-old")
         if moved:  # finished: gone for good, rows too
@@ -268,7 +270,7 @@ async def test_engine_killed_during_cleanup_recovers(home: Path):
             proc.kill()
             proc.wait()
     assert not (home / "models" / "m-old").exists() and len(list((home / "trash").iterdir())) == 1
-    async with running_engine(home) as (eng, sock2), AsyncClient(sock2) as c:
+    async with running_engine(home, status_cache=True) as (eng, sock2), AsyncClient(sock2) as c:
         assert list((home / "trash").iterdir()) == []
         status = await c.call("models.status")
         assert status["models"]["m-old"]["availability_status"] == "missing"
