@@ -3,7 +3,9 @@
 Events are validated on the event loop, buffered in memory and written by one
 background task in one transaction per flush (at most every
 `analytics.flush_interval_ms`), so a client recording thousands of events a
-second costs the loop a list append per event. Each flush also maintains
+second costs the loop a list append per event, plus one status report per
+model per call (`analytics.record_batch` reports each model once), made at
+once so that no read after the call sees the old usage fields. Each flush also maintains
 `usage_daily`, a per-model, per-UTC-day rollup with running totals, so the
 figures of any range of whole days are two index seeks per model whatever the
 number of events; only the partial days at the edges of a range that does not
@@ -723,6 +725,7 @@ class RollupCache:
         self.latest: dict[str, tuple[int, list[float] | None]] = {}
 
     def get(self, conn: sqlite3.Connection, model_id: str) -> tuple[int, list[float] | None]:
+        """(day, figures) of the model's latest usage_daily row, read once and then kept; (-1, None) when it has none."""
         got = self.latest.get(model_id)
         if got is None:
             r = conn.execute(f"SELECT day, {', '.join(_DAILY_COLS + _CUM_COLS)} FROM usage_daily WHERE model_id = ? "
@@ -732,6 +735,7 @@ class RollupCache:
         return got
 
     def clear(self) -> None:
+        """Forget every kept row (after a rolled-back write)."""
         self.latest.clear()
 
 
