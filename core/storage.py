@@ -665,8 +665,10 @@ class StorageManager:
                 freed += got
                 (removed if item.kind == "model" else partial_removed).append(item.name)
             log.info("cleanup %s removed %d models and %d partial entries, freed %d bytes", cleanup_id, len(removed), len(partial_removed), freed)
-        if removed:
-            await self._presence.refresh(removed)
+        # a model whose removal failed part way may have lost its rows or its directory: rescan it too
+        touched = removed + [e["name"] for e in errors if e["kind"] == "model"]
+        if touched:
+            await self._presence.refresh(touched)
         self.schedule_check()
         return CleanupResult(False, plan.plan_id, plan_items, cleanup_id, removed, partial_removed, freed, preserved, plan.skipped,
                              errors, plan.processed)

@@ -321,3 +321,23 @@ async def test_cleanup_confidence_follows_idle_time_and_usage_history(home: Path
         rec = await c.call("analytics.cleanup")
         for r in rec["recommendations"]:
             assert r["action"] == ("safe_to_remove" if r["confidence"] >= 0.75 else "consider_removing")
+
+
+async def test_a_removal_that_fails_part_way_is_rescanned(home: Path):
+    """A removal that fails after the move is reported as an error, and the model's status (cached) no longer says available."""
+    outside = home.parent / "outside"
+    setup_home(home, outside, ["m-old"])
+
+    def fail(at: str) -> None:
+        if at == "before_delete":
+            raise OSError("disk went away")
+
+    async with running_engine(home, status_cache=True, parts=Parts(storage=lambda e: e.build_storage(fault=fail))) as (eng, sock), \
+            AsyncClient(sock) as c:
+        await add_rows(eng, "m-old", time.time())
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == "available"
+        res = await c.call("storage.cleanup", cleanup_type="manual", models_to_remove=["m-old"])
+        assert res["models_removed"] == [] and res["errors"] == [{"name": "m-old", "kind": "model", "error": "OSError"}]
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == "missing"
+    async with running_engine(home) as (eng, sock):  # the next start finishes the removal
+        assert list((home / "trash").iterdir()) == [] and await installed_rows(eng, "m-old") == 0
