@@ -296,7 +296,7 @@ class StorageManager:
         self._settings = settings
         self._clock = clock
         self._db = db
-        self.layout = layout
+        self._layout = layout
         self._catalog = catalog
         self._presence = presence
         self._tasks = tasks
@@ -355,10 +355,10 @@ class StorageManager:
 
     # --- figures -----------------------------------------------------------
     def _disk(self) -> tuple[Any, list[DiskEntry], list[DiskEntry], TreeSize]:
-        models_dir = self.layout.models_dir
+        models_dir = self._layout.models_dir
         models_dir.mkdir(parents=True, exist_ok=True)
         du = psutil.disk_usage(str(models_dir))
-        return du, scan_dir(models_dir, with_versions=True), scan_dir(self.layout.partial_dir), measure(self.layout.trash_dir)
+        return du, scan_dir(models_dir, with_versions=True), scan_dir(self._layout.partial_dir), measure(self._layout.trash_dir)
 
     async def _installed_at(self) -> dict[str, float]:
         return await self._db.read(installed_store.latest_install_times)
@@ -476,7 +476,7 @@ class StorageManager:
                 "ceiling_usage_percent": (100.0 * models_bytes / (max_gb * GIB)) if max_gb > 0 else None,
                 "min_free_gb": float(self._settings.get("storage.min_free_gb")),
                 "below_free_floor": du.free < float(self._settings.get("storage.min_free_gb")) * GIB,
-                "models_directory": str(self.layout.models_dir),
+                "models_directory": str(self._layout.models_dir),
             },
             "models_storage": rows,
             "partial_downloads": {"size_bytes": sum(e.size.bytes for e in partial), "entries": partial_rows},
@@ -601,7 +601,7 @@ class StorageManager:
         """analytics.cleanup: every recommendation with its reason, last use, size and confidence, and the savings."""
         plan = await self._make_plan("auto", None, min_unused_days, True, storage_threshold_gb)
         savings = sum(i.size_bytes for i in plan.items)
-        home = self.layout.home
+        home = self._layout.home
         recs = []
         for i in plan.items:
             d = i.to_dict(home)
@@ -638,7 +638,7 @@ class StorageManager:
                     raise NotFound(f"no plan {plan_id!r} (plans last {PLAN_TTL_S / 60:g} minutes)", field="plan_id")
             else:
                 plan = await self._make_plan(cleanup_type, models_to_remove, min_unused_days, preserve_frequently_used, None, include_partial)
-            plan_items = [i.to_dict(self.layout.home) for i in plan.items]
+            plan_items = [i.to_dict(self._layout.home) for i in plan.items]
             if dry_run:  # what the run would remove and free, in the fields the run reports
                 return CleanupResult(True, plan.plan_id, plan_items, None, [i.name for i in plan.items if i.kind == "model"],
                                      [i.name for i in plan.items if i.kind == "partial"], sum(i.size_bytes for i in plan.items),
@@ -680,9 +680,9 @@ class StorageManager:
 
     async def _remove(self, cleanup_id: str, item: PlanItem, plan: Plan) -> int:
         """Move one plan item aside into trash/, forget it in the database, delete it; return bytes freed."""
-        base = self.layout.models_dir if item.kind == "model" else self.layout.partial_dir
+        base = self._layout.models_dir if item.kind == "model" else self._layout.partial_dir
         src = base / item.name
-        dst = self.layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name}"
+        dst = self._layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name}"
         if item.kind == "model":
             self._recheck(item, plan, src)
         elif not os.path.lexists(src):
@@ -695,7 +695,7 @@ class StorageManager:
         try:
             if item.kind == "model":
                 self._recheck(item, plan, src)  # again, with no await before the rename: nobody can take it in between
-            safefs.rename(self.layout.home, src, dst, create_parents=True)  # by directory descriptors: no link followed
+            safefs.rename(self._layout.home, src, dst, create_parents=True)  # by directory descriptors: no link followed
         except BaseException:
             await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
             raise
@@ -712,7 +712,7 @@ class StorageManager:
 
             await db.write(forget)
             self._fault("before_delete")
-            freed = await asyncio.to_thread(remove_tree, self.layout.home, dst)
+            freed = await asyncio.to_thread(remove_tree, self._layout.home, dst)
             await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
             log.info("cleanup %s removed %s %s (%d bytes freed): %s", cleanup_id, item.kind, item.name, freed, item.reason)
             return freed
@@ -742,7 +742,7 @@ class StorageManager:
         touched: list[str] = []
         for rid, cid, mid, kind, src, dst, state in rows:
             src_p, dst_p = Path(src), Path(dst)
-            if not _inside(dst_p, self.layout.trash_dir):
+            if not _inside(dst_p, self._layout.trash_dir):
                 log.error("cleanup journal row %s names %s outside the trash: ignored", rid, dst)
                 await self._db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
                 continue
@@ -759,7 +759,7 @@ class StorageManager:
 
                 await self._db.write(forget)
                 try:
-                    freed = await asyncio.to_thread(remove_tree, self.layout.home, dst_p) if moved else 0
+                    freed = await asyncio.to_thread(remove_tree, self._layout.home, dst_p) if moved else 0
                 except (OSError, MavailError) as exc:
                     log.error("cleanup %s: could not delete %s from the trash: %s", cid, dst_p, exc)
                     freed = 0
@@ -769,10 +769,10 @@ class StorageManager:
             await self._db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
         # leftovers of ours in the trash that no journal row names (a crash after the delete, before the journal update)
         known = {Path(r[5]).name for r in rows}
-        for e in await asyncio.to_thread(scan_dir, self.layout.trash_dir):
+        for e in await asyncio.to_thread(scan_dir, self._layout.trash_dir):
             if e.name.startswith("cleanup_") and e.name not in known:
                 try:
-                    await asyncio.to_thread(remove_tree, self.layout.home, e.path)
+                    await asyncio.to_thread(remove_tree, self._layout.home, e.path)
                 except (OSError, MavailError) as exc:
                     log.error("could not delete %s from the trash: %s", e.path, exc)
         if touched:
@@ -783,8 +783,8 @@ class StorageManager:
     async def check_thresholds(self) -> dict[str, Any]:
         """Measure free space and the models' size; emit storage_warning when a state changes."""
         def measure_now() -> tuple[Any, int]:
-            self.layout.models_dir.mkdir(parents=True, exist_ok=True)
-            return psutil.disk_usage(str(self.layout.models_dir)), measure(self.layout.models_dir).bytes
+            self._layout.models_dir.mkdir(parents=True, exist_ok=True)
+            return psutil.disk_usage(str(self._layout.models_dir)), measure(self._layout.models_dir).bytes
 
         du, models_bytes = await asyncio.to_thread(measure_now)
         cfg = self._settings
