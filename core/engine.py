@@ -79,7 +79,8 @@ class Engine:
         self.fallback = (parts.fallback or FallbackService)(self)
         self.queue = (parts.queue or RequestQueue)(self)
         self.analytics = parts.analytics(self) if parts.analytics else Analytics(
-            config, self.clock, self.db, self.catalog, self.presence_view, self.status, self.status.changed, self.tasks)
+            settings=config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view, status=self.status,
+            status_sink=self.status.changed, tasks=self.tasks)
         self.storage = parts.storage(self) if parts.storage else self.build_storage()
         self.downloads.add_listener(self.storage.on_download)
         self.status.set_providers([self.health, self.downloads, self.leases, self.queue, self.analytics])
@@ -88,8 +89,8 @@ class Engine:
     def build_storage(self, fault: Callable[[str], None] | None = None) -> StorageManager:
         """The storage service over this engine's parts; `fault` (tests, through `Parts`) is called at each cleanup stage."""
         return StorageManager(
-            self.config, self.clock, self.db, self.layout, self.catalog, self.presence_view, self.tasks, self.leases, self.activity,
-            self.events.emit, usage_of=self.analytics.activity_of, usage_frequency=self.analytics.usage_frequency,
+            settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence_view,
+            tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of, usage_frequency=self.analytics.usage_frequency,
             uses_since=self.analytics.uses_since, downloading=self.downloads.is_active, has_waiting=self.queue.has_waiting,
             fault=fault)
 
