@@ -3,7 +3,9 @@
 Events are validated on the event loop, buffered in memory and written by one
 background task in one transaction per flush (at most every
 `analytics.flush_interval_ms`), so a client recording thousands of events a
-second costs the loop a list append per event. Each flush also maintains
+second costs the loop a list append per event, plus one status report per
+model per call (`analytics.record_batch` reports each model once), made at
+once so that no read after the call sees the old usage fields. Each flush also maintains
 `usage_daily`, a per-model, per-UTC-day rollup with running totals, so the
 figures of any range of whole days are two index seeks per model whatever the
 number of events; only the partial days at the edges of a range that does not
@@ -39,12 +41,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable
 
-from mavail.core.catalog import version_key
 from mavail.core.errors import InvalidParams, ModelNotFound
-from mavail.core.timeutil import iso, parse_iso
+from mavail.core.timeutil import Clock, iso, parse_iso
 
 if TYPE_CHECKING:
-    from mavail.core.engine import Engine
+    from mavail.core.ports import CatalogView, PresenceView, Settings, Spawner, StatusSink, StatusView
+    from mavail.core.state import Database
 
 log = logging.getLogger("mavail.analytics")
 
@@ -195,11 +197,35 @@ def _peak_hours(hours: list[int], n: int = 5) -> list[int]:
     return ranked[:n]
 
 
-class Analytics:
-    """`engine.analytics`: records usage, answers the analytics.* methods and the usage status fields."""
+@dataclass(frozen=True)
+class Recorded:
+    """One generation accepted by `Analytics.record`: its model and the time it was recorded at (ISO-8601 UTC)."""
 
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
+    model_id: str
+    recorded_at: str | None
+
+
+class Analytics:
+    """Records usage, answers the analytics.* queries and provides the usage status fields.
+
+    It reports every model whose usage fields changed through the status sink:
+    on each recorded generation or request, for every used model when the UTC
+    day turns (usage_frequency counts whole days; checked every `day_check_s`
+    against the injected clock, so a clock that jumps is seen too) and when
+    `analytics.frequency_window_days` changes.
+    """
+
+    def __init__(self, settings: "Settings", clock: Clock, db: "Database", catalog: "CatalogView", presence: "PresenceView",
+                 status: "StatusView", status_sink: "StatusSink", tasks: "Spawner", day_check_s: float = 1.0) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._db = db
+        self._catalog = catalog
+        self._presence = presence
+        self._status = status
+        self._sink = status_sink
+        self._tasks = tasks
+        self._day_check_s = day_check_s
         self._buf: list[tuple[Any, ...]] = []
         self._queued = 0  # events accepted so far
         self._flushed = 0  # events written so far
@@ -213,33 +239,71 @@ class Analytics:
 
     # --- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
-        """Load the per-model summary and start the writer task."""
+        """Load the per-model summary, then start the writer task and the day watch."""
         await self._load_summary()
-        self.engine.add_status_provider(self)
-        self.engine.spawn(self._flush_loop(), name="analytics-flush")
-        self.engine.on_stop(self.flush)
+        self._sink(list(self._summary))  # statuses composed before the summary was loaded lack its fields
+        self._tasks.spawn(self._flush_loop(), name="analytics-flush")
+        self._tasks.spawn(self._day_loop(), name="analytics-day")
+        self._tasks.on_stop(self.flush)
+        self._settings.on_change(self._on_config)
+
+    def _window(self) -> int:
+        return int(self._settings.get("analytics.frequency_window_days"))
+
+    def _first_day(self) -> int:
+        """The first UTC day of the usage_frequency window."""
+        return utc_day(self._clock.time()) - self._window() + 1
+
+    def _on_config(self, changed: dict[str, Any]) -> None:
+        if "analytics.frequency_window_days" in changed:
+            self._sink(list(self._summary))
+            self._tasks.spawn(self._reload_daily(), name="analytics-window")
+
+    async def _reload_daily(self) -> None:
+        """Read the recent per-day uses again for the current window (a longer window needs older days)."""
+        async with self._flush_lock:  # no batch in flight: memory = the database + what is still buffered
+            first_day = self._first_day()
+            daily: dict[str, dict[int, int]] = await self._db.read(lambda conn: _read_daily(conn, first_day))
+            for ev in self._buf:
+                if ev[2] == 0 and utc_day(ev[1]) >= first_day:
+                    d = daily.setdefault(ev[0], {})
+                    d[utc_day(ev[1])] = d.get(utc_day(ev[1]), 0) + 1
+            for mid in daily:
+                self._summary.setdefault(mid, ModelUsage())
+            for mid, s in self._summary.items():
+                s.daily = daily.get(mid, {})
+        self._sink(list(self._summary))
+
+    async def _day_loop(self) -> None:
+        """Report every used model when the UTC day turns: usage_frequency moves with the window."""
+        day = utc_day(self._clock.time())
+        while True:
+            now = self._clock.time()
+            await asyncio.sleep(max(0.001, min(self._day_check_s, (utc_day(now) + 1) * DAY - now)))
+            today = utc_day(self._clock.time())
+            if today != day:
+                day = today
+                self._sink(list(self._summary))
 
     async def _load_summary(self) -> None:
-        window = int(self.engine.config.get("analytics.frequency_window_days"))
-        first_day = utc_day(self.engine.clock.time()) - window + 1
+        first_day = self._first_day()
 
         def q(conn: sqlite3.Connection) -> dict[str, ModelUsage]:
             out: dict[str, ModelUsage] = {}
             for r in conn.execute("SELECT model_id, uses, successes, time_sum, requests, last_used_ts, last_requested_ts FROM usage_models"):
                 out[r[0]] = ModelUsage(uses=r[1], successes=r[2], time_sum=r[3], requests=r[4], last_used=r[5], last_requested=r[6])
-            for r in conn.execute("SELECT d.model_id, d.day, d.uses FROM usage_models m JOIN usage_daily d "
-                                  "ON d.model_id = m.model_id AND d.day >= ? WHERE d.uses > 0", (first_day,)):
-                out.setdefault(r[0], ModelUsage()).daily[r[1]] = r[2]
+            for mid, days in _read_daily(conn, first_day).items():
+                out.setdefault(mid, ModelUsage()).daily = days
             return out
 
-        self._summary = await self.engine.db.read(q)
+        self._summary = await self._db.read(q)
 
     # --- recording ---------------------------------------------------------
     def _check_event(self, model_id: Any, generation_time_s: Any, success: Any, parameters: Any, vram_peak_mb: Any,
                      timestamp: Any, now: float, prefix: str = "") -> tuple[Any, ...]:
         if not isinstance(model_id, str):
             raise InvalidParams(f"{prefix}model_id must be a string", field=prefix + "model_id")
-        self.engine.spec(model_id)  # ModelNotFound
+        self._catalog.spec(model_id)  # ModelNotFound
         if isinstance(generation_time_s, bool) or not isinstance(generation_time_s, (int, float)) or not math.isfinite(generation_time_s) \
                 or not 0 <= generation_time_s <= 7 * DAY:
             raise InvalidParams(f"{prefix}generation_time_s must be a number of seconds from 0 to {7 * DAY}", field=prefix + "generation_time_s")
@@ -266,8 +330,9 @@ class Analytics:
                 None if vram_peak_mb is None else float(vram_peak_mb), params_json)
 
     def _accept(self, events: list[tuple[Any, ...]]) -> None:
-        window = int(self.engine.config.get("analytics.frequency_window_days"))
-        first_day = utc_day(self.engine.clock.time()) - window + 1
+        """Count the events in the summary, buffer them for the writer, and report their models' new usage fields."""
+        window = self._window()
+        first_day = utc_day(self._clock.time()) - window + 1
         for ev in events:
             mid, ts, kind = ev[0], ev[1], ev[2]
             s = self._summary.get(mid)
@@ -291,28 +356,29 @@ class Analytics:
         self._buf.extend(events)
         self._queued += len(events)
         self._wake.set()
+        self._sink([events[0][0]] if len(events) == 1 else list(dict.fromkeys(ev[0] for ev in events)))
 
     async def _backpressure(self) -> None:
-        if len(self._buf) >= int(self.engine.config.get("analytics.max_buffered_events")):
+        if len(self._buf) >= int(self._settings.get("analytics.max_buffered_events")):
             await self.flush()
 
     async def record(self, model_id: Any, generation_time_s: Any, success: Any, parameters: Any = None,
-                     vram_peak_mb: Any = None, timestamp: Any = None) -> dict[str, Any]:
+                     vram_peak_mb: Any = None, timestamp: Any = None) -> Recorded:
         """Validate and buffer one generation; it is in every figure at once and on disk within a flush."""
-        now = self.engine.clock.time()
+        now = self._clock.time()
         ev = self._check_event(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp, now)
         await self._backpressure()
         self._accept([ev])
         sec = int(ev[1])
         if self._iso_cache[0] != sec:  # formatting a time costs more than recording the event
             self._iso_cache = (sec, iso(sec))
-        return {"success": True, "model_id": model_id, "recorded_at": self._iso_cache[1]}
+        return Recorded(model_id, self._iso_cache[1])
 
-    async def record_many(self, events: list[Any]) -> dict[str, Any]:
-        """Validate every event first, then buffer them all (none when any is invalid)."""
+    async def record_many(self, events: list[Any]) -> int:
+        """Validate every event first, then buffer them all (none when any is invalid); return how many were recorded."""
         if len(events) > MAX_BATCH_EVENTS:
             raise InvalidParams(f"events holds at most {MAX_BATCH_EVENTS} events", field="events", size=len(events))
-        now = self.engine.clock.time()
+        now = self._clock.time()
         checked = []
         for i, e in enumerate(events):
             if not isinstance(e, dict):
@@ -323,19 +389,20 @@ class Analytics:
             checked.append(self._check_event(e.get("model_id"), e.get("generation_time_s"), e.get("success"), e.get("parameters"),
                                              e.get("vram_peak_mb"), e.get("timestamp"), now, prefix=f"events[{i}]."))
         await self._backpressure()
-        self._accept(checked)
-        return {"success": True, "recorded": len(checked)}
+        if checked:
+            self._accept(checked)
+        return len(checked)
 
     def record_request(self, model_id: str) -> None:
         """Count one `models.request` for `model_id` (called whether or not the model is ready)."""
-        self._accept([(model_id, self.engine.clock.time(), 1, None, None, None, None)])
+        self._accept([(model_id, self._clock.time(), 1, None, None, None, None)])
 
     # --- writing -----------------------------------------------------------
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            delay = float(self.engine.config.get("analytics.flush_interval_ms")) / 1000.0
+            delay = float(self._settings.get("analytics.flush_interval_ms")) / 1000.0
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
@@ -359,7 +426,7 @@ class Analytics:
             batch, self._buf = self._buf, []
             upto = self._queued
             try:
-                await self.engine.db.write(lambda conn: _write_batch(conn, batch, self._rollup))
+                await self._db.write(lambda conn: _write_batch(conn, batch, self._rollup))
             except asyncio.CancelledError:
                 raise  # the writer thread still commits the batch: queueing it again would count it twice
             except BaseException:
@@ -375,8 +442,8 @@ class Analytics:
         s = self._summary.get(model_id)
         if s is None:
             return {}
-        window = int(self.engine.config.get("analytics.frequency_window_days"))
-        first_day = utc_day(self.engine.clock.time()) - window + 1
+        window = self._window()
+        first_day = utc_day(self._clock.time()) - window + 1
         return {
             "usage_frequency": s.uses_since(first_day) / window,
             "last_used": iso(s.last_used),
@@ -390,13 +457,18 @@ class Analytics:
         """The in-memory all-time summary of a model (None when never used or requested)."""
         return self._summary.get(model_id)
 
+    def activity_of(self, model_id: str) -> tuple[float | None, int]:
+        """(the last use or request, the number of uses) of a model; (None, 0) when never used or requested."""
+        s = self._summary.get(model_id)
+        return (None, 0) if s is None else (s.last_activity, s.uses)
+
     def usage_frequency(self, model_id: str) -> float:
         """Uses per day over the frequency window."""
         s = self._summary.get(model_id)
         if s is None:
             return 0.0
-        window = int(self.engine.config.get("analytics.frequency_window_days"))
-        return s.uses_since(utc_day(self.engine.clock.time()) - window + 1) / window
+        window = self._window()
+        return s.uses_since(utc_day(self._clock.time()) - window + 1) / window
 
     async def uses_since(self, since_ts: float) -> dict[str, int]:
         """Uses per model since `since_ts` (whole UTC days from the rollup)."""
@@ -410,7 +482,7 @@ class Analytics:
                     JOIN usage_daily hi ON hi.model_id = m.model_id AND hi.day = {seek}
                     LEFT JOIN usage_daily lo ON lo.model_id = m.model_id AND lo.day = {seek}""", (2**31, d0))}
 
-        return await self.engine.db.read(q)
+        return await self._db.read(q)
 
     async def generation_samples(self, model_id: str, limit: int = 500) -> list[tuple[float, float, bool]]:
         """The model's latest `limit` generations, newest first, as (ts, generation_time_s, success).
@@ -424,24 +496,24 @@ class Analytics:
                 "SELECT ts, generation_time_s, success FROM usage_events WHERE model_id = ? AND kind = 0 "
                 "AND generation_time_s IS NOT NULL ORDER BY ts DESC LIMIT ?", (model_id, limit))]
 
-        return await self.engine.db.read(q)
+        return await self._db.read(q)
 
     # --- analytics.usage ---------------------------------------------------
     async def usage(self, model_id: str | None = None, period: str | None = None, start_date: str | None = None,
                     end_date: str | None = None, include_series: bool | None = None) -> dict[str, Any]:
-        """The seeds' usage figures for one model or every model used in the range.
+        """Usage figures for one model or every model used in the range.
 
         `include_series`: None (default) gives the summary's daily series and,
         for one model, its `last_30_days_usage`; True adds every model's
         `last_30_days_usage` to an all-models answer; False leaves out all series.
         """
-        rng = resolve_range(self.engine.clock.time(), period, start_date, end_date)
+        rng = resolve_range(self._clock.time(), period, start_date, end_date)
         per_model_series = include_series is True or (include_series is None and model_id is not None)
         include_series = include_series is not False
-        if model_id is not None and model_id not in self.engine.catalog.models and model_id not in self._summary:
+        if model_id is not None and model_id not in self._catalog.models and model_id not in self._summary:
             raise ModelNotFound(f"model {model_id!r} is not in the catalog", model_id=model_id)
         await self.flush()
-        accs, scope = await self.engine.db.read(lambda conn: _query_usage(conn, rng, model_id, include_series, per_model_series))
+        accs, scope = await self._db.read(lambda conn: _query_usage(conn, rng, model_id, include_series, per_model_series))
         first_day, last_day = utc_day(rng.start), utc_day(rng.end - 1e-6)
         series_first = max(first_day, last_day - SERIES_DAYS + 1)
         models: dict[str, Any] = {}
@@ -507,11 +579,11 @@ class Analytics:
         sample count and is null only when that count is 0.
         """
         await self.flush()
-        now = self.engine.clock.time()
+        now = self._clock.time()
         today = utc_day(now)
-        rows, ops = await self.engine.db.read(lambda conn: (_query_performance(conn, now, today), _query_operations(conn)))
-        tau = float(self.engine.config.get("analytics.trend_threshold"))
-        min_events = int(self.engine.config.get("analytics.trend_min_events"))
+        rows, ops = await self._db.read(lambda conn: (_query_performance(conn, now, today), _query_operations(conn)))
+        tau = float(self._settings.get("analytics.trend_threshold"))
+        min_events = int(self._settings.get("analytics.trend_min_events"))
         trends: dict[str, Any] = {}
         for mid, w in sorted(rows.items()):
             u30, s30, t30 = w["30d"]
@@ -548,7 +620,7 @@ class Analytics:
                 issues.append(f"generations {100 * ((t7 / s7) / avg30 - 1):.0f}% slower than the 30-day average")
             if trend == "degrading":
                 recs.append("Performance is degrading: check the model's health and the GPU")
-            update, corrupt = _model_flags(self.engine, mid)
+            update, corrupt = self._model_flags(mid)
             if update:
                 recs.append("Consider updating to latest version")
             if corrupt:
@@ -576,22 +648,34 @@ class Analytics:
         return {"performance_trends": trends, "system_performance": system,
                 "thresholds": {"trend_threshold": tau, "trend_min_events": min_events}}
 
+    def _model_flags(self, model_id: str) -> tuple[bool, bool]:
+        """(update available, corruption detected) from the last scan and the model's composed status."""
+        pres = self._presence.presence(model_id)
+        if self._catalog.get(model_id) is None or pres is None:
+            return False, False
+        try:
+            st = self._status.model_status(model_id)
+        except Exception:  # a provider's fault must not fail the usage figures
+            log.exception("composing the status of %s failed", model_id)
+            return False, bool(pres.wrong_size_files)
+        return bool(st.get("update_available")), bool(pres.wrong_size_files or st.get("corruption_detected"))
+
     # --- analytics.preload -------------------------------------------------
     async def preload(self) -> dict[str, Any]:
         """Models used or requested often in `analytics.preload_window_days` that are missing, outdated or unhealthy."""
         await self.flush()
-        now = self.engine.clock.time()
-        window = float(self.engine.config.get("analytics.preload_window_days"))
-        min_uses = int(self.engine.config.get("analytics.preload_min_uses"))
+        now = self._clock.time()
+        window = float(self._settings.get("analytics.preload_window_days"))
+        min_uses = int(self._settings.get("analytics.preload_min_uses"))
         since = now - window * DAY
-        counts = await self.engine.db.read(lambda conn: {r[0]: (r[1], r[2]) for r in conn.execute(
+        counts = await self._db.read(lambda conn: {r[0]: (r[1], r[2]) for r in conn.execute(
             "SELECT model_id, SUM(kind = 0), SUM(kind = 1) FROM usage_events WHERE ts >= ? GROUP BY model_id", (since,))})
         out = []
         for mid, (uses, requests) in counts.items():
             n = (uses or 0) + (requests or 0)
-            if n < min_uses or mid not in self.engine.catalog.models:
+            if n < min_uses or mid not in self._catalog.models:
                 continue
-            st = self.engine.model_status(mid)
+            st = self._status.model_status(mid)
             status = st["availability_status"]
             what = f"used {uses} and requested {requests} times in the last {window:g} days"
             reason = None
@@ -619,22 +703,16 @@ class Analytics:
         return {"suggestions": out, "window_days": window, "min_uses": min_uses}
 
 
-def _model_flags(engine: "Engine", model_id: str) -> tuple[bool, bool]:
-    """(update available, corruption detected) from the last scan and the health service, without a full status."""
-    spec = engine.catalog.get(model_id)
-    pres = engine.presence(model_id)
-    if spec is None or pres is None:
-        return False, False
-    update = pres.complete and version_key(spec.version) > version_key(engine.version_in_use(model_id))
-    corrupt = bool(pres.wrong_size_files)
-    try:
-        corrupt = corrupt or bool(engine.health.model_fields(model_id).get("corruption_detected"))
-    except Exception:  # a health fault must not fail the usage figures
-        log.exception("health.model_fields failed")
-    return update, corrupt
-
-
 # --- SQL (run in the database's threads) -------------------------------------------
+def _read_daily(conn: sqlite3.Connection, first_day: int) -> dict[str, dict[int, int]]:
+    """Uses per model and UTC day from `first_day` on (days with uses only)."""
+    out: dict[str, dict[int, int]] = {}
+    for r in conn.execute("SELECT d.model_id, d.day, d.uses FROM usage_models m JOIN usage_daily d "
+                          "ON d.model_id = m.model_id AND d.day >= ? WHERE d.uses > 0", (first_day,)):
+        out.setdefault(r[0], {})[r[1]] = r[2]
+    return out
+
+
 class RollupCache:
     """The latest usage_daily row of each model, as the writer thread last wrote it.
 
@@ -647,6 +725,7 @@ class RollupCache:
         self.latest: dict[str, tuple[int, list[float] | None]] = {}
 
     def get(self, conn: sqlite3.Connection, model_id: str) -> tuple[int, list[float] | None]:
+        """(day, figures) of the model's latest usage_daily row, read once and then kept; (-1, None) when it has none."""
         got = self.latest.get(model_id)
         if got is None:
             r = conn.execute(f"SELECT day, {', '.join(_DAILY_COLS + _CUM_COLS)} FROM usage_daily WHERE model_id = ? "
@@ -656,6 +735,7 @@ class RollupCache:
         return got
 
     def clear(self) -> None:
+        """Forget every kept row (after a rolled-back write)."""
         self.latest.clear()
 
 

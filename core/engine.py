@@ -57,7 +57,7 @@ class Engine:
     """One engine per home. Use as `async with Engine(...) as engine:`; stopping it stops every part."""
 
     def __init__(self, layout: HomeLayout, config: Config, clock: Clock | None = None, nvml: Nvml | None = None,
-                 parts: Parts | None = None) -> None:
+                 parts: Parts | None = None, status_cache: bool = False) -> None:
         parts = parts or Parts()
         self.layout = layout
         self.config = config
@@ -71,17 +71,28 @@ class Engine:
         self.tasks = Tasks()
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
         self.presence_view = Presence(layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
-        self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=False)
+        self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=status_cache)
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.health = (parts.health or HealthService)(self)
         self.downloads = (parts.downloads or DownloadManager)(self)
         self.fallback = (parts.fallback or FallbackService)(self)
         self.queue = (parts.queue or RequestQueue)(self)
-        self.analytics = (parts.analytics or Analytics)(self)
-        self.storage = (parts.storage or StorageManager)(self)
+        self.analytics = parts.analytics(self) if parts.analytics else Analytics(
+            settings=config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view, status=self.status,
+            status_sink=self.status.changed, tasks=self.tasks)
+        self.storage = parts.storage(self) if parts.storage else self.build_storage()
+        self.downloads.add_listener(self.storage.on_download)
         self.status.set_providers([self.health, self.downloads, self.leases, self.queue, self.analytics])
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
+
+    def build_storage(self, fault: Callable[[str], None] | None = None) -> StorageManager:
+        """The storage service over this engine's parts; `fault` (tests, through `Parts`) is called at each cleanup stage."""
+        return StorageManager(
+            settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence_view,
+            tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of, usage_frequency=self.analytics.usage_frequency,
+            uses_since=self.analytics.uses_since, downloading=self.downloads.is_active, has_waiting=self.queue.has_waiting,
+            fault=fault)
 
     # --- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":

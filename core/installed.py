@@ -151,3 +151,8 @@ def forget_model(conn: sqlite3.Connection, model_id: str) -> None:
     """Drop every record of every version of a model."""
     for table in ("installed_versions", "installed_files", "file_pieces"):
         conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (model_id,))
+
+
+def latest_install_times(conn: sqlite3.Connection) -> dict[str, float]:
+    """When each model's newest recorded version was installed, by model id."""
+    return {r[0]: r[1] for r in conn.execute("SELECT model_id, MAX(installed_at) FROM installed_versions GROUP BY model_id")}

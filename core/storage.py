@@ -37,20 +37,21 @@ import os
 import re
 import secrets
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import psutil
 
 from mavail.core import crash, safefs
+from mavail.core import installed as installed_store
 from mavail.core.errors import InvalidParams, MavailError, NotFound
-from mavail.core.paths import ENGINE_PARTIAL_DIRS
-from mavail.core.timeutil import iso
+from mavail.core.paths import ENGINE_PARTIAL_DIRS, HomeLayout
+from mavail.core.timeutil import Clock, iso
 
 if TYPE_CHECKING:
-    from mavail.core.engine import Engine
+    from mavail.core.ports import BusyView, CatalogView, Emit, LeaseView, PresenceView, Settings, Spawner
+    from mavail.core.state import Database
 
 log = logging.getLogger("mavail.storage")
 
@@ -233,39 +234,100 @@ class Plan:
     processed: int
 
 
+@dataclass
+class CleanupResult:
+    """What a cleanup did (or, for a dry run, would do): its plan, what it removed, kept and skipped, the bytes freed."""
+
+    dry_run: bool
+    plan_id: str
+    plan: list[dict[str, Any]]
+    cleanup_id: str | None
+    models_removed: list[str]
+    partial_removed: list[str]
+    bytes_freed: int
+    preserved: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    processed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as storage.cleanup reports them."""
+        planned = sum(i["size_bytes"] for i in self.plan)
+        return {
+            "dry_run": self.dry_run,
+            "plan_id": self.plan_id,
+            "plan": self.plan,
+            "planned_savings_gb": planned / GIB,
+            "planned_savings_bytes": planned,
+            "cleanup_id": self.cleanup_id,
+            "models_removed": self.models_removed,
+            "partial_removed": self.partial_removed,
+            "space_freed_gb": self.bytes_freed / GIB,
+            "bytes_freed": self.bytes_freed,
+            "models_preserved": [p["model_id"] for p in self.preserved],
+            "preserved": self.preserved,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "summary": {"total_processed": self.processed, "removed": len(self.models_removed), "preserved": len(self.preserved),
+                        "errors": len(self.errors)},
+        }
+
+
 class CleanupCrash(BaseException):
     """Raised by a test's fault hook to stop a cleanup the way a crash would (never caught by the cleanup)."""
 
 
 class StorageManager:
-    """`engine.storage`: storage.info, retention plans, crash-safe removal, storage_warning events."""
+    """storage.info, retention plans, crash-safe removal and storage_warning events.
 
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
+    The other services' figures come as callables: `usage_of(model_id)` gives
+    (last use or request, uses), `usage_frequency(model_id)` uses a day,
+    `uses_since(ts)` uses per model since a time, `downloading(model_id)`
+    whether a download of it runs, `has_waiting(model_id)` whether requests
+    are queued for it. `fault`, for tests, is called at each cleanup stage.
+    The engine calls `on_download` for every download that changes state.
+    """
+
+    def __init__(self, settings: "Settings", clock: Clock, db: "Database", layout: HomeLayout, catalog: "CatalogView",
+                 presence: "PresenceView", tasks: "Spawner", leases: "LeaseView", activity: "BusyView", emit: "Emit", *,
+                 usage_of: Callable[[str], tuple[float | None, int]], usage_frequency: Callable[[str], float],
+                 uses_since: Callable[[float], Awaitable[dict[str, int]]], downloading: Callable[[str], bool],
+                 has_waiting: Callable[[str], bool], fault: Callable[[str], None] | None = None) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._db = db
+        self._layout = layout
+        self._catalog = catalog
+        self._presence = presence
+        self._tasks = tasks
+        self._leases = leases
+        self._activity = activity
+        self._emit = emit
+        self._usage_of = usage_of
+        self._usage_frequency = usage_frequency
+        self._uses_since = uses_since
+        self._downloading = downloading
+        self._has_waiting = has_waiting
+        self._fault_hook = fault
         self._plans: dict[str, Plan] = {}
         self._lock = asyncio.Lock()
         self._warn_state: dict[str, str] = {"free_space": "ok", "ceiling": "ok"}
         self._check_pending = False
-        self.fault: Callable[[str], None] | None = None  # tests: called at each cleanup stage
         self.last_check: dict[str, Any] | None = None
-
-    @property
-    def layout(self) -> Any:
-        return self.engine.layout
 
     # --- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         """Finish or revert interrupted cleanups, then start the periodic threshold check."""
         await self.recover()
-        self.engine.spawn(self._check_loop(), name="storage-check")
-        self.engine.config.on_change(self._on_config)
-        self.engine.downloads.add_listener(self._on_download)
+        self._tasks.spawn(self._check_loop(), name="storage-check")
+        self._settings.on_change(self._on_config)
 
     def _on_config(self, changed: dict[str, Any]) -> None:
         if any(k.startswith("storage.") for k in changed):
             self.schedule_check()
 
-    def _on_download(self, model_id: str, version: str, status: str) -> None:
+    def on_download(self, model_id: str, version: str, status: str) -> None:
+        """A download changed state: a completed one may cross a threshold."""
         if status == "completed":
             self.schedule_check()
 
@@ -281,7 +343,7 @@ class StorageManager:
             finally:
                 self._check_pending = False
 
-        self.engine.spawn(run(), name="storage-check-once")
+        self._tasks.spawn(run(), name="storage-check-once")
 
     async def _check_loop(self) -> None:
         while True:
@@ -289,54 +351,49 @@ class StorageManager:
                 await self.check_thresholds()
             except Exception:
                 log.exception("storage check failed")
-            await asyncio.sleep(float(self.engine.config.get("storage.check_interval_s")))
+            await asyncio.sleep(float(self._settings.get("storage.check_interval_s")))
 
     # --- figures -----------------------------------------------------------
     def _disk(self) -> tuple[Any, list[DiskEntry], list[DiskEntry], TreeSize]:
-        models_dir = self.layout.models_dir
+        models_dir = self._layout.models_dir
         models_dir.mkdir(parents=True, exist_ok=True)
         du = psutil.disk_usage(str(models_dir))
-        return du, scan_dir(models_dir, with_versions=True), scan_dir(self.layout.partial_dir), measure(self.layout.trash_dir)
+        return du, scan_dir(models_dir, with_versions=True), scan_dir(self._layout.partial_dir), measure(self._layout.trash_dir)
 
     async def _installed_at(self) -> dict[str, float]:
-        return await self.engine.db.read(lambda c: {r[0]: r[1] for r in c.execute(
-            "SELECT model_id, MAX(installed_at) FROM installed_versions GROUP BY model_id")})
+        return await self._db.read(installed_store.latest_install_times)
 
     def blockers(self, model_id: str) -> list[str]:
         """Why `model_id` must not be removed now (empty when it may be)."""
         out = []
-        eng = self.engine
-        if eng.leases.is_leased(model_id):
+        if self._leases.is_leased(model_id):
             out.append("in use (leased)")
-        reasons = eng.activity.reasons(model_id)
+        reasons = self._activity.reasons(model_id)
         if reasons:
             out.append("busy: " + ", ".join(sorted(reasons)))
-        if eng.queue.has_waiting(model_id):
+        if self._has_waiting(model_id):
             out.append("requests are queued for it")
-        if not reasons and eng.downloads.is_active(model_id):  # an active download holds "downloading": named once
+        if not reasons and self._downloading(model_id):  # an active download holds "downloading": named once
             out.append("downloading")
         return out
 
     def _last_activity(self, model_id: str) -> tuple[float | None, int]:
-        s = self.engine.analytics.summary_of(model_id)
-        if s is None:
-            return None, 0
-        return s.last_activity, s.uses
+        return self._usage_of(model_id)
 
     def _tier(self, model_id: str, reference: float | None, now: float) -> str:
-        if self.engine.leases.is_leased(model_id):
+        if self._leases.is_leased(model_id):
             return "hot"
         if reference is None:
             return "cold"
         idle = (now - reference) / DAY
-        if idle <= float(self.engine.config.get("storage.hot_days")):
+        if idle <= float(self._settings.get("storage.hot_days")):
             return "hot"
-        if idle <= float(self.engine.config.get("storage.warm_days")):
+        if idle <= float(self._settings.get("storage.warm_days")):
             return "warm"
         return "cold"
 
     def _partial_owner(self, name: str) -> str | None:
-        ids = self.engine.catalog.models
+        ids = self._catalog.models
         if name in ids:
             return name
         best = None
@@ -350,25 +407,25 @@ class StorageManager:
         def q(c: Any) -> set[str]:
             return {r[0] for r in c.execute("SELECT model_id FROM downloads WHERE status NOT IN ('completed', 'cancelled')")}
 
-        return await self.engine.db.read(q)
+        return await self._db.read(q)
 
     def _partial_owned(self, owner: str | None, kept: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
         """Whether partial data of `owner` is still wanted: a download record that may resume it, or a download running now."""
         if owner is None:
             return False
-        return owner in kept or self.engine.activity.busy(owner, "downloading") or self.engine.downloads.is_active(owner)
+        return owner in kept or self._activity.busy(owner, "downloading") or self._downloading(owner)
 
     def _partial_entry_owned(self, name: str, owner: str | None, kept: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
         """Whether the entry `name` of partial/ is still wanted; the engine's own repair folders while any repair runs."""
         if name in ENGINE_PARTIAL_DIRS:
-            return any(self.engine.activity.busy(mid, "repairing") for mid in self.engine.catalog.models)
+            return any(self._activity.busy(mid, "repairing") for mid in self._catalog.models)
         return self._partial_owned(owner, kept)
 
     async def info(self) -> dict[str, Any]:
         """storage.info: the filesystem, every model's measured size, tier and use, partial data, suggestions."""
         du, models, partial, trash = await asyncio.to_thread(self._disk)
         installed = await self._installed_at()
-        now = self.engine.clock.time()
+        now = self._clock.time()
         rows = []
         skipped = []
         models_bytes = 0
@@ -389,14 +446,14 @@ class StorageManager:
                 "versions": e.versions,
                 "last_accessed": iso(last),
                 "installed_at": iso(installed.get(e.name)),
-                "usage_frequency": self.engine.analytics.usage_frequency(e.name),
+                "usage_frequency": self._usage_frequency(e.name),
                 "total_uses": uses,
                 "storage_tier": self._tier(e.name, ref, now),
-                "in_catalog": e.name in self.engine.catalog.models,
+                "in_catalog": e.name in self._catalog.models,
                 "blocked_by": self.blockers(e.name),
             })
         rows.sort(key=lambda r: (-r["size_bytes"], r["model_id"]))
-        max_age = float(self.engine.config.get("storage.partial_max_age_days")) * DAY
+        max_age = float(self._settings.get("storage.partial_max_age_days")) * DAY
         kept = await self._downloads_kept()
         partial_rows = []
         for e in partial:
@@ -405,7 +462,7 @@ class StorageManager:
             partial_rows.append({"name": e.name, "model_id": owner, "size_bytes": e.size.bytes, "modified": iso(e.size.newest_mtime),
                                  "orphaned": orphan})
         plan = await self._make_plan("auto", None, None, True, None, du=du, models=models, partial=partial, installed=installed, keep=False)
-        max_gb = float(self.engine.config.get("storage.max_gb"))
+        max_gb = float(self._settings.get("storage.max_gb"))
         return {
             "storage_summary": {
                 "total_capacity_gb": du.total / GIB,
@@ -423,9 +480,9 @@ class StorageManager:
                 "trash_size_bytes": trash.bytes,
                 "max_gb": max_gb,
                 "ceiling_usage_percent": (100.0 * models_bytes / (max_gb * GIB)) if max_gb > 0 else None,
-                "min_free_gb": float(self.engine.config.get("storage.min_free_gb")),
-                "below_free_floor": du.free < float(self.engine.config.get("storage.min_free_gb")) * GIB,
-                "models_directory": str(self.layout.models_dir),
+                "min_free_gb": float(self._settings.get("storage.min_free_gb")),
+                "below_free_floor": du.free < float(self._settings.get("storage.min_free_gb")) * GIB,
+                "models_directory": str(self._layout.models_dir),
             },
             "models_storage": rows,
             "partial_downloads": {"size_bytes": sum(e.size.bytes for e in partial), "entries": partial_rows},
@@ -435,8 +492,8 @@ class StorageManager:
                 "safe_to_remove_count": sum(1 for i in plan.items if i.action == "safe_to_remove"),
                 "candidates": [i.model_id or i.name for i in plan.items],
             },
-            "tier_rules": {"hot_days": float(self.engine.config.get("storage.hot_days")),
-                           "warm_days": float(self.engine.config.get("storage.warm_days"))},
+            "tier_rules": {"hot_days": float(self._settings.get("storage.hot_days")),
+                           "warm_days": float(self._settings.get("storage.warm_days"))},
         }
 
     # --- planning ----------------------------------------------------------
@@ -448,12 +505,12 @@ class StorageManager:
             du, models, partial, _ = await asyncio.to_thread(self._disk)
         if installed is None:
             installed = await self._installed_at()
-        cfg = self.engine.config
-        now = self.engine.clock.time()
+        cfg = self._settings
+        now = self._clock.time()
         keep_days = float(cfg.get("storage.keep_used_within_days")) if min_unused_days is None else float(min_unused_days)
         keep_more = int(cfg.get("storage.keep_used_more_than"))
         window = float(cfg.get("storage.frequent_window_days"))
-        recent = await self.engine.analytics.uses_since(now - window * DAY)
+        recent = await self._uses_since(now - window * DAY)
         items: list[PlanItem] = []
         preserved: list[dict[str, Any]] = []
         skipped: list[dict[str, Any]] = []
@@ -498,11 +555,11 @@ class StorageManager:
                 reason = f"Never used; installed {idle_days:.0f} days ago"
             else:
                 reason = f"Not used in {idle_days:.0f} days"
-            if mid not in self.engine.catalog.models and self.engine.catalog_error is None:
+            if mid not in self._catalog.models and self._catalog.error is None:
                 reason += "; not in the catalog"
             items.append(PlanItem("model", mid, mid, e.size.bytes, reason, conf, last, uses))
         for name in sorted(wanted):
-            if name in self.engine.catalog.models:
+            if name in self._catalog.models:
                 skipped.append({"name": name, "kind": "missing", "reason": "not installed"})
             else:
                 skipped.append({"name": name, "kind": "missing", "reason": "no such model"})
@@ -540,9 +597,9 @@ class StorageManager:
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
                                       f"partial download data untouched for {age / DAY:.0f} days, no download owns it",
                                       cleanup_confidence(age / DAY, max_age / DAY, 0), None, 0))
-        plan = Plan("plan_" + secrets.token_hex(6), time.monotonic(), items, preserved, skipped, models_bytes, du.free, processed)
+        plan = Plan("plan_" + secrets.token_hex(6), self._clock.monotonic(), items, preserved, skipped, models_bytes, du.free, processed)
         if keep:  # storage.info's suggestions are not plans anyone can run
-            self._plans = {k: p for k, p in self._plans.items() if time.monotonic() - p.created_at < PLAN_TTL_S}
+            self._plans = {k: p for k, p in self._plans.items() if self._clock.monotonic() - p.created_at < PLAN_TTL_S}
             self._plans[plan.plan_id] = plan
         return plan
 
@@ -550,7 +607,7 @@ class StorageManager:
         """analytics.cleanup: every recommendation with its reason, last use, size and confidence, and the savings."""
         plan = await self._make_plan("auto", None, min_unused_days, True, storage_threshold_gb)
         savings = sum(i.size_bytes for i in plan.items)
-        home = self.layout.home
+        home = self._layout.home
         recs = []
         for i in plan.items:
             d = i.to_dict(home)
@@ -564,7 +621,7 @@ class StorageManager:
             "preserved": plan.preserved,
             "skipped": plan.skipped,
             "plan_id": plan.plan_id,
-            "policy": {k.split(".", 1)[1]: self.engine.config.get(k) for k in (
+            "policy": {k.split(".", 1)[1]: self._settings.get(k) for k in (
                 "storage.keep_used_within_days", "storage.keep_used_more_than", "storage.frequent_window_days",
                 "storage.max_gb", "storage.min_free_gb", "storage.partial_max_age_days")},
         }
@@ -572,8 +629,8 @@ class StorageManager:
     # --- cleanup -----------------------------------------------------------
     async def cleanup(self, cleanup_type: str = "auto", models_to_remove: list[Any] | None = None, min_unused_days: float | None = None,
                       preserve_frequently_used: bool = True, dry_run: bool = False, plan_id: str | None = None,
-                      include_partial: bool = True) -> dict[str, Any]:
-        """storage.cleanup: a dry run returns the plan; a real run removes what its plan names and is still safe to remove."""
+                      include_partial: bool = True) -> CleanupResult:
+        """A dry run returns the plan; a real run removes what its plan names and is still safe to remove."""
         if cleanup_type not in ("auto", "manual"):
             raise InvalidParams("cleanup_type must be auto or manual", field="cleanup_type")
         if models_to_remove is not None and not all(isinstance(m, str) for m in models_to_remove):
@@ -583,29 +640,15 @@ class StorageManager:
         async with self._lock:
             if plan_id is not None:
                 plan = self._plans.get(plan_id)
-                if plan is None or time.monotonic() - plan.created_at > PLAN_TTL_S:
+                if plan is None or self._clock.monotonic() - plan.created_at > PLAN_TTL_S:
                     raise NotFound(f"no plan {plan_id!r} (plans last {PLAN_TTL_S / 60:g} minutes)", field="plan_id")
             else:
                 plan = await self._make_plan(cleanup_type, models_to_remove, min_unused_days, preserve_frequently_used, None, include_partial)
-            home = self.layout.home
-            result: dict[str, Any] = {
-                "success": True,
-                "dry_run": dry_run,
-                "plan_id": plan.plan_id,
-                "plan": [i.to_dict(home) for i in plan.items],
-                "planned_savings_gb": sum(i.size_bytes for i in plan.items) / GIB,
-                "planned_savings_bytes": sum(i.size_bytes for i in plan.items),
-            }
+            plan_items = [i.to_dict(self._layout.home) for i in plan.items]
             if dry_run:  # what the run would remove and free, in the fields the run reports
-                planned = sum(i.size_bytes for i in plan.items)
-                result.update({"cleanup_id": None, "models_removed": [i.name for i in plan.items if i.kind == "model"],
-                               "partial_removed": [i.name for i in plan.items if i.kind == "partial"],
-                               "space_freed_gb": planned / GIB, "bytes_freed": planned,
-                               "models_preserved": [p["model_id"] for p in plan.preserved], "preserved": plan.preserved,
-                               "skipped": plan.skipped, "errors": [],
-                               "summary": {"total_processed": plan.processed, "removed": sum(1 for i in plan.items if i.kind == "model"),
-                                           "preserved": len(plan.preserved), "errors": 0}})
-                return result
+                return CleanupResult(True, plan.plan_id, plan_items, None, [i.name for i in plan.items if i.kind == "model"],
+                                     [i.name for i in plan.items if i.kind == "partial"], sum(i.size_bytes for i in plan.items),
+                                     plan.preserved, plan.skipped, [], plan.processed)
             self._plans.pop(plan.plan_id, None)  # a plan runs once
             cleanup_id = "cleanup_" + secrets.token_hex(6)
             removed: list[str] = []
@@ -628,53 +671,44 @@ class StorageManager:
                 freed += got
                 (removed if item.kind == "model" else partial_removed).append(item.name)
             log.info("cleanup %s removed %d models and %d partial entries, freed %d bytes", cleanup_id, len(removed), len(partial_removed), freed)
-        if removed:
-            await self.engine.refresh_presence(removed)
+        # a model whose removal failed part way may have lost its rows or its directory: rescan it too
+        touched = removed + [e["name"] for e in errors if e["kind"] == "model"]
+        if touched:
+            await self._presence.refresh(touched)
         self.schedule_check()
-        result.update({
-            "cleanup_id": cleanup_id,
-            "models_removed": removed,
-            "partial_removed": partial_removed,
-            "space_freed_gb": freed / GIB,
-            "bytes_freed": freed,
-            "models_preserved": [p["model_id"] for p in preserved],
-            "preserved": preserved,
-            "skipped": plan.skipped,
-            "errors": errors,
-            "summary": {"total_processed": plan.processed, "removed": len(removed), "preserved": len(preserved), "errors": len(errors)},
-        })
-        return result
+        return CleanupResult(False, plan.plan_id, plan_items, cleanup_id, removed, partial_removed, freed, preserved, plan.skipped,
+                             errors, plan.processed)
 
     def _fault(self, stage: str) -> None:
-        if self.fault is not None:
-            self.fault(stage)
+        if self._fault_hook is not None:
+            self._fault_hook(stage)
         crash.point(f"storage.{stage}")
 
     async def _remove(self, cleanup_id: str, item: PlanItem, plan: Plan) -> int:
         """Move one plan item aside into trash/, forget it in the database, delete it; return bytes freed."""
-        base = self.layout.models_dir if item.kind == "model" else self.layout.partial_dir
+        base = self._layout.models_dir if item.kind == "model" else self._layout.partial_dir
         src = base / item.name
-        dst = self.layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name}"
+        dst = self._layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name}"
         if item.kind == "model":
             self._recheck(item, plan, src)
         else:
             kept = await self._downloads_kept()
             self._recheck_partial(item, src, kept)
-        db = self.engine.db
+        db = self._db
         row_id = await db.write(lambda c: c.execute(
             "INSERT INTO storage_trash (cleanup_id, model_id, kind, src, dst, size_bytes, state, created_at) VALUES (?,?,?,?,?,?,?,?)",
-            (cleanup_id, item.model_id, item.kind, str(src), str(dst), item.size_bytes, "moving", time.time())).lastrowid)
+            (cleanup_id, item.model_id, item.kind, str(src), str(dst), item.size_bytes, "moving", self._clock.time())).lastrowid)
         self._fault("after_journal")
         try:
             if item.kind == "model":
                 self._recheck(item, plan, src)  # again, with no await before the rename: nobody can take it in between
             else:
                 self._recheck_partial(item, src, kept)
-            safefs.rename(self.layout.home, src, dst, create_parents=True)  # by directory descriptors: no link followed
+            safefs.rename(self._layout.home, src, dst, create_parents=True)  # by directory descriptors: no link followed
         except BaseException:
             await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
             raise
-        hold = self.engine.activity.hold(item.model_id, "removing") if item.kind == "model" and item.model_id else None
+        hold = self._activity.hold(item.model_id, "removing") if item.kind == "model" and item.model_id else None
         if hold is not None:
             hold.__enter__()
         try:
@@ -683,11 +717,11 @@ class StorageManager:
             def forget(c: Any) -> None:
                 c.execute("UPDATE storage_trash SET state = 'moved' WHERE id = ?", (row_id,))
                 if item.kind == "model":
-                    _forget_model(c, item.name)
+                    installed_store.forget_model(c, item.name)
 
             await db.write(forget)
             self._fault("before_delete")
-            freed = await asyncio.to_thread(remove_tree, self.layout.home, dst)
+            freed = await asyncio.to_thread(remove_tree, self._layout.home, dst)
             await db.write(lambda c: c.execute("DELETE FROM storage_trash WHERE id = ?", (row_id,)))
             log.info("cleanup %s removed %s %s (%d bytes freed): %s", cleanup_id, item.kind, item.name, freed, item.reason)
             return freed
@@ -719,14 +753,14 @@ class StorageManager:
     # --- recovery ----------------------------------------------------------
     async def recover(self) -> list[str]:
         """Finish removals whose directory reached the trash, revert the others; return the affected model ids."""
-        rows = await self.engine.db.read(lambda c: [tuple(r) for r in c.execute(
+        rows = await self._db.read(lambda c: [tuple(r) for r in c.execute(
             "SELECT id, cleanup_id, model_id, kind, src, dst, state FROM storage_trash ORDER BY id")])
         touched: list[str] = []
         for rid, cid, mid, kind, src, dst, state in rows:
             src_p, dst_p = Path(src), Path(dst)
-            if not _inside(dst_p, self.layout.trash_dir):
+            if not _inside(dst_p, self._layout.trash_dir):
                 log.error("cleanup journal row %s names %s outside the trash: ignored", rid, dst)
-                await self.engine.db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
+                await self._db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
                 continue
             moved = os.path.lexists(dst_p)
             if state == "moving" and not moved:
@@ -736,40 +770,40 @@ class StorageManager:
 
                 def forget(c: Any, rid: int = rid, kind: str = kind, name: str = src_p.name, src_back: bool = src_back) -> None:
                     if kind == "model" and not src_back:
-                        _forget_model(c, name)
+                        installed_store.forget_model(c, name)
                     c.execute("UPDATE storage_trash SET state = 'moved' WHERE id = ?", (rid,))
 
-                await self.engine.db.write(forget)
+                await self._db.write(forget)
                 try:
-                    freed = await asyncio.to_thread(remove_tree, self.layout.home, dst_p) if moved else 0
+                    freed = await asyncio.to_thread(remove_tree, self._layout.home, dst_p) if moved else 0
                 except (OSError, MavailError) as exc:
                     log.error("cleanup %s: could not delete %s from the trash: %s", cid, dst_p, exc)
                     freed = 0
                 log.warning("cleanup %s of %s %s was interrupted after the move: finished (%d bytes freed)", cid, kind, mid, freed)
                 if kind == "model" and mid:
                     touched.append(mid)
-            await self.engine.db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
+            await self._db.write(lambda c, rid=rid: c.execute("DELETE FROM storage_trash WHERE id = ?", (rid,)))
         # leftovers of ours in the trash that no journal row names (a crash after the delete, before the journal update)
         known = {Path(r[5]).name for r in rows}
-        for e in await asyncio.to_thread(scan_dir, self.layout.trash_dir):
+        for e in await asyncio.to_thread(scan_dir, self._layout.trash_dir):
             if e.name.startswith("cleanup_") and e.name not in known:
                 try:
-                    await asyncio.to_thread(remove_tree, self.layout.home, e.path)
+                    await asyncio.to_thread(remove_tree, self._layout.home, e.path)
                 except (OSError, MavailError) as exc:
                     log.error("could not delete %s from the trash: %s", e.path, exc)
         if touched:
-            await self.engine.refresh_presence(touched)
+            await self._presence.refresh(touched)
         return touched
 
     # --- warnings ----------------------------------------------------------
     async def check_thresholds(self) -> dict[str, Any]:
         """Measure free space and the models' size; emit storage_warning when a state changes."""
         def measure_now() -> tuple[Any, int]:
-            self.layout.models_dir.mkdir(parents=True, exist_ok=True)
-            return psutil.disk_usage(str(self.layout.models_dir)), measure(self.layout.models_dir).bytes
+            self._layout.models_dir.mkdir(parents=True, exist_ok=True)
+            return psutil.disk_usage(str(self._layout.models_dir)), measure(self._layout.models_dir).bytes
 
         du, models_bytes = await asyncio.to_thread(measure_now)
-        cfg = self.engine.config
+        cfg = self._settings
         floor = float(cfg.get("storage.min_free_gb"))
         max_gb = float(cfg.get("storage.max_gb"))
         warn_pct = float(cfg.get("storage.ceiling_warn_percent"))
@@ -794,18 +828,13 @@ class StorageManager:
                 self._warn_state[key] = state
                 level = "resolved" if state == "ok" else "critical" if state in ("low", "exceeded") else "warning"
                 log.warning("storage_warning %s %s: %s", key, state, msg)
-                self.engine.events.emit("storage_warning", warning_type=key, state=state, level=level, message=msg, **figures)
+                self._emit("storage_warning", warning_type=key, state=state, level=level, message=msg, **figures)
         self.last_check = {"free_space": free_state, "ceiling": ceiling_state, **figures}
         return self.last_check
 
 
 class _Preserve(Exception):
     """A plan item that turned out not to be removable now; the message says why."""
-
-
-def _forget_model(conn: Any, model_id: str) -> None:
-    for table in ("installed_versions", "installed_files", "file_pieces"):
-        conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (model_id,))
 
 
 def _inside(path: Path, base: Path) -> bool:

@@ -219,41 +219,51 @@ async def models_remove(ctx: CallContext, model_id: str, version: str | None) ->
     return await ctx.engine.health.updates.remove(model_id, version)
 
 
-# --- analytics and storage (issue 6) -------------------------------------------
+# --- analytics and storage -----------------------------------------------------
 async def analytics_record(ctx: CallContext, model_id: str, generation_time_s: float, success: bool, parameters: dict[str, Any] | None,
                            vram_peak_mb: float | None, timestamp: str | None) -> dict[str, Any]:
-    return await ctx.engine.analytics.record(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp)
+    """`analytics.record`: buffer one generation; the model and when it was recorded."""
+    got = await ctx.engine.analytics.record(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp)
+    return {"success": True, "model_id": got.model_id, "recorded_at": got.recorded_at}
 
 
 async def analytics_record_batch(ctx: CallContext, events: list[Any]) -> dict[str, Any]:
-    return await ctx.engine.analytics.record_many(events)
+    """`analytics.record_batch`: buffer every event or none; how many were recorded."""
+    return {"success": True, "recorded": await ctx.engine.analytics.record_many(events)}
 
 
 async def analytics_usage(ctx: CallContext, model_id: str | None, period: str | None, start_date: str | None, end_date: str | None,
                           include_series: bool | None) -> dict[str, Any]:
+    """`analytics.usage`: the usage figures over a range."""
     return await ctx.engine.analytics.usage(model_id, period, start_date, end_date, include_series)
 
 
 async def analytics_cleanup(ctx: CallContext, storage_threshold_gb: float | None, min_unused_days: float | None) -> dict[str, Any]:
+    """`analytics.cleanup`: the retention plan as recommendations."""
     return await ctx.engine.storage.recommendations(storage_threshold_gb, min_unused_days)
 
 
 async def analytics_performance(ctx: CallContext) -> dict[str, Any]:
+    """`analytics.performance`: per-model scores and trends."""
     return await ctx.engine.analytics.performance()
 
 
 async def analytics_preload(ctx: CallContext) -> dict[str, Any]:
+    """`analytics.preload`: models worth fetching or fixing before they are asked for."""
     return await ctx.engine.analytics.preload()
 
 
 async def storage_info(ctx: CallContext) -> dict[str, Any]:
+    """`storage.info`: disk figures, every model's size and tier, partial data."""
     return await ctx.engine.storage.info()
 
 
 async def storage_cleanup(ctx: CallContext, cleanup_type: str, models_to_remove: list[Any] | None, min_unused_days: float | None,
                           preserve_frequently_used: bool, dry_run: bool, plan_id: str | None, include_partial: bool) -> dict[str, Any]:
-    return await ctx.engine.storage.cleanup(cleanup_type, models_to_remove, min_unused_days, preserve_frequently_used, dry_run,
-                                            plan_id, include_partial)
+    """`storage.cleanup`: run (or, dry, only plan) a cleanup."""
+    got = await ctx.engine.storage.cleanup(cleanup_type, models_to_remove, min_unused_days, preserve_frequently_used, dry_run,
+                                           plan_id, include_partial)
+    return {"success": True, **got.to_dict()}
 
 
 _MODEL_ID = P("model_id", "string", "A catalog model id.", required=True)
@@ -361,7 +371,7 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("events.unsubscribe", events_unsubscribe, "Stop a subscription.",
            (P("subscription_id", "string", "From events.subscribe.", required=True),)),
-    # analytics and storage (issue 6)
+    # analytics and storage
     Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters.", (
         _MODEL_ID,
         P("generation_time_s", "number", "Seconds the generation took.", required=True, minimum=0, maximum=limits.MAX_DURATION_S),

@@ -18,7 +18,7 @@ from mavail.core.engine import Engine
 from mavail.core.paths import HomeLayout
 from mavail.rpc.client import AsyncClient, RpcError
 from mavail.rpc.server import Server
-from tests.helpers import install_files, model_toml, synthetic_bytes
+from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes, wait_until
 
 DAY = 86400
 NOW = datetime(2024, 3, 15, 10, 30, tzinfo=timezone.utc).timestamp()
@@ -356,3 +356,59 @@ async def test_system_performance_comes_from_recorded_downloads_and_checks(home:
             passed = sum(1 for (h,) in checks if h != "corrupted")
             assert len(checks) == 3 and passed == 2
             assert sp["health_check_success_rate"] == pytest.approx(passed / len(checks)) and sp["health_check_samples"] == 3
+
+
+async def test_usage_status_fields_follow_every_change_with_the_status_cache_on(home: Path):
+    """With the status board caching, models.status shows new usage fields after a record, a batch, a request,
+    a UTC day turn and a change of analytics.frequency_window_days."""
+    write_catalog(home)
+    clock = FakeClock(NOW)
+    async with running_engine(home, clock=clock, status_cache=True) as (eng, sock), AsyncClient(sock) as c:
+        async def status(mid: str) -> dict[str, Any]:
+            # every model's status, as cached (asking for one model rescans it, which recomposes it anyway)
+            return (await c.call("models.status"))["models"][mid]
+
+        before = await status("m-a")  # composed and cached now
+        assert before["usage_frequency"] == 0.0 and before["last_used"] is None
+
+        await c.call("analytics.record", model_id="m-a", generation_time_s=2.0, success=True)
+        st = await status("m-a")
+        assert st["total_uses"] == 1 and st["last_used"] == "2024-03-15T10:30:00Z"
+        assert st["usage_frequency"] == pytest.approx(1 / 30) and st["average_generation_time"] == pytest.approx(2.0)
+
+        await status("m-b")
+        await c.call("analytics.record_batch", events=[
+            {"model_id": "m-a", "generation_time_s": 4.0, "success": True},
+            {"model_id": "m-a", "generation_time_s": 1.0, "success": False},
+            {"model_id": "m-b", "generation_time_s": 1.0, "success": True, "timestamp": iso_at(NOW - 2 * DAY)},
+        ])
+        st = await status("m-a")
+        assert st["total_uses"] == 3 and st["usage_frequency"] == pytest.approx(3 / 30) and st["average_generation_time"] == pytest.approx(3.0)
+        st = await status("m-b")
+        assert st["total_uses"] == 1 and st["last_used"] == "2024-03-13T10:30:00Z"
+
+        assert "total_requests" not in await status("m-c")  # never used nor requested: no usage fields yet
+        await c.call("models.request", model_id="m-c", auto_download=False)
+        st = await status("m-c")
+        assert st["total_requests"] == 1 and st["last_requested"] == "2024-03-15T10:30:00Z"
+
+        # 29 days on, m-b's use (two days before NOW) has left the 30-day window; m-a's have not
+        clock.t = NOW + 29 * DAY
+
+        async def frequencies() -> tuple[float, float]:
+            return (await status("m-a"))["usage_frequency"], (await status("m-b"))["usage_frequency"]
+
+        async def turned() -> bool:
+            return await frequencies() == (pytest.approx(3 / 30), 0.0)
+
+        await wait_until(turned, timeout=10, interval=0.05)
+
+        # a longer window takes m-b's use in again, a shorter one leaves m-a's out
+        await c.call("config.update", patch={"analytics": {"frequency_window_days": 40}})
+
+        async def widened() -> bool:
+            return await frequencies() == (pytest.approx(3 / 40), pytest.approx(1 / 40))
+
+        await wait_until(widened, timeout=10, interval=0.05)
+        await c.call("config.update", patch={"analytics": {"frequency_window_days": 7}})
+        assert await frequencies() == (0.0, 0.0)

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import psutil
 import pytest
 
+from mavail.core.engine import Parts
+from mavail.core.fallback.queue import RequestQueue
 from mavail.core.storage import CleanupCrash
 from mavail.rpc.client import AsyncClient, EngineUnavailable, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes, wait_until
@@ -22,6 +23,13 @@ from tests.test_analytics import DAY, FakeClock, clocked_engine, iso_at
 
 ROOT = Path(__file__).resolve().parent.parent
 IDS = ["m-old", "m-recent", "m-freq", "m-leased", "m-busy", "m-queued"]
+
+
+class QueueWaitingFor(RequestQueue):
+    """The real queue, with requests reported waiting for `m-queued` too."""
+
+    def has_waiting(self, model_id: str) -> bool:
+        return model_id == "m-queued" or super().has_waiting(model_id)
 
 
 def files_of(mid: str) -> list[tuple[str, bytes]]:
@@ -81,7 +89,8 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
     for q in (owned, owned.parent, owned.parent.parent, owned.parent.parent.parent):
         os.utime(q, (now - 30 * DAY, now - 30 * DAY))
     clock = FakeClock(now)
-    async with clocked_engine(home, clock) as (eng, sock), AsyncClient(sock) as c, AsyncClient(sock) as holder:
+    async with running_engine(home, clock=clock, parts=Parts(queue=QueueWaitingFor), status_cache=True) as (eng, sock), AsyncClient(sock) as c, \
+            AsyncClient(sock) as holder:
         await add_rows(eng, "m-old", now - 60 * DAY)
         await c.call("analytics.record", model_id="m-recent", generation_time_s=1, success=True, timestamp=iso_at(now - DAY))
         await c.call("analytics.record_batch", events=[{"model_id": "m-freq", "generation_time_s": 1, "success": True,
@@ -89,8 +98,6 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         lease = await holder.call("models.acquire", model_id="m-leased")
         eng.activity.acquire("m-busy", "checking")
         eng.activity.acquire("m-busy", "downloading")
-        real_queue = eng.queue
-        eng.queue = SimpleNamespace(has_waiting=lambda mid: mid == "m-queued" or real_queue.has_waiting(mid))
         await c.subscribe(types=["model_availability_change"])
 
         info = await c.call("storage.info")
@@ -140,6 +147,7 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         assert os.path.islink(home / "models" / "evil") and list((home / "trash").iterdir()) == []
         assert await installed_rows(eng, "m-old") == 0
         assert (await c.call("models.status", model_id="m-old"))["availability_status"] == "missing"
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == "missing"  # the cached status too
         async for ev in c.events():
             if ev["params"]["model_id"] == "m-old":
                 assert ev["params"]["new_status"] == "missing"
@@ -167,7 +175,6 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
         eng.activity.release("m-busy", "checking")
         eng.activity.release("m-busy", "downloading")
         assert owned.exists()
-        eng.queue = real_queue
 
 
 async def test_ceiling_floor_and_storage_warnings(home: Path):
@@ -213,22 +220,21 @@ async def anext_event(c: AsyncClient) -> dict[str, Any]:
 async def test_crash_in_the_middle_of_a_cleanup(home: Path, stage: str):
     outside = home.parent / "outside"
     setup_home(home, outside, ["m-old"])
-    async with running_engine(home) as (eng, sock):
+
+    def crash(at: str) -> None:
+        if at == stage:
+            raise CleanupCrash(at)
+
+    async with running_engine(home, parts=Parts(storage=lambda e: e.build_storage(fault=crash))) as (eng, sock):
         await add_rows(eng, "m-old", time.time())
-
-        def crash(at: str) -> None:
-            if at == stage:
-                raise CleanupCrash(at)
-
-        eng.storage.fault = crash
         with pytest.raises(CleanupCrash):
             await eng.storage.cleanup("manual", ["m-old"])
         moved = stage != "after_journal"
         assert (home / "models" / "m-old").exists() is not moved
         assert len(list((home / "trash").iterdir())) == int(moved)
-        eng.storage.fault = None
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+    async with running_engine(home, status_cache=True) as (eng, sock), AsyncClient(sock) as c:
         assert list((home / "trash").iterdir()) == []
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == ("missing" if moved else "available")
         assert await eng.db.read(lambda c: c.execute("SELECT COUNT(*) FROM storage_trash").fetchone()[0]) == 0
         st = await c.call("models.status", model_id="m-old")
         if moved:  # finished: gone for good, rows too
@@ -264,7 +270,7 @@ async def test_engine_killed_during_cleanup_recovers(home: Path):
             proc.kill()
             proc.wait()
     assert not (home / "models" / "m-old").exists() and len(list((home / "trash").iterdir())) == 1
-    async with running_engine(home) as (eng, sock2), AsyncClient(sock2) as c:
+    async with running_engine(home, status_cache=True) as (eng, sock2), AsyncClient(sock2) as c:
         assert list((home / "trash").iterdir()) == []
         status = await c.call("models.status")
         assert status["models"]["m-old"]["availability_status"] == "missing"
@@ -315,3 +321,23 @@ async def test_cleanup_confidence_follows_idle_time_and_usage_history(home: Path
         rec = await c.call("analytics.cleanup")
         for r in rec["recommendations"]:
             assert r["action"] == ("safe_to_remove" if r["confidence"] >= 0.75 else "consider_removing")
+
+
+async def test_a_removal_that_fails_part_way_is_rescanned(home: Path):
+    """A removal that fails after the move is reported as an error, and the model's status (cached) no longer says available."""
+    outside = home.parent / "outside"
+    setup_home(home, outside, ["m-old"])
+
+    def fail(at: str) -> None:
+        if at == "before_delete":
+            raise OSError("disk went away")
+
+    async with running_engine(home, status_cache=True, parts=Parts(storage=lambda e: e.build_storage(fault=fail))) as (eng, sock), \
+            AsyncClient(sock) as c:
+        await add_rows(eng, "m-old", time.time())
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == "available"
+        res = await c.call("storage.cleanup", cleanup_type="manual", models_to_remove=["m-old"])
+        assert res["models_removed"] == [] and res["errors"] == [{"name": "m-old", "kind": "model", "error": "OSError"}]
+        assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == "missing"
+    async with running_engine(home) as (eng, sock):  # the next start finishes the removal
+        assert list((home / "trash").iterdir()) == [] and await installed_rows(eng, "m-old") == 0
