@@ -57,7 +57,8 @@ class Engine:
     """One engine per home. Use as `async with Engine(...) as engine:`; stopping it stops every part."""
 
     def __init__(self, layout: HomeLayout, config: Config, clock: Clock | None = None, nvml: Nvml | None = None,
-                 parts: Parts | None = None) -> None:
+                 parts: Parts | None = None, status_cache: bool = False) -> None:
+        """`status_cache` keeps composed statuses until a service reports a change (see `core.status`)."""
         parts = parts or Parts()
         self.layout = layout
         self.config = config
@@ -71,11 +72,13 @@ class Engine:
         self.tasks = Tasks()
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
         self.presence_view = Presence(layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
-        self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=False)
+        self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=status_cache)
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.health = (parts.health or HealthService)(self)
-        self.downloads = (parts.downloads or DownloadManager)(self)
+        self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
+            settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence_view,
+            status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
         self.fallback = (parts.fallback or FallbackService)(self)
         self.queue = (parts.queue or RequestQueue)(self)
         self.analytics = (parts.analytics or Analytics)(self)
