@@ -162,6 +162,7 @@ class FileRec:
 
     @property
     def recorded_bytes(self) -> int:
+        """Bytes of the partial data proven so far: whole recorded pieces plus the flushed prefixes of the others."""
         ps, size = self.piece_size, self.job.size
         return sum(min(ps, size - i * ps) for i in self.recorded) + sum(self.prefixes.values())
 
@@ -200,10 +201,12 @@ class Download:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes of every file of the download."""
         return sum(f.job.size for f in self.files)
 
     @property
     def downloaded_bytes(self) -> int:
+        """Bytes already here: installed files whole, files in transfer as written, the others as recorded."""
         n = 0
         for f in self.files:
             if f.installed_sha256 is not None:
@@ -222,6 +225,7 @@ class Download:
 
     @property
     def remaining_bytes(self) -> int:
+        """Bytes still to download."""
         return max(0, self.total_bytes - self.downloaded_bytes)
 
 
@@ -497,7 +501,7 @@ class DownloadManager:
         return {"unverified_files": names, "verified": False}
 
     def progress_dict(self, d: Download) -> dict[str, Any]:
-        """The seeds' progress object plus bytes, queue position and ids."""
+        """The contract's progress object (`downloads.progress`, `downloads.active`) with bytes, queue position and ids."""
         total, done = d.total_bytes, d.downloaded_bytes
         eta = self._eta(d)
         return {
@@ -1096,4 +1100,5 @@ class DownloadManager:
         return self._dl.get(model_id)
 
 
-__all__ = ["DownloadManager", "Download", "PRIORITIES", "PRIORITY_INPUT", "normalize_priority", "SourceUnavailable"]
+__all__ = ["DownloadManager", "Download", "Limit", "PRIORITIES", "PRIORITY_INPUT", "QueuePlace", "SourceUnavailable", "Started",
+           "StatusChange", "normalize_priority"]
