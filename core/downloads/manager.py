@@ -658,7 +658,7 @@ class DownloadManager:
             raise
         except (DiskFull, DatabaseFull):
             self._close_files(d)
-            free = free_bytes(self._layout.partial_dir)
+            free = await asyncio.to_thread(free_bytes, self._layout.partial_dir)
             msg = f"the disk is full ({free} bytes free, {d.remaining_bytes} still to download): free space, then resume"
             self._emit("storage_warning", model_id=d.model_id, message=msg, free_bytes=free,
                                     required_bytes=d.remaining_bytes)
@@ -842,10 +842,10 @@ class DownloadManager:
                 out[j.path] = (r.sha256, st.st_mtime_ns, st.st_ino)
         return out
 
-    def _check_space(self, d: Download, extra_needed: int | None = None) -> None:
+    async def _check_space(self, d: Download, extra_needed: int | None = None) -> None:
         needed = d.remaining_bytes if extra_needed is None else extra_needed
         others = sum(x.remaining_bytes for x in self._dl.values() if x is not d and x.status in RUNNABLE)
-        free = free_bytes(self._layout.partial_dir)
+        free = await asyncio.to_thread(free_bytes, self._layout.partial_dir)  # statvfs may hang on a network mount
         floor = int(float(self._settings.get("storage.min_free_gb")) * 1024 * MIB)
         if needed + others + floor > free:
             raise InsufficientStorage(
@@ -902,7 +902,7 @@ class DownloadManager:
                      bandwidth_limit_mbps=float(bandwidth_limit_mbps), created_at=now, files=files)
         if old is not None and (old.version != version or not prior):
             await self._discard_partial(old)
-        self._check_space(d)
+        await self._check_space(d)
         self._attach_limiter(d)
         self._dl[model_id] = d
         await self._forget_pieces(model_id)
@@ -984,7 +984,7 @@ class DownloadManager:
             return StatusChange(model_id, d.status, changed=False)
         if d.status not in ("paused", "failed"):
             raise InvalidState(f"cannot resume a download that is {d.status}", model_id=model_id, status=d.status)
-        self._check_space(d)
+        await self._check_space(d)
         await self._set_status(d, "queued")  # it keeps its place (seq) in the queue
         self._kick()
         return StatusChange(model_id, d.status, changed=True)
