@@ -180,7 +180,10 @@ async def downloads_progress(ctx: CallContext, model_id: str) -> dict[str, Any]:
 
 async def downloads_active(ctx: CallContext) -> dict[str, Any]:
     """`downloads.active`: every live download in queue order, with the totals."""
-    return ctx.engine.downloads.active()
+    r = ctx.engine.downloads.active()
+    return {"active_downloads": r.items, "total_active": len(r.items), "total_running": r.total_running,
+            "total_bandwidth_usage_mbps": round(r.bandwidth_usage_mbps, 3), "bandwidth_limit_mbps": r.bandwidth_limit_mbps,
+            "max_concurrent": r.max_concurrent}
 
 
 # --- events ---------------------------------------------------------------------

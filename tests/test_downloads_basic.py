@@ -63,6 +63,10 @@ async def test_control_calls_answer_the_contract_payloads(home):
             assert started["success"] is True and started["message"] == f"download of m {started['status']}"
             assert started["total_bytes"] == 2 * MIB and started["queue_position"] == 1
             await c.call("downloads.start", model_id="k", priority="low")
+            act = await c.call("downloads.active")
+            assert set(act) == {"active_downloads", "total_active", "total_running", "total_bandwidth_usage_mbps",
+                                "bandwidth_limit_mbps", "max_concurrent"}, act
+            assert act["total_active"] == 2 and [d["model_id"] for d in act["active_downloads"]] == ["m", "k"]
             assert await c.call("downloads.set_priority", model_id="k", priority="medium") == {
                 "success": True, "message": "k priority is normal", "priority": "normal", "queue_position": 2}
             assert await c.call("downloads.move", model_id="k", position=1) == {

@@ -148,6 +148,17 @@ class Limit:
     bandwidth_limit_mbps: float
 
 
+@dataclass(frozen=True)
+class ActiveDownloads:
+    """Every live download (progress objects, queue order first, then paused and failed) and the figures it runs under."""
+
+    items: list[dict[str, Any]]
+    total_running: int
+    bandwidth_usage_mbps: float  # measured, all running downloads together
+    bandwidth_limit_mbps: float  # the global cap in force (0 = none)
+    max_concurrent: int
+
+
 @dataclass
 class FileRec:
     """One file of a download as resolved at its start, and what is known of its partial data."""
@@ -1079,7 +1090,7 @@ class DownloadManager:
         """The progress object of the model's download; NotFound when there is none."""
         return self.progress_dict(self._get(model_id))
 
-    def active(self) -> dict[str, Any]:
+    def active(self) -> ActiveDownloads:
         """Every download not completed or cancelled, in queue order (then paused and failed)."""
         order = self._order()
         rest = sorted((d for d in self._dl.values() if d.status in ("paused", "failed")), key=lambda d: (_RANK[d.priority], d.seq))
@@ -1089,16 +1100,15 @@ class DownloadManager:
             p["queue_position"] = i
             items.append(p)
         items += [self.progress_dict(d) for d in rest]
-        usage = sum(d.speed for d in order if d.status == "downloading") / MIB
-        return {"active_downloads": items, "total_active": len(items), "total_running": sum(1 for d in order if d.status == "downloading"),
-                "total_bandwidth_usage_mbps": round(usage, 3),
-                "bandwidth_limit_mbps": float(self._settings.get("downloads.bandwidth_limit_mbps")),
-                "max_concurrent": int(self._settings.get("downloads.max_concurrent"))}
+        running = [d for d in order if d.status == "downloading"]
+        return ActiveDownloads(items=items, total_running=len(running), bandwidth_usage_mbps=sum(d.speed for d in running) / MIB,
+                               bandwidth_limit_mbps=float(self._settings.get("downloads.bandwidth_limit_mbps")),
+                               max_concurrent=int(self._settings.get("downloads.max_concurrent")))
 
     def get(self, model_id: str) -> Download | None:
         """The model's download record, if any (for other services)."""
         return self._dl.get(model_id)
 
 
-__all__ = ["DownloadManager", "Download", "Limit", "PRIORITIES", "PRIORITY_INPUT", "QueuePlace", "SourceUnavailable", "Started",
+__all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "PRIORITIES", "PRIORITY_INPUT", "QueuePlace", "SourceUnavailable", "Started",
            "StatusChange", "normalize_priority"]
