@@ -58,6 +58,7 @@ class Engine:
 
     def __init__(self, layout: HomeLayout, config: Config, clock: Clock | None = None, nvml: Nvml | None = None,
                  parts: Parts | None = None, status_cache: bool = False) -> None:
+        """`status_cache` keeps composed statuses until a service reports a change (see `core.status`)."""
         parts = parts or Parts()
         self.layout = layout
         self.config = config
@@ -75,7 +76,9 @@ class Engine:
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
         self.health = (parts.health or HealthService)(self)
-        self.downloads = (parts.downloads or DownloadManager)(self)
+        self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
+            settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence_view,
+            status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
         self.fallback = (parts.fallback or FallbackService)(self)
         self.queue = (parts.queue or RequestQueue)(self)
         self.analytics = parts.analytics(self) if parts.analytics else Analytics(

@@ -16,6 +16,7 @@ from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
 from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
 from mavail.core.fallback.queue import PRIORITIES, normalise_priority
+from mavail.core.timeutil import iso
 from mavail.rpc import PROTOCOL_VERSION
 from mavail.rpc.encoding import StatusEncodings
 from mavail.rpc.errors import Unauthorized
@@ -126,41 +127,67 @@ async def fallback_queue_cancel(ctx: CallContext, queue_id: str) -> dict[str, An
     return await ctx.engine.queue.cancel(queue_id)
 
 
-# --- downloads (issue 3) ----------------------------------------------------------
+# --- downloads ---------------------------------------------------------------------
 async def downloads_start(ctx: CallContext, model_id: str, priority: str, max_retries: int | None, bandwidth_limit_mbps: float) -> dict[str, Any]:
-    return await ctx.engine.downloads.start(model_id, priority=priority, max_retries=max_retries, bandwidth_limit_mbps=bandwidth_limit_mbps)
+    """`downloads.start`: queue the download; the contract's confirmation with its id, place and expected completion."""
+    r = await ctx.engine.downloads.start(model_id, priority=priority, max_retries=max_retries, bandwidth_limit_mbps=bandwidth_limit_mbps)
+    return {"success": True, "message": f"download of {model_id} {r.status}", "download_id": r.download_id,
+            "estimated_completion": iso(r.estimated_completion), "status": r.status, "queue_position": r.queue_position,
+            "total_bytes": r.total_bytes}
 
 
 async def downloads_pause(ctx: CallContext, model_id: str) -> dict[str, Any]:
-    return await ctx.engine.downloads.pause(model_id)
+    """`downloads.pause`: stop the download, keeping its bytes."""
+    r = await ctx.engine.downloads.pause(model_id)
+    message = f"download of {model_id} paused" if r.changed else f"{model_id} is already paused"
+    return {"success": True, "message": message, "new_status": r.status}
 
 
 async def downloads_resume(ctx: CallContext, model_id: str) -> dict[str, Any]:
-    return await ctx.engine.downloads.resume(model_id)
+    """`downloads.resume`: queue a paused or failed download again."""
+    r = await ctx.engine.downloads.resume(model_id)
+    message = f"download of {model_id} resumed" if r.changed else f"{model_id} is already {r.status}"
+    return {"success": True, "message": message, "new_status": r.status}
 
 
 async def downloads_cancel(ctx: CallContext, model_id: str, keep_partial: bool) -> dict[str, Any]:
-    return await ctx.engine.downloads.cancel(model_id, keep_partial=keep_partial)
+    """`downloads.cancel`: stop the download, deleting its partial data unless asked to keep it."""
+    r = await ctx.engine.downloads.cancel(model_id, keep_partial=keep_partial)
+    return {"success": True, "message": f"download of {model_id} cancelled" + (" (partial data kept)" if r.keep_partial else ""),
+            "new_status": r.status}
 
 
 async def downloads_set_priority(ctx: CallContext, model_id: str, priority: str) -> dict[str, Any]:
-    return await ctx.engine.downloads.set_priority(model_id, priority)
+    """`downloads.set_priority`: the new priority and place in the queue."""
+    r = await ctx.engine.downloads.set_priority(model_id, priority)
+    return {"success": True, "message": f"{model_id} priority is {r.priority}", "priority": r.priority, "queue_position": r.queue_position}
 
 
 async def downloads_move(ctx: CallContext, model_id: str, position: int) -> dict[str, Any]:
-    return await ctx.engine.downloads.move(model_id, position)
+    """`downloads.move`: the place in the queue and the priority taken there."""
+    r = await ctx.engine.downloads.move(model_id, position)
+    return {"success": True, "message": f"{model_id} moved to position {r.queue_position}", "queue_position": r.queue_position,
+            "priority": r.priority}
 
 
 async def downloads_set_limit(ctx: CallContext, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
-    return await ctx.engine.downloads.set_limit(model_id, bandwidth_limit_mbps)
+    """`downloads.set_limit`: the download's own cap in force now."""
+    r = await ctx.engine.downloads.set_limit(model_id, bandwidth_limit_mbps)
+    message = f"{model_id} limited to {bandwidth_limit_mbps} MiB/s" if r.bandwidth_limit_mbps else f"{model_id} unlimited"
+    return {"success": True, "message": message, "bandwidth_limit_mbps": r.bandwidth_limit_mbps}
 
 
 async def downloads_progress(ctx: CallContext, model_id: str) -> dict[str, Any]:
+    """`downloads.progress`: the progress object of the model's download."""
     return ctx.engine.downloads.progress(model_id)
 
 
 async def downloads_active(ctx: CallContext) -> dict[str, Any]:
-    return ctx.engine.downloads.active()
+    """`downloads.active`: every live download in queue order, with the totals."""
+    r = ctx.engine.downloads.active()
+    return {"active_downloads": r.items, "total_active": len(r.items), "total_running": r.total_running,
+            "total_bandwidth_usage_mbps": round(r.bandwidth_usage_mbps, 3), "bandwidth_limit_mbps": r.bandwidth_limit_mbps,
+            "max_concurrent": r.max_concurrent}
 
 
 # --- events ---------------------------------------------------------------------
@@ -320,7 +347,7 @@ METHODS: tuple[Method, ...] = (
     ), inline=True),
     Method("fallback.queue_cancel", fallback_queue_cancel, "Cancel a waiting request.",
            (P("queue_id", "string", "From fallback.queue.", required=True),)),
-    # downloads (issue 3)
+    # downloads
     Method("downloads.start", downloads_start, "Queue a download of a model's catalog version.", (
         _MODEL_ID,
         _PRIORITY,

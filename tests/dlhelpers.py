@@ -8,6 +8,8 @@ from typing import Any, AsyncIterator
 
 import tomli_w
 
+from mavail.core.downloads import DownloadManager
+from mavail.core.engine import Engine, Parts
 from mavail.testing.mirror import Mirror
 from tests.helpers import running_engine, wait_until
 
@@ -28,13 +30,24 @@ def write_home(home: Path, mirror: Mirror, models: dict[str, dict[str, Any]], co
     (home / "config.toml").write_text(tomli_w.dumps(cfg))
 
 
+def make_downloads(engine: Engine, **options: Any) -> DownloadManager:
+    """A download manager wired to `engine`'s parts as the engine wires its own, with test `options`
+    (`piece_size`, `opener`, `environ`, `client_factory`, `sleep`); for `Parts(downloads=...)`."""
+    return DownloadManager(settings=engine.config, clock=engine.clock, db=engine.db, layout=engine.layout, catalog=engine.catalog,
+                           presence=engine.presence_view, status_changed=engine.status.changed, emit=engine.events.emit,
+                           tasks=engine.tasks, leases=engine.leases, activity=engine.activity, **options)
+
+
 @contextlib.asynccontextmanager
-async def dl_engine(home: Path, piece_size: int = 64 * 1024, opener: Any = None) -> AsyncIterator[tuple[Any, Path]]:
-    """A running engine whose downloads use `piece_size` pieces (and `opener` for partial files)."""
-    async with running_engine(home) as (engine, sock):
-        engine.downloads.piece_size = piece_size
-        if opener is not None:
-            engine.downloads.opener = opener
+async def dl_engine(home: Path, piece_size: int = 64 * 1024, opener: Any = None, environ: dict[str, str] | None = None,
+                    **engine_args: Any) -> AsyncIterator[tuple[Engine, Path]]:
+    """A running engine whose downloads use `piece_size` pieces, `opener` for partial files and `environ` for the Hub
+    (read at each use: a test may change the dict it passed); `engine_args` go to `Engine` (`status_cache`, say)."""
+    options: dict[str, Any] = {"piece_size": piece_size, "environ": environ}
+    if opener is not None:
+        options["opener"] = opener
+    parts = Parts(downloads=lambda e: make_downloads(e, **options))
+    async with running_engine(home, parts=parts, **engine_args) as (engine, sock):
         yield engine, sock
 
 

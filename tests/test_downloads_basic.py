@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from mavail.testing.mirror import Mirror, Synthetic
+from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
 
@@ -51,3 +51,35 @@ async def test_download_installs_and_records(home):
             before = m.requests.get("m1/w/model.bin", 0)
             await wait_status(eng, "m1", "completed")
             assert m.requests.get("m1/w/model.bin", 0) == before and again["success"]
+
+
+async def test_control_calls_answer_the_contract_payloads(home):
+    with Mirror() as m:
+        write_home(home, m, {"m": {"f.bin": Synthetic("ctl", 2 * MIB)}, "k": {"f.bin": Synthetic("k", MIB)}})
+        m.default_faults.throttle_bps = MIB // 4
+        async with dl_engine(home) as (eng, sock), AsyncClient(sock) as c:
+            started = await c.call("downloads.start", model_id="m")
+            assert set(started) == {"success", "message", "download_id", "estimated_completion", "status", "queue_position", "total_bytes"}
+            assert started["success"] is True and started["message"] == f"download of m {started['status']}"
+            assert started["total_bytes"] == 2 * MIB and started["queue_position"] == 1
+            await c.call("downloads.start", model_id="k", priority="low")
+            act = await c.call("downloads.active")
+            assert set(act) == {"active_downloads", "total_active", "total_running", "total_bandwidth_usage_mbps",
+                                "bandwidth_limit_mbps", "max_concurrent"}, act
+            assert act["total_active"] == 2 and [d["model_id"] for d in act["active_downloads"]] == ["m", "k"]
+            assert await c.call("downloads.set_priority", model_id="k", priority="medium") == {
+                "success": True, "message": "k priority is normal", "priority": "normal", "queue_position": 2}
+            assert await c.call("downloads.move", model_id="k", position=1) == {
+                "success": True, "message": "k moved to position 1", "queue_position": 1, "priority": "normal"}
+            assert await c.call("downloads.set_limit", model_id="m", bandwidth_limit_mbps=2) == {
+                "success": True, "message": "m limited to 2 MiB/s", "bandwidth_limit_mbps": 2.0}
+            assert await c.call("downloads.set_limit", model_id="m", bandwidth_limit_mbps=0) == {
+                "success": True, "message": "m unlimited", "bandwidth_limit_mbps": 0.0}
+            assert await c.call("downloads.pause", model_id="m") == {"success": True, "message": "download of m paused", "new_status": "paused"}
+            assert await c.call("downloads.pause", model_id="m") == {"success": True, "message": "m is already paused", "new_status": "paused"}
+            assert await c.call("downloads.resume", model_id="m") == {"success": True, "message": "download of m resumed", "new_status": "queued"}
+            again = await c.call("downloads.resume", model_id="m")
+            assert again["success"] is True and again["message"] == f"m is already {again['new_status']}", again
+            assert await c.call("downloads.cancel", model_id="m", keep_partial=True) == {
+                "success": True, "message": "download of m cancelled (partial data kept)", "new_status": "cancelled"}
+            assert await c.call("downloads.cancel", model_id="k") == {"success": True, "message": "download of k cancelled", "new_status": "cancelled"}

@@ -23,8 +23,7 @@ def _hf_home(home: Path, source: str, extra: str = "") -> None:
 
 
 async def _start_refused(home: Path, endpoint: str) -> RpcError:
-    async with dl_engine(home) as (eng, sock), AsyncClient(sock) as c:
-        eng.downloads.environ = {"HF_ENDPOINT": endpoint}
+    async with dl_engine(home, environ={"HF_ENDPOINT": endpoint}) as (eng, sock), AsyncClient(sock) as c:
         with pytest.raises(RpcError) as ei:
             await c.call("downloads.start", model_id="hub")
         assert (await c.call("session.hello"))["engine_version"]
@@ -49,8 +48,7 @@ async def test_file_without_a_hash_installs_when_the_catalog_allows_it_and_statu
             {"rfilename": "model.bin", "size": len(HTML)},
             {"rfilename": "ok.bin", "size": 4, "lfs": {"sha256": hashlib.sha256(b"fine").hexdigest(), "size": 4}}])
         _hf_home(home, "hf://acme/nohash@main", "allow_unverified = true\n")
-        async with dl_engine(home) as (eng, sock), AsyncClient(sock) as c:
-            eng.downloads.environ = {"HF_ENDPOINT": endpoint}
+        async with dl_engine(home, environ={"HF_ENDPOINT": endpoint}) as (eng, sock), AsyncClient(sock) as c:
             await c.call("downloads.start", model_id="hub")
             await wait_status(eng, "hub", "completed")
             assert installed_bytes(home, "hub", "model.bin", version="1") == HTML

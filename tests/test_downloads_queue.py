@@ -114,7 +114,7 @@ async def test_cancel_deletes_partial(home):
             await eng.downloads.start("m")
             await wait_until(lambda: eng.downloads.get("m").downloaded_bytes > 100_000, timeout=10)
             r = await eng.downloads.cancel("m")
-            assert r["new_status"] == "cancelled"
+            assert r.status == "cancelled" and r.changed
             assert not (home / "partial" / "m").exists()
             assert await eng.db.fetchall("SELECT * FROM download_pieces WHERE model_id='m'") == []
             assert (await eng.refresh_presence(["m"])) is None and eng.availability_status("m") == "missing"

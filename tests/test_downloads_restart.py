@@ -110,9 +110,12 @@ async def test_restart_resumes_inside_a_piece_from_its_flushed_prefix(home):
 
         async with dl_engine(home, piece_size=2 * MIB) as (eng, sock):  # one piece: every byte is inside it
             await eng.downloads.start("m")
-            await wait_until(lambda: eng.downloads.get("m").files[0].prefixes.get(0, 0) >= 256 * 1024, timeout=10)
-            rows = await eng.db.fetchall("SELECT idx, length FROM download_prefixes WHERE model_id = 'm'")
-            assert [r[0] for r in rows] == [0] and rows[0][1] >= 256 * 1024  # recorded in SQLite, not only in memory
+            async def prefix_recorded() -> bool:
+                # the prefix is kept in memory a moment before its row commits: wait for the row itself
+                rows = await eng.db.fetchall("SELECT idx, length FROM download_prefixes WHERE model_id = 'm'")
+                return [r[0] for r in rows] == [0] and rows[0][1] >= 256 * 1024
+
+            await wait_until(prefix_recorded, timeout=10)
         import sqlite3
 
         conn = sqlite3.connect(home / "state.db")
@@ -158,8 +161,8 @@ async def test_hf_source_through_hf_endpoint_with_token(home):
             '[[models]]\nid = "tiny-git"\nversion = "1"\nmodel_type = "text_to_video"\nsource = "hf://acme/tiny@v1"\n'
             '[[models]]\nid = "nope"\nversion = "1"\nmodel_type = "text_to_video"\nsource = "hf://acme/missing@v1"\n')
         (home / "config.toml").write_text('[storage]\nmin_free_gb = 0.0\n[downloads]\nretry_base_s = 0.01\n')
-        async with dl_engine(home) as (eng, sock):
-            eng.downloads.environ = {"HF_ENDPOINT": endpoint, "HF_TOKEN": "sekrit"}
+        environ = {"HF_ENDPOINT": endpoint, "HF_TOKEN": "sekrit"}
+        async with dl_engine(home, environ=environ) as (eng, sock):
             for mid in ("tiny", "tiny-git"):
                 await eng.downloads.start(mid)
                 await wait_status(eng, mid, "completed")
@@ -176,7 +179,7 @@ async def test_hf_source_through_hf_endpoint_with_token(home):
             with pytest.raises(SourceUnavailable) as ei:
                 await eng.downloads.start("nope")
             assert "not found" in ei.value.message
-            eng.downloads.environ = {"HF_ENDPOINT": endpoint}
+            del environ["HF_TOKEN"]  # the manager reads the environment at each request
             await eng.downloads.cancel("tiny") if eng.downloads.get("tiny").status != "completed" else None
             with pytest.raises(SourceUnavailable) as ei:
                 await eng.downloads.start("nope")

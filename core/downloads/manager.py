@@ -1,6 +1,6 @@
 """The download manager: queue, scheduler, state in SQLite, progress, events, installs.
 
-`engine.downloads` is one `DownloadManager`. Downloads are kept per model (one
+The engine builds one `DownloadManager` and gives it its ports. Downloads are kept per model (one
 at a time per model; a second request joins it). The scheduler runs the first
 `downloads.max_concurrent` downloads in queue order (priority, then arrival or
 the order `move` gave) and pre-empts a running one when a more urgent one
@@ -18,7 +18,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 
 import httpx
 
@@ -27,14 +27,17 @@ from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
 from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
 from mavail.core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
-from mavail.core import safefs
+from mavail.core import installed, safefs
 from mavail.core.fsutil import free_bytes
 from mavail.core.paths import safe_join
 from mavail.core.state import DatabaseFull
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
-    from mavail.core.engine import Engine
+    from mavail.core.paths import HomeLayout
+    from mavail.core.ports import BusyView, CatalogView, Emit, LeaseView, PresenceView, Settings, Spawner, StatusSink
+    from mavail.core.state import Database
+    from mavail.core.timeutil import Clock
 
 log = logging.getLogger("mavail.downloads")
 
@@ -83,6 +86,13 @@ def _full_is_insufficient_storage(model_id: str) -> Iterator[None]:
                                   f"try again", model_id=model_id) from None
 
 
+def _default_client() -> httpx.AsyncClient:
+    """The shared HTTP client of downloads: HTTP/1.1, redirects followed, no proxy from the environment."""
+    return httpx.AsyncClient(http1=True, follow_redirects=True, trust_env=False,
+                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                             timeout=httpx.Timeout(30.0, pool=None))
+
+
 def _close_quietly(file: PartialFile) -> None:
     """Close a partial file, ignoring errors (it is being let go of either way)."""
     try:
@@ -99,6 +109,56 @@ def normalize_priority(priority: str) -> str:
     return p
 
 
+@dataclass(frozen=True)
+class Started:
+    """A download `start` queued: its id, status, place in the queue, size, and expected completion (epoch seconds)."""
+
+    model_id: str
+    download_id: str
+    status: str
+    queue_position: int | None
+    total_bytes: int
+    estimated_completion: float | None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """What pause, resume or cancel did: the download's status afterwards and whether the call changed it."""
+
+    model_id: str
+    status: str
+    changed: bool
+    keep_partial: bool = False
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """A download's priority and 1-based place in the queue after `set_priority` or `move` (None: not queued)."""
+
+    model_id: str
+    priority: str
+    queue_position: int | None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A download's own bandwidth cap after `set_limit` (MiB/s, 0 = none)."""
+
+    model_id: str
+    bandwidth_limit_mbps: float
+
+
+@dataclass(frozen=True)
+class ActiveDownloads:
+    """Every live download (progress objects, queue order first, then paused and failed) and the figures it runs under."""
+
+    items: list[dict[str, Any]]
+    total_running: int
+    bandwidth_usage_mbps: float  # measured, all running downloads together
+    bandwidth_limit_mbps: float  # the global cap in force (0 = none)
+    max_concurrent: int
+
+
 @dataclass
 class FileRec:
     """One file of a download as resolved at its start, and what is known of its partial data."""
@@ -113,6 +173,7 @@ class FileRec:
 
     @property
     def recorded_bytes(self) -> int:
+        """Bytes of the partial data proven so far: whole recorded pieces plus the flushed prefixes of the others."""
         ps, size = self.piece_size, self.job.size
         return sum(min(ps, size - i * ps) for i in self.recorded) + sum(self.prefixes.values())
 
@@ -151,10 +212,12 @@ class Download:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes of every file of the download."""
         return sum(f.job.size for f in self.files)
 
     @property
     def downloaded_bytes(self) -> int:
+        """Bytes already here: installed files whole, files in transfer as written, the others as recorded."""
         n = 0
         for f in self.files:
             if f.installed_sha256 is not None:
@@ -173,45 +236,61 @@ class Download:
 
     @property
     def remaining_bytes(self) -> int:
+        """Bytes still to download."""
         return max(0, self.total_bytes - self.downloaded_bytes)
 
 
 class DownloadManager:
-    """Every download of the engine. Attach as `engine.downloads`; it is also a status provider."""
+    """Every download of one home: the queue, its scheduler and the installs; also a status provider."""
 
-    def __init__(self, engine: "Engine", opener: Opener | None = None, environ: dict[str, str] | None = None) -> None:
-        self.engine = engine
-        self.opener: Opener = opener or (lambda path: PartialFile(path, engine.layout.home))
-        self.environ = environ  # None: os.environ (HF_ENDPOINT, HF_TOKEN)
-        self.piece_size: int | None = None  # bytes; None = downloads.piece_size_mb (tests use tiny pieces)
+    def __init__(self, *, settings: Settings, clock: Clock, db: Database, layout: HomeLayout, catalog: CatalogView,
+                 presence: PresenceView, status_changed: StatusSink, emit: Emit, tasks: Spawner, leases: LeaseView,
+                 activity: BusyView, opener: Opener | None = None, environ: Mapping[str, str] | None = None,
+                 client_factory: Callable[[], httpx.AsyncClient] | None = None, piece_size: int | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Every port is given by the composition root; `opener`, `environ` (None: os.environ, for HF_ENDPOINT and
+        HF_TOKEN), `client_factory`, `piece_size` (None: downloads.piece_size_mb) and `sleep` are there for tests."""
+        self._settings = settings
+        self._clock = clock
+        self._db = db
+        self._layout = layout
+        self._catalog = catalog
+        self._presence = presence
+        self._status_changed = status_changed
+        self._emit = emit
+        self._tasks = tasks
+        self._leases = leases
+        self._activity = activity
+        self.opener: Opener = opener or (lambda path: PartialFile(path, layout.home))
+        self.environ = environ
+        self.piece_size = piece_size
+        self.sleep = sleep
+        self._client_factory = client_factory or _default_client
         self._dl: dict[str, Download] = {}
         self._listeners: list[Callable[[str, str, str], None]] = []
         self._seq = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
-        self._global = RateLimiter(lambda: float(engine.config.get("downloads.bandwidth_limit_mbps")) * MIB)
+        self._global = RateLimiter(lambda: float(settings.get("downloads.bandwidth_limit_mbps")) * MIB)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._aggregate_rate = 0.0  # last smoothed total bytes/s seen while something downloaded
         self._stopping = False
-        self.sleep = asyncio.sleep  # tests may inject
 
     # --- lifecycle -------------------------------------------------------------
     @property
     def client(self) -> httpx.AsyncClient:
         """The shared HTTP client (also used by health repairs with `fetch_range`)."""
         if self._client is None:
-            self._client = httpx.AsyncClient(http1=True, follow_redirects=True, trust_env=False,
-                                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-                                             timeout=httpx.Timeout(30.0, pool=None))
+            self._client = self._client_factory()
         return self._client
 
     async def start_service(self) -> None:
         """Load downloads from the database, resume those that were running or queued, start the ticker."""
         _return_big_buffers_to_the_os()
         await self._load()
-        self.engine.config.on_change(self._on_config)
-        self.engine.on_stop(self._shutdown)
-        self.engine.spawn(self._ticker(), name="downloads-progress")
+        self._settings.on_change(self._on_config)
+        self._tasks.on_stop(self._shutdown)
+        self._tasks.spawn(self._ticker(), name="downloads-progress")
         self._kick()
 
     async def _shutdown(self) -> None:
@@ -231,6 +310,8 @@ class DownloadManager:
     def _on_config(self, changed: dict[str, Any]) -> None:
         if "downloads.max_concurrent" in changed:
             self._kick()
+        if "downloads.bandwidth_limit_mbps" in changed:
+            self._report()  # the global cap bounds the queue's estimates
 
     def add_listener(self, cb: Callable[[str, str, str], None]) -> None:
         """Call `cb(model_id, version, status)` on every status change of any download."""
@@ -244,7 +325,7 @@ class DownloadManager:
                     conn.execute("SELECT model_id, path, idx, sha256 FROM download_pieces").fetchall(),
                     conn.execute("SELECT model_id, path, idx, length FROM download_prefixes").fetchall())
 
-        rows, frows, prows, xrows = await self.engine.db.read(q)
+        rows, frows, prows, xrows = await self._db.read(q)
         pieces: dict[tuple[str, str], dict[int, str]] = {}
         for r in prows:
             pieces.setdefault((r[0], r[1]), {})[r[2]] = r[3]
@@ -277,10 +358,12 @@ class DownloadManager:
             self._seq = itertools.count(int(max(r["seq"] for r in rows)) + 1)
         if resumed:
             log.info("resuming %d download(s) after restart", resumed)
+        if self._dl:
+            self._status_changed(sorted(self._dl))
 
     def _row(self, d: Download) -> tuple[Any, ...]:
         return (d.model_id, d.download_id, d.version, d.status, d.priority, d.seq, d.max_retries, d.bandwidth_limit_mbps,
-                d.retry_count, d.error_code, d.error_message, d.created_at, self.engine.clock.time(), d.completed_at)
+                d.retry_count, d.error_code, d.error_message, d.created_at, self._clock.time(), d.completed_at)
 
     async def _persist(self, d: Download, with_files: bool = False) -> None:
         row = self._row(d)
@@ -294,10 +377,10 @@ class DownloadManager:
                 conn.executemany("INSERT INTO download_files VALUES (?,?,?,?,?,?,?,?,?,?)", files)
 
         if with_files:
-            await self.engine.db.write(w)  # a new download's files: it cannot start without them
+            await self._db.write(w)  # a new download's files: it cannot start without them
             return
         try:
-            await self.engine.db.write(w)
+            await self._db.write(w)
         except DatabaseFull:
             # the status stays right in memory and is written with the next change; a restart
             # before then resumes the download from its recorded pieces, which is what it would do anyway
@@ -311,11 +394,11 @@ class DownloadManager:
                 else:
                     conn.execute(f"DELETE FROM {table} WHERE model_id = ? AND path = ?", (model_id, path))
 
-        await self.engine.db.write(w)
+        await self._db.write(w)
 
     # --- helpers ---------------------------------------------------------------------
     def _get(self, model_id: str) -> Download:
-        self.engine.spec(model_id)
+        self._catalog.spec(model_id)
         d = self._dl.get(model_id)
         if d is None:
             raise NotFound(f"no download for model {model_id!r}", model_id=model_id)
@@ -326,17 +409,17 @@ class DownloadManager:
 
     def _hold(self, d: Download, on: bool) -> None:
         if on and not d.holding:
-            self.engine.activity.acquire(d.model_id, "downloading")
+            self._activity.acquire(d.model_id, "downloading")
             d.holding = True
         elif not on and d.holding:
-            self.engine.activity.release(d.model_id, "downloading")
+            self._activity.release(d.model_id, "downloading")
             d.holding = False
 
     def _partial_path(self, d: Download, path: str) -> Path:
-        return safe_join(self.engine.layout.partial_dir / d.model_id / d.version, path + ".part")
+        return safe_join(self._layout.partial_dir / d.model_id / d.version, path + ".part")
 
     def _piece_size(self) -> int:
-        return self.piece_size or int(self.engine.config.get("downloads.piece_size_mb")) * MIB
+        return self.piece_size or int(self._settings.get("downloads.piece_size_mb")) * MIB
 
     def _order(self) -> list[Download]:
         runnable = [d for d in self._dl.values() if d.status in RUNNABLE]
@@ -372,7 +455,7 @@ class DownloadManager:
                 own = max(own, d.remaining_bytes / (d.bandwidth_limit_mbps * MIB))
             return own
         rate = sum(x.speed for x in self._dl.values() if x.status == "downloading") or self._aggregate_rate
-        glim = float(self.engine.config.get("downloads.bandwidth_limit_mbps")) * MIB
+        glim = float(self._settings.get("downloads.bandwidth_limit_mbps")) * MIB
         if glim > 0:
             rate = min(rate, glim) if rate > 0 else glim
         if rate <= 0:
@@ -406,10 +489,10 @@ class DownloadManager:
             "estimated_download_time": self._eta(d),
         }
         try:
-            in_use = self.engine.version_in_use(model_id)
+            in_use = self._presence.version_in_use(model_id)
         except MavailError:
             in_use = d.version
-        pres = self.engine.presence(model_id)
+        pres = self._presence.presence(model_id)
         if d.version == in_use or pres is None or not pres.complete:
             out["availability_status"] = {"verifying": "downloading"}.get(d.status, d.status)
         return out
@@ -422,14 +505,14 @@ class DownloadManager:
         if not names:
             return {}
         try:
-            if self.engine.version_in_use(d.model_id) != d.version:
+            if self._presence.version_in_use(d.model_id) != d.version:
                 return {}
         except MavailError:
             return {}
         return {"unverified_files": names, "verified": False}
 
     def progress_dict(self, d: Download) -> dict[str, Any]:
-        """The seeds' progress object plus bytes, queue position and ids."""
+        """The contract's progress object (`downloads.progress`, `downloads.active`) with bytes, queue position and ids."""
         total, done = d.total_bytes, d.downloaded_bytes
         eta = self._eta(d)
         return {
@@ -462,15 +545,27 @@ class DownloadManager:
         }
 
     # --- events -------------------------------------------------------------------------
-    def _emit_progress(self, d: Download) -> None:
+    def _report(self, d: Download | None = None) -> None:
+        """Tell the status board that the download fields of `d` and of every queued or running download may have
+        changed (a queued one's estimate depends on the downloads ahead of it and on the measured rate)."""
+        ids = {x.model_id for x in self._dl.values() if x.status in RUNNABLE}
+        if d is not None:
+            ids.add(d.model_id)
+        if ids:
+            self._status_changed(sorted(ids))
+
+    def _emit_progress(self, d: Download, report: bool = True) -> None:
+        """Send `model_download_progress` for `d` and, unless the caller reports itself, report its status change."""
         p = self.progress_dict(d)
-        d.last_emit = self.engine.clock.monotonic()
+        d.last_emit = self._clock.monotonic()
         d.last_emit_bytes = p["downloaded_bytes"]
-        self.engine.events.emit("model_download_progress", model_id=d.model_id, download_id=d.download_id, status=d.status,
+        self._emit("model_download_progress", model_id=d.model_id, download_id=d.download_id, status=d.status,
                                 progress_percent=p["progress_percent"], speed_mbps=p["speed_mbps"], eta_seconds=p["eta_seconds"],
                                 downloaded_bytes=p["downloaded_bytes"], total_bytes=p["total_bytes"],
                                 queue_position=p["queue_position"], retry_count=p["retry_count"], max_retries=d.max_retries,
                                 total_retries=d.retry_count, error_code=d.error_code)
+        if report:
+            self._report(d)
 
     async def _set_status(self, d: Download, status: str, error_code: str | None = None, message: str | None = None,
                           persist: bool = True) -> None:
@@ -485,11 +580,11 @@ class DownloadManager:
             await self._persist(d)
         if old != status:
             log.info("%s: %s -> %s%s", d.model_id, old, status, f" ({error_code}: {message})" if error_code else "")
-            self._emit_progress(d)
+            self._emit_progress(d, report=False)
             if status == "failed":
-                self.engine.events.emit("download_failed", model_id=d.model_id, download_id=d.download_id,
+                self._emit("download_failed", model_id=d.model_id, download_id=d.download_id,
                                         error_code=error_code or "INTERNAL_ERROR", message=message or "download failed")
-            self.engine.publish_status_changes([d.model_id])
+            self._report(d)
             for cb in list(self._listeners):
                 try:
                     cb(d.model_id, d.version, status)
@@ -499,7 +594,7 @@ class DownloadManager:
 
     async def _ticker(self) -> None:
         """Smooth speeds and send progress events (at most 4 a second per download) while anything downloads."""
-        clock = self.engine.clock
+        clock = self._clock
         while True:
             if not any(d.status == "downloading" for d in self._dl.values()):
                 self._wake.clear()
@@ -526,16 +621,17 @@ class DownloadManager:
                 d._sample = (now, d.received)
                 total += d.speed
                 if now - d.last_emit >= PROGRESS_INTERVAL_S * 0.9 and d.downloaded_bytes != d.last_emit_bytes:
-                    self._emit_progress(d)
+                    self._emit_progress(d, report=False)
             if total > 0:
                 self._aggregate_rate = total
+            self._report()  # speeds moved: every runnable download's progress and estimate, once a tick
 
     # --- scheduling ----------------------------------------------------------------------
     def _kick(self) -> None:
         if self._stopping:
             return
         order = self._order()
-        n = int(self.engine.config.get("downloads.max_concurrent"))
+        n = int(self._settings.get("downloads.max_concurrent"))
         want = order[:n]
         # pre-empt running downloads that fell out of the first n (never one that is verifying)
         for d in order[n:]:
@@ -546,13 +642,13 @@ class DownloadManager:
             if d.task is not None and d.task.done():
                 d.task = None  # cancelled before it ever ran
             if d.task is None and d.stop_reason is None:
-                task = d.task = self.engine.spawn(self._run(d), name=f"download:{d.model_id}")
+                task = d.task = self._tasks.spawn(self._run(d), name=f"download:{d.model_id}")
                 task.add_done_callback(lambda t, d=d: setattr(d, "task", None) if d.task is t else None)
 
     async def _run(self, d: Download) -> None:
         try:
             await self._set_status(d, "downloading")
-            d._sample = (self.engine.clock.monotonic(), d.received)
+            d._sample = (self._clock.monotonic(), d.received)
             log.info("%s: download %s started (%d files, %d bytes, %d already here)", d.model_id, d.download_id, len(d.files),
                      d.total_bytes, d.downloaded_bytes)
             for f in d.files:
@@ -573,9 +669,9 @@ class DownloadManager:
             raise
         except (DiskFull, DatabaseFull):
             self._close_files(d)
-            free = free_bytes(self.engine.layout.partial_dir)
+            free = await asyncio.to_thread(free_bytes, self._layout.partial_dir)
             msg = f"the disk is full ({free} bytes free, {d.remaining_bytes} still to download): free space, then resume"
-            self.engine.events.emit("storage_warning", model_id=d.model_id, message=msg, free_bytes=free,
+            self._emit("storage_warning", model_id=d.model_id, message=msg, free_bytes=free,
                                     required_bytes=d.remaining_bytes)
             await self._set_status(d, "paused", InsufficientStorage.NAME, msg)
         except MavailError as exc:
@@ -602,7 +698,7 @@ class DownloadManager:
             _close_quietly(tr.file)
 
     def _ctx(self, d: Download) -> TransferContext:
-        cfg = self.engine.config
+        cfg = self._settings
         assert d.limiter is not None
 
         async def on_pieces(path: str, batch: list[tuple[int, str]], prefixes: dict[int, int]) -> None:
@@ -618,7 +714,7 @@ class DownloadManager:
                 conn.executemany("INSERT INTO download_prefixes VALUES (?,?,?,?)", prows)
 
             with _full_is_disk_full():
-                await self.engine.db.write(w)
+                await self._db.write(w)
 
         async def on_reset(path: str, reason: str) -> None:
             rec = next(f for f in d.files if f.job.path == path)
@@ -633,7 +729,7 @@ class DownloadManager:
             if rec.validators != validators:
                 rec.validators = {k: list(v) for k, v in validators.items()}
                 with _full_is_disk_full():
-                    await self.engine.db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
+                    await self._db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
                                                  (json.dumps(rec.validators), d.model_id, path))
 
         def on_bytes(n: int) -> None:
@@ -652,7 +748,7 @@ class DownloadManager:
     def _remove_partial(self, model_id: str) -> None:
         """Delete a download's partial data without following links (a link there is left, and logged)."""
         try:
-            safefs.remove_tree(self.engine.layout.home, self.engine.layout.partial_dir / model_id)
+            safefs.remove_tree(self._layout.home, self._layout.partial_dir / model_id)
         except (OSError, MavailError) as exc:
             log.warning("%s: partial data not removed: %s", model_id, exc)
 
@@ -679,14 +775,14 @@ class DownloadManager:
             if old_file is not file:
                 await asyncio.to_thread(_close_quietly, old_file)
         sha, pieces = await tr.run()
-        dest = safe_join(self.engine.layout.model_dir(d.model_id, d.version), f.job.path)
-        if await asyncio.to_thread(os.path.lexists, dest) and self.engine.leases.is_leased(d.model_id):
-            await self.engine.leases.wait_released(d.model_id)
+        dest = safe_join(self._layout.model_dir(d.model_id, d.version), f.job.path)
+        if await asyncio.to_thread(os.path.lexists, dest) and self._leases.is_leased(d.model_id):
+            await self._leases.wait_released(d.model_id)
 
         def install() -> tuple[int, int]:
             file.flush()
             file.close()
-            home = self.engine.layout.home
+            home = self._layout.home
             safefs.replace(home, path, dest, create_parents=True)  # no link followed below the home; fsyncs the directory
             st = safefs.lstat(home, dest)
             return st.st_mtime_ns, st.st_ino
@@ -697,47 +793,40 @@ class DownloadManager:
         f.prefixes = {}
         del d.transfers[f.job.path]
         with _full_is_disk_full():
-            await self.engine.db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
+            await self._db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
                                          (sha, d.model_id, f.job.path))
         log.info("%s: %s verified (sha256 %s) and installed", d.model_id, f.job.path, sha)
 
     async def _finalize(self, d: Download) -> None:
-        now = self.engine.clock.time()
+        now = self._clock.time()
         mid, version = d.model_id, d.version
-        files = []
+        verified: list[installed.VerifiedFile] = []
         for f in d.files:
-            p = safe_join(self.engine.layout.model_dir(mid, version), f.job.path)
             if f.stat is None:
-                st = await asyncio.to_thread(os.stat, p)
+                st = await asyncio.to_thread(os.stat, safe_join(self._layout.model_dir(mid, version), f.job.path))
                 f.stat = (st.st_mtime_ns, st.st_ino)
-            files.append(f)
+            assert f.installed_sha256 is not None  # every file was verified (now or at an earlier install) before this
+            verified.append(installed.VerifiedFile(path=f.job.path, size=f.job.size, sha256=f.installed_sha256, mtime_ns=f.stat[0],
+                                                   inode=f.stat[1], verified_at=now, piece_size=f.piece_size,
+                                                   pieces=[h for _, h in sorted(f.recorded.items())] if f.recorded else None))
 
         def w(conn: Any) -> None:
-            cur = conn.execute("SELECT 1 FROM installed_versions WHERE model_id = ? AND is_current = 1 AND version != ?", (mid, version)).fetchone()
-            conn.execute("INSERT OR REPLACE INTO installed_versions (model_id, version, installed_at, is_current) VALUES (?,?,?,?)",
-                         (mid, version, now, 0 if cur else 1))
-            for f in files:
-                assert f.stat is not None
-                conn.execute("INSERT OR REPLACE INTO installed_files (model_id, version, path, size, sha256, mtime_ns, inode, verified_at) "
-                             "VALUES (?,?,?,?,?,?,?,?)", (mid, version, f.job.path, f.job.size, f.installed_sha256, f.stat[0], f.stat[1], now))
-                if f.recorded:
-                    conn.execute("DELETE FROM file_pieces WHERE model_id = ? AND version = ? AND path = ?", (mid, version, f.job.path))
-                    conn.executemany("INSERT INTO file_pieces (model_id, version, path, piece_size, idx, sha256) VALUES (?,?,?,?,?,?)",
-                                     [(mid, version, f.job.path, f.piece_size, i, s) for i, s in sorted(f.recorded.items())])
+            installed.add_version(conn, mid, version, now)
+            installed.record_files(conn, mid, version, verified)
             conn.execute("DELETE FROM download_pieces WHERE model_id = ?", (mid,))
             conn.execute("DELETE FROM download_prefixes WHERE model_id = ?", (mid,))
 
         with _full_is_disk_full():
-            await self.engine.db.write(w)
+            await self._db.write(w)
         d.completed_at = now
         await asyncio.to_thread(self._remove_partial, mid)
-        await self.engine.refresh_presence([mid])
+        await self._presence.refresh([mid])
         log.info("%s: download %s completed: %d bytes, %d retries", mid, d.download_id, d.total_bytes, d.retry_count)
         await self._set_status(d, "completed")
 
     # --- resolving and checks ---------------------------------------------------------------
     async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
-        spec = self.engine.spec(model_id)
+        spec = self._catalog.spec(model_id)
         if spec.source:
             jobs = await resolve_hf(self.client, spec.source, self.environ, allow_unverified=spec.allow_unverified)
         else:
@@ -746,38 +835,37 @@ class DownloadManager:
 
     async def _already_installed(self, model_id: str, version: str, jobs: list[FileJob]) -> dict[str, tuple[str, int, int]]:
         """Files already installed and verified at this version: path -> (sha256, mtime_ns, inode)."""
-        def q(conn: Any) -> list[Any]:
-            return conn.execute("SELECT path, size, sha256, mtime_ns, inode FROM installed_files WHERE model_id = ? AND version = ? "
-                                "AND verified_at IS NOT NULL", (model_id, version)).fetchall()
+        def q(conn: Any) -> list[installed.VerifiedFile]:
+            return installed.files(conn, model_id, version)
 
-        rows = {r[0]: r for r in await self.engine.db.read(q)}
+        rows = {r.path: r for r in await self._db.read(q) if r.verified_at is not None}
         out = {}
-        base = self.engine.layout.model_dir(model_id, version)
+        base = self._layout.model_dir(model_id, version)
         for j in jobs:
             r = rows.get(j.path)
-            if r is None or r[1] != j.size or (j.sha256 and r[2] != j.sha256):
+            if r is None or r.size != j.size or (j.sha256 and r.sha256 != j.sha256):
                 continue
             try:
                 st = await asyncio.to_thread(os.lstat, safe_join(base, j.path))
             except OSError:
                 continue
-            if st.st_size == j.size and st.st_mtime_ns == r[3] and st.st_ino == r[4]:
-                out[j.path] = (r[2], r[3], r[4])
+            if st.st_size == j.size and st.st_mtime_ns == r.mtime_ns and st.st_ino == r.inode:
+                out[j.path] = (r.sha256, st.st_mtime_ns, st.st_ino)
         return out
 
-    def _check_space(self, d: Download, extra_needed: int | None = None) -> None:
+    async def _check_space(self, d: Download, extra_needed: int | None = None) -> None:
         needed = d.remaining_bytes if extra_needed is None else extra_needed
         others = sum(x.remaining_bytes for x in self._dl.values() if x is not d and x.status in RUNNABLE)
-        free = free_bytes(self.engine.layout.partial_dir)
-        floor = int(float(self.engine.config.get("storage.min_free_gb")) * 1024 * MIB)
+        free = await asyncio.to_thread(free_bytes, self._layout.partial_dir)  # statvfs may hang on a network mount
+        floor = int(float(self._settings.get("storage.min_free_gb")) * 1024 * MIB)
         if needed + others + floor > free:
             raise InsufficientStorage(
                 f"not enough free disk for {d.model_id}: it needs {needed} bytes (plus {others} for other downloads and a "
                 f"floor of {floor} bytes) but {free} are free", model_id=d.model_id, required_bytes=needed,
                 other_downloads_bytes=others, min_free_bytes=floor, free_bytes=free)
-        max_gb = float(self.engine.config.get("storage.max_gb"))
+        max_gb = float(self._settings.get("storage.max_gb"))
         if max_gb > 0:
-            used = self.engine.presence_view.bytes_on_disk()
+            used = self._presence.bytes_on_disk()
             ceiling = int(max_gb * 1024 * MIB)
             if used + needed + others > ceiling:
                 raise InsufficientStorage(f"{d.model_id} would take models past storage.max_gb ({used + needed + others} > {ceiling} bytes)",
@@ -785,10 +873,10 @@ class DownloadManager:
 
     # --- the API -----------------------------------------------------------------------
     async def start(self, model_id: str, priority: str = "normal", max_retries: int | None = None,
-                    bandwidth_limit_mbps: float = 0.0) -> dict[str, Any]:
+                    bandwidth_limit_mbps: float = 0.0) -> Started:
         """Queue a download of the model's catalog version; Conflict if one is live, -32005 if the disk cannot hold it."""
         priority = normalize_priority(priority)
-        self.engine.spec(model_id)
+        self._catalog.spec(model_id)
         if bandwidth_limit_mbps < 0:
             raise InvalidParams("bandwidth_limit_mbps must be >= 0", field="bandwidth_limit_mbps")
         async with self._lock:
@@ -800,7 +888,7 @@ class DownloadManager:
                 return await self._start_locked(model_id, old, priority, max_retries, bandwidth_limit_mbps)
 
     async def _start_locked(self, model_id: str, old: Download | None, priority: str, max_retries: int | None,
-                            bandwidth_limit_mbps: float) -> dict[str, Any]:
+                            bandwidth_limit_mbps: float) -> Started:
         """The part of `start` under the manager lock: resolve, reuse what is kept, check space, record, queue."""
         version, jobs = await self._resolve(model_id)
         installed = await self._already_installed(model_id, version, jobs)
@@ -818,38 +906,36 @@ class DownloadManager:
                 rec.installed_sha256 = installed[j.path][0]
                 rec.stat = installed[j.path][1:]
             files.append(rec)
-        now = self.engine.clock.time()
+        now = self._clock.time()
         d = Download(model_id=model_id, download_id="dl_" + secrets.token_hex(6), version=version, status="queued",
                      priority=priority, seq=float(next(self._seq)),
-                     max_retries=int(self.engine.config.get("downloads.max_retries")) if max_retries is None else max_retries,
+                     max_retries=int(self._settings.get("downloads.max_retries")) if max_retries is None else max_retries,
                      bandwidth_limit_mbps=float(bandwidth_limit_mbps), created_at=now, files=files)
         if old is not None and (old.version != version or not prior):
             await self._discard_partial(old)
-        self._check_space(d)
+        await self._check_space(d)
         self._attach_limiter(d)
         self._dl[model_id] = d
         await self._forget_pieces(model_id)
         keep = [(model_id, f.job.path, i, s) for f in files if f.installed_sha256 is None for i, s in f.recorded.items()]
         if keep:
-            await self.engine.db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
+            await self._db.executemany("INSERT OR REPLACE INTO download_pieces VALUES (?,?,?,?)", keep)
         keep_prefixes = [(model_id, f.job.path, i, n) for f in files if f.installed_sha256 is None for i, n in f.prefixes.items()]
         if keep_prefixes:
-            await self.engine.db.executemany("INSERT OR REPLACE INTO download_prefixes VALUES (?,?,?,?)", keep_prefixes)
+            await self._db.executemany("INSERT OR REPLACE INTO download_prefixes VALUES (?,?,?,?)", keep_prefixes)
         await self._persist(d, with_files=True)
         self._hold(d, True)
         log.info("%s: download %s queued (priority %s, %d bytes)", model_id, d.download_id, priority, d.total_bytes)
         self._emit_progress(d)
-        self.engine.publish_status_changes([model_id])
         self._kick()
         eta = self.estimate_ready_seconds(model_id)
-        return {"success": True, "message": f"download of {model_id} {d.status}", "download_id": d.download_id,
-                "estimated_completion": iso(self.engine.clock.time() + eta) if eta is not None else None,
-                "status": d.status, "queue_position": self.queue_position(d), "total_bytes": d.total_bytes}
+        return Started(model_id=model_id, download_id=d.download_id, status=d.status, queue_position=self.queue_position(d),
+                       total_bytes=d.total_bytes, estimated_completion=self._clock.time() + eta if eta is not None else None)
 
     async def ensure(self, model_id: str, priority: str = "normal") -> dict[str, Any]:
         """Join the model's live download (raising its priority if asked), resume a paused one, or start one."""
         priority = normalize_priority(priority)
-        self.engine.spec(model_id)
+        self._catalog.spec(model_id)
         d = self._dl.get(model_id)
         started = False
         if d is None or d.status not in RUNNABLE + ("paused",):
@@ -879,49 +965,48 @@ class DownloadManager:
             t.cancel()
             await asyncio.gather(t, return_exceptions=True)
 
-    async def pause(self, model_id: str) -> dict[str, Any]:
+    async def pause(self, model_id: str) -> StatusChange:
         """Stop the download, keeping every byte; resume continues it."""
         async with self._lock:
             with _full_is_insufficient_storage(model_id):
                 return await self._pause(model_id)
 
-    async def _pause(self, model_id: str) -> dict[str, Any]:
+    async def _pause(self, model_id: str) -> StatusChange:
         d = self._get(model_id)
         if d.status == "paused":
-            return {"success": True, "message": f"{model_id} is already paused", "new_status": "paused"}
+            return StatusChange(model_id, "paused", changed=False)
         if d.status not in ("queued", "downloading", "verifying"):
             raise InvalidState(f"cannot pause a download that is {d.status}", model_id=model_id, status=d.status)
         await self._stop_task(d, "pause")
         await self._set_status(d, "paused")
         d.stop_reason = None
         self._kick()
-        return {"success": True, "message": f"download of {model_id} paused", "new_status": "paused"}
+        return StatusChange(model_id, "paused", changed=True)
 
-    async def resume(self, model_id: str) -> dict[str, Any]:
+    async def resume(self, model_id: str) -> StatusChange:
         """Queue a paused or failed download again (from the bytes it has)."""
         async with self._lock:
             with _full_is_insufficient_storage(model_id):
                 return await self._resume(model_id)
 
-    async def _resume(self, model_id: str) -> dict[str, Any]:
+    async def _resume(self, model_id: str) -> StatusChange:
         d = self._get(model_id)
         if d.status in RUNNABLE:
-            return {"success": True, "message": f"{model_id} is already {d.status}", "new_status": d.status}
+            return StatusChange(model_id, d.status, changed=False)
         if d.status not in ("paused", "failed"):
             raise InvalidState(f"cannot resume a download that is {d.status}", model_id=model_id, status=d.status)
-        self._check_space(d)
-        d.seq = d.seq  # keeps its place
-        await self._set_status(d, "queued")
+        await self._check_space(d)
+        await self._set_status(d, "queued")  # it keeps its place (seq) in the queue
         self._kick()
-        return {"success": True, "message": f"download of {model_id} resumed", "new_status": d.status}
+        return StatusChange(model_id, d.status, changed=True)
 
-    async def cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
+    async def cancel(self, model_id: str, keep_partial: bool = False) -> StatusChange:
         """Stop the download; delete its partial data unless `keep_partial`."""
         async with self._lock:
             with _full_is_insufficient_storage(model_id):
                 return await self._cancel(model_id, keep_partial)
 
-    async def _cancel(self, model_id: str, keep_partial: bool = False) -> dict[str, Any]:
+    async def _cancel(self, model_id: str, keep_partial: bool = False) -> StatusChange:
         d = self._get(model_id)
         if d.status not in LIVE:
             raise InvalidState(f"cannot cancel a download that is {d.status}", model_id=model_id, status=d.status)
@@ -931,8 +1016,7 @@ class DownloadManager:
         await self._set_status(d, "cancelled")
         d.stop_reason = None
         self._kick()
-        return {"success": True, "message": f"download of {model_id} cancelled" + (" (partial data kept)" if keep_partial else ""),
-                "new_status": "cancelled"}
+        return StatusChange(model_id, "cancelled", changed=True, keep_partial=keep_partial)
 
     async def _discard_partial(self, d: Download) -> None:
         self._close_files(d)
@@ -943,14 +1027,15 @@ class DownloadManager:
             f.validators = {}
         await self._forget_pieces(d.model_id)
         await asyncio.to_thread(self._remove_partial, d.model_id)
+        self._report(d)  # its progress fell to what is installed
 
-    async def set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
+    async def set_priority(self, model_id: str, priority: str) -> QueuePlace:
         """Change the download's priority (the queue reorders at once)."""
         async with self._lock:
             with _full_is_insufficient_storage(model_id):
                 return await self._set_priority(model_id, priority)
 
-    async def _set_priority(self, model_id: str, priority: str) -> dict[str, Any]:
+    async def _set_priority(self, model_id: str, priority: str) -> QueuePlace:
         priority = normalize_priority(priority)
         d = self._get(model_id)
         if d.status not in LIVE:
@@ -959,16 +1044,15 @@ class DownloadManager:
         await self._persist(d)
         self._kick()
         self._emit_progress(d)
-        return {"success": True, "message": f"{model_id} priority is {priority}", "priority": priority,
-                "queue_position": self.queue_position(d)}
+        return QueuePlace(model_id, priority, self.queue_position(d))
 
-    async def move(self, model_id: str, position: int) -> dict[str, Any]:
+    async def move(self, model_id: str, position: int) -> QueuePlace:
         """Put a queued or running download at `position` (1-based) of the queue; it takes the priority found there."""
         async with self._lock:
             with _full_is_insufficient_storage(model_id):
                 return await self._move(model_id, position)
 
-    async def _move(self, model_id: str, position: int) -> dict[str, Any]:
+    async def _move(self, model_id: str, position: int) -> QueuePlace:
         d = self._get(model_id)
         if d.status not in RUNNABLE:
             raise InvalidState(f"only queued or running downloads can move; this one is {d.status}", model_id=model_id, status=d.status)
@@ -987,27 +1071,26 @@ class DownloadManager:
         await self._persist(d)
         self._kick()
         self._emit_progress(d)
-        return {"success": True, "message": f"{model_id} moved to position {self.queue_position(d)}",
-                "queue_position": self.queue_position(d), "priority": d.priority}
+        return QueuePlace(model_id, d.priority, self.queue_position(d))
 
-    async def set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
+    async def set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> Limit:
         """Change the download's own bandwidth cap (MiB/s, 0 = none) while it runs."""
         async with self._lock:
             with _full_is_insufficient_storage(model_id):
                 return await self._set_limit(model_id, bandwidth_limit_mbps)
 
-    async def _set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> dict[str, Any]:
+    async def _set_limit(self, model_id: str, bandwidth_limit_mbps: float) -> Limit:
         d = self._get(model_id)
         d.bandwidth_limit_mbps = float(bandwidth_limit_mbps)
         await self._persist(d)
-        return {"success": True, "message": f"{model_id} limited to {bandwidth_limit_mbps} MiB/s" if bandwidth_limit_mbps else f"{model_id} unlimited",
-                "bandwidth_limit_mbps": d.bandwidth_limit_mbps}
+        self._report(d)  # the cap bounds its estimated time
+        return Limit(model_id, d.bandwidth_limit_mbps)
 
     def progress(self, model_id: str) -> dict[str, Any]:
         """The progress object of the model's download; NotFound when there is none."""
         return self.progress_dict(self._get(model_id))
 
-    def active(self) -> dict[str, Any]:
+    def active(self) -> ActiveDownloads:
         """Every download not completed or cancelled, in queue order (then paused and failed)."""
         order = self._order()
         rest = sorted((d for d in self._dl.values() if d.status in ("paused", "failed")), key=lambda d: (_RANK[d.priority], d.seq))
@@ -1017,15 +1100,15 @@ class DownloadManager:
             p["queue_position"] = i
             items.append(p)
         items += [self.progress_dict(d) for d in rest]
-        usage = sum(d.speed for d in order if d.status == "downloading") / MIB
-        return {"active_downloads": items, "total_active": len(items), "total_running": sum(1 for d in order if d.status == "downloading"),
-                "total_bandwidth_usage_mbps": round(usage, 3),
-                "bandwidth_limit_mbps": float(self.engine.config.get("downloads.bandwidth_limit_mbps")),
-                "max_concurrent": int(self.engine.config.get("downloads.max_concurrent"))}
+        running = [d for d in order if d.status == "downloading"]
+        return ActiveDownloads(items=items, total_running=len(running), bandwidth_usage_mbps=sum(d.speed for d in running) / MIB,
+                               bandwidth_limit_mbps=float(self._settings.get("downloads.bandwidth_limit_mbps")),
+                               max_concurrent=int(self._settings.get("downloads.max_concurrent")))
 
     def get(self, model_id: str) -> Download | None:
         """The model's download record, if any (for other services)."""
         return self._dl.get(model_id)
 
 
-__all__ = ["DownloadManager", "Download", "PRIORITIES", "PRIORITY_INPUT", "normalize_priority", "SourceUnavailable"]
+__all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "PRIORITIES", "PRIORITY_INPUT", "QueuePlace", "SourceUnavailable", "Started",
+           "StatusChange", "normalize_priority"]
