@@ -151,3 +151,13 @@ def forget_model(conn: sqlite3.Connection, model_id: str) -> None:
     """Drop every record of every version of a model."""
     for table in ("installed_versions", "installed_files", "file_pieces"):
         conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (model_id,))
+
+
+def every_version(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(model_id, version) of every recorded version of every model."""
+    return [(r[0], r[1]) for r in conn.execute("SELECT model_id, version FROM installed_versions")]
+
+
+def current_versions(conn: sqlite3.Connection) -> dict[str, str]:
+    """model_id -> the version in use, for every model with one."""
+    return {r[0]: r[1] for r in conn.execute("SELECT model_id, version FROM installed_versions WHERE is_current = 1")}
