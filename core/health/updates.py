@@ -456,11 +456,11 @@ class UpdateManager:
                     new_current = remaining[0]
                     await self._db.write(lambda c: installed.set_current(c, model_id, new_current))
             await asyncio.to_thread(safefs.rmdir, self._layout.home, self._layout.models_dir / model_id)
+            if version is None or current in targets:
+                self._forget_health(model_id)
             # rescanned before the intent ends, so the next acquire sees what is left
             await self._presence.refresh([model_id])
             self._status_changed([model_id])
-        if version is None or current in targets:
-            self._forget_health(model_id)
         log.info("removed %s %s (%d bytes)", model_id, ", ".join(targets), freed)
         return Removal(model_id, targets, freed, new_current if current in targets else current)
 
