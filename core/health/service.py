@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -204,7 +204,7 @@ class HealthService:
 
     # --- database ---------------------------------------------------------------
     async def _load_state(self) -> None:
-        def q(conn: Any) -> tuple[list[Any], list[Any]]:
+        def q(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
             conn.execute("UPDATE health_checks SET status = 'interrupted' WHERE status = 'running'")
             conn.execute("UPDATE health_repairs SET status = 'interrupted' WHERE status = 'running'")
             latest = conn.execute(
@@ -357,7 +357,7 @@ class HealthService:
         mh = self._merge(ctx, files, extra, perf, job.type, now, job.id)
         record = json.dumps(mh.to_record())
 
-        def w(conn: Any) -> bool:
+        def w(conn: sqlite3.Connection) -> bool:
             changed = ck.record_results(conn, ctx, files, now, full)
             if persist:
                 conn.execute("INSERT OR REPLACE INTO health_checks (check_id, model_id, version, check_type, trigger, status, started_at, finished_at, result)"
@@ -448,7 +448,7 @@ class HealthService:
             job = Job("check_" + trigger if not record else new_id("check"), "check", c.model_id, "quick", trigger, now, status="completed", finished_at=now)
             jobs.append((job, self._merge(c, files, extra, None, "quick", now, job.id)))
 
-        def w(conn: Any) -> None:
+        def w(conn: sqlite3.Connection) -> None:
             for (c, files, _), (job, mh) in zip(results, jobs):
                 ck.record_results(conn, c, files, now, False)
                 if record:
@@ -706,9 +706,8 @@ class HealthService:
                     await asyncio.to_thread(rp.discard, jdir, self._layout.home)
                     continue
                 ok = digest == rec["sha256"]
-
                 verified_at = self._clock.time() if ok else None
-                await self._db.write(lambda c: ck.record_journal(c, mid, version, rec["path"], sig, verified_at))
+                await self._db.write(lambda c, m=mid, v=version, p=rec["path"], g=sig, t=verified_at: ck.record_journal(c, m, v, p, g, t))
                 await asyncio.to_thread(rp.discard, jdir, self._layout.home)
                 log.info("finished an interrupted repair of %s %s %s: %s", mid, version, rec["path"], "verified" if ok else "still damaged")
         dirs = [self._layout.model_dir(m, v) for m, v in await self._db.read(installed.every_version)]
