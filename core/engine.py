@@ -20,10 +20,11 @@ from mavail.core.analytics import Analytics
 from mavail.core.catalog import LiveCatalog
 from mavail.core.config import Config
 from mavail.core.downloads import DownloadManager
+from mavail.core.downloads.transfer import fetch_range
 from mavail.core.events import EventBus
 from mavail.core.fallback.queue import RequestQueue
 from mavail.core.fallback.service import FallbackService
-from mavail.core.health import HealthService
+from mavail.core.health import HealthChecks, HealthService, UpdateManager
 from mavail.core.inventory import ModelPresence
 from mavail.core.leases import Lease, LeaseManager, acquire_available
 from mavail.core.paths import HomeLayout
@@ -36,7 +37,7 @@ from mavail.core.sysinfo import Nvml, system_info
 from mavail.core.tasks import Tasks
 from mavail.core.timeutil import Clock, SystemClock
 
-__all__ = ["AVAILABILITY", "SORT_KEYS", "Engine", "Parts"]
+__all__ = ["AVAILABILITY", "SORT_KEYS", "Engine", "Parts", "health_ports", "update_ports"]
 
 log = logging.getLogger("mavail.engine")
 
@@ -47,10 +48,35 @@ class Parts:
 
     downloads: Callable[["Engine"], Any] | None = None
     health: Callable[["Engine"], Any] | None = None
+    updates: Callable[["Engine"], Any] | None = None
     fallback: Callable[["Engine"], Any] | None = None
     queue: Callable[["Engine"], Any] | None = None
     analytics: Callable[["Engine"], Any] | None = None
     storage: Callable[["Engine"], Any] | None = None
+
+
+def _common_ports(engine: "Engine") -> dict[str, Any]:
+    return {"settings": engine.config, "clock": engine.clock, "db": engine.db, "layout": engine.layout, "catalog": engine.catalog,
+            "presence": engine.presence_view, "status": engine.status.changed, "emit": engine.events.emit, "tasks": engine.tasks,
+            "leases": engine.leases, "activity": engine.activity, "checks": engine.checks}
+
+
+def health_ports(engine: "Engine") -> dict[str, Any]:
+    """The keyword arguments of `HealthService` for this engine (tests override one and build it through `Parts`)."""
+    return {**_common_ports(engine),
+            "generation_samples": lambda model_id, limit: engine.analytics.generation_samples(model_id, limit),
+            "is_updating": lambda model_id: engine.updates.is_updating(model_id),
+            "add_download_listener": lambda callback: engine.downloads.add_listener(callback),
+            "fetch_range": fetch_range}
+
+
+def update_ports(engine: "Engine") -> dict[str, Any]:
+    """The keyword arguments of `UpdateManager` for this engine."""
+    return {**_common_ports(engine),
+            "ensure_download": lambda model_id: engine.downloads.ensure(model_id),
+            "download_active": lambda model_id: engine.downloads.is_active(model_id),
+            "add_download_listener": lambda callback: engine.downloads.add_listener(callback),
+            "forget_health": lambda model_id: engine.health.forget(model_id)}
 
 
 class Engine:
@@ -75,7 +101,9 @@ class Engine:
         self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=status_cache)
         self.activity = Activity()
         self.leases = LeaseManager(self.clock)
-        self.health = (parts.health or HealthService)(self)
+        self.checks = HealthChecks(self.db, self.catalog, layout, config)
+        self.health = (parts.health or (lambda e: HealthService(**health_ports(e))))(self)
+        self.updates = (parts.updates or (lambda e: UpdateManager(**update_ports(e))))(self)
         self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
             settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence_view,
             status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
@@ -108,6 +136,7 @@ class Engine:
             log.error("catalog refused at start: %s", self.catalog.error)
         await self.presence_view.refresh()
         await self.downloads.start_service()
+        await self.updates.start()  # before health's first check: it finishes removals and forgets versions gone
         await self.health.start()
         await self.analytics.start()
         await self.storage.start()

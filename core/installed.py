@@ -156,3 +156,13 @@ def forget_model(conn: sqlite3.Connection, model_id: str) -> None:
 def latest_install_times(conn: sqlite3.Connection) -> dict[str, float]:
     """When each model's newest recorded version was installed, by model id."""
     return {r[0]: r[1] for r in conn.execute("SELECT model_id, MAX(installed_at) FROM installed_versions GROUP BY model_id")}
+
+
+def every_version(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(model_id, version) of every recorded version of every model."""
+    return [(r[0], r[1]) for r in conn.execute("SELECT model_id, version FROM installed_versions")]
+
+
+def current_versions(conn: sqlite3.Connection) -> dict[str, str]:
+    """model_id -> the version in use, for every model with one."""
+    return {r[0]: r[1] for r in conn.execute("SELECT model_id, version FROM installed_versions WHERE is_current = 1")}

@@ -89,6 +89,9 @@ class LeaseView(Protocol):
     def removing(self, model_id: str, version: str | None = None) -> AbstractContextManager[None]:
         """Hold the intent to remove or replace: refused (Conflict) under a lease; acquires refuse meanwhile."""
 
+    def replacing(self, model_id: str) -> AbstractContextManager[None]:
+        """Hold the intent to replace a file of the model: acquires refuse (Conflict) meanwhile."""
+
 
 class BusyView(Protocol):
     """Which model is busy and why (`Activity`)."""

@@ -206,44 +206,45 @@ async def events_unsubscribe(ctx: CallContext, subscription_id: str) -> dict[str
     return {"success": True}
 
 
-# --- health and updates (issue 4) ---------------------------------------------------
+# --- health and updates ---------------------------------------------------------------
 async def health_status(ctx: CallContext, model_id: str | None) -> dict[str, Any]:
-    if model_id is not None:
-        ctx.engine.spec(model_id)
-        await ctx.engine.refresh_presence([model_id])
     return await ctx.engine.health.status(model_id)
 
 
 async def health_check(ctx: CallContext, model_id: str, check_type: str, force: bool, wait: bool, max_read_mbps: float | None) -> dict[str, Any]:
-    return await ctx.engine.health.check(model_id, check_type, force=force, wait=wait, max_read_mbps=max_read_mbps)
+    out = await ctx.engine.health.check(model_id, check_type, force=force, wait=wait, max_read_mbps=max_read_mbps)
+    res: dict[str, Any] = {"success": out.status in ("completed", "running"), "check_id": out.check_id, "status": out.status, "result": out.result}
+    if out.joined and out.status == "running":
+        res["joined"] = True
+    return res
 
 
 async def health_check_all(ctx: CallContext) -> dict[str, Any]:
-    return await ctx.engine.health.check_all()
+    return {"success": True, **(await ctx.engine.health.check_all()).to_dict()}
 
 
 async def health_check_status(ctx: CallContext, check_id: str) -> dict[str, Any]:
-    return ctx.engine.health.job(check_id)
+    return ctx.engine.health.job(check_id).to_dict()
 
 
 async def health_repair(ctx: CallContext, model_id: str, repair_type: str, force_repair: bool) -> dict[str, Any]:
-    return await ctx.engine.health.repair(model_id, repair_type, force_repair)
+    return (await ctx.engine.health.repair(model_id, repair_type, force_repair)).to_dict()
 
 
 async def models_check_updates(ctx: CallContext) -> dict[str, Any]:
-    return await ctx.engine.health.updates.check_updates()
+    return {"updates": [u.to_dict() for u in await ctx.engine.updates.check_updates()]}
 
 
 async def models_update(ctx: CallContext, model_id: str) -> dict[str, Any]:
-    return await ctx.engine.health.updates.update(model_id)
+    return {"success": True, **(await ctx.engine.updates.update(model_id)).to_dict()}
 
 
 async def models_rollback(ctx: CallContext, model_id: str) -> dict[str, Any]:
-    return await ctx.engine.health.updates.rollback(model_id)
+    return {"success": True, **(await ctx.engine.updates.rollback(model_id)).to_dict()}
 
 
 async def models_remove(ctx: CallContext, model_id: str, version: str | None) -> dict[str, Any]:
-    return await ctx.engine.health.updates.remove(model_id, version)
+    return {"success": True, **(await ctx.engine.updates.remove(model_id, version)).to_dict()}
 
 
 # --- analytics and storage -----------------------------------------------------
@@ -365,7 +366,7 @@ METHODS: tuple[Method, ...] = (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0, maximum=limits.MAX_RATE_MBPS))),
     Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,), inline=True),
     Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order.", inline=True),
-    # health and updates (issue 4)
+    # health and updates
     Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
            (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),
     Method("health.check", health_check, "Check a model: quick (presence, size, changed since verified), full/integrity (every byte), performance.", (

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from mavail.core.engine import Parts, health_ports
 from mavail.core.errors import Conflict
+from mavail.core.health import HealthService
 from mavail.core.health.scores import Sample, performance
 from mavail.rpc.client import AsyncClient, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
@@ -192,12 +195,19 @@ async def test_read_budget_paces_a_check(home: Path):
         assert loop.time() - t0 >= 0.2  # 4 MiB at 16 MiB/s: at least 0.25 s less the first chunk
 
 
-class FakeSource:
-    def __init__(self, samples):
-        self.s = samples
+class FakeSamples:
+    """Generation samples handed to the health service in place of analytics' (set `rows` at any time)."""
 
-    async def samples(self, model_id):
-        return self.s
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float, bool]] = []
+
+    async def __call__(self, model_id: str, limit: int) -> list[tuple[float, float, bool]]:
+        return self.rows[:limit]
+
+
+def health_with(**overrides: Any) -> Parts:
+    """Parts that build the real health service with some of its ports replaced."""
+    return Parts(health=lambda eng: HealthService(**{**health_ports(eng), **overrides}))
 
 
 def test_performance_formula():
@@ -214,9 +224,10 @@ def test_performance_formula():
 
 async def test_performance_check_and_system_health(home: Path):
     setup_home(home)
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+    samples = FakeSamples()
+    async with running_engine(home, parts=health_with(generation_samples=samples)) as (eng, sock), AsyncClient(sock) as c:
         await c.call("health.check", model_id="m1")
-        eng.health.performance_source = FakeSource([Sample(i, 10.0, True) for i in range(20)] + [Sample(100 + i, 25.0, True) for i in range(10)])
+        samples.rows = [(i, 10.0, True) for i in range(20)] + [(100 + i, 25.0, True) for i in range(10)]
         sub = await c.subscribe(types=["model_health_alert"])
         assert sub
         res = (await c.call("health.check", model_id="m1", check_type="performance"))["result"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,18 @@ def setup(home: Path, mirror: Mirror, model_id: str = "m1") -> Path:
     (d / "unet/model.bin").write_bytes(BIG)
     (d / "vae.bin").write_bytes(SMALL)
     return d
+
+
+class ShiftedClock:
+    """The system clock moved forward by `offset` seconds (tests make scheduled checks due by moving it)."""
+
+    offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
 
 
 def flip(p: Path, offset: int) -> None:
@@ -153,22 +166,24 @@ async def test_repair_refused_under_lease_unless_forced(home: Path, mirror: Mirr
         # the scheduler defers an automatic repair while the model is in use
         flip(d / "unet/model.bin", 7)
         await c.call("health.check", model_id="m1")
-        done = await eng.health._maybe_auto_repair("m1", out := []) or out
+        done = await eng.health.run_scheduled_once()
         assert {"model_id": "m1", "repair": "deferred_in_use"} in done
 
 
 async def test_scheduled_check_auto_repairs(home: Path, mirror: Mirror):
     d = setup(home, mirror)
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+    clock = ShiftedClock()
+    async with running_engine(home, clock=clock) as (eng, sock), AsyncClient(sock) as c:
         await c.call("health.check", model_id="m1")
         os.truncate(d / "vae.bin", 10)
-        eng.health._state["m1"].last_quick_at = 0  # make the quick check due
+        interval = eng.config.get("health.check_interval_hours") * 3600
+        clock.offset += interval + 1  # the quick check is due
         done = await eng.health.run_scheduled_once()
         assert any(x.get("repair") == "ok" for x in done), done
         assert (d / "vae.bin").read_bytes() == SMALL
         await c.call("config.update", patch={"health": {"auto_repair_enabled": False}})
         os.truncate(d / "vae.bin", 10)
-        eng.health._state["m1"].last_quick_at = 0
+        clock.offset += interval + 1
         done = await eng.health.run_scheduled_once()
         assert not any("repair" in x for x in done)
         assert (await c.call("health.status", model_id="m1"))["overall_health"] == "corrupted"
@@ -213,7 +228,6 @@ def test_killed_mid_repair_restarts_consistent(mirror: Mirror, crash_at: str):
 # --- a killed redownload resumes ---------------------------------------------------------------
 def test_killed_redownload_resumes_from_its_flushed_pieces(mirror: Mirror):
     import threading
-    import time
 
     with short_tmpdir() as tmp:
         home, sock = tmp / "home", tmp / "e.sock"

@@ -72,7 +72,7 @@ async def test_update_switch_keep_rollback_and_prune(home: Path):
         await finished(c, "2.0.0")
         # keep no previous version: the next prune removes 1.0.0 (moved to trash, then deleted)
         await c.call("config.update", patch={"updates": {"keep_versions": 0}})
-        assert await eng.health.updates.prune("m1") == ["1.0.0"]
+        assert await eng.updates.prune("m1") == ["1.0.0"]
         assert not (home / "models/m1/1.0.0").exists() and not list((home / "trash").iterdir())
         assert db(home, "SELECT version FROM installed_versions") == [("2.0.0",)]
         with pytest.raises(RpcError) as ei:
@@ -90,7 +90,8 @@ async def test_update_waits_for_the_lease(home: Path):
         await c.call("models.update", model_id="m1")
 
         async def waiting():
-            return eng.health.updates._jobs.get("m1") is not None and eng.health.updates._jobs["m1"].status == "waiting_for_release"
+            job = eng.updates.in_progress("m1")
+            return job is not None and job.status == "waiting_for_release"
 
         await wait_until(waiting)
         st = await c.call("models.status", model_id="m1")

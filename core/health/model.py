@@ -101,7 +101,7 @@ class ModelHealth:
         return out
 
     def to_status(self) -> dict[str, Any]:
-        """The seeds' per-model health block, plus version, files and check times."""
+        """The per-model health block of `health.status`, with version, files and check times."""
         return {
             "model_id": self.model_id,
             "version": self.version,

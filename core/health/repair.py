@@ -46,9 +46,9 @@ log = logging.getLogger("mavail.health")
 FetchRange = Callable[..., Awaitable[bytes]]
 
 
-async def _simple_fetch_range(client: Any, urls: Sequence[str], start: int, length: int, **_: Any) -> bytes:
-    """Fallback used only when the downloads engine's `fetch_range` is not installed: one Range GET per URL in turn."""
-    import httpx
+async def simple_fetch_range(client: Any, urls: Sequence[str], start: int, length: int, **_: Any) -> bytes:
+    """A plain `FetchRange` (one Range GET per URL in turn) for when none with retries and mirrors is given."""
+    import httpx  # only repairs fetch: most engines never load it
 
     if length == 0:
         return b""
@@ -64,16 +64,6 @@ async def _simple_fetch_range(client: Any, urls: Sequence[str], start: int, leng
         except httpx.HTTPError as exc:
             last = exc
     raise SourceUnavailable("every URL of the file failed", urls=len(urls), reason=type(last).__name__ if last else None)
-
-
-def get_fetch_range() -> FetchRange:
-    """The downloads engine's `fetch_range` (retries, mirrors) when present, else a plain fallback."""
-    try:
-        from mavail.core.downloads.transfer import fetch_range  # type: ignore[import-not-found]
-
-        return fetch_range  # type: ignore[no-any-return]
-    except ImportError:
-        return _simple_fetch_range
 
 
 def target_path(base: Path, rel: str) -> Path:

@@ -136,7 +136,7 @@ def model_score(integrity: float | None, perf: float | None) -> float | None:
 
 
 def system_health(models: Sequence[dict[str, Any]], last_check: str | None) -> dict[str, Any]:
-    """The seeds' system_health block over per-model health dicts."""
+    """The system_health block of `health.status` over per-model health dicts."""
     installed = [m for m in models if m.get("installed")]
     scores = [s for s in (model_score(m.get("integrity_score"), m.get("performance_score")) for m in installed) if s is not None]
     return {
