@@ -22,7 +22,7 @@ from mavail.core.config import Config
 from mavail.core.downloads import DownloadManager
 from mavail.core.events import EventBus
 from mavail.core.fallback.queue import RequestQueue
-from mavail.core.fallback.service import FallbackService
+from mavail.core.fallback.service import FallbackDeps, FallbackService
 from mavail.core.health import HealthService
 from mavail.core.inventory import ModelPresence
 from mavail.core.leases import Lease, LeaseManager, acquire_available
@@ -57,7 +57,8 @@ class Engine:
     """One engine per home. Use as `async with Engine(...) as engine:`; stopping it stops every part."""
 
     def __init__(self, layout: HomeLayout, config: Config, clock: Clock | None = None, nvml: Nvml | None = None,
-                 parts: Parts | None = None) -> None:
+                 parts: Parts | None = None, status_cache: bool = False) -> None:
+        """`status_cache` keeps composed statuses until a service reports a change (see `core.status`)."""
         parts = parts or Parts()
         self.layout = layout
         self.config = config
@@ -71,17 +72,39 @@ class Engine:
         self.tasks = Tasks()
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
         self.presence_view = Presence(layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
-        self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=False)
-        self.activity = Activity()
-        self.leases = LeaseManager(self.clock)
+        self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=status_cache)
+        self.activity = Activity(self.status.changed)
+        self.leases = LeaseManager(self.clock, self.status.changed)
         self.health = (parts.health or HealthService)(self)
         self.downloads = (parts.downloads or DownloadManager)(self)
-        self.fallback = (parts.fallback or FallbackService)(self)
-        self.queue = (parts.queue or RequestQueue)(self)
+        self.fallback = (parts.fallback or self._build_fallback)(self)
+        self.queue = (parts.queue or self._build_queue)(self)
+        self.downloads.add_listener(self.queue.on_download_status)
         self.analytics = (parts.analytics or Analytics)(self)
         self.storage = (parts.storage or StorageManager)(self)
         self.status.set_providers([self.health, self.downloads, self.leases, self.queue, self.analytics])
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
+
+    # --- construction of the parts with ports ---------------------------------------
+    def _build_fallback(self, _: "Engine") -> FallbackService:
+        deps = FallbackDeps(
+            estimate_ready_seconds=lambda mid: self.downloads.estimate_ready_seconds(mid),
+            download_active=lambda mid: self.downloads.is_active(mid),
+            ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
+            repair=lambda mid: self.health.repair(mid),
+            repair_busy=lambda mid: self.health.is_busy(mid),
+            usage_summary=lambda mid: self.analytics.summary_of(mid),
+            record_request=lambda mid: self.analytics.record_request(mid),
+            free_vram_gb=self.nvml.free_vram_gb,
+        )
+        return FallbackService(settings=self.config, clock=self.clock, catalog=self.catalog, presence=self.presence_view,
+                               status=self.status, tasks=self.tasks, emit=self.events.emit, deps=deps)
+
+    def _build_queue(self, _: "Engine") -> RequestQueue:
+        return RequestQueue(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view,
+                            status=self.status, status_sink=self.status.changed, events=self.events, tasks=self.tasks,
+                            ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
+                            eta=lambda mid: self.fallback.eta(mid))
 
     # --- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":

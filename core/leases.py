@@ -15,6 +15,8 @@ from mavail.core.session import Session
 from mavail.core.status import StatusSink
 from mavail.core.timeutil import Clock
 
+log = logging.getLogger("mavail.leases")
+
 
 def _no_sink(model_ids: Sequence[str] | None) -> None:
     """The sink of a manager that nobody composes statuses from."""

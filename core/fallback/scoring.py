@@ -210,13 +210,14 @@ class FeatureIndex:
         self.by_id: dict[str, Features] = {}
         self.all: tuple[Features, ...] = ()
 
-    def refresh(self, catalog: Any) -> "FeatureIndex":
-        """Rebuild from `catalog` if it is not the one indexed; return self."""
-        if catalog is not self._catalog:
+    def refresh(self, catalog: Iterable[Any], key: Any = None) -> "FeatureIndex":
+        """Rebuild from the specs of `catalog` if it (or `key`, the object that identifies it) is not the one indexed; return self."""
+        ident = catalog if key is None else key
+        if ident is not self._catalog:
             feats = [features_of(spec) for spec in catalog]
             self.by_id = {f.model_id: f for f in feats}
             self.all = tuple(feats)
-            self._catalog = catalog
+            self._catalog = ident
         return self
 
 
