@@ -62,6 +62,7 @@ class FakeDownloads:
     async def ensure(self, model_id: str, priority: str = "normal") -> dict[str, Any]:
         self.calls.append((model_id, priority))
         self.active[model_id] = priority
+        self.engine.status.changed([model_id])  # its model_fields changed, as a real download service reports
         return {"download_id": f"dl_{model_id}", "model_id": model_id, "status": "downloading"}
 
     def estimate_ready_seconds(self, model_id: str) -> float | None:
@@ -79,6 +80,7 @@ class FakeDownloads:
     async def complete(self, model_id: str) -> None:
         install_files(self.engine.layout.home, model_id, FILES[model_id])
         self.active.pop(model_id, None)
+        self.engine.status.changed([model_id])
         await self.engine.refresh_presence([model_id])
 
 

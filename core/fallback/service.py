@@ -129,7 +129,7 @@ class FallbackService:
         cfg = self._settings
         q = build_query(idx.by_id[requested_model], requirements, preferences, free, cfg.get("fallback.default_max_wait_minutes"))
         w = Weights.from_config(cfg)
-        suggestions = rank(idx, q, self.availability, w)
+        suggestions = rank(idx, q, self.availability, w, status_of=self._status.availability_status)
         status, eta = self.availability(requested_model)
         if status not in READY and status not in IN_PROGRESS:
             eta = self.eta(requested_model)  # what the scheduler would need to fetch it now, when it can say
