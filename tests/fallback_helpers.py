@@ -46,6 +46,26 @@ def write_catalog(home: Path, base_url: str = "http://127.0.0.1:9/", installed: 
         install_files(home, mid, FILES[mid])
 
 
+class Overridable:
+    """A part built by `build` (give it to `Parts`) that is the real service, except for the attributes of `override`."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.override: Any = None
+
+    def build(self, engine: Any) -> Any:
+        outer = self
+        real = self.factory(engine)
+
+        class Part:
+            def __getattr__(self, name: str) -> Any:
+                if outer.override is not None and hasattr(outer.override, name):
+                    return getattr(outer.override, name)
+                return getattr(real, name)
+
+        return Part()
+
+
 class FakeDownloads:
     """The download service's interface as far as fallback uses it, for tests that do not need real transfers."""
 
