@@ -10,18 +10,31 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
+
+from mavail.core.status import StatusSink
+
+
+def _no_sink(model_ids: Sequence[str] | None) -> None:
+    """The sink of an activity set that nobody composes statuses from."""
 
 
 class Activity:
-    """A reference-counted set of (model_id, reason) pairs."""
+    """A reference-counted set of (model_id, reason) pairs.
 
-    def __init__(self) -> None:
+    Status fields derive from it (health reads a model as corrupted only
+    while it is not being downloaded), so every acquire and release is
+    reported to `status_sink` with the model's id.
+    """
+
+    def __init__(self, status_sink: StatusSink | None = None) -> None:
         self._held: Counter[tuple[str, str]] = Counter()
+        self._sink: StatusSink = status_sink or _no_sink
 
     def acquire(self, model_id: str, reason: str) -> None:
         """Mark `model_id` busy for `reason` (e.g. "downloading", "checking", "repairing")."""
         self._held[(model_id, reason)] += 1
+        self._sink([model_id])
 
     def release(self, model_id: str, reason: str) -> None:
         """Undo one `acquire`."""
@@ -29,6 +42,7 @@ class Activity:
         self._held[key] -= 1
         if self._held[key] <= 0:
             del self._held[key]
+        self._sink([model_id])
 
     @contextmanager
     def hold(self, model_id: str, reason: str) -> Iterator[None]:

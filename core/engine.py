@@ -23,7 +23,7 @@ from mavail.core.downloads import DownloadManager
 from mavail.core.downloads.transfer import fetch_range
 from mavail.core.events import EventBus
 from mavail.core.fallback.queue import RequestQueue
-from mavail.core.fallback.service import FallbackService
+from mavail.core.fallback.service import FallbackDeps, FallbackService
 from mavail.core.health import HealthChecks, HealthService, UpdateManager
 from mavail.core.inventory import ModelPresence
 from mavail.core.leases import Lease, LeaseManager, acquire_available
@@ -99,16 +99,17 @@ class Engine:
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
         self.presence_view = Presence(layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
         self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=status_cache)
-        self.activity = Activity()
-        self.leases = LeaseManager(self.clock)
+        self.activity = Activity(self.status.changed)
+        self.leases = LeaseManager(self.clock, self.status.changed)
         self.checks = HealthChecks(self.db, self.catalog, layout, config)
         self.health = (parts.health or (lambda e: HealthService(**health_ports(e))))(self)
         self.updates = (parts.updates or (lambda e: UpdateManager(**update_ports(e))))(self)
         self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
             settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence_view,
             status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
-        self.fallback = (parts.fallback or FallbackService)(self)
-        self.queue = (parts.queue or RequestQueue)(self)
+        self.fallback = (parts.fallback or self._build_fallback)(self)
+        self.queue = (parts.queue or self._build_queue)(self)
+        self.downloads.add_listener(self.queue.on_download_status)
         self.analytics = parts.analytics(self) if parts.analytics else Analytics(
             settings=config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view, status=self.status,
             status_sink=self.status.changed, tasks=self.tasks)
@@ -117,13 +118,34 @@ class Engine:
         self.status.set_providers([self.health, self.downloads, self.leases, self.queue, self.analytics])
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
+    # --- construction of the parts with ports ---------------------------------------
     def build_storage(self, fault: Callable[[str], None] | None = None) -> StorageManager:
         """The storage service over this engine's parts; `fault` (tests, through `Parts`) is called at each cleanup stage."""
         return StorageManager(
             settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence_view,
-            tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of, usage_frequency=self.analytics.usage_frequency,
-            uses_since=self.analytics.uses_since, downloading=self.downloads.is_active, has_waiting=self.queue.has_waiting,
-            fault=fault)
+            tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of,
+            usage_frequency=self.analytics.usage_frequency, uses_since=self.analytics.uses_since, downloading=self.downloads.is_active,
+            has_waiting=self.queue.has_waiting, fault=fault)
+
+    def _build_fallback(self, _: "Engine") -> FallbackService:
+        deps = FallbackDeps(
+            estimate_ready_seconds=lambda mid: self.downloads.estimate_ready_seconds(mid),
+            download_active=lambda mid: self.downloads.is_active(mid),
+            ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
+            repair=lambda mid: self.health.repair(mid),
+            repair_busy=lambda mid: self.health.is_busy(mid),
+            usage_summary=lambda mid: self.analytics.summary_of(mid),
+            record_request=lambda mid: self.analytics.record_request(mid),
+            free_vram_gb=self.nvml.free_vram_gb,
+        )
+        return FallbackService(settings=self.config, clock=self.clock, catalog=self.catalog, presence=self.presence_view,
+                               status=self.status, tasks=self.tasks, emit=self.events.emit, deps=deps)
+
+    def _build_queue(self, _: "Engine") -> RequestQueue:
+        return RequestQueue(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view,
+                            status=self.status, status_sink=self.status.changed, events=self.events, tasks=self.tasks,
+                            ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
+                            eta=lambda mid: self.fallback.eta(mid))
 
     # --- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":

@@ -8,12 +8,18 @@ import secrets
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 from mavail.core.errors import Conflict, InvalidState, NotFound
 from mavail.core.session import Session
+from mavail.core.status import StatusSink
+from mavail.core.timeutil import Clock
 
 log = logging.getLogger("mavail.leases")
+
+
+def _no_sink(model_ids: Sequence[str] | None) -> None:
+    """The sink of a manager that nobody composes statuses from."""
 
 
 @dataclass
@@ -44,10 +50,14 @@ class LeaseManager:
     refuses while a lease holds the model) before it awaits anything. So a
     removal never starts under a lease, and no lease is granted while a
     removal is under way.
+
+    Every change of a model's leases is reported to `status_sink` with the
+    model's id, since `is_loaded` and `active_leases` derive from them.
     """
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: Clock, status_sink: StatusSink | None = None) -> None:
         self._clock = clock
+        self._sink: StatusSink = status_sink or _no_sink
         self._leases: dict[str, Lease] = {}
         self._removing: Counter[str] = Counter()
         self._replacing: Counter[str] = Counter()
@@ -66,6 +76,7 @@ class LeaseManager:
         self._leases[lease.lease_id] = lease
         session.on_close(lambda: self._drop(lease.lease_id, "connection closed"))
         log.info("lease %s on %s %s by %s", lease.lease_id, model_id, version, session.id)
+        self._sink([model_id])
         return lease
 
     def settle(self, lease_id: str, version: str, path: str) -> Lease:
@@ -74,6 +85,7 @@ class LeaseManager:
         if lease is None:
             raise NotFound(f"no lease {lease_id!r}", field="lease_id")
         lease.version, lease.path = version, path
+        self._sink([lease.model_id])
         return lease
 
     def discard(self, lease_id: str) -> None:
@@ -129,6 +141,7 @@ class LeaseManager:
         lease = self._leases.pop(lease_id, None)
         if lease is not None:
             log.info("lease %s on %s ended: %s", lease_id, lease.model_id, why)
+            self._sink([lease.model_id])
             asyncio.get_running_loop().create_task(self._notify())
         return lease
 

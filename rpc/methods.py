@@ -15,7 +15,7 @@ from mavail.core.downloads import PRIORITY_INPUT
 from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
 from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
-from mavail.core.fallback.queue import PRIORITIES, normalise_priority
+from mavail.core.priority import PRIORITY_INPUT as PRIORITIES, normalise_priority
 from mavail.core.timeutil import iso
 from mavail.rpc import PROTOCOL_VERSION
 from mavail.rpc.encoding import StatusEncodings

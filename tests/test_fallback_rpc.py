@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from mavail.rpc.client import AsyncClient, RpcError
-from tests.fallback_helpers import FakeDownloads, NoGpu, next_event, write_catalog
+from tests.fallback_helpers import Overridable, FakeDownloads, NoGpu, next_event, write_catalog
+from mavail.core.analytics import Analytics as AnalyticsService
 from mavail.core.engine import Parts
+from mavail.core.health import HealthService
 from tests.helpers import running_engine, wait_until
 
 GPU16 = {"MAVAIL_GPU_VRAM_GB": "16"}
@@ -83,7 +85,10 @@ async def test_request_ready_missing_and_no_download(home: Path):
 async def test_request_corrupted_calls_health_and_analytics(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
     (home / "models/ltx-t2v/1.0.0/w.bin").write_bytes(b"short")
-    async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "0.3"}, nvml=NoGpu()) as (eng, sock), AsyncClient(sock) as c:
+    health = Overridable(HealthService)
+    analytics = Overridable(AnalyticsService)
+    async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "0.3"}, nvml=NoGpu(),
+                              parts=Parts(health=health.build, analytics=analytics.build)) as (eng, sock), AsyncClient(sock) as c:
         seen: list[str] = []
 
         class Health:
@@ -104,8 +109,8 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
         res = await c.call("models.request", model_id="ltx-t2v")
         # the real health service tries (its mirror at 127.0.0.1:9 refuses, so the repair cannot finish well)
         assert res["action_taken"] == "repair_attempted" and "repair" in res
-        eng.health = Health()
-        eng.analytics = Analytics()
+        health.override = Health()
+        analytics.override = Analytics()
         res = await c.call("models.request", model_id="ltx-t2v")
         assert res["action_taken"] == "repair_attempted" and res["repair"]["finished"] is True
         assert res["repair"]["result"]["repair_id"] == "r1"
@@ -117,7 +122,7 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
             async def repair(self, model_id: str) -> dict[str, Any]:
                 raise AssertionError("a second repair must not start")
 
-        eng.health = BusyHealth()
+        health.override = BusyHealth()
         res = await c.call("models.request", model_id="ltx-t2v")
         assert res["action_taken"] == "repair_attempted" and res["repair"]["finished"] is False
         assert seen == ["req:ltx-t2v", "ltx-t2v", "req:ltx-t2v"]

@@ -244,3 +244,46 @@ def test_bad_requirements_name_the_field() -> None:
     # the seeds' spelling of model types is accepted
     q = build_query(idx.by_id["a"], {"model_type": "text-to-video"}, {}, None, 30)
     assert q.model_type == "text_to_video"
+
+
+@st.composite
+def alike_specs_strategy(draw: st.DrawFn) -> list[ModelSpec]:
+    """Catalogs where many models score alike (few distinct feature sets, sizes around each other), as in large catalogs."""
+    kinds = draw(st.lists(st.tuples(st.sampled_from(MODEL_TYPES), st.sampled_from(TIERS), st.sampled_from(SPEEDS),
+                                    st.sampled_from([None, "wan", "ltx"]),
+                                    st.sampled_from([{}, {"832x480": 8.0}, {"832x480": 8.0, "1280x704": 16.0}, {"1280x704": 30.0}])),
+                          min_size=1, max_size=4))
+    n = draw(st.integers(1, 40))
+    out = []
+    for i in range(n):
+        mtype, quality, speed, family, vram = draw(st.sampled_from(kinds))
+        out.append(spec(f"m{i}", model_type=mtype, quality=quality, speed=speed, family=family, vram=dict(vram),
+                        size=draw(st.sampled_from([0, 500, 1000, 2000, 10**6]))))
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=alike_specs_strategy(), data=st.data())
+def test_grouped_rank_equals_one_pass_rank(specs: list[ModelSpec], data: st.DataObject) -> None:
+    """The grouped, prefiltered ranking gives exactly what scoring every model in one pass gives."""
+    from tests.fallback_helpers import reference_rank
+
+    idx = index_of(specs)
+    requested = data.draw(st.sampled_from(specs)).id
+    req = data.draw(requirements_strategy)
+    prefs = data.draw(st.fixed_dictionaries({}, optional={"prefer_smaller_models": st.booleans()}))
+    free = data.draw(st.one_of(st.none(), st.sampled_from([4.0, 10.0, 20.0, 64.0])))
+    status = {s.id: data.draw(st.sampled_from(STATUSES)) for s in specs}
+    etas = {s.id: data.draw(st.one_of(st.none(), st.sampled_from([0.0, 60.0, 900.0, 5000.0]))) for s in specs}
+    weights = dataclasses.replace(Weights.defaults(), min_score=data.draw(st.sampled_from([0.0, 0.3, 0.6])),
+                                  max_suggestions=data.draw(st.integers(1, 8)))
+
+    def avail(mid: str):
+        s = status[mid]
+        return s, (0.0 if s in ("available", "updating") else etas[mid])
+
+    q = build_query(idx.by_id[requested], req, prefs, free, 30.0)
+    fast = rank(idx, q, avail, weights)
+    slow = reference_rank(idx, q, avail, weights)
+    assert [(s.model_id, s.score) for s in fast] == [(s.model_id, s.score) for s in slow]
+    assert [s.to_dict(q) for s in fast] == [s.to_dict(q) for s in slow]

@@ -1,10 +1,10 @@
-"""`engine.queue`: generation requests waiting for a model, persisted in SQLite, released when it is ready.
+"""The request queue: generation requests waiting for a model, persisted in SQLite, released when it is ready.
 
 A request is queued for one model with a priority and a maximum wait. The
 queue is ordered by priority (critical, high, normal, low) then arrival; that
 order is the `position` shown by `fallback.queue_list` and the order in which
 requests are released. Queuing for a model that is not ready asks the download
-scheduler for it (`engine.downloads.ensure`, with the request's priority).
+scheduler for it (the `ensure_download` callable, with the request's priority).
 
 When the model becomes available (an internal subscription to
 `model_availability_change`) every request waiting for it is released with a
@@ -16,10 +16,13 @@ to the `fallback_queue` table, so an engine restart keeps the waiting requests
 those whose time ran out while it was down, releases those whose model
 arrived, and asks the scheduler again for the models still missing.
 
-Wait estimates come from `engine.downloads.estimate_ready_seconds`: the
+Wait estimates come from the `eta` callable (the download scheduler's estimate): the
 scheduler's remaining bytes of the model, the bytes ahead of it, its
 concurrency, smoothed rate and bandwidth limit. None means unknown; there is
 no constant per queue position.
+
+Every change of the number of requests waiting for a model is reported to the
+status sink with the model's id (`queued_requests` is a status field).
 """
 
 from __future__ import annotations
@@ -30,26 +33,37 @@ import logging
 import secrets
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from mavail.core.errors import InvalidParams, InvalidState, MavailError, NotFound
-from mavail.core.events import Event, make_event
+from mavail.core.events import Event, Subscription, make_event
 from mavail.core.fallback.scoring import READY
 from mavail.core.limits import MAX_WAIT_MINUTES
+from mavail.core.ports import CatalogView, PresenceView, Settings, Spawner, StatusSink, StatusView
+from mavail.core.priority import PRIORITY_INPUT, normalise_priority, priority_rank
 from mavail.core.session import Session
-from mavail.core.timeutil import iso, wait_event
+from mavail.core.state import Database
+from mavail.core.timeutil import Clock, iso, wait_event
 
 log = logging.getLogger("mavail.fallback")
 
-PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
-PRIORITIES = ("critical", "high", "normal", "medium", "low")
+PRIORITIES = PRIORITY_INPUT  # kept importable from here; the names live in core/priority.py
 
-def normalise_priority(priority: str | None) -> str:
-    """The contract's priority names (`medium` is `normal`); InvalidParams otherwise."""
-    p = "normal" if priority in (None, "medium") else priority
-    if p not in PRIORITY_RANK:
-        raise InvalidParams(f"priority must be one of {', '.join(PRIORITIES)}", field="priority", allowed=list(PRIORITIES))
-    return str(p)
+__all__ = ["PRIORITIES", "EventChannel", "QueuedRequest", "RequestQueue", "normalise_priority"]
+
+
+class EventChannel(Protocol):
+    """The part of the event bus the queue uses: an internal subscription, and publishing ready events."""
+
+    def subscribe(self, types: Iterable[str] | None = None, model_ids: Iterable[str] | None = None,
+                  max_pending: int = 10_000) -> Subscription:
+        """A subscription to these event types."""
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        """End a subscription."""
+
+    def publish(self, event: Event) -> None:
+        """Deliver an event to subscribers."""
 
 
 @dataclass
@@ -68,14 +82,28 @@ class QueuedRequest:
     @property
     def key(self) -> tuple[int, int]:
         """Queue order: priority, then arrival."""
-        return PRIORITY_RANK[self.priority], self.seq
+        return priority_rank(self.priority), self.seq
 
 
 class RequestQueue:
-    """The persistent queue of requests waiting for models (`engine.queue`)."""
+    """The persistent queue of requests waiting for models."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, *, settings: Settings, clock: Clock, db: Database, catalog: CatalogView, presence: PresenceView,
+                 status: StatusView, status_sink: StatusSink, events: EventChannel, tasks: Spawner,
+                 ensure_download: Callable[[str, str], Awaitable[dict[str, Any] | None]],
+                 eta: Callable[[str], float | None]) -> None:
+        """`ensure_download(model_id, priority)` starts or joins a download; `eta(model_id)` is seconds until it is ready."""
+        self._settings = settings
+        self._clock = clock
+        self._db = db
+        self._catalog = catalog
+        self._presence = presence
+        self._status = status
+        self._sink = status_sink
+        self._events = events
+        self._tasks = tasks
+        self._ensure_download = ensure_download
+        self._eta = eta
         self._waiting: dict[str, QueuedRequest] = {}
         self._per_model: Counter[str] = Counter()
         self._sessions: dict[str, Session] = {}
@@ -109,7 +137,7 @@ class RequestQueue:
             top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM fallback_queue").fetchone()[0]
             return rows, int(top)
 
-        rows, self._seq = await self.engine.db.read(load)
+        rows, self._seq = await self._db.read(load)
         for r in rows:
             try:
                 request = json.loads(r[3])
@@ -118,29 +146,28 @@ class RequestQueue:
             self._add(QueuedRequest(r[0], r[1], r[2], request, r[4], r[5], r[6], r[7]))
         if rows:
             log.info("queue: %d waiting requests loaded", len(rows))
-        self._sub = self.engine.events.subscribe(["model_availability_change"])
-        self.engine.spawn(self._watch(), name="queue-availability")
-        self.engine.spawn(self._expiry_loop(), name="queue-expiry")
-        self.engine.on_stop(self._stop)
-        self.engine.add_status_provider(self)
-        self.engine.downloads.add_listener(self._on_download_status)
+        self._sub = self._events.subscribe(["model_availability_change"])
+        self._tasks.spawn(self._watch(), name="queue-availability")
+        self._tasks.spawn(self._expiry_loop(), name="queue-expiry")
+        self._tasks.on_stop(self._stop)
         await self._expire_due()
         for model_id in sorted(set(self._per_model)):
-            if self.engine.catalog.get(model_id) is None:
+            if self._catalog.get(model_id) is None:
                 continue
-            if self.engine.availability_status(model_id) in READY:
+            if self._status.availability_status(model_id) in READY:
                 await self.release(model_id)
             else:
                 await self._ensure(model_id, self._best_priority(model_id), raise_errors=False)
 
     async def _stop(self) -> None:
         if self._sub is not None:
-            self.engine.events.unsubscribe(self._sub.id)
+            self._events.unsubscribe(self._sub.id)
             self._sub = None
 
     def _add(self, e: QueuedRequest) -> None:
         self._waiting[e.queue_id] = e
         self._per_model[e.model_id] += 1
+        self._sink([e.model_id])
 
     def _remove(self, queue_id: str) -> QueuedRequest | None:
         e = self._waiting.pop(queue_id, None)
@@ -148,15 +175,16 @@ class RequestQueue:
             self._per_model[e.model_id] -= 1
             if self._per_model[e.model_id] <= 0:
                 del self._per_model[e.model_id]
+            self._sink([e.model_id])
         return e
 
     def _best_priority(self, model_id: str) -> str:
-        ranks = [PRIORITY_RANK[e.priority] for e in self._waiting.values() if e.model_id == model_id]
-        return next(p for p, r in PRIORITY_RANK.items() if r == min(ranks)) if ranks else "normal"
+        waiting = [e.priority for e in self._waiting.values() if e.model_id == model_id]
+        return min(waiting, key=priority_rank) if waiting else normalise_priority(None)
 
     async def _ensure(self, model_id: str, priority: str, raise_errors: bool) -> dict[str, Any] | None:
         try:
-            return await self.engine.downloads.ensure(model_id, priority=priority)
+            return await self._ensure_download(model_id, priority)
         except MavailError as exc:
             if raise_errors:
                 raise
@@ -167,22 +195,21 @@ class RequestQueue:
     async def enqueue(self, model_id: str, request: dict[str, Any], priority: str | None = None,
                       max_wait_time_minutes: float | None = None, session: Session | None = None) -> dict[str, Any]:
         """Queue `request` for `model_id`; start its download when needed; release at once if it is ready."""
-        engine = self.engine
-        engine.spec(model_id)
+        self._catalog.spec(model_id)
         prio = normalise_priority(priority)
         if not isinstance(request, dict):
             raise InvalidParams("request must be an object", field="request")
-        wait_min = float(max_wait_time_minutes if max_wait_time_minutes is not None else engine.config.get("fallback.queue_max_wait_minutes"))
+        wait_min = float(max_wait_time_minutes if max_wait_time_minutes is not None else self._settings.get("fallback.queue_max_wait_minutes"))
         if not wait_min > 0:
             raise InvalidParams("max_wait_time_minutes must be positive", field="max_wait_time_minutes")
         if wait_min > MAX_WAIT_MINUTES:
             raise InvalidParams(f"max_wait_time_minutes must be at most {MAX_WAIT_MINUTES:g}", field="max_wait_time_minutes",
                                 value=wait_min)
         text = json.dumps(request, separators=(",", ":"))
-        ready = engine.availability_status(model_id) in READY
+        ready = self._status.availability_status(model_id) in READY
         if not ready:
             await self._ensure(model_id, prio, raise_errors=True)  # an error (no space, no source) refuses the request
-        now = engine.clock.time()
+        now = self._clock.time()
         try:
             iso(now + wait_min * 60.0)  # everything that can fail happens before the row exists
         except (OverflowError, ValueError, OSError):
@@ -191,7 +218,7 @@ class RequestQueue:
         self._seq += 1
         e = QueuedRequest("queue_" + secrets.token_hex(8), self._seq, model_id, request, prio, now, now + wait_min * 60.0,
                           getattr(session, "id", None))
-        await engine.db.write(lambda c: c.execute(
+        await self._db.write(lambda c: c.execute(
             "INSERT INTO fallback_queue (queue_id, seq, model_id, request, priority, created_at, expires_at, session_id, status) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'waiting')",
             (e.queue_id, e.seq, model_id, text, prio, now, e.expires_at, e.session_id)))
@@ -203,10 +230,10 @@ class RequestQueue:
         self._wake.set()
         log.info("queue: %s for %s (priority %s, max wait %.1f min)", e.queue_id, model_id, prio, wait_min)
         entry = self._describe(e, self._positions())
-        if engine.availability_status(model_id) in READY:  # ready now, or became ready while we queued
+        if self._status.availability_status(model_id) in READY:  # ready now, or became ready while we queued
             await self.release(model_id)
             entry.update(status="ready", position=0, estimated_wait_seconds=0.0, estimated_wait_time_minutes=0.0,
-                         estimated_start_time=iso(engine.clock.time()))
+                         estimated_start_time=iso(self._clock.time()))
         return {"success": True, **entry}
 
     # --- fallback.queue_list / queue_cancel ------------------------------------
@@ -219,10 +246,9 @@ class RequestQueue:
         return pos
 
     def _describe(self, e: QueuedRequest, positions: dict[str, tuple[int, int]]) -> dict[str, Any]:
-        engine = self.engine
-        status = engine.availability_status(e.model_id) if engine.catalog.get(e.model_id) else "unknown"
-        eta = 0.0 if status in READY else engine.fallback.eta(e.model_id)
-        now = engine.clock.time()
+        status = self._status.availability_status(e.model_id) if self._catalog.get(e.model_id) else "unknown"
+        eta = 0.0 if status in READY else self._eta(e.model_id)
+        now = self._clock.time()
         pos, model_pos = positions.get(e.queue_id, (0, 0))
         return {
             "queue_id": e.queue_id,
@@ -252,7 +278,7 @@ class RequestQueue:
         """Cancel a waiting request (the model's download is left alone)."""
         e = self._waiting.get(queue_id)
         if e is None:
-            row = await self.engine.db.fetchone("SELECT status FROM fallback_queue WHERE queue_id = ?", (queue_id,))
+            row = await self._db.fetchone("SELECT status FROM fallback_queue WHERE queue_id = ?", (queue_id,))
             if row is None:
                 raise NotFound(f"no queued request {queue_id!r}", field="queue_id")
             raise InvalidState(f"queued request {queue_id!r} is already {row[0]}", queue_id=queue_id, status=row[0])
@@ -268,8 +294,8 @@ class RequestQueue:
             live = [e for e in entries if e.queue_id in self._waiting]
             if not live:
                 return []
-            now = self.engine.clock.time()
-            await self.engine.db.write(lambda c: c.executemany(
+            now = self._clock.time()
+            await self._db.write(lambda c: c.executemany(
                 "UPDATE fallback_queue SET status = ?, finished_at = ? WHERE queue_id = ? AND status = 'waiting'",
                 [(status, now, e.queue_id) for e in live]))
             for e in live:
@@ -277,7 +303,7 @@ class RequestQueue:
             return live
 
     def _deliver(self, e: QueuedRequest, event: Event) -> None:
-        self.engine.events.publish(event)
+        self._events.publish(event)
         session = self._sessions.pop(e.queue_id, None)
         if session is None:
             return
@@ -295,11 +321,11 @@ class RequestQueue:
         if not released:
             return 0
         try:
-            st = self.engine.model_status(model_id)
+            st = self._status.model_status(model_id)
             path, version = st["path"], st["version"]
         except MavailError:
             path = version = None
-        now = self.engine.clock.time()
+        now = self._clock.time()
         for e in released:
             self._deliver(e, make_event("queued_request_ready", queue_id=e.queue_id, model_id=model_id, version=version, path=path,
                                         priority=e.priority, request=e.request, waited_seconds=round(now - e.created_at, 3)))
@@ -307,14 +333,14 @@ class RequestQueue:
         return len(released)
 
     async def _expire_due(self) -> None:
-        now = self.engine.clock.time()
+        now = self._clock.time()
         due = [e for e in self.ordered() if e.expires_at <= now]
         if not due:
             return
         expired = await self._finish(due, "expired")
         for e in expired:
-            status = self.engine.availability_status(e.model_id) if self.engine.catalog.get(e.model_id) else "unknown"
-            eta = None if status in READY else self.engine.fallback.eta(e.model_id)
+            status = self._status.availability_status(e.model_id) if self._catalog.get(e.model_id) else "unknown"
+            eta = None if status in READY else self._eta(e.model_id)
             self._deliver(e, make_event("queued_request_expired", queue_id=e.queue_id, model_id=e.model_id, priority=e.priority,
                                         request=e.request, waited_seconds=round(now - e.created_at, 3),
                                         availability_status=status, estimated_wait_seconds=None if eta is None else round(eta, 1)))
@@ -327,20 +353,20 @@ class RequestQueue:
                 await self._expire_due()
             except Exception:
                 log.exception("queue: expiry failed")
-            now = self.engine.clock.time()
+            now = self._clock.time()
             nxt = min((e.expires_at for e in self._waiting.values()), default=None)
             timeout = 60.0 if nxt is None else min(60.0, max(0.005, nxt - now))
             self._wake.clear()
             await wait_event(self._wake, timeout)
 
-    def _on_download_status(self, model_id: str, version: Any, status: str) -> None:
-        # a safety net beside model_availability_change: a completed download rescans and releases
+    def on_download_status(self, model_id: str, version: Any, status: str) -> None:
+        """Download listener, a safety net beside model_availability_change: a completed download rescans and releases."""
         if status == "completed" and self.has_waiting(model_id):
-            self.engine.spawn(self._recheck(model_id), name=f"queue-recheck-{model_id}")
+            self._tasks.spawn(self._recheck(model_id), name=f"queue-recheck-{model_id}")
 
     async def _recheck(self, model_id: str) -> None:
-        await self.engine.refresh_presence([model_id])
-        if self.engine.availability_status(model_id) in READY:
+        await self._presence.refresh([model_id])
+        if self._status.availability_status(model_id) in READY:
             await self.release(model_id)
 
     async def _watch(self) -> None:

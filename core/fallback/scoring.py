@@ -202,21 +202,56 @@ def features_of(spec: Any) -> Features:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureGroup:
+    """Catalog models that score alike for every query: equal in everything `rank` reads but their size and id.
+
+    `members` are (catalog position, features) in catalog order; `ids` their ids
+    in the same order; `by_size` the positions into `members`, smallest model
+    first (then catalog order), for the `prefer_smaller_models` size part.
+    """
+
+    rep: Features
+    members: tuple[tuple[int, Features], ...]
+    ids: tuple[str, ...]
+    by_size: tuple[int, ...]
+
+
+def _group_key(f: Features) -> tuple[Any, ...]:
+    """What the scoring reads of a candidate besides size and id (`vram` determines `min_vram_gb` and `vram_by_res`)."""
+    return (f.modes, f.caps, f.model_type, f.quality, f.speed, f.family, f.vram)
+
+
 class FeatureIndex:
-    """Features of every model of one catalog, rebuilt only when the catalog object changes."""
+    """Features of every model of one catalog, rebuilt only when the catalog object changes.
+
+    Besides the features by id and in catalog order, it keeps them grouped by
+    `_group_key`, so a query scores each group once instead of each model.
+    """
 
     def __init__(self) -> None:
         self._catalog: Any = None
         self.by_id: dict[str, Features] = {}
         self.all: tuple[Features, ...] = ()
+        self.position: dict[str, int] = {}
+        self.groups: tuple[FeatureGroup, ...] = ()
 
-    def refresh(self, catalog: Any) -> "FeatureIndex":
-        """Rebuild from `catalog` if it is not the one indexed; return self."""
-        if catalog is not self._catalog:
+    def refresh(self, catalog: Iterable[Any], key: Any = None) -> "FeatureIndex":
+        """Rebuild from the specs of `catalog` if it (or `key`, the object that identifies it) is not the one indexed; return self."""
+        ident = catalog if key is None else key
+        if ident is not self._catalog:
             feats = [features_of(spec) for spec in catalog]
             self.by_id = {f.model_id: f for f in feats}
             self.all = tuple(feats)
-            self._catalog = catalog
+            self.position = {f.model_id: i for i, f in enumerate(feats)}
+            grouped: dict[tuple[Any, ...], list[tuple[int, Features]]] = {}
+            for i, f in enumerate(feats):
+                grouped.setdefault(_group_key(f), []).append((i, f))
+            self.groups = tuple(
+                FeatureGroup(members[0][1], tuple(members), tuple(f.model_id for _, f in members),
+                             tuple(sorted(range(len(members)), key=lambda k, m=members: (m[k][1].size_bytes, m[k][0]))))  # type: ignore[misc]
+                for members in grouped.values())
+            self._catalog = ident
         return self
 
 
@@ -540,14 +575,43 @@ def _parts(f: Features, q: Query, vram_score: float, availability_score: float) 
     return parts
 
 
-def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, limit: int | None = None) -> list[Suggestion]:
-    """Score every input-compatible candidate and return the best, best first.
+def _vram_score(f: Features, free: float | None, pixels: int | None, res: str | None, reduce_f: float) -> float | None:
+    """The `vram` sub-score as `vram_fit` gives it, None when the candidate fits at no resolution (written for speed)."""
+    if not f.vram:
+        return 0.5 if free is not None else 1.0
+    if free is None:
+        return 1.0
+    if f.min_vram_gb > free:  # type: ignore[operator]
+        return None  # every resolution needs more than is free
+    if pixels is None:
+        return 1.0  # some listed resolution fits (min_vram_gb <= free)
+    need = f.vram_by_res.get(res) if res is not None else None
+    if need is None:
+        need = f.vram_at(pixels)  # the same figure as need_at()
+    if need <= free:  # type: ignore[operator]
+        return 1.0
+    smaller = f.largest_fitting(free, pixels)
+    if smaller is None:
+        return None
+    return reduce_f * smaller[0] / pixels
 
-    Everything but availability is summed through per-query lookup tables
-    (capability bits, tiers, types); the availability sub-score is the only
-    part that needs `availability()`, so candidates are visited in order of
-    their score without it and the visit stops once even a ready candidate
-    could no longer enter the top `limit` (or reach `min_score`).
+
+_LIVE = READY | IN_PROGRESS
+
+
+def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, limit: int | None = None,
+         status_of: Callable[[str], str] | None = None) -> list[Suggestion]:
+    """Score every input-compatible candidate and return the best `limit`, best first.
+
+    Ties are broken by: the requested model, then ready, then catalog order.
+    Everything but availability is the same for every model of a `FeatureGroup`
+    (but the size part), so it is summed once per group through per-query
+    lookup tables; groups that fail a hard filter, or cannot reach `min_score`
+    (or the current top `limit`) even when ready, are skipped whole. Within a
+    group only the models whose status (`status_of`, a cheap read; by default
+    `availability()`'s status) is ready or in progress can beat the group's
+    first models of any other status, so only those, and the first others in
+    score order, are looked at with `availability()` and scored.
     """
     limit = w.max_suggestions if limit is None else limit
     ref = q.requested
@@ -557,6 +621,8 @@ def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, 
              + size_w * 1.0) + w.availability * 1.0
     if total <= 0 or limit <= 0:
         return []
+    if status_of is None:
+        status_of = lambda mid: availability(mid)[0]  # noqa: E731
     # weighted lookup tables for this query
     ncaps = q.caps.bit_count()
     cap_t = [w.capabilities * ((q.caps & bits).bit_count() / ncaps if ncaps else 1.0) for bits in range(1 << len(FEATURE_CAPS))]
@@ -564,73 +630,103 @@ def rank(index: FeatureIndex, q: Query, availability: Availability, w: Weights, 
               for t in MODES_OF_TYPE}
     qual_t = [w.quality * (1.0 - max(0, q.quality - t) / 2.0) for t in range(len(TIERS))]
     speed_t = [w.speed * (1.0 - max(0, q.speed - t) / 2.0) for t in range(len(SPEEDS))]
-    fam, fam_w, vram_w = q.family, w.family * 1.0, w.vram
+    fam, fam_w, vram_w, avail_w, min_score = q.family, w.family * 1.0, w.vram, w.availability, w.min_score
     qmodes, free, pixels, res = q.modes, q.free_vram_gb, q.pixels, q.resolution
     reduce_f = w.vram_reduce_factor
     ref_size = ref.size_bytes
-    staged: list[tuple[float, int, int, Features, float]] = []  # (-partial, not-requested, index, features, vram score)
-    for i, f in enumerate(index.all):
-        if f.modes & qmodes != qmodes:
-            continue
-        # VRAM (see vram_fit; inlined: this loop runs for every model of the catalog)
-        table = f.vram
-        if not table:
-            vs = 0.5 if free is not None else 1.0
-        elif free is None:
-            vs = 1.0
-        elif f.min_vram_gb > free:  # type: ignore[operator]
-            continue  # every resolution needs more than is free
-        else:
-            if pixels is None:
-                vs = 1.0  # some listed resolution fits (min_vram_gb <= free)
-            else:
-                need = f.vram_by_res.get(res) if res is not None else None  # type: ignore[arg-type]
-                if need is None:
-                    need = f.vram_at(pixels)  # the same figure as need_at()
-                if need <= free:  # type: ignore[operator]
-                    vs = 1.0
-                else:
-                    smaller = f.largest_fitting(free, pixels)
-                    if smaller is None:
-                        continue
-                    vs = reduce_f * smaller[0] / pixels
-        if f is ref:
-            partial = (w.capabilities * 1.0 + w.model_type * 1.0 + w.quality * 1.0 + w.speed * 1.0 + vram_w * vs + fam_w
-                       + size_w * 1.0)
-            staged.append((-partial, 0, i, f, vs))
-            continue
-        partial = (cap_t[f.caps] + type_t[f.model_type] + qual_t[f.quality] + speed_t[f.speed] + vram_w * vs
-                   + (fam_w if fam is not None and f.family == fam else 0.0)
-                   + (size_w * (min(1.0, ref_size / f.size_bytes) if f.size_bytes > 0 else 1.0) if size_w else 0.0))
-        staged.append((-partial, 1, i, f, vs))
-    heapq.heapify(staged)
-    best: list[tuple[tuple[float, int, int, int], Suggestion]] = []  # min-heap of (sort key, suggestion)
-    while staged:
-        neg, not_ref, i, f, vs = heapq.heappop(staged)
-        partial = -neg
-        bound = (partial + w.availability) / total  # the best this and every later candidate can reach
-        if bound < w.min_score or (len(best) >= limit and bound < best[0][0][0]):
-            break
+    ref_pos = index.position.get(ref.model_id, -1) if index.by_id.get(ref.model_id) is ref else -1
+
+    best: list[tuple[tuple[float, int, int, int], Features, float, float, str, float | None]] = []  # min-heap by key
+    vscores: dict[int, float] = {}  # catalog position -> vram sub-score, for the answer
+
+    def consider(i: int, f: Features, partial: float, vs: float, is_ref: bool) -> None:
         status, eta = availability(f.model_id)
-        is_ref = not not_ref
         if is_ref and status not in READY:
-            continue
+            return
         a = _availability_part(status, eta, q, w)
-        score = (partial + w.availability * a) / total
+        score = (partial + avail_w * a) / total
         score = 0.0 if score < 0.0 else (1.0 if score > 1.0 else score)
-        if score < w.min_score:
-            continue
+        if score < min_score:
+            return
         key = (score, 1 if is_ref else 0, 1 if status in READY else 0, -i)
         if len(best) >= limit and key <= best[0][0]:
-            continue
-        vp = vram_fit(f, q, w)
-        assert vp is not None  # the loop above kept only candidates that fit somehow
-        s = Suggestion(f, score, _parts(f, q, vs, a), vp[1], vp[2], vp[3], status, eta if status not in READY else 0.0, is_ref)
+            return
+        vscores[i] = vs
+        entry = (key, f, vs, a, status, eta if status not in READY else 0.0)
         if len(best) < limit:
-            heapq.heappush(best, (key, s))
+            heapq.heappush(best, entry)
         else:
-            heapq.heapreplace(best, (key, s))
-    out = [s for _, s in sorted(best, key=lambda t: t[0], reverse=True)]
+            heapq.heapreplace(best, entry)
+
+    def floor() -> float:
+        """The score a candidate must exceed (or tie) to enter the top `limit`; -1 while there is room."""
+        return best[0][0][0] if len(best) >= limit else -1.0
+
+    # the requested model, when it can take the inputs and fits
+    if ref_pos >= 0 and ref.modes & qmodes == qmodes:
+        vs = _vram_score(ref, free, pixels, res, reduce_f)
+        if vs is not None:
+            partial = (w.capabilities * 1.0 + w.model_type * 1.0 + w.quality * 1.0 + w.speed * 1.0 + vram_w * vs + fam_w
+                       + size_w * 1.0)
+            consider(ref_pos, ref, partial, vs, True)
+
+    staged: list[tuple[float, int, float, float, FeatureGroup]] = []  # (-bound, order, base, vs, group)
+    for n, g in enumerate(index.groups):
+        f0 = g.rep
+        if f0.modes & qmodes != qmodes:
+            continue
+        vs = _vram_score(f0, free, pixels, res, reduce_f)
+        if vs is None:
+            continue
+        base = (cap_t[f0.caps] + type_t[f0.model_type] + qual_t[f0.quality] + speed_t[f0.speed] + vram_w * vs
+                + (fam_w if fam is not None and f0.family == fam else 0.0))
+        bound = (base + size_w + avail_w) / total  # the best any member can reach (every size part is at most 1)
+        if bound < min_score:
+            continue
+        staged.append((-bound, n, base, vs, g))
+    staged.sort()
+
+    for neg_bound, _, base, vs, g in staged:
+        if -neg_bound < floor():
+            break  # this group and every later one cannot enter the top
+        members = g.members
+        statuses = list(map(status_of, g.ids))
+        # a partial sum as the original expression adds it: the size part last
+        if size_w:
+            def partial_of(f: Features) -> float:
+                return base + size_w * (min(1.0, ref_size / f.size_bytes) if f.size_bytes > 0 else 1.0)
+        else:
+            def partial_of(f: Features) -> float:
+                return base + 0.0
+        for k, st in enumerate(statuses):
+            if st in _LIVE:
+                i, f = members[k]
+                if i != ref_pos:
+                    consider(i, f, partial_of(f), vs, False)
+        # the others score their partial sum alone: walk them best first, stop once none can enter
+        order = g.by_size if size_w else range(len(members))
+        taken = 0
+        for k in order:
+            if statuses[k] in _LIVE:
+                continue
+            i, f = members[k]
+            if i == ref_pos:
+                continue
+            partial = partial_of(f)
+            score = partial / total
+            if score < min_score or score < floor():
+                break
+            if not size_w and taken >= limit:
+                break  # equal scores: the first `limit` in catalog order win the ties
+            consider(i, f, partial, vs, False)
+            taken += 1
+
+    chosen = sorted(best, key=lambda t: t[0], reverse=True)
+    out: list[Suggestion] = []
+    for key, f, vs, a, status, eta in chosen:
+        vp = vram_fit(f, q, w)
+        assert vp is not None  # only candidates that fit somehow were scored
+        out.append(Suggestion(f, key[0], _parts(f, q, vs, a), vp[1], vp[2], vp[3], status, eta, bool(key[1])))
     for s in out:
         s.reason = _reason(s, q)
     return out
