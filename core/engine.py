@@ -83,7 +83,7 @@ class Engine:
     """One engine per home. Use as `async with Engine(...) as engine:`; stopping it stops every part."""
 
     def __init__(self, layout: HomeLayout, config: Config, clock: Clock | None = None, nvml: Nvml | None = None,
-                 parts: Parts | None = None, status_cache: bool = False) -> None:
+                 parts: Parts | None = None, status_cache: bool = True) -> None:
         """`status_cache` keeps composed statuses until a service reports a change (see `core.status`)."""
         parts = parts or Parts()
         self.layout = layout
@@ -107,18 +107,21 @@ class Engine:
         self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
             settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence_view,
             status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
-        self.fallback = (parts.fallback or self._build_fallback)(self)
-        self.queue = (parts.queue or self._build_queue)(self)
+        self.fallback = parts.fallback(self) if parts.fallback else self.build_fallback()
+        self.queue = parts.queue(self) if parts.queue else self.build_queue()
         self.downloads.add_listener(self.queue.on_download_status)
-        self.analytics = parts.analytics(self) if parts.analytics else Analytics(
-            settings=config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view, status=self.status,
-            status_sink=self.status.changed, tasks=self.tasks)
+        self.analytics = parts.analytics(self) if parts.analytics else self.build_analytics()
         self.storage = parts.storage(self) if parts.storage else self.build_storage()
         self.downloads.add_listener(self.storage.on_download)
         self.status.set_providers([self.health, self.downloads, self.leases, self.queue, self.analytics])
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- construction of the parts with ports ---------------------------------------
+    def build_analytics(self) -> Analytics:
+        """The usage service over this engine's parts."""
+        return Analytics(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view,
+                         status=self.status, status_sink=self.status.changed, tasks=self.tasks)
+
     def build_storage(self, fault: Callable[[str], None] | None = None) -> StorageManager:
         """The storage service over this engine's parts; `fault` (tests, through `Parts`) is called at each cleanup stage."""
         return StorageManager(
@@ -127,7 +130,8 @@ class Engine:
             usage_frequency=self.analytics.usage_frequency, uses_since=self.analytics.uses_since, downloading=self.downloads.is_active,
             has_waiting=self.queue.has_waiting, fault=fault)
 
-    def _build_fallback(self, _: "Engine") -> FallbackService:
+    def build_fallback(self) -> FallbackService:
+        """The fallback service over this engine's parts."""
         deps = FallbackDeps(
             estimate_ready_seconds=lambda mid: self.downloads.estimate_ready_seconds(mid),
             download_active=lambda mid: self.downloads.is_active(mid),
@@ -141,8 +145,9 @@ class Engine:
         return FallbackService(settings=self.config, clock=self.clock, catalog=self.catalog, presence=self.presence_view,
                                status=self.status, tasks=self.tasks, emit=self.events.emit, deps=deps)
 
-    def _build_queue(self, _: "Engine") -> RequestQueue:
-        return RequestQueue(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view,
+    def build_queue(self, cls: type[RequestQueue] = RequestQueue) -> RequestQueue:
+        """The request queue over this engine's parts (`cls`: a subclass, for tests through `Parts`)."""
+        return cls(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view,
                             status=self.status, status_sink=self.status.changed, events=self.events, tasks=self.tasks,
                             ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
                             eta=lambda mid: self.fallback.eta(mid))

@@ -16,13 +16,12 @@ every provider must report the ids whose fields it changed. Reading a status is
 then a dictionary lookup, so `models.status` of every model costs no more than
 its size. Each model has a revision number that grows at every change, so a
 caller can cache what it derives from a status (an encoding, say).
-`changed` also emits, within the same loop turn, `model_availability_change`
-for every model whose availability differs from the last one published.
+`changed` also emits `model_availability_change` for every model whose
+availability differs from the last one published.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 from typing import Any, Callable, Protocol, Sequence
@@ -70,9 +69,6 @@ class StatusBoard:
         self._revisions: dict[str, int] = {}
         self._counter = itertools.count(1)
         self._published: dict[str, str] = {}
-        self._pending: set[str] = set()
-        self._pending_all = False
-        self._publish_scheduled = False
         self._sorted_ids: tuple[Any, list[str]] = (None, [])
 
     def set_providers(self, providers: Sequence[StatusProvider]) -> None:
@@ -82,36 +78,18 @@ class StatusBoard:
 
     # --- changes -----------------------------------------------------------------
     def changed(self, model_ids: Sequence[str] | None = None) -> None:
-        """Forget the composed status of these models (None: all); their availability changes are published soon.
+        """Forget the composed status of these models (None: all) and publish their availability changes.
 
-        Reads after this call see the new fields at once. The availability
-        events are worked out once per loop turn for every model reported in it,
-        so a service may report often (a download's progress ticks) at little cost.
+        The events go out at once, so they keep their order with the service's
+        own events (a download's `completed` progress before the model's
+        `available`).
         """
+        ids = self._catalog.ids() if model_ids is None else [m for m in model_ids if m in self._catalog]
         if model_ids is None:
             self._cache.clear()
-            ids: Sequence[str] = self._catalog.ids()
-        else:
-            ids = model_ids
         for mid in ids:
             self._cache.pop(mid, None)
             self._revisions[mid] = next(self._counter)
-        if model_ids is None:
-            self._pending_all = True
-        else:
-            self._pending.update(model_ids)
-        if not self._publish_scheduled:
-            try:
-                asyncio.get_running_loop().call_soon(self._publish)
-                self._publish_scheduled = True
-            except RuntimeError:  # no loop (a synchronous caller): publish now
-                self._publish()
-
-    def _publish(self) -> None:
-        self._publish_scheduled = False
-        ids = self._catalog.ids() if self._pending_all else [m for m in self._pending if m in self._catalog]
-        self._pending.clear()
-        self._pending_all = False
         for mid in ids:
             new = self.availability_status(mid)
             old = self._published.get(mid)

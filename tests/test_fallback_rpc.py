@@ -10,8 +10,7 @@ import pytest
 
 from mavail.rpc.client import AsyncClient, RpcError
 from tests.fallback_helpers import Overridable, FakeDownloads, NoGpu, next_event, write_catalog
-from mavail.core.analytics import Analytics as AnalyticsService
-from mavail.core.engine import Parts
+from mavail.core.engine import Parts, health_ports
 from mavail.core.health import HealthService
 from tests.helpers import running_engine, wait_until
 
@@ -85,8 +84,8 @@ async def test_request_ready_missing_and_no_download(home: Path):
 async def test_request_corrupted_calls_health_and_analytics(home: Path):
     write_catalog(home, installed=("ltx-t2v",))
     (home / "models/ltx-t2v/1.0.0/w.bin").write_bytes(b"short")
-    health = Overridable(HealthService)
-    analytics = Overridable(AnalyticsService)
+    health = Overridable(lambda e: HealthService(**health_ports(e)))
+    analytics = Overridable(lambda e: e.build_analytics())
     async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "0.3"}, nvml=NoGpu(),
                               parts=Parts(health=health.build, analytics=analytics.build)) as (eng, sock), AsyncClient(sock) as c:
         seen: list[str] = []

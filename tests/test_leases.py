@@ -13,6 +13,8 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
+from mavail.core.engine import Parts, update_ports
+from mavail.core.health import UpdateManager
 from mavail.rpc.client import AsyncClient, RpcError
 from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
 
@@ -119,17 +121,18 @@ async def test_cleanup_while_acquire_refreshes(home: Path):
 
 async def test_acquire_while_remove_moves(home: Path):
     setup(home)
-    async with running_engine(home) as (eng, sock), AsyncClient(sock) as user, AsyncClient(sock) as admin:
-        updates = eng.health.updates
-        real: Callable[..., Awaitable[int]] = updates._remove_version
-        reached, gate = asyncio.Event(), asyncio.Event()
+    reached, gate = asyncio.Event(), asyncio.Event()
 
-        async def slow(model_id: str, version: str) -> int:
+    class SlowRemove(UpdateManager):
+        """The real update service, holding each version's removal until the test lets it go."""
+
+        async def _remove_version(self, model_id: str, version: str) -> int:
             reached.set()
             await gate.wait()
-            return await real(model_id, version)
+            return await super()._remove_version(model_id, version)
 
-        updates._remove_version = slow
+    parts = Parts(updates=lambda e: SlowRemove(**update_ports(e)))
+    async with running_engine(home, parts=parts) as (eng, sock), AsyncClient(sock) as user, AsyncClient(sock) as admin:
         rem = asyncio.create_task(outcome(admin.call("models.remove", model_id="m1")))
         await asyncio.wait_for(reached.wait(), 10)
         lease = await outcome(user.call("models.acquire", model_id="m1"))

@@ -89,7 +89,7 @@ async def test_info_plans_blockers_and_cleanup(home: Path):
     for q in (owned, owned.parent, owned.parent.parent, owned.parent.parent.parent):
         os.utime(q, (now - 30 * DAY, now - 30 * DAY))
     clock = FakeClock(now)
-    async with running_engine(home, clock=clock, parts=Parts(queue=QueueWaitingFor), status_cache=True) as (eng, sock), AsyncClient(sock) as c, \
+    async with running_engine(home, clock=clock, parts=Parts(queue=lambda e: e.build_queue(QueueWaitingFor)), status_cache=True) as (eng, sock), AsyncClient(sock) as c, \
             AsyncClient(sock) as holder:
         await add_rows(eng, "m-old", now - 60 * DAY)
         await c.call("analytics.record", model_id="m-recent", generation_time_s=1, success=True, timestamp=iso_at(now - DAY))

@@ -575,15 +575,18 @@ class DownloadManager:
             d.error_code, d.error_message = error_code, message
         elif status in ("queued", "downloading", "completed"):
             d.error_code = d.error_message = None
-        self._hold(d, status in RUNNABLE)
-        if persist:
-            await self._persist(d)
         if old != status:
+            # the download's own events go first: whatever reports the model next (the activity released just
+            # below, a save that awaits) publishes its availability, which must not overtake them
             log.info("%s: %s -> %s%s", d.model_id, old, status, f" ({error_code}: {message})" if error_code else "")
             self._emit_progress(d, report=False)
             if status == "failed":
                 self._emit("download_failed", model_id=d.model_id, download_id=d.download_id,
-                                        error_code=error_code or "INTERNAL_ERROR", message=message or "download failed")
+                           error_code=error_code or "INTERNAL_ERROR", message=message or "download failed")
+        self._hold(d, status in RUNNABLE)
+        if persist:
+            await self._persist(d)
+        if old != status:
             self._report(d)
             for cb in list(self._listeners):
                 try:
@@ -874,7 +877,7 @@ class DownloadManager:
     # --- the API -----------------------------------------------------------------------
     async def start(self, model_id: str, priority: str = "normal", max_retries: int | None = None,
                     bandwidth_limit_mbps: float = 0.0) -> Started:
-        """Queue a download of the model's catalog version; Conflict if one is live, -32005 if the disk cannot hold it."""
+        """Queue a download of the model's catalog version; Conflict if one is live, InsufficientStorage if the disk cannot hold it."""
         priority = normalize_priority(priority)
         self._catalog.spec(model_id)
         if bandwidth_limit_mbps < 0:
