@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from mavail.core import __version__
 from mavail.core.activity import Activity
@@ -25,7 +25,6 @@ from mavail.core.events import EventBus
 from mavail.core.fallback.queue import RequestQueue
 from mavail.core.fallback.service import FallbackDeps, FallbackService
 from mavail.core.health import HealthChecks, HealthService, UpdateManager
-from mavail.core.inventory import ModelPresence
 from mavail.core.leases import Lease, LeaseManager, acquire_available
 from mavail.core.paths import HomeLayout
 from mavail.core.presence import Presence
@@ -57,7 +56,7 @@ class Parts:
 
 def _common_ports(engine: "Engine") -> dict[str, Any]:
     return {"settings": engine.config, "clock": engine.clock, "db": engine.db, "layout": engine.layout, "catalog": engine.catalog,
-            "presence": engine.presence_view, "status": engine.status.changed, "emit": engine.events.emit, "tasks": engine.tasks,
+            "presence": engine.presence, "status": engine.status.changed, "emit": engine.events.emit, "tasks": engine.tasks,
             "leases": engine.leases, "activity": engine.activity, "checks": engine.checks}
 
 
@@ -97,15 +96,15 @@ class Engine:
         self.events = EventBus()
         self.tasks = Tasks()
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
-        self.presence_view = Presence(layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
-        self.status = StatusBoard(layout, self.catalog, self.presence_view, self.events.emit, cache=status_cache)
+        self.presence = Presence(layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
+        self.status = StatusBoard(layout, self.catalog, self.presence, self.events.emit, cache=status_cache)
         self.activity = Activity(self.status.changed)
         self.leases = LeaseManager(self.clock, self.status.changed)
         self.checks = HealthChecks(self.db, self.catalog, layout, config)
         self.health = (parts.health or (lambda e: HealthService(**health_ports(e))))(self)
         self.updates = (parts.updates or (lambda e: UpdateManager(**update_ports(e))))(self)
         self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
-            settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence_view,
+            settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence,
             status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
         self.fallback = parts.fallback(self) if parts.fallback else self.build_fallback()
         self.queue = parts.queue(self) if parts.queue else self.build_queue()
@@ -119,13 +118,13 @@ class Engine:
     # --- construction of the parts with ports ---------------------------------------
     def build_analytics(self) -> Analytics:
         """The usage service over this engine's parts."""
-        return Analytics(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view,
+        return Analytics(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence,
                          status=self.status, status_sink=self.status.changed, tasks=self.tasks)
 
     def build_storage(self, fault: Callable[[str], None] | None = None) -> StorageManager:
         """The storage service over this engine's parts; `fault` (tests, through `Parts`) is called at each cleanup stage."""
         return StorageManager(
-            settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence_view,
+            settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence,
             tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of,
             usage_frequency=self.analytics.usage_frequency, uses_since=self.analytics.uses_since, downloading=self.downloads.is_active,
             has_waiting=self.queue.has_waiting, fault=fault)
@@ -142,12 +141,12 @@ class Engine:
             record_request=lambda mid: self.analytics.record_request(mid),
             free_vram_gb=self.nvml.free_vram_gb,
         )
-        return FallbackService(settings=self.config, clock=self.clock, catalog=self.catalog, presence=self.presence_view,
+        return FallbackService(settings=self.config, clock=self.clock, catalog=self.catalog, presence=self.presence,
                                status=self.status, tasks=self.tasks, emit=self.events.emit, deps=deps)
 
     def build_queue(self, cls: type[RequestQueue] = RequestQueue) -> RequestQueue:
         """The request queue over this engine's parts (`cls`: a subclass, for tests through `Parts`)."""
-        return cls(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence_view,
+        return cls(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence,
                             status=self.status, status_sink=self.status.changed, events=self.events, tasks=self.tasks,
                             ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
                             eta=lambda mid: self.fallback.eta(mid))
@@ -161,13 +160,13 @@ class Engine:
         await asyncio.to_thread(self.catalog.load_at_start)
         if self.catalog.error:
             log.error("catalog refused at start: %s", self.catalog.error)
-        await self.presence_view.refresh()
+        await self.presence.refresh()
         await self.downloads.start_service()
         await self.updates.start()  # before health's first check: it finishes removals and forgets versions gone
         await self.health.start()
         await self.analytics.start()
         await self.storage.start()
-        self.tasks.spawn(self.presence_view.rescan_loop(), name="presence-rescan")
+        self.tasks.spawn(self.presence.rescan_loop(), name="presence-rescan")
         await self.queue.start()  # last: it may ask the other services (downloads) for models
         return self
 
@@ -178,71 +177,14 @@ class Engine:
     async def reload_catalog(self) -> dict[str, Any]:
         """Load the catalog files again; swap them in only if all are valid (CatalogError otherwise)."""
         added, removed = await asyncio.to_thread(self.catalog.reload)
-        await self.presence_view.refresh()
+        await self.presence.refresh()
         log.info("catalog reloaded: %d models (%d added, %d removed)", len(self.catalog), len(added), len(removed))
         return {"success": True, "models": len(self.catalog), "added": added, "removed": removed, "files": list(self.catalog.current.files)}
 
     async def acquire_model(self, session: Session, model_id: str) -> tuple[Lease, dict[str, Any]]:
         """`models.acquire`: see `core.leases.acquire_available`."""
-        return await acquire_available(self.leases, session, model_id, self.presence_view.refresh, self.status.model_status)
+        return await acquire_available(self.leases, session, model_id, self.presence.refresh, self.status.model_status)
 
     async def system_info(self) -> dict[str, Any]:
         """CPU, memory, disk and GPUs, read in a worker thread."""
         return await asyncio.to_thread(system_info, self.layout.models_dir, self.nvml)
-
-    # --- delegations kept while services move to narrow ports -------------------------
-    @property
-    def catalog_error(self) -> str | None:
-        """Why the catalog files were refused at start (None when they loaded)."""
-        return self.catalog.error
-
-    def spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
-        """See `Tasks.spawn`."""
-        return self.tasks.spawn(coro, name)
-
-    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
-        """See `Tasks.on_stop`."""
-        self.tasks.on_stop(hook)
-
-    def add_status_provider(self, provider: Any) -> None:
-        """Kept for services that still register themselves: the composition root lists the providers."""
-
-    def spec(self, model_id: str) -> Any:
-        """See `LiveCatalog.spec`."""
-        return self.catalog.spec(model_id)
-
-    def version_in_use(self, model_id: str) -> str:
-        """See `Presence.version_in_use`."""
-        return self.presence_view.version_in_use(model_id)
-
-    def presence(self, model_id: str) -> ModelPresence | None:
-        """See `Presence.presence`."""
-        return self.presence_view.presence(model_id)
-
-    async def refresh_presence(self, model_ids: list[str] | None = None) -> None:
-        """See `Presence.refresh`."""
-        await self.presence_view.refresh(model_ids)
-
-    def publish_status_changes(self, model_ids: list[str] | None = None) -> None:
-        """See `StatusBoard.changed`."""
-        self.status.changed(model_ids)
-
-    def availability_status(self, model_id: str) -> str:
-        """See `StatusBoard.availability_status`."""
-        return self.status.availability_status(model_id)
-
-    def model_status(self, model_id: str) -> dict[str, Any]:
-        """See `StatusBoard.model_status`."""
-        return self.status.model_status(model_id)
-
-    def all_statuses(self) -> list[dict[str, Any]]:
-        """See `StatusBoard.all_statuses`."""
-        return self.status.all_statuses()
-
-    def summary(self, statuses: list[dict[str, Any]]) -> dict[str, Any]:
-        """See `StatusBoard.summary`."""
-        return self.status.summary(statuses)
-
-    def list_models(self, page: int, limit: int, sort: str, order: str, status: str | None) -> dict[str, Any]:
-        """See `StatusBoard.list_models`."""
-        return self.status.list_models(page, limit, sort, order, status)

@@ -132,6 +132,19 @@ class StatusBoard:
             self._cache[model_id] = status
         return status
 
+    async def fresh(self, model_id: str) -> dict[str, Any]:
+        """One model's status after rescanning its files (ModelNotFound for an unknown id)."""
+        self._catalog.spec(model_id)
+        await self._presence.refresh([model_id])
+        return self.model_status(model_id)
+
+    async def overview(self, refresh: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Every model's status and the summary over them; `refresh` rescans the disk first."""
+        if refresh:
+            await self._presence.refresh()
+        statuses = self.all_statuses()
+        return statuses, self.summary(statuses)
+
     def all_statuses(self) -> list[dict[str, Any]]:
         """Every catalog model's status, in catalog order."""
         return [self.model_status(mid) for mid in self._catalog.models]

@@ -75,21 +75,16 @@ async def catalog_reload(ctx: CallContext) -> dict[str, Any]:
 
 # --- models ---------------------------------------------------------------------
 async def models_list(ctx: CallContext, page: int, limit: int, sort: str, order: str, status: str | None) -> dict[str, Any]:
-    return ctx.engine.list_models(page, limit, sort, order, status)
+    return ctx.engine.status.list_models(page, limit, sort, order, status)
 
 
 async def models_status(ctx: CallContext, model_id: str | None, refresh: bool) -> dict[str, Any]:
-    engine = ctx.engine
-    if model_id is None:
-        if refresh:
-            await engine.refresh_presence()
-        statuses = engine.all_statuses()
-        encodings = StatusEncodings.of(engine.status)
-        return {"models": {s["model_id"]: encodings.encoded(engine.status, s["model_id"]) for s in statuses},
-                "summary": engine.summary(statuses)}
-    engine.spec(model_id)
-    await engine.refresh_presence([model_id])
-    return engine.model_status(model_id)
+    board = ctx.engine.status
+    if model_id is not None:
+        return await board.fresh(model_id)
+    statuses, summary = await board.overview(refresh)
+    encodings = StatusEncodings.of(board)
+    return {"models": {s["model_id"]: encodings.encoded(board, s["model_id"]) for s in statuses}, "summary": summary}
 
 
 async def models_acquire(ctx: CallContext, model_id: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def make_downloads(engine: Engine, **options: Any) -> DownloadManager:
     """A download manager wired to `engine`'s parts as the engine wires its own, with test `options`
     (`piece_size`, `opener`, `environ`, `client_factory`, `sleep`); for `Parts(downloads=...)`."""
     return DownloadManager(settings=engine.config, clock=engine.clock, db=engine.db, layout=engine.layout, catalog=engine.catalog,
-                           presence=engine.presence_view, status_changed=engine.status.changed, emit=engine.events.emit,
+                           presence=engine.presence, status_changed=engine.status.changed, emit=engine.events.emit,
                            tasks=engine.tasks, leases=engine.leases, activity=engine.activity, **options)
 
 

@@ -101,7 +101,7 @@ class FakeDownloads:
         install_files(self.engine.layout.home, model_id, FILES[model_id])
         self.active.pop(model_id, None)
         self.engine.status.changed([model_id])
-        await self.engine.refresh_presence([model_id])
+        await self.engine.presence.refresh([model_id])
 
 
 async def next_event(c: AsyncClient, kind: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -278,7 +278,7 @@ async def test_preload_and_requests(home: Path):
                          (hashlib.sha256(files[0][1]).hexdigest(),))
 
         await eng.db.write(rows)
-        await eng.refresh_presence()
+        await eng.presence.refresh()
         async with AsyncClient(sock) as c:
             for _ in range(5):
                 eng.analytics.record_request("m-b")  # what models.request does, ready or not

@@ -117,7 +117,7 @@ async def test_cancel_deletes_partial(home):
             assert r.status == "cancelled" and r.changed
             assert not (home / "partial" / "m").exists()
             assert await eng.db.fetchall("SELECT * FROM download_pieces WHERE model_id='m'") == []
-            assert (await eng.refresh_presence(["m"])) is None and eng.availability_status("m") == "missing"
+            assert (await eng.presence.refresh(["m"])) is None and eng.status.availability_status("m") == "missing"
 
 
 async def test_bandwidth_limits_per_download_and_global_live(home):
@@ -160,7 +160,7 @@ async def test_ensure_joins_and_estimate(home):
             # b (queued, one download at a time) waits for a's remaining bytes, then its own, at the same rate
             assert eb == pytest.approx((da.remaining_bytes + db_.remaining_bytes) / speed, rel=1e-9)
             assert 0 < ea < eb
-            st = eng.model_status("b")
+            st = eng.status.model_status("b")
             assert st["availability_status"] == "queued" and st["download_progress"] == 0.0
             seen = []
             eng.downloads.add_listener(lambda mid, ver, status: seen.append((mid, status)))

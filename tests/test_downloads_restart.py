@@ -168,7 +168,7 @@ async def test_hf_source_through_hf_endpoint_with_token(home):
                 await wait_status(eng, mid, "completed")
                 assert installed_bytes(home, mid, "model.safetensors", version="1") == weights.read(0, weights.size)
                 assert installed_bytes(home, mid, "config.json", version="1") == b'{"dim": 8}'
-                st = eng.model_status(mid)
+                st = eng.status.model_status(mid)
                 assert st["availability_status"] == "available", st
             rows = await eng.db.fetchall("SELECT sha256 FROM installed_files WHERE model_id='tiny' AND path='config.json'")
             assert rows[0][0] == hashlib.sha256(b'{"dim": 8}').hexdigest()

@@ -101,4 +101,4 @@ async def test_request_without_auto_download_says_what_happens(home: Path):
         # the same request with auto_download on may promise it: the download really starts
         on = await c.call("models.request", model_id="wan-t2v")
         assert on["action_taken"] in STARTED and on["download_id"]
-        await wait_until(lambda: eng.downloads.is_active("wan-t2v") or eng.availability_status("wan-t2v") != "missing")
+        await wait_until(lambda: eng.downloads.is_active("wan-t2v") or eng.status.availability_status("wan-t2v") != "missing")

@@ -36,7 +36,7 @@ class RefreshHolds:
         self.reached = [asyncio.Event(), asyncio.Event()]
         self.gate = [asyncio.Event(), asyncio.Event()]
         self._calls = 0
-        real = eng.presence_view.refresh
+        real = eng.presence.refresh
 
         async def held(model_ids: list[str] | None = None) -> None:
             i = self._calls if model_ids == ["m1"] else 2
@@ -49,7 +49,7 @@ class RefreshHolds:
                 self.reached[0].set()
                 await self.gate[0].wait()
 
-        eng.presence_view.refresh = held
+        eng.presence.refresh = held
 
     def open(self) -> None:
         """Let every held refresh go."""
@@ -158,4 +158,4 @@ async def test_acquire_against_removal_stress(home: Path, remover: str):
             if not isinstance(lease, RpcError):
                 await user.call("models.release", lease_id=lease["lease_id"])
             await asyncio.to_thread(install_files, home, "m1", FILES)
-            await eng.refresh_presence(["m1"])
+            await eng.presence.refresh(["m1"])
