@@ -115,7 +115,7 @@ SCHEMA: tuple[Setting, ...] = (
        "(the next mirror is tried, else the download fails).", min=1, max=100),
     # gpu
     _s("gpu.vram_gb", float, 0.0, "VRAM to assume when NVML sees no GPU; 0 = unknown.", min=0, max=MAX_VRAM_GB),
-    # fallback (issue 5): the scoring formula's weights (normalised by their sum) and strategy thresholds
+    # fallback: the scoring formula's weights (normalised by their sum) and strategy thresholds
     _s("fallback.weight_capabilities", float, 0.30, "Weight of capability coverage in compatibility_score.", min=0, max=10),
     _s("fallback.weight_model_type", float, 0.10, "Weight of the model type match.", min=0, max=10),
     _s("fallback.weight_quality", float, 0.15, "Weight of the quality tier against the wanted one.", min=0, max=10),

@@ -147,9 +147,9 @@ class Engine:
     def build_queue(self, cls: type[RequestQueue] = RequestQueue) -> RequestQueue:
         """The request queue over this engine's parts (`cls`: a subclass, for tests through `Parts`)."""
         return cls(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence,
-                            status=self.status, status_sink=self.status.changed, events=self.events, tasks=self.tasks,
-                            ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
-                            eta=lambda mid: self.fallback.eta(mid))
+                   status=self.status, status_sink=self.status.changed, events=self.events, tasks=self.tasks,
+                   ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
+                   eta=lambda mid: self.fallback.eta(mid))
 
     # --- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -174,12 +174,12 @@ class Engine:
         await self.tasks.stop()
         await asyncio.to_thread(self.db.close)
 
-    async def reload_catalog(self) -> dict[str, Any]:
-        """Load the catalog files again; swap them in only if all are valid (CatalogError otherwise)."""
+    async def reload_catalog(self) -> tuple[list[str], list[str]]:
+        """Load the catalog files again, swapped in only if all are valid (CatalogError otherwise); (added, removed) ids."""
         added, removed = await asyncio.to_thread(self.catalog.reload)
         await self.presence.refresh()
         log.info("catalog reloaded: %d models (%d added, %d removed)", len(self.catalog), len(added), len(removed))
-        return {"success": True, "models": len(self.catalog), "added": added, "removed": removed, "files": list(self.catalog.current.files)}
+        return added, removed
 
     async def acquire_model(self, session: Session, model_id: str) -> tuple[Lease, dict[str, Any]]:
         """`models.acquire`: see `core.leases.acquire_available`."""

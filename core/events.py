@@ -44,7 +44,7 @@ class Event:
 
 
 def make_event(event_type: str, **params: Any) -> Event:
-    """Build an event with `type` and `timestamp` filled in, as the seeds' WebSocket messages have them."""
+    """Build an event with `type` and `timestamp` filled in, as every event message has them."""
     params.setdefault("timestamp", iso_now())
     params["type"] = event_type
     return Event(event_type, params)

@@ -147,7 +147,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     (
         "0005_fallback_queue",
         """
-        -- Generation requests waiting for a model (issue 5), in priority then arrival (seq) order.
+        -- Generation requests waiting for a model, in priority then arrival (seq) order.
         -- status: waiting, ready, expired, cancelled; finished_at is set when it leaves waiting.
         CREATE TABLE fallback_queue (
             queue_id    TEXT PRIMARY KEY,

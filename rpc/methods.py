@@ -70,7 +70,9 @@ async def config_update(ctx: CallContext, patch: dict[str, Any]) -> dict[str, An
 
 
 async def catalog_reload(ctx: CallContext) -> dict[str, Any]:
-    return await ctx.engine.reload_catalog()
+    added, removed = await ctx.engine.reload_catalog()
+    catalog = ctx.engine.catalog
+    return {"success": True, "models": len(catalog), "added": added, "removed": removed, "files": list(catalog.current.files)}
 
 
 # --- models ---------------------------------------------------------------------
@@ -98,7 +100,7 @@ async def models_release(ctx: CallContext, lease_id: str) -> dict[str, Any]:
     return {"success": True, "lease_id": lease.lease_id, "model_id": lease.model_id}
 
 
-# --- fallback (issue 5) ----------------------------------------------------------
+# --- fallback ------------------------------------------------------------------
 async def models_request(ctx: CallContext, model_id: str, requirements: dict[str, Any] | None, auto_download: bool,
                          priority: str, user_preferences: dict[str, Any] | None) -> dict[str, Any]:
     return await ctx.engine.fallback.request(model_id, requirements, auto_download, normalise_priority(priority), user_preferences)
@@ -316,7 +318,7 @@ METHODS: tuple[Method, ...] = (
     )),
     Method("models.acquire", models_acquire, "Mark an available model in use; returns a lease, its path and files.", (_MODEL_ID,)),
     Method("models.release", models_release, "End a lease.", (P("lease_id", "string", "From models.acquire.", required=True),)),
-    # fallback (issue 5)
+    # fallback
     Method("models.request", models_request, "Ask for a model: ready (path), download started or in progress (estimate), "
            "repair attempted, or error; with a fallback_strategy and suggestions when an alternative is worth a look.", (
         _MODEL_ID,
@@ -367,7 +369,7 @@ METHODS: tuple[Method, ...] = (
     Method("health.check", health_check, "Check a model: quick (presence, size, changed since verified), full/integrity (every byte), performance.", (
         _MODEL_ID,
         P("check_type", "string", "Kind of check.", default="full", enum=("quick", "full", "integrity", "performance")),
-        P("force", "boolean", "Accepted for the seeds' force_check; every call runs a fresh check.", default=False),
+        P("force", "boolean", "Accepted for compatibility (force_check); every call runs a fresh check.", default=False),
         P("wait", "boolean", "Wait for the result; false returns the check_id at once (see health.check_status).", default=True),
         P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default health.max_read_mbps.", minimum=0,
           maximum=limits.MAX_RATE_MBPS, nullable=True),

@@ -1,4 +1,4 @@
-"""Fallback with the real download scheduler (issue 3) and the local mirror: queue release on a finished download,
+"""Fallback with the real download scheduler and the local mirror: queue release on a finished download,
 models.request starting a download, estimates that come from the scheduler."""
 
 from __future__ import annotations

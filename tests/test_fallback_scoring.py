@@ -241,7 +241,7 @@ def test_bad_requirements_name_the_field() -> None:
         with pytest.raises(InvalidParams) as exc:
             build_query(idx.by_id["a"], req, {}, None, 30)
         assert exc.value.details["field"] == field
-    # the seeds' spelling of model types is accepted
+    # the hyphenated spelling of model types (text-to-video) is accepted
     q = build_query(idx.by_id["a"], {"model_type": "text-to-video"}, {}, None, 30)
     assert q.model_type == "text_to_video"
 

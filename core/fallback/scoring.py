@@ -434,7 +434,7 @@ class Suggestion:
         return self.features.model_id
 
     def to_dict(self, query: Query, times: Mapping[str, float] | None = None) -> dict[str, Any]:
-        """The seeds' suggestion fields plus VRAM and wait figures; `times` are `measured_times` of the models."""
+        """A suggestion's fields, with VRAM and wait figures; `times` are `measured_times` of the models."""
         f, ref = self.features, query.requested
         perf, basis = performance_difference(f, ref, times)
         qdiff = f.quality - ref.quality
