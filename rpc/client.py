@@ -89,21 +89,32 @@ class Client:
             raise EngineUnavailable(f"connection to the engine lost: {exc}") from None
 
     def _read_message(self, deadline: float | None) -> Any:
-        while b"\n" not in self._buf:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise CallTimeout("no answer from the engine in time")
-            self._sock.settimeout(remaining)
-            try:
-                chunk = self._sock.recv(1 << 20)
-            except socket.timeout:
-                raise CallTimeout("no answer from the engine in time") from None
-            except OSError as exc:
-                raise EngineUnavailable(f"connection to the engine lost: {exc}") from None
-            if not chunk:
-                raise EngineUnavailable("the engine closed the connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+        # a large answer (every model's status) arrives in many chunks: look for the newline in each new
+        # chunk only, and join the chunks once, so reading stays linear in the answer's size
+        newline = self._buf.find(b"\n")
+        if newline < 0:
+            chunks = [self._buf]
+            while newline < 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self._buf = b"".join(chunks)
+                    raise CallTimeout("no answer from the engine in time")
+                self._sock.settimeout(remaining)
+                try:
+                    chunk = self._sock.recv(1 << 20)
+                except socket.timeout:
+                    self._buf = b"".join(chunks)
+                    raise CallTimeout("no answer from the engine in time") from None
+                except OSError as exc:
+                    raise EngineUnavailable(f"connection to the engine lost: {exc}") from None
+                if not chunk:
+                    raise EngineUnavailable("the engine closed the connection")
+                at = chunk.find(b"\n")
+                if at >= 0:
+                    newline = sum(len(c) for c in chunks) + at
+                chunks.append(chunk)
+            self._buf = b"".join(chunks)
+        line, self._buf = self._buf[:newline], self._buf[newline + 1:]
         return orjson.loads(line)
 
     def _wait_for(self, key: Any, timeout: float | None) -> Any:
