@@ -52,6 +52,7 @@ class StatusEncodings:
         hit = self._cache.get(model_id)
         if hit is not None and hit[0] == rev:
             return hit[1]
-        frag = orjson.Fragment(orjson.dumps(board.model_status(model_id), option=orjson.OPT_NON_STR_KEYS))
+        # copied to a bytes object of its own size: orjson's output keeps its larger working buffer (about 8 KiB)
+        frag = orjson.Fragment(memoryview(orjson.dumps(board.model_status(model_id), option=orjson.OPT_NON_STR_KEYS)).tobytes())
         self._cache[model_id] = (rev, frag)
         return frag
