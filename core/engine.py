@@ -135,7 +135,7 @@ class Engine:
             estimate_ready_seconds=lambda mid: self.downloads.estimate_ready_seconds(mid),
             download_active=lambda mid: self.downloads.is_active(mid),
             ensure_download=lambda mid, priority: self.downloads.ensure(mid, priority=priority),
-            repair=lambda mid: self.health.repair(mid),
+            repair=self._repair_for_fallback,
             repair_busy=lambda mid: self.health.is_busy(mid),
             usage_summary=lambda mid: self.analytics.summary_of(mid),
             record_request=lambda mid: self.analytics.record_request(mid),
@@ -143,6 +143,9 @@ class Engine:
         )
         return FallbackService(settings=self.config, clock=self.clock, catalog=self.catalog, presence=self.presence,
                                status=self.status, tasks=self.tasks, emit=self.events.emit, deps=deps)
+
+    async def _repair_for_fallback(self, model_id: str) -> dict[str, Any]:
+        return (await self.health.repair(model_id)).to_dict()
 
     def build_queue(self, cls: type[RequestQueue] = RequestQueue) -> RequestQueue:
         """The request queue over this engine's parts (`cls`: a subclass, for tests through `Parts`)."""

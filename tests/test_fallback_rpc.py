@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from mavail.rpc.client import AsyncClient, RpcError
-from tests.fallback_helpers import Overridable, FakeDownloads, NoGpu, next_event, write_catalog
+from tests.fallback_helpers import FILES, FakeDownloads, NoGpu, Overridable, next_event, write_catalog
 from mavail.core.engine import Parts, health_ports
 from mavail.core.health import HealthService
 from tests.helpers import running_engine, wait_until
@@ -94,9 +95,10 @@ async def test_request_corrupted_calls_health_and_analytics(home: Path):
             def is_busy(self, model_id: str) -> bool:
                 return False
 
-            async def repair(self, model_id: str) -> dict[str, Any]:
+            async def repair(self, model_id: str) -> Any:
                 seen.append(model_id)
-                return {"success": True, "repair_id": "r1", "actions_taken": ["redownload"], "bytes_redownloaded": 0}
+                result = {"success": True, "repair_id": "r1", "actions_taken": ["redownload"], "bytes_redownloaded": 0}
+                return SimpleNamespace(to_dict=lambda: result)
 
         class Analytics:
             def record_request(self, model_id: str) -> None:
@@ -262,3 +264,25 @@ async def test_performance_difference_from_measured_generation_times(home: Path)
         await c.call("analytics.record_batch", events=gens("ltx-t2v", 45.0, 6))  # a mean of 30 s: slower than the requested model
         s = await ltx()
         assert s["performance_difference"] == pytest.approx((20.0 - 30.0) / 30.0, abs=1e-4) and s["performance_difference"] < 0
+
+
+async def test_request_repairs_a_corrupted_model_with_the_real_health_service(home: Path):
+    """A corrupted model, a mirror with the right bytes: models.request repairs it and answers with the repair's result."""
+    from mavail.testing.mirror import Mirror
+
+    with Mirror() as m:
+        for mid, files in FILES.items():
+            for path, data in files:
+                m.add(f"{mid}/{path}", data)
+        write_catalog(home, base_url=m.url(""), installed=("ltx-t2v",))
+        good = FILES["ltx-t2v"][0][1]
+        (home / "models/ltx-t2v/1.0.0/w.bin").write_bytes(b"x" * len(good))  # right size, wrong bytes
+        async with running_engine(home, config_env={**GPU16, "MAVAIL_FALLBACK_REPAIR_WAIT_S": "10"}, nvml=NoGpu()) as (eng, sock), \
+                AsyncClient(sock) as c:
+            await c.call("health.check", model_id="ltx-t2v", check_type="full", wait=True)
+            assert (await c.call("models.status", model_id="ltx-t2v"))["availability_status"] == "corrupted"
+            res = await c.call("models.request", model_id="ltx-t2v")
+            assert res["action_taken"] == "model_ready", res
+            assert res["repair"]["finished"] is True and res["repair"]["result"]["success"] is True, res["repair"]
+            assert res["repair"]["result"]["bytes_redownloaded"] > 0
+        assert (home / "models/ltx-t2v/1.0.0/w.bin").read_bytes() == good
