@@ -45,6 +45,7 @@ log = logging.getLogger("mavail.engine")
 class Parts:
     """Parts to use instead of the ones the engine would build (tests inject fakes here); None builds the default."""
 
+    presence: Callable[["Engine"], Any] | None = None
     downloads: Callable[["Engine"], Any] | None = None
     health: Callable[["Engine"], Any] | None = None
     updates: Callable[["Engine"], Any] | None = None
@@ -96,7 +97,7 @@ class Engine:
         self.events = EventBus()
         self.tasks = Tasks()
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
-        self.presence = Presence(layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
+        self.presence = parts.presence(self) if parts.presence else self.build_presence()
         self.status = StatusBoard(layout, self.catalog, self.presence, self.events.emit, cache=status_cache)
         self.activity = Activity(self.status.changed)
         self.leases = LeaseManager(self.clock, self.status.changed)
@@ -116,6 +117,10 @@ class Engine:
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- construction of the parts with ports ---------------------------------------
+    def build_presence(self, cls: type[Presence] = Presence) -> Presence:
+        """The presence part over this engine's home (`cls`: a subclass, for tests through `Parts`)."""
+        return cls(self.layout, self.catalog, self.db, on_scanned=lambda ids: self.status.changed(ids))
+
     def build_analytics(self) -> Analytics:
         """The usage service over this engine's parts."""
         return Analytics(settings=self.config, clock=self.clock, db=self.db, catalog=self.catalog, presence=self.presence,
@@ -127,7 +132,7 @@ class Engine:
             settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence,
             tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of,
             usage_frequency=self.analytics.usage_frequency, uses_since=self.analytics.uses_since, downloading=self.downloads.is_active,
-            has_waiting=self.queue.has_waiting, fault=fault)
+            has_waiting=self.queue.has_waiting, forget_health=lambda model_id: self.health.forget(model_id), fault=fault)
 
     def build_fallback(self) -> FallbackService:
         """The fallback service over this engine's parts."""
@@ -180,6 +185,7 @@ class Engine:
     async def reload_catalog(self) -> tuple[list[str], list[str]]:
         """Load the catalog files again, swapped in only if all are valid (CatalogError otherwise); (added, removed) ids."""
         added, removed = await asyncio.to_thread(self.catalog.reload)
+        self.status.changed(None)  # the new entries show at once, before the rescan below finishes
         await self.presence.refresh()
         log.info("catalog reloaded: %d models (%d added, %d removed)", len(self.catalog), len(added), len(removed))
         return added, removed

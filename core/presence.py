@@ -42,6 +42,9 @@ class Presence:
         self._db = db
         self._on_scanned = on_scanned
         self._snap = Snapshot()
+        self._started = 0  # scans started so far: each scan's number
+        self._entry_scan: dict[str, int] = {}  # model id -> number of the scan its entry came from
+        self._versions_scan = 0
 
     def presence(self, model_id: str) -> ModelPresence | None:
         """The last scan of `model_id`, or None if it was never scanned."""
@@ -77,12 +80,29 @@ class Presence:
         return Snapshot(presence=presence, versions=record.current)
 
     async def refresh(self, model_ids: list[str] | None = None) -> None:
-        """Rescan models (all, or the given ids) in a worker thread, then report the ids scanned."""
+        """Rescan models (all, or the given ids) in a worker thread, then report the ids scanned.
+
+        Scans may overlap (the rescan loop's full scan, a download's rescan of
+        its model). Each is numbered when it starts; a model's entry, and the
+        record of versions in use, are taken only from a scan that started after
+        the one they came from, so an older scan finishing last never undoes a
+        newer one.
+        """
+        self._started += 1
+        number = self._started
         fresh = await asyncio.to_thread(self._scan, model_ids)
-        if model_ids is not None:
-            # merged on the loop: scans of different models may overlap and must not undo each other
-            fresh.presence = {**self._snap.presence, **fresh.presence}
-        self._snap = fresh
+        presence = dict(self._snap.presence)
+        for mid, pres in fresh.presence.items():
+            if number > self._entry_scan.get(mid, 0):
+                presence[mid] = pres
+                self._entry_scan[mid] = number
+        if model_ids is None:  # a full scan also forgets models the catalog no longer has
+            presence = {mid: p for mid, p in presence.items() if mid in fresh.presence or self._entry_scan.get(mid, 0) > number}
+            self._entry_scan = {mid: n for mid, n in self._entry_scan.items() if mid in presence}
+        versions = self._snap.versions
+        if number > self._versions_scan:
+            versions, self._versions_scan = fresh.versions, number
+        self._snap = Snapshot(presence=presence, versions=versions)
         self._on_scanned(model_ids)
 
     async def rescan_loop(self, interval_s: float = 60.0) -> None:

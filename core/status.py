@@ -87,6 +87,9 @@ class StatusBoard:
         ids = self._catalog.ids() if model_ids is None else [m for m in model_ids if m in self._catalog]
         if model_ids is None:
             self._cache.clear()
+            known = set(ids)  # forget models the catalog no longer has
+            self._revisions = {m: r for m, r in self._revisions.items() if m in known}
+            self._published = {m: s for m, s in self._published.items() if m in known}
         for mid in ids:
             self._cache.pop(mid, None)
             self._revisions[mid] = next(self._counter)
@@ -101,6 +104,10 @@ class StatusBoard:
     def caching(self) -> bool:
         """Whether composed statuses are cached (and revisions follow every reported change)."""
         return self._use_cache
+
+    def revisions_known(self) -> dict[str, int]:
+        """Every tracked model id with its revision (read-only by convention)."""
+        return self._revisions
 
     def revision(self, model_id: str) -> int:
         """A number that grows whenever the model's status may have changed."""

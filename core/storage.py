@@ -284,7 +284,8 @@ class StorageManager:
     (last use or request, uses), `usage_frequency(model_id)` uses a day,
     `uses_since(ts)` uses per model since a time, `downloading(model_id)`
     whether a download of it runs, `has_waiting(model_id)` whether requests
-    are queued for it. `fault`, for tests, is called at each cleanup stage.
+    are queued for it, `forget_health(model_id)` drops what health knew of a
+    removed model. `fault`, for tests, is called at each cleanup stage.
     The engine calls `on_download` for every download that changes state.
     """
 
@@ -292,7 +293,8 @@ class StorageManager:
                  presence: "PresenceView", tasks: "Spawner", leases: "LeaseView", activity: "BusyView", emit: "Emit", *,
                  usage_of: Callable[[str], tuple[float | None, int]], usage_frequency: Callable[[str], float],
                  uses_since: Callable[[float], Awaitable[dict[str, int]]], downloading: Callable[[str], bool],
-                 has_waiting: Callable[[str], bool], fault: Callable[[str], None] | None = None) -> None:
+                 has_waiting: Callable[[str], bool], forget_health: Callable[[str], None] = lambda model_id: None,
+                 fault: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self._clock = clock
         self._db = db
@@ -308,6 +310,7 @@ class StorageManager:
         self._uses_since = uses_since
         self._downloading = downloading
         self._has_waiting = has_waiting
+        self._forget_health = forget_health
         self._fault_hook = fault
         self._plans: dict[str, Plan] = {}
         self._lock = asyncio.Lock()
@@ -673,6 +676,8 @@ class StorageManager:
             log.info("cleanup %s removed %d models and %d partial entries, freed %d bytes", cleanup_id, len(removed), len(partial_removed), freed)
         # a model whose removal failed part way may have lost its rows or its directory: rescan it too
         touched = removed + [e["name"] for e in errors if e["kind"] == "model"]
+        for mid in removed:
+            self._forget_health(mid)  # its files are gone: what the last check found no longer stands
         if touched:
             await self._presence.refresh(touched)
         self.schedule_check()
@@ -791,6 +796,8 @@ class StorageManager:
                     await asyncio.to_thread(remove_tree, self._layout.home, e.path)
                 except (OSError, MavailError) as exc:
                     log.error("could not delete %s from the trash: %s", e.path, exc)
+        for mid in touched:
+            self._forget_health(mid)
         if touched:
             await self._presence.refresh(touched)
         return touched

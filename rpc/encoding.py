@@ -27,6 +27,9 @@ class RevisedStatuses(Protocol):
     def revision(self, model_id: str) -> int:
         """A number that grows whenever the model's status may have changed."""
 
+    def revisions_known(self) -> set[str] | dict[str, int]:
+        """The ids the board tracks (the catalog's)."""
+
 
 class StatusEncodings:
     """Per board: model id -> (revision, encoded status)."""
@@ -44,6 +47,11 @@ class StatusEncodings:
             found = cls._per_board[board] = cls()
         return found
 
+    def prune(self, board: RevisedStatuses) -> None:
+        """Drop the encodings of models the board no longer knows."""
+        known = board.revisions_known()
+        self._cache = {m: v for m, v in self._cache.items() if m in known}
+
     def encoded(self, board: RevisedStatuses, model_id: str) -> Any:
         """The model's status as an orjson Fragment (or the status itself when the board does not track changes)."""
         if not board.caching:
@@ -53,6 +61,8 @@ class StatusEncodings:
         if hit is not None and hit[0] == rev:
             return hit[1]
         # copied to a bytes object of its own size: orjson's output keeps its larger working buffer (about 8 KiB)
+        if model_id not in self._cache and len(self._cache) > 2 * len(board.revisions_known()):
+            self.prune(board)
         frag = orjson.Fragment(memoryview(orjson.dumps(board.model_status(model_id), option=orjson.OPT_NON_STR_KEYS)).tobytes())
         self._cache[model_id] = (rev, frag)
         return frag

@@ -341,3 +341,28 @@ async def test_a_removal_that_fails_part_way_is_rescanned(home: Path):
         assert (await c.call("models.status"))["models"]["m-old"]["availability_status"] == "missing"
     async with running_engine(home) as (eng, sock):  # the next start finishes the removal
         assert list((home / "trash").iterdir()) == [] and await installed_rows(eng, "m-old") == 0
+
+
+async def test_cleanup_forgets_the_health_record_of_what_it_removes(home: Path):
+    """A corrupted model removed by cleanup reads missing, not corrupted, and a request no longer tries to repair it."""
+    files = [("w.bin", synthetic_bytes("hc", 300_000))]
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text("[health]\nscheduler_tick_s = 3600\n")
+    (home / "catalog.toml").write_text(model_toml("m1", files))
+    path = install_files(home, "m1", files) / "w.bin"
+    async with running_engine(home) as (eng, sock), AsyncClient(sock) as c:
+        await c.call("health.check", model_id="m1", check_type="full")
+        damaged = bytearray(path.read_bytes())
+        damaged[1000] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        await c.call("health.check", model_id="m1", check_type="full")
+        assert (await c.call("models.status"))["models"]["m1"]["availability_status"] == "corrupted"
+        res = await c.call("storage.cleanup", cleanup_type="manual", models_to_remove=["m1"])
+        assert res["models_removed"] == ["m1"]
+        st = (await c.call("models.status"))["models"]["m1"]
+        assert st["availability_status"] == "missing" and not st["corruption_detected"], st
+        assert st["integrity_score"] is None and st["last_health_check"] is None
+        health = await c.call("health.status", model_id="m1")
+        assert health["installed"] is False
+        req = await c.call("models.request", model_id="m1", auto_download=False)
+        assert req["action_taken"] != "repair_attempted", req
