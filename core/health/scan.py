@@ -117,9 +117,13 @@ class FileResult:
 class ReadBudget:
     """Paces reads to at most `rate()` MiB/s (0 = no limit) and stops them when `cancel` is set.
 
-    Used from one worker thread; the rate is read at every chunk so a live
-    configuration change applies to a check already running.
+    Used from one worker thread; the rate is read at every chunk, and again at
+    least every `RECHECK_S` while waiting, so a live change (a configuration
+    change, or a manual check lifting a scheduled one's budget) applies to a
+    check already running, even one in the middle of a long wait.
     """
+
+    RECHECK_S = 0.1
 
     def __init__(self, rate: Callable[[], float] = lambda: 0.0, cancel: threading.Event | None = None) -> None:
         self._rate = rate
@@ -132,13 +136,16 @@ class ReadBudget:
         if self.cancel.is_set():
             raise CheckCancelled()
         self._done += n
-        mbps = self._rate()
-        if mbps and mbps > 0:
+        while True:
+            mbps = self._rate()
+            if not mbps or mbps <= 0:
+                return
             due = self._done / (mbps * 1024 * 1024)
             ahead = due - (time.monotonic() - self._t0)
-            if ahead > 0:
-                if self.cancel.wait(ahead):
-                    raise CheckCancelled()
+            if ahead <= 0:
+                return
+            if self.cancel.wait(min(ahead, self.RECHECK_S)):
+                raise CheckCancelled()
 
 
 class CheckCancelled(Exception):
