@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 from mavail.core.catalog import FileSpec, version_key
 from mavail.core.inventory import VerifiedIndex
+from mavail.core.piecehash import PIECE_ALGO, algo_of
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class VerifiedFile:
     verified_at: float | None  # None: the file is recorded but not (or no longer) proven
     piece_size: int = 0
     pieces: Sequence[str] | None = None  # piece hashes in order; None keeps the ones recorded
+    piece_algo: str = PIECE_ALGO  # the algorithm of `pieces` (a name in core.piecehash.PIECE_ALGOS)
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,21 @@ def record_files(conn: sqlite3.Connection, model_id: str, version: str, files: I
             " mtime_ns = excluded.mtime_ns, inode = excluded.inode, verified_at = excluded.verified_at",
             (model_id, version, f.path, f.size, f.sha256, f.mtime_ns, f.inode, f.verified_at))
         if f.pieces is not None and f.piece_size:
-            replace_pieces(conn, model_id, version, f.path, f.piece_size, f.pieces)
+            replace_pieces(conn, model_id, version, f.path, f.piece_size, f.pieces, f.piece_algo)
 
 
-def replace_pieces(conn: sqlite3.Connection, model_id: str, version: str, path: str, piece_size: int, pieces: Sequence[str]) -> None:
-    """Replace a file's recorded piece hashes with `pieces` (in order) of `piece_size` bytes each."""
+def replace_pieces(conn: sqlite3.Connection, model_id: str, version: str, path: str, piece_size: int, pieces: Sequence[str],
+                   algo: str = PIECE_ALGO) -> None:
+    """Replace a file's recorded piece hashes with `pieces` (in order, hashed with `algo`) of `piece_size` bytes each.
+
+    The algorithm recorded is the one the digests' length shows when it does not fit `algo`:
+    a caller that still hashes pieces with sha256 and names no algorithm is recorded as sha256.
+    """
+    if pieces:
+        algo = algo_of(pieces[0], algo)
     conn.execute("DELETE FROM file_pieces WHERE model_id = ? AND version = ? AND path = ?", (model_id, version, path))
-    conn.executemany("INSERT INTO file_pieces (model_id, version, path, piece_size, idx, sha256) VALUES (?,?,?,?,?,?)",
-                     [(model_id, version, path, piece_size, i, h) for i, h in enumerate(pieces)])
+    conn.executemany("INSERT INTO file_pieces (model_id, version, path, piece_size, idx, sha256, algo) VALUES (?,?,?,?,?,?,?)",
+                     [(model_id, version, path, piece_size, i, h, algo) for i, h in enumerate(pieces)])
 
 
 def mark_unverified(conn: sqlite3.Connection, model_id: str, version: str, path: str) -> None:
@@ -112,11 +121,11 @@ def update_stat(conn: sqlite3.Connection, model_id: str, version: str, path: str
                  (mtime_ns, inode, size, verified_at, model_id, version, path))
 
 
-def pieces(conn: sqlite3.Connection, model_id: str, version: str, path: str) -> tuple[int, list[str]]:
-    """(piece_size, piece hashes in order) recorded for a file; (0, []) when none is."""
-    rows = conn.execute("SELECT piece_size, sha256 FROM file_pieces WHERE model_id = ? AND version = ? AND path = ? ORDER BY idx",
+def pieces(conn: sqlite3.Connection, model_id: str, version: str, path: str) -> tuple[int, list[str], str]:
+    """(piece_size, piece hashes in order, their algorithm) recorded for a file; (0, [], PIECE_ALGO) when none is."""
+    rows = conn.execute("SELECT piece_size, sha256, algo FROM file_pieces WHERE model_id = ? AND version = ? AND path = ? ORDER BY idx",
                         (model_id, version, path)).fetchall()
-    return (rows[0][0], [r[1] for r in rows]) if rows else (0, [])
+    return (rows[0][0], [r[1] for r in rows], rows[0][2]) if rows else (0, [], PIECE_ALGO)
 
 
 def files(conn: sqlite3.Connection, model_id: str, version: str) -> list[VerifiedFile]:

@@ -37,3 +37,21 @@ def piece_digest(data: bytes | bytearray | memoryview, algo: str = PIECE_ALGO) -
     h = PIECE_ALGOS[algo]()
     h.update(data)
     return h.hexdigest()
+
+
+DIGEST_HEX_LEN: dict[str, int] = {"xxh3_128": 32, "sha256": 64}
+"""Algorithm name -> the length of its hex digest (distinct for every algorithm)."""
+
+
+def algo_of(digest: str, declared: str = PIECE_ALGO) -> str:
+    """The algorithm of a piece digest: `declared` when its length fits, else the one whose length it has.
+
+    Hex digest lengths differ between algorithms, so a piece hash given without (or with a
+    wrong) algorithm name is never recorded under an algorithm that could not have made it.
+    """
+    if DIGEST_HEX_LEN.get(declared) == len(digest):
+        return declared
+    for algo, n in DIGEST_HEX_LEN.items():
+        if n == len(digest):
+            return algo
+    return declared

@@ -299,6 +299,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0007_piece_algo",
+        """
+        -- The algorithm of each piece hash (the column `sha256` holds the hex
+        -- digest, whatever its algorithm): pieces recorded before it are sha256,
+        -- new ones XXH3-128 (core.piecehash); full checks re-record old ones.
+        ALTER TABLE file_pieces ADD COLUMN algo TEXT NOT NULL DEFAULT 'sha256';
+        """,
+    ),
 ]
 
 

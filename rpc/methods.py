@@ -208,8 +208,9 @@ async def health_status(ctx: CallContext, model_id: str | None) -> dict[str, Any
     return await ctx.engine.health.status(model_id)
 
 
-async def health_check(ctx: CallContext, model_id: str, check_type: str, force: bool, wait: bool, max_read_mbps: float | None) -> dict[str, Any]:
-    out = await ctx.engine.health.check(model_id, check_type, force=force, wait=wait, max_read_mbps=max_read_mbps)
+async def health_check(ctx: CallContext, model_id: str, check_type: str, force: bool, wait: bool, max_read_mbps: float | None,
+                       verify_sha256: bool) -> dict[str, Any]:
+    out = await ctx.engine.health.check(model_id, check_type, force=force, wait=wait, max_read_mbps=max_read_mbps, verify_sha256=verify_sha256)
     res: dict[str, Any] = {"success": out.status in ("completed", "running"), "check_id": out.check_id, "status": out.status, "result": out.result}
     if out.joined and out.status == "running":
         res["joined"] = True
@@ -371,8 +372,10 @@ METHODS: tuple[Method, ...] = (
         P("check_type", "string", "Kind of check.", default="full", enum=("quick", "full", "integrity", "performance")),
         P("force", "boolean", "Accepted for compatibility (force_check); every call runs a fresh check.", default=False),
         P("wait", "boolean", "Wait for the result; false returns the check_id at once (see health.check_status).", default=True),
-        P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default health.max_read_mbps.", minimum=0,
-          maximum=limits.MAX_RATE_MBPS, nullable=True),
+        P("max_read_mbps", "number", "Read budget of this check in MiB/s (0 = none); default none: health.max_read_mbps paces scheduled checks only.",
+          minimum=0, maximum=limits.MAX_RATE_MBPS, nullable=True),
+        P("verify_sha256", "boolean", "Full check: also prove every file's whole-file sha256 (default: the recorded piece hashes prove it).",
+          default=False),
     )),
     Method("health.check_all", health_check_all, "Quick check of every installed model in one pass."),
     Method("health.check_status", health_check_status, "A check or repair by id: status and result.",

@@ -68,7 +68,7 @@ async def add_rows(eng: Any, mid: str, installed_at: float) -> None:
     def w(c: Any) -> None:
         c.execute("INSERT INTO installed_versions VALUES (?, '1.0.0', ?, 1)", (mid, installed_at))
         c.execute("INSERT INTO installed_files (model_id, version, path, size, sha256) VALUES (?, '1.0.0', 'cfg.json', 2, 'x')", (mid,))
-        c.execute("INSERT INTO file_pieces VALUES (?, '1.0.0', 'cfg.json', 8, 0, 'x')", (mid,))
+        c.execute("INSERT INTO file_pieces (model_id, version, path, piece_size, idx, sha256) VALUES (?, '1.0.0', 'cfg.json', 8, 0, 'x')", (mid,))
     await eng.db.write(w)
 
 

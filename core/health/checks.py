@@ -2,7 +2,7 @@
 
 `HealthChecks` loads what a check needs from the database (version, manifest,
 verification records, piece hashes), runs the quick check (stat only) or the
-full check (every byte, within a read budget) in the caller's worker thread,
+full check (every byte, within a read budget when one is given) in the caller's worker thread,
 and the `record_*` functions store the results through `core.installed`
 inside the caller's `Database.write` transaction.
 """
@@ -81,15 +81,17 @@ class HealthChecks:
                 else:
                     manifest = [ManifestFile(p, v.size, v.sha256) for p, v in sorted(ver.items())]
                 pieces: dict[str, tuple[int, list[str]]] = {}
+                algos: dict[str, str] = {}
                 if want_pieces:
-                    rows = conn.execute("SELECT path, piece_size, idx, sha256 FROM file_pieces WHERE model_id = ? AND version = ? ORDER BY path, idx",
-                                        (mid, ver_name)).fetchall()
-                    for path, ps, idx, sha in rows:
+                    rows = conn.execute("SELECT path, piece_size, idx, sha256, algo FROM file_pieces WHERE model_id = ? AND version = ?"
+                                        " ORDER BY path, idx", (mid, ver_name)).fetchall()
+                    for path, ps, idx, digest, algo in rows:
                         entry = pieces.setdefault(path, (ps, []))
-                        if idx == len(entry[1]) and ps == entry[0]:
-                            entry[1].append(sha)
+                        algo0 = algos.setdefault(path, algo)
+                        if idx == len(entry[1]) and ps == entry[0] and algo == algo0:
+                            entry[1].append(digest)
                 out[mid] = Context(mid, ver_name, layout.model_dir(mid, ver_name), manifest, ver, pieces, (mid, ver_name) in versions,
-                                   mid in current, ver_name == spec.version)
+                                   mid in current, ver_name == spec.version, algos)
             return out
 
         return await self._db.read(q)
@@ -105,11 +107,13 @@ class HealthChecks:
         files = {f.path: quick_check_file(ctx.base, f, ctx.verified.get(f.path), prev.get(f.path)) for f in ctx.manifest}
         return files, extra_files(ctx.base, ctx.manifest)
 
-    def full(self, ctx: Context, budget: ReadBudget) -> CheckResult:
+    def full(self, ctx: Context, budget: ReadBudget, verify_sha256: bool = False) -> CheckResult:
         """The full check of every byte, piece by piece, within `budget` (blocking: run it in a worker thread).
 
-        Recorded piece hashes are trusted only while the file's recorded sha256 is the manifest's;
-        otherwise pieces are computed afresh at `downloads.piece_size_mb`.
+        Recorded piece hashes are checked with the algorithm they were recorded with, and
+        trusted only while the file's recorded sha256 is the manifest's; otherwise pieces are
+        computed afresh at `downloads.piece_size_mb`. With `verify_sha256` every file's
+        whole-file sha256 is computed too (in the same pass) and decides.
         """
         piece_size = int(self._settings.get("downloads.piece_size_mb")) * MIB
         files: dict[str, FileResult] = {}
@@ -117,14 +121,14 @@ class HealthChecks:
             rec = ctx.verified.get(f.path)
             pieces = ctx.pieces.get(f.path)
             if pieces is not None and (rec is None or rec.sha256 == f.sha256):
-                files[f.path] = full_check_file(ctx.base, f, pieces[1], pieces[0], budget)
+                files[f.path] = full_check_file(ctx.base, f, pieces[1], pieces[0], budget, ctx.piece_algos.get(f.path, "sha256"), verify_sha256)
             else:
-                files[f.path] = full_check_file(ctx.base, f, None, piece_size, budget)
+                files[f.path] = full_check_file(ctx.base, f, None, piece_size, budget, verify_sha256=verify_sha256)
         return files, extra_files(ctx.base, ctx.manifest)
 
 
 def record_results(conn: sqlite3.Connection, ctx: Context, files: dict[str, FileResult], now: float, full: bool) -> bool:
-    """Record what a check proved: verified files (full checks), broken ones unverified, new piece hashes; a version
+    """Record what a check proved: verified files (full checks), broken ones unverified, new piece hashes (in PIECE_ALGO); a version
     copied in by hand and now fully proven becomes installed. Runs in the caller's transaction; returns whether any row changed."""
     before = conn.total_changes
     by_path = {m.path: m for m in ctx.manifest}
@@ -152,7 +156,7 @@ def record_repairs(conn: sqlite3.Connection, ctx: Context, outcomes: Iterable[Re
             continue
         f = by_path[out.path]
         rows.append(installed.VerifiedFile(out.path, f.size, f.sha256, out.stat_sig[1], out.stat_sig[2],
-                                           now if out.action != "fix_permissions" else None, out.piece_size or 0, out.pieces))
+                                           now if out.action != "fix_permissions" else None, out.piece_size or 0, out.pieces, out.piece_algo))
     installed.record_files(conn, ctx.model_id, ctx.version, rows)
 
 

@@ -40,6 +40,7 @@ class Context:
     installed: bool  # an installed_versions row exists for (model_id, version)
     has_current: bool  # the model has a current version
     catalog_version: bool  # the version is the catalog's (so its URLs are known)
+    piece_algos: dict[str, str] = field(default_factory=dict)  # path -> the algorithm of its recorded pieces
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 integrity_fix
     The broken pieces are fetched with Range requests and each is checked
-    against its recorded piece sha256, then written to a journal in
+    against its recorded piece hash (in the algorithm it was recorded with), then written to a journal in
     `partial/.repair/<key>/` (data file, fsync), and the journal is committed by
     atomically writing `journal.json`. Only then are the pieces written in
     place (and the size cut or extended to the catalog's), the file fsynced,
-    and the whole-file sha256 confirmed. The journal is deleted last.
+    and the whole-file sha256 confirmed (the file's pieces are hashed again in
+    the same pass and recorded in PIECE_ALGO). The journal is deleted last.
     A crash before the commit leaves the file untouched (the uncommitted
     journal is deleted at the next start); a crash after it is finished at the
     next start by replaying the journal, which writes the same good bytes
@@ -40,6 +41,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from mavail.core.errors import IntegrityError, InvalidState, MavailError, SourceUnavailable
 from mavail.core import crash, safefs
 from mavail.core.health.scan import CHUNK, TEMP_SUFFIX, ManifestFile, ReadBudget, _symlink_component
+from mavail.core.piecehash import PIECE_ALGO, new_piece_hasher, piece_digest
 
 log = logging.getLogger("mavail.health")
 
@@ -90,6 +92,7 @@ class RepairOutcome:
     stat_sig: tuple[int, int, int] | None = None
     pieces: list[str] | None = None
     piece_size: int | None = None
+    piece_algo: str = PIECE_ALGO
 
 
 # --- journal ------------------------------------------------------------------------
@@ -158,6 +161,37 @@ def whole_sha256(path: Path, budget: ReadBudget | None = None) -> str:
     return h.hexdigest()
 
 
+def sha256_and_pieces(path: Path, piece_size: int) -> tuple[str, list[str]]:
+    """sha256 of a file (not following a symlink) and its PIECE_ALGO piece hashes of `piece_size`, in one read."""
+    piece_size = piece_size if piece_size > 0 else 1 << 62
+    whole = hashlib.sha256()
+    pieces: list[str] = []
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        pos = 0
+        piece = new_piece_hasher()
+        in_piece = 0
+        while True:
+            want = min(CHUNK, piece_size - in_piece)
+            n = os.preadv(fd, [view[:want]], pos)
+            if n <= 0:
+                break
+            whole.update(view[:n])
+            piece.update(view[:n])
+            pos += n
+            in_piece += n
+            if in_piece == piece_size:
+                pieces.append(piece.hexdigest())
+                piece, in_piece = new_piece_hasher(), 0
+        if in_piece:
+            pieces.append(piece.hexdigest())
+    finally:
+        os.close(fd)
+    return whole.hexdigest(), pieces
+
+
 def discard(jdir: Path, home: Path) -> None:
     """Remove a journal (or redownload) directory, never following a link on the way."""
     try:
@@ -188,9 +222,13 @@ def pending_journals(repair_dir: Path) -> list[tuple[Path, dict[str, Any] | None
 # --- the repairs --------------------------------------------------------------------
 async def integrity_fix(
     *, client: Any, fetch: FetchRange, to_thread: Callable[..., Awaitable[Any]], repair_dir: Path, base: Path, home: Path, model_id: str,
-    version: str, f: ManifestFile, broken: Sequence[int], piece_hashes: Sequence[str], piece_size: int,
+    version: str, f: ManifestFile, broken: Sequence[int], piece_hashes: Sequence[str], piece_size: int, piece_algo: str = PIECE_ALGO,
 ) -> RepairOutcome:
-    """Fetch only the broken pieces, journal them, write them in place, confirm the whole-file sha256."""
+    """Fetch only the broken pieces, journal them, write them in place, confirm the whole-file sha256.
+
+    Each fetched piece is compared with its recorded hash in `piece_algo`; the repaired file's
+    pieces are returned in PIECE_ALGO, to be recorded with it.
+    """
     p = target_path(base, f.path)
     await to_thread(safefs.ensure_dir, home, p.parent)  # refuse a link anywhere above the file before fetching anything
     jdir = repair_dir / journal_key(model_id, version, f.path)
@@ -211,9 +249,11 @@ async def integrity_fix(
                 continue
             blob = await fetch(client, list(f.urls), off, length)
             fetched += len(blob)
+            matches = await to_thread(lambda b=blob: piece_digest(b, piece_algo) == piece_hashes[idx])
+            if len(blob) != length or not matches:
+                raise IntegrityError(f"{f.path}: piece {idx} from the source does not match its recorded {piece_algo} hash", file=f.path, piece=idx)
+            # the journal checks its own bytes with sha256 at replay, whatever the pieces' algorithm
             digest = await to_thread(lambda b=blob: hashlib.sha256(b).hexdigest())
-            if len(blob) != length or digest != piece_hashes[idx]:
-                raise IntegrityError(f"{f.path}: piece {idx} from the source does not match its recorded sha256", file=f.path, piece=idx)
             data_off = await to_thread(write_journal_piece, data_fh, blob)
             record["pieces"].append({"idx": idx, "offset": off, "length": length, "sha256": digest, "data_offset": data_off})
         await to_thread(commit_journal, jdir, record, data_fh, home)
@@ -227,12 +267,12 @@ async def integrity_fix(
     except BaseException:
         await to_thread(discard, jdir, home)
         raise
-    digest = await to_thread(whole_sha256, p)
+    digest, new_pieces = await to_thread(sha256_and_pieces, p, piece_size)
     await to_thread(discard, jdir, home)
     if digest != f.sha256:
         raise IntegrityError(f"{f.path} still does not match its sha256 after the piece repair", file=f.path)
     log.info("integrity_fix %s %s %s: %d piece(s), %d bytes fetched", model_id, version, f.path, len(record["pieces"]), fetched)
-    return RepairOutcome(f.path, "integrity_fix" if record["pieces"] else "truncate", fetched, sig)
+    return RepairOutcome(f.path, "integrity_fix" if record["pieces"] else "truncate", fetched, sig, new_pieces, piece_size)
 
 
 # --- redownload: fetched into partial/.redownload/<key>/, resumable ------------------------
@@ -240,7 +280,7 @@ def _load_progress(home: Path, rdir: Path, f: ManifestFile, step: int) -> tuple[
     """Open (or create) the redownload's data file; return (verified bytes to keep, their piece hashes, whole-file hasher).
 
     The kept prefix is what `progress.json` says was flushed, for the same file, size,
-    sha256 and piece size, and whose pieces still hash as recorded; the rest is dropped.
+    sha256, piece size and piece algorithm, and whose pieces still hash as recorded; the rest is dropped.
     """
     safefs.ensure_dir(home, rdir)
     fd = safefs.open_file(home, rdir / "data", os.O_RDWR | os.O_CREAT)
@@ -248,7 +288,8 @@ def _load_progress(home: Path, rdir: Path, f: ManifestFile, step: int) -> tuple[
     kept: list[str] = []
     try:
         rec = json.loads((rdir / "progress.json").read_text())
-        same = (rec.get("path"), rec.get("size"), rec.get("sha256"), rec.get("piece_size")) == (f.path, f.size, f.sha256, step)
+        same = (rec.get("path"), rec.get("size"), rec.get("sha256"), rec.get("piece_size"), rec.get("algo", "sha256")) == (
+            f.path, f.size, f.sha256, step, PIECE_ALGO)
         hashes = [str(h) for h in rec.get("pieces", [])] if same else []
     except (OSError, ValueError, AttributeError):
         hashes = []
@@ -258,7 +299,7 @@ def _load_progress(home: Path, rdir: Path, f: ManifestFile, step: int) -> tuple[
         if length <= 0:
             break
         blob = os.pread(fd, length, off)
-        if len(blob) != length or hashlib.sha256(blob).hexdigest() != h:
+        if len(blob) != length or piece_digest(blob) != h:
             break
         whole.update(blob)
         kept.append(h)
@@ -270,7 +311,7 @@ def _load_progress(home: Path, rdir: Path, f: ManifestFile, step: int) -> tuple[
 def _save_progress(home: Path, rdir: Path, fd: int, f: ManifestFile, step: int, pieces: list[str]) -> None:
     """Make the written pieces durable, then record them: a restart keeps exactly these."""
     os.fdatasync(fd)
-    rec = {"path": f.path, "size": f.size, "sha256": f.sha256, "piece_size": step, "pieces": pieces}
+    rec = {"path": f.path, "size": f.size, "sha256": f.sha256, "piece_size": step, "algo": PIECE_ALGO, "pieces": pieces}
     safefs.atomic_write(home, rdir / "progress.json", json.dumps(rec).encode())
 
 
@@ -306,7 +347,7 @@ async def redownload(
 
             def put(b: bytes = blob, at: int = off) -> None:
                 whole.update(b)
-                pieces.append(hashlib.sha256(b).hexdigest())
+                pieces.append(piece_digest(b))
                 view = memoryview(b)
                 pos = at
                 while view:

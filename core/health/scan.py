@@ -1,4 +1,4 @@
-"""Checking files on disk: quick (stat only) and full (sha256 piece by piece), run in worker threads.
+"""Checking files on disk: quick (stat only) and full (every byte, piece by piece), run in worker threads.
 
 Nothing here touches the event loop or the database: the service loads what was
 recorded, calls these functions in a worker thread and stores what they return.
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
+from mavail.core.piecehash import PIECE_ALGO, new_piece_hasher
+
 # Issue types and what each one recommends. `critical` issues make a model "corrupted".
 CRITICAL = "critical"
 WARNING = "warning"
@@ -27,6 +29,14 @@ INFO = "info"
 TEMP_SUFFIX = ".mavail-repair.tmp"
 
 CHUNK = 4 * 1024 * 1024
+
+PROOF_SHA256 = "sha256"
+"""The proof a full check names when it hashed the whole file against its sha256."""
+
+
+def pieces_proof(algo: str) -> str:
+    """The proof a full check names when every piece matched its recorded `algo` hash (e.g. `xxh3_128_pieces`)."""
+    return f"{algo}_pieces"
 
 
 @dataclass(frozen=True)
@@ -86,29 +96,34 @@ class FileResult:
     piece_size: int | None = None
     verified: bool = False  # sha256 proven right by this check (or unchanged since a verification)
     hashed_bytes: int = 0
-    new_pieces: list[str] | None = None  # piece hashes computed on a first check that matched the whole sha256
+    new_pieces: list[str] | None = None  # PIECE_ALGO piece hashes to record (first check, or pieces recorded in an older algorithm)
+    proof: str | None = None  # how a full check proved it: PROOF_SHA256 or pieces_proof(algo)
     issues: list[Issue] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (stored with the check)."""
         return {"path": self.path, "size_bytes": self.size, "state": self.state, "good_bytes": self.good_bytes,
                 "actual_size_bytes": self.actual_size, "stat": list(self.stat_sig) if self.stat_sig else None,
-                "broken_pieces": list(self.broken_pieces), "piece_size": self.piece_size, "verified": self.verified}
+                "broken_pieces": list(self.broken_pieces), "piece_size": self.piece_size, "verified": self.verified, "proof": self.proof}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FileResult":
         """Inverse of `to_dict` (issues are stored with the model)."""
         return cls(d["path"], d["size_bytes"], d["state"], d.get("good_bytes", 0), d.get("actual_size_bytes"),
                    tuple(d["stat"]) if d.get("stat") else None, list(d.get("broken_pieces") or []), d.get("piece_size"),
-                   bool(d.get("verified")))
+                   bool(d.get("verified")), proof=d.get("proof"))
 
 
 class ReadBudget:
     """Paces reads to at most `rate()` MiB/s (0 = no limit) and stops them when `cancel` is set.
 
-    Used from one worker thread; the rate is read at every chunk so a live
-    configuration change applies to a check already running.
+    Used from one worker thread; the rate is read at every chunk, and again at
+    least every `RECHECK_S` while waiting, so a live change (a configuration
+    change, or a manual check lifting a scheduled one's budget) applies to a
+    check already running, even one in the middle of a long wait.
     """
+
+    RECHECK_S = 0.1
 
     def __init__(self, rate: Callable[[], float] = lambda: 0.0, cancel: threading.Event | None = None) -> None:
         self._rate = rate
@@ -121,13 +136,16 @@ class ReadBudget:
         if self.cancel.is_set():
             raise CheckCancelled()
         self._done += n
-        mbps = self._rate()
-        if mbps and mbps > 0:
+        while True:
+            mbps = self._rate()
+            if not mbps or mbps <= 0:
+                return
             due = self._done / (mbps * 1024 * 1024)
             ahead = due - (time.monotonic() - self._t0)
-            if ahead > 0:
-                if self.cancel.wait(ahead):
-                    raise CheckCancelled()
+            if ahead <= 0:
+                return
+            if self.cancel.wait(min(ahead, self.RECHECK_S)):
+                raise CheckCancelled()
 
 
 class CheckCancelled(Exception):
@@ -240,14 +258,18 @@ def quick_check_file(base: Path, f: ManifestFile, verified: Verified | None, pre
     return r
 
 
-def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, piece_size: int, budget: ReadBudget) -> FileResult:
-    """Hash `f` against its piece hashes (naming broken pieces) or, without them, against the whole-file sha256.
+def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, piece_size: int, budget: ReadBudget,
+                    piece_algo: str = PIECE_ALGO, verify_sha256: bool = False) -> FileResult:
+    """Hash `f` against its piece hashes (naming broken pieces) and, without them or when asked, its whole-file sha256.
 
-    With `pieces` recorded at download (themselves taken from bytes whose whole
-    sha256 matched), every byte is hashed exactly once and a file is proven good
-    when every piece matches. Without them the whole-file sha256 decides, and
-    piece hashes of `piece_size` are computed on the way and returned in
-    `new_pieces` when it matches, for the next check and repair.
+    Recorded `pieces` (hashed with `piece_algo`) were taken from bytes whose
+    whole sha256 matched, so a file whose every piece matches is proven
+    unchanged since, each byte hashed once with the (fast) piece hash. With
+    `verify_sha256`, or without pieces, the whole-file sha256 is computed in the
+    same pass and decides. PIECE_ALGO piece hashes of `piece_size` are computed
+    on the way and returned in `new_pieces` when the file proved good and its
+    pieces were missing or recorded in another algorithm, for the next check
+    and repair. `proof` says which proof was used.
     """
     r, st = _structural(base, f)
     if r is not None:
@@ -256,6 +278,9 @@ def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, p
     p = base.joinpath(*PurePosixPath(f.path).parts)
     expected_n = (f.size + piece_size - 1) // piece_size if f.size else 0
     use_pieces = pieces is not None and len(pieces) == expected_n and piece_size > 0
+    want_whole = verify_sha256 or not use_pieces
+    # the PIECE_ALGO hash of each piece is needed unless it is the recorded one and nothing new is to be recorded
+    want_new = not use_pieces or piece_algo != PIECE_ALGO or verify_sha256
     result = FileResult(f.path, f.size, "ok", actual_size=st.st_size, stat_sig=_sig(st), piece_size=piece_size if use_pieces else None)
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -276,7 +301,7 @@ def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, p
             pass
         buf = bytearray(CHUNK)
         view = memoryview(buf)
-        whole = None if use_pieces else hashlib.sha256()
+        whole = hashlib.sha256() if want_whole else None
         computed: list[str] = []
         broken: list[int] = []
         good = 0
@@ -285,26 +310,28 @@ def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, p
         step = piece_size if piece_size > 0 else max(f.size, 1)
         while pos < f.size:
             plen = min(step, f.size - pos)
-            h = hashlib.sha256()
+            rec_h = new_piece_hasher(piece_algo) if use_pieces else None
+            new_h = (rec_h if rec_h is not None and piece_algo == PIECE_ALGO else new_piece_hasher()) if want_new else None
+            hashers = [h for h in (rec_h, new_h if new_h is not rec_h else None, whole) if h is not None]
             got = 0
             while got < plen:
                 want = min(CHUNK, plen - got)
                 n = os.preadv(fd, [view[:want]], pos + got)
                 if n <= 0:
                     break
-                h.update(view[:n])
-                if whole is not None:
-                    whole.update(view[:n])
+                chunk = view[:n]
+                for h in hashers:
+                    h.update(chunk)
                 got += n
                 result.hashed_bytes += n
                 budget.consume(n)
-            if use_pieces:
-                if got == plen and h.hexdigest() == pieces[idx]:  # type: ignore[index]
+            if rec_h is not None:
+                if got == plen and rec_h.hexdigest() == pieces[idx]:  # type: ignore[index]
                     good += plen
                 else:
                     broken.append(idx)
-            else:
-                computed.append(h.hexdigest())
+            if new_h is not None:
+                computed.append(new_h.hexdigest())
             pos += plen
             idx += 1
             if got < plen:
@@ -328,7 +355,14 @@ def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, p
         result.issues.append(Issue("changed_during_check", WARNING, f"{f.path} changed while it was checked", "full_check", f.path))
         return result
     size_issue = _size_issue(f, st.st_size, fixable=use_pieces)
+    whole_ok = whole is not None and whole.hexdigest() == f.sha256
     if use_pieces:
+        rerecord = piece_algo != PIECE_ALGO
+        if whole_ok and size_issue is None and broken:
+            # the bytes are right and the recorded pieces are not: record them again
+            broken = []
+            good = f.size
+            rerecord = True
         result.broken_pieces = broken
         result.good_bytes = good
         if size_issue is not None:
@@ -343,12 +377,21 @@ def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, p
                 result.issues.append(Issue("changed_bytes", CRITICAL,
                                            f"{f.path}: {len(broken)} piece(s) of {piece_size} bytes do not match ({bad_bytes} bytes)",
                                            "integrity_fix", f.path, {"broken_pieces": broken[:1000], "broken_bytes": bad_bytes, "piece_size": piece_size}))
-        if not broken and size_issue is None:
+        elif size_issue is None and whole is not None and not whole_ok:
+            # every piece matches its record, the whole file does not match its sha256: the record cannot be trusted
+            result.state = "changed_bytes"
+            result.good_bytes = 0
+            result.issues.append(Issue("changed_bytes", CRITICAL, f"{f.path} does not match its sha256 although its recorded pieces match",
+                                       "redownload", f.path))
+        if not broken and size_issue is None and result.state == "ok":
             result.verified = True
             result.good_bytes = f.size
+            result.proof = PROOF_SHA256 if whole is not None else pieces_proof(piece_algo)
+            if rerecord:
+                result.new_pieces = computed
         return result
     assert whole is not None
-    if size_issue is not None and st.st_size > f.size and whole.hexdigest() == f.sha256:
+    if size_issue is not None and st.st_size > f.size and whole_ok:
         # only bytes appended after the right content: cutting them off repairs it
         result.state = "extended"
         result.good_bytes = f.size
@@ -360,11 +403,12 @@ def full_check_file(base: Path, f: ManifestFile, pieces: Sequence[str] | None, p
         result.state = size_issue.type
         result.issues.append(size_issue)
         return result
-    if whole.hexdigest() == f.sha256:
+    if whole_ok:
         result.verified = True
         result.good_bytes = f.size
         result.new_pieces = computed if piece_size > 0 else None
         result.piece_size = piece_size
+        result.proof = PROOF_SHA256
         return result
     result.state = "changed_bytes"
     result.issues.append(Issue("changed_bytes", CRITICAL, f"{f.path} does not match its sha256 (no piece hashes recorded to locate the damage)",

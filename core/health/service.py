@@ -146,6 +146,8 @@ class HealthService:
         self._state: dict[str, ModelHealth] = {}
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._running_full: dict[str, Job] = {}
+        self._rates: dict[str, float] = {}  # check id -> its own read budget, MiB/s (absent: health.max_read_mbps)
+        self._verifies_sha256: dict[str, bool] = {}  # check id -> whether it proves whole-file sha256s
         self._started_at = clock.time()
         self._repair_failed_at: dict[str, float] = {}
         self._client: Any = None
@@ -267,8 +269,14 @@ class HealthService:
         return ctx.installed or any(f.state not in ("missing",) for f in files.values())
 
     async def check(self, model_id: str, check_type: str = "full", force: bool = False, trigger: str = "manual", wait: bool = True,
-                    max_read_mbps: float | None = None) -> CheckOutcome:
-        """Run (or join) a check; with `wait` return its result once it ended, else its id at once (status running)."""
+                    max_read_mbps: float | None = None, verify_sha256: bool = False) -> CheckOutcome:
+        """Run (or join) a check; with `wait` return its result once it ended, else its id at once (status running).
+
+        A full check reads within `health.max_read_mbps` only when scheduled; any other runs at
+        full speed unless `max_read_mbps` is given (0 = none). A caller that joins a running
+        scheduled check lifts its budget to the caller's own. With `verify_sha256` a full check
+        also proves each file's whole-file sha256 (it then never joins a check that does not).
+        """
         if check_type not in CHECK_TYPES:
             raise InvalidState(f"check_type must be one of {', '.join(CHECK_TYPES)}", field="check_type")
         self._catalog.spec(model_id)
@@ -278,12 +286,21 @@ class HealthService:
                            activity=sorted(busy))
         full = check_type in ("full", "integrity")
         job = self._running_full.get(model_id) if full else None
+        while job is not None and verify_sha256 and not self._verifies_sha256.get(job.id):
+            await job.done.wait()
+            job = self._running_full.get(model_id)
+        if job is not None and trigger != "scheduled" and job.trigger == "scheduled":
+            self._rates[job.id] = max_read_mbps or 0.0
         if job is None:
             job = Job(new_id("check"), "check", model_id, check_type, trigger, self._clock.time())
             self._remember(job)
             if full:
                 self._running_full[model_id] = job
-            task = self._tasks.spawn(self._run_check(job, force, max_read_mbps), name=f"health-check-{job.id}")
+                rate = max_read_mbps if max_read_mbps is not None else None if trigger == "scheduled" else 0.0
+                if rate is not None:
+                    self._rates[job.id] = rate
+                self._verifies_sha256[job.id] = verify_sha256
+            task = self._tasks.spawn(self._run_check(job, force), name=f"health-check-{job.id}")
             if not wait:
                 return CheckOutcome(job.id, "running")
             await asyncio.shield(task)
@@ -309,7 +326,18 @@ class HealthService:
             raise NotFound(f"no check or repair {job_id!r}", field="check_id")
         return job
 
-    async def _run_check(self, job: Job, force: bool, max_read_mbps: float | None) -> None:
+    def _budget(self, job: Job) -> Any:
+        """The read budget of a full check: its own rate when it has one (read live: a joining caller may lift it),
+        else `health.max_read_mbps`."""
+        setting = self._settings
+
+        def rate() -> float:
+            own = self._rates.get(job.id)
+            return float(own) if own is not None else float(setting.get("health.max_read_mbps"))
+
+        return self._checks.budget(rate)
+
+    async def _run_check(self, job: Job, force: bool) -> None:
         mid = job.model_id
         try:
             if job.type in ("full", "integrity"):  # long: visible as running (and as interrupted after a crash)
@@ -320,8 +348,7 @@ class HealthService:
             t0 = self._clock.monotonic()
             with self._activity.hold(mid, "checking"):
                 if job.type in ("full", "integrity"):
-                    budget = self._checks.budget((lambda: max_read_mbps) if max_read_mbps is not None else None)
-                    files, extra = await asyncio.to_thread(self._checks.full, ctx, budget)
+                    files, extra = await asyncio.to_thread(self._checks.full, ctx, self._budget(job), self._verifies_sha256.get(job.id, False))
                 else:
                     files, extra = await asyncio.to_thread(self._quick, ctx)
                 perf = await self._performance(mid)
@@ -329,6 +356,8 @@ class HealthService:
             mh = await self._record(job, ctx, files, extra, perf)
             hashed = sum(f.hashed_bytes for f in files.values())
             job.result = {**status_of(mh), "check_type": job.type, "duration_s": round(elapsed, 4), "bytes_hashed": hashed}
+            if job.type in ("full", "integrity"):
+                job.result["proofs"] = sorted({f.proof for f in files.values() if f.proof})
             job.status = "completed"
             log.info("check %s %s %s (%s): %s, integrity %.4f, %d issue(s), %.1f MiB hashed in %.2fs", job.id, job.type, mid, job.trigger,
                      mh.overall, mh.integrity, len(mh.issues), hashed / MIB, elapsed)
@@ -346,6 +375,8 @@ class HealthService:
             job.finished_at = self._clock.time()
             if self._running_full.get(mid) is job:
                 del self._running_full[mid]
+            self._rates.pop(job.id, None)
+            self._verifies_sha256.pop(job.id, None)
             if job.status != "completed":
                 try:
                     await self._db.write(lambda c: c.execute("UPDATE health_checks SET status = ?, finished_at = ? WHERE check_id = ?",
@@ -692,7 +723,7 @@ class HealthService:
             ps, hashes = pieces
             return await rp.integrity_fix(client=self.http_client(), fetch=self.fetch_range, to_thread=asyncio.to_thread, repair_dir=self.repair_dir,
                                           base=ctx.base, home=self._layout.home, model_id=ctx.model_id, version=ctx.version, f=f, broken=fr.broken_pieces,
-                                          piece_hashes=hashes, piece_size=ps)
+                                          piece_hashes=hashes, piece_size=ps, piece_algo=ctx.piece_algos.get(f.path, "sha256"))
 
         def replacing() -> AbstractContextManager[None]:
             # checked and marked with no await between: a lease either lands before (and the replace is refused) or is refused
