@@ -118,7 +118,7 @@ def test_disk_full_mid_download_pauses_keeps_data_stays_up_and_sigterm_exits_0(s
             with Client(sock, timeout=10) as c:
                 c.call("downloads.resume", model_id="big")
                 _wait(lambda: c.call("downloads.progress", model_id="big")["status"] == "completed", 30, "completion")
-            assert m.bytes_served["big/w.bin"] <= data.size - kept + 2 * MIB
+            assert m.bytes_served.get("big/w.bin", 0) <= data.size - kept + 2 * MIB  # nothing at all when every piece was kept
             assert (home / "models" / "big" / "1.0.0" / "w.bin").stat().st_size == data.size
         finally:
             if proc.poll() is None:
