@@ -77,7 +77,12 @@ async def catalog_reload(ctx: CallContext) -> dict[str, Any]:
 
 # --- models ---------------------------------------------------------------------
 async def models_list(ctx: CallContext, page: int, limit: int, sort: str, order: str, status: str | None) -> dict[str, Any]:
-    return ctx.engine.status.list_models(page, limit, sort, order, status)
+    board = ctx.engine.status
+    listing = board.list_models(page, limit, sort, order, status)
+    # each status goes out as its kept encoding: encoding the page's 50 dicts afresh was most of the call
+    encodings = StatusEncodings.of(board)
+    listing["data"] = encodings.encoded_many(board, [s["model_id"] for s in listing["data"]])
+    return listing
 
 
 async def models_status(ctx: CallContext, model_id: str | None, refresh: bool) -> dict[str, Any]:
