@@ -63,9 +63,11 @@ def _check_request(req: Any) -> None:
         raise ValueError('"params" must be an object')
     if "id" in req and not (req["id"] is None or isinstance(req["id"], (str, int, float)) and not isinstance(req["id"], bool)):
         raise ValueError('"id" must be a string, number or null')
-    extra = set(req) - {"jsonrpc", "method", "params", "id"}
-    if extra:
-        raise ValueError(f"unexpected member(s) {', '.join(sorted(extra))}")
+    if len(req) > 2 and any(k not in _MEMBERS for k in req):
+        raise ValueError(f"unexpected member(s) {', '.join(sorted(set(req) - _MEMBERS))}")
+
+
+_MEMBERS = frozenset(("jsonrpc", "method", "params", "id"))
 
 
 RATE_LIMIT_SETTING = "rpc.rate_limit_per_second"

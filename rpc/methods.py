@@ -43,7 +43,17 @@ async def session_hello(ctx: CallContext, client: str | None, token: str | None)
             raise Unauthorized("session.hello needs the engine's token", field="token")
         ctx.conn.authenticated = True
     ctx.conn.client_name = client
-    return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": sorted(TABLE)}
+    return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": _method_names()}
+
+
+_METHOD_NAMES: list[str] = []
+
+
+def _method_names() -> list[str]:
+    """The sorted method names, sorted once (TABLE is complete once this module has loaded)."""
+    if not _METHOD_NAMES:
+        _METHOD_NAMES.extend(sorted(TABLE))
+    return _METHOD_NAMES
 
 
 async def rpc_discover(ctx: CallContext) -> dict[str, Any]:
