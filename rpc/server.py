@@ -70,6 +70,7 @@ class LineIO(asyncio.Protocol):
     """
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()  # kept: asking for it at each wait costs a getpid
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._eof = False
@@ -130,7 +131,7 @@ class LineIO(asyncio.Protocol):
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
-        fut = self._read_waiter = asyncio.get_running_loop().create_future()
+        fut = self._read_waiter = self._loop.create_future()
         try:
             await fut
         finally:
@@ -181,7 +182,7 @@ class LineIO(asyncio.Protocol):
             raise ConnectionResetError("connection closed")
         self.transport.write(data)
         while self._writing_paused and not self.lost:
-            fut = asyncio.get_running_loop().create_future()
+            fut = self._loop.create_future()
             self._drain_waiters.append(fut)
             await fut
         if self.lost:
@@ -194,7 +195,7 @@ class LineIO(asyncio.Protocol):
             return
         t.close()
         if t.get_write_buffer_size():
-            asyncio.get_running_loop().call_later(CLOSE_FLUSH_S, t.abort)
+            self._loop.call_later(CLOSE_FLUSH_S, t.abort)
 
 
 class LineTooLong(Exception):
