@@ -7,6 +7,8 @@ a minimal HTTP/1.1 keep-alive POST to /jsonrpc written and the response read
 by its Content-Length (no http.client, whose parsing costs more than aria2c's
 answer).
 
+All three servers run at once and the calls go to them in alternating
+blocks, so that a change of load on the machine weighs on each alike.
 Measures sequential calls per second and p50/p99 latency for
 `session.hello` (mavail), `hello` (the floor) and `aria2.getGlobalStat`
 (aria2c); then `models.list {limit: 50}` over a 1,000-model catalog against
@@ -20,6 +22,7 @@ left out and the output says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import orjson
 from _common import ROOT, engine_process, placeholder_models, short_tmpdir, summarize
@@ -133,18 +136,30 @@ def write_catalog(home: Path, n: int) -> None:
     (home / "catalog.toml").write_text(placeholder_models(n))
 
 
-def measure(call: Callable[[], object], n: int, name: str) -> dict:
-    """Sequential calls/s and p50/p99 of `n` calls after a short warm-up."""
-    for _ in range(min(200, n)):
-        call()
-    lat = []
+def interleaved(calls: dict[str, Callable[[], object]], n: int, block: int = 250) -> dict[str, dict]:
+    """Each call `n` times in blocks taken in turn, so a change of load on the machine falls on every server alike.
+
+    calls/s is `n` over the time spent in that call's own blocks.
+    """
     perf = time.perf_counter
-    t0 = perf()
-    for _ in range(n):
-        s = perf()
-        call()
-        lat.append(perf() - s)
-    return summarize(name, lat, perf() - t0)
+    for call in calls.values():
+        for _ in range(min(200, n)):
+            call()  # warm-up
+    lat: dict[str, list[float]] = {name: [] for name in calls}
+    wall = dict.fromkeys(calls, 0.0)
+    done = 0
+    while done < n:
+        size = min(block, n - done)
+        for name, call in calls.items():
+            samples = lat[name]
+            t0 = perf()
+            for _ in range(size):
+                s = perf()
+                call()
+                samples.append(perf() - s)
+            wall[name] += perf() - t0
+        done += size
+    return {name: summarize(name, lat[name], wall[name]) for name in calls}
 
 
 def free_port() -> int:
@@ -156,24 +171,23 @@ def free_port() -> int:
     return port
 
 
-def bench_mavail(n: int, models: int, tmp: Path) -> tuple[list[dict], dict]:
-    """mavail session.hello and models.list(50) over `models` models; also the hello result (the floor answers it)."""
+@contextlib.contextmanager
+def mavail_client(models: int, tmp: Path) -> Iterator[LineClient]:
+    """An engine over a catalog of `models` models, and a raw client connected to it."""
     home, sock = tmp / "home", tmp / "e.sock"
     write_catalog(home, models)
     with engine_process(home, sock):
         c = LineClient(sock)
         try:
             assert c.call("models.list", {"limit": 50})["result"]["pagination"]["total"] == models
-            hello = c.call("session.hello")["result"]
-            rows = [measure(lambda: c.call("session.hello"), n, "mavail session.hello"),
-                    measure(lambda: c.call("models.list", {"limit": 50}), max(n // 5, 500), "mavail models.list(50)")]
+            yield c
         finally:
             c.close()
-    return rows, hello
 
 
-def bench_floor(n: int, hello: dict, tmp: Path) -> dict:
-    """The minimal uvloop NDJSON server answering `hello` with mavail's own hello result."""
+@contextlib.contextmanager
+def floor_client(hello: dict, tmp: Path) -> Iterator[LineClient]:
+    """The minimal uvloop NDJSON server answering every call with `hello` (mavail's own hello result)."""
     sock = tmp / "floor.sock"
     proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(sock), orjson.dumps(hello).decode()],
                             stdout=subprocess.PIPE, cwd=ROOT)
@@ -181,7 +195,7 @@ def bench_floor(n: int, hello: dict, tmp: Path) -> dict:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         c = LineClient(sock)
         try:
-            return measure(lambda: c.call("hello"), n, "floor hello (uvloop)")
+            yield c
         finally:
             c.close()
     finally:
@@ -189,8 +203,9 @@ def bench_floor(n: int, hello: dict, tmp: Path) -> dict:
         proc.wait(10)
 
 
-def bench_aria2(n: int, tmp: Path) -> list[dict]:
-    """aria2c getGlobalStat, and tellWaiting(0, 50) over 50 paused downloads, through the raw HTTP client."""
+@contextlib.contextmanager
+def aria2_client(tmp: Path) -> Iterator[HttpJsonRpcClient]:
+    """aria2c with 50 paused downloads (added through its RPC), and a raw HTTP client connected to it."""
     port = free_port()
     proc = subprocess.Popen(["aria2c", "--enable-rpc", f"--rpc-listen-port={port}", "--rpc-listen-all=false", "--quiet",
                              f"--dir={tmp}", "--no-conf", "--max-concurrent-downloads=1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -209,8 +224,7 @@ def bench_aria2(n: int, tmp: Path) -> list[dict]:
             for i in range(50):
                 c.call("aria2.addUri", [[f"http://127.0.0.1:9/file{i}"], {"pause": "true"}])
             assert len(c.call("aria2.tellWaiting", [0, 50])["result"]) == 50
-            return [measure(lambda: c.call("aria2.getGlobalStat", []), n, "aria2c getGlobalStat"),
-                    measure(lambda: c.call("aria2.tellWaiting", [0, 50]), max(n // 5, 500), "aria2c tellWaiting(50)")]
+            yield c
         finally:
             c.close()
     finally:
@@ -218,14 +232,21 @@ def bench_aria2(n: int, tmp: Path) -> list[dict]:
         proc.wait(10)
 
 
-def one_round(n: int, models: int) -> dict[str, dict]:
-    """Every measurement once, each server started afresh."""
-    with short_tmpdir() as tmp:
-        ours, hello = bench_mavail(n, models, tmp)
-        rows = [*ours, bench_floor(n, hello, tmp)]
-        if shutil.which("aria2c"):
-            rows += bench_aria2(n, tmp)
-    return {r["name"]: r for r in rows}
+def one_round(n: int, models: int, have_aria2: bool) -> dict[str, dict]:
+    """Every measurement once, each server started afresh and all three up together."""
+    with short_tmpdir() as tmp, contextlib.ExitStack() as stack:
+        ours = stack.enter_context(mavail_client(models, tmp))
+        floor = stack.enter_context(floor_client(ours.call("session.hello")["result"], tmp))
+        aria2 = stack.enter_context(aria2_client(tmp)) if have_aria2 else None
+        small: dict[str, Callable[[], object]] = {"mavail session.hello": lambda: ours.call("session.hello"),
+                                                  "floor hello (uvloop)": lambda: floor.call("hello")}
+        listing: dict[str, Callable[[], object]] = {"mavail models.list(50)": lambda: ours.call("models.list", {"limit": 50})}
+        if aria2 is not None:
+            small["aria2c getGlobalStat"] = lambda: aria2.call("aria2.getGlobalStat", [])
+            listing["aria2c tellWaiting(50)"] = lambda: aria2.call("aria2.tellWaiting", [0, 50])
+        rows = interleaved(small, n)
+        rows.update(interleaved(listing, max(n // 5, 500), block=100))
+    return rows
 
 
 def main() -> None:
@@ -242,7 +263,7 @@ def main() -> None:
     rounds = []
     header = f"{'measurement':28} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
     for i in range(args.rounds):
-        rounds.append(one_round(args.calls, args.models))
+        rounds.append(one_round(args.calls, args.models, have_aria2))
         print(f"round {i + 1}:\n{header}")
         for r in rounds[-1].values():
             print(f"{r['name']:28} {r['calls_per_s']:10.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f}")
