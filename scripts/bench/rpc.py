@@ -271,11 +271,15 @@ def main() -> None:
     print(f"median of {args.rounds} round(s):\n{header}")
     for name, r in med.items():
         print(f"{name:28} {r['calls_per_s']:10.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f}")
-    hello, listing, floor = (med[k]["calls_per_s"] for k in ("mavail session.hello", "mavail models.list(50)", "floor hello (uvloop)"))
-    print(f"ratio session.hello (mavail / floor):   {hello / floor:.2f}  (goal >= 0.80)")
+    def ratio(a: str, b: str) -> str:
+        per_round = [r[a]["calls_per_s"] / r[b]["calls_per_s"] for r in rounds]
+        return f"{statistics.median(per_round):.2f}  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
+
+    print("ratios, median of the rounds' own ratios:")
+    print(f"session.hello (mavail / floor):   {ratio('mavail session.hello', 'floor hello (uvloop)')}  goal >= 0.80")
     if have_aria2:
-        print(f"ratio small calls  (mavail / aria2c):  {hello / med['aria2c getGlobalStat']['calls_per_s']:.2f}")
-        print(f"ratio 50-entry list (mavail / aria2c): {listing / med['aria2c tellWaiting(50)']['calls_per_s']:.2f}  (goal > 1)")
+        print(f"small calls  (mavail / aria2c):  {ratio('mavail session.hello', 'aria2c getGlobalStat')}")
+        print(f"50-entry list (mavail / aria2c): {ratio('mavail models.list(50)', 'aria2c tellWaiting(50)')}  goal > 1")
     else:
         print("aria2c not installed: no aria2c reference in this run")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
