@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import anyio
+import orjson
 from anyio.abc import SocketAttribute, SocketStream
 
 from mavail.core.engine import Engine
@@ -56,6 +57,10 @@ CLOSE_FLUSH_S = 2.0
 """How long a closed connection's unsent output may take to reach a peer before the socket is dropped."""
 
 
+NOT_NOW = object()
+"""`LineIO.answer_now`'s answer for a line the read loop must answer."""
+
+
 class LineIO(asyncio.Protocol):
     """A connection's byte path on the event loop's own transport: lines in, writes with back-pressure out.
 
@@ -72,6 +77,8 @@ class LineIO(asyncio.Protocol):
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()  # kept: asking for it at each wait costs a getpid
         self.transport: asyncio.Transport | None = None
+        self.answer_now: Callable[[bytes], Any] | None = None
+        """Answers a whole line at once (its response, None, or NOT_NOW to leave it to the read loop); see `data_received`."""
         self._buf = bytearray()
         self._eof = False
         self.lost = False
@@ -90,6 +97,15 @@ class LineIO(asyncio.Protocol):
         """Buffer input and wake the read loop; pause reading when it is far behind."""
         if self._discard:
             return
+        # one whole line while the read loop waits on an empty buffer: answered here if it can be at once,
+        # saving the read loop's wake-up (no reordering: every earlier line has been taken)
+        if (self.answer_now is not None and self._read_waiter is not None and not self._buf and not self._writing_paused
+                and data.find(b"\n") == len(data) - 1):
+            out = self.answer_now(data[:-1])
+            if out is not NOT_NOW:
+                if out is not None and self.transport is not None:
+                    self.transport.write(out)
+                return
         self._buf += data
         if len(self._buf) > READ_PAUSE_BYTES and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
@@ -431,7 +447,9 @@ class Server:
             conn = Connection(stream, io, self.engine, tg)
             self.connections.add(conn)
             try:
-                if not self._peer_allowed(uid):
+                if self._peer_allowed(uid):
+                    io.answer_now = lambda line: self._answer_now(conn, line)
+                else:
                     log.warning("refused peer uid %s", uid)
                     await conn.send(encode(error_obj(None, -32003, "Unauthorized", name="UNAUTHORIZED", details={"reason": "peer uid not allowed", "uid": uid})))
                     await self._linger(conn)
@@ -467,6 +485,44 @@ class Server:
                 await limit.acquire()
                 tg.start_soon(self._answer, conn, parsed, error, limit)
 
+    def _answer_now(self, conn: Connection, line: bytes) -> Any:
+        """Answer a line at once when it is one call to an inline method: its response line, None, or NOT_NOW.
+
+        Inline methods answer from memory without waiting, so their coroutine
+        runs to its end in one step and is driven here, from the transport's data
+        callback, without a task. Anything else (a batch, a parse error, a line
+        over the limit, another method) is left to the read loop.
+        """
+        if conn.closed or line[:1] != b"{" or len(line) > int(self.engine.config.get("rpc.max_message_bytes")):
+            return NOT_NOW
+        try:
+            parsed = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return NOT_NOW
+        if not answers_inline(parsed):
+            return NOT_NOW
+        coro = dispatch_parsed(conn, self.engine, parsed)
+        try:
+            while coro.send(None) is None:
+                pass  # a bare yield (a checkpoint) asks for nothing: carry on
+        except StopIteration as done:
+            return done.value
+        except Exception:
+            return self._last_resort(conn, parsed)
+        # it waited on a future: an inline method must not; answered as an internal error, never left hanging
+        coro.close()
+        log.error("%s: inline method %s waited on a future; declare it inline=False", conn.id, parsed.get("method"))
+        return self._last_resort(conn, parsed, logged=True)
+
+    def _last_resort(self, conn: Connection, parsed: Any, logged: bool = False) -> bytes:
+        """The internal error answered for a request whose answering failed, with the id it asked with."""
+        request_id = new_request_id()
+        if not logged:
+            log.exception("%s: failed to answer a request (request id %s)", conn.id, request_id)
+        req_id = parsed.get("id") if isinstance(parsed, dict) else None
+        ok_id = isinstance(req_id, (str, int, float)) and not isinstance(req_id, bool)
+        return encode(error_obj(req_id if ok_id else None, -32603, "Internal error", request_id=request_id))
+
     async def _linger(self, conn: Connection, seconds: float = 2.0) -> None:
         """Half-close and discard what the peer is still sending, so the error is read before the close.
 
@@ -484,11 +540,7 @@ class Server:
             try:
                 out = error if error is not None else await dispatch_parsed(conn, self.engine, parsed)
             except Exception:  # never leak it, and answer the id that was asked
-                request_id = new_request_id()
-                log.exception("%s: failed to answer a request (request id %s)", conn.id, request_id)
-                req_id = parsed.get("id") if isinstance(parsed, dict) else None
-                ok_id = isinstance(req_id, (str, int, float)) and not isinstance(req_id, bool)
-                out = encode(error_obj(req_id if ok_id else None, -32603, "Internal error", request_id=request_id))
+                out = self._last_resort(conn, parsed)
             if out is not None:
                 await conn.send(out)
         finally:

@@ -279,3 +279,17 @@ async def test_last_resort_internal_error_keeps_the_id_and_names_a_request_id(en
     assert resp["id"] == req_id and type(resp["id"]) is type(req_id)
     assert resp["error"]["code"] == -32603 and "boom" not in json.dumps(resp)
     assert resp["error"]["data"]["code"] == "INTERNAL_ERROR" and resp["error"]["data"]["request_id"]
+
+
+async def test_inline_call_that_waits_is_answered_as_an_internal_error(engine, monkeypatch):
+    """An inline method must answer from memory; one that waits on a future is answered, never left hanging."""
+    import mavail.rpc.server as server_mod
+
+    async def waits(*_a, **_kw):
+        await asyncio.sleep(0.01)
+        return b'{"jsonrpc":"2.0","result":{},"id":1}\n'
+
+    monkeypatch.setattr(server_mod, "dispatch_parsed", waits)
+    _eng, sock = engine
+    (resp,) = await _raw_exchange(sock, b'{"jsonrpc":"2.0","method":"session.hello","id":3}\n')
+    assert resp["id"] == 3 and resp["error"]["code"] == -32603
