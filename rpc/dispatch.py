@@ -228,7 +228,10 @@ def parse_line(line: bytes) -> tuple[Any, bytes | None]:
 def answers_inline(parsed: Any) -> bool:
     """Whether a parsed line is one call to a method declared `inline` (answered from memory at once)."""
     if isinstance(parsed, dict):
-        method = TABLE.get(parsed.get("method"))  # type: ignore[arg-type]
+        name = parsed.get("method")
+        if not isinstance(name, str):  # a list or an object as the name would not even hash
+            return False
+        method = TABLE.get(name)
         return method is not None and method.inline
     return False
 

@@ -45,6 +45,8 @@ async def _still_serving(sock: Path) -> None:
         (b'"just a string"\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"1.0","method":"session.hello","id":1}\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"2.0","method":5,"id":1}\n', -32600, "INVALID_REQUEST"),
+        (b'{"jsonrpc":"2.0","method":[],"id":1}\n', -32600, "INVALID_REQUEST"),
+        (b'{"jsonrpc":"2.0","method":{"a":1},"id":1}\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"2.0","method":"session.hello","params":"x","id":1}\n', -32600, "INVALID_REQUEST"),
         (b'[]\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"2.0","method":"no.such","id":7}\n', -32601, "METHOD_NOT_FOUND"),
