@@ -454,7 +454,10 @@ class Server:
                     await conn.send(encode(error_obj(None, -32003, "Unauthorized", name="UNAUTHORIZED", details={"reason": "peer uid not allowed", "uid": uid})))
                     await self._linger(conn)
                     return
-                await self._read_loop(conn, tg)
+                try:
+                    await self._read_loop(conn, tg)
+                except Exception:  # one connection's failure closes that connection, never the engine
+                    log.exception("%s: connection failed; closing it", conn.id)
             finally:
                 self.connections.discard(conn)
                 await conn.close()
@@ -499,10 +502,10 @@ class Server:
             parsed = orjson.loads(line)
         except orjson.JSONDecodeError:
             return NOT_NOW
-        if not answers_inline(parsed):
-            return NOT_NOW
-        coro = dispatch_parsed(conn, self.engine, parsed)
         try:
+            if not answers_inline(parsed):
+                return NOT_NOW
+            coro = dispatch_parsed(conn, self.engine, parsed)
             while coro.send(None) is None:
                 pass  # a bare yield (a checkpoint) asks for nothing: carry on
         except StopIteration as done:

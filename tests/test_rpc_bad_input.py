@@ -295,3 +295,20 @@ async def test_inline_call_that_waits_is_answered_as_an_internal_error(engine, m
     _eng, sock = engine
     (resp,) = await _raw_exchange(sock, b'{"jsonrpc":"2.0","method":"session.hello","id":3}\n')
     assert resp["id"] == 3 and resp["error"]["code"] == -32603
+
+
+async def test_a_failing_connection_never_takes_the_engine_down(engine, monkeypatch):
+    """An unexpected failure while reading closes that connection (or answers an internal error); the engine serves on."""
+    import mavail.rpc.server as server_mod
+
+    def broken(_parsed):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server_mod, "answers_inline", broken)
+    _eng, sock = engine
+    hello = b'{"jsonrpc":"2.0","method":"session.hello","id":1}\n'
+    (resp,) = await _raw_exchange(sock, hello)  # one whole line: answered at once
+    assert resp["error"]["code"] == -32603
+    assert await _raw_exchange(sock, hello + hello) == []  # through the read loop: the connection closes
+    monkeypatch.undo()
+    await _still_serving(sock)
