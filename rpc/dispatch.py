@@ -63,9 +63,11 @@ def _check_request(req: Any) -> None:
         raise ValueError('"params" must be an object')
     if "id" in req and not (req["id"] is None or isinstance(req["id"], (str, int, float)) and not isinstance(req["id"], bool)):
         raise ValueError('"id" must be a string, number or null')
-    extra = set(req) - {"jsonrpc", "method", "params", "id"}
-    if extra:
-        raise ValueError(f"unexpected member(s) {', '.join(sorted(extra))}")
+    if len(req) > 2 and any(k not in _MEMBERS for k in req):
+        raise ValueError(f"unexpected member(s) {', '.join(sorted(set(req) - _MEMBERS))}")
+
+
+_MEMBERS = frozenset(("jsonrpc", "method", "params", "id"))
 
 
 RATE_LIMIT_SETTING = "rpc.rate_limit_per_second"
@@ -117,7 +119,7 @@ async def _run(ctx: CallContext, method_name: str, params: Any) -> tuple[Any, di
 
 
 async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> bytes | None:
-    """Answer one request: its encoded response (no newline), or None for a notification.
+    """Answer one request: its response line (newline included), or None for a notification.
 
     This is the path every single call takes, and it calls the method table
     directly: jsonrpcserver's public dispatcher wraps each request in a task of
@@ -132,7 +134,7 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> bytes | Non
             _check_request(req)
         except ValueError as exc:
             rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), (str, int)) else None
-            return _encode_one(error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id), request_id)
+            return _encode_one(error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id), request_id, _LINE)
         name = req["method"]
         if name in TABLE:
             result, error = await _run(CallContext(engine=engine, conn=conn, request_id=request_id), name, req.get("params"))
@@ -142,7 +144,7 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> bytes | Non
         if "id" not in req:
             return None
         resp = {"jsonrpc": "2.0", "result": result, "id": req["id"]} if error is None else {"jsonrpc": "2.0", "error": error, "id": req["id"]}
-        return _encode_one(resp, request_id)
+        return _encode_one(resp, request_id, _LINE)
     finally:
         request_id_var.reset(token)
 
@@ -202,13 +204,16 @@ async def dispatch_batch(conn: "Connection", engine: Any, batch: list[Any]) -> b
     return b"[" + b",".join(out) + b"]\n" if out else None
 
 
-def _encode_one(resp: dict[str, Any], request_id: str) -> bytes:
-    """One response as JSON; a result that cannot be encoded becomes an internal error with the request's id."""
+_LINE = orjson.OPT_APPEND_NEWLINE
+
+
+def _encode_one(resp: dict[str, Any], request_id: str, newline: int = 0) -> bytes:
+    """One response as JSON (`newline=_LINE` ends it with one); a result that cannot be encoded becomes an internal error with the request's id."""
     try:
-        return orjson.dumps(resp, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(resp, option=orjson.OPT_NON_STR_KEYS | newline)
     except (TypeError, ValueError):
         log.exception("response to %s could not be encoded", request_id)
-        return orjson.dumps(error_obj(resp.get("id"), -32603, "Internal error", request_id=request_id))
+        return orjson.dumps(error_obj(resp.get("id"), -32603, "Internal error", request_id=request_id), option=newline)
 
 
 def parse_line(line: bytes) -> tuple[Any, bytes | None]:
@@ -223,7 +228,10 @@ def parse_line(line: bytes) -> tuple[Any, bytes | None]:
 def answers_inline(parsed: Any) -> bool:
     """Whether a parsed line is one call to a method declared `inline` (answered from memory at once)."""
     if isinstance(parsed, dict):
-        method = TABLE.get(parsed.get("method"))  # type: ignore[arg-type]
+        name = parsed.get("method")
+        if not isinstance(name, str):  # a list or an object as the name would not even hash
+            return False
+        method = TABLE.get(name)
         return method is not None and method.inline
     return False
 
@@ -236,8 +244,7 @@ async def dispatch_parsed(conn: "Connection", engine: Any, parsed: Any) -> bytes
         if len(parsed) > MAX_BATCH:
             return encode(error_obj(None, -32600, "Invalid request", details={"reason": f"a batch holds at most {MAX_BATCH} requests", "size": len(parsed)}))
         return await dispatch_batch(conn, engine, parsed)
-    resp = await dispatch_one(conn, engine, parsed)
-    return resp + b"\n" if resp is not None else None
+    return await dispatch_one(conn, engine, parsed)
 
 
 async def dispatch_line(conn: "Connection", engine: Any, line: bytes) -> bytes | None:

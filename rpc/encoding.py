@@ -66,3 +66,13 @@ class StatusEncodings:
         frag = orjson.Fragment(memoryview(orjson.dumps(board.model_status(model_id), option=orjson.OPT_NON_STR_KEYS)).tobytes())
         self._cache[model_id] = (rev, frag)
         return frag
+
+    def encoded_many(self, board: RevisedStatuses, model_ids: list[str]) -> list[Any]:
+        """`encoded` of each model in order: the loop of one page or of the whole board, lookups hoisted."""
+        if not board.caching:
+            return [board.model_status(m) for m in model_ids]
+        cache, revision, out = self._cache, board.revision, []
+        for m in model_ids:
+            hit = cache.get(m)
+            out.append(hit[1] if hit is not None and hit[0] == revision(m) else self.encoded(board, m))
+        return out

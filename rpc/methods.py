@@ -43,7 +43,17 @@ async def session_hello(ctx: CallContext, client: str | None, token: str | None)
             raise Unauthorized("session.hello needs the engine's token", field="token")
         ctx.conn.authenticated = True
     ctx.conn.client_name = client
-    return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": sorted(TABLE)}
+    return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": _method_names()}
+
+
+_METHOD_NAMES: list[str] = []
+
+
+def _method_names() -> list[str]:
+    """The sorted method names, sorted once (TABLE is complete once this module has loaded)."""
+    if not _METHOD_NAMES:
+        _METHOD_NAMES.extend(sorted(TABLE))
+    return _METHOD_NAMES
 
 
 async def rpc_discover(ctx: CallContext) -> dict[str, Any]:
@@ -77,7 +87,12 @@ async def catalog_reload(ctx: CallContext) -> dict[str, Any]:
 
 # --- models ---------------------------------------------------------------------
 async def models_list(ctx: CallContext, page: int, limit: int, sort: str, order: str, status: str | None) -> dict[str, Any]:
-    return ctx.engine.status.list_models(page, limit, sort, order, status)
+    board = ctx.engine.status
+    listing = board.list_models(page, limit, sort, order, status)
+    # each status goes out as its kept encoding: encoding the page's 50 dicts afresh was most of the call
+    encodings = StatusEncodings.of(board)
+    listing["data"] = encodings.encoded_many(board, [s["model_id"] for s in listing["data"]])
+    return listing
 
 
 async def models_status(ctx: CallContext, model_id: str | None, refresh: bool) -> dict[str, Any]:

@@ -45,6 +45,8 @@ async def _still_serving(sock: Path) -> None:
         (b'"just a string"\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"1.0","method":"session.hello","id":1}\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"2.0","method":5,"id":1}\n', -32600, "INVALID_REQUEST"),
+        (b'{"jsonrpc":"2.0","method":[],"id":1}\n', -32600, "INVALID_REQUEST"),
+        (b'{"jsonrpc":"2.0","method":{"a":1},"id":1}\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"2.0","method":"session.hello","params":"x","id":1}\n', -32600, "INVALID_REQUEST"),
         (b'[]\n', -32600, "INVALID_REQUEST"),
         (b'{"jsonrpc":"2.0","method":"no.such","id":7}\n', -32601, "METHOD_NOT_FOUND"),
@@ -279,3 +281,34 @@ async def test_last_resort_internal_error_keeps_the_id_and_names_a_request_id(en
     assert resp["id"] == req_id and type(resp["id"]) is type(req_id)
     assert resp["error"]["code"] == -32603 and "boom" not in json.dumps(resp)
     assert resp["error"]["data"]["code"] == "INTERNAL_ERROR" and resp["error"]["data"]["request_id"]
+
+
+async def test_inline_call_that_waits_is_answered_as_an_internal_error(engine, monkeypatch):
+    """An inline method must answer from memory; one that waits on a future is answered, never left hanging."""
+    import mavail.rpc.server as server_mod
+
+    async def waits(*_a, **_kw):
+        await asyncio.sleep(0.01)
+        return b'{"jsonrpc":"2.0","result":{},"id":1}\n'
+
+    monkeypatch.setattr(server_mod, "dispatch_parsed", waits)
+    _eng, sock = engine
+    (resp,) = await _raw_exchange(sock, b'{"jsonrpc":"2.0","method":"session.hello","id":3}\n')
+    assert resp["id"] == 3 and resp["error"]["code"] == -32603
+
+
+async def test_a_failing_connection_never_takes_the_engine_down(engine, monkeypatch):
+    """An unexpected failure while reading closes that connection (or answers an internal error); the engine serves on."""
+    import mavail.rpc.server as server_mod
+
+    def broken(_parsed):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server_mod, "answers_inline", broken)
+    _eng, sock = engine
+    hello = b'{"jsonrpc":"2.0","method":"session.hello","id":1}\n'
+    (resp,) = await _raw_exchange(sock, hello)  # one whole line: answered at once
+    assert resp["error"]["code"] == -32603
+    assert await _raw_exchange(sock, hello + hello) == []  # through the read loop: the connection closes
+    monkeypatch.undo()
+    await _still_serving(sock)

@@ -1,47 +1,169 @@
-"""RPC throughput and latency on one connection, beside aria2c's JSON-RPC in the same run.
+"""RPC throughput and latency on one connection: mavail, a minimal uvloop NDJSON server (the Python floor) and aria2c.
 
-Measures sequential calls per second and p50/p99 latency for `session.hello`
-and for `models.list {limit: 50}` over a 1,000-model catalog against an engine
-subprocess, then the same for aria2c (`aria2.getGlobalStat`, and
-`aria2.tellWaiting` of 50 paused entries) when aria2c is installed.
+One lean raw client is used for all three servers, so that the client's own
+parsing does not weigh on one side: for mavail and the floor a Unix socket,
+one request line written and one response line read; for aria2c a TCP socket,
+a minimal HTTP/1.1 keep-alive POST to /jsonrpc written and the response read
+by its Content-Length (no http.client, whose parsing costs more than aria2c's
+answer).
 
-    .venv/bin/python scripts/bench/rpc.py [--calls 5000]
+All three servers run at once and the calls go to them in alternating
+blocks, so that a change of load on the machine weighs on each alike.
+Measures sequential calls per second and p50/p99 latency for
+`session.hello` (mavail), `hello` (the floor) and `aria2.getGlobalStat`
+(aria2c); then `models.list {limit: 50}` over a 1,000-model catalog against
+`aria2.tellWaiting(0, 50)` of 50 paused entries. aria2c comes from Debian's
+`aria2` package (`apt-get install -y aria2`); without it the aria2c rows are
+left out and the output says so.
+
+    .venv/bin/python scripts/bench/rpc.py [--calls 5000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
+import contextlib
+import os
 import shutil
 import socket
+import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
-from _common import engine_process, placeholder_models, short_tmpdir, summarize
+import orjson
+from _common import ROOT, engine_process, placeholder_models, short_tmpdir, summarize
 
-from mavail.rpc.client import Client
+FLOOR_SERVER = r'''
+import asyncio, sys, orjson, uvloop
+RESULT = orjson.loads(sys.argv[2])
+async def handle(reader, writer):
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        req = orjson.loads(line)
+        writer.write(orjson.dumps({"jsonrpc": "2.0", "result": RESULT, "id": req.get("id")}, option=orjson.OPT_APPEND_NEWLINE))
+    writer.close()
+async def main():
+    server = await asyncio.start_unix_server(handle, sys.argv[1])
+    print("ready", flush=True)
+    await server.serve_forever()
+uvloop.run(main())
+'''
+"""The Python floor: an NDJSON JSON-RPC server on uvloop and orjson that answers every call with one fixed result."""
+
+
+class LineClient:
+    """The lean raw NDJSON client: one request line written, one response line read, on a Unix socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.next_id = 0
+
+    def call(self, method: str, params: dict | list | None = None) -> dict:
+        """One call; the parsed response object."""
+        self.next_id += 1
+        req = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            req["params"] = params
+        self.sock.sendall(orjson.dumps(req) + b"\n")
+        buf = self.buf
+        while True:
+            nl = buf.find(b"\n")
+            if nl >= 0:
+                self.buf = buf[nl + 1:]
+                return orjson.loads(buf[:nl])
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+class HttpJsonRpcClient:
+    """The lean raw HTTP client for aria2c: keep-alive POSTs to /jsonrpc, the response read by Content-Length."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.head = f"POST /jsonrpc HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: ".encode()
+        self.buf = b""
+        self.next_id = 0
+
+    def call(self, method: str, params: list) -> dict:
+        """One call; the parsed response object."""
+        self.next_id += 1
+        body = orjson.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        self.sock.sendall(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        buf = self.buf
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            buf += self._recv()
+        i = buf.find(b"\r\nContent-Length:", 0, end)
+        if i < 0:
+            i = buf[:end].lower().find(b"\r\ncontent-length:")
+        if i < 0:
+            raise ConnectionError("aria2c answered without a Content-Length")
+        j = buf.find(b"\r\n", i + 2)
+        length = int(buf[i + 17:j])
+        start = end + 4
+        while len(buf) < start + length:
+            buf += self._recv()
+        self.buf = buf[start + length:]
+        return orjson.loads(buf[start:start + length])
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("aria2c closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
 
 
 def write_catalog(home: Path, n: int) -> None:
+    """A catalog of `n` placeholder models in `home`."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "catalog.toml").write_text(placeholder_models(n))
 
 
-def measure(call, n: int, name: str) -> dict:
-    for _ in range(min(200, n)):
-        call()  # warm-up
-    lat = []
-    t0 = time.perf_counter()
-    for _ in range(n):
-        s = time.perf_counter()
-        call()
-        lat.append(time.perf_counter() - s)
-    return summarize(name, lat, time.perf_counter() - t0)
+def interleaved(calls: dict[str, Callable[[], object]], n: int, block: int = 250) -> dict[str, dict]:
+    """Each call `n` times in blocks taken in turn, so a change of load on the machine falls on every server alike.
+
+    calls/s is `n` over the time spent in that call's own blocks.
+    """
+    perf = time.perf_counter
+    for call in calls.values():
+        for _ in range(min(200, n)):
+            call()  # warm-up
+    lat: dict[str, list[float]] = {name: [] for name in calls}
+    wall = dict.fromkeys(calls, 0.0)
+    done = 0
+    while done < n:
+        size = min(block, n - done)
+        for name, call in calls.items():
+            samples = lat[name]
+            t0 = perf()
+            for _ in range(size):
+                s = perf()
+                call()
+                samples.append(perf() - s)
+            wall[name] += perf() - t0
+        done += size
+    return {name: summarize(name, lat[name], wall[name]) for name in calls}
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 at the time of asking."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -49,61 +171,118 @@ def free_port() -> int:
     return port
 
 
-def bench_aria2(n: int, tmp: Path) -> list[dict]:
-    port = free_port()
-    proc = subprocess.Popen(["aria2c", "--enable-rpc", f"--rpc-listen-port={port}", "--rpc-listen-all=false", "--quiet",
-                             f"--dir={tmp}", "--no-conf", "--max-concurrent-downloads=1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@contextlib.contextmanager
+def mavail_client(models: int, tmp: Path) -> Iterator[LineClient]:
+    """An engine over a catalog of `models` models, and a raw client connected to it."""
+    home, sock = tmp / "home", tmp / "e.sock"
+    write_catalog(home, models)
+    with engine_process(home, sock):
+        c = LineClient(sock)
+        try:
+            assert c.call("models.list", {"limit": 50})["result"]["pagination"]["total"] == models
+            yield c
+        finally:
+            c.close()
+
+
+@contextlib.contextmanager
+def floor_client(hello: dict, tmp: Path) -> Iterator[LineClient]:
+    """The minimal uvloop NDJSON server answering every call with `hello` (mavail's own hello result)."""
+    sock = tmp / "floor.sock"
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(sock), orjson.dumps(hello).decode()],
+                            stdout=subprocess.PIPE, cwd=ROOT)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port)
-        ids = iter(range(1, 10**9))
-
-        def rpc(method: str, params: list) -> dict:
-            body = json.dumps({"jsonrpc": "2.0", "id": next(ids), "method": method, "params": params})
-            conn.request("POST", "/jsonrpc", body, {"Content-Type": "application/json"})
-            return json.loads(conn.getresponse().read())
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                rpc("aria2.getVersion", [])
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port)
-                time.sleep(0.05)
-        for i in range(50):
-            rpc("aria2.addUri", [[f"http://127.0.0.1:9/file{i}"], {"pause": "true"}])
-        assert len(rpc("aria2.tellWaiting", [0, 50])["result"]) == 50
-        return [measure(lambda: rpc("aria2.getGlobalStat", []), n, "aria2c getGlobalStat"),
-                measure(lambda: rpc("aria2.tellWaiting", [0, 50]), max(n // 5, 500), "aria2c tellWaiting(50)")]
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        c = LineClient(sock)
+        try:
+            yield c
+        finally:
+            c.close()
     finally:
         proc.terminate()
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def aria2_client(tmp: Path) -> Iterator[HttpJsonRpcClient]:
+    """aria2c with 50 paused downloads (added through its RPC), and a raw HTTP client connected to it."""
+    port = free_port()
+    proc = subprocess.Popen(["aria2c", "--enable-rpc", f"--rpc-listen-port={port}", "--rpc-listen-all=false", "--quiet",
+                             f"--dir={tmp}", "--no-conf", "--max-concurrent-downloads=1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c = HttpJsonRpcClient(port)
+                c.call("aria2.getVersion", [])
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            for i in range(50):
+                c.call("aria2.addUri", [[f"http://127.0.0.1:9/file{i}"], {"pause": "true"}])
+            assert len(c.call("aria2.tellWaiting", [0, 50])["result"]) == 50
+            yield c
+        finally:
+            c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def one_round(n: int, models: int, have_aria2: bool) -> dict[str, dict]:
+    """Every measurement once, each server started afresh and all three up together."""
+    with short_tmpdir() as tmp, contextlib.ExitStack() as stack:
+        ours = stack.enter_context(mavail_client(models, tmp))
+        floor = stack.enter_context(floor_client(ours.call("session.hello")["result"], tmp))
+        aria2 = stack.enter_context(aria2_client(tmp)) if have_aria2 else None
+        small: dict[str, Callable[[], object]] = {"mavail session.hello": lambda: ours.call("session.hello"),
+                                                  "floor hello (uvloop)": lambda: floor.call("hello")}
+        listing: dict[str, Callable[[], object]] = {"mavail models.list(50)": lambda: ours.call("models.list", {"limit": 50})}
+        if aria2 is not None:
+            small["aria2c getGlobalStat"] = lambda: aria2.call("aria2.getGlobalStat", [])
+            listing["aria2c tellWaiting(50)"] = lambda: aria2.call("aria2.tellWaiting", [0, 50])
+        rows = interleaved(small, n)
+        rows.update(interleaved(listing, max(n // 5, 500), block=100))
+    return rows
+
+
 def main() -> None:
+    """Run the rounds and print each one's rows, then the medians and the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--models", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    with short_tmpdir() as tmp:
-        home, sock = tmp / "home", tmp / "e.sock"
-        write_catalog(home, args.models)
-        with engine_process(home, sock), Client(sock) as c:
-            assert c.call("models.list", limit=50)["pagination"]["total"] == args.models
-            ours = [measure(lambda: c.call("session.hello"), args.calls, "mavail session.hello"),
-                    measure(lambda: c.call("models.list", limit=50), max(args.calls // 5, 500), "mavail models.list(50)")]
-        ref = bench_aria2(args.calls, tmp) if shutil.which("aria2c") else []
-    print(f"{'measurement':28} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-    for r in ours + ref:
-        print(f"{r['name']:28} {r['calls_per_s']:10.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f}")
-    if ref:
-        print(f"ratio small calls  (mavail / aria2c): {ours[0]['calls_per_s'] / ref[0]['calls_per_s']:.2f}")
-        print(f"ratio 50-entry list (mavail / aria2c): {ours[1]['calls_per_s'] / ref[1]['calls_per_s']:.2f}")
+    have_aria2 = shutil.which("aria2c") is not None
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; cpus: {os.cpu_count()}")
+    if not have_aria2:
+        print("aria2c is NOT installed (apt-get update && apt-get install -y aria2): the aria2c rows are missing")
+    rounds = []
+    header = f"{'measurement':28} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+    for i in range(args.rounds):
+        rounds.append(one_round(args.calls, args.models, have_aria2))
+        print(f"round {i + 1}:\n{header}")
+        for r in rounds[-1].values():
+            print(f"{r['name']:28} {r['calls_per_s']:10.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f}")
+    med = {name: {k: statistics.median(r[name][k] for r in rounds) for k in ("calls_per_s", "p50_ms", "p99_ms")} for name in rounds[0]}
+    print(f"median of {args.rounds} round(s):\n{header}")
+    for name, r in med.items():
+        print(f"{name:28} {r['calls_per_s']:10.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f}")
+    def ratio(a: str, b: str) -> str:
+        per_round = [r[a]["calls_per_s"] / r[b]["calls_per_s"] for r in rounds]
+        return f"{statistics.median(per_round):.2f}  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
+
+    print("ratios, median of the rounds' own ratios:")
+    print(f"session.hello (mavail / floor):   {ratio('mavail session.hello', 'floor hello (uvloop)')}  goal >= 0.80")
+    if have_aria2:
+        print(f"small calls  (mavail / aria2c):  {ratio('mavail session.hello', 'aria2c getGlobalStat')}")
+        print(f"50-entry list (mavail / aria2c): {ratio('mavail models.list(50)', 'aria2c tellWaiting(50)')}  goal > 1")
     else:
-        print("aria2c not installed: no reference run")
+        print("aria2c not installed: no aria2c reference in this run")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
