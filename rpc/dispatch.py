@@ -51,6 +51,11 @@ def encode(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
 
+def valid_id(value: Any) -> bool:
+    """Whether a request id may be echoed: a string or a number (not a boolean), as JSON-RPC 2.0 allows."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
 def _check_request(req: Any) -> None:
     """jsonrpcserver's validator: a cheap structural check of one JSON-RPC 2.0 request."""
     if not isinstance(req, dict):
@@ -61,7 +66,7 @@ def _check_request(req: Any) -> None:
         raise ValueError('"method" must be a string')
     if "params" in req and not isinstance(req["params"], (dict, list)):
         raise ValueError('"params" must be an object')
-    if "id" in req and not (req["id"] is None or isinstance(req["id"], (str, int, float)) and not isinstance(req["id"], bool)):
+    if "id" in req and not (req["id"] is None or valid_id(req["id"])):
         raise ValueError('"id" must be a string, number or null')
     if len(req) > 2 and any(k not in _MEMBERS for k in req):
         raise ValueError(f"unexpected member(s) {', '.join(sorted(set(req) - _MEMBERS))}")
@@ -133,7 +138,7 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> bytes | Non
         try:
             _check_request(req)
         except ValueError as exc:
-            rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), (str, int)) else None
+            rid = req.get("id") if isinstance(req, dict) and valid_id(req.get("id")) else None
             return _encode_one(error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id), request_id, _LINE)
         name = req["method"]
         if name in TABLE:
@@ -150,7 +155,7 @@ async def dispatch_one(conn: "Connection", engine: Any, req: Any) -> bytes | Non
 
 
 def _batch_method(name: str) -> Callable[..., Awaitable[Any]]:
-    async def call(context: tuple["Connection", Any], *args: Any, **kwargs: Any) -> Any:
+    async def call(context: tuple["Connection", Any], /, *args: Any, **kwargs: Any) -> Any:
         conn, engine = context
         request_id = new_request_id()
         token = request_id_var.set(request_id)
@@ -193,7 +198,7 @@ async def dispatch_batch(conn: "Connection", engine: Any, batch: list[Any]) -> b
             _check_request(req)
             valid.append(req)
         except ValueError as exc:
-            rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), (str, int)) else None
+            rid = req.get("id") if isinstance(req, dict) and valid_id(req.get("id")) else None
             request_id = new_request_id()
             out.append(_encode_one(error_obj(rid, -32600, "Invalid request", details={"reason": str(exc)}, request_id=request_id), request_id))
     if valid:

@@ -190,3 +190,21 @@ async def test_an_answer_that_cannot_be_encoded_still_carries_the_request_id(hom
         assert resp["error"]["code"] == -32603 and resp["error"]["data"]["request_id"]
         async with AsyncClient(sock) as c:
             assert (await c.call("session.hello"))["protocol_version"]
+
+
+async def test_a_batch_answers_a_bad_param_as_a_single_call_does(home: Path):
+    async with running_engine(home) as (_eng, sock):
+        single = {"jsonrpc": "2.0", "method": "models.list", "params": {"context": 1}, "id": 1}
+        [one] = await asyncio.to_thread(_exchange, sock, json.dumps(single).encode() + b"\n")
+        [batch] = await asyncio.to_thread(_exchange, sock, json.dumps([single]).encode() + b"\n")
+        assert one["error"]["data"]["details"].get("field") == "context"
+        assert batch[0]["error"]["message"] == one["error"]["message"]
+        assert batch[0]["error"]["data"]["details"] == one["error"]["data"]["details"]
+
+
+@pytest.mark.parametrize("bad_id, echoed", [(True, None), (1.5, 1.5), ("x", "x")])
+async def test_an_invalid_request_echoes_only_a_valid_id(home: Path, bad_id: object, echoed: object):
+    async with running_engine(home) as (_eng, sock):
+        req = {"jsonrpc": "1.0", "method": "session.hello", "id": bad_id}
+        [resp] = await asyncio.to_thread(_exchange, sock, json.dumps(req).encode() + b"\n")
+        assert resp["error"]["code"] == -32600 and resp["id"] == echoed
