@@ -101,7 +101,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.bandwidth_limit_mbps", float, 0.0, "Global cap in MiB/s; 0 = none.", min=0, max=MAX_RATE_MBPS),
     _s("downloads.max_retries", int, 3, "Default retries per file.", min=0, max=100),
     _s("downloads.stall_timeout_s", float, 30.0, "No bytes for this long: reconnect.", min=0.1, max=3600),
-    _s("downloads.parallel_ranges", int, 4, "Connections a large file starts with; more are opened while they raise its rate "
+    _s("downloads.parallel_ranges", int, 8, "Connections a large file starts with; more are opened while they raise its rate "
        "(up to downloads.max_connections_per_file). 1 = one connection, never more.", min=1, max=32),
     _s("downloads.max_connections_per_file", int, 16, "The most connections one file may use: more are opened while the "
        "file's rate keeps growing, and idle ones take over the tail of the others' ranges.", min=1, max=64),

@@ -53,14 +53,18 @@ from mavail.core.timeutil import wait_event
 
 log = logging.getLogger("mavail.downloads")
 
-CURL_BUFFER = 256 * 1024  # libcurl's receive buffer per connection: the most bytes one write callback gets
+CURL_BUFFER = 128 * 1024  # libcurl's receive buffer per connection: the most bytes one write callback gets
+WRITE_BUFFER = 512 * 1024  # each connection's own buffer: bytes are written and hashed this many at a time
+LIMIT_CHUNK = 32 * 1024  # bytes a connection takes from the rate limiters at a time (small: the pace stays even)
 READBACK_CHUNK = 1024 * 1024
 MAX_SPAN_BYTES = 64 * 1024 * 1024
 PROGRESS_S = 0.2  # how often a connection thread reports received bytes to the event loop
-GROW_SETTLE_S = 0.3  # after opening connections, time before the rate is measured again
-GROW_WINDOW_S = 0.5  # the window over which the aggregate rate is measured
+GROW_SETTLE_S = 0.2  # after opening connections, time before the rate is measured again
+GROW_WINDOW_S = 0.3  # the window over which the aggregate rate is measured
 GROW_MIN_GAIN = 1.15  # more connections are opened only while the last ones raised the rate this much
 PREFIX_RECORD_S = 0.5  # how often the flushed prefix of pieces in progress is recorded when no piece completes
+# ... and sooner once this much was written since the last flush: what a kill -9 can lose stays small on a fast link
+FLUSH_BYTES = 8 * 1024 * 1024
 # httpcore reads sockets 64 KiB at a time; at loopback speeds the per-read Python work then costs
 # more than the bytes. Larger reads return whatever the socket holds, so slow links are unaffected.
 if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 256 * 1024:
@@ -243,6 +247,7 @@ class _Conn:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.rx = 0  # body bytes received, read by the connection count controller
+        self.buf = bytearray(WRITE_BUFFER)  # reused for every response on this connection
         c = self.curl = pycurl.Curl()
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.FOLLOWLOCATION, 1)
@@ -340,6 +345,8 @@ class FileTransfer:
         self._init_state(recorded or {})
         self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
+        self._unflushed = 0  # bytes written since the last flush began
+        self._flush_asked = False
         self._commit_event = asyncio.Event()
         self._catchup_event = asyncio.Event()
         self._alock = asyncio.Lock()  # a reset never interleaves with recording pieces
@@ -518,6 +525,10 @@ class FileTransfer:
             if gen != self.gen:
                 raise _Stale()
             self.written[idx] += len(data)
+            self._unflushed += len(data)
+            ask_flush = self._unflushed >= FLUSH_BYTES and not self._flush_asked
+            if ask_flush:
+                self._flush_asked = True
             if self.written[idx] >= self.piece_len(idx):
                 self.state[idx] = 2
                 done = self.hashers.pop(idx).hexdigest()
@@ -529,6 +540,8 @@ class FileTransfer:
                     self.frontier.feed(offset, data)
         if done is not None:
             self._loop.call_soon_threadsafe(self._piece_done)
+        elif ask_flush:
+            self._loop.call_soon_threadsafe(self._commit_event.set)
 
     def _piece_done(self) -> None:
         self._commit_event.set()
@@ -597,6 +610,7 @@ class FileTransfer:
             # the prefixes are read before the flush: whatever they count is on disk once it returns
             prefixes = self._prefixes_locked()
             batch, self._commit_q = self._commit_q, []
+            self._unflushed, self._flush_asked = 0, False
             gen = self.gen
         if not batch and prefixes == self._last_prefixes:
             return
@@ -674,7 +688,10 @@ class FileTransfer:
         clock = time.monotonic
         st: dict[str, Any] = {"head": None, "hdrs": {}, "status": 0, "checked": False, "exc": None, "done": False}
         pos = start
-        skip = (self._span_offset(_Span(gen, 0, self.npieces)) or 0) if self.no_ranges else 0
+        skip = 0
+        if self.no_ranges:
+            # a plain GET: bytes already written in this generation are skipped, not rewritten
+            skip = pos = self._span_offset(_Span(gen, 0, self.npieces)) or 0
         seen = 0
         t0 = clock()
         last_data = t0 + connect  # before the first byte, the connect timeout is part of the allowance
@@ -698,8 +715,32 @@ class FileTransfer:
             head = _Head(st["status"], st["hdrs"])
             asyncio.run_coroutine_threadsafe(self._check_response(head, url, start, self._span_end(span), span), loop).result()
 
+        buf = conn.buf
+        fill = 0  # bytes in buf, which holds the file's bytes from buf_off on (never across a piece boundary)
+        buf_off = pos
+        cur_idx = -1
+        lim_pending = 0
+
+        def flush_buf() -> None:
+            nonlocal fill, buf_off, win_ours
+            if fill:
+                w0 = clock()
+                self._write_job(gen, memoryview(buf)[:fill], buf_off)
+                win_ours += clock() - w0
+            buf_off += fill
+            fill = 0
+
+        def pace(n: int) -> None:
+            nonlocal win_ours
+            delay = reserve_all(limiters, n)
+            if delay > 0:
+                conn.stop.wait(delay)
+                win_ours += delay
+
         def on_write(data: bytes) -> int | None:
-            nonlocal pos, seen, last_data, win_start, win_bytes, win_ours, unreported, reported_at
+            # libcurl hands over what each recv returned (often 16 KiB): copy it into the connection's buffer
+            # and leave the writes, hashes and checks that cost a call each to whole buffers
+            nonlocal pos, seen, last_data, win_start, win_bytes, win_ours, unreported, reported_at, fill, cur_idx, lim_pending
             try:
                 if not st["checked"]:
                     check()
@@ -709,44 +750,43 @@ class FileTransfer:
                 conn.rx += n
                 win_bytes += n
                 unreported += n
+                lim_pending += n
                 view = memoryview(data)
                 if seen < skip:
                     view = view[min(skip - seen, n):]
                 seen += n
-                w0 = now
                 while view:
                     idx = pos // ps
-                    with self._lock:
-                        if idx >= span.end_idx or span.gen != self.gen:
-                            st["done"] = True  # the rest of the range was stolen (or the file was reset)
-                            break
-                        span.cur = idx
-                    part = view[: min(self.size, (idx + 1) * ps) - pos]
-                    self._write_job(gen, part, pos)
-                    pos += len(part)
-                    view = view[len(part):]
-                now = clock()
-                win_ours += now - w0
+                    if idx != cur_idx:
+                        with self._lock:
+                            if idx >= span.end_idx or span.gen != self.gen:
+                                st["done"] = True  # the rest of the range was stolen (or the file was reset)
+                                break
+                            span.cur = idx
+                        cur_idx = idx
+                    k = min(len(view), min(self.size, (idx + 1) * ps) - pos, len(buf) - fill)
+                    buf[fill:fill + k] = view[:k]
+                    fill += k
+                    pos += k
+                    view = view[k:]
+                    if fill == len(buf) or pos % ps == 0 or pos == self.size:
+                        flush_buf()
                 if now - reported_at >= PROGRESS_S:
                     loop.call_soon_threadsafe(ctx.on_bytes, unreported)
                     unreported, reported_at = 0, now
-                if limiters:
-                    delay = reserve_all(limiters, n)
-                    if delay > 0:
-                        conn.stop.wait(delay)
-                        win_ours += delay
+                if lim_pending >= LIMIT_CHUNK:
+                    pace(lim_pending)
+                    lim_pending = 0
                 if conn.stop.is_set() or st["done"]:
-                    return 0  # aborts the response; bytes already written are kept
-                if min_rate > 0:
-                    now = clock()
-                    if now - win_start >= window:
-                        server_time = now - win_start - win_ours
-                        if server_time > 0 and win_bytes / server_time < min_rate:
-                            raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {url}, under downloads.min_rate_bytes_per_s "
-                                          f"({min_rate:.0f} B/s)")
-                        if server_time > 0:  # a window at the minimum rate breaks the run of slow connections
-                            self.slow.pop(url, None)
-                        win_start, win_bytes, win_ours = now, 0, 0.0
+                    return 0  # aborts the response; bytes already received are kept
+                if min_rate > 0 and now - win_start >= window:
+                    server_time = now - win_start - win_ours
+                    if server_time > 0 and win_bytes / server_time < min_rate:
+                        raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {url}, under downloads.min_rate_bytes_per_s "
+                                      f"({min_rate:.0f} B/s)")
+                    if server_time > 0:  # a window at the minimum rate breaks the run of slow connections
+                        self.slow.pop(url, None)
+                    win_start, win_bytes, win_ours = now, 0, 0.0
             except BaseException as exc:
                 st["exc"] = exc
                 return 0
@@ -775,6 +815,13 @@ class FileTransfer:
             if not st["done"] and not conn.stop.is_set():
                 raise _curl_error(exc, url) from None
         finally:
+            try:
+                flush_buf()  # keep every byte that arrived, even when the connection broke or was stopped
+            except _Stale:
+                pass
+            except BaseException as exc:
+                if st["exc"] is None:
+                    st["exc"] = exc
             if unreported:
                 loop.call_soon_threadsafe(ctx.on_bytes, unreported)
             c.setopt(pycurl.WRITEFUNCTION, _discard)  # drop the closures (and what they hold) now
@@ -992,8 +1039,10 @@ class FileTransfer:
                 await self._run_workers()
                 if not self.complete:
                     continue
+            log.debug("%s: every byte written", self.job.path)
             await self._commit_pending()
             await asyncio.to_thread(self._catch_up)
+            log.debug("%s: hashed", self.job.path)
             ok, problem = self._verify()
             if ok:
                 break
@@ -1054,6 +1103,7 @@ class FileTransfer:
                 live = len(tasks)
                 if base_rate is not None and rate < base_rate * GROW_MIN_GAIN:
                     grow = False  # the last connections did not pay: the link or the server is the limit
+                    log.debug("%s: %.1f MiB/s over %d connections: no more", self.job.path, rate / 1048576, live)
                     continue
                 k = min(ceiling - live, live, self._unstarted_pieces() // 2)
                 if k <= 0:
@@ -1063,6 +1113,7 @@ class FileTransfer:
                     win_t, win_rx = now, self._received()
                     continue
                 base_rate = rate
+                log.debug("%s: %.1f MiB/s over %d connections: opening %d more", self.job.path, rate / 1048576, live, k)
                 spawn(k)
                 grow = live + k < ceiling
                 win_t, win_rx = now + GROW_SETTLE_S, None
