@@ -1,14 +1,30 @@
 """Moving bytes: one file over HTTP into its partial file, in pieces, over one or several ranges.
 
-A `FileTransfer` owns one file of a download. Connections ("workers") take
-spans of consecutive pending pieces, request them with `Range` (and `If-Range`
-on the validator that server gave before), and write what arrives at its
-offset. Every piece is hashed as it is written; a finished piece is flushed
-(fdatasync) and only then reported, so the database never claims bytes a crash
-could lose. The whole-file sha256 follows the lowest unhashed byte: the
-connection writing there feeds it directly, and pieces that finished ahead of it
-are read back from the page cache as soon as the gap before them closes, so
-after the last byte only the last pieces remain to hash.
+A `FileTransfer` owns one file of a download. Its bytes never pass through the
+event loop: each connection is a libcurl handle (pycurl) driven by a thread of
+its own, which copies what arrives into its own reused buffer and, a buffer at
+a time, writes it with pwrite at its offset, hashes it into its piece (XXH3,
+core/piecehash.py) and paces it through the rate limiters. libcurl was chosen by
+measurement: on 1 GiB over loopback it costs about what curl itself does, less
+than half of httpx's (which stays the client of everything else). The loop sees
+received bytes five times a second, finished pieces, and each response's status
+and validators, checked there.
+
+Connections take spans of consecutive pending pieces and request them with
+`Range` (and `If-Range` on the validator that server gave before). A file
+starts with `downloads.parallel_ranges` connections and opens more while the
+last ones raised its aggregate rate by 15% or more, up to
+`downloads.max_connections_per_file`. With no pending piece left, a connection
+that would go idle takes the second half of the live span with most pieces still
+to start (work stealing), so a slow connection keeps only the piece it is writing.
+
+A finished piece is flushed (fdatasync) and only then reported, so the database
+never claims bytes a crash could lose; the flushed prefix of pieces in progress
+is recorded too, every 8 MiB written or half a second. The whole-file sha256
+follows the lowest unhashed byte: the connection writing there feeds it
+directly, and pieces that finished ahead of it are read back from the page cache
+(on another thread) as soon as the gap before them closes, so after the last
+byte only the last pieces remain to hash.
 
 Validators are checked on every response: a file whose ETag or Last-Modified
 changed is restarted from byte 0, and a server that ignores Range is
