@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Callable
 
@@ -26,32 +25,26 @@ class RateLimiter:
         self._clock = clock
         self._next = clock()
         self._last_rate = 0.0
-        self._lock = threading.Lock()  # connections reserve from their own threads
 
     def active(self) -> bool:
         """Whether a limit is set right now."""
         return self.rate() > 0
 
-    def reserve(self, n: int) -> float:
-        """Reserve `n` bytes now; return how long the caller must wait before using them (thread-safe)."""
-        rate = self.rate()
-        with self._lock:
-            now = self._clock()
-            if rate <= 0:
-                self._next = now
-                self._last_rate = 0.0
-                return 0.0
-            if rate != self._last_rate:
-                # a new rate: forget reservations made under the old one
-                self._next = min(max(self._next, now - self.burst_s), now + 0.25)
-                self._last_rate = rate
-            start = max(self._next, now - self.burst_s)
-            self._next = start + n / rate
-            return self._next - now - self.burst_s
-
     async def take(self, n: int) -> None:
         """Wait until `n` more bytes fit within the rate."""
-        delay = self.reserve(n)
+        rate = self.rate()
+        now = self._clock()
+        if rate <= 0:
+            self._next = now
+            self._last_rate = 0.0
+            return
+        if rate != self._last_rate:
+            # a new rate: forget reservations made under the old one
+            self._next = min(max(self._next, now - self.burst_s), now + 0.25)
+            self._last_rate = rate
+        start = max(self._next, now - self.burst_s)
+        self._next = start + n / rate
+        delay = self._next - now - self.burst_s
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -61,12 +54,3 @@ async def take_all(limiters: list[RateLimiter], n: int) -> None:
     for lim in limiters:
         if lim.active():
             await lim.take(n)
-
-
-def reserve_all(limiters: list[RateLimiter], n: int) -> float:
-    """Reserve `n` bytes from every active limiter at once; the longest wait any of them asks for (for threads)."""
-    delay = 0.0
-    for lim in limiters:
-        if lim.active():
-            delay = max(delay, lim.reserve(n))
-    return delay

@@ -1,30 +1,14 @@
 """Moving bytes: one file over HTTP into its partial file, in pieces, over one or several ranges.
 
-A `FileTransfer` owns one file of a download. Its bytes never pass through the
-event loop: each connection is a libcurl handle (pycurl) driven by a thread of
-its own, which copies what arrives into its own reused buffer and, a buffer at
-a time, writes it with pwrite at its offset, hashes it into its piece (XXH3,
-core/piecehash.py) and paces it through the rate limiters. libcurl was chosen by
-measurement: on 1 GiB over loopback it costs about what curl itself does, less
-than half of httpx's (which stays the client of everything else). The loop sees
-received bytes five times a second, finished pieces, and each response's status
-and validators, checked there.
-
-Connections take spans of consecutive pending pieces and request them with
-`Range` (and `If-Range` on the validator that server gave before). A file
-starts with `downloads.parallel_ranges` connections and opens more while the
-last ones raised its aggregate rate by 15% or more, up to
-`downloads.max_connections_per_file`. With no pending piece left, a connection
-that would go idle takes the second half of the live span with most pieces still
-to start (work stealing), so a slow connection keeps only the piece it is writing.
-
-A finished piece is flushed (fdatasync) and only then reported, so the database
-never claims bytes a crash could lose; the flushed prefix of pieces in progress
-is recorded too, every 8 MiB written or half a second. The whole-file sha256
-follows the lowest unhashed byte: the connection writing there feeds it
-directly, and pieces that finished ahead of it are read back from the page cache
-(on another thread) as soon as the gap before them closes, so after the last
-byte only the last pieces remain to hash.
+A `FileTransfer` owns one file of a download. Connections ("workers") take
+spans of consecutive pending pieces, request them with `Range` (and `If-Range`
+on the validator that server gave before), and write what arrives at its
+offset. Every piece is hashed as it is written; a finished piece is flushed
+(fdatasync) and only then reported, so the database never claims bytes a crash
+could lose. The whole-file sha256 follows the lowest unhashed byte: the
+connection writing there feeds it directly, and pieces that finished ahead of it
+are read back from the page cache as soon as the gap before them closes, so
+after the last byte only the last pieces remain to hash.
 
 Validators are checked on every response: a file whose ETag or Last-Modified
 changed is restarted from byte 0, and a server that ignores Range is
@@ -50,37 +34,25 @@ import logging
 import random
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
-import certifi
 import httpcore
 import httpx
-import pycurl
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from mavail.core.downloads.limiter import RateLimiter, reserve_all, take_all
+from mavail.core.downloads.limiter import RateLimiter, take_all
 from mavail.core.downloads.partial import PartialFile
-from mavail.core.piecehash import new_piece_hasher
 from mavail.core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
 from mavail.core.state import DatabaseFull
 from mavail.core.timeutil import wait_event
 
 log = logging.getLogger("mavail.downloads")
 
-CURL_BUFFER = 128 * 1024  # libcurl's receive buffer per connection: the most bytes one write callback gets
-WRITE_BUFFER = 512 * 1024  # each connection's own buffer: bytes are written and hashed this many at a time
-LIMIT_CHUNK = 32 * 1024  # bytes a connection takes from the rate limiters at a time (small: the pace stays even)
+WRITE_CHUNK = 512 * 1024  # bytes handed to a worker thread per write
 READBACK_CHUNK = 1024 * 1024
 MAX_SPAN_BYTES = 64 * 1024 * 1024
-PROGRESS_S = 0.2  # how often a connection thread reports received bytes to the event loop
-GROW_SETTLE_S = 0.2  # after opening connections, time before the rate is measured again
-GROW_WINDOW_S = 0.3  # the window over which the aggregate rate is measured
-GROW_MIN_GAIN = 1.15  # more connections are opened only while the last ones raised the rate this much
 PREFIX_RECORD_S = 0.5  # how often the flushed prefix of pieces in progress is recorded when no piece completes
-# ... and sooner once this much was written since the last flush: what a kill -9 can lose stays small on a fast link
-FLUSH_BYTES = 8 * 1024 * 1024
 # httpcore reads sockets 64 KiB at a time; at loopback speeds the per-read Python work then costs
 # more than the bytes. Larger reads return whatever the socket holds, so slow links are unaffected.
 if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 256 * 1024:
@@ -128,14 +100,6 @@ class DeadUrl(TransferError):
     """This URL cannot serve the file (4xx, wrong size); the next mirror may."""
 
     counts = False
-
-
-class CannotConnect(TransferError):
-    """The TCP (or TLS) connection could not be made."""
-
-
-class Broken(TransferError):
-    """The connection broke in the middle of a response."""
 
 
 class DiskFull(Exception):
@@ -216,10 +180,6 @@ class _Span:
     failures: int = 0
     stalls: int = 0
     url_idx: int = 0
-    cur: int = -1  # the piece its connection is writing (or about to): pieces after it may be stolen
-
-    def __post_init__(self) -> None:
-        self.cur = self.first
 
 
 @dataclass
@@ -249,84 +209,6 @@ class _Frontier:
         return True
 
 
-class _Head:
-    """The status and headers of a response, as the checks of a response read them."""
-
-    def __init__(self, status: int, headers: dict[str, str]) -> None:
-        self.status_code = status
-        self.headers = headers
-
-
-class _Conn:
-    """One connection of a file: a libcurl handle (kept alive across its requests) used by one thread at a time."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.rx = 0  # body bytes received, read by the connection count controller
-        self.buf = bytearray(WRITE_BUFFER)  # reused for every response on this connection
-        c = self.curl = pycurl.Curl()
-        c.setopt(pycurl.NOSIGNAL, 1)
-        c.setopt(pycurl.FOLLOWLOCATION, 1)
-        c.setopt(pycurl.MAXREDIRS, 10)
-        c.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        c.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        c.setopt(pycurl.PROXY, "")  # like the httpx client: no proxy from the environment
-        c.setopt(pycurl.BUFFERSIZE, CURL_BUFFER)
-        c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        c.setopt(pycurl.NOPROGRESS, 0)
-        c.setopt(pycurl.CAINFO, certifi.where())
-        c.setopt(pycurl.TCP_KEEPALIVE, 1)
-
-    def close(self) -> None:
-        """Close the handle and its connection."""
-        self.curl.close()
-
-
-def _discard(data: bytes) -> None:
-    return None
-
-
-def _no_progress(*args: int) -> int:
-    return 0
-
-
-def _curl_error(exc: pycurl.error, url: str) -> TransferError:
-    code = exc.args[0] if exc.args else 0
-    msg = exc.args[1] if len(exc.args) > 1 else str(exc)
-    if code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT, pycurl.E_OPERATION_TIMEDOUT, pycurl.E_SSL_CONNECT_ERROR,
-                pycurl.E_PEER_FAILED_VERIFICATION):
-        return CannotConnect(f"cannot connect to {url}: {msg}")
-    if code == pycurl.E_PARTIAL_FILE:
-        return ShortRead(f"{url}: {msg}")
-    if code == pycurl.E_TOO_MANY_REDIRECTS:
-        return DeadUrl(f"{url}: {msg}")
-    return Broken(f"{url}: {msg}")
-
-
-def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any, name: str) -> asyncio.Future[Any]:
-    """Run `fn` on a thread of its own (not the loop's default pool, which flushes and reads use); a future of its result."""
-    fut: asyncio.Future[Any] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if not fut.done():
-            fut.set_result(value) if ok else fut.set_exception(value)
-
-    def run() -> None:
-        try:
-            r = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop
-            ok, value = False, exc
-        else:
-            ok, value = True, r
-        try:
-            loop.call_soon_threadsafe(settle, ok, value)
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits any more
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return fut
-
-
 class FileTransfer:
     """Downloads one file into its partial path; resumable, restartable, in-process reusable after a pause."""
 
@@ -350,10 +232,6 @@ class FileTransfer:
         self.resets = 0
         self.integrity_failures = 0
         self._live_spans: list[_Span] = []
-        self._conns: set[_Conn] = set()
-        self._rx_done = 0  # bytes received by connections that have ended
-        self.peak_connections = 0  # the most connections open at once in this process
-        self.steals = 0  # spans split so an idle connection takes over their tail
         self._failed_span_retries = 0  # failures of the span that gave up, kept for the figure after it ended
         self._run_task: asyncio.Task[Any] | None = None
         self._commit_error: BaseException | None = None
@@ -361,8 +239,6 @@ class FileTransfer:
         self._init_state(recorded or {})
         self._prefixes = dict(prefixes or {})  # recorded prefixes still to re-hash from disk (at the next run)
         self._commit_q: list[tuple[int, str]] = []
-        self._unflushed = 0  # bytes written since the last flush began
-        self._flush_asked = False
         self._commit_event = asyncio.Event()
         self._catchup_event = asyncio.Event()
         self._alock = asyncio.Lock()  # a reset never interleaves with recording pieces
@@ -404,7 +280,7 @@ class FileTransfer:
             with self._lock:
                 if self.state[idx] != 0 or self.written[idx] != 0:
                     continue
-            h = new_piece_hasher()
+            h = hashlib.sha256()
             pos, end = idx * self.ps, idx * self.ps + length
             while pos < end:
                 data = self.file.read(pos, min(READBACK_CHUNK, end - pos))
@@ -453,7 +329,6 @@ class FileTransfer:
         return all(s == 2 for s in self.state)
 
     def _take_span(self, max_pieces: int) -> _Span | None:
-        """The next run of pending pieces; with none left, the second half of the live span with most pieces still to start."""
         with self._lock:
             for i, s in enumerate(self.state):
                 if s == 0:
@@ -463,21 +338,7 @@ class FileTransfer:
                     for k in range(i, j):
                         self.state[k] = 1
                     return _Span(self.gen, i, j)
-            if self.no_ranges:
-                return None
-            # work stealing: a connection that would go idle takes over the tail of the slowest-to-finish span
-            victim, free = None, 0
-            for sp in self._live_spans:
-                n = sp.end_idx - sp.cur - 1
-                if sp.gen == self.gen and n > free:
-                    victim, free = sp, n
-            if victim is None:
-                return None
-            mid = victim.end_idx - (free + 1) // 2
-            span = _Span(self.gen, mid, victim.end_idx)
-            victim.end_idx = mid  # its connection stops at its new end (it checks at each piece boundary)
-            self.steals += 1
-            return span
+        return None
 
     def _release(self, span: _Span) -> None:
         with self._lock:
@@ -515,8 +376,7 @@ class FileTransfer:
         await asyncio.to_thread(self.file.truncate, 0)
 
     # --- writing (worker threads) ----------------------------------------
-    def _write_job(self, gen: int, data: bytes | memoryview, offset: int) -> None:
-        """Write bytes of one piece at `offset`, hash them into the piece (and into the whole file at its frontier)."""
+    def _write_job(self, gen: int, data: bytearray, offset: int) -> None:
         if gen != self.gen:
             raise _Stale()
         try:
@@ -534,30 +394,23 @@ class FileTransfer:
                 raise _Stale()
             h = self.hashers.get(idx)
             if h is None:
-                h = self.hashers[idx] = new_piece_hasher()
-        h.update(data)  # the piece belongs to this connection alone
+                h = self.hashers[idx] = hashlib.sha256()
+        h.update(data)  # the piece belongs to this worker alone
         done = None
         with self._lock:
             if gen != self.gen:
                 raise _Stale()
             self.written[idx] += len(data)
-            self._unflushed += len(data)
-            ask_flush = self._unflushed >= FLUSH_BYTES and not self._flush_asked
-            if ask_flush:
-                self._flush_asked = True
             if self.written[idx] >= self.piece_len(idx):
                 self.state[idx] = 2
                 done = self.hashers.pop(idx).hexdigest()
                 self.piece_sha[idx] = done
                 self._commit_q.append((idx, done))
-        if self.frontier.pos == offset:  # unlocked peek: only the connection at the frontier waits for the hash lock
-            with self._hlock:
-                if gen == self.gen:
-                    self.frontier.feed(offset, data)
+        with self._hlock:
+            if gen == self.gen:
+                self.frontier.feed(offset, data)
         if done is not None:
             self._loop.call_soon_threadsafe(self._piece_done)
-        elif ask_flush:
-            self._loop.call_soon_threadsafe(self._commit_event.set)
 
     def _piece_done(self) -> None:
         self._commit_event.set()
@@ -626,7 +479,6 @@ class FileTransfer:
             # the prefixes are read before the flush: whatever they count is on disk once it returns
             prefixes = self._prefixes_locked()
             batch, self._commit_q = self._commit_q, []
-            self._unflushed, self._flush_asked = 0, False
             gen = self.gen
         if not batch and prefixes == self._last_prefixes:
             return
@@ -647,7 +499,7 @@ class FileTransfer:
                                     path=self.job.path, urls=list(self.job.urls))
         return live[span.url_idx % len(live)]
 
-    def _check_validator(self, url: str, resp: "_Head") -> bool:
+    def _check_validator(self, url: str, resp: httpx.Response) -> bool:
         """Record the response's validator; False when it differs from the one recorded for this URL."""
         etag, lm = resp.headers.get("etag"), resp.headers.get("last-modified")
         old = self.validators.get(url)
@@ -669,191 +521,28 @@ class FileTransfer:
                 h["If-Range"] = v[1]
         return h
 
-    async def _fetch(self, span: _Span, url: str, conn: "_Conn") -> None:
+    def _timeout(self) -> httpx.Timeout:
+        stall = float(self.ctx.setting("downloads.stall_timeout_s"))
+        return httpx.Timeout(connect=float(self.ctx.setting("downloads.connect_timeout_s")), read=stall, write=stall, pool=None)
+
+    async def _fetch(self, span: _Span, url: str) -> None:
         start = self._span_offset(span)
         if start is None:
             return
+        end = self._span_end(span)
         if self.no_ranges:
             start = 0
-        headers = self._request_headers(url, start, self._span_end(span))
-        conn.stop.clear()
-        fut = _in_thread(self._loop, self._fetch_blocking, conn, span, url, start, headers, name=f"conn:{self.job.path}")
-        try:
-            await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            # the thread owns the descriptor's writes until it returns: stop it and wait, keeping what it wrote
-            conn.stop.set()
-            while not fut.done():
-                try:
-                    await asyncio.wait([fut])
-                except asyncio.CancelledError:
-                    continue
-            if not fut.cancelled():
-                fut.exception()  # retrieved: the cancellation is what the caller sees
-            raise
-
-    def _fetch_blocking(self, conn: "_Conn", span: _Span, url: str, start: int, headers: dict[str, str]) -> None:
-        """One request on the connection's thread: its bytes go straight from libcurl's buffer to the partial file."""
-        ctx, ps, loop = self.ctx, self.ps, self._loop
         gen = span.gen
-        stall = float(ctx.setting("downloads.stall_timeout_s"))
-        connect = float(ctx.setting("downloads.connect_timeout_s"))
-        min_rate = float(ctx.setting("downloads.min_rate_bytes_per_s"))
-        window = float(ctx.setting("downloads.min_rate_window_s"))
-        limiters = ctx.limiters
-        clock = time.monotonic
-        st: dict[str, Any] = {"head": None, "hdrs": {}, "status": 0, "checked": False, "exc": None, "done": False}
-        pos = start
-        skip = 0
-        if self.no_ranges:
-            # a plain GET: bytes already written in this generation are skipped, not rewritten
-            skip = pos = self._span_offset(_Span(gen, 0, self.npieces)) or 0
-        seen = 0
-        t0 = clock()
-        last_data = t0 + connect  # before the first byte, the connect timeout is part of the allowance
-        win_start, win_bytes, win_ours = t0, 0, 0.0  # win_ours: time spent waiting on our own limits and disk
-        unreported, reported_at = 0, t0
-
-        def on_header(line: bytes) -> None:
-            nonlocal last_data
-            last_data = clock()
-            text = line.decode("iso-8859-1").strip()
-            if text.startswith("HTTP/"):
-                parts = text.split(None, 2)
-                st["status"] = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-                st["hdrs"] = {}
-            elif ":" in text:
-                k, v = text.split(":", 1)
-                st["hdrs"][k.strip().lower()] = v.strip()
-
-        def check() -> None:
-            st["checked"] = True
-            head = _Head(st["status"], st["hdrs"])
-            asyncio.run_coroutine_threadsafe(self._check_response(head, url, start, self._span_end(span), span), loop).result()
-
-        buf = conn.buf
-        fill = 0  # bytes in buf, which holds the file's bytes from buf_off on (never across a piece boundary)
-        buf_off = pos
-        cur_idx = -1
-        lim_pending = 0
-
-        def flush_buf() -> None:
-            nonlocal fill, buf_off, win_ours
-            if fill:
-                w0 = clock()
-                self._write_job(gen, memoryview(buf)[:fill], buf_off)
-                win_ours += clock() - w0
-            buf_off += fill
-            fill = 0
-
-        def pace(n: int) -> None:
-            nonlocal win_ours
-            delay = reserve_all(limiters, n)
-            if delay > 0:
-                conn.stop.wait(delay)
-                win_ours += delay
-
-        def on_write(data: bytes) -> int | None:
-            # libcurl hands over what each recv returned (often 16 KiB): copy it into the connection's buffer
-            # and leave the writes, hashes and checks that cost a call each to whole buffers
-            nonlocal pos, seen, last_data, win_start, win_bytes, win_ours, unreported, reported_at, fill, cur_idx, lim_pending
-            try:
-                if not st["checked"]:
-                    check()
-                n = len(data)
-                now = clock()
-                last_data = now
-                conn.rx += n
-                win_bytes += n
-                unreported += n
-                lim_pending += n
-                view = memoryview(data)
-                if seen < skip:
-                    view = view[min(skip - seen, n):]
-                seen += n
-                while view:
-                    idx = pos // ps
-                    if idx != cur_idx:
-                        with self._lock:
-                            if idx >= span.end_idx or span.gen != self.gen:
-                                st["done"] = True  # the rest of the range was stolen (or the file was reset)
-                                break
-                            span.cur = idx
-                        cur_idx = idx
-                    k = min(len(view), min(self.size, (idx + 1) * ps) - pos, len(buf) - fill)
-                    buf[fill:fill + k] = view[:k]
-                    fill += k
-                    pos += k
-                    view = view[k:]
-                    if fill == len(buf) or pos % ps == 0 or pos == self.size:
-                        flush_buf()
-                if now - reported_at >= PROGRESS_S:
-                    loop.call_soon_threadsafe(ctx.on_bytes, unreported)
-                    unreported, reported_at = 0, now
-                if lim_pending >= LIMIT_CHUNK:
-                    pace(lim_pending)
-                    lim_pending = 0
-                if conn.stop.is_set() or st["done"]:
-                    return 0  # aborts the response; bytes already received are kept
-                if min_rate > 0 and now - win_start >= window:
-                    server_time = now - win_start - win_ours
-                    if server_time > 0 and win_bytes / server_time < min_rate:
-                        raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {url}, under downloads.min_rate_bytes_per_s "
-                                      f"({min_rate:.0f} B/s)")
-                    if server_time > 0:  # a window at the minimum rate breaks the run of slow connections
-                        self.slow.pop(url, None)
-                    win_start, win_bytes, win_ours = now, 0, 0.0
-            except BaseException as exc:
-                st["exc"] = exc
-                return 0
-            return None
-
-        def on_progress(dltotal: int, dlnow: int, ultotal: int, ulnow: int) -> int:
-            if conn.stop.is_set():
-                return 1
-            if clock() - last_data > stall:
-                st["exc"] = Stalled(f"no data from {url} for {stall} s")
-                return 1
-            return 0
-
-        c = conn.curl
-        c.setopt(pycurl.URL, url)
-        c.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
-        c.setopt(pycurl.HEADERFUNCTION, on_header)
-        c.setopt(pycurl.WRITEFUNCTION, on_write)
-        c.setopt(pycurl.XFERINFOFUNCTION, on_progress)
-        c.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(connect * 1000)))
         try:
-            c.perform()
-        except pycurl.error as exc:
-            if st["exc"] is not None:
-                raise st["exc"] from None
-            if not st["done"] and not conn.stop.is_set():
-                raise _curl_error(exc, url) from None
-        finally:
-            try:
-                flush_buf()  # keep every byte that arrived, even when the connection broke or was stopped
-            except _Stale:
-                pass
-            except BaseException as exc:
-                if st["exc"] is None:
-                    st["exc"] = exc
-            if unreported:
-                loop.call_soon_threadsafe(ctx.on_bytes, unreported)
-            c.setopt(pycurl.WRITEFUNCTION, _discard)  # drop the closures (and what they hold) now
-            c.setopt(pycurl.HEADERFUNCTION, _discard)
-            c.setopt(pycurl.XFERINFOFUNCTION, _no_progress)
-        if st["exc"] is not None:
-            raise st["exc"]
-        if conn.stop.is_set():
-            return
-        if not st["checked"]:
-            check()  # a response without a body (an error status, an empty range)
-        if pos < self._span_end(span) and not st["done"]:
-            raise ShortRead(f"response ended at byte {pos} of {self._span_end(span)}")
+            async with self.ctx.client.stream("GET", url, headers=self._request_headers(url, start, end), timeout=self._timeout()) as resp:
+                await self._check_response(resp, url, start, end, span)
+                await self._consume(resp, gen, start, end, url)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise
+            raise Stalled(f"no data from {url} for {self.ctx.setting('downloads.stall_timeout_s')} s") from None
 
-
-    async def _check_response(self, resp: "_Head", url: str, start: int, end: int, span: _Span) -> None:
+    async def _check_response(self, resp: httpx.Response, url: str, start: int, end: int, span: _Span) -> None:
         st = resp.status_code
         if st == 416:
             cr = resp.headers.get("content-range", "")
@@ -890,6 +579,80 @@ class FileTransfer:
             self.dead.add(url)
             raise DeadUrl(f"{url} serves {m.group(3)} bytes, the catalog says {self.size}")
 
+    async def _consume(self, resp: httpx.Response, gen: int, start: int, end: int, url: str) -> None:
+        ps = self.ps
+        pos = start  # next byte to place in buf
+        buf = bytearray()
+        buf_off = start
+        inflight: asyncio.Future[Any] | None = None
+        limiters = self.ctx.limiters
+        skip = 0
+        if self.no_ranges:
+            # a plain GET: bytes already written in this generation are skipped, not rewritten
+            skip = self._span_offset(_Span(gen, 0, self.npieces)) or 0
+            pos = buf_off = skip
+        seen = 0  # body bytes before this chunk
+        min_rate = float(self.ctx.setting("downloads.min_rate_bytes_per_s"))
+        window = float(self.ctx.setting("downloads.min_rate_window_s"))
+        clock = self._loop.time
+        win_start, win_bytes, win_ours = clock(), 0, 0.0  # win_ours: time spent waiting on our own limits and disk
+        try:
+            async for chunk in resp.aiter_raw():
+                n = len(chunk)
+                self.ctx.on_bytes(n)
+                win_bytes += n
+                view = memoryview(chunk)
+                if seen < skip:
+                    view = view[min(skip - seen, n):]
+                seen += n
+                need = end - pos
+                if len(view) > need:
+                    view = view[:need]
+                while view:
+                    boundary = min(end, (pos // ps + 1) * ps)
+                    part = view[: boundary - pos]
+                    buf += part
+                    pos += len(part)
+                    view = view[len(part):]
+                    if pos == boundary or len(buf) >= WRITE_CHUNK:
+                        if inflight is not None:
+                            t0 = clock()
+                            await inflight
+                            win_ours += clock() - t0
+                        inflight = asyncio.ensure_future(asyncio.to_thread(self._write_job, gen, buf, buf_off))
+                        buf_off = pos
+                        buf = bytearray()
+                if limiters:
+                    t0 = clock()
+                    await take_all(limiters, n)
+                    win_ours += clock() - t0
+                if pos >= end:
+                    break
+                if min_rate > 0:
+                    now = clock()
+                    if now - win_start >= window:
+                        server_time = now - win_start - win_ours
+                        if server_time > 0 and win_bytes / server_time < min_rate:
+                            raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {resp.url}, under downloads.min_rate_bytes_per_s "
+                                          f"({min_rate:.0f} B/s)")
+                        if server_time > 0:  # a window at the minimum rate breaks the run of slow connections
+                            self.slow.pop(url, None)
+                        win_start, win_bytes, win_ours = now, 0, 0.0
+        finally:
+            # keep every byte that arrived, even when the connection broke or we were cancelled
+            await asyncio.shield(self._drain(inflight, gen, buf, buf_off))
+        if pos < end:
+            raise ShortRead(f"response ended at byte {pos} of {end}")
+
+    async def _drain(self, inflight: asyncio.Future[Any] | None, gen: int, buf: bytearray, buf_off: int) -> None:
+        try:
+            if inflight is not None:
+                await inflight
+            if buf:
+                await asyncio.to_thread(self._write_job, gen, buf, buf_off)
+        except _Stale:
+            pass
+
     # --- workers -----------------------------------------------------------
     def _account(self, span: _Span, exc: BaseException, progressed: bool, url: str) -> None:
         if isinstance(exc, TooSlow):
@@ -918,7 +681,7 @@ class FileTransfer:
             return exc.retryable
         return isinstance(exc, httpx.TransportError)
 
-    async def _run_span(self, span: _Span, conn: _Conn) -> None:
+    async def _run_span(self, span: _Span) -> None:
         def stop(rs: RetryCallState) -> bool:
             return span.failures > self.ctx.max_retries()
 
@@ -944,7 +707,7 @@ class FileTransfer:
                 attempt.retry_state._url = url  # type: ignore[attr-defined]
                 before = self.written_bytes
                 try:
-                    await self._fetch(span, url, conn)
+                    await self._fetch(span, url)
                 except (_Restart, _Stale, DiskFull, asyncio.CancelledError, SourceUnavailable):
                     raise
                 except Exception as exc:
@@ -959,53 +722,34 @@ class FileTransfer:
                     raise ShortRead("span incomplete")
 
     async def _worker(self, max_pieces: int) -> None:
-        conn = _Conn()
-        self._conns.add(conn)
-        self.peak_connections = max(self.peak_connections, len(self._conns))
-        try:
-            while True:
-                span = self._take_span(max_pieces)
-                if span is None:
-                    return
-                self._live_spans.append(span)
-                try:
-                    await self._run_span(span, conn)
-                except BaseException:
-                    self._failed_span_retries = max(self._failed_span_retries, span.failures)
-                    raise
-                finally:
-                    self._live_spans.remove(span)
-                    self._release(span)
-                if span.gen != self.gen:
-                    raise _Restart()
-        finally:
-            self._conns.discard(conn)
-            self._rx_done += conn.rx
-            conn.close()
+        while True:
+            span = self._take_span(max_pieces)
+            if span is None:
+                return
+            self._live_spans.append(span)
+            try:
+                await self._run_span(span)
+            except BaseException:
+                self._failed_span_retries = max(self._failed_span_retries, span.failures)
+                raise
+            finally:
+                self._live_spans.remove(span)
+                self._release(span)
+            if span.gen != self.gen:
+                raise _Restart()
 
     # --- the whole file ------------------------------------------------------
-    def _plan(self) -> tuple[int, int, int]:
-        """(connections to start with, pieces per span, most connections) for the settings and what the server supports."""
+    def _plan(self) -> tuple[int, int]:
+        """(workers, pieces per span) for the current settings and what the server supports."""
         if self.no_ranges:
-            return 1, self.npieces, 1
+            return 1, self.npieces
         parallel = int(self.ctx.setting("downloads.parallel_ranges"))
-        ceiling = int(self.ctx.setting("downloads.max_connections_per_file"))
         min_size = float(self.ctx.setting("downloads.parallel_min_size_mb")) * 1024 * 1024
-        if parallel <= 1 or ceiling <= 1 or self.size < min_size:
-            return 1, max(1, MAX_SPAN_BYTES // self.ps) if self.npieces > 1 else 1, 1
+        if parallel <= 1 or self.size < min_size:
+            return 1, max(1, MAX_SPAN_BYTES // self.ps) if self.npieces > 1 else 1
         remaining = sum(1 for s in self.state if s == 0)
-        first = max(1, min(parallel, ceiling, remaining))
-        per = max(1, min(max(1, MAX_SPAN_BYTES // self.ps), -(-remaining // first)))
-        return first, per, max(first, ceiling)
-
-    def _received(self) -> int:
-        return self._rx_done + sum(c.rx for c in list(self._conns))
-
-    def _unstarted_pieces(self) -> int:
-        """Pieces no connection has started: pending ones and those after each live span's current piece."""
-        with self._lock:
-            return sum(1 for s in self.state if s == 0) + sum(max(0, sp.end_idx - sp.cur - 1) for sp in self._live_spans
-                                                              if sp.gen == self.gen)
+        per = max(1, min(max(1, (16 * 1024 * 1024) // self.ps), -(-remaining // parallel)))
+        return min(parallel, max(1, remaining)), per
 
     async def run(self) -> tuple[str, list[tuple[int, str]]]:
         """Fetch what is missing, verify, flush; return (sha256, [(piece index, sha256)])."""
@@ -1055,10 +799,8 @@ class FileTransfer:
                 await self._run_workers()
                 if not self.complete:
                     continue
-            log.debug("%s: every byte written", self.job.path)
             await self._commit_pending()
             await asyncio.to_thread(self._catch_up)
-            log.debug("%s: hashed", self.job.path)
             ok, problem = self._verify()
             if ok:
                 break
@@ -1082,67 +824,18 @@ class FileTransfer:
         return True, ""
 
     async def _run_workers(self) -> None:
-        """Run connections until every piece is written; open more while the file's aggregate rate keeps growing."""
-        n, per, ceiling = self._plan()
-        tasks: set[asyncio.Task[Any]] = set()
-        count = 0
-
-        def spawn(k: int) -> None:
-            nonlocal count
-            for _ in range(k):
-                tasks.add(asyncio.create_task(self._worker(per), name=f"range:{self.job.path}:{count}"))
-                count += 1
-
-        spawn(n)
-        clock = self._loop.time
-        grow = ceiling > n
-        base_rate: float | None = None
-        win_t, win_rx = clock() + GROW_SETTLE_S, None
-        failed = False
+        n, per = self._plan()
+        tasks = [asyncio.create_task(self._worker(per), name=f"range:{self.job.path}:{i}") for i in range(n)]
         try:
-            while tasks:
-                done, _ = await asyncio.wait(tasks, timeout=0.1 if grow else None, return_when=asyncio.FIRST_EXCEPTION)
-                if any(not t.cancelled() and t.exception() is not None for t in done):
-                    failed = True
-                    break
-                tasks -= done
-                if not grow or not tasks:
-                    continue
-                now = clock()
-                if win_rx is None:
-                    if now >= win_t:
-                        win_t, win_rx = now, self._received()
-                    continue
-                if now - win_t < GROW_WINDOW_S:
-                    continue
-                rate = (self._received() - win_rx) / (now - win_t)
-                live = len(tasks)
-                if base_rate is not None and rate < base_rate * GROW_MIN_GAIN:
-                    grow = False  # the last connections did not pay: the link or the server is the limit
-                    log.debug("%s: %.1f MiB/s over %d connections: no more", self.job.path, rate / 1048576, live)
-                    continue
-                k = min(ceiling - live, live, self._unstarted_pieces() // 2)
-                if k <= 0:
-                    grow = live < ceiling and self._unstarted_pieces() > 0
-                    if not grow:
-                        continue
-                    win_t, win_rx = now, self._received()
-                    continue
-                base_rate = rate
-                log.debug("%s: %.1f MiB/s over %d connections: opening %d more", self.job.path, rate / 1048576, live, k)
-                spawn(k)
-                grow = live + k < ceiling
-                win_t, win_rx = now + GROW_SETTLE_S, None
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        pending = tasks if failed else set()
-        tasks_all = tasks
         for t in pending:
             t.cancel()
-        results = await asyncio.gather(*tasks_all, return_exceptions=True)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         if not errors:
             return
@@ -1159,10 +852,6 @@ class FileTransfer:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, CannotConnect):
-        return "cannot connect to the server"
-    if isinstance(exc, Broken):
-        return "the connection broke"
     if isinstance(exc, TransferError):
         return str(exc)
     if isinstance(exc, httpx.ConnectError):
