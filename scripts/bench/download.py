@@ -1,19 +1,24 @@
-"""Download engine figures against a local mirror, beside curl and aria2c measured in the same run.
+"""Download engine figures against a local origin, each beside its reference measured in the same run, at its best.
 
-1. one 1 GiB file, no throttle: verified mavail download time / `curl -o` time
-2. a mirror capping each connection at 20 MiB/s, one 400 MiB file: mavail / `aria2c -x8 -s8`
-   (plain httpx with 8 parallel ranges when aria2c is missing)
-3. limit accuracy: measured rate with a global limit of 10 MiB/s and a per-download limit of 50 MiB/s
-4. peak RSS of the engine while four 1 GiB files download (and four 256 MiB files, to show it does not grow)
-5. p99 latency of `downloads.active` while a 1 GiB download runs
-6. kill -9 at about half of a 1 GiB file, restart: bytes fetched again
+The origin is nginx (sendfile, `limit_rate` for the per-connection cap) when it is installed: then the
+figures are the engine's and curl's/aria2c's alone. Without nginx the Python test mirror serves, and its
+own CPU cost is in every figure (the script says so). The engine runs on its defaults everywhere except
+where a case needs a setting (four downloads at once, a bandwidth limit).
 
-    .venv/bin/python scripts/bench/download.py [--gib 1.0] [--skip 4,6]
+1. one 1 GiB file, no throttle: best verified mavail download / best `curl -o FILE`            (goal <= 1.1)
+2. one 400 MiB file, 20 MiB/s per connection: mavail / `aria2c -x8 -s8 -k1M`, and / `-x16 -s16`  (goal <= 1.0)
+3. peak engine RSS while four 1 GiB files download at once, and four 4 GiB files              (goal < 100 MiB)
+4. p99 of `downloads.active` and `session.hello` during a 1 GiB download                       (goal < 5 ms)
+5. limit accuracy: a global limit of 10 MiB/s, a per-download limit of 50 MiB/s                (goal within 5%)
+7. kill -9 at half of a 1 GiB file, restart: bytes fetched again                                (goal <= 1% + 16 MiB)
+
+    .venv/bin/python scripts/bench/download.py [--gib 1.0] [--big-gib 4.0] [--skip 3,7] [--runs 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import signal
@@ -32,7 +37,127 @@ from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.rpc.client import Client
 
 
-def wait_done(c: Client, mids: list[str], timeout: float = 600.0, poll: float = 0.01) -> float:
+# --- origins -------------------------------------------------------------------------
+class NginxOrigin:
+    """nginx on 127.0.0.1 serving files written to `root`; `/cN/` paths cap each connection at N MiB/s."""
+
+    CAPS = (16, 20)
+
+    def __init__(self, tmp: Path) -> None:
+        self.root, self.dir = tmp / "www", tmp / "nginx"
+        self.root.mkdir()
+        self.dir.mkdir()
+        self.log = self.dir / "access.log"
+        self.port = _free_port()
+        caps = "".join(f"    location /c{n}/ {{ alias {self.root}/; limit_rate {n}m; }}\n" for n in self.CAPS)
+        t = self.dir
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read the files of this private folder
+        (t / "nginx.conf").write_text(f"""{user}worker_processes 2;
+pid {t}/nginx.pid;
+error_log {t}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  log_format sent '$uri $body_bytes_sent';
+  access_log {self.log} sent;
+  sendfile on;
+  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t}; uwsgi_temp_path {t}; scgi_temp_path {t};
+  server {{
+    listen 127.0.0.1:{self.port};
+    root {self.root};
+{caps}  }}
+}}
+""")
+        subprocess.run([shutil.which("nginx") or "nginx", "-c", str(t / "nginx.conf")], check=True)
+        self.kind = "nginx (sendfile)"
+
+    def add(self, name: str, size: int) -> str:
+        """Write `size` random bytes to `name`; their sha256."""
+        h = hashlib.sha256()
+        with open(self.root / name, "wb") as fh:
+            left = size
+            while left:
+                block = os.urandom(min(8 * MIB, left))
+                h.update(block)
+                fh.write(block)
+                left -= len(block)
+        return h.hexdigest()
+
+    def alias(self, name: str, target: str) -> None:
+        """Serve `target`'s bytes under `name` too (so each name's bytes are counted apart)."""
+        (self.root / name).symlink_to(self.root / target)
+
+    def url(self, name: str, cap_mib: int = 0) -> str:
+        """The URL of `name`, with each connection capped at `cap_mib` MiB/s (one of CAPS) when given."""
+        return f"http://127.0.0.1:{self.port}/" + (f"c{cap_mib}/" if cap_mib else "") + name
+
+    def served(self, name: str) -> int:
+        """Body bytes sent for `name` over every path so far."""
+        total = 0
+        for line in self.log.read_text().splitlines():
+            uri, _, n = line.rpartition(" ")
+            if uri.rsplit("/", 1)[-1] == name and n.isdigit():
+                total += int(n)
+        return total
+
+    def close(self) -> None:
+        """Stop nginx."""
+        pid = int((self.dir / "nginx.pid").read_text())
+        os.kill(pid, signal.SIGQUIT)
+
+
+class MirrorOrigin:
+    """The Python test mirror (when nginx is missing): its own CPU cost is in every figure."""
+
+    CAPS = (16, 20)
+
+    def __init__(self, tmp: Path) -> None:
+        self.m = Mirror().start()
+        self.content: dict[str, Synthetic] = {}
+        self.kind = "the Python test mirror (nginx not installed: apt-get install nginx-light; its CPU cost is in every figure)"
+
+    def add(self, name: str, size: int) -> str:
+        self.content[name] = Synthetic(name, size)
+        for cap in (0, *self.CAPS):
+            self._serve(name, name, cap)
+        return self.content[name].sha256()
+
+    def _serve(self, name: str, target: str, cap: int) -> None:
+        path = (f"c{cap}/" if cap else "") + name
+        self.m.add(path, self.content[target])
+        self.m.faults(path).throttle_bps = cap * MIB
+
+    def alias(self, name: str, target: str) -> None:
+        self.content[name] = self.content[target]
+        for cap in (0, *self.CAPS):
+            self._serve(name, target, cap)
+
+    def url(self, name: str, cap_mib: int = 0) -> str:
+        return self.m.url((f"c{cap_mib}/" if cap_mib else "") + name)
+
+    def served(self, name: str) -> int:
+        return sum(self.m.bytes_served.get((f"c{cap}/" if cap else "") + name, 0) for cap in (0, *self.CAPS))
+
+    def close(self) -> None:
+        self.m.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_toml(mid: str, url: str, size: int, sha: str) -> str:
+    """A catalog `[[models]]` block of one file `w.bin`."""
+    return (f'[[models]]\nid = "{mid}"\nversion = "1.0.0"\ndisplay_name = "{mid}"\nmodel_type = "text_to_video"\n'
+            f'capabilities = ["text_to_video"]\nquality = "medium"\nspeed = "medium"\n[models.vram_gb]\n"832x480" = 8.0\n'
+            f'[[models.files]]\npath = "w.bin"\nurl = "{url}"\nmirrors = []\nsize = {size}\nsha256 = "{sha}"\n')
+
+
+# --- measuring -----------------------------------------------------------------------
+def wait_done(c: Client, mids: list[str], timeout: float = 900.0, poll: float = 0.01) -> float:
     """Poll until every model's download is completed; return the time it ended."""
     deadline = time.monotonic() + timeout
     left = set(mids)
@@ -50,66 +175,44 @@ def wait_done(c: Client, mids: list[str], timeout: float = 600.0, poll: float = 
     return time.monotonic()
 
 
-def timed_download(c: Client, mid: str, **params) -> float:
+def timed_download(c: Client, home: Path, mid: str, **params) -> float:
+    """Seconds for a verified, installed download of `mid`; the installed copy is removed after."""
     t0 = time.monotonic()
     c.call("downloads.start", {"model_id": mid, **params})
-    return wait_done(c, [mid]) - t0
+    t = wait_done(c, [mid]) - t0
+    drop_model(home, mid)
+    return t
 
 
 def drop_model(home: Path, mid: str) -> None:
     shutil.rmtree(home / "models" / mid, ignore_errors=True)
 
 
-def run_curl(url: str, out: Path) -> tuple[float, float]:
-    """(curl -o, curl -o then fsync of the file): curl verifies and flushes nothing; mavail does both."""
+def run_tool(argv: list[str], out: Path) -> float:
+    """Seconds `argv` takes to write `out` (then removed)."""
     t0 = time.monotonic()
-    subprocess.run(["curl", "-s", "-o", str(out), url], check=True)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t = time.monotonic() - t0
-    fd = os.open(out, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    t_sync = time.monotonic() - t0
-    out.unlink()
-    return t, t_sync
+    if out != Path(os.devnull):
+        out.unlink(missing_ok=True)
+    return t
 
 
-def run_aria2(url: str, out: Path) -> tuple[float, str]:
-    if shutil.which("aria2c"):
-        t0 = time.monotonic()
-        subprocess.run(["aria2c", "-q", "-x8", "-s8", "--file-allocation=none", "--allow-overwrite=true", "--auto-file-renaming=false",
-                        "-d", str(out.parent), "-o", out.name, url], check=True)
-        t = time.monotonic() - t0
-        out.unlink()
-        return t, "aria2c -x8 -s8"
-    # fallback: 8 parallel ranges with plain httpx, no hashing
-    import httpx
+def curl(url: str, out: Path) -> float:
+    return run_tool(["curl", "-s", "-o", str(out), url], out)
 
-    size = int(httpx.head(url).headers["content-length"])
-    t0 = time.monotonic()
 
-    def part(i: int) -> None:
-        a, b = size * i // 8, size * (i + 1) // 8 - 1
-        with httpx.Client(timeout=60) as cl, cl.stream("GET", url, headers={"Range": f"bytes={a}-{b}"}) as r, open(out, "r+b") as fh:
-            fh.seek(a)
-            for chunk in r.iter_raw():
-                fh.write(chunk)
-
-    with open(out, "wb") as fh:
-        fh.truncate(size)
-    ts = [threading.Thread(target=part, args=(i,)) for i in range(8)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    t = time.monotonic() - t0
-    out.unlink()
-    return t, "httpx, 8 parallel ranges (aria2c not installed)"
+def aria2(url: str, out: Path, n: int) -> float:
+    return run_tool(["aria2c", "-q", f"-x{n}", f"-s{n}", "-k1M", "--file-allocation=none", "--allow-overwrite=true",
+                     "--auto-file-renaming=false", "-d", str(out.parent), "-o", out.name, url], out)
 
 
 class LatencyProbe(threading.Thread):
-    """Calls downloads.active in a loop on its own connection and records latencies."""
+    """Calls `method` in a loop on its own connection and records latencies."""
 
-    def __init__(self, sock: Path) -> None:
+    def __init__(self, sock: Path, method: str) -> None:
         super().__init__(daemon=True)
-        self.sock = sock
+        self.sock, self.method = sock, method
         self.lat: list[float] = []
         self.stop = threading.Event()
 
@@ -117,12 +220,14 @@ class LatencyProbe(threading.Thread):
         with Client(self.sock, timeout=10) as c:
             while not self.stop.is_set():
                 s = time.perf_counter()
-                c.call("downloads.active")
+                c.call(self.method)
                 self.lat.append(time.perf_counter() - s)
                 time.sleep(0.002)
 
 
 class RssProbe(threading.Thread):
+    """The peak RSS of a process, sampled every 20 ms."""
+
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.p = psutil.Process(pid)
@@ -135,128 +240,166 @@ class RssProbe(threading.Thread):
             time.sleep(0.02)
 
 
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gib", type=float, default=1.0, help="size of the 'large' files in GiB (default 1)")
+    ap.add_argument("--gib", type=float, default=1.0, help="size of the 'large' file in GiB (default 1)")
+    ap.add_argument("--big-gib", type=float, default=4.0, help="size of each of the four files of case 3's second figure (default 4)")
     ap.add_argument("--skip", default="", help="comma-separated case numbers to skip")
+    ap.add_argument("--runs", type=int, default=2, help="runs of cases 1 and 2, each side at its best (default 2)")
     args = ap.parse_args()
     skip = {int(x) for x in args.skip.split(",") if x}
-    big = int(args.gib * 1024) * MIB
+    big, huge = int(args.gib * 1024) * MIB, int(args.big_gib * 1024) * MIB
+    missing = [t for t in ("curl", "aria2c") if not shutil.which(t)]
+    if missing:
+        print(f"missing: {', '.join(missing)} (apt-get install -y curl aria2): the cases that need them are skipped", flush=True)
     out: dict[str, str] = {}
-    with short_tmpdir() as tmp, Mirror() as m:
-        home, sock = tmp / "home", tmp / "e.sock"
-        home.mkdir()
-        G = Synthetic("bench-large", big)
-        M400 = Synthetic("bench-400", 400 * MIB)
-        S256 = Synthetic("bench-256", 256 * MIB)
-        L10, L50 = Synthetic("bench-l10", 50 * MIB), Synthetic("bench-l50", 250 * MIB)
-        print(f"hashing the synthetic files ({big // MIB} MiB + 1,300 MiB) for the catalog…", flush=True)
-        models = {"c1": {"w.bin": G}, "c5": {"w.bin": G}, "c2": {"w.bin": M400}, "l10": {"w.bin": L10}, "l50": {"w.bin": L50},
-                  "k6": {"w.bin": G}}
-        models.update({f"r{i}": {"w.bin": G} for i in range(4)})
-        models.update({f"s{i}": {"w.bin": S256} for i in range(4)})
-        (home / "catalog.toml").write_text("".join(m.add_model(mid, f) for mid, f in models.items()))
-        (home / "config.toml").write_text(tomli_w.dumps({"storage": {"min_free_gb": 0.0}}))
-        m.faults("c2/w.bin").throttle_bps = 20 * MIB
-
-        with engine_process(home, sock) as proc, Client(sock, timeout=30) as c:
-            if 1 not in skip:
-                curl, curl_sync = run_curl(m.url("c1/w.bin"), tmp / "curl.bin")
-                mav = timed_download(c, "c1")
-                drop_model(home, "c1")
-                out["1"] = (f"{big // MIB} MiB, no throttle: mavail {mav:.2f} s (verified, fsynced) / curl -o {curl:.2f} s = {mav / curl:.2f}"
-                            f"  (goal <= 1.1); / curl -o + fsync {curl_sync:.2f} s = {mav / curl_sync:.2f}")
-                print(out["1"], flush=True)
-            if 5 not in skip:
-                probe = LatencyProbe(sock)
-                probe.start()
-                time.sleep(0.2)
-                timed_download(c, "c5")
-                probe.stop.set()
-                probe.join()
-                drop_model(home, "c5")
-                out["5"] = (f"downloads.active during a 1 GiB download: p50 {percentile(probe.lat, 50) * 1000:.2f} ms, "
-                            f"p99 {percentile(probe.lat, 99) * 1000:.2f} ms over {len(probe.lat)} calls  (goal p99 < 10 ms)")
-                print(out["5"], flush=True)
-            if 2 not in skip:
-                ref, refname = run_aria2(m.url("c2/w.bin"), tmp / "aria.bin")
-                c.call("config.update", {"patch": {"downloads": {"parallel_ranges": 8}}})
-                mav = timed_download(c, "c2")
-                c.call("config.update", {"patch": {"downloads": {"parallel_ranges": 4}}})
-                drop_model(home, "c2")
-                out["2"] = (f"400 MiB, 20 MiB/s per connection: mavail (8 ranges) {mav:.2f} s / {refname} {ref:.2f} s = {mav / ref:.2f}"
-                            "  (goal <= 1.1)")
-                print(out["2"], flush=True)
-            if 3 not in skip:
-                c.call("config.update", {"patch": {"downloads": {"bandwidth_limit_mbps": 10.0}}})
-                t10 = timed_download(c, "l10")
-                c.call("config.update", {"patch": {"downloads": {"bandwidth_limit_mbps": 0.0}}})
-                t50 = timed_download(c, "l50", bandwidth_limit_mbps=50.0)
-                r10, r50 = L10.size / MIB / t10, L50.size / MIB / t50
-                drop_model(home, "l10")
-                drop_model(home, "l50")
-                out["3"] = (f"limit accuracy: global 10 MiB/s -> {r10:.2f} MiB/s ({(r10 / 10 - 1) * 100:+.1f}%), "
-                            f"per-download 50 MiB/s -> {r50:.2f} MiB/s ({(r50 / 50 - 1) * 100:+.1f}%)  (goal within 5%)")
-                print(out["3"], flush=True)
-            if 4 not in skip:
-                c.call("config.update", {"patch": {"downloads": {"max_concurrent": 4}}})
-                peaks = []
-                for prefix in ("s", "r"):
-                    rss = RssProbe(proc.pid)
-                    rss.start()
-                    for i in range(4):
-                        c.call("downloads.start", {"model_id": f"{prefix}{i}"})
-                    wait_done(c, [f"{prefix}{i}" for i in range(4)], poll=0.05)
-                    rss.stop.set()
-                    rss.join()
-                    peaks.append(rss.peak / MIB)
-                    for i in range(4):
-                        drop_model(home, f"{prefix}{i}")
-                out["4"] = (f"peak engine RSS, four files at once: {peaks[1]:.0f} MiB with 4 x {big // MIB} MiB, "
-                            f"{peaks[0]:.0f} MiB with 4 x 256 MiB  (goal < 150 MiB, flat)")
-                print(out["4"], flush=True)
-
-        if 6 not in skip:
-            m.faults("k6/w.bin").throttle_bps = 64 * MIB  # x4 ranges: about 4 s for 1 GiB, so the kill lands mid-file
-            proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
-                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            try:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        with Client(sock, timeout=5) as c:
-                            c.call("session.hello")
-                        break
-                    except Exception:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.05)
-                with Client(sock, timeout=30) as c:
-                    c.call("downloads.start", {"model_id": "k6"})
-                    while c.call("downloads.progress", {"model_id": "k6"})["downloaded_bytes"] < big // 2:
-                        time.sleep(0.005)
-                    at = c.call("downloads.progress", {"model_id": "k6"})["downloaded_bytes"]
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            time.sleep(0.5)
-            before = m.bytes_served.get("k6/w.bin", 0)
-            m.faults("k6/w.bin").throttle_bps = 0
-            with engine_process(home, sock), Client(sock, timeout=30) as c:
-                wait_done(c, ["k6"])
-            total = m.bytes_served["k6/w.bin"]
-            again = total - big
-            limit = big * 0.01 + 16 * MIB
-            out["6"] = (f"kill -9 at {at / big * 100:.0f}% of {big // MIB} MiB, restart: {again / MIB:.1f} MiB fetched again "
-                        f"(served {before / MIB:.0f} MiB before the kill, {total / MIB:.0f} MiB in all)  (goal <= {limit / MIB:.1f} MiB)")
-            print(out["6"], flush=True)
-    print("\n## summary")
+    print(f"cores: {os.cpu_count()}, {load()}", flush=True)
+    with short_tmpdir() as tmp:
+        origin = NginxOrigin(tmp) if shutil.which("nginx") else MirrorOrigin(tmp)
+        try:
+            print(f"origin: {origin.kind}", flush=True)
+            home, sock = tmp / "home", tmp / "e.sock"
+            home.mkdir()
+            print("writing the origin's files…", flush=True)
+            sha = {"big": origin.add("big.bin", big), "m400": origin.add("m400.bin", 400 * MIB),
+                   "l64": origin.add("l64.bin", 64 * MIB), "l256": origin.add("l256.bin", 256 * MIB)}
+            cat = [model_toml("c1", origin.url("big.bin"), big, sha["big"]), model_toml("c4", origin.url("big.bin"), big, sha["big"]),
+                   model_toml("c2", origin.url("m400.bin", 20), 400 * MIB, sha["m400"]),
+                   model_toml("l10", origin.url("l64.bin"), 64 * MIB, sha["l64"]),
+                   model_toml("l50", origin.url("l256.bin"), 256 * MIB, sha["l256"])]
+            origin.alias("big-k.bin", "big.bin")
+            cat.append(model_toml("k7", origin.url("big-k.bin", 16), big, sha["big"]))
+            for i in range(4):
+                origin.alias(f"big{i}.bin", "big.bin")
+                cat.append(model_toml(f"s{i}", origin.url(f"big{i}.bin"), big, sha["big"]))
+            if 3 not in skip and huge:
+                sha["huge"] = origin.add("huge.bin", huge)
+                for i in range(4):
+                    origin.alias(f"huge{i}.bin", "huge.bin")
+                    cat.append(model_toml(f"h{i}", origin.url(f"huge{i}.bin"), huge, sha["huge"]))
+            (home / "catalog.toml").write_text("".join(cat))
+            (home / "config.toml").write_text(tomli_w.dumps({"storage": {"min_free_gb": 0.0}}))
+            run_cases(args, skip, origin, home, sock, tmp, big, huge, out)
+        finally:
+            origin.close()
+    print(f"\n## summary ({load()})")
     for k in sorted(out):
         print(f"{k}. {out[k]}")
     return 0
+
+
+def run_cases(args, skip, origin, home: Path, sock: Path, tmp: Path, big: int, huge: int, out: dict[str, str]) -> None:
+    runs = max(1, args.runs)
+    with engine_process(home, sock) as proc, Client(sock, timeout=30) as c:
+        if 1 not in skip and shutil.which("curl"):
+            url = origin.url("big.bin")
+            ref_null = min(curl(url, Path("/dev/null")) for _ in range(runs))
+            ref, mav = [], []
+            for _ in range(runs):
+                ref.append(curl(url, tmp / "curl.bin"))
+                mav.append(timed_download(c, home, "c1"))
+            out["1"] = (f"{big // MIB} MiB, no throttle: mavail {min(mav):.2f} s (verified, fsynced) / curl -o FILE {min(ref):.2f} s"
+                        f" = {min(mav) / min(ref):.2f}  (goal <= 1.1); curl -o /dev/null {ref_null:.2f} s; runs: mavail "
+                        + " ".join(f"{t:.2f}" for t in mav) + ", curl " + " ".join(f"{t:.2f}" for t in ref) + f"; {load()}")
+            print(out["1"], flush=True)
+        if 2 not in skip and shutil.which("aria2c"):
+            url = origin.url("m400.bin", 20)
+            a8, a16, mav = [], [], []
+            for _ in range(runs):
+                a8.append(aria2(url, tmp / "aria.bin", 8))
+                a16.append(aria2(url, tmp / "aria.bin", 16))
+                mav.append(timed_download(c, home, "c2"))
+            out["2"] = (f"400 MiB, 20 MiB/s per connection: mavail {min(mav):.2f} s / aria2c -x8 -s8 -k1M {min(a8):.2f} s = "
+                        f"{min(mav) / min(a8):.2f}  (goal <= 1.0); / aria2c -x16 -s16 -k1M {min(a16):.2f} s = {min(mav) / min(a16):.2f}"
+                        f"; {load()}")
+            print(out["2"], flush=True)
+        if 4 not in skip:
+            probes = [LatencyProbe(sock, "downloads.active"), LatencyProbe(sock, "session.hello")]
+            for p in probes:
+                p.start()
+            time.sleep(0.2)
+            t = timed_download(c, home, "c4")
+            for p in probes:
+                p.stop.set()
+                p.join()
+            out["4"] = f"during a {big // MIB} MiB download ({t:.2f} s): " + "; ".join(
+                f"{p.method} p50 {percentile(p.lat, 50) * 1000:.2f} ms, p99 {percentile(p.lat, 99) * 1000:.2f} ms ({len(p.lat)} calls)"
+                for p in probes) + "  (goal p99 < 5 ms)"
+            print(out["4"], flush=True)
+        if 5 not in skip:
+            c.call("config.update", {"patch": {"downloads": {"bandwidth_limit_mbps": 10.0}}})
+            t10 = timed_download(c, home, "l10")
+            c.call("config.update", {"patch": {"downloads": {"bandwidth_limit_mbps": 0.0}}})
+            t50 = timed_download(c, home, "l50", bandwidth_limit_mbps=50.0)
+            r10, r50 = 64 / t10, 256 / t50
+            out["5"] = (f"limit accuracy: global 10 MiB/s -> {r10:.2f} MiB/s ({(r10 / 10 - 1) * 100:+.1f}%), "
+                        f"per-download 50 MiB/s -> {r50:.2f} MiB/s ({(r50 / 50 - 1) * 100:+.1f}%)  (goal within 5%)")
+            print(out["5"], flush=True)
+        if 3 not in skip:
+            c.call("config.update", {"patch": {"downloads": {"max_concurrent": 4}}})
+            peaks = []
+            for prefix, size in (("s", big), ("h", huge)):
+                if not size:
+                    continue
+                rss = RssProbe(proc.pid)
+                rss.start()
+                t0 = time.monotonic()
+                for i in range(4):
+                    c.call("downloads.start", {"model_id": f"{prefix}{i}"})
+                t = wait_done(c, [f"{prefix}{i}" for i in range(4)], poll=0.05) - t0
+                rss.stop.set()
+                rss.join()
+                peaks.append(f"{rss.peak / MIB:.0f} MiB with 4 x {size // MIB} MiB ({4 * size / MIB / t:.0f} MiB/s)")
+                for i in range(4):
+                    drop_model(home, f"{prefix}{i}")
+            c.call("config.update", {"patch": {"downloads": {"max_concurrent": 3}}})
+            out["3"] = "peak engine RSS, four files at once: " + ", ".join(peaks) + "  (goal < 100 MiB, flat)"
+            print(out["3"], flush=True)
+    if 7 not in skip:
+        kill_case(origin, home, sock, big, out)
+
+
+def kill_case(origin, home: Path, sock: Path, big: int, out: dict[str, str]) -> None:
+    """kill -9 at half of a 1 GiB file (each connection capped at 16 MiB/s so the kill lands mid-file), restart."""
+    proc = subprocess.Popen([sys.executable, "-m", "mavail.rpc.cli", "engine", "--home", str(home), "--socket", str(sock)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with Client(sock, timeout=5) as c:
+                    c.call("session.hello")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with Client(sock, timeout=30) as c:
+            c.call("downloads.start", {"model_id": "k7"})
+            while c.call("downloads.progress", {"model_id": "k7"})["downloaded_bytes"] < big // 2:
+                time.sleep(0.005)
+            at = c.call("downloads.progress", {"model_id": "k7"})["downloaded_bytes"]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(1.0)  # the origin logs each aborted response once it sees the connection close
+    before = origin.served("big-k.bin")
+    with engine_process(home, sock), Client(sock, timeout=30) as c:
+        wait_done(c, ["k7"])
+    time.sleep(0.5)
+    total = origin.served("big-k.bin")
+    drop_model(home, "k7")
+    again = total - big
+    limit = big * 0.01 + 16 * MIB
+    out["7"] = (f"kill -9 at {at / big * 100:.0f}% of {big // MIB} MiB, restart: {again / MIB:.1f} MiB fetched again "
+                f"(served {before / MIB:.0f} MiB before the kill, {total / MIB:.0f} MiB in all)  (goal <= {limit / MIB:.1f} MiB)")
+    print(out["7"], flush=True)
 
 
 if __name__ == "__main__":
