@@ -102,6 +102,8 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.max_retries", int, 3, "Default retries per file.", min=0, max=100),
     _s("downloads.stall_timeout_s", float, 30.0, "No bytes for this long: reconnect.", min=0.1, max=3600),
     _s("downloads.parallel_ranges", int, 8, "Connections per large file (8 keeps up with aria2c -x8 on a server that caps each connection).", min=1, max=32),
+    _s("downloads.max_connections", int, 16, "Connections of all downloads together: when several download at once, each file "
+       "opens its share of these (at least 1, at most parallel_ranges).", min=1, max=256),
     _s("downloads.parallel_min_size_mb", float, 64.0, "Files at least this large use parallel ranges.", min=0),
     _s("downloads.piece_size_mb", int, 8, "Size of a piece: the unit of progress, hashing and repair.", live=False, min=1, max=1024),
     _s("downloads.retry_base_s", float, 1.0, "First retry delay; doubles each retry, with jitter.", min=0, max=600),

@@ -746,7 +746,8 @@ class DownloadManager:
         return TransferContext(client=self.client, limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
                                setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
-                               sleep=self.sleep)
+                               sleep=self.sleep,
+                               active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
 
     def _remove_partial(self, model_id: str) -> None:
         """Delete a download's partial data without following links (a link there is left, and logged)."""

@@ -170,6 +170,7 @@ class TransferContext:
     on_retry: Callable[[str, str, BaseException, float], None] = lambda path, url, exc, delay: None
     headers_for: Callable[[str], dict[str, str]] = lambda url: {}
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    active_files: Callable[[], int] = lambda: 1  # files transferring now, which share downloads.max_connections
 
 
 @dataclass
@@ -743,7 +744,8 @@ class FileTransfer:
         """(workers, pieces per span) for the current settings and what the server supports."""
         if self.no_ranges:
             return 1, self.npieces
-        parallel = int(self.ctx.setting("downloads.parallel_ranges"))
+        share = int(self.ctx.setting("downloads.max_connections")) // max(1, self.ctx.active_files())
+        parallel = min(int(self.ctx.setting("downloads.parallel_ranges")), max(1, share))
         min_size = float(self.ctx.setting("downloads.parallel_min_size_mb")) * 1024 * 1024
         if parallel <= 1 or self.size < min_size:
             return 1, max(1, MAX_SPAN_BYTES // self.ps) if self.npieces > 1 else 1
