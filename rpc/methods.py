@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mavail.core import __version__, limits
-from mavail.core.downloads import PRIORITY_INPUT
 from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
 from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
-from mavail.core.priority import PRIORITY_INPUT as PRIORITIES, normalise_priority
+from mavail.core.priority import PRIORITY_INPUT, normalise_priority
 from mavail.core.timeutil import iso
 from mavail.rpc import PROTOCOL_VERSION
 from mavail.rpc.encoding import StatusEncodings
@@ -341,7 +340,7 @@ METHODS: tuple[Method, ...] = (
         P("requirements", "object", "What the generation needs: resolution \"WxH\", has_image or inputs, model_type, "
           "capabilities, quality, speed, max_wait_time_minutes.", nullable=True),
         P("auto_download", "boolean", "Start (or join) the download when the model is missing.", default=True),
-        P("priority", "string", "Download priority when one is started.", default="normal", enum=PRIORITIES),
+        P("priority", "string", "Download priority when one is started.", default="normal", enum=PRIORITY_INPUT),
         P("user_preferences", "object", "prefer_smaller_models, max_wait_time_minutes.", nullable=True),
     )),
     Method("fallback.suggest", fallback_suggest, "Ranked alternatives to a model and the strategy to follow.", (
@@ -352,7 +351,7 @@ METHODS: tuple[Method, ...] = (
     Method("fallback.queue", fallback_queue, "Queue a generation request until its model is ready (starts the download).", (
         _MODEL_ID,
         P("request", "object", "The generation request, returned as is in queued_request_ready.", required=True),
-        P("priority", "string", "Queue and download priority.", default="normal", enum=PRIORITIES),
+        P("priority", "string", "Queue and download priority.", default="normal", enum=PRIORITY_INPUT),
         P("max_wait_time_minutes", "number", "Expire the request after this long (default fallback.queue_max_wait_minutes).",
           nullable=True, minimum=0.001, maximum=limits.MAX_WAIT_MINUTES),
     )),

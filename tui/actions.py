@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mavail.tui.app import MavailApp
     from mavail.tui.widgets.base import Pane
 
-PRIORITIES = ("low", "normal", "high", "critical")
+PRIORITY_STEPS = ("low", "normal", "high", "critical")  # what + and - step through, least urgent first
 TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", "settings")
 
 
@@ -146,14 +146,14 @@ class ScreenActions:
     async def _priority(self, mid: str, delta: int) -> None:
         raw = self.app.pane("downloads").table.raw(mid) if self.app.pane("downloads").table else None  # type: ignore[union-attr]
         current = (raw or {}).get("priority")
-        if current not in PRIORITIES:
+        if current not in PRIORITY_STEPS:
             prog = await self._call("downloads.progress", model_id=mid)
             if prog is None:
                 return
             current = prog.get("priority", "normal")
         current = "normal" if current == "medium" else current
-        i = PRIORITIES.index(current) if current in PRIORITIES else 1
-        new = PRIORITIES[max(0, min(len(PRIORITIES) - 1, i + delta))]
+        i = PRIORITY_STEPS.index(current) if current in PRIORITY_STEPS else 1
+        new = PRIORITY_STEPS[max(0, min(len(PRIORITY_STEPS) - 1, i + delta))]
         if new == current:
             self.app.notify(f"{mid}: priority is already {current}", timeout=2)
             return

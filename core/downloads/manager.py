@@ -26,6 +26,7 @@ from mavail.core.downloads.hf import hf_headers, resolve_hf
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
 from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
+from mavail.core.priority import normalise_priority, priority_rank
 from mavail.core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
 from mavail.core import installed, safefs
 from mavail.core.fsutil import free_bytes
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mavail.downloads")
 
-PRIORITIES = ("critical", "high", "normal", "low")
-PRIORITY_INPUT = PRIORITIES + ("medium",)
-_RANK = {p: i for i, p in enumerate(PRIORITIES)}
 RUNNABLE = ("queued", "downloading", "verifying")
 LIVE = RUNNABLE + ("paused", "failed")
 PROGRESS_INTERVAL_S = 0.25  # at most 4 progress events a second per download
@@ -99,14 +97,6 @@ def _close_quietly(file: PartialFile) -> None:
         file.close()
     except OSError:
         pass
-
-
-def normalize_priority(priority: str) -> str:
-    """A contract priority (`medium` is `normal`); InvalidParams otherwise."""
-    p = "normal" if priority == "medium" else priority
-    if p not in _RANK:
-        raise InvalidParams(f"priority must be one of {', '.join(PRIORITY_INPUT)}", field="priority")
-    return p
 
 
 @dataclass(frozen=True)
@@ -423,7 +413,7 @@ class DownloadManager:
 
     def _order(self) -> list[Download]:
         runnable = [d for d in self._dl.values() if d.status in RUNNABLE]
-        return sorted(runnable, key=lambda d: (_RANK[d.priority], d.seq))
+        return sorted(runnable, key=lambda d: (priority_rank(d.priority), d.seq))
 
     def queue_position(self, d: Download) -> int | None:
         """1-based place in the queue (running ones first), None when not queued or running."""
@@ -879,7 +869,7 @@ class DownloadManager:
     async def start(self, model_id: str, priority: str = "normal", max_retries: int | None = None,
                     bandwidth_limit_mbps: float = 0.0) -> Started:
         """Queue a download of the model's catalog version; Conflict if one is live, InsufficientStorage if the disk cannot hold it."""
-        priority = normalize_priority(priority)
+        priority = normalise_priority(priority)
         self._catalog.spec(model_id)
         if bandwidth_limit_mbps < 0:
             raise InvalidParams("bandwidth_limit_mbps must be >= 0", field="bandwidth_limit_mbps")
@@ -938,7 +928,7 @@ class DownloadManager:
 
     async def ensure(self, model_id: str, priority: str = "normal") -> dict[str, Any]:
         """Join the model's live download (raising its priority if asked), resume a paused one, or start one."""
-        priority = normalize_priority(priority)
+        priority = normalise_priority(priority)
         self._catalog.spec(model_id)
         d = self._dl.get(model_id)
         started = False
@@ -954,7 +944,7 @@ class DownloadManager:
             d = self._dl[model_id]
         if not started:
             async with self._lock:
-                if _RANK[priority] < _RANK[d.priority]:
+                if priority_rank(priority) < priority_rank(d.priority):
                     await self._set_priority(model_id, priority)
                 if d.status == "paused":
                     await self._resume(model_id)
@@ -1040,7 +1030,7 @@ class DownloadManager:
                 return await self._set_priority(model_id, priority)
 
     async def _set_priority(self, model_id: str, priority: str) -> QueuePlace:
-        priority = normalize_priority(priority)
+        priority = normalise_priority(priority)
         d = self._get(model_id)
         if d.status not in LIVE:
             raise InvalidState(f"cannot change the priority of a download that is {d.status}", model_id=model_id, status=d.status)
@@ -1097,7 +1087,7 @@ class DownloadManager:
     def active(self) -> ActiveDownloads:
         """Every download not completed or cancelled, in queue order (then paused and failed)."""
         order = self._order()
-        rest = sorted((d for d in self._dl.values() if d.status in ("paused", "failed")), key=lambda d: (_RANK[d.priority], d.seq))
+        rest = sorted((d for d in self._dl.values() if d.status in ("paused", "failed")), key=lambda d: (priority_rank(d.priority), d.seq))
         items = []
         for i, d in enumerate(order, 1):
             p = self.progress_dict(d)
@@ -1114,5 +1104,5 @@ class DownloadManager:
         return self._dl.get(model_id)
 
 
-__all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "PRIORITIES", "PRIORITY_INPUT", "QueuePlace", "SourceUnavailable", "Started",
-           "StatusChange", "normalize_priority"]
+__all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "QueuePlace", "SourceUnavailable", "Started",
+           "StatusChange"]

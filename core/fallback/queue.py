@@ -47,9 +47,7 @@ from mavail.core.timeutil import Clock, iso, wait_event
 
 log = logging.getLogger("mavail.fallback")
 
-PRIORITIES = PRIORITY_INPUT  # kept importable from here; the names live in core/priority.py
-
-__all__ = ["PRIORITIES", "EventChannel", "QueuedRequest", "RequestQueue", "normalise_priority"]
+__all__ = ["EventChannel", "QueuedRequest", "RequestQueue"]
 
 
 class EventChannel(Protocol):
