@@ -71,6 +71,25 @@ def short_tmpdir() -> Any:
         shutil.rmtree(d, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def mounted_tmpfs(size_mb: int) -> Any:
+    """A real tmpfs of `size_mb` MiB in a short temp dir, unmounted afterwards; the test is skipped where mounting is refused."""
+    import pytest
+
+    with short_tmpdir() as d:
+        mnt = d / "fs"
+        mnt.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"mount -t tmpfs is not permitted here: {r.stderr.strip()}")
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 @contextlib.asynccontextmanager
 async def running_engine(home: Path, socket_path: Path | None = None, config_env: dict[str, str] | None = None,
                          **engine_args: Any) -> AsyncIterator[tuple[Engine, Path]]:

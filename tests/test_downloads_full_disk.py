@@ -7,7 +7,6 @@ SIGTERM still stops it cleanly (exit 0). Needs root for `mount -t tmpfs`; skippe
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.rpc.client import Client, RpcError
-from tests.helpers import short_tmpdir, start_engine_process
+from tests.helpers import mounted_tmpfs, start_engine_process
 
 FS_MB = 24
 
@@ -26,18 +25,8 @@ FS_MB = 24
 @pytest.fixture
 def small_fs() -> Iterator[Path]:
     """A tmpfs of FS_MB MiB, unmounted afterwards."""
-    with short_tmpdir() as d:
-        mnt = d / "fs"
-        mnt.mkdir()
-        if os.geteuid() != 0:
-            pytest.skip("mounting a small tmpfs needs root")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FS_MB}m", "tmpfs", str(mnt)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"mount -t tmpfs is not permitted here: {r.stderr.strip()}")
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with mounted_tmpfs(FS_MB) as mnt:
+        yield mnt
 
 
 def _fill(path: Path) -> int:

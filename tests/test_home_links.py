@@ -7,7 +7,6 @@ checked byte for byte afterwards.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 from mavail.core.logs import setup_logging, teardown_logging
 from mavail.rpc.client import Client
 from mavail.testing.mirror import MIB, Mirror, Synthetic
-from tests.helpers import ROOT, short_tmpdir, start_engine_process
+from tests.helpers import ROOT, mounted_tmpfs, short_tmpdir, start_engine_process
 
 MAVAIL = [sys.executable, "-m", "mavail.rpc.cli"]
 OUTSIDE = b"precious bytes outside the home\n"
@@ -85,18 +84,8 @@ def test_log_rotation_never_writes_through_a_logs_folder_swapped_for_a_link() ->
 @pytest.fixture
 def tmpfs() -> Iterator[Path]:
     """A small tmpfs (another filesystem than the home's), unmounted afterwards."""
-    with short_tmpdir() as d:
-        mnt = d / "fs"
-        mnt.mkdir()
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"mount -t tmpfs is not permitted here: {r.stderr.strip()}")
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with mounted_tmpfs(8) as mnt:
+        yield mnt
 
 
 def test_models_on_another_filesystem_than_partial_and_trash_is_refused(tmpfs: Path) -> None:

@@ -40,7 +40,7 @@ from mavail.core.events import Event, Subscription, make_event
 from mavail.core.fallback.scoring import READY
 from mavail.core.limits import MAX_WAIT_MINUTES
 from mavail.core.ports import CatalogView, PresenceView, Settings, Spawner, StatusSink, StatusView
-from mavail.core.priority import PRIORITY_INPUT, normalise_priority, priority_rank
+from mavail.core.priority import normalise_priority, priority_rank
 from mavail.core.session import Session
 from mavail.core.state import Database
 from mavail.core.timeutil import Clock, iso, wait_event
