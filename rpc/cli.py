@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from mavail.core import __version__
 from mavail.core.errors import ConfigError
 from mavail.core.paths import resolve_home, resolve_socket
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, token: bool = True) -> None:
     p.add_argument("--home", help="home directory (default: $MAVAIL_HOME, else the user data dir)")
     p.add_argument("--socket", help="engine socket (default: $MAVAIL_SOCKET, $XDG_RUNTIME_DIR/mavail/engine.sock, <home>/engine.sock)")
+    if token:
+        p.add_argument("--token", default=None, help="the engine's rpc.token, when it has one (default: $MAVAIL_RPC_TOKEN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="mavail", description="Local model-availability engine.")
+    parser.add_argument("--version", action="version", version=f"mavail {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("engine", help="run the headless engine in the foreground")
-    _common(p)
+    _common(p, token=False)
     p = sub.add_parser("call", help="make one JSON-RPC call and print the result as JSON")
     _common(p)
     p.add_argument("method")
@@ -52,7 +57,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     sock = resolve_socket(home, args.socket)
     try:
-        anyio.run(run_engine, home, sock, backend_options={"use_uvloop": True})
+        anyio.run(lambda: run_engine(home, sock, announce=True), backend_options={"use_uvloop": True})
     except CannotServe as exc:
         print(f"mavail: {exc}", file=sys.stderr)
         return 1
@@ -70,14 +75,24 @@ def _call_engine(args: argparse.Namespace, method: str, params: dict[str, Any] |
     2 when the engine is unreachable or the call timed out."""
     from mavail.rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
 
+    token = args.token if args.token is not None else (os.environ.get("MAVAIL_RPC_TOKEN") or None)
+    sock = _socket(args)
     try:
-        client = Client(_socket(args)) if timeout is None else Client(_socket(args), timeout=timeout)
+        client = Client(sock) if timeout is None else Client(sock, timeout=timeout)
         with client as c:
+            if token is not None:
+                c.call("session.hello", {"client": "mavail-cli", "token": token})
             return 0, c.call(method, params)
     except RpcError as exc:
         print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)
+        if exc.name == "UNAUTHORIZED":
+            print("mavail: the engine wants its rpc.token: pass --token or set MAVAIL_RPC_TOKEN", file=sys.stderr)
         return 1, None
-    except (EngineUnavailable, CallTimeout) as exc:
+    except EngineUnavailable as exc:
+        print(f"mavail: {exc}", file=sys.stderr)
+        print(f"mavail: is the engine running? Start it with: mavail engine --socket {sock}", file=sys.stderr)
+        return 2, None
+    except CallTimeout as exc:
         print(f"mavail: {exc}", file=sys.stderr)
         return 2, None
 

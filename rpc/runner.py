@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -41,8 +42,11 @@ def home_lock(home: Path) -> Iterator[None]:
         os.close(fd)
 
 
-async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True, ready: anyio.Event | None = None) -> None:
-    """Run the engine until it is asked to stop; raises CannotServe or ConfigError at start."""
+async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True, ready: anyio.Event | None = None,
+                     announce: bool = False) -> None:
+    """Run the engine until it is asked to stop; raises CannotServe or ConfigError at start.
+
+    With `announce`, a line on stderr says when it is ready, where, and how many models it knows."""
     # a socket that is not ours to take is refused before anything touches the home
     check_socket_path(socket_path)
     layout = HomeLayout(home)
@@ -63,6 +67,10 @@ async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True,
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(server.serve, handle_signals)
                     await server.ready.wait()
+                    if announce:
+                        # one line for whoever started it (a terminal, journald): where it answers and what it holds
+                        print(f"mavail: engine {engine.version} ready on {socket_path} (home {home}, {len(engine.catalog)} models"
+                              f"{'; catalog refused: ' + engine.catalog.error if engine.catalog.error else ''})", file=sys.stderr, flush=True)
                     if ready is not None:
                         ready.set()
             log.info("engine stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -112,3 +113,61 @@ def test_bad_config_refuses_to_start():
         (home / "config.toml").write_text("[downloads]\nmax_concurrent = 0\n")
         r = subprocess.run([*MAVAIL, "engine", "--home", str(home), "--socket", str(d / "s")], capture_output=True, text=True, timeout=30, cwd=ROOT)
         assert r.returncode == 1 and "downloads.max_concurrent" in r.stderr
+
+
+def test_version():
+    from mavail.core import __version__
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"mavail {__version__}"
+
+
+def test_every_command_that_talks_to_the_engine_takes_the_token():
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        home.mkdir()
+        (home / "config.toml").write_text('[rpc]\ntoken = "s3cret"\n')
+        (home / "catalog.toml").write_text(model_toml("m", [("w.bin", b"x")]))
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 20
+            while not sock.exists():
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            for cmd in (["call", "models.list"], ["status"]):
+                r = run(*cmd, "--socket", str(sock))
+                assert r.returncode == 1 and "UNAUTHORIZED" in r.stderr and "MAVAIL_RPC_TOKEN" in r.stderr, r.stderr
+                r = run(*cmd, "--socket", str(sock), "--token", "s3cret")
+                assert r.returncode == 0, r.stderr
+                r = subprocess.run([*MAVAIL, *cmd, "--socket", str(sock)], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                                   env={**os.environ, "MAVAIL_RPC_TOKEN": "s3cret"})
+                assert r.returncode == 0, r.stderr
+                r = run(*cmd, "--socket", str(sock), "--token", "wrong")
+                assert r.returncode == 1 and "UNAUTHORIZED" in r.stderr
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+
+def test_an_unreachable_engine_is_met_with_how_to_start_it():
+    with short_tmpdir() as d:
+        r = run("status", "--socket", str(d / "none.sock"))
+        assert r.returncode == 2
+        assert "cannot reach" in r.stderr and "mavail engine" in r.stderr, r.stderr
+
+
+def test_the_engine_says_when_it_is_ready_and_where():
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        home.mkdir()
+        (home / "catalog.toml").write_text(model_toml("m", [("w.bin", b"x")]) + model_toml("n", [("w.bin", b"y")]))
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            assert line.startswith("mavail: engine ") and f"ready on {sock}" in line and str(home) in line and "2 models" in line, line
+            assert run("call", "session.hello", "--socket", str(sock)).returncode == 0  # ready means it answers
+        finally:
+            proc.terminate()
+            proc.wait(20)
