@@ -17,6 +17,7 @@ from mavail.core.config import Config
 from mavail.core.engine import Engine
 from mavail.core.logs import setup_logging, teardown_logging
 from mavail.core.paths import HomeLayout
+from mavail.rpc.notify import sd_notify
 from mavail.rpc.server import CannotServe, EngineAlreadyRunning, Server, check_socket_path
 
 log = logging.getLogger("mavail.engine")
@@ -67,12 +68,16 @@ async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True,
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(server.serve, handle_signals)
                     await server.ready.wait()
+                    status = (f"engine {engine.version} ready on {socket_path} (home {home}, {len(engine.catalog)} models"
+                              f"{'; catalog refused: ' + engine.catalog.error if engine.catalog.error else ''})")
                     if announce:
                         # one line for whoever started it (a terminal, journald): where it answers and what it holds
-                        print(f"mavail: engine {engine.version} ready on {socket_path} (home {home}, {len(engine.catalog)} models"
-                              f"{'; catalog refused: ' + engine.catalog.error if engine.catalog.error else ''})", file=sys.stderr, flush=True)
+                        print(f"mavail: {status}", file=sys.stderr, flush=True)
+                    sd_notify(f"READY=1\nSTATUS={status}")
                     if ready is not None:
                         ready.set()
+                    await engine.shutdown_requested.wait()
+                    sd_notify("STOPPING=1")
             log.info("engine stopped")
     finally:
         teardown_logging(handlers)

@@ -171,3 +171,28 @@ def test_the_engine_says_when_it_is_ready_and_where():
         finally:
             proc.terminate()
             proc.wait(20)
+
+
+def test_the_engine_tells_systemd_when_it_is_ready_and_when_it_stops():
+    """A datagram socket stands in for systemd's NOTIFY_SOCKET (what Type=notify units give the service)."""
+    with short_tmpdir() as d:
+        home, sock, notify = d / "home", d / "e.sock", d / "notify"
+        home.mkdir()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(str(notify))
+        listener.settimeout(20)
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SOCKET": str(notify)})
+        try:
+            ready = listener.recv(4096).decode()
+            assert "READY=1" in ready.split("\n") and any(x.startswith("STATUS=") for x in ready.split("\n")), ready
+            assert run("call", "session.hello", "--socket", str(sock)).returncode == 0
+            proc.send_signal(signal.SIGTERM)
+            stopping = listener.recv(4096).decode()
+            assert "STOPPING=1" in stopping.split("\n"), stopping
+            assert proc.wait(20) == 0
+        finally:
+            listener.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
