@@ -264,6 +264,33 @@ def load_catalog(catalog_file: Path, catalog_dir: Path) -> Catalog:
     return build_catalog(pairs)
 
 
+CATALOG_TEMPLATE = """\
+# The models this engine knows. Each [[models]] entry names a model, what it can do and its files;
+# the format, with a Hub source and include patterns, is in docs/catalog.md. `catalog.reload` reads
+# this file (and catalog.d/*.toml) again without a restart. An example entry, commented out:
+#
+# [[models]]
+# id = "wan2.2-ti2v-5b"
+# version = "1.0.0"
+# display_name = "Wan2.2 TI2V 5B"
+# model_type = "text_image_to_video"      # text_to_video | image_to_video | text_image_to_video
+# capabilities = ["text_to_video", "image_to_video"]
+# quality = "medium"                      # low | medium | high
+# speed = "fast"                          # slow | medium | fast
+# family = "wan2.2"
+#
+# [models.vram_gb]                        # estimated peak VRAM (GiB) by resolution
+# "1280x704" = 24.0
+#
+# [[models.files]]
+# path = "diffusion_pytorch_model.safetensors"
+# url = "https://example.org/wan2.2-ti2v-5b/diffusion_pytorch_model.safetensors"
+# size = 104857600                        # bytes
+# sha256 = "...64 hex digits..."
+"""
+"""What a new home's catalog.toml holds: no model, and an example of an entry in comments."""
+
+
 class LiveCatalog:
     """The catalog in force: the last good load of the catalog files, swapped whole on reload.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import tomli_w
+import tomlkit
 
 from mavail.core.errors import ConfigError
 from mavail.core.fsutil import atomic_write_bytes
@@ -184,6 +184,50 @@ SCHEMA: tuple[Setting, ...] = (
 
 
 
+def edited_toml(text: str, values: dict[str, Any]) -> str:
+    """`text` (a config.toml) with each `section.key` of `values` set, keeping its comments, order and layout."""
+    doc = tomlkit.parse(text)
+    for key, value in values.items():
+        section, name = key.split(".", 1)
+        table = doc.get(section)
+        if table is None:
+            table = tomlkit.table()
+            doc[section] = table
+        table[name] = value
+    return tomlkit.dumps(doc)
+
+
+def commented_defaults(schema: dict[str, "Setting"]) -> str:
+    """A config.toml that sets nothing: every key commented out at its default, under its description and bounds.
+
+    Written into a new home, so a user sees every setting where they would change it.
+    """
+    lines = ["# mavail's settings. Every key is shown at its default, commented out: remove the '#' to change one.",
+             "# `mavail call config.update '{\"patch\": {\"section.key\": value}}'` sets one and keeps this file's comments;",
+             "# MAVAIL_<SECTION>_<KEY> in the environment overrides a key for one run.", ""]
+    section = None
+    for key in sorted(schema):
+        setting = schema[key]
+        sec, name = key.split(".", 1)
+        if sec != section:
+            if section is not None:
+                lines.append("")
+            lines.append(f"[{sec}]")
+            section = sec
+        bounds = []
+        if setting.min is not None:
+            bounds.append(f"at least {setting.min:g}")
+        if setting.max is not None:
+            bounds.append(f"at most {setting.max:g}")
+        if setting.choices:
+            bounds.append("one of " + ", ".join(setting.choices))
+        if not setting.live:
+            bounds.append("applies after a restart")
+        lines.append(f"# {setting.doc}" + (f" ({'; '.join(bounds)})" if bounds else ""))
+        lines.append("# " + tomlkit.dumps({name: setting.default}).strip())
+    return "\n".join(lines) + "\n"
+
+
 def flatten_patch(patch: Any) -> dict[str, Any]:
     """A config patch given as `{section: {key: value}}` or `{"section.key": value}` as `{"section.key": value}`."""
     if not isinstance(patch, dict):
@@ -280,12 +324,15 @@ class Config:
             if new_file == self._file_values:
                 return
             if self.path is not None:
-                nested: dict[str, dict[str, Any]] = {}
-                for key in sorted(new_file):
-                    section, name = key.split(".", 1)
-                    nested.setdefault(section, {})[name] = new_file[key]
-                atomic_write_bytes(self.path, tomli_w.dumps(nested).encode("utf-8"))
+                atomic_write_bytes(self.path, edited_toml(self._read_text(), checked).encode("utf-8"))
             self._file_values = new_file
+
+    def _read_text(self) -> str:
+        assert self.path is not None
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
 
     def _apply(self, checked: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         with self._lock:

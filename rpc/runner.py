@@ -13,7 +13,8 @@ from typing import Iterator
 import anyio
 
 from mavail.core import safefs
-from mavail.core.config import Config
+from mavail.core.catalog import CATALOG_TEMPLATE
+from mavail.core.config import Config, commented_defaults
 from mavail.core.engine import Engine
 from mavail.core.logs import setup_logging, teardown_logging
 from mavail.core.paths import HomeLayout
@@ -43,6 +44,15 @@ def home_lock(home: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def write_first_files(layout: HomeLayout) -> None:
+    """In a new home, a config.toml showing every setting at its default and a catalog.toml showing an entry, both as comments."""
+    for path, text in ((layout.config_file, commented_defaults(Config(None, environ={}).schema)), (layout.catalog_file, CATALOG_TEMPLATE)):
+        try:
+            safefs.lstat(layout.home, path)
+        except FileNotFoundError:
+            safefs.atomic_write(layout.home, path, text.encode("utf-8"))
+
+
 async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True, ready: anyio.Event | None = None,
                      announce: bool = False) -> None:
     """Run the engine until it is asked to stop; raises CannotServe or ConfigError at start.
@@ -52,6 +62,7 @@ async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True,
     check_socket_path(socket_path)
     layout = HomeLayout(home)
     layout.ensure()
+    write_first_files(layout)
     reason = layout.unusable_reason()
     if reason is not None:
         raise CannotServe(reason)

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import tomli_w
+import tomlkit
 
 from mavail.core.downloads import DownloadManager
 from mavail.core.engine import Engine, Parts
@@ -27,7 +27,7 @@ def write_home(home: Path, mirror: Mirror, models: dict[str, dict[str, Any]], co
     cfg = {k: dict(v) for k, v in FAST.items()}
     for section, values in (config or {}).items():
         cfg.setdefault(section, {}).update(values)
-    (home / "config.toml").write_text(tomli_w.dumps(cfg))
+    (home / "config.toml").write_text(tomlkit.dumps(cfg))
 
 
 def make_downloads(engine: Engine, **options: Any) -> DownloadManager:

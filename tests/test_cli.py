@@ -196,3 +196,47 @@ def test_the_engine_tells_systemd_when_it_is_ready_and_when_it_stops():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_a_new_home_gets_a_commented_config_and_catalog_that_load_to_the_defaults():
+    from mavail.core.catalog import load_catalog
+    from mavail.core.config import Config
+
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert "ready on" in proc.stderr.readline()  # type: ignore[union-attr]
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        text = (home / "config.toml").read_text()
+        loaded, defaults = Config.load(home / "config.toml", environ={}), Config(None, environ={})
+        assert loaded.as_nested() == defaults.as_nested()
+        for key, setting in defaults.schema.items():
+            assert f"# {key.split('.', 1)[1]} = " in text and setting.doc in text, key
+        assert len(load_catalog(home / "catalog.toml", home / "catalog.d")) == 0
+        assert "[[models]]" in (home / "catalog.toml").read_text() and "docs/catalog.md" in (home / "catalog.toml").read_text()
+
+
+def test_config_update_keeps_the_users_comments_and_order():
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        home.mkdir()
+        (home / "config.toml").write_text("# my settings: do not lose this\n[downloads]\n# fast link at the lab\n"
+                                          "max_concurrent = 4  # four at once\n\n[health]\ncheck_interval_hours = 12\n")
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert "ready on" in proc.stderr.readline()  # type: ignore[union-attr]
+            r = run("call", "config.update", '{"patch": {"downloads.max_concurrent": 5, "downloads.bandwidth_limit_mbps": 50}}',
+                    "--socket", str(sock))
+            assert r.returncode == 0, r.stderr
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        text = (home / "config.toml").read_text()
+        assert text.startswith("# my settings: do not lose this\n[downloads]\n# fast link at the lab\nmax_concurrent = 5  # four at once\n"), text
+        assert "bandwidth_limit_mbps = 50" in text and text.index("[downloads]") < text.index("[health]")
+        assert "check_interval_hours = 12" in text

@@ -158,7 +158,7 @@ class Demo:
 
     def start(self) -> None:
         """Start the mirrors, write the home, start the engine and wait until it answers; then start some downloads."""
-        import tomli_w
+        import tomlkit
 
         self.home = Path(tempfile.mkdtemp(prefix="mavail-demo-", dir="/tmp" if Path("/tmp").is_dir() else None))
         self.socket = self.home / "engine.sock"
@@ -172,7 +172,7 @@ class Demo:
         for key, value in demo_config().items():
             section, name = key.split(".", 1)
             nested.setdefault(section, {})[name] = value
-        (self.home / "config.toml").write_bytes(tomli_w.dumps(nested).encode())
+        (self.home / "config.toml").write_bytes(tomlkit.dumps(nested).encode())
         log = open(self.home / "engine.stderr", "wb")  # noqa: SIM115 - closed with the process
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         for k in [k for k in env if k.startswith("MAVAIL_")]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from _common import ROOT, engine_process, percentile, short_tmpdir
 
 import psutil
-import tomli_w
+import tomlkit
 
 from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.rpc.client import Client
@@ -282,7 +282,7 @@ def main() -> int:
                     origin.alias(f"huge{i}.bin", "huge.bin")
                     cat.append(model_toml(f"h{i}", origin.url(f"huge{i}.bin"), huge, sha["huge"]))
             (home / "catalog.toml").write_text("".join(cat))
-            (home / "config.toml").write_text(tomli_w.dumps({"storage": {"min_free_gb": 0.0}}))
+            (home / "config.toml").write_text(tomlkit.dumps({"storage": {"min_free_gb": 0.0}}))
             run_cases(args, skip, origin, home, sock, tmp, big, huge, out)
         finally:
             origin.close()
