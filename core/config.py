@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import difflib
 import math
 import os
 import threading
@@ -287,9 +288,37 @@ class Config:
                 key = f"{section}.{name}"
                 setting = self.schema.get(key)
                 if setting is None:
-                    raise ConfigError(f"{source}: unknown setting {key}", field=key)
+                    raise self.unknown(key, f"{source}: ")
                 flat[key] = setting.coerce(value)
         return flat
+
+    def unknown(self, key: str, where: str = "") -> ConfigError:
+        """The error for a key the schema does not have, naming the key it most likely meant."""
+        guess = difflib.get_close_matches(key, self.schema, n=1, cutoff=0.6)
+        if not guess:  # the same name in another section, say
+            name = key.rsplit(".", 1)[-1]
+            guess = difflib.get_close_matches(name, {k.split(".", 1)[1]: k for k in self.schema}, n=1, cutoff=0.7)
+            guess = [next(k for k in self.schema if k.split(".", 1)[1] == guess[0])] if guess else []
+        if guess:
+            return ConfigError(f"{where}unknown setting {key}: did you mean {guess[0]}?", field=key, did_you_mean=guess[0])
+        return ConfigError(f"{where}unknown setting {key}", field=key)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Every setting by dotted key: its type, default, current value, description, bounds, whether it applies live."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, s in sorted(self.schema.items()):
+            d: dict[str, Any] = {"type": s.type.__name__, "default": copy.deepcopy(s.default), "value": copy.deepcopy(self._values[key]),
+                                 "description": s.doc}
+            if s.min is not None:
+                d["min"] = s.min
+            if s.max is not None:
+                d["max"] = s.max
+            if s.choices:
+                d["choices"] = list(s.choices)
+            d["live"] = s.live
+            d["from_environment"] = key in self.env_overrides
+            out[key] = d
+        return out
 
     def get(self, key: str) -> Any:
         """The current value of `section.key`."""
@@ -313,7 +342,7 @@ class Config:
         for key, value in flat.items():
             setting = self.schema.get(key)
             if setting is None:
-                raise ConfigError(f"unknown setting {key}", field=key)
+                raise self.unknown(key)
             checked[key] = setting.coerce(value)
         return checked
 

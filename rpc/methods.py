@@ -69,8 +69,9 @@ async def engine_shutdown(ctx: CallContext) -> dict[str, Any]:
 
 
 # --- config and catalog ---------------------------------------------------------
-async def config_get(ctx: CallContext) -> dict[str, Any]:
-    return ctx.engine.config.as_nested()
+async def config_get(ctx: CallContext, schema: bool) -> dict[str, Any]:
+    config = ctx.engine.config
+    return {"settings": config.as_nested(), "schema": config.describe()} if schema else config.as_nested()
 
 
 async def config_update(ctx: CallContext, patch: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +317,9 @@ METHODS: tuple[Method, ...] = (
     Method("rpc.discover", rpc_discover, "An OpenRPC document of every method.", inline=True),
     Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML)."),
     Method("engine.shutdown", engine_shutdown, "Stop the engine cleanly, keeping partial downloads."),
-    Method("config.get", config_get, "The whole configuration.", inline=True),
+    Method("config.get", config_get, "The whole configuration; with schema, each setting's description, default and bounds too.", (
+        P("schema", "boolean", "Answer {settings, schema}: every key's type, default, value, description, bounds, live.", default=False),
+    ), inline=True),
     Method("config.update", config_update, "Validate, apply and save settings.",
            (P("patch", "object", "Settings as {section: {key: value}} or {\"section.key\": value}.", required=True),)),
     Method("catalog.reload", catalog_reload, "Read the catalog files again; keep the old catalog if any is invalid."),

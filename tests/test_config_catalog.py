@@ -119,3 +119,29 @@ def test_home_and_socket_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MAVAIL_SOCKET", str(tmp_path / "s.sock"))
     assert resolve_socket(tmp_path, None) == tmp_path / "s.sock"
     assert resolve_socket(tmp_path, tmp_path / "cli.sock") == tmp_path / "cli.sock"
+
+
+async def test_an_unknown_setting_names_the_one_it_probably_meant(home):
+    from mavail.rpc.client import AsyncClient, RpcError
+    from tests.helpers import running_engine
+
+    async with running_engine(home) as (_eng, sock), AsyncClient(sock) as c:
+        with pytest.raises(RpcError) as exc:
+            await c.call("config.update", patch={"downloads.max_concurrent_downloads": 5})
+        assert exc.value.code == -32602 and "did you mean downloads.max_concurrent?" in exc.value.message
+        assert exc.value.details["field"] == "downloads.max_concurrent_downloads"
+        assert exc.value.details["did_you_mean"] == "downloads.max_concurrent"
+
+
+async def test_config_get_can_describe_every_setting(home):
+    from mavail.rpc.client import AsyncClient
+    from tests.helpers import running_engine
+
+    async with running_engine(home) as (_eng, sock), AsyncClient(sock) as c:
+        plain = await c.call("config.get")
+        assert plain["downloads"]["max_concurrent"] == 3 and "schema" not in plain
+        full = await c.call("config.get", schema=True)
+        s = full["schema"]["downloads.max_concurrent"]
+        assert s == {"type": "int", "default": 3, "value": 3, "description": s["description"], "min": 1, "max": 64, "live": True,
+                     "from_environment": False}
+        assert s["description"] and full["settings"] == plain
