@@ -7,6 +7,7 @@ import logging
 import logging.handlers
 import os
 import stat
+import sys
 from pathlib import Path
 
 from mavail.core import safefs
@@ -96,8 +97,11 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
         return 0
 
 
-def setup_logging(logs_dir: Path, level: int = logging.INFO, max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> list[logging.Handler]:
-    """Attach rotating file handlers to the `mavail` logger; return them so the caller can detach them."""
+def setup_logging(logs_dir: Path, level: int = logging.INFO, max_bytes: int = 10 * 1024 * 1024, backups: int = 5,
+                  stderr_level: int | None = None) -> list[logging.Handler]:
+    """Attach rotating file handlers to the `mavail` logger; return them so the caller can detach them.
+
+    With `stderr_level`, every record at that level or above also goes to stderr (a terminal, journald)."""
     home = logs_dir.parent
     # checked by name first: safefs would log its refusal, and before these handlers exist that goes to stderr
     for p in (logs_dir, *(logs_dir / n for n in (*LOG_FILES.values(), MAIN_LOG))):
@@ -125,6 +129,13 @@ def setup_logging(logs_dir: Path, level: int = logging.INFO, max_bytes: int = 10
     main.addFilter(_Exclude(tuple(LOG_FILES)))
     main.setFormatter(fmt)
     handlers.append(main)
+    if stderr_level is not None:
+        err = logging.StreamHandler(sys.stderr)
+        err.setLevel(stderr_level)
+        err.addFilter(_RequestIdFilter())
+        err.setFormatter(fmt)
+        handlers.append(err)
+        root.setLevel(min(level, stderr_level))
     for h in handlers:
         root.addHandler(h)
     return handlers

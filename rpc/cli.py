@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ from typing import Any, Sequence
 from mavail.core import __version__
 from mavail.core.errors import ConfigError
 from mavail.core.paths import resolve_home, resolve_socket
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _common(p: argparse.ArgumentParser, token: bool = True) -> None:
@@ -28,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("engine", help="run the headless engine in the foreground")
     _common(p, token=False)
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                   help="also log to stderr from this level up (for a terminal or journald; the files in logs/ get everything)")
     p = sub.add_parser("call", help="make one JSON-RPC call and print the result as JSON")
     _common(p)
     p.add_argument("method")
@@ -57,7 +63,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     sock = resolve_socket(home, args.socket)
     try:
-        anyio.run(lambda: run_engine(home, sock, announce=True), backend_options={"use_uvloop": True})
+        level = getattr(logging, args.log_level.upper()) if args.log_level else None
+        anyio.run(lambda: run_engine(home, sock, announce=True, stderr_log_level=level), backend_options={"use_uvloop": True})
     except CannotServe as exc:
         print(f"mavail: {exc}", file=sys.stderr)
         return 1

@@ -54,10 +54,11 @@ def write_first_files(layout: HomeLayout) -> None:
 
 
 async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True, ready: anyio.Event | None = None,
-                     announce: bool = False) -> None:
+                     announce: bool = False, stderr_log_level: int | None = None) -> None:
     """Run the engine until it is asked to stop; raises CannotServe or ConfigError at start.
 
-    With `announce`, a line on stderr says when it is ready, where, and how many models it knows."""
+    With `announce`, a line on stderr says when it is ready, where, and how many models it knows; with
+    `stderr_log_level`, the log goes to stderr too from that level up."""
     # a socket that is not ours to take is refused before anything touches the home
     check_socket_path(socket_path)
     layout = HomeLayout(home)
@@ -68,7 +69,7 @@ async def run_engine(home: Path, socket_path: Path, handle_signals: bool = True,
         raise CannotServe(reason)
     config = Config.load(layout.config_file)
     try:
-        handlers = setup_logging(layout.logs_dir)
+        handlers = setup_logging(layout.logs_dir, stderr_level=stderr_log_level)
     except safefs.LinkRefused as exc:
         raise CannotServe(exc.message) from None
     try:

@@ -240,3 +240,21 @@ def test_config_update_keeps_the_users_comments_and_order():
         assert text.startswith("# my settings: do not lose this\n[downloads]\n# fast link at the lab\nmax_concurrent = 5  # four at once\n"), text
         assert "bandwidth_limit_mbps = 50" in text and text.index("[downloads]") < text.index("[health]")
         assert "check_interval_hours = 12" in text
+
+
+def test_engine_logs_to_stderr_at_the_chosen_level():
+    with short_tmpdir() as d:
+        home, sock = d / "home", d / "e.sock"
+        proc = subprocess.Popen([*MAVAIL, "engine", "--home", str(home), "--socket", str(sock), "--log-level", "info"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            while not any("ready on" in line for line in seen):
+                line = proc.stderr.readline()  # type: ignore[union-attr]
+                assert line, "".join(seen)
+                seen.append(line)
+            assert any("INFO" in line and "listening on" in line for line in seen), "".join(seen)
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    assert run("engine", "--log-level", "loud").returncode == 2
