@@ -47,7 +47,7 @@ class InstalledRecord:
 
 def read_all(conn: sqlite3.Connection) -> InstalledRecord:
     """The current versions, the verified-file index and each version's recorded manifest."""
-    current = {r[0]: r[1] for r in conn.execute("SELECT model_id, version FROM installed_versions WHERE is_current = 1")}
+    current = current_versions(conn)
     verified: VerifiedIndex = {}
     manifests: dict[tuple[str, str], list[FileSpec]] = {}
     for r in conn.execute("SELECT model_id, version, path, size, sha256, mtime_ns, inode, verified_at FROM installed_files"):

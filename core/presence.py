@@ -50,10 +50,6 @@ class Presence:
         """The last scan of `model_id`, or None if it was never scanned."""
         return self._snap.presence.get(model_id)
 
-    def all(self) -> dict[str, ModelPresence]:
-        """Every scanned model's presence (read-only by convention)."""
-        return self._snap.presence
-
     def installed_version(self, model_id: str) -> str | None:
         """The installed version in use, or None when none is recorded."""
         return self._snap.versions.get(model_id)

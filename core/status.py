@@ -118,10 +118,6 @@ class StatusBoard:
         """The model's availability (see the precedence above)."""
         return self.model_status(model_id)["availability_status"]
 
-    def is_available(self, model_id: str) -> bool:
-        """Whether a generation can use the model now."""
-        return bool(self.model_status(model_id)["is_available"])
-
     def model_status(self, model_id: str) -> dict[str, Any]:
         """One model's detailed status (ModelNotFound for an unknown id). Shared: the caller must not mutate it."""
         status = self._cache.get(model_id)

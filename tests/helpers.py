@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -17,6 +18,7 @@ from typing import Any, AsyncIterator
 from mavail.core.config import Config
 from mavail.core.engine import Engine
 from mavail.core.paths import HomeLayout
+from mavail.core.presence import Presence, Snapshot
 from mavail.rpc.client import Client
 from mavail.rpc.server import Server
 
@@ -69,6 +71,23 @@ def short_tmpdir() -> Any:
         yield Path(d)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def held_full_scans(scanned: threading.Event, release: threading.Event) -> type[Presence]:
+    """A real presence class whose full scans, once they have read the disk, set `scanned` and wait for `release`.
+
+    Give it to `Parts(presence=lambda e: e.build_presence(cls))`; while `release` is set, scans go straight through.
+    """
+
+    class HeldFullScans(Presence):
+        def _scan(self, model_ids: list[str] | None) -> Snapshot:
+            snap = super()._scan(model_ids)  # the disk as it is now
+            if model_ids is None and not release.is_set():
+                scanned.set()
+                release.wait(10)
+            return snap
+
+    return HeldFullScans
 
 
 @contextlib.contextmanager

@@ -7,9 +7,8 @@ import threading
 from pathlib import Path
 
 from mavail.core.engine import Parts
-from mavail.core.presence import Presence, Snapshot
 from mavail.rpc.client import AsyncClient
-from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
+from tests.helpers import held_full_scans, install_files, model_toml, running_engine, synthetic_bytes
 
 FILES = [("w.bin", synthetic_bytes("a", 50_000))]
 
@@ -25,15 +24,7 @@ async def test_an_older_scan_finishing_last_does_not_undo_a_newer_one(home: Path
     scanned, release = threading.Event(), threading.Event()
     release.set()  # the engine's own start-up scan goes through
 
-    class HeldFullScans(Presence):
-        """Real presence whose full scans, once they have read the disk, wait for the test before they finish."""
-
-        def _scan(self, model_ids: list[str] | None) -> Snapshot:
-            snap = super()._scan(model_ids)  # the disk as it is now
-            if model_ids is None and not release.is_set():
-                scanned.set()
-                release.wait(10)
-            return snap
+    HeldFullScans = held_full_scans(scanned, release)
 
     async with running_engine(home, parts=Parts(presence=lambda e: e.build_presence(HeldFullScans))) as (eng, sock):
         pres = eng.presence

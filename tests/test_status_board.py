@@ -7,10 +7,9 @@ import threading
 from pathlib import Path
 
 from mavail.core.engine import Parts
-from mavail.core.presence import Presence, Snapshot
 from mavail.rpc.client import AsyncClient
 from mavail.rpc.encoding import StatusEncodings
-from tests.helpers import model_toml, running_engine
+from tests.helpers import held_full_scans, model_toml, running_engine
 
 
 async def test_a_reloaded_entry_shows_at_once_even_while_the_rescan_runs(home: Path):
@@ -19,15 +18,7 @@ async def test_a_reloaded_entry_shows_at_once_even_while_the_rescan_runs(home: P
     scanned, release = threading.Event(), threading.Event()
     release.set()
 
-    class HeldFullScans(Presence):
-        """Real presence whose full scans wait for the test once they have read the disk."""
-
-        def _scan(self, model_ids: list[str] | None) -> Snapshot:
-            snap = super()._scan(model_ids)
-            if model_ids is None and not release.is_set():
-                scanned.set()
-                release.wait(10)
-            return snap
+    HeldFullScans = held_full_scans(scanned, release)
 
     async with running_engine(home, parts=Parts(presence=lambda e: e.build_presence(HeldFullScans))) as (eng, sock), \
             AsyncClient(sock) as c:
