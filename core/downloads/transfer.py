@@ -152,6 +152,8 @@ class FileJob:
     size: int
     sha256: str | None
     git_sha1: str | None = None
+    # (URL, where it was found to redirect): ranges start from the located URL; not part of the file's identity
+    located: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 @dataclass
