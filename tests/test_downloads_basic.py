@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from mavail.testing.mirror import MIB, Mirror, Synthetic
+from mavail.core.piecehash import PIECE_ALGO, piece_digest
 from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
 
@@ -30,10 +31,11 @@ async def test_download_installs_and_records(home):
             assert st["availability_status"] == "available" and st["verified"] is True
             prog = await c.call("downloads.progress", model_id="m1")
             assert prog["status"] == "completed" and prog["downloaded_bytes"] == prog["total_bytes"] == a.size + 8
-            rows = await eng.db.fetchall("SELECT idx, sha256, piece_size FROM file_pieces WHERE model_id='m1' AND path='w/model.bin' ORDER BY idx")
+            rows = await eng.db.fetchall("SELECT idx, sha256, piece_size, algo FROM file_pieces WHERE model_id='m1' AND path='w/model.bin' ORDER BY idx")
             data = a.read(0, a.size)
             ps = rows[0]["piece_size"]
-            assert [r["sha256"] for r in rows] == [hashlib.sha256(data[i:i + ps]).hexdigest() for i in range(0, a.size, ps)]
+            assert {r["algo"] for r in rows} == {PIECE_ALGO}
+            assert [r["sha256"] for r in rows] == [piece_digest(data[i:i + ps]) for i in range(0, a.size, ps)]
             cur = await eng.db.fetchall("SELECT version, is_current FROM installed_versions WHERE model_id='m1'")
             assert [tuple(r) for r in cur] == [("1.0.0", 1)]
             assert not (home / "partial" / "m1").exists()

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+from mavail.core.piecehash import piece_digest
 from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.rpc.client import Client
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
@@ -132,7 +133,7 @@ async def test_restart_resumes_inside_a_piece_from_its_flushed_prefix(home):
         assert installed_bytes(home, "m", "f.bin") == data.read(0, data.size)
         # the prefix was re-hashed from disk: only the rest of the piece came over the network
         assert m.bytes_served["m/f.bin"] == data.size - prefix
-        assert [(r[0], r[1]) for r in pieces] == [(0, hashlib.sha256(data.read(0, data.size)).hexdigest())]
+        assert [(r[0], r[1]) for r in pieces] == [(0, piece_digest(data.read(0, data.size)))]
 
 
 async def _pieces(home):
@@ -184,3 +185,37 @@ async def test_hf_source_through_hf_endpoint_with_token(home):
             with pytest.raises(SourceUnavailable) as ei:
                 await eng.downloads.start("nope")
             assert "HF_TOKEN" in ei.value.message
+
+
+async def test_pieces_recorded_as_sha256_before_an_upgrade_are_installed_as_the_current_piece_hash(home):
+    from mavail.core.piecehash import PIECE_ALGO
+    from tests.helpers import wait_until
+
+    data = Synthetic("older", 1 * MIB)
+    ps = 64 * 1024
+    with Mirror() as m:
+        write_home(home, m, {"m": {"f.bin": data}})
+        m.default_faults.throttle_bps = 1 * MIB
+        async with dl_engine(home, piece_size=ps) as (eng, sock):
+            await eng.downloads.start("m")
+
+            async def some_recorded() -> bool:
+                return len(await eng.db.fetchall("SELECT idx FROM download_pieces WHERE model_id = 'm'")) >= 3
+
+            await wait_until(some_recorded, timeout=10)
+        import sqlite3
+
+        conn = sqlite3.connect(home / "state.db")
+        rows = conn.execute("SELECT idx FROM download_pieces WHERE model_id = 'm'").fetchall()
+        for (idx,) in rows:  # as an engine that hashed pieces with sha256 recorded them
+            conn.execute("UPDATE download_pieces SET sha256 = ? WHERE model_id = 'm' AND idx = ?",
+                         (hashlib.sha256(data.read(idx * ps, ps)).hexdigest(), idx))
+        conn.commit()
+        conn.close()
+        m.default_faults.throttle_bps = 0
+        async with dl_engine(home, piece_size=ps) as (eng, sock):
+            await wait_status(eng, "m", "completed")
+            pieces = await eng.db.fetchall("SELECT idx, sha256, algo FROM file_pieces WHERE model_id = 'm' ORDER BY idx")
+        assert installed_bytes(home, "m", "f.bin") == data.read(0, data.size)
+        assert {r[2] for r in pieces} == {PIECE_ALGO}
+        assert [r[1] for r in pieces] == [piece_digest(data.read(i, ps)) for i in range(0, data.size, ps)]

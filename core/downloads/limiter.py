@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Callable
 
@@ -25,26 +26,32 @@ class RateLimiter:
         self._clock = clock
         self._next = clock()
         self._last_rate = 0.0
+        self._lock = threading.Lock()  # byte threads and the event loop reserve from the same bucket
 
     def active(self) -> bool:
         """Whether a limit is set right now."""
         return self.rate() > 0
 
+    def reserve(self, n: int) -> float:
+        """Reserve `n` bytes; the seconds the caller must wait before using them (0 when within the rate). Thread-safe."""
+        rate = self.rate()
+        with self._lock:
+            now = self._clock()
+            if rate <= 0:
+                self._next = now
+                self._last_rate = 0.0
+                return 0.0
+            if rate != self._last_rate:
+                # a new rate: forget reservations made under the old one
+                self._next = min(max(self._next, now - self.burst_s), now + 0.25)
+                self._last_rate = rate
+            start = max(self._next, now - self.burst_s)
+            self._next = start + n / rate
+            return max(0.0, self._next - now - self.burst_s)
+
     async def take(self, n: int) -> None:
         """Wait until `n` more bytes fit within the rate."""
-        rate = self.rate()
-        now = self._clock()
-        if rate <= 0:
-            self._next = now
-            self._last_rate = 0.0
-            return
-        if rate != self._last_rate:
-            # a new rate: forget reservations made under the old one
-            self._next = min(max(self._next, now - self.burst_s), now + 0.25)
-            self._last_rate = rate
-        start = max(self._next, now - self.burst_s)
-        self._next = start + n / rate
-        delay = self._next - now - self.burst_s
+        delay = self.reserve(n)
         if delay > 0:
             await asyncio.sleep(delay)
 

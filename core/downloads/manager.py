@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
@@ -46,6 +47,7 @@ RUNNABLE = ("queued", "downloading", "verifying")
 LIVE = RUNNABLE + ("paused", "failed")
 PROGRESS_INTERVAL_S = 0.25  # at most 4 progress events a second per download
 SPEED_TAU_S = 2.0
+BYTE_THREADS = 256  # one per connection; downloads.max_connections bounds how many run (threads start as needed)
 
 
 def _return_big_buffers_to_the_os() -> None:
@@ -260,6 +262,7 @@ class DownloadManager:
         self._listeners: list[Callable[[str, str, str], None]] = []
         self._seq = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._global = RateLimiter(lambda: float(settings.get("downloads.bandwidth_limit_mbps")) * MIB)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -273,6 +276,12 @@ class DownloadManager:
         if self._client is None:
             self._client = self._client_factory()
         return self._client
+
+    def _byte_threads(self) -> ThreadPoolExecutor:
+        """The threads every connection's bytes move on (apart from the default executor, which SQLite and scans use)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=BYTE_THREADS, thread_name_prefix="mavail-bytes")
+        return self._executor
 
     async def start_service(self) -> None:
         """Load downloads from the database, resume those that were running or queued, start the ticker."""
@@ -296,6 +305,9 @@ class DownloadManager:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     def _on_config(self, changed: dict[str, Any]) -> None:
         if "downloads.max_concurrent" in changed:
@@ -527,6 +539,7 @@ class DownloadManager:
             "error_code": d.error_code,
             "error_message": d.error_message,
             "current_file": d.current_file,
+            "connections": sum(tr.connections for tr in d.transfers.values()) if d.status == "downloading" else 0,
             "can_pause": d.status in ("queued", "downloading"),
             "can_resume": d.status in ("paused", "failed"),
             "can_cancel": d.status in LIVE,
@@ -736,7 +749,7 @@ class DownloadManager:
         return TransferContext(client=self.client, limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
                                setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
-                               sleep=self.sleep,
+                               sleep=self.sleep, executor=self._byte_threads(), environ=self.environ,
                                active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
 
     def _remove_partial(self, model_id: str) -> None:

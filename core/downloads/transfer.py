@@ -34,29 +34,30 @@ import logging
 import random
 import re
 import threading
+import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-import httpcore
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from mavail.core.downloads.http_range import Aborted, BadUrl, BrokenConnection, Head, NoData, RangeConnection
 from mavail.core.downloads.limiter import RateLimiter, take_all
 from mavail.core.downloads.partial import PartialFile
+from mavail.core.piecehash import DIGEST_HEX_LEN, PIECE_ALGO, new_piece_hasher, piece_digest
 from mavail.core.errors import InsufficientStorage, IntegrityError, SourceUnavailable
 from mavail.core.state import DatabaseFull
 from mavail.core.timeutil import wait_event
 
 log = logging.getLogger("mavail.downloads")
 
-WRITE_CHUNK = 512 * 1024  # bytes handed to a worker thread per write
 READBACK_CHUNK = 1024 * 1024
-MAX_SPAN_BYTES = 64 * 1024 * 1024
+MAX_SPAN_BYTES = 64 * 1024 * 1024  # one request asks for at most this much; idle connections take over the tail of a span
 PREFIX_RECORD_S = 0.5  # how often the flushed prefix of pieces in progress is recorded when no piece completes
-# httpcore reads sockets 64 KiB at a time; at loopback speeds the per-read Python work then costs
-# more than the bytes. Larger reads return whatever the socket holds, so slow links are unaffected.
-if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 256 * 1024:
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024  # type: ignore[attr-defined]
+START_CONNECTIONS = 4  # connections a large file starts with
+PROBE_S = 0.5  # how often the file's rate is compared to decide whether more connections help
+GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -94,6 +95,16 @@ class TooSlow(TransferError):
 
 class ShortRead(TransferError):
     """The response ended before the bytes it was asked for (a drop, or a Content-Length that lied)."""
+
+
+class ConnectionBroken(TransferError):
+    """The connection could not be made or broke before the bytes asked for arrived."""
+
+
+class LocationExpired(TransferError):
+    """The URL a redirect led to refused us (a signed URL that expired): ask the original URL again."""
+
+    counts = False
 
 
 class DeadUrl(TransferError):
@@ -173,6 +184,8 @@ class TransferContext:
     headers_for: Callable[[str], dict[str, str]] = lambda url: {}
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     active_files: Callable[[], int] = lambda: 1  # files transferring now, which share downloads.max_connections
+    executor: Executor | None = None  # the byte threads (None: the loop's default executor)
+    environ: Mapping[str, str] | None = None  # where proxy settings come from (None: os.environ)
 
 
 @dataclass
@@ -183,6 +196,7 @@ class _Span:
     failures: int = 0
     stalls: int = 0
     url_idx: int = 0
+    cur: int = -1  # the piece its connection is writing: a connection taking over the tail starts after it
 
 
 @dataclass
@@ -232,6 +246,10 @@ class FileTransfer:
         self.dead_reason: str = ""  # why the last URL was given up on, for the message when none is left
         self.slow: dict[str, int] = {}  # URL -> connections replaced for being too slow
         self.validators: dict[str, list[str | None]] = dict(validators or {})
+        self.located: dict[str, str] = dict(job.located)  # URL -> where it redirected, reused for every range
+        self._locating: dict[str, asyncio.Future[None]] = {}  # URL -> the first request to it, while it runs
+        self._count_lock = threading.Lock()
+        self._target = 1  # connections wanted now: a worker whose index is not below it stops after its span
         self.resets = 0
         self.integrity_failures = 0
         self._live_spans: list[_Span] = []
@@ -283,7 +301,7 @@ class FileTransfer:
             with self._lock:
                 if self.state[idx] != 0 or self.written[idx] != 0:
                     continue
-            h = hashlib.sha256()
+            h = new_piece_hasher()
             pos, end = idx * self.ps, idx * self.ps + length
             while pos < end:
                 data = self.file.read(pos, min(READBACK_CHUNK, end - pos))
@@ -325,6 +343,11 @@ class FileTransfer:
         """
         failed = max([s.failures for s in self._live_spans] + [self.integrity_failures, self._failed_span_retries])
         return min(failed, self.ctx.max_retries())
+
+    @property
+    def connections(self) -> int:
+        """Connections transferring this file now."""
+        return len(self._live_spans)
 
     @property
     def complete(self) -> bool:
@@ -379,7 +402,8 @@ class FileTransfer:
         await asyncio.to_thread(self.file.truncate, 0)
 
     # --- writing (worker threads) ----------------------------------------
-    def _write_job(self, gen: int, data: bytearray, offset: int) -> None:
+    def _write_job(self, gen: int, data: bytes, offset: int) -> None:
+        """Write `data` (inside one piece) at `offset`, hash it into its piece and, where it extends it, the whole file."""
         if gen != self.gen:
             raise _Stale()
         try:
@@ -397,7 +421,7 @@ class FileTransfer:
                 raise _Stale()
             h = self.hashers.get(idx)
             if h is None:
-                h = self.hashers[idx] = hashlib.sha256()
+                h = self.hashers[idx] = new_piece_hasher()
         h.update(data)  # the piece belongs to this worker alone
         done = None
         with self._lock:
@@ -502,9 +526,9 @@ class FileTransfer:
                                     path=self.job.path, urls=list(self.job.urls))
         return live[span.url_idx % len(live)]
 
-    def _check_validator(self, url: str, resp: httpx.Response) -> bool:
+    def _check_validator(self, url: str, head: Head) -> bool:
         """Record the response's validator; False when it differs from the one recorded for this URL."""
-        etag, lm = resp.headers.get("etag"), resp.headers.get("last-modified")
+        etag, lm = head.get("etag"), head.get("last-modified")
         old = self.validators.get(url)
         if old is None:
             self.validators[url] = [etag, lm]
@@ -513,8 +537,9 @@ class FileTransfer:
             return False
         return True
 
-    def _request_headers(self, url: str, start: int, end: int) -> dict[str, str]:
-        h = {"Accept-Encoding": "identity", **self.ctx.headers_for(url)}
+    def _request_headers(self, url: str, start: int, end: int) -> Callable[[str], dict[str, str]]:
+        """The headers of every hop of a request for [start, end) of `url`: Range and If-Range, plus the hop's own."""
+        h = {"Accept-Encoding": "identity"}
         if not self.no_ranges:
             h["Range"] = f"bytes={start}-{end - 1}"
             v = self.validators.get(url)
@@ -522,13 +547,20 @@ class FileTransfer:
                 h["If-Range"] = v[0]
             elif v and v[1]:
                 h["If-Range"] = v[1]
-        return h
+        return lambda hop: {**h, **self.ctx.headers_for(hop)}
 
-    def _timeout(self) -> httpx.Timeout:
-        stall = float(self.ctx.setting("downloads.stall_timeout_s"))
-        return httpx.Timeout(connect=float(self.ctx.setting("downloads.connect_timeout_s")), read=stall, write=stall, pool=None)
+    async def _in_thread(self, conn: RangeConnection, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking `fn` on the byte threads; when cancelled, abort the connection and wait for the thread to let go."""
+        fut = self._loop.run_in_executor(self.ctx.executor, fn, *args)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            conn.abort()
+            # the thread writes what it already read and returns: the file is never closed under it
+            await asyncio.gather(fut, return_exceptions=True)
+            raise
 
-    async def _fetch(self, span: _Span, url: str) -> None:
+    async def _fetch(self, span: _Span, url: str, conn: RangeConnection) -> None:
         start = self._span_offset(span)
         if start is None:
             return
@@ -536,34 +568,63 @@ class FileTransfer:
         if self.no_ranges:
             start = 0
         gen = span.gen
+        stall = float(self.ctx.setting("downloads.stall_timeout_s"))
+        conn.connect_timeout, conn.read_timeout = float(self.ctx.setting("downloads.connect_timeout_s")), stall
+        while url not in self.located and url in self._locating:
+            # another connection is finding where this URL leads: one resolve per file, then every range goes there
+            await asyncio.wait({self._locating[url]})
+        target = self.located.get(url, url)
+        mine = None if url in self.located else self._locating.setdefault(url, self._loop.create_future())
         try:
-            async with self.ctx.client.stream("GET", url, headers=self._request_headers(url, start, end), timeout=self._timeout()) as resp:
-                await self._check_response(resp, url, start, end, span)
-                await self._consume(resp, gen, start, end, url)
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
-                raise
-            raise Stalled(f"no data from {url} for {self.ctx.setting('downloads.stall_timeout_s')} s") from None
+            try:
+                head = await self._in_thread(conn, conn.open, target, self._request_headers(url, start, end))
+            except NoData:
+                raise Stalled(f"no answer from {target} for {stall} s") from None
+            except BadUrl as exc:
+                self.dead.add(url)
+                raise DeadUrl(str(exc)) from None
+            except BrokenConnection as exc:
+                if target != url:
+                    self.located.pop(url, None)  # the located URL may be gone: the next attempt asks the original again
+                raise ConnectionBroken(str(exc)) from None
+            if head.status in (200, 206):
+                self.located[url] = head.url
+        finally:
+            if mine is not None:
+                self._locating.pop(url, None)
+                mine.set_result(None)
+        try:
+            if target != url and head.status in (401, 403, 404, 410):
+                self.located.pop(url, None)
+                raise LocationExpired(f"{head.url} answered {head.status}: asking {url} again")
+            await self._check_response(head, url, start, end, span)
+        except BaseException:
+            conn.discard()
+            raise
+        try:
+            await self._in_thread(conn, self._pump, conn, span, gen, start, end, url)
+        except NoData:
+            raise Stalled(f"no data from {head.url} for {stall} s") from None
+        except BrokenConnection as exc:
+            raise ConnectionBroken(str(exc)) from None
 
-    async def _check_response(self, resp: httpx.Response, url: str, start: int, end: int, span: _Span) -> None:
-        st = resp.status_code
+    async def _check_response(self, head: Head, url: str, start: int, end: int, span: _Span) -> None:
+        st = head.status
         if st == 416:
-            cr = resp.headers.get("content-range", "")
-            m = re.match(r"^bytes \*/(\d+)$", cr)
+            m = re.match(r"^bytes \*/(\d+)$", head.get("content-range", "") or "")
             if m and int(m.group(1)) != self.size:
                 self.dead.add(url)
                 raise DeadUrl(f"{url} serves {m.group(1)} bytes, the catalog says {self.size}")
             raise HttpStatus(416, url)
         if st >= 400 or st not in (200, 206):
-            ra = parse_retry_after(resp.headers.get("retry-after"))
-            err = HttpStatus(st, url, ra)
+            err = HttpStatus(st, url, parse_retry_after(head.get("retry-after")))
             if not err.retryable:
                 self.dead.add(url)
                 raise DeadUrl(str(err))
             raise err
-        if not self._check_validator(url, resp):
+        if not self._check_validator(url, head):
             await self._reset(f"{url} changed (validator differs)")
-            self.validators[url] = [resp.headers.get("etag"), resp.headers.get("last-modified")]
+            self.validators[url] = [head.get("etag"), head.get("last-modified")]
             await self.ctx.on_validator(self.job.path, self.validators)
             raise _Restart()
         await self.ctx.on_validator(self.job.path, self.validators)
@@ -575,86 +636,81 @@ class FileTransfer:
             await self._reset(f"{url} ignored the Range request; downloading it in one piece")
             self.no_ranges = True
             raise _Restart()
-        m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+        m = _CONTENT_RANGE.match(head.get("content-range", "") or "")
         if not m or int(m.group(1)) != start:
-            raise ShortRead(f"{url} answered a different range ({resp.headers.get('content-range')!r})")
+            raise ShortRead(f"{url} answered a different range ({head.get('content-range')!r})")
         if m.group(3) != "*" and int(m.group(3)) != self.size:
             self.dead.add(url)
             raise DeadUrl(f"{url} serves {m.group(3)} bytes, the catalog says {self.size}")
 
-    async def _consume(self, resp: httpx.Response, gen: int, start: int, end: int, url: str) -> None:
+    def _pump(self, conn: RangeConnection, span: _Span, gen: int, start: int, end: int, url: str) -> None:
+        """Read the response body into the file (on a byte thread), piece by piece, as the socket delivers it.
+
+        Stops at the span's end, which another connection may move nearer when it takes over the
+        tail; every byte read is written before this returns, whatever stops it.
+        """
         ps = self.ps
-        pos = start  # next byte to place in buf
-        buf = bytearray()
-        buf_off = start
-        inflight: asyncio.Future[Any] | None = None
-        limiters = self.ctx.limiters
-        skip = 0
+        pos = start
         if self.no_ranges:
-            # a plain GET: bytes already written in this generation are skipped, not rewritten
+            # a plain GET: bytes already written in this generation are read past, not rewritten
             skip = self._span_offset(_Span(gen, 0, self.npieces)) or 0
-            pos = buf_off = skip
-        seen = 0  # body bytes before this chunk
+            while pos < skip:
+                n = len(conn.read1(skip - pos))
+                if n == 0:
+                    raise ShortRead(f"response ended at byte {pos} of {end}")
+                self._count(n)
+                pos += n
+        limiters = [lim for lim in self.ctx.limiters]
         min_rate = float(self.ctx.setting("downloads.min_rate_bytes_per_s"))
         window = float(self.ctx.setting("downloads.min_rate_window_s"))
-        clock = self._loop.time
+        clock = time.monotonic
         win_start, win_bytes, win_ours = clock(), 0, 0.0  # win_ours: time spent waiting on our own limits and disk
-        try:
-            async for chunk in resp.aiter_raw():
-                n = len(chunk)
-                self.ctx.on_bytes(n)
-                win_bytes += n
-                view = memoryview(chunk)
-                if seen < skip:
-                    view = view[min(skip - seen, n):]
-                seen += n
-                need = end - pos
-                if len(view) > need:
-                    view = view[:need]
-                while view:
-                    boundary = min(end, (pos // ps + 1) * ps)
-                    part = view[: boundary - pos]
-                    buf += part
-                    pos += len(part)
-                    view = view[len(part):]
-                    if pos == boundary or len(buf) >= WRITE_CHUNK:
-                        if inflight is not None:
-                            t0 = clock()
-                            await inflight
-                            win_ours += clock() - t0
-                        inflight = asyncio.ensure_future(asyncio.to_thread(self._write_job, gen, buf, buf_off))
-                        buf_off = pos
-                        buf = bytearray()
-                if limiters:
-                    t0 = clock()
-                    await take_all(limiters, n)
-                    win_ours += clock() - t0
-                if pos >= end:
+        while True:
+            with self._lock:
+                if gen != self.gen:
+                    raise _Stale()
+                stop = min(end, self._span_end(span))
+                idx = pos // ps
+                if pos >= stop or idx >= span.end_idx:
                     break
-                if min_rate > 0:
-                    now = clock()
-                    if now - win_start >= window:
-                        server_time = now - win_start - win_ours
-                        if server_time > 0 and win_bytes / server_time < min_rate:
-                            raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {resp.url}, under downloads.min_rate_bytes_per_s "
-                                          f"({min_rate:.0f} B/s)")
-                        if server_time > 0:  # a window at the minimum rate breaks the run of slow connections
-                            self.slow.pop(url, None)
-                        win_start, win_bytes, win_ours = now, 0, 0.0
-        finally:
-            # keep every byte that arrived, even when the connection broke or we were cancelled
-            await asyncio.shield(self._drain(inflight, gen, buf, buf_off))
-        if pos < end:
+                span.cur = idx  # this piece is ours now: the tail is only ever taken after it
+            data = conn.read1(min(stop, (idx + 1) * ps) - pos)
+            n = len(data)
+            if n == 0:
+                break
+            self._count(n)
+            win_bytes += n
+            t0 = clock()
+            self._write_job(gen, data, pos)
+            pos += n
+            for lim in limiters:
+                if lim.active():
+                    delay = lim.reserve(n)
+                    if delay > 0 and conn.wait_aborted(delay):
+                        raise Aborted()
+            win_ours += clock() - t0
+            if conn.aborted:
+                raise Aborted()
+            if min_rate > 0:
+                now = clock()
+                if now - win_start >= window:
+                    server_time = now - win_start - win_ours
+                    if server_time > 0 and win_bytes / server_time < min_rate:
+                        raise TooSlow(f"{win_bytes / server_time:.0f} B/s from {url}, under downloads.min_rate_bytes_per_s "
+                                      f"({min_rate:.0f} B/s)")
+                    if server_time > 0:  # a window at the minimum rate breaks the run of slow connections
+                        self.slow.pop(url, None)
+                    win_start, win_bytes, win_ours = now, 0, 0.0
+        if pos >= end:
+            conn.finished()
+            return
+        conn.discard()  # bytes of this response are left unread: the connection cannot serve another request
+        if pos < min(end, self._span_end(span)) and span.gen == self.gen:
             raise ShortRead(f"response ended at byte {pos} of {end}")
 
-    async def _drain(self, inflight: asyncio.Future[Any] | None, gen: int, buf: bytearray, buf_off: int) -> None:
-        try:
-            if inflight is not None:
-                await inflight
-            if buf:
-                await asyncio.to_thread(self._write_job, gen, buf, buf_off)
-        except _Stale:
-            pass
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.ctx.on_bytes(n)
 
     # --- workers -----------------------------------------------------------
     def _account(self, span: _Span, exc: BaseException, progressed: bool, url: str) -> None:
@@ -684,13 +740,13 @@ class FileTransfer:
             return exc.retryable
         return isinstance(exc, httpx.TransportError)
 
-    async def _run_span(self, span: _Span) -> None:
+    async def _run_span(self, span: _Span, conn: RangeConnection) -> None:
         def stop(rs: RetryCallState) -> bool:
             return span.failures > self.ctx.max_retries()
 
         def wait(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome else None
-            if isinstance(exc, (Stalled, DeadUrl, TooSlow)):
+            if isinstance(exc, (Stalled, DeadUrl, TooSlow, LocationExpired)):
                 return 0.0
             ra = getattr(exc, "retry_after", None)
             if span.failures == 0 and ra is None:
@@ -710,7 +766,7 @@ class FileTransfer:
                 attempt.retry_state._url = url  # type: ignore[attr-defined]
                 before = self.written_bytes
                 try:
-                    await self._fetch(span, url)
+                    await self._fetch(span, url, conn)
                 except (_Restart, _Stale, DiskFull, asyncio.CancelledError, SourceUnavailable):
                     raise
                 except Exception as exc:
@@ -724,36 +780,61 @@ class FileTransfer:
                 if self._span_offset(span) is not None and span.gen == self.gen:
                     raise ShortRead("span incomplete")
 
-    async def _worker(self, max_pieces: int) -> None:
-        while True:
-            span = self._take_span(max_pieces)
-            if span is None:
-                return
-            self._live_spans.append(span)
-            try:
-                await self._run_span(span)
-            except BaseException:
-                self._failed_span_retries = max(self._failed_span_retries, span.failures)
-                raise
-            finally:
-                self._live_spans.remove(span)
-                self._release(span)
-            if span.gen != self.gen:
-                raise _Restart()
+    def _steal_span(self) -> _Span | None:
+        """Take over the back half of the untouched tail of the longest span in flight (None when none is worth it)."""
+        with self._lock:
+            best: tuple[int, _Span] | None = None
+            for s in self._live_spans:
+                if s.gen != self.gen:
+                    continue
+                first = max(s.first, s.cur + 1)
+                free = sum(1 for k in range(first, s.end_idx) if self.state[k] == 1 and self.written[k] == 0)
+                if free == s.end_idx - first and free >= 2 and (best is None or free > best[0]):
+                    best = (free, s)
+            if best is None:
+                return None
+            free, owner = best
+            cut = owner.end_idx - free // 2
+            new = _Span(self.gen, cut, owner.end_idx, url_idx=owner.url_idx)
+            owner.end_idx = cut
+            return new
+
+    async def _worker(self, max_pieces: int, index: int) -> None:
+        conn = RangeConnection(float(self.ctx.setting("downloads.connect_timeout_s")),
+                               float(self.ctx.setting("downloads.stall_timeout_s")), environ=self.ctx.environ)
+        try:
+            while index < self._target:
+                span = self._take_span(max_pieces) or self._steal_span()
+                if span is None:
+                    return
+                self._live_spans.append(span)
+                try:
+                    await self._run_span(span, conn)
+                except BaseException:
+                    self._failed_span_retries = max(self._failed_span_retries, span.failures)
+                    raise
+                finally:
+                    self._live_spans.remove(span)
+                    self._release(span)
+                if span.gen != self.gen:
+                    raise _Restart()
+        finally:
+            conn.close()
 
     # --- the whole file ------------------------------------------------------
-    def _plan(self) -> tuple[int, int]:
-        """(workers, pieces per span) for the current settings and what the server supports."""
+    def _plan(self) -> tuple[int, int, int]:
+        """(connections to start with, pieces per span, most connections) for the settings and what the server supports."""
         if self.no_ranges:
-            return 1, self.npieces
+            return 1, self.npieces, 1
         share = int(self.ctx.setting("downloads.max_connections")) // max(1, self.ctx.active_files())
-        parallel = min(int(self.ctx.setting("downloads.parallel_ranges")), max(1, share))
+        ceiling = min(int(self.ctx.setting("downloads.parallel_ranges")), max(1, share))
         min_size = float(self.ctx.setting("downloads.parallel_min_size_mb")) * 1024 * 1024
-        if parallel <= 1 or self.size < min_size:
-            return 1, max(1, MAX_SPAN_BYTES // self.ps) if self.npieces > 1 else 1
         remaining = sum(1 for s in self.state if s == 0)
-        per = max(1, min(max(1, (16 * 1024 * 1024) // self.ps), -(-remaining // parallel)))
-        return min(parallel, max(1, remaining)), per
+        if ceiling <= 1 or self.size < min_size:
+            return 1, max(1, MAX_SPAN_BYTES // self.ps) if self.npieces > 1 else 1, 1
+        per = max(1, min(max(1, MAX_SPAN_BYTES // self.ps), -(-remaining // ceiling)))
+        return max(1, min(START_CONNECTIONS, ceiling, remaining)), per, ceiling
+
 
     async def run(self) -> tuple[str, list[tuple[int, str]]]:
         """Fetch what is missing, verify, flush; return (sha256, [(piece index, sha256)])."""
@@ -807,6 +888,7 @@ class FileTransfer:
             await asyncio.to_thread(self._catch_up)
             ok, problem = self._verify()
             if ok:
+                await asyncio.to_thread(self._rehash_older_pieces)
                 break
             self.integrity_failures += 1
             if self.integrity_failures > self.ctx.max_retries():
@@ -814,6 +896,16 @@ class FileTransfer:
             self.ctx.on_retry(self.job.path, "", IntegrityError(problem), 0.0)
             await self._reset(problem)
         await asyncio.to_thread(self.file.flush)
+
+    def _rehash_older_pieces(self) -> None:
+        """Hash again, from the verified file, pieces recorded with an older piece hash, so a file's pieces share one."""
+        want = DIGEST_HEX_LEN[PIECE_ALGO]
+        for idx, digest in list(self.piece_sha.items()):
+            if len(digest) != want:
+                data = self.file.read(idx * self.ps, self.piece_len(idx))
+                if len(data) != self.piece_len(idx):
+                    raise OSError(errno.EIO, f"partial file shorter than its pieces at {idx * self.ps}")
+                self.piece_sha[idx] = piece_digest(data)
 
     def _verify(self) -> tuple[bool, str]:
         with self._hlock:
@@ -828,17 +920,43 @@ class FileTransfer:
         return True, ""
 
     async def _run_workers(self) -> None:
-        n, per = self._plan()
-        tasks = [asyncio.create_task(self._worker(per), name=f"range:{self.job.path}:{i}") for i in range(n)]
+        """Fetch with parallel connections: start a few, add more while the file's rate grows, up to the ceiling."""
+        n, per, ceiling = self._plan()
+        self._target = n
+        tasks = [asyncio.create_task(self._worker(per, i), name=f"range:{self.job.path}:{i}") for i in range(n)]
+        clock = self._loop.time
+        last_t, last_bytes, last_rate, growing = clock(), self.written_bytes, 0.0, n < ceiling
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            while True:
+                done, pending = await asyncio.wait(tasks, timeout=PROBE_S if growing else None,
+                                                   return_when=asyncio.FIRST_EXCEPTION)
+                if not pending or any(not t.cancelled() and t.exception() is not None for t in done):
+                    break
+                now, written = clock(), self.written_bytes
+                rate = (written - last_bytes) / max(1e-6, now - last_t)
+                last_t, last_bytes = now, written
+                if last_rate and rate < last_rate * GROWTH:
+                    # the last connections added did not help: let them finish their span and stop there
+                    self._target = max(1, self._target // 2)
+                    growing = False
+                    continue
+                last_rate = rate
+                add = min(ceiling, self._target * 2) - self._target
+                if add <= 0 or sum(1 for s in self.state if s == 0) == 0:
+                    growing = False
+                    continue
+                tasks += [asyncio.create_task(self._worker(per, self._target + i), name=f"range:{self.job.path}:{self._target + i}")
+                          for i in range(add)]
+                self._target += add
+                growing = self._target < ceiling
         except asyncio.CancelledError:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        for t in pending:
-            t.cancel()
+        for t in tasks:
+            if not t.done():
+                t.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         if not errors:

@@ -1,0 +1,268 @@
+"""The bulk byte path: blocking HTTP/1.1 range requests on a worker thread, the GIL let go while the socket is read.
+
+httpx stays the client for the Hub's API, HEAD requests and repairs. Bulk bytes
+take this path because, measured on a 1 GiB file from nginx on 127.0.0.1, an
+httpx stream spends about twice curl's time in per-chunk parsing and copies,
+while `http.client` keeps within a few percent of curl: the body is read
+straight from the socket into the bytes handed to the file
+(`read1`: what the socket holds, in one `recv`), and the GIL is released for every `recv`, so the engine's event
+loop keeps answering while connections run flat out.
+
+A `RangeConnection` is one keep-alive connection to one origin at a time,
+owned by one worker thread; `abort()` may be called from any thread and wakes
+a blocked read at once. Redirects are followed here, with the headers asked
+for every hop (so a credential for one host is never sent to another), and
+proxies come from the standard environment (`HTTPS_PROXY`, `HTTP_PROXY`,
+`NO_PROXY`) as curl and the Hub's client read them. TLS verifies against the
+system's CA store, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+import ssl
+import threading
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable, Mapping
+from urllib.parse import unquote, urljoin, urlsplit
+
+MAX_REDIRECTS = 10
+READ_SIZE = 1024 * 1024  # most bytes one read returns; a read returns what the socket holds, so slow links stay prompt
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class BrokenConnection(Exception):
+    """The connection could not be made, broke, or the server spoke something other than HTTP/1.1."""
+
+
+class BadUrl(Exception):
+    """The URL (or a redirect's Location) cannot be requested: not http(s), no host, a port that is not a number."""
+
+
+class NoData(Exception):
+    """No byte arrived within the read timeout."""
+
+
+class Aborted(Exception):
+    """`abort()` was called: the transfer is being stopped."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """A response's status line and headers (names in lower case), and the URL that gave it after redirects."""
+
+    status: int
+    headers: Mapping[str, str]
+    url: str
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """A header's value by its lower-case name."""
+        return self.headers.get(name, default)
+
+
+def _proxy_for(url: str, environ: Mapping[str, str] | None) -> str | None:
+    """The proxy URL for `url` from the environment (`<scheme>_proxy`, `all_proxy`, `no_proxy`), or None."""
+    parts = urlsplit(url)
+    if environ is None:
+        proxies = urllib.request.getproxies_environment()
+        if proxies.get(parts.scheme) and not urllib.request.proxy_bypass_environment(parts.hostname or ""):
+            return proxies[parts.scheme]
+        return None
+    env = {k.lower(): v for k, v in environ.items() if v}
+    proxy = env.get(f"{parts.scheme}_proxy") or env.get("all_proxy")
+    if not proxy:
+        return None
+    host = (parts.hostname or "").lower()
+    for entry in (e.strip().lower() for e in env.get("no_proxy", "").split(",")):
+        if entry == "*" or (entry and (host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")))):
+            return None
+    return proxy
+
+
+class RangeConnection:
+    """One keep-alive HTTP/1.1 connection for bulk GETs, used by one thread; `abort()` from any thread stops it."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, environ: Mapping[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`environ` (None: os.environ) gives the proxy settings; `ssl_context` (None: the system's defaults) verifies TLS."""
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.environ = environ
+        self._ssl = ssl_context
+        self._conn: http.client.HTTPConnection | None = None
+        self._key: tuple[str, str, str | None] | None = None
+        self._resp: http.client.HTTPResponse | None = None
+        self._proxy_headers: dict[str, str] = {}  # Proxy-Authorization, sent to a plain-HTTP proxy on every request
+        self._aborted = threading.Event()
+        self._lock = threading.Lock()
+
+    # --- connecting ------------------------------------------------------------
+    def _connection(self, url: str) -> tuple[http.client.HTTPConnection, str]:
+        """A connection able to ask for `url` (reused when it is to the same origin), and the request target."""
+        parts = urlsplit(url)
+        try:
+            parts.port
+        except ValueError:
+            raise BadUrl(f"{url!r} has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadUrl(f"{url!r} is not an http(s) URL with a host")
+        proxy = _proxy_for(url, self.environ)
+        key = (parts.scheme, parts.netloc, proxy)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        if self._conn is not None and self._key == key and self._resp is None:
+            return self._conn, (url if proxy and parts.scheme == "http" else target)
+        self.close()
+        host, port = parts.hostname or "", parts.port
+        if proxy:
+            pp = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            auth = {}
+            if pp.username:
+                cred = f"{unquote(pp.username)}:{unquote(pp.password or '')}".encode()
+                auth = {"Proxy-Authorization": "Basic " + base64.b64encode(cred).decode()}
+            if parts.scheme == "https":
+                conn = self._new("https", pp.hostname or "", pp.port or 80, tunnel=True)
+                conn.set_tunnel(host, port or 443, headers=auth)
+            else:
+                conn = self._new("http", pp.hostname or "", pp.port or 80)
+                self._proxy_headers = auth
+                target = url
+        else:
+            conn = self._new(parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
+        if not (proxy and parts.scheme == "http"):
+            self._proxy_headers = {}
+        self._conn, self._key = conn, key
+        return conn, target
+
+    def _new(self, scheme: str, host: str, port: int, tunnel: bool = False) -> http.client.HTTPConnection:
+        """A connection to host:port; TLS for https (through a tunnel: TLS inside the CONNECT to the proxy)."""
+        if scheme == "https" or tunnel:
+            return http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
+                                               context=self._ssl or ssl.create_default_context())
+        return http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+
+    # --- requests --------------------------------------------------------------
+    def open(self, url: str, headers_for: Callable[[str], dict[str, str]]) -> Head:
+        """GET `url`, following redirects (headers from `headers_for(hop)` on every hop); the final response's head.
+
+        The body is then read with `read1`; a response whose body is not read to its end
+        must be let go of with `discard()` before the next `open`.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_aborted()
+            conn, target = self._connection(url)
+            headers = {**self._proxy_headers, **headers_for(url)}
+            try:
+                conn.request("GET", target, headers=headers)
+                sock = conn.sock
+                if sock is not None:
+                    sock.settimeout(self.read_timeout)
+                with self._lock:
+                    self._check_aborted()
+                resp = conn.getresponse()
+            except (socket.timeout, TimeoutError):
+                self.close()
+                self._check_aborted()
+                raise NoData(f"no answer from {urlsplit(url).netloc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                self._check_aborted()
+                raise BrokenConnection(f"{urlsplit(url).netloc}: {_explain(exc)}") from None
+            head = Head(resp.status, {k.lower(): v for k, v in resp.getheaders()}, url)
+            self._resp = resp
+            if resp.status in REDIRECTS and head.get("location"):
+                self.discard()
+                url = urljoin(url, head.get("location") or "")
+                continue
+            return head
+        self.discard()
+        raise BrokenConnection(f"more than {MAX_REDIRECTS} redirects from {url}")
+
+    def read1(self, limit: int) -> bytes:
+        """Body bytes the socket holds now (waiting for some), at most `limit` and one read's worth; b"" at the end.
+
+        Raises NoData, BrokenConnection, Aborted.
+        """
+        resp = self._resp
+        if resp is None:
+            return b""
+        try:
+            data = resp.read1(min(limit, READ_SIZE))
+        except (socket.timeout, TimeoutError):
+            self.close()
+            self._check_aborted()
+            raise NoData("no data within the read timeout") from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.close()
+            self._check_aborted()
+            raise BrokenConnection(_explain(exc)) from None
+        if not data:
+            self._check_aborted()
+        return data
+
+    def finished(self) -> None:
+        """The body was read to its end: keep the connection for the next request when the server allows it."""
+        resp, self._resp = self._resp, None
+        if resp is not None and not (resp.isclosed() and not resp.will_close):
+            self.close()  # the server closes it, or bytes are left: never reuse a connection in an unknown state
+
+    def discard(self) -> None:
+        """Let go of the current response without reading the rest of its body (the connection is closed)."""
+        self._resp = None
+        self.close()
+
+    # --- stopping --------------------------------------------------------------
+    def abort(self) -> None:
+        """Stop from another thread: a blocked connect or read returns at once and raises Aborted."""
+        with self._lock:
+            self._aborted.set()
+            conn = self._conn
+            sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def wait_aborted(self, seconds: float) -> bool:
+        """Sleep `seconds` unless aborted first; True when aborted."""
+        return self._aborted.wait(seconds)
+
+    @property
+    def aborted(self) -> bool:
+        """Whether `abort()` was called."""
+        return self._aborted.is_set()
+
+    def _check_aborted(self) -> None:
+        if self._aborted.is_set():
+            raise Aborted()
+
+    def close(self) -> None:
+        """Close the connection (idempotent); the next `open` connects again."""
+        conn, self._conn, self._key = self._conn, None, None
+        self._resp = None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (ConnectionResetError, http.client.RemoteDisconnected)):
+        return "the connection was closed by the server"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message}); set SSL_CERT_FILE to a CA bundle that has it"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error ({exc.reason})"
+    if isinstance(exc, socket.gaierror):
+        return "the host name does not resolve"
+    if isinstance(exc, http.client.HTTPException):
+        return f"not a valid HTTP response ({exc.__class__.__name__})"
+    return str(exc) or exc.__class__.__name__
