@@ -3,10 +3,12 @@
 httpx stays the client for the Hub's API, HEAD requests and repairs. Bulk bytes
 take this path because, measured on a 1 GiB file from nginx on 127.0.0.1, an
 httpx stream spends about twice curl's time in per-chunk parsing and copies,
-while `http.client` keeps within a few percent of curl: the body is read
-straight from the socket into the bytes handed to the file
-(`read1`: what the socket holds, in one `recv`), and the GIL is released for every `recv`, so the engine's event
-loop keeps answering while connections run flat out.
+while `http.client` keeps within a few percent of curl: after http.client has
+parsed the head, the body is read straight from the socket into one buffer per
+connection, reused for its whole life (what the socket holds, in one `recv`),
+and the GIL is released for every `recv`, so the engine's event loop keeps
+answering while connections run flat out, and memory does not grow with the
+bytes moved.
 
 A `RangeConnection` is one keep-alive connection to one origin at a time,
 owned by one worker thread; `abort()` may be called from any thread and wakes
@@ -30,7 +32,7 @@ from typing import Callable, Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
 MAX_REDIRECTS = 10
-READ_SIZE = 1024 * 1024  # most bytes one read returns; a read returns what the socket holds, so slow links stay prompt
+READ_SIZE = 512 * 1024  # most bytes one read returns; a read returns what the socket holds, so slow links stay prompt
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -95,6 +97,8 @@ class RangeConnection:
         self._conn: http.client.HTTPConnection | None = None
         self._key: tuple[str, str, str | None] | None = None
         self._resp: http.client.HTTPResponse | None = None
+        self._left: int | None = None  # body bytes still to read when the response has a Content-Length
+        self.buffer = memoryview(bytearray(READ_SIZE))  # the one buffer bodies are read into, for the connection's life
         self._proxy_headers: dict[str, str] = {}  # Proxy-Authorization, sent to a plain-HTTP proxy on every request
         self._aborted = threading.Event()
         self._lock = threading.Lock()
@@ -149,7 +153,7 @@ class RangeConnection:
     def open(self, url: str, headers_for: Callable[[str], dict[str, str]]) -> Head:
         """GET `url`, following redirects (headers from `headers_for(hop)` on every hop); the final response's head.
 
-        The body is then read with `read1`; a response whose body is not read to its end
+        The body is then read with `readinto`; a response whose body is not read to its end
         must be let go of with `discard()` before the next `open`.
         """
         for _ in range(MAX_REDIRECTS + 1):
@@ -174,6 +178,8 @@ class RangeConnection:
                 raise BrokenConnection(f"{urlsplit(url).netloc}: {_explain(exc)}") from None
             head = Head(resp.status, {k.lower(): v for k, v in resp.getheaders()}, url)
             self._resp = resp
+            length = head.get("content-length")
+            self._left = int(length) if (length and length.isdigit() and not resp.chunked) else None
             if resp.status in REDIRECTS and head.get("location"):
                 self.discard()
                 url = urljoin(url, head.get("location") or "")
@@ -182,32 +188,46 @@ class RangeConnection:
         self.discard()
         raise BrokenConnection(f"more than {MAX_REDIRECTS} redirects from {url}")
 
-    def read1(self, limit: int) -> bytes:
-        """Body bytes the socket holds now (waiting for some), at most `limit` and one read's worth; b"" at the end.
+    def readinto(self, limit: int) -> memoryview:
+        """Body bytes the socket holds now (waiting for some), at most `limit`; empty at the end of the body.
 
-        Raises NoData, BrokenConnection, Aborted.
+        The bytes are a view of the connection's one buffer, valid until the next call: a body
+        with a Content-Length is read straight from the socket into it (one `recv`, no copy);
+        a chunked body goes through http.client's decoder. Raises NoData, BrokenConnection, Aborted.
         """
         resp = self._resp
         if resp is None:
-            return b""
+            return self.buffer[:0]
+        want = min(limit, len(self.buffer))
         try:
-            data = resp.read1(min(limit, READ_SIZE))
+            if self._left is None:
+                n = resp.readinto(self.buffer[:want]) if resp.chunked else len(data := resp.read1(want))
+                if not resp.chunked and n:
+                    self.buffer[:n] = data
+            else:
+                n = resp.fp.readinto1(self.buffer[:min(want, self._left)]) if self._left else 0
+                self._left -= n
         except (socket.timeout, TimeoutError):
             self.close()
             self._check_aborted()
             raise NoData("no data within the read timeout") from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
             self.close()
             self._check_aborted()
             raise BrokenConnection(_explain(exc)) from None
-        if not data:
+        if not n:
             self._check_aborted()
-        return data
+        return self.buffer[:n]
 
     def finished(self) -> None:
         """The body was read to its end: keep the connection for the next request when the server allows it."""
         resp, self._resp = self._resp, None
-        if resp is not None and not (resp.isclosed() and not resp.will_close):
+        if resp is None:
+            return
+        if self._left == 0 and not resp.will_close:
+            resp.close()  # the body was read past http.client: tell it the response is done, so the connection is free
+            return
+        if not (resp.isclosed() and not resp.will_close):
             self.close()  # the server closes it, or bytes are left: never reuse a connection in an unknown state
 
     def discard(self) -> None:

@@ -47,6 +47,16 @@ class PartialFile:
         """Read up to `length` bytes at `offset`."""
         return os.pread(self.fd, length, offset)
 
+    def readinto(self, offset: int, view: memoryview) -> int:
+        """Read into `view` at `offset` until it is full or the file ends; the bytes read."""
+        got = 0
+        while got < len(view):
+            n = os.preadv(self.fd, [view[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
     def flush(self) -> None:
         """Make written data durable (fdatasync)."""
         os.fdatasync(self.fd)

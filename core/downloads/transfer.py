@@ -249,6 +249,8 @@ class FileTransfer:
         self.located: dict[str, str] = dict(job.located)  # URL -> where it redirected, reused for every range
         self._locating: dict[str, asyncio.Future[None]] = {}  # URL -> the first request to it, while it runs
         self._count_lock = threading.Lock()
+        self._readback_lock = threading.Lock()
+        self._readback: memoryview | None = None  # made at the first read-back, reused after
         self._target = 1  # connections wanted now: a worker whose index is not below it stops after its span
         self.resets = 0
         self.integrity_failures = 0
@@ -402,15 +404,12 @@ class FileTransfer:
         await asyncio.to_thread(self.file.truncate, 0)
 
     # --- writing (worker threads) ----------------------------------------
-    def _write_job(self, gen: int, data: bytes, offset: int) -> None:
+    def _write_job(self, gen: int, data: memoryview, offset: int) -> None:
         """Write `data` (inside one piece) at `offset`, hash it into its piece and, where it extends it, the whole file."""
         if gen != self.gen:
             raise _Stale()
         try:
             self.file.write(data, offset)
-            writeback = getattr(self.file, "start_writeback", None)
-            if writeback is not None:
-                writeback(offset, len(data))
         except OSError as exc:
             if _is_disk_full(exc):
                 raise DiskFull(str(exc)) from None
@@ -437,6 +436,10 @@ class FileTransfer:
             if gen == self.gen:
                 self.frontier.feed(offset, data)
         if done is not None:
+            writeback = getattr(self.file, "start_writeback", None)
+            if writeback is not None:
+                # whole pieces go to the disk as they complete: few large writes, and little left for the next flush
+                writeback(idx * self.ps, self.piece_len(idx))
             self._loop.call_soon_threadsafe(self._piece_done)
 
     def _piece_done(self) -> None:
@@ -454,24 +457,27 @@ class FileTransfer:
 
     def _catch_up(self, limit: int | None = None) -> int:
         """Read back and hash written bytes the frontier has not seen; return bytes read."""
-        total = 0
-        while True:
-            with self._hlock:
-                gen, pos = self.gen, self.frontier.pos
-            end = self._contiguous_end()
-            if limit is not None:
-                end = min(end, pos + limit - total)
-            if pos >= end:
-                return total
-            n = min(READBACK_CHUNK, end - pos)
-            data = self.file.read(pos, n)
-            if len(data) < n:
-                raise OSError(errno.EIO, f"partial file shorter than recorded at {pos}")
-            total += n
-            with self._hlock:
-                if gen != self.gen:
+        with self._readback_lock:  # one reader at a time: they share the read-back buffer
+            if self._readback is None:
+                self._readback = memoryview(bytearray(READBACK_CHUNK))
+            buf = self._readback
+            total = 0
+            while True:
+                with self._hlock:
+                    gen, pos = self.gen, self.frontier.pos
+                end = self._contiguous_end()
+                if limit is not None:
+                    end = min(end, pos + limit - total)
+                if pos >= end:
                     return total
-                self.frontier.feed(pos, data)
+                n = min(READBACK_CHUNK, end - pos)
+                if self.file.readinto(pos, buf[:n]) < n:
+                    raise OSError(errno.EIO, f"partial file shorter than recorded at {pos}")
+                total += n
+                with self._hlock:
+                    if gen != self.gen:
+                        return total
+                    self.frontier.feed(pos, buf[:n])
 
     # --- committing pieces -------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -655,7 +661,7 @@ class FileTransfer:
             # a plain GET: bytes already written in this generation are read past, not rewritten
             skip = self._span_offset(_Span(gen, 0, self.npieces)) or 0
             while pos < skip:
-                n = len(conn.read1(skip - pos))
+                n = len(conn.readinto(skip - pos))
                 if n == 0:
                     raise ShortRead(f"response ended at byte {pos} of {end}")
                 self._count(n)
@@ -674,7 +680,7 @@ class FileTransfer:
                 if pos >= stop or idx >= span.end_idx:
                     break
                 span.cur = idx  # this piece is ours now: the tail is only ever taken after it
-            data = conn.read1(min(stop, (idx + 1) * ps) - pos)
+            data = conn.readinto(min(stop, (idx + 1) * ps) - pos)
             n = len(data)
             if n == 0:
                 break

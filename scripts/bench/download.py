@@ -202,6 +202,30 @@ def curl(url: str, out: Path) -> float:
     return run_tool(["curl", "-s", "-o", str(out), url], out)
 
 
+def curl_durable(url: str, out: Path) -> float:
+    """`curl -o FILE` and then fdatasync of FILE: the same bytes made as durable as mavail makes them."""
+    t0 = time.monotonic()
+    subprocess.run(["curl", "-s", "-o", str(out), url], check=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    took = time.monotonic() - t0
+    out.unlink()
+    return took
+
+
+def durable_write_floor(out: Path, size: int) -> float:
+    """The disk's floor for `size` durable bytes: `dd` from /dev/zero with conv=fdatasync, 8 MiB blocks."""
+    t0 = time.monotonic()
+    subprocess.run(["dd", "if=/dev/zero", f"of={out}", "bs=8M", f"count={size // (8 * MIB)}", "conv=fdatasync", "status=none"],
+                   check=True)
+    took = time.monotonic() - t0
+    out.unlink()
+    return took
+
+
 def aria2(url: str, out: Path, n: int) -> float:
     return run_tool(["aria2c", "-q", f"-x{n}", f"-s{n}", "-k1M", "--file-allocation=none", "--allow-overwrite=true",
                      "--auto-file-renaming=false", "-d", str(out.parent), "-o", out.name, url], out)
@@ -298,12 +322,16 @@ def run_cases(args, skip, origin, home: Path, sock: Path, tmp: Path, big: int, h
         if 1 not in skip and shutil.which("curl"):
             url = origin.url("big.bin")
             ref_null = min(curl(url, Path("/dev/null")) for _ in range(runs))
-            ref, mav = [], []
+            ref, durable, floor, mav = [], [], [], []
             for _ in range(runs):
                 ref.append(curl(url, tmp / "curl.bin"))
+                durable.append(curl_durable(url, tmp / "curl.bin"))
+                floor.append(durable_write_floor(tmp / "dd.bin", big))
                 mav.append(timed_download(c, home, "c1"))
             out["1"] = (f"{big // MIB} MiB, no throttle: mavail {min(mav):.2f} s (verified, fsynced) / curl -o FILE {min(ref):.2f} s"
-                        f" = {min(mav) / min(ref):.2f}  (goal <= 1.1); curl -o /dev/null {ref_null:.2f} s; runs: mavail "
+                        f" = {min(mav) / min(ref):.2f}  (goal <= 1.1); / curl -o FILE + fdatasync {min(durable):.2f} s = "
+                        f"{min(mav) / min(durable):.2f}; floor: dd conv=fdatasync of as many bytes {min(floor):.2f} s, "
+                        f"curl -o /dev/null {ref_null:.2f} s; runs: mavail "
                         + " ".join(f"{t:.2f}" for t in mav) + ", curl " + " ".join(f"{t:.2f}" for t in ref) + f"; {load()}")
             print(out["1"], flush=True)
         if 2 not in skip and shutil.which("aria2c"):
