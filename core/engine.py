@@ -113,7 +113,7 @@ class Engine:
         self.analytics = parts.analytics(self) if parts.analytics else self.build_analytics()
         self.storage = parts.storage(self) if parts.storage else self.build_storage()
         self.downloads.add_listener(self.storage.on_download)
-        self.status.set_providers([self.health, self.downloads, self.leases, self.queue, self.analytics])
+        self.status.set_providers([self.health, self.downloads, self.leases, self.activity, self.queue, self.analytics])
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     # --- construction of the parts with ports ---------------------------------------
