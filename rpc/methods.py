@@ -199,7 +199,7 @@ async def downloads_active(ctx: CallContext) -> dict[str, Any]:
     r = ctx.engine.downloads.active()
     return {"active_downloads": r.items, "total_active": len(r.items), "total_running": r.total_running,
             "total_bandwidth_usage_mbps": round(r.bandwidth_usage_mbps, 3), "bandwidth_limit_mbps": r.bandwidth_limit_mbps,
-            "max_concurrent": r.max_concurrent}
+            "max_concurrent": r.max_concurrent, "during_generation": ctx.engine.generation_gate.state().to_dict()}
 
 
 # --- events ---------------------------------------------------------------------
@@ -265,7 +265,7 @@ async def analytics_record(ctx: CallContext, model_id: str, generation_time_s: f
                            vram_peak_mb: float | None, timestamp: str | None) -> dict[str, Any]:
     """`analytics.record`: buffer one generation; the model and when it was recorded."""
     got = await ctx.engine.analytics.record(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp)
-    return {"success": True, "model_id": got.model_id, "recorded_at": got.recorded_at}
+    return {"success": True, "model_id": got.model_id, "recorded_at": got.recorded_at, "stored": got.stored}
 
 
 async def analytics_record_batch(ctx: CallContext, events: list[Any]) -> dict[str, Any]:

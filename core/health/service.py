@@ -792,8 +792,11 @@ class HealthService:
         (from a hash of its id), and later ones follow its own last check, so
         checks are spread over the interval instead of all running at once.
         Models being downloaded, repaired or updated are skipped until a later pass.
+        With health.monitoring_enabled off a pass does nothing.
         """
         done: list[dict[str, Any]] = []
+        if not self._settings.get("health.monitoring_enabled"):
+            return done  # checks run only when asked
         async with self._scheduler_lock:
             now = self._clock.time()
             for mid in list(self._catalog.models):
