@@ -137,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"mavail: {exc.message}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        # the reader went away (`mavail logs | head`): say nothing more, as other command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

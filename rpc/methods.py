@@ -380,7 +380,7 @@ METHODS: tuple[Method, ...] = (
     Method("downloads.set_limit", downloads_set_limit, "Change a download's own bandwidth cap while it runs.", (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0, maximum=limits.MAX_RATE_MBPS))),
     Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,), inline=True),
-    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order.", inline=True),
+    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order; during_generation says whether a held lease pauses or throttles them.", inline=True),
     # health and updates
     Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
            (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),
@@ -417,7 +417,7 @@ METHODS: tuple[Method, ...] = (
     Method("events.unsubscribe", events_unsubscribe, "Stop a subscription.",
            (P("subscription_id", "string", "From events.subscribe.", required=True),)),
     # analytics and storage
-    Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters.", (
+    Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters (stored false while analytics.enabled is off).", (
         _MODEL_ID,
         P("generation_time_s", "number", "Seconds the generation took.", required=True, minimum=0, maximum=limits.MAX_DURATION_S),
         P("success", "boolean", "Whether it succeeded.", required=True),
