@@ -327,3 +327,12 @@ def test_completion_scripts_for_bash_zsh_and_fish():
     r = subprocess.run(["bash", "-c", probe], input=script, capture_output=True, text=True, timeout=30)
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["pull"] and lines[1].split() == ["models.status"], r.stdout + r.stderr
+
+
+def test_ps_shows_a_check_in_progress(setup: Setup):
+    _pull_small(setup)
+    r = setup.run("call", "health.check", '{"model_id": "small", "check_type": "full", "wait": false, "max_read_mbps": 1}')
+    assert r.returncode == 0, r.stderr
+    r = setup.run("ps")
+    assert re.search(r"check\s+small\s+checking", r.stdout), r.stdout
+    assert json.loads(setup.run("ps", "--json").stdout)["activity"] == [{"model_id": "small", "activity": ["checking"], "active_leases": 0}]

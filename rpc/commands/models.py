@@ -60,6 +60,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return OK
 
 
+_WORK = {"checking": "check", "repairing": "repair", "updating": "update", "removing": "remove", "downloading": "download"}
+"""The noun of each activity the engine reports (models.status `activity`)."""
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     """Downloads, then checks, repairs, updates and leases in progress."""
     active = call(args, "downloads.active")
@@ -84,7 +88,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                      ", ".join(detail)))
     for b in busy:
         for a in b["activity"]:
-            rows.append((a.removesuffix("ing") if a.endswith("ing") else a, b["model_id"], a, "-", ""))
+            rows.append((_WORK.get(a, a), b["model_id"], a, "-", ""))
         if b["active_leases"]:
             rows.append(("lease", b["model_id"], "in use", "-", f"{b['active_leases']} lease{'s' if b['active_leases'] > 1 else ''}"))
     if len(rows) == 1:

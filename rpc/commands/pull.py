@@ -131,15 +131,17 @@ def _start(client: Client, p: Pull, priority: str) -> None:
         if st.get("is_available"):
             p.outcome, p.status, p.downloaded = "available", "available", p.total
             return
+        # the state comes from the answers here and the events after them: an event that arrived while waiting for
+        # an answer is older than it, so a progress call here would be overtaken by them
         try:
-            client.call("downloads.start", {"model_id": p.model_id, "priority": priority})
+            p.status = client.call("downloads.start", {"model_id": p.model_id, "priority": priority})["status"]
         except RpcError as exc:
             if exc.name != "CONFLICT":
                 raise
             p.joined = True
-            if exc.details.get("status") == "paused":
-                client.call("downloads.resume", {"model_id": p.model_id})
-        p.take_progress(client.call("downloads.progress", {"model_id": p.model_id}))
+            p.status = str(exc.details.get("status") or "downloading")
+            if p.status == "paused":
+                p.status = client.call("downloads.resume", {"model_id": p.model_id})["new_status"]
     except RpcError as exc:
         p.outcome, p.reason = "failed", describe_rpc_error(exc)
 
