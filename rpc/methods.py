@@ -395,7 +395,7 @@ METHODS: tuple[Method, ...] = (
           default=False),
     )),
     Method("health.check_all", health_check_all, "Quick check of every installed model in one pass."),
-    Method("health.check_status", health_check_status, "A check or repair by id: status and result.",
+    Method("health.check_status", health_check_status, "A check or repair by id: status and result; a full check also its bytes_read.",
            (P("check_id", "string", "From health.check or health.repair.", required=True),)),
     Method("health.repair", health_repair, "Repair a model: auto (cheapest that works), redownload, integrity_fix (only the broken pieces).", (
         _MODEL_ID,

@@ -333,6 +333,28 @@ def test_ps_shows_a_check_in_progress(setup: Setup):
     _pull_small(setup)
     r = setup.run("call", "health.check", '{"model_id": "small", "check_type": "full", "wait": false, "max_read_mbps": 1}')
     assert r.returncode == 0, r.stderr
+    check_id = json.loads(r.stdout)["check_id"]
     r = setup.run("ps")
     assert re.search(r"check\s+small\s+checking", r.stdout), r.stdout
     assert json.loads(setup.run("ps", "--json").stdout)["activity"] == [{"model_id": "small", "activity": ["checking"], "active_leases": 0}]
+    # the check's progress follows the bytes it has read (what verify's bar shows)
+    with setup.client() as c:
+        first = c.call("health.check_status", check_id=check_id)["bytes_read"]
+        setup.wait(lambda: c.call("health.check_status", check_id=check_id)["bytes_read"] > first)
+        assert c.call("health.check_status", check_id=check_id)["bytes_read"] <= 2 * MIB + 8
+
+
+def test_verify_draws_a_bar_on_a_terminal(setup: Setup):
+    _pull_small(setup)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 140, 0, 0))
+    proc = subprocess.Popen([*MAVAIL, "verify", "--full", "--socket", str(setup.sock)], cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, "TERM": "xterm-256color"})
+    os.close(slave)
+    try:
+        rendered = _read_pty(master, proc)
+        assert proc.wait(30) == 0, rendered[-2000:]
+    finally:
+        os.close(master)
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", rendered).decode("utf-8", "replace")
+    assert "small: healthy, integrity 1.0" in text and "2.0/2.0 MiB" in text and "\u2501" in text, text[-800:]

@@ -348,7 +348,9 @@ class HealthService:
             t0 = self._clock.monotonic()
             with self._activity.hold(mid, "checking"):
                 if job.type in ("full", "integrity"):
-                    files, extra = await asyncio.to_thread(self._checks.full, ctx, self._budget(job), self._verifies_sha256.get(job.id, False))
+                    budget = self._budget(job)
+                    job.bytes_read = lambda: budget.bytes_read
+                    files, extra = await asyncio.to_thread(self._checks.full, ctx, budget, self._verifies_sha256.get(job.id, False))
                 else:
                     files, extra = await asyncio.to_thread(self._quick, ctx)
                 perf = await self._performance(mid)
