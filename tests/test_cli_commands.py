@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -327,6 +328,18 @@ def test_completion_scripts_for_bash_zsh_and_fish():
     r = subprocess.run(["bash", "-c", probe], input=script, capture_output=True, text=True, timeout=30)
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["pull"] and lines[1].split() == ["models.status"], r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not (shutil.which("zsh") and shutil.which("fish")), reason="zsh and fish are installed by .ci/run")
+def test_zsh_reads_its_script_and_fish_completes_with_its_own():
+    with short_tmpdir() as d:
+        for shell in ("zsh", "fish"):
+            (d / shell).write_text(subprocess.run([*MAVAIL, "completion", shell], capture_output=True, text=True, timeout=30, cwd=ROOT).stdout)
+        r = subprocess.run(["zsh", "-n", str(d / "zsh")], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run(["fish", "-c", f"source {d / 'fish'}; complete -C 'mavail call models.st'; complete -C 'mavail pu'"],
+                           capture_output=True, text=True, timeout=30)
+        assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["models.status", "pull"], r.stdout + r.stderr
 
 
 def test_ps_shows_a_check_in_progress(setup: Setup):
