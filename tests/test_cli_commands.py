@@ -246,6 +246,8 @@ def test_verify_repair_show_cleanup_and_logs(setup: Setup):
     r = setup.run("cleanup", "--min-unused-days", "0", "--yes")
     assert r.returncode == 0 and "removed small" in r.stdout, r.stdout
     assert not (setup.home / "models" / "small" / "1.0.0").exists()
+    r = setup.run("verify", "small")
+    assert r.returncode == 1 and "is missing" in r.stdout, r.stdout  # nothing installed to vouch for
     r = subprocess.run([*MAVAIL, "logs", "--home", str(setup.home), "-n", "500"], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 0 and "listening on" in r.stdout and "small" in r.stdout
     stamps = [line[:23] for line in r.stdout.splitlines() if line[:4].isdigit()]

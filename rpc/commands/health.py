@@ -42,7 +42,7 @@ def _line(mid: str, result: dict[str, Any]) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check each model; exit 1 when one is damaged or its check failed."""
+    """Check each model; exit 1 when one is damaged, incomplete or not installed, or its check failed."""
     tty = sys.stdout.isatty() and not args.json
     bad = False
     with connected(args, timeout=3600) as client:
@@ -89,7 +89,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     else:
                         print(f"{mid}: not checked: {msg}", file=sys.stderr)
                     continue
-                bad = bad or job.get("status") != "completed" or bool(result.get("corruption_detected"))
+                # the files are what verify answers for: damage, a missing file, or no installed version is a failure
+                bad = (bad or job.get("status") != "completed" or bool(result.get("corruption_detected"))
+                       or result.get("installed") is False or any(i.get("file") for i in result.get("issues") or []))
                 if args.json:
                     print_json({"model_id": mid, "status": job.get("status"), "result": result}, pretty=False)
                 elif progress is not None:

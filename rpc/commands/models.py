@@ -56,7 +56,10 @@ def render_status(result: dict[str, Any]) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Every model's status as a table, or as JSON."""
     result = call(args, "models.status")
-    print_json(result) if args.json else print(render_status(result))
+    if args.json:
+        print_json(result)
+    else:
+        print(render_status(result))
     return OK
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-from mavail.rpc.client import CallTimeout, Client, RpcError
-from mavail.rpc.commands.common import (FAILED, INTERRUPTED, OK, CommandError, connected, describe_rpc_error, fmt_bytes,
-                                        fmt_seconds, print_json)
+from mavail.rpc.client import Client, RpcError
+from mavail.rpc.commands.common import FAILED, INTERRUPTED, OK, connected, describe_rpc_error, fmt_bytes, fmt_seconds, print_json
 
 EVENTS = ["model_download_progress", "download_failed", "model_availability_change"]
 QUIET_S = 1.0
@@ -32,7 +31,7 @@ class Pull:
     reason: str | None = None
     joined: bool = False
     task: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    unavailable_polls: int = 0  # quiet spells seen with the download completed but the model not available
 
     def take_progress(self, p: dict[str, Any]) -> None:
         """Adopt a progress object (an event's params or downloads.progress)."""
@@ -160,11 +159,19 @@ def _poll(client: Client, p: Pull) -> None:
             return
         raise
     p.take_progress(prog)
-    _judge(p, prog)
+    _judge(p, prog, st)
 
 
-def _judge(p: Pull, prog: dict[str, Any]) -> None:
-    if prog.get("status") == "failed" and p.outcome is None:
+UNAVAILABLE_POLLS = 3
+"""Quiet spells a completed download may stay unavailable (the engine still looking at its files) before the pull fails."""
+
+
+def _judge(p: Pull, prog: dict[str, Any], st: dict[str, Any]) -> None:
+    if prog.get("status") == "completed":
+        p.unavailable_polls += 1
+        if p.unavailable_polls >= UNAVAILABLE_POLLS:
+            p.outcome, p.reason = "failed", f"downloaded, but the model is {st.get('availability_status')}"
+    elif prog.get("status") == "failed" and p.outcome is None:
         p.outcome = "failed"
         p.reason = p.reason or f"{prog.get('error_code') or 'failed'}: {prog.get('error_message') or 'download failed'}"
     elif prog.get("status") == "cancelled":
@@ -245,8 +252,6 @@ def run(args: argparse.Namespace) -> int:
         for p in pulls.values():
             out.result(p, detached=True)
         return INTERRUPTED
-    except CallTimeout as exc:  # pragma: no cover - connected() maps the others
-        raise CommandError(str(exc), 2) from None
     for p in pulls.values():
         out.result(p)
     if args.no_wait and not args.json:
