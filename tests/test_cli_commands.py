@@ -373,3 +373,32 @@ def test_verify_draws_a_bar_on_a_terminal(setup: Setup):
         os.close(master)
     text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", rendered).decode("utf-8", "replace")
     assert "small: healthy, integrity 1.0" in text and "2.0/2.0 MiB" in text and "\u2501" in text, text[-800:]
+
+
+def _answer_on_a_terminal(setup: Setup, answer: bytes, *args: str) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*MAVAIL, *args, "--socket", str(setup.sock)], cwd=ROOT, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        while b"[y/N]" not in out:
+            ready, _, _ = select.select([master], [], [], 10)
+            assert ready, out
+            out += os.read(master, 4096)
+        os.write(master, answer)
+        out += _read_pty(master, proc)
+        return proc.wait(20), out.decode()
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_rm_asks_on_a_terminal(setup: Setup):
+    _pull_small(setup)
+    rc, out = _answer_on_a_terminal(setup, b"n\n", "rm", "small")
+    assert rc == 1 and "remove small (every version), 2.0 MiB?" in out and "not removed" in out, out
+    assert (setup.home / "models" / "small" / "1.0.0").exists()
+    rc, out = _answer_on_a_terminal(setup, b"y\n", "rm", "small")
+    assert rc == 0 and "removed small 1.0.0" in out, out
+    assert not (setup.home / "models" / "small" / "1.0.0").exists()
