@@ -115,8 +115,8 @@ SCHEMA: tuple[Setting, ...] = (
        "throttle (all together at downloads.during_generation_mbps).", choices=("continue", "pause", "throttle")),
     _s("downloads.during_generation_mbps", float, 10.0, "The cap of every download together while a lease is held, MiB/s, "
        "with downloads.during_generation = throttle.", min=0.01, max=MAX_RATE_MBPS),
-    _s("downloads.auto_download_on_request", bool, True, "models.request (and fallback.queue) start or join the download of a "
-       "model that is not here; off: they answer without downloading (downloads.start or mavail pull fetch it)."),
+    _s("downloads.auto_download_on_request", bool, True, "models.request starts or joins the download of a model that is "
+       "not here; off: it answers without downloading (downloads.start or mavail pull fetch it)."),
     _s("downloads.min_rate_bytes_per_s", float, 1024.0, "A connection slower than this over downloads.min_rate_window_s "
        "(not counting waits for our own bandwidth limits) is replaced; 0 = never.", min=0),
     _s("downloads.min_rate_window_s", float, 60.0, "The window over which downloads.min_rate_bytes_per_s is measured, seconds.",

@@ -19,8 +19,6 @@ from mavail.core.ports import Settings
 
 log = logging.getLogger("mavail.downloads")
 
-MODES = ("continue", "pause", "throttle")
-
 
 @dataclass(frozen=True)
 class GateState:
