@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from mavail.core.status import StatusSink
 
@@ -61,3 +61,7 @@ class Activity:
         """Whether `model_id` is busy (for any of `reasons`, when given)."""
         held = self.reasons(model_id)
         return bool(held & set(reasons)) if reasons else bool(held)
+
+    def model_fields(self, model_id: str) -> dict[str, Any]:
+        """Status field `activity`: what is working on the model now (downloading, checking, repairing, ...), sorted."""
+        return {"activity": sorted(self.reasons(model_id))}

@@ -203,6 +203,7 @@ class Recorded:
 
     model_id: str
     recorded_at: str | None
+    stored: bool = True  # False while analytics.enabled is off: validated, then dropped
 
 
 class Analytics:
@@ -362,11 +363,16 @@ class Analytics:
         if len(self._buf) >= int(self._settings.get("analytics.max_buffered_events")):
             await self.flush()
 
+    def _enabled(self) -> bool:
+        return bool(self._settings.get("analytics.enabled"))
+
     async def record(self, model_id: Any, generation_time_s: Any, success: Any, parameters: Any = None,
                      vram_peak_mb: Any = None, timestamp: Any = None) -> Recorded:
         """Validate and buffer one generation; it is in every figure at once and on disk within a flush."""
         now = self._clock.time()
         ev = self._check_event(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp, now)
+        if not self._enabled():
+            return Recorded(model_id, None, stored=False)
         await self._backpressure()
         self._accept([ev])
         sec = int(ev[1])
@@ -388,13 +394,17 @@ class Analytics:
                 raise InvalidParams(f"events[{i}] has unknown field(s) {', '.join(sorted(unknown))}", field=f"events[{i}]")
             checked.append(self._check_event(e.get("model_id"), e.get("generation_time_s"), e.get("success"), e.get("parameters"),
                                              e.get("vram_peak_mb"), e.get("timestamp"), now, prefix=f"events[{i}]."))
+        if not self._enabled():
+            return 0
         await self._backpressure()
         if checked:
             self._accept(checked)
         return len(checked)
 
     def record_request(self, model_id: str) -> None:
-        """Count one `models.request` for `model_id` (called whether or not the model is ready)."""
+        """Count one `models.request` for `model_id` (called whether or not the model is ready; not while analytics is off)."""
+        if not self._enabled():
+            return
         self._accept([(model_id, self._clock.time(), 1, None, None, None, None)])
 
     # --- writing -----------------------------------------------------------

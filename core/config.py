@@ -111,6 +111,13 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.retry_base_s", float, 1.0, "First retry delay; doubles each retry, with jitter.", min=0, max=600),
     _s("downloads.retry_max_s", float, 60.0, "Longest retry delay.", min=0, max=3600),
     _s("downloads.connect_timeout_s", float, 15.0, "TCP connect timeout.", min=0.1, max=600),
+    _s("downloads.during_generation", str, "continue", "What downloads do while any model is leased (a generation runs): continue; "
+       "pause (held queued, a running one stops keeping its bytes; they go on when the last lease ends); "
+       "throttle (all together at downloads.during_generation_mbps).", choices=("continue", "pause", "throttle")),
+    _s("downloads.during_generation_mbps", float, 10.0, "The cap of every download together while a lease is held, MiB/s, "
+       "with downloads.during_generation = throttle.", min=0.01, max=MAX_RATE_MBPS),
+    _s("downloads.auto_download_on_request", bool, True, "models.request starts or joins the download of a model that is "
+       "not here; off: it answers without downloading (downloads.start or mavail pull fetch it)."),
     _s("downloads.min_rate_bytes_per_s", float, 1024.0, "A connection slower than this over downloads.min_rate_window_s "
        "(not counting waits for our own bandwidth limits) is replaced; 0 = never.", min=0),
     _s("downloads.min_rate_window_s", float, 60.0, "The window over which downloads.min_rate_bytes_per_s is measured, seconds.",
@@ -141,7 +148,11 @@ SCHEMA: tuple[Setting, ...] = (
     _s("fallback.vram_headroom_gb", float, 0.0, "VRAM kept free: subtracted from the free VRAM before fitting.", min=0, max=MAX_VRAM_GB),
     _s("fallback.repair_wait_s", float, 2.0, "models.request waits this long for a repair it starts before answering.", min=0, max=600),
     _s("fallback.vram_cache_s", float, 2.0, "How long a free-VRAM reading is reused.", min=0, max=3600),
+    _s("fallback.enabled", bool, True, "Suggest ready alternatives (models.request, fallback.suggest, fallback_suggestion events); "
+       "off: only the requested model is considered and no fallback_suggestion is sent."),
     # health
+    _s("health.monitoring_enabled", bool, True, "Scheduled checks (quick every check_interval_hours, full every "
+       "full_check_interval_days, with auto repair); off: models are checked only when asked."),
     _s("health.check_interval_hours", float, 24.0, "Quick check of every model.", min=0.01, max=MAX_DAYS * 24),
     _s("health.full_check_interval_days", float, 7.0, "Full check of every model.", min=0.01, max=MAX_DAYS),
     _s("health.max_read_mbps", float, 200.0, "Read budget of scheduled checks, MiB/s; 0 = none.", min=0, max=MAX_RATE_MBPS),
@@ -167,6 +178,8 @@ SCHEMA: tuple[Setting, ...] = (
     _s("storage.ceiling_warn_percent", float, 90.0, "storage_warning when the models use this share of storage.max_gb.", min=1, max=100),
     _s("storage.check_interval_s", float, 300.0, "How often free space and the ceiling are checked for storage_warning.", min=1, max=MAX_DURATION_S),
     # analytics
+    _s("analytics.enabled", bool, True, "Store usage: generations recorded with analytics.record and models.request counts; "
+       "off: events are still validated, then dropped, and nothing of them is kept."),
     _s("analytics.flush_interval_ms", float, 5.0, "Recorded events are written to the database in one transaction at most this often.", min=0, max=10000),
     _s("analytics.max_buffered_events", int, 50000, "Events held in memory before analytics.record waits for a write.", min=100),
     _s("analytics.frequency_window_days", int, 30, "usage_frequency is uses per day over this many days.", min=1, max=3650),
@@ -177,6 +190,10 @@ SCHEMA: tuple[Setting, ...] = (
     _s("analytics.preload_min_uses", int, 3, "Uses plus requests in the window that make a model worth preloading.", min=1),
     # updates
     _s("updates.keep_versions", int, 1, "Previous versions kept after an update.", min=0, max=20),
+    # events
+    _s("events.notification_level", str, "all", "Which events subscribers get: all; changes (all but model_download_progress); "
+       "alerts (download_failed, model_health_alert, storage_warning, queued_request_expired); none.",
+       choices=("all", "changes", "alerts", "none")),
     # rpc
     _s("rpc.token", str, "", "Required in session.hello when set.", live=False),
     _s("rpc.allowed_uids", list, [], "Further peer uids allowed.", live=False),

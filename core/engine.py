@@ -20,6 +20,7 @@ from mavail.core.analytics import Analytics
 from mavail.core.catalog import LiveCatalog
 from mavail.core.config import Config
 from mavail.core.downloads import DownloadManager
+from mavail.core.downloads.during_generation import GenerationGate
 from mavail.core.downloads.transfer import fetch_range
 from mavail.core.events import EventBus
 from mavail.core.fallback.queue import RequestQueue
@@ -94,27 +95,36 @@ class Engine:
         self.started_at = self.clock.time()
         self.shutdown_requested = asyncio.Event()
         self.db = Database(layout.state_db)
-        self.events = EventBus()
+        self.events = EventBus(level=lambda: str(config.get("events.notification_level")))
         self.tasks = Tasks()
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
         self.presence = parts.presence(self) if parts.presence else self.build_presence()
         self.status = StatusBoard(layout, self.catalog, self.presence, self.events.emit, cache=status_cache)
         self.activity = Activity(self.status.changed)
-        self.leases = LeaseManager(self.clock, self.status.changed)
+        self.leases = LeaseManager(self.clock, self._leases_changed)
         self.checks = HealthChecks(self.db, self.catalog, layout, config)
         self.health = (parts.health or (lambda e: HealthService(**health_ports(e))))(self)
         self.updates = (parts.updates or (lambda e: UpdateManager(**update_ports(e))))(self)
         self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
             settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence,
             status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
+        # a stand-in for the download manager (tests, through Parts) may not restrain: the gate then does nothing
+        self.generation_gate = GenerationGate(config, self.leases.count, getattr(self.downloads, "restrain", lambda hold, cap: None))
         self.fallback = parts.fallback(self) if parts.fallback else self.build_fallback()
         self.queue = parts.queue(self) if parts.queue else self.build_queue()
         self.downloads.add_listener(self.queue.on_download_status)
         self.analytics = parts.analytics(self) if parts.analytics else self.build_analytics()
         self.storage = parts.storage(self) if parts.storage else self.build_storage()
         self.downloads.add_listener(self.storage.on_download)
-        self.status.set_providers([self.health, self.downloads, self.leases, self.queue, self.analytics])
+        self.status.set_providers([self.health, self.downloads, self.leases, self.activity, self.queue, self.analytics])
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
+
+    def _leases_changed(self, model_ids: Any) -> None:
+        """The leases' status sink: the models' statuses changed, and downloads may give way to (or follow) a generation."""
+        self.status.changed(model_ids)
+        gate = getattr(self, "generation_gate", None)  # none yet while the parts are being built
+        if gate is not None:
+            gate.leases_changed()
 
     # --- construction of the parts with ports ---------------------------------------
     def build_presence(self, cls: type[Presence] = Presence) -> Presence:

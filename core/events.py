@@ -7,7 +7,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from mavail.core.timeutil import iso_now
 
@@ -24,6 +24,21 @@ EVENT_TYPES = (
     "storage_warning",
     "config_changed",
 )
+
+# What each events.notification_level lets through to subscribers (None: every type).
+LEVELS: dict[str, frozenset[str] | None] = {
+    "all": None,
+    "changes": frozenset(EVENT_TYPES) - {"model_download_progress"},
+    "alerts": frozenset({"download_failed", "model_health_alert", "storage_warning", "queued_request_expired"}),
+    "none": frozenset(),
+}
+
+
+def admitted(level: str, event_type: str) -> bool:
+    """Whether subscribers get events of `event_type` at notification level `level`."""
+    allowed = LEVELS.get(level)
+    return allowed is None or event_type in allowed
+
 
 # Event types where a newer event for the same model makes an older, undelivered one worthless.
 SUPERSEDABLE = frozenset({"model_download_progress"})
@@ -116,10 +131,13 @@ class Subscription:
 
 
 class EventBus:
-    """Publishes events to every matching subscription; `publish` never blocks or raises."""
+    """Publishes events to every matching subscription; `publish` never blocks or raises.
 
-    def __init__(self) -> None:
+    `level()` names the notification level in force (see LEVELS); events it does not admit reach no subscriber."""
+
+    def __init__(self, level: Callable[[], str] | None = None) -> None:
         self._subs: dict[str, Subscription] = {}
+        self._level = level or (lambda: "all")
 
     def subscribe(self, types: Iterable[str] | None = None, model_ids: Iterable[str] | None = None, max_pending: int = 10_000) -> Subscription:
         """Create and register a subscription."""
@@ -136,7 +154,9 @@ class EventBus:
         return True
 
     def publish(self, event: Event) -> None:
-        """Offer `event` to every subscription that wants it."""
+        """Offer `event` to every subscription that wants it, when the notification level admits it."""
+        if not admitted(self._level(), event.type):
+            return
         for sub in list(self._subs.values()):
             try:
                 if sub.wants(event):

@@ -154,6 +154,10 @@ class LeaseManager:
         return any(l.model_id == model_id and (version is None or l.version is None or l.version == version)
                    for l in self._leases.values())
 
+    def count(self) -> int:
+        """How many leases are live, on every model together (pending ones included)."""
+        return len(self._leases)
+
     def leases_for(self, model_id: str) -> list[Lease]:
         """The live leases on `model_id`."""
         return [l for l in self._leases.values() if l.model_id == model_id]

@@ -1,4 +1,4 @@
-"""The `mavail` command: engine, call, status, tui, demo."""
+"""The `mavail` command's parser: each subcommand's handler lives in rpc/commands/ (engine, call, tui and demo here)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any, Sequence
 from mavail.core import __version__
 from mavail.core.errors import ConfigError
 from mavail.core.paths import resolve_home, resolve_socket
+from mavail.rpc.commands import completion, config, health, logs, models, pull, storage
+from mavail.rpc.commands.common import CommandError
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -34,18 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, token=False)
     p.add_argument("--log-level", choices=LOG_LEVELS, default=None,
                    help="also log to stderr from this level up (for a terminal or journald; the files in logs/ get everything)")
+    p.set_defaults(handler=cmd_engine)
     p = sub.add_parser("call", help="make one JSON-RPC call and print the result as JSON")
     _common(p)
     p.add_argument("method")
     p.add_argument("params", nargs="?", default="{}", help="params as a JSON object")
     p.add_argument("--timeout", type=float, default=60.0)
-    p = sub.add_parser("status", help="a table of every model's status")
-    _common(p)
-    p.add_argument("--json", action="store_true", help="print the raw models.status result")
+    p.set_defaults(handler=cmd_call)
+    pull.add_parser(sub, _common)
+    models.add_parsers(sub, _common)
+    health.add_parsers(sub, _common)
+    storage.add_parsers(sub, _common)
+    config.add_parsers(sub, _common)
+    logs.add_parsers(sub, _common)
+    completion.add_parsers(sub, build_parser)
     p = sub.add_parser("tui", help="attach the full-screen UI to a running engine")
     _common(p)
+    p.set_defaults(handler=cmd_tui)
     p = sub.add_parser("demo", help="local mirror + throw-away engine + TUI, no network needed")
     p.add_argument("--headless", action="store_true", help="run the mirror and engine without the TUI (Ctrl-C stops)")
+    p.set_defaults(handler=cmd_demo)
     return parser
 
 
@@ -76,34 +86,6 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call_engine(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None,
-                 timeout: float | None = None) -> tuple[int, Any]:
-    """(0, result) of one call, else (exit code, None) with the error on stderr: 1 for an RPC error (as JSON),
-    2 when the engine is unreachable or the call timed out."""
-    from mavail.rpc.client import CallTimeout, Client, EngineUnavailable, RpcError
-
-    token = args.token if args.token is not None else (os.environ.get("MAVAIL_RPC_TOKEN") or None)
-    sock = _socket(args)
-    try:
-        client = Client(sock) if timeout is None else Client(sock, timeout=timeout)
-        with client as c:
-            if token is not None:
-                c.call("session.hello", {"client": "mavail-cli", "token": token})
-            return 0, c.call(method, params)
-    except RpcError as exc:
-        print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)
-        if exc.name == "UNAUTHORIZED":
-            print("mavail: the engine wants its rpc.token: pass --token or set MAVAIL_RPC_TOKEN", file=sys.stderr)
-        return 1, None
-    except EngineUnavailable as exc:
-        print(f"mavail: {exc}", file=sys.stderr)
-        print(f"mavail: is the engine running? Start it with: mavail engine --socket {sock}", file=sys.stderr)
-        return 2, None
-    except CallTimeout as exc:
-        print(f"mavail: {exc}", file=sys.stderr)
-        return 2, None
-
-
 def cmd_call(args: argparse.Namespace) -> int:
     """One call: exit 0 on a result, 1 on an RPC error, 2 when unreachable or bad arguments."""
     try:
@@ -114,46 +96,19 @@ def cmd_call(args: argparse.Namespace) -> int:
     if not isinstance(params, dict):
         print("mavail: PARAMS_JSON must be a JSON object", file=sys.stderr)
         return 2
-    rc, result = _call_engine(args, args.method, params, timeout=args.timeout)
-    if rc == 0:
-        print(json.dumps(result, indent=2))
-    return rc
+    from mavail.rpc.client import RpcError
+    from mavail.rpc.commands.common import connected
 
-
-def _fmt_size(mb: float | None) -> str:
-    if mb is None:
-        return "-"
-    return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.1f} MiB"
-
-
-def render_status(result: dict[str, Any]) -> str:
-    """A plain-text table of `models.status` for a terminal."""
-    rows = [("MODEL", "STATUS", "VERSION", "SIZE", "PROGRESS", "IN USE")]
-    for s in result["models"].values():
-        prog = s.get("download_progress")
-        rows.append((
-            s["model_id"],
-            s["availability_status"],
-            s.get("current_version") or s.get("latest_version") or "-",
-            _fmt_size(s.get("size_mb")),
-            f"{prog:.1f}%" if isinstance(prog, (int, float)) else "-",
-            "yes" if s.get("is_loaded") else "",
-        ))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    sm = result["summary"]
-    lines.append("")
-    lines.append(f"{sm['total_models']} models, {sm['available_models']} available, {sm['downloading_models']} downloading, "
-                 f"{sm['corrupted_models']} corrupted, {sm['total_storage_gb']:.2f} GiB on disk")
-    return "\n".join(lines)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print every model's status as a table, or as JSON with --json."""
-    rc, result = _call_engine(args, "models.status")
-    if rc == 0:
-        print(json.dumps(result, indent=2) if args.json else render_status(result))
-    return rc
+    with connected(args, timeout=args.timeout) as client:
+        try:
+            result = client.call(args.method, params, timeout=args.timeout)
+        except RpcError as exc:
+            print(json.dumps(exc.to_dict(), indent=2), file=sys.stderr)  # as the engine sent it, for scripts
+            if exc.name == "UNAUTHORIZED":
+                print("mavail: the engine wants its rpc.token: pass --token or set MAVAIL_RPC_TOKEN", file=sys.stderr)
+            return 1
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -177,8 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
-    handlers = {"engine": cmd_engine, "call": cmd_call, "status": cmd_status, "tui": cmd_tui, "demo": cmd_demo}
-    return handlers[args.command](args)
+    try:
+        return int(args.handler(args))
+    except CommandError as exc:
+        print(f"mavail: {exc.message}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:
+        # the reader went away (`mavail logs | head`): say nothing more, as other command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

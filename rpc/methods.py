@@ -199,7 +199,7 @@ async def downloads_active(ctx: CallContext) -> dict[str, Any]:
     r = ctx.engine.downloads.active()
     return {"active_downloads": r.items, "total_active": len(r.items), "total_running": r.total_running,
             "total_bandwidth_usage_mbps": round(r.bandwidth_usage_mbps, 3), "bandwidth_limit_mbps": r.bandwidth_limit_mbps,
-            "max_concurrent": r.max_concurrent}
+            "max_concurrent": r.max_concurrent, "during_generation": ctx.engine.generation_gate.state().to_dict()}
 
 
 # --- events ---------------------------------------------------------------------
@@ -265,7 +265,7 @@ async def analytics_record(ctx: CallContext, model_id: str, generation_time_s: f
                            vram_peak_mb: float | None, timestamp: str | None) -> dict[str, Any]:
     """`analytics.record`: buffer one generation; the model and when it was recorded."""
     got = await ctx.engine.analytics.record(model_id, generation_time_s, success, parameters, vram_peak_mb, timestamp)
-    return {"success": True, "model_id": got.model_id, "recorded_at": got.recorded_at}
+    return {"success": True, "model_id": got.model_id, "recorded_at": got.recorded_at, "stored": got.stored}
 
 
 async def analytics_record_batch(ctx: CallContext, events: list[Any]) -> dict[str, Any]:
@@ -380,7 +380,7 @@ METHODS: tuple[Method, ...] = (
     Method("downloads.set_limit", downloads_set_limit, "Change a download's own bandwidth cap while it runs.", (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0, maximum=limits.MAX_RATE_MBPS))),
     Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,), inline=True),
-    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order.", inline=True),
+    Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order; during_generation says whether a held lease pauses or throttles them.", inline=True),
     # health and updates
     Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
            (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),
@@ -395,7 +395,7 @@ METHODS: tuple[Method, ...] = (
           default=False),
     )),
     Method("health.check_all", health_check_all, "Quick check of every installed model in one pass."),
-    Method("health.check_status", health_check_status, "A check or repair by id: status and result.",
+    Method("health.check_status", health_check_status, "A check or repair by id: status and result; a full check also its bytes_read.",
            (P("check_id", "string", "From health.check or health.repair.", required=True),)),
     Method("health.repair", health_repair, "Repair a model: auto (cheapest that works), redownload, integrity_fix (only the broken pieces).", (
         _MODEL_ID,
@@ -417,7 +417,7 @@ METHODS: tuple[Method, ...] = (
     Method("events.unsubscribe", events_unsubscribe, "Stop a subscription.",
            (P("subscription_id", "string", "From events.subscribe.", required=True),)),
     # analytics and storage
-    Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters.", (
+    Method("analytics.record", analytics_record, "Record one generation: its time, success and parameters (stored false while analytics.enabled is off).", (
         _MODEL_ID,
         P("generation_time_s", "number", "Seconds the generation took.", required=True, minimum=0, maximum=limits.MAX_DURATION_S),
         P("success", "boolean", "Whether it succeeded.", required=True),

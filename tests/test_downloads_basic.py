@@ -67,7 +67,7 @@ async def test_control_calls_answer_the_contract_payloads(home):
             await c.call("downloads.start", model_id="k", priority="low")
             act = await c.call("downloads.active")
             assert set(act) == {"active_downloads", "total_active", "total_running", "total_bandwidth_usage_mbps",
-                                "bandwidth_limit_mbps", "max_concurrent"}, act
+                                "bandwidth_limit_mbps", "max_concurrent", "during_generation"}, act
             assert act["total_active"] == 2 and [d["model_id"] for d in act["active_downloads"]] == ["m", "k"]
             assert await c.call("downloads.set_priority", model_id="k", priority="medium") == {
                 "success": True, "message": "k priority is normal", "priority": "normal", "queue_position": 2}

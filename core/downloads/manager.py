@@ -232,6 +232,11 @@ class Download:
         return max(0, self.total_bytes - self.downloaded_bytes)
 
 
+def _capped(limit_mbps: float, cap_mbps: float) -> float:
+    """The tighter of two MiB/s limits where 0 means none."""
+    return min(x for x in (limit_mbps, cap_mbps) if x > 0) if limit_mbps > 0 or cap_mbps > 0 else 0.0
+
+
 class DownloadManager:
     """Every download of one home: the queue, its scheduler and the installs; also a status provider."""
 
@@ -263,7 +268,8 @@ class DownloadManager:
         self._seq = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._global = RateLimiter(lambda: float(settings.get("downloads.bandwidth_limit_mbps")) * MIB)
+        self._restraint: tuple[bool, float] = (False, 0.0)  # (hold every download queued, cap in MiB/s; 0 = none), see restrain
+        self._global = RateLimiter(lambda: _capped(float(settings.get("downloads.bandwidth_limit_mbps")), self._restraint[1]) * MIB)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._aggregate_rate = 0.0  # last smoothed total bytes/s seen while something downloaded
@@ -314,6 +320,13 @@ class DownloadManager:
             self._kick()
         if "downloads.bandwidth_limit_mbps" in changed:
             self._report()  # the global cap bounds the queue's estimates
+
+    def restrain(self, hold: bool, cap_mbps: float = 0.0) -> None:
+        """Hold every download queued (running ones stop, keeping their bytes) or cap them all at `cap_mbps` (0 = no cap),
+        on top of the settings, until called again with (False, 0)."""
+        self._restraint = (hold, cap_mbps)
+        self._kick()
+        self._report()
 
     def add_listener(self, cb: Callable[[str, str, str], None]) -> None:
         """Call `cb(model_id, version, status)` on every status change of any download."""
@@ -637,7 +650,7 @@ class DownloadManager:
         if self._stopping:
             return
         order = self._order()
-        n = int(self._settings.get("downloads.max_concurrent"))
+        n = 0 if self._restraint[0] else int(self._settings.get("downloads.max_concurrent"))
         want = order[:n]
         # pre-empt running downloads that fell out of the first n (never one that is verifying)
         for d in order[n:]:

@@ -130,6 +130,8 @@ class FallbackService:
         q = build_query(idx.by_id[requested_model], requirements, preferences, free, cfg.get("fallback.default_max_wait_minutes"))
         w = Weights.from_config(cfg)
         suggestions = rank(idx, q, self.availability, w, status_of=self._status.availability_status)
+        if not cfg.get("fallback.enabled"):
+            suggestions = [s for s in suggestions if s.is_requested]  # no alternatives: the strategy is about the model asked for
         status, eta = self.availability(requested_model)
         if status not in READY and status not in IN_PROGRESS:
             eta = self.eta(requested_model)  # what the scheduler would need to fetch it now, when it can say
@@ -161,7 +163,9 @@ class FallbackService:
         return result
 
     def emit_suggestion(self, result: dict[str, Any]) -> None:
-        """Publish a `fallback_suggestion` event for a suggest result."""
+        """Publish a `fallback_suggestion` event for a suggest result (none while fallback.enabled is off)."""
+        if not self._settings.get("fallback.enabled"):
+            return
         strategy = result["fallback_strategy"]
         suggested = strategy.get("suggested_model")
         score = next((s["compatibility_score"] for s in result["suggestions"] if s["suggested_model"] == suggested), None)
@@ -209,6 +213,8 @@ class FallbackService:
         with `fallback_strategy` always and `suggestions` when an alternative is worth a look."""
         self._catalog.spec(model_id)
         self._record_request(model_id)
+        by_setting = auto_download and not self._settings.get("downloads.auto_download_on_request")
+        auto_download = auto_download and not by_setting
         await self._presence.refresh([model_id])
         st = self._status.model_status(model_id)
         status = st["availability_status"]
@@ -236,7 +242,8 @@ class FallbackService:
                        estimated_wait_seconds=self.eta(model_id), message=f"{model_id} is {status}")
         elif not auto_download:
             out.update(success=False, action_taken="error",
-                       message=f"{model_id} is {status} and was not downloaded: auto_download is false (downloads.start fetches it)")
+                       message=f"{model_id} is {status} and was not downloaded: "
+                       + ("downloads.auto_download_on_request is off" if by_setting else "auto_download is false") + " (downloads.start fetches it)")
         else:
             try:
                 info = await self._deps.ensure_download(model_id, priority) or {}

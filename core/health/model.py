@@ -6,7 +6,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mavail.core.health import scores
 from mavail.core.health.scan import CRITICAL, WARNING, FileResult, Issue, ManifestFile, Verified
@@ -162,8 +162,12 @@ class Job:
     finished_at: float | None = None
     result: dict[str, Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    bytes_read: Callable[[], int] | None = None  # a full check's bytes read so far, while it runs
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form for health.check_status."""
-        return {"id": self.id, "kind": self.kind, "model_id": self.model_id, "type": self.type, "trigger": self.trigger, "status": self.status,
-                "started_at": iso(self.started_at), "finished_at": iso(self.finished_at), "result": self.result}
+        """JSON-safe form for health.check_status; a running full check also says how many bytes it has read."""
+        out = {"id": self.id, "kind": self.kind, "model_id": self.model_id, "type": self.type, "trigger": self.trigger, "status": self.status,
+               "started_at": iso(self.started_at), "finished_at": iso(self.finished_at), "result": self.result}
+        if self.bytes_read is not None:
+            out["bytes_read"] = self.bytes_read()
+        return out

@@ -131,6 +131,11 @@ class ReadBudget:
         self._t0 = time.monotonic()
         self._done = 0
 
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read so far under this budget (the progress of the check it paces)."""
+        return self._done
+
     def consume(self, n: int) -> None:
         """Account for `n` bytes read; sleep if ahead of the budget; raise CheckCancelled when asked to stop."""
         if self.cancel.is_set():

@@ -348,7 +348,9 @@ class HealthService:
             t0 = self._clock.monotonic()
             with self._activity.hold(mid, "checking"):
                 if job.type in ("full", "integrity"):
-                    files, extra = await asyncio.to_thread(self._checks.full, ctx, self._budget(job), self._verifies_sha256.get(job.id, False))
+                    budget = self._budget(job)
+                    job.bytes_read = lambda: budget.bytes_read
+                    files, extra = await asyncio.to_thread(self._checks.full, ctx, budget, self._verifies_sha256.get(job.id, False))
                 else:
                     files, extra = await asyncio.to_thread(self._quick, ctx)
                 perf = await self._performance(mid)
@@ -792,8 +794,11 @@ class HealthService:
         (from a hash of its id), and later ones follow its own last check, so
         checks are spread over the interval instead of all running at once.
         Models being downloaded, repaired or updated are skipped until a later pass.
+        With health.monitoring_enabled off a pass does nothing.
         """
         done: list[dict[str, Any]] = []
+        if not self._settings.get("health.monitoring_enabled"):
+            return done  # checks run only when asked
         async with self._scheduler_lock:
             now = self._clock.time()
             for mid in list(self._catalog.models):
