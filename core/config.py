@@ -11,6 +11,7 @@ import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Callable
 
 import tomlkit
@@ -33,6 +34,7 @@ class Setting:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
+    check: Callable[[Any], str | None] | None = None  # what is wrong with a value of the right type, or None
 
     def coerce(self, value: Any) -> Any:
         """Return `value` as this setting's type, or raise ConfigError naming the key."""
@@ -69,6 +71,9 @@ class Setting:
                 raise ConfigError(f"{self.key} must be at most {ceiling}", field=self.key, value=value)
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{self.key} must be one of {', '.join(self.choices)}", field=self.key, value=value)
+        problem = self.check(value) if self.check is not None else None
+        if problem:
+            raise ConfigError(f"{self.key} {problem}", field=self.key, value=repr(value)[:80])
         return value
 
     def parse_env(self, text: str) -> Any:
@@ -92,6 +97,20 @@ class Setting:
             raise ConfigError(f"{self.key}: cannot read {text!r} from the environment", field=self.key) from None
 
 
+def _proxy_problem(value: str) -> str | None:
+    """What is wrong with a `downloads.proxy` value ("" and "direct" are fine), or None."""
+    if value in ("", "direct"):
+        return None
+    parts = urlsplit(value)
+    try:
+        parts.port
+    except ValueError:
+        return "has a port that is not a number"
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return 'must be "", "direct" or a proxy URL such as http://proxy.example:3128'
+    return None
+
+
 def _s(key: str, t: type, default: Any, doc: str, **kw: Any) -> Setting:
     return Setting(key, t, default, doc, **kw)
 
@@ -102,7 +121,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.bandwidth_limit_mbps", float, 0.0, "Global cap in MiB/s; 0 = none.", min=0, max=MAX_RATE_MBPS),
     _s("downloads.max_retries", int, 3, "Default retries per file.", min=0, max=100),
     _s("downloads.stall_timeout_s", float, 30.0, "No bytes for this long: reconnect.", min=0.1, max=3600),
-    _s("downloads.parallel_ranges", int, 16, "Most connections per large file: a file starts with 4 and opens more while they "
+    _s("downloads.parallel_ranges", int, 16, "Most connections per large file: a file starts with 8 and opens more while they "
        "raise its rate (a server that caps each connection), up to this many.", min=1, max=64),
     _s("downloads.max_connections", int, 16, "Connections of all downloads together: when several download at once, each file "
        "opens its share of these (at least 1, at most parallel_ranges).", min=1, max=256),
@@ -111,6 +130,9 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.retry_base_s", float, 1.0, "First retry delay; doubles each retry, with jitter.", min=0, max=600),
     _s("downloads.retry_max_s", float, 60.0, "Longest retry delay.", min=0, max=3600),
     _s("downloads.connect_timeout_s", float, 15.0, "TCP connect timeout.", min=0.1, max=600),
+    _s("downloads.proxy", str, "", "Proxy for downloads (http://[user:pass@]host:port), \"direct\" for none; empty: "
+       "https_proxy/http_proxy/all_proxy/no_proxy from the environment, as curl reads them (never for loopback addresses).",
+       check=_proxy_problem),
     _s("downloads.during_generation", str, "continue", "What downloads do while any model is leased (a generation runs): continue; "
        "pause (held queued, a running one stops keeping its bytes; they go on when the last lease ends); "
        "throttle (all together at downloads.during_generation_mbps).", choices=("continue", "pause", "throttle")),

@@ -14,8 +14,9 @@ A `RangeConnection` is one keep-alive connection to one origin at a time,
 owned by one worker thread; `abort()` may be called from any thread and wakes
 a blocked read at once. Redirects are followed here, with the headers asked
 for every hop (so a credential for one host is never sent to another), and
-proxies come from the standard environment (`HTTPS_PROXY`, `HTTP_PROXY`,
-`NO_PROXY`) as curl and the Hub's client read them. TLS verifies against the
+the proxy for each URL comes from `proxy_for`: the `downloads.proxy` setting,
+else the standard environment (`https_proxy`, `http_proxy`, `all_proxy`,
+`no_proxy`) as curl reads it. TLS verifies against the
 system's CA store, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set.
 """
 
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import base64
 import http.client
+import ipaddress
+import os
 import socket
 import ssl
 import threading
-import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import unquote, urljoin, urlsplit
@@ -65,21 +67,39 @@ class Head:
         return self.headers.get(name, default)
 
 
-def _proxy_for(url: str, environ: Mapping[str, str] | None) -> str | None:
-    """The proxy URL for `url` from the environment (`<scheme>_proxy`, `all_proxy`, `no_proxy`), or None."""
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_for(url: str, environ: Mapping[str, str] | None = None, configured: str = "") -> str | None:
+    """The proxy to reach `url` through, or None to connect directly.
+
+    `configured` (the `downloads.proxy` setting) wins: a proxy URL for every request, or "direct"
+    for none. Otherwise the environment decides as curl reads it: `<scheme>_proxy` (lower case
+    first), then `all_proxy`, except hosts that `no_proxy` names (a name, a domain suffix, or
+    `*`). Loopback addresses never go through a proxy from the environment.
+    """
+    if configured == "direct":
+        return None
+    if configured:
+        return configured
     parts = urlsplit(url)
-    if environ is None:
-        proxies = urllib.request.getproxies_environment()
-        if proxies.get(parts.scheme) and not urllib.request.proxy_bypass_environment(parts.hostname or ""):
-            return proxies[parts.scheme]
-        return None
-    env = {k.lower(): v for k, v in environ.items() if v}
-    proxy = env.get(f"{parts.scheme}_proxy") or env.get("all_proxy")
-    if not proxy:
-        return None
+    env = os.environ if environ is None else environ
+
+    def var(name: str) -> str:
+        return env.get(name) or env.get(name.upper()) or ""
+
+    proxy = var(f"{parts.scheme}_proxy") or var("all_proxy")
     host = (parts.hostname or "").lower()
-    for entry in (e.strip().lower() for e in env.get("no_proxy", "").split(",")):
-        if entry == "*" or (entry and (host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")))):
+    if not proxy or _is_loopback(host):
+        return None
+    for entry in (e.strip().lower().lstrip(".") for e in var("no_proxy").split(",")):
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
             return None
     return proxy
 
@@ -87,12 +107,12 @@ def _proxy_for(url: str, environ: Mapping[str, str] | None) -> str | None:
 class RangeConnection:
     """One keep-alive HTTP/1.1 connection for bulk GETs, used by one thread; `abort()` from any thread stops it."""
 
-    def __init__(self, connect_timeout: float, read_timeout: float, environ: Mapping[str, str] | None = None,
+    def __init__(self, connect_timeout: float, read_timeout: float, proxy: Callable[[str], str | None] = lambda url: None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        """`environ` (None: os.environ) gives the proxy settings; `ssl_context` (None: the system's defaults) verifies TLS."""
+        """`proxy(url)` names the proxy for a URL (None: direct); `ssl_context` (None: the system's defaults) verifies TLS."""
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.environ = environ
+        self.proxy = proxy
         self._ssl = ssl_context
         self._conn: http.client.HTTPConnection | None = None
         self._key: tuple[str, str, str | None] | None = None
@@ -113,7 +133,7 @@ class RangeConnection:
             raise BadUrl(f"{url!r} has an invalid port") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadUrl(f"{url!r} is not an http(s) URL with a host")
-        proxy = _proxy_for(url, self.environ)
+        proxy = self.proxy(url)
         key = (parts.scheme, parts.netloc, proxy)
         target = parts.path or "/"
         if parts.query:

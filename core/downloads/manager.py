@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 import httpx
 
 from mavail.core.downloads.hf import hf_headers, resolve_hf
+from mavail.core.downloads.http_range import proxy_for
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
 from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
@@ -762,7 +763,8 @@ class DownloadManager:
         return TransferContext(client=self.client, limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
                                setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
-                               sleep=self.sleep, executor=self._byte_threads(), environ=self.environ,
+                               sleep=self.sleep, executor=self._byte_threads(),
+                               proxy=lambda url: proxy_for(url, self.environ, str(cfg.get("downloads.proxy"))),
                                active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
 
     def _remove_partial(self, model_id: str) -> None:

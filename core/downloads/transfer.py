@@ -37,7 +37,7 @@ import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -55,7 +55,7 @@ log = logging.getLogger("mavail.downloads")
 READBACK_CHUNK = 1024 * 1024
 MAX_SPAN_BYTES = 64 * 1024 * 1024  # one request asks for at most this much; idle connections take over the tail of a span
 PREFIX_RECORD_S = 0.5  # how often the flushed prefix of pieces in progress is recorded when no piece completes
-START_CONNECTIONS = 4  # connections a large file starts with
+START_CONNECTIONS = 8  # connections a large file starts with (as many as aria2c -x8 opens)
 PROBE_S = 0.5  # how often the file's rate is compared to decide whether more connections help
 GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -185,7 +185,7 @@ class TransferContext:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     active_files: Callable[[], int] = lambda: 1  # files transferring now, which share downloads.max_connections
     executor: Executor | None = None  # the byte threads (None: the loop's default executor)
-    environ: Mapping[str, str] | None = None  # where proxy settings come from (None: os.environ)
+    proxy: Callable[[str], str | None] = lambda url: None  # the proxy for a URL (None: connect directly)
 
 
 @dataclass
@@ -807,7 +807,7 @@ class FileTransfer:
 
     async def _worker(self, max_pieces: int, index: int) -> None:
         conn = RangeConnection(float(self.ctx.setting("downloads.connect_timeout_s")),
-                               float(self.ctx.setting("downloads.stall_timeout_s")), environ=self.ctx.environ)
+                               float(self.ctx.setting("downloads.stall_timeout_s")), proxy=self.ctx.proxy)
         try:
             while index < self._target:
                 span = self._take_span(max_pieces) or self._steal_span()
