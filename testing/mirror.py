@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 MIB = 1024 * 1024
@@ -209,13 +209,16 @@ class Mirror:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._clock_base = 1_700_000_000.0
+        # (path, query, request headers) -> (status, body) to refuse a request before it is served, or None
+        self.gate: Callable[[str, str, Mapping[str, str]], tuple[int, bytes] | None] | None = None
+        self.handler_class: type[BaseHTTPRequestHandler] = _Handler
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> "Mirror":
         """Bind and serve in a background thread."""
         mirror = self
 
-        class Handler(_Handler):
+        class Handler(self.handler_class):  # type: ignore[misc,valid-type]
             pass
 
         Handler.mirror = mirror
@@ -448,6 +451,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._simple(401, b"unauthorized", path=raw_path)
             # the Hub redirects resolve URLs to its CDN
             return self._simple(302, b"", {"Location": f"/hf/{hf.group(1)}/{hf.group(2)}/{hf.group(3)}"}, path=raw_path)
+        if m.gate is not None:
+            refused = m.gate(raw_path, urlsplit(self.path).query, self.headers)
+            if refused is not None:
+                return self._simple(refused[0], refused[1], path=raw_path)
         entry, faults = m._lookup(raw_path)
         if not self._token_ok(faults):
             return self._simple(401, b"unauthorized", path=raw_path)

@@ -1,0 +1,96 @@
+"""The test hub is the Hub as far as the real `huggingface_hub` client can tell: downloads, snapshots, metadata, errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from mavail.testing.hub import MIB, Hub, Synthetic
+from tests.hubhelpers import hf_client, hf_client_env
+
+pytest.importorskip("huggingface_hub")
+
+WEIGHTS = Synthetic("hub-w", 3 * MIB + 17)
+CONFIG = b'{"_class_name": "WanPipeline"}\n'
+
+
+def _repo(hub: Hub, repo: str = "acme/wan-mini", **kw) -> str:
+    return hub.add_repo(repo, {"model_index.json": CONFIG, "transformer/diffusion.safetensors": WEIGHTS,
+                               "vae/vae.safetensors": b"v" * 5000}, **kw)
+
+
+def test_hf_hub_download_fetches_an_lfs_file_through_the_storage_host(tmp_path: Path):
+    with Hub() as hub:
+        sha = _repo(hub)
+        env = hf_client_env(hub.endpoint, tmp_path / "hf")
+        out = hf_client("download", env, repo_id="acme/wan-mini", filename="transformer/diffusion.safetensors")
+        p = Path(out["path"])
+        assert p.read_bytes() == WEIGHTS.read(0, WEIGHTS.size)
+        assert p.parent.parent.name == sha  # snapshots/<commit>/transformer/...
+        blob = p.resolve()
+        assert blob.name == WEIGHTS.sha256()  # the cache names an LFS blob by its sha256 (X-Linked-Etag)
+        assert hub.storage.bytes_served[hub.blob_path("acme/wan-mini", "transformer/diffusion.safetensors")] == WEIGHTS.size
+        assert hub.resolves[("acme/wan-mini", "transformer/diffusion.safetensors")] == 1
+        assert hub.storage_auth_seen == []
+        meta = hf_client("metadata", env, repo_id="acme/wan-mini", filename="vae/vae.safetensors")
+        assert meta["commit"] == sha and meta["etag"] == hashlib.sha256(b"v" * 5000).hexdigest() and meta["size"] == 5000
+        assert meta["location"].startswith(hub.storage.base_url) and "Signature=" in meta["location"]
+
+
+def test_snapshot_download_of_a_whole_repository_and_the_tree_listing(tmp_path: Path):
+    with Hub() as hub:
+        sha = _repo(hub)
+        env = hf_client_env(hub.endpoint, tmp_path / "hf")
+        tree = hf_client("tree", env, repo_id="acme/wan-mini")["entries"]
+        files = {e["path"]: e for e in tree if e["size"] is not None and e["path"].count(".")}
+        assert files["transformer/diffusion.safetensors"]["sha256"] == WEIGHTS.sha256()
+        assert files["model_index.json"]["sha256"] is None  # a plain git file
+        out = Path(hf_client("snapshot", env, repo_id="acme/wan-mini")["path"])
+        assert out.name == sha
+        assert (out / "model_index.json").read_bytes() == CONFIG
+        assert (out / "vae" / "vae.safetensors").read_bytes() == b"v" * 5000
+        assert (out / "transformer" / "diffusion.safetensors").stat().st_size == WEIGHTS.size
+        assert (tmp_path / "hf" / "hub" / "models--acme--wan-mini" / "refs" / "main").read_text() == sha
+        assert hub.storage_auth_seen == []
+
+
+def test_gated_private_and_missing_repositories_are_told_apart_as_the_hub_does(tmp_path: Path):
+    with Hub() as hub:
+        _repo(hub, "acme/gated", gated="manual")
+        _repo(hub, "acme/private", private=True)
+        hub.tokens.add("hf_other")
+        hub.grant("acme/gated", "hf_yes")
+        anon = hf_client_env(hub.endpoint, tmp_path / "a")
+        other = hf_client_env(hub.endpoint, tmp_path / "b", token="hf_other")
+        yes = hf_client_env(hub.endpoint, tmp_path / "c", token="hf_yes")
+        f = "vae/vae.safetensors"
+        assert hf_client("info", anon, repo_id="acme/gated")["gated"] == "manual"  # the metadata of a gated repo is public
+        assert hf_client("download", anon, repo_id="acme/gated", filename=f)["error"] == "GatedRepoError"
+        r = hf_client("download", other, repo_id="acme/gated", filename=f)
+        assert (r["error"], r["status"]) == ("GatedRepoError", 403)
+        assert Path(hf_client("download", yes, repo_id="acme/gated", filename=f)["path"]).read_bytes() == b"v" * 5000
+        r = hf_client("download", other, repo_id="acme/private", filename=f)
+        assert (r["error"], r["status"]) == ("RepositoryNotFoundError", 404)
+        assert hf_client("info", anon, repo_id="acme/nothing")["error"] == "RepositoryNotFoundError"
+        r = hf_client("download", anon, repo_id="acme/gated-not", filename=f)
+        assert (r["error"], r["status"]) == ("RepositoryNotFoundError", 401)
+        r = hf_client("download", yes, repo_id="acme/gated", filename=f, revision="nope")
+        assert r["error"] == "RevisionNotFoundError"
+        r = hf_client("download", yes, repo_id="acme/gated", filename="missing.bin")
+        assert r["error"] in ("RemoteEntryNotFoundError", "EntryNotFoundError")
+
+
+def test_an_expired_storage_url_is_refused(tmp_path: Path):
+    import httpx
+
+    with Hub() as hub:
+        _repo(hub)
+        url = hub.endpoint + "/acme/wan-mini/resolve/main/vae/vae.safetensors"
+        r = httpx.head(url)
+        assert r.status_code == 302 and r.headers["x-linked-size"] == "5000"
+        loc = r.headers["location"]
+        assert httpx.get(loc).content == b"v" * 5000
+        hub.expire_urls()
+        assert httpx.get(loc).status_code == 403
