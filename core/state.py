@@ -308,6 +308,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE file_pieces ADD COLUMN algo TEXT NOT NULL DEFAULT 'sha256';
         """,
     ),
+    (
+        "0008_hub_pins",
+        """
+        -- The commit each hf:// model version resolved to at its download's start
+        -- (core.downloads.hubpins owns it): resumes, repairs and health fetch
+        -- /resolve/<commit>/ on the recorded endpoint, not the moving branch.
+        CREATE TABLE hub_pins (
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            endpoint    TEXT NOT NULL,
+            commit_sha  TEXT NOT NULL,
+            resolved_at REAL NOT NULL,
+            PRIMARY KEY (model_id, version)
+        );
+        """,
+    ),
 ]
 
 

@@ -5,8 +5,8 @@ file needs no RAM), with Range, ETag, Last-Modified and If-Range that can each
 be switched off, and faults that can be injected per path: per-connection
 throttling, dropped connections after N bytes, 5xx/429 bursts with
 Retry-After, a lying Content-Length, stalls, corrupt bytes, and a file that
-changes between requests. It also answers the two Hugging Face Hub calls the
-engine makes for `hf://` sources. Counters record requests and bytes per path.
+changes between requests. Counters record requests and bytes per path. The
+Hugging Face Hub is `mavail.testing.hub`, which serves its blobs from a Mirror.
 
     with Mirror() as m:
         m.add("m1/a.bin", Synthetic("a", 64 * MIB))
@@ -20,7 +20,6 @@ separate processes (`python -m mavail.testing.mirror` serves a directory of spec
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import select
@@ -200,7 +199,6 @@ class Mirror:
         self._files: dict[str, _Entry] = {}
         self._faults: dict[str, Faults] = {}
         self.default_faults = Faults()
-        self._hf: dict[tuple[str, str], list[str]] = {}  # (repo, revision) -> paths under "hf/<repo>/<rev>/"
         self._lock = threading.Lock()
         self.requests: dict[str, int] = {}
         self.bytes_served: dict[str, int] = {}
@@ -345,30 +343,6 @@ class Mirror:
                       f"size = {c.size}", f'sha256 = "{c.sha256()}"']
         return "\n".join(lines) + "\n"
 
-    def add_hf_repo(self, repo: str, revision: str, files: dict[str, Any], lfs: bool = True) -> str:
-        """Serve a Hub repository at `hf/<repo>/<revision>/...`; `HF_ENDPOINT` is `base_url` without the slash."""
-        paths = []
-        for path, data in files.items():
-            self.add(f"hf/{repo}/{revision}/{path}", data)
-            paths.append(path)
-        with self._lock:
-            self._hf[(repo, revision)] = paths
-            self._hf_lfs = getattr(self, "_hf_lfs", {})
-            self._hf_lfs[(repo, revision)] = lfs
-        return self.base_url.rstrip("/")
-
-    def set_hf_siblings(self, repo: str, revision: str, siblings: list[dict[str, Any]] | None) -> None:
-        """Answer the Hub listing of a repository added with `add_hf_repo` with `siblings` as given (None: the real list).
-
-        For tests of listings the Hub should never send: missing hashes, duplicate or colliding names, absurd sizes.
-        """
-        with self._lock:
-            self._hf_raw = getattr(self, "_hf_raw", {})
-            if siblings is None:
-                self._hf_raw.pop((repo, revision), None)
-            else:
-                self._hf_raw[(repo, revision)] = [dict(s) for s in siblings]
-
     # --- internals used by the handler -----------------------------------
     def _lookup(self, path: str) -> tuple[_Entry | None, Faults]:
         with self._lock:
@@ -387,27 +361,6 @@ class Mirror:
         with self._lock:
             self.log.append(rec)
             self.bytes_served[rec.path] = self.bytes_served.get(rec.path, 0) + rec.bytes_sent
-
-    def _hf_info(self, repo: str, revision: str) -> dict[str, Any] | None:
-        with self._lock:
-            paths = self._hf.get((repo, revision))
-            lfs = getattr(self, "_hf_lfs", {}).get((repo, revision), True)
-            raw = getattr(self, "_hf_raw", {}).get((repo, revision))
-        if paths is None:
-            return None
-        siblings: list[dict[str, Any]] = []
-        for p in paths:
-            c = self.content(f"hf/{repo}/{revision}/{p}")
-            sib: dict[str, Any] = {"rfilename": p, "size": c.size}
-            if lfs:
-                sib["lfs"] = {"sha256": c.sha256(), "size": c.size, "pointerSize": 134}
-            else:
-                data = c.read(0, c.size)
-                sib["blobId"] = hashlib.sha1(b"blob %d\0" % c.size + data).hexdigest()
-            siblings.append(sib)
-        if raw is not None:
-            siblings = raw
-        return {"id": repo, "sha": hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest(), "siblings": siblings}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -442,15 +395,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         m = self.mirror
         raw_path = unquote(urlsplit(self.path).path).lstrip("/")
-        if raw_path.startswith("api/models/"):
-            return self._hf_api(raw_path)
-        hf = re.match(r"^(.+?/.+?)/resolve/([^/]+)/(.+)$", raw_path)
-        if hf and (hf.group(1), hf.group(2)) in m._hf:
-            faults = m._faults.get(f"hf/{hf.group(1)}/{hf.group(2)}/{hf.group(3)}", m.default_faults)
-            if not self._token_ok(faults):
-                return self._simple(401, b"unauthorized", path=raw_path)
-            # the Hub redirects resolve URLs to its CDN
-            return self._simple(302, b"", {"Location": f"/hf/{hf.group(1)}/{hf.group(2)}/{hf.group(3)}"}, path=raw_path)
         if m.gate is not None:
             refused = m.gate(raw_path, urlsplit(self.path).query, self.headers)
             if refused is not None:
@@ -601,20 +545,6 @@ class _Handler(BaseHTTPRequestHandler):
                 ahead = sent / rate - (time.monotonic() - t0)
                 if ahead > 0 and stop.wait(ahead):
                     return
-
-    def _hf_api(self, raw_path: str) -> None:
-        # /api/models/{org}/{repo}/revision/{rev}  (also /api/models/{org}/{repo} for "main")
-        mt = re.match(r"^api/models/([^/]+/[^/]+)(?:/revision/(.+))?$", raw_path)
-        if not mt:
-            return self._simple(404, b"not found", path=raw_path)
-        repo, rev = mt.group(1), mt.group(2) or "main"
-        info = self.mirror._hf_info(repo, rev)
-        faults = self.mirror.default_faults
-        if not self._token_ok(faults):
-            return self._simple(401, b'{"error":"unauthorized"}', {"Content-Type": "application/json"}, path=raw_path)
-        if info is None:
-            return self._simple(404, b'{"error":"Repository not found"}', {"Content-Type": "application/json"}, path=raw_path)
-        self._simple(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, path=raw_path)
 
 
 def main(argv: list[str] | None = None) -> int:

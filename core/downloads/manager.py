@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 
 import httpx
 
-from mavail.core.downloads.hf import hf_headers, resolve_hf
+from mavail.core.downloads.hf import HubAccess, locate, resolve_pinned
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
 from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
@@ -253,6 +253,7 @@ class DownloadManager:
         self._activity = activity
         self.opener: Opener = opener or (lambda path: PartialFile(path, layout.home))
         self.environ = environ
+        self.hub = HubAccess(environ)  # the Hub's endpoint and token (HF_TOKEN, else the token file)
         self.piece_size = piece_size
         self.sleep = sleep
         self._client_factory = client_factory or _default_client
@@ -277,6 +278,7 @@ class DownloadManager:
     async def start_service(self) -> None:
         """Load downloads from the database, resume those that were running or queued, start the ticker."""
         _return_big_buffers_to_the_os()
+        await self.hub.refresh()
         await self._load()
         self._settings.on_change(self._on_config)
         self._tasks.on_stop(self._shutdown)
@@ -735,7 +737,7 @@ class DownloadManager:
 
         return TransferContext(client=self.client, limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
                                setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
-                               on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
+                               on_bytes=on_bytes, on_retry=on_retry, headers_for=self.hub.headers,
                                sleep=self.sleep,
                                active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
 
@@ -759,9 +761,13 @@ class DownloadManager:
     async def _fetch_file(self, d: Download, f: FileRec) -> None:
         path = self._partial_path(d, f.job.path)
         tr = d.transfers.get(f.job.path)
+        job = f.job
+        if tr is None:
+            await self.hub.refresh()
+            job = await locate(self.client, self.hub, f.job)  # one resolve; refusals before any byte
         file = await self._open_partial(path)
         if tr is None:
-            tr = FileTransfer(f.job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
+            tr = FileTransfer(job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
                               prefixes=dict(f.prefixes))
             d.transfers[f.job.path] = tr
         else:
@@ -822,7 +828,7 @@ class DownloadManager:
     async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
         spec = self._catalog.spec(model_id)
         if spec.source:
-            jobs = await resolve_hf(self.client, spec.source, self.environ, allow_unverified=spec.allow_unverified)
+            jobs = (await resolve_pinned(self._db, self.client, self.hub, spec, self._clock.time())).jobs
         else:
             jobs = [FileJob(path=f.path, urls=f.urls, size=f.size, sha256=f.sha256) for f in spec.files]
         return spec.version, jobs
