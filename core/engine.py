@@ -67,7 +67,22 @@ def health_ports(engine: "Engine") -> dict[str, Any]:
             "generation_samples": lambda model_id, limit: engine.analytics.generation_samples(model_id, limit),
             "is_updating": lambda model_id: engine.updates.is_updating(model_id),
             "add_download_listener": lambda callback: engine.downloads.add_listener(callback),
-            "fetch_range": fetch_range}
+            "fetch_range": _with_hub_token(engine)}
+
+
+def _with_hub_token(engine: "Engine") -> Any:
+    """`fetch_range` for repairs, sending the Hub token (the downloads' `hub.headers`) when every URL is on the Hub's
+    own origin; the client strips it on the redirect to the storage host."""
+    async def fetch(client: Any, urls: Any, start: int, length: int, **kw: Any) -> bytes:
+        hub = getattr(engine.downloads, "hub", None)
+        if hub is not None and "headers" not in kw and urls:
+            await hub.refresh()
+            found = [hub.headers(u) for u in urls]
+            if all(found):
+                kw["headers"] = found[0]
+        return await fetch_range(client, urls, start, length, **kw)
+
+    return fetch
 
 
 def update_ports(engine: "Engine") -> dict[str, Any]:

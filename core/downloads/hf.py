@@ -338,14 +338,17 @@ def parse_resolve_url(url: str) -> tuple[str, str, str, str] | None:
     return f"{u.scheme}://{u.netloc}", m.group(1), unquote(m.group(2)), unquote(m.group(3))
 
 
-async def locate(client: httpx.AsyncClient, access: HubAccess, job: FileJob, *, timeout: float = 30.0) -> FileJob:
-    """One `HEAD` of the file's resolve URL, not followed: the job with `located` set to where its bytes are.
+async def locate(client: httpx.AsyncClient, access: HubAccess, job: FileJob, *, timeout: float = 30.0,
+                 preflight: bool = False) -> FileJob:
+    """One `HEAD` of an LFS file's resolve URL, not followed: the job with `located` set to where its bytes are.
 
     Raises HubRefused with the Hub's reason (gated, missing, ...), and SourceUnavailable when the Hub's
     `X-Linked-Size` or `X-Linked-Etag` contradicts the listing. A job that is not a Hub resolve URL, or
-    is already located, is returned as is; a network error leaves locating to the transfer.
+    is already located, is returned as is; so is a plain git file (no sha256: the Hub serves it itself,
+    and its one GET is its one resolve) unless `preflight` asks for the Hub's verdict anyway; a network
+    error leaves locating to the transfer.
     """
-    if job.located or len(job.urls) != 1:
+    if job.located or len(job.urls) != 1 or (job.sha256 is None and not preflight):
         return job
     url = job.urls[0]
     parts = parse_resolve_url(url)
@@ -392,5 +395,7 @@ async def resolve_pinned(db: Any, client: httpx.AsyncClient, access: HubAccess, 
         listing = await list_revision(client, access, spec.source, **kwargs)
         new = hubpins.HubPin(spec.id, spec.version, spec.source, listing.endpoint, listing.commit, now)
         await db.write(lambda conn: hubpins.write(conn, new))
-    first = await locate(client, access, listing.jobs[0])
-    return replace(listing, jobs=[first, *listing.jobs[1:]])
+    jobs = list(listing.jobs)
+    i = next((k for k, j in enumerate(jobs) if j.sha256), 0)  # an LFS file, whose HEAD also locates it
+    jobs[i] = await locate(client, access, jobs[i], preflight=True)
+    return replace(listing, jobs=jobs)
