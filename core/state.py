@@ -325,6 +325,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0009_adopted_files",
+        """
+        -- Files a download took from a local copy instead of the network (a
+        -- Hugging Face cache blob, verified by sha256; core.downloads.adopt owns it).
+        CREATE TABLE adopted_files (
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            path        TEXT NOT NULL,
+            origin      TEXT NOT NULL,
+            source_path TEXT NOT NULL,
+            method      TEXT NOT NULL,
+            adopted_at  REAL NOT NULL,
+            PRIMARY KEY (model_id, version, path)
+        );
+        """,
+    ),
 ]
 
 

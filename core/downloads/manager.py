@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 
 import httpx
 
+from mavail.core.downloads.adopt import CacheAdopter
 from mavail.core.downloads.hf import HubAccess, locate, resolve_pinned
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
@@ -254,6 +255,7 @@ class DownloadManager:
         self.opener: Opener = opener or (lambda path: PartialFile(path, layout.home))
         self.environ = environ
         self.hub = HubAccess(environ)  # the Hub's endpoint and token (HF_TOKEN, else the token file)
+        self.adopter = CacheAdopter(db=db, home=layout.home, environ=environ, status_changed=status_changed, clock=clock.time)
         self.piece_size = piece_size
         self.sleep = sleep
         self._client_factory = client_factory or _default_client
@@ -279,6 +281,7 @@ class DownloadManager:
         """Load downloads from the database, resume those that were running or queued, start the ticker."""
         _return_big_buffers_to_the_os()
         await self.hub.refresh()
+        await self.adopter.load()
         await self._load()
         self._settings.on_change(self._on_config)
         self._tasks.on_stop(self._shutdown)
@@ -465,7 +468,10 @@ class DownloadManager:
 
     # --- status provider ---------------------------------------------------------------
     def model_fields(self, model_id: str) -> dict[str, Any]:
-        """Download fields of models.status (and its availability while a download is live)."""
+        """Download fields of models.status (and its availability while a download is live), with `adopted_files`."""
+        return {**self.adopter.model_fields(model_id), **self._download_fields(model_id)}
+
+    def _download_fields(self, model_id: str) -> dict[str, Any]:
         d = self._dl.get(model_id)
         if d is None:
             return {}
@@ -762,19 +768,25 @@ class DownloadManager:
         path = self._partial_path(d, f.job.path)
         tr = d.transfers.get(f.job.path)
         job = f.job
-        if tr is None:
+        adopted = None
+        if tr is None and not f.recorded and not f.prefixes:
+            adopted = await self.adopter.adopt(d.model_id, d.version, f.job, path, f.piece_size)  # a verified local copy
+        if tr is None and adopted is None:
             await self.hub.refresh()
             job = await locate(self.client, self.hub, f.job)  # one resolve; refusals before any byte
         file = await self._open_partial(path)
-        if tr is None:
-            tr = FileTransfer(job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
-                              prefixes=dict(f.prefixes))
-            d.transfers[f.job.path] = tr
+        if adopted is not None:
+            sha, pieces = adopted.sha256, sorted(adopted.pieces.items())
         else:
-            old_file, tr.file = tr.file, file
-            if old_file is not file:
-                await asyncio.to_thread(_close_quietly, old_file)
-        sha, pieces = await tr.run()
+            if tr is None:
+                tr = FileTransfer(job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
+                                  prefixes=dict(f.prefixes))
+                d.transfers[f.job.path] = tr
+            else:
+                old_file, tr.file = tr.file, file
+                if old_file is not file:
+                    await asyncio.to_thread(_close_quietly, old_file)
+            sha, pieces = await tr.run()
         dest = safe_join(self._layout.model_dir(d.model_id, d.version), f.job.path)
         if await asyncio.to_thread(os.path.lexists, dest) and self._leases.is_leased(d.model_id):
             await self._leases.wait_released(d.model_id)
@@ -791,7 +803,7 @@ class DownloadManager:
         f.installed_sha256 = sha
         f.recorded = dict(pieces)
         f.prefixes = {}
-        del d.transfers[f.job.path]
+        d.transfers.pop(f.job.path, None)
         with _full_is_disk_full():
             await self._db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
                                          (sha, d.model_id, f.job.path))
