@@ -91,7 +91,14 @@ def update_ports(engine: "Engine") -> dict[str, Any]:
             "ensure_download": lambda model_id: engine.downloads.ensure(model_id),
             "download_active": lambda model_id: engine.downloads.is_active(model_id),
             "add_download_listener": lambda callback: engine.downloads.add_listener(callback),
-            "forget_health": lambda model_id: engine.health.forget(model_id)}
+            "forget_health": lambda model_id: engine.health.forget(model_id),
+            "hub_moves": lambda current: _hub_moves(engine, current)}
+
+
+async def _hub_moves(engine: "Engine", current: dict[str, str]) -> list[Any]:
+    """The downloads' answer to "which hf:// branches moved" (nothing from a downloads part that cannot tell)."""
+    ask = getattr(engine.downloads, "hub_branch_moves", None)
+    return await ask(current) if ask is not None else []
 
 
 class Engine:

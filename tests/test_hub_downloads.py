@@ -252,3 +252,33 @@ def test_hub_refused_is_source_unavailable_on_the_wire():
     from mavail.rpc.errors import wire_code
 
     assert wire_code(HubRefused("x", hub_error="GatedRepo")) == (-32008, "SOURCE_UNAVAILABLE")
+
+
+async def test_update_check_says_the_branch_moved_and_a_new_version_downloads_the_new_commit_beside(home, tmp_path):
+    with Hub() as hub:
+        first = hub.add_repo("acme/wan", {"model_index.json": CONFIG, "w.safetensors": WEIGHTS})
+        _home(home, "hf://acme/wan@main")
+        async with dl_engine(home, piece_size=PIECE, environ=_env(hub, tmp_path)) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="wan")
+            await wait_status(eng, "wan", "completed")
+            assert (await c.call("models.check_updates"))["updates"] == []
+            new_weights = Synthetic("w2", 400_000)
+            second = hub.commit("acme/wan", {"w.safetensors": new_weights}, keep=True)
+            (up,) = (await c.call("models.check_updates"))["updates"]
+            assert (up["model_id"], up["pinned_commit"], up["latest_commit"]) == ("wan", first, second), up
+            assert "new version" in up["message"]
+            _home(home, "hf://acme/wan@main")
+            (home / "catalog.toml").write_text((home / "catalog.toml").read_text().replace('version = "1"', 'version = "2"'))
+            await c.call("catalog.reload")
+            res = await c.call("models.update", model_id="wan")
+            assert res["from_version"] == "1" and res["to_version"] == "2"
+
+            async def switched() -> bool:
+                st = await c.call("models.status", model_id="wan")
+                return st["version"] == "2" and st["availability_status"] == "available"
+
+            await wait_until(switched, timeout=20)
+            assert installed_bytes(home, "wan", "w.safetensors", version="2") == _bytes(new_weights)
+            assert installed_bytes(home, "wan", "w.safetensors", version="1") == _bytes(WEIGHTS)  # the old one beside it
+            assert sorted(await _pins(eng)) == [("wan", "1", first), ("wan", "2", second)]
+            assert (await c.call("models.check_updates"))["updates"] == []

@@ -399,3 +399,42 @@ async def resolve_pinned(db: Any, client: httpx.AsyncClient, access: HubAccess, 
     i = next((k for k, j in enumerate(jobs) if j.sha256), 0)  # an LFS file, whose HEAD also locates it
     jobs[i] = await locate(client, access, jobs[i], preflight=True)
     return replace(listing, jobs=jobs)
+
+
+# --- has the branch moved? ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BranchMove:
+    """An installed `hf://` version pinned to a commit its revision no longer names."""
+
+    model_id: str
+    version: str
+    revision: str
+    pinned_commit: str
+    latest_commit: str
+
+
+async def branch_moves(db: Any, client: httpx.AsyncClient, access: HubAccess, specs: Mapping[str, Any],
+                       current: Mapping[str, str], timeout: float = 30.0) -> list[BranchMove]:
+    """For each model in use (`current`: model_id -> version) from an `hf://` source whose revision is a branch or tag:
+    whether the revision now points at another commit than the version's pin (one small API call each).
+    A model the Hub cannot answer for now is left out (its check says nothing rather than something false)."""
+    await access.refresh()
+    pins = await db.read(lambda conn: hubpins.read_many(conn, list(current)))
+    out: list[BranchMove] = []
+    for mid, version in sorted(current.items()):
+        spec = specs.get(mid)
+        pin = pins.get((mid, version))
+        if spec is None or pin is None or spec.source != pin.source:
+            continue
+        ref = HubRef.parse(spec.source)
+        if _SHA1_RE.fullmatch(ref.revision):
+            continue  # pinned by the catalog itself: nothing can move
+        api = f"{pin.endpoint}/api/models/{ref.repo_id}/revision/{quote(ref.revision, safe='')}"
+        try:
+            resp = await client.get(api, headers=access.headers(api, pin.endpoint), timeout=timeout)
+            sha = resp.json().get("sha") if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            continue
+        if isinstance(sha, str) and _SHA1_RE.fullmatch(sha) and sha != pin.commit:
+            out.append(BranchMove(mid, version, ref.revision, pin.commit, sha))
+    return out

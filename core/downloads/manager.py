@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 import httpx
 
 from mavail.core.downloads.adopt import CacheAdopter
-from mavail.core.downloads.hf import HubAccess, locate, resolve_pinned
+from mavail.core.downloads.hf import BranchMove, HubAccess, branch_moves, locate, resolve_pinned
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
 from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
@@ -1120,6 +1120,10 @@ class DownloadManager:
     def get(self, model_id: str) -> Download | None:
         """The model's download record, if any (for other services)."""
         return self._dl.get(model_id)
+
+    async def hub_branch_moves(self, current: Mapping[str, str]) -> list[BranchMove]:
+        """The `hf://` models in use (model_id -> version) whose branch now points past the commit they are pinned to."""
+        return await branch_moves(self._db, self.client, self.hub, self._catalog.models, current)
 
 
 __all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "QueuePlace", "SourceUnavailable", "Started",
