@@ -134,6 +134,8 @@ class _HubHandler(_Handler):
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
         raw = "/".join(segs)
+        with hub._lock:
+            hub.via.append((raw, self.headers.get("Via")))
         if token is not None and token not in hub.tokens:
             return self._refuse(401, None, "Invalid credentials in Authorization header", raw)
         if len(segs) >= 4 and segs[0] == "api" and segs[1] == "models":
@@ -233,6 +235,7 @@ class Hub:
         self.resolves: Counter[tuple[str, str]] = Counter()  # (repo, path) -> resolve requests
         self.resolve_log: list[tuple[str, str, str, str, bool]] = []  # (method, repo, revision, path, with a token)
         self.api_calls: list[str] = []
+        self.via: list[tuple[str, str | None]] = []  # (path, its Via header): what came through a proxy
         self.storage_auth_seen: list[str] = []  # storage paths that were sent an Authorization header
         self.storage = Mirror(host)
         self.storage.gate = self._storage_gate
@@ -372,6 +375,7 @@ class Hub:
             self.resolves.clear()
             self.resolve_log.clear()
             self.api_calls.clear()
+            self.via.clear()
             self.storage_auth_seen.clear()
         self.storage.reset_counters()
         self.front.reset_counters()

@@ -99,13 +99,81 @@ def read_token(environ: Mapping[str, str] | None = None) -> tuple[str | None, st
     return (text, str(path)) if text else (None, "")
 
 
+def _env_get(env: Mapping[str, str], name: str) -> str:
+    """A proxy variable, the lowercase spelling first (as curl and urllib read them)."""
+    return (env.get(name.lower()) or env.get(name.upper()) or "").strip()
+
+
+def proxy_mounts(env: Mapping[str, str], verify: Any = True) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """httpx mounts for `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY`, with the hosts of `NO_PROXY` going direct
+    (`*` for every host; a name also covers its subdomains; IPs and `localhost` as given)."""
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+    every = _env_get(env, "all_proxy")
+    for scheme in ("http", "https"):
+        proxy = _env_get(env, f"{scheme}_proxy") or every
+        if proxy:
+            mounts[f"{scheme}://"] = httpx.AsyncHTTPTransport(proxy=proxy if "://" in proxy else "http://" + proxy, verify=verify)
+    if not mounts:
+        return {}
+    for host in (h.strip() for h in _env_get(env, "no_proxy").split(",")):
+        if host == "*":
+            return {}
+        if not host:
+            continue
+        if "://" in host:
+            mounts[host] = None
+        elif host.lower() == "localhost" or re.fullmatch(r"[0-9.]+", host):
+            mounts[f"all://{host}"] = None
+        elif ":" in host and re.fullmatch(r"[0-9a-fA-F:]+", host.strip("[]")):
+            mounts[f"all://[{host.strip('[]')}]"] = None
+        else:
+            host = host.lstrip(".")
+            mounts[f"all://{host}"] = None
+            mounts[f"all://*.{host}"] = None
+    return mounts
+
+
+def ca_bundle(env: Mapping[str, str]) -> Any:
+    """What to verify TLS with: an SSL context from `SSL_CERT_FILE`/`SSL_CERT_DIR` when set, else httpx's default."""
+    cafile, capath = env.get("SSL_CERT_FILE") or None, env.get("SSL_CERT_DIR") or None
+    if not cafile and not capath:
+        return True
+    import ssl
+
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
 class HubAccess:
-    """The Hub endpoint and token one engine uses; the token file is read off the loop by `refresh()`."""
+    """The Hub endpoint, token and API client one engine uses; the token file is read off the loop by `refresh()`."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         """`environ` (None: os.environ) is read at each use, so a test may change the dict it passed."""
         self._environ = environ
         self._file_token: tuple[str | None, str] = (None, "")
+        self._client: tuple[tuple[str, ...], httpx.AsyncClient] | None = None
+        self._retired: list[httpx.AsyncClient] = []
+
+    def api_client(self) -> httpx.AsyncClient:
+        """The HTTP client of API calls and resolves: proxies (`HTTPS_PROXY`, `NO_PROXY`...) and the CA bundle
+        (`SSL_CERT_FILE`) from the environment, redirects not followed; rebuilt when those variables change."""
+        names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        key = tuple(_env_get(self.env, n) for n in names) + (self.env.get("SSL_CERT_FILE", ""), self.env.get("SSL_CERT_DIR", ""))
+        if self._client is None or self._client[0] != key:
+            old = self._client[1] if self._client else None
+            verify = ca_bundle(self.env)
+            client = httpx.AsyncClient(http1=True, follow_redirects=False, trust_env=False, verify=verify,
+                                       mounts=proxy_mounts(self.env, verify), timeout=httpx.Timeout(30.0, pool=None))
+            self._client = (key, client)
+            if old is not None:
+                self._retired.append(old)
+        return self._client[1]
+
+    async def aclose(self) -> None:
+        """Close the API clients."""
+        clients = self._retired + ([self._client[1]] if self._client else [])
+        self._retired, self._client = [], None
+        for c in clients:
+            await c.aclose()
 
     @property
     def env(self) -> Mapping[str, str]:

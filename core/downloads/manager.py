@@ -301,6 +301,7 @@ class DownloadManager:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        await self.hub.aclose()
 
     def _on_config(self, changed: dict[str, Any]) -> None:
         if "downloads.max_concurrent" in changed:
@@ -773,7 +774,7 @@ class DownloadManager:
             adopted = await self.adopter.adopt(d.model_id, d.version, f.job, path, f.piece_size)  # a verified local copy
         if tr is None and adopted is None:
             await self.hub.refresh()
-            job = await locate(self.client, self.hub, f.job)  # one resolve; refusals before any byte
+            job = await locate(self.hub.api_client(), self.hub, f.job)  # one resolve; refusals before any byte
         file = await self._open_partial(path)
         if adopted is not None:
             sha, pieces = adopted.sha256, sorted(adopted.pieces.items())
@@ -840,7 +841,7 @@ class DownloadManager:
     async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
         spec = self._catalog.spec(model_id)
         if spec.source:
-            jobs = (await resolve_pinned(self._db, self.client, self.hub, spec, self._clock.time())).jobs
+            jobs = (await resolve_pinned(self._db, self.hub.api_client(), self.hub, spec, self._clock.time())).jobs
         else:
             jobs = [FileJob(path=f.path, urls=f.urls, size=f.size, sha256=f.sha256) for f in spec.files]
         return spec.version, jobs
@@ -1123,7 +1124,7 @@ class DownloadManager:
 
     async def hub_branch_moves(self, current: Mapping[str, str]) -> list[BranchMove]:
         """The `hf://` models in use (model_id -> version) whose branch now points past the commit they are pinned to."""
-        return await branch_moves(self._db, self.client, self.hub, self._catalog.models, current)
+        return await branch_moves(self._db, self.hub.api_client(), self.hub, self._catalog.models, current)
 
 
 __all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "QueuePlace", "SourceUnavailable", "Started",
