@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from mavail.core import __version__
 from mavail.core.errors import ConfigError
 from mavail.core.paths import resolve_home, resolve_socket
+from mavail.rpc import cli_add
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("demo", help="local mirror + throw-away engine + TUI, no network needed")
     p.add_argument("--headless", action="store_true", help="run the mirror and engine without the TUI (Ctrl-C stops)")
+    cli_add.register(sub, _common)
     return parser
 
 
@@ -177,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
-    handlers = {"engine": cmd_engine, "call": cmd_call, "status": cmd_status, "tui": cmd_tui, "demo": cmd_demo}
+    handlers = {"engine": cmd_engine, "call": cmd_call, "status": cmd_status, "tui": cmd_tui, "demo": cmd_demo, "add": cli_add.cmd_add}
     return handlers[args.command](args)
 
 

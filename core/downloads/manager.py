@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 import httpx
 
 from mavail.core.downloads.adopt import CacheAdopter
+from mavail.core.downloads.hubadd import AddedModel, add_from_hub
 from mavail.core.downloads.hf import BranchMove, HubAccess, branch_moves, locate, resolve_pinned
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
@@ -1121,6 +1122,11 @@ class DownloadManager:
     def get(self, model_id: str) -> Download | None:
         """The model's download record, if any (for other services)."""
         return self._dl.get(model_id)
+
+    async def add_from_hub(self, source: str, **options: Any) -> AddedModel:
+        """`models.add`: write `catalog.d/<id>.toml` for a Hub repository or a shipped model's name (see `hubadd`)."""
+        return await add_from_hub(client=self.hub.api_client(), access=self.hub, catalog=self._catalog.models, home=self._layout.home,
+                                  catalog_dir=self._layout.catalog_dir, source=source, **options)
 
     async def hub_branch_moves(self, current: Mapping[str, str]) -> list[BranchMove]:
         """The `hf://` models in use (model_id -> version) whose branch now points past the commit they are pinned to."""
