@@ -112,3 +112,35 @@ async def test_a_tampered_or_linked_blob_is_not_reused_and_the_cache_is_left_alo
         assert (home / "models" / "wan" / "1" / "transformer" / "w.safetensors").read_bytes() == WEIGHTS.read(0, WEIGHTS.size)
         assert hub.storage_bytes() == WEIGHTS.size + VAE.size
         assert _tree_state(cache) == before
+
+
+def test_a_partial_file_that_shares_its_inode_is_never_written_in_place(tmp_path):
+    from mavail.core.downloads.partial import PartialFile
+
+    home = tmp_path / "home"
+    foreign = tmp_path / "cache-blob"
+    foreign.write_bytes(b"precious bytes")
+    part = home / "partial" / "m" / "1" / "w.part"
+    part.parent.mkdir(parents=True)
+    os.link(foreign, part)  # what an adoption a crash cut short leaves behind
+    f = PartialFile(part, home)
+    try:
+        f.write(b"XXXX", 0)
+        f.flush()
+    finally:
+        f.close()
+    assert foreign.read_bytes() == b"precious bytes"
+    assert os.stat(part).st_ino != os.stat(foreign).st_ino and part.read_bytes() == b"XXXX"
+
+
+async def test_adoption_progress_moves_with_the_pieces_verified(home, tmp_path):
+    with Hub() as hub:
+        hub.add_repo("acme/wan", FILES)
+        cache = _fill_cache(hub, tmp_path / "hf")
+        _home(home)
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(cache)}
+        async with dl_engine(home, environ=env) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="wan")
+            p = await wait_status(eng, "wan", "completed")
+            assert p["downloaded_bytes"] == p["total_bytes"] == len(CONFIG) + WEIGHTS.size + VAE.size
+            assert eng.downloads.get("wan").received >= WEIGHTS.size + VAE.size  # the speed counts the adopted bytes

@@ -91,7 +91,12 @@ class Adopted:
     origin: str = "hf_cache"
 
 
-def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None) -> tuple[str, dict[int, str]]:
+PieceSink = Callable[[int, str, int], None]
+"""Told (piece index, its hash, its length) as each piece of an adoption is hashed (from the worker thread)."""
+
+
+def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None,
+             on_piece: PieceSink | None = None) -> tuple[str, dict[int, str]]:
     """sha256 and piece hashes of `size` bytes read from `fd` (written to `out_fd` as read, when given)."""
     whole = hashlib.sha256()
     pieces: dict[int, str] = {}
@@ -116,14 +121,19 @@ def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None) -> 
             view = view[take:]
             if in_piece == piece_size:
                 pieces[idx] = piece.hexdigest()
+                if on_piece is not None:
+                    on_piece(idx, pieces[idx], piece_size)
                 idx, in_piece, piece = idx + 1, 0, new_piece_hasher()
         pos += len(data)
     if in_piece or size == 0:
         pieces[idx] = piece.hexdigest()
+        if on_piece is not None:
+            on_piece(idx, pieces[idx], in_piece)
     return whole.hexdigest(), pieces
 
 
-def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str, piece_size: int) -> tuple[str, dict[int, str]] | None:
+def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str, piece_size: int,
+               on_piece: PieceSink | None = None) -> tuple[str, dict[int, str]] | None:
     """Put a verified copy of `src` at `partial` (a hard link where possible); (method, piece hashes), or None when
     `src` is not what it should be. Blocking; `src` is only read, and no link below `home` is followed."""
     try:
@@ -146,14 +156,14 @@ def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str, pie
                 if linked.st_ino != st.st_ino or linked.st_dev != st.st_dev:
                     os.unlink(name, dir_fd=dfd)
                     raise OSError(errno.EXDEV, "linked another file")
-                digest, pieces = _hash_fd(fd, size, piece_size)
+                digest, pieces = _hash_fd(fd, size, piece_size, on_piece=on_piece)
                 method = "hardlink"
             except OSError as exc:
                 if exc.errno not in _LINK_FAILURES:
                     raise
                 out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
                 try:
-                    digest, pieces = _hash_fd(fd, size, piece_size, out_fd=out)
+                    digest, pieces = _hash_fd(fd, size, piece_size, out_fd=out, on_piece=on_piece)
                     os.fdatasync(out)
                 finally:
                     os.close(out)
@@ -201,8 +211,11 @@ class CacheAdopter:
             per.clear()
         per[path] = {"path": path, "version": version, "from": origin, "source_path": source_path, "method": method, "adopted_at": at}
 
-    async def adopt(self, model_id: str, version: str, job: FileJob, partial: Path, piece_size: int) -> Adopted | None:
-        """Take `job`'s bytes from a cache blob into `partial` when one matches its sha256; None when none does."""
+    async def adopt(self, model_id: str, version: str, job: FileJob, partial: Path, piece_size: int,
+                    on_piece: PieceSink | None = None) -> Adopted | None:
+        """Take `job`'s bytes from a cache blob into `partial` when one matches its sha256; None when none does (or
+        the copy failed: the network then takes over). `on_piece` is called on the event loop as pieces are verified,
+        so progress moves at disk speed."""
         if not job.sha256 or job.size == 0:
             return None
         parts = parse_resolve_url(job.urls[0]) if job.urls else None
@@ -211,7 +224,13 @@ class CacheAdopter:
         src = await asyncio.to_thread(find_blob, dirs, job.sha256, job.size, repo_id)
         if src is None:
             return None
-        got = await asyncio.to_thread(adopt_file, self._home, src, partial, job.size, job.sha256, piece_size)
+        loop = asyncio.get_running_loop()
+        sink = (lambda i, h, n: loop.call_soon_threadsafe(on_piece, i, h, n)) if on_piece is not None else None
+        try:
+            got = await asyncio.to_thread(adopt_file, self._home, src, partial, job.size, job.sha256, piece_size, sink)
+        except OSError as exc:
+            log.warning("%s: %s not taken from %s: %s", model_id, job.path, src, exc)
+            return None
         if got is None:
             return None
         method, pieces = got

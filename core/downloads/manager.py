@@ -772,14 +772,23 @@ class DownloadManager:
         job = f.job
         adopted = None
         if tr is None and not f.recorded and not f.prefixes:
-            adopted = await self.adopter.adopt(d.model_id, d.version, f.job, path, f.piece_size)  # a verified local copy
+            def verified(idx: int, digest: str, n: int) -> None:  # the adoption's progress, at disk speed
+                f.recorded[idx] = digest
+                d.received += n
+
+            try:
+                adopted = await self.adopter.adopt(d.model_id, d.version, f.job, path, f.piece_size, verified)  # a local copy
+            finally:
+                if adopted is None:
+                    f.recorded.clear()  # pieces of an adoption that failed or was stopped are no download's
         if tr is None and adopted is None:
             await self.hub.refresh()
             job = await locate(self.hub.api_client(), self.hub, f.job)  # one resolve; refusals before any byte
-        file = await self._open_partial(path)
+        file: PartialFile | None = None
         if adopted is not None:
-            sha, pieces = adopted.sha256, sorted(adopted.pieces.items())
+            sha, pieces = adopted.sha256, sorted(adopted.pieces.items())  # linked or copied, verified and flushed
         else:
+            file = await self._open_partial(path)
             if tr is None:
                 tr = FileTransfer(job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
                                   prefixes=dict(f.prefixes))
@@ -794,8 +803,9 @@ class DownloadManager:
             await self._leases.wait_released(d.model_id)
 
         def install() -> tuple[int, int]:
-            file.flush()
-            file.close()
+            if file is not None:
+                file.flush()
+                file.close()
             home = self._layout.home
             safefs.replace(home, path, dest, create_parents=True)  # no link followed below the home; fsyncs the directory
             st = safefs.lstat(home, dest)
