@@ -144,3 +144,28 @@ async def test_adoption_progress_moves_with_the_pieces_verified(home, tmp_path):
             p = await wait_status(eng, "wan", "completed")
             assert p["downloaded_bytes"] == p["total_bytes"] == len(CONFIG) + WEIGHTS.size + VAE.size
             assert eng.downloads.get("wan").received >= WEIGHTS.size + VAE.size  # the speed counts the adopted bytes
+
+
+async def test_a_file_in_sources_local_dirs_is_matched_by_size_then_verified(home, tmp_path):
+    comfy = tmp_path / "ComfyUI" / "models"
+    (comfy / "diffusion_models").mkdir(parents=True)
+    (comfy / "vae").mkdir()
+    (comfy / "diffusion_models" / "wan_w_renamed.safetensors").write_bytes(WEIGHTS.read(0, WEIGHTS.size))
+    decoy = bytearray(VAE.read(0, VAE.size))
+    decoy[0] ^= 1
+    (comfy / "vae" / "same_size_other_bytes.safetensors").write_bytes(bytes(decoy))
+    with Hub() as hub:
+        hub.add_repo("acme/wan", FILES)
+        _home(home)
+        (home / "config.toml").write_text((home / "config.toml").read_text() + f'[sources]\nlocal_dirs = ["{comfy}"]\n')
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "no-cache")}
+        async with dl_engine(home, environ=env) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="wan")
+            await wait_status(eng, "wan", "completed")
+            st = await c.call("models.status", model_id="wan")
+            (a,) = st["adopted_files"]
+            assert (a["path"], a["from"]) == ("transformer/w.safetensors", "local_dir"), st
+            assert a["source_path"].endswith("wan_w_renamed.safetensors")
+        assert hub.storage_bytes() == VAE.size  # the decoy of the right size was refused: the VAE came from the network
+        assert (home / "models" / "wan" / "1" / "vae" / "vae.safetensors").read_bytes() == VAE.read(0, VAE.size)
+        assert (comfy / "vae" / "same_size_other_bytes.safetensors").read_bytes() == bytes(decoy)

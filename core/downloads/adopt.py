@@ -1,4 +1,5 @@
-"""Reuse of files the user already has: blobs of the Hugging Face cache, found by sha256, verified, then linked.
+"""Reuse of files the user already has: Hugging Face cache blobs (by sha256) and `sources.local_dirs` (by size),
+verified, then linked.
 
 `huggingface_hub` keeps each LFS file of a repository once, at
 `<cache>/models--ORG--NAME/blobs/<sha256>` (the snapshot folders hold symlinks
@@ -10,7 +11,9 @@ several). A blob of the right size is read through a descriptor opened without
 following links, hashed (sha256 and the piece hashes, off the event loop), and
 only when it matches is it hard-linked into mavail's partial path (copied, and
 hashed as copied, where a link is impossible: another filesystem, protected
-hard links). The foreign cache is only ever read: mavail never writes into a
+hard links, another user's file). Then the folders of `sources.local_dirs`
+(a ComfyUI `models/` tree, say) are searched for regular files of the file's
+size, each verified the same way until one matches. The foreign cache is only ever read: mavail never writes into a
 file whose inode is shared (repairs first give such a file its own copy).
 
 The `adopted_files` table (this module owns it) records which files came from
@@ -77,6 +80,31 @@ def find_blob(dirs: Sequence[Path], sha256: str, size: int, repo_id: str | None 
             if stat.S_ISREG(st.st_mode) and st.st_size == size:
                 return c
     return None
+
+
+MAX_WALK_ENTRIES = 200_000  # per folder of sources.local_dirs: a mistaken "/" costs a bounded scan, not an hour
+
+
+def find_same_size(dirs: Sequence[str], size: int) -> list[Path]:
+    """Regular files of exactly `size` bytes under the folders (links not followed), nearest first (blocking)."""
+    out: list[Path] = []
+    for top in dirs:
+        seen = 0
+        for root, subdirs, names in os.walk(os.path.expanduser(top), followlinks=False):
+            subdirs.sort()
+            for name in sorted(names):
+                seen += 1
+                p = Path(root) / name
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_size == size:
+                    out.append(p)
+            if seen > MAX_WALK_ENTRIES:
+                log.warning("sources.local_dirs: stopped looking in %s after %d entries", top, seen)
+                break
+    return out
 
 
 @dataclass(frozen=True)
@@ -184,8 +212,10 @@ class CacheAdopter:
     """Finds, verifies and takes files from the user's Hugging Face caches; also a status provider (`adopted_files`)."""
 
     def __init__(self, *, db: Any, home: Path, environ: Mapping[str, str] | None, status_changed: Callable[[list[str]], None],
-                 clock: Callable[[], float]) -> None:
-        """`environ` (None: os.environ) names the caches; `status_changed` is told when a model's record changes."""
+                 clock: Callable[[], float], local_dirs: Callable[[], Sequence[str]] = lambda: ()) -> None:
+        """`environ` (None: os.environ) names the caches; `local_dirs` gives the folders of `sources.local_dirs` (read at
+        each use); `status_changed` is told when a model's record changes."""
+        self._local_dirs = local_dirs
         self._db = db
         self._home = home
         self._environ = environ
@@ -221,26 +251,34 @@ class CacheAdopter:
         parts = parse_resolve_url(job.urls[0]) if job.urls else None
         repo_id = parts[1] if parts else None
         dirs = hub_cache_dirs(self._environ)
-        src = await asyncio.to_thread(find_blob, dirs, job.sha256, job.size, repo_id)
-        if src is None:
-            return None
+        blob = await asyncio.to_thread(find_blob, dirs, job.sha256, job.size, repo_id)
+        candidates: list[tuple[str, Path]] = [("hf_cache", blob)] if blob is not None else []
+        local = list(self._local_dirs())
+        if local:
+            candidates += [("local_dir", p) for p in await asyncio.to_thread(find_same_size, local, job.size)]
         loop = asyncio.get_running_loop()
         sink = (lambda i, h, n: loop.call_soon_threadsafe(on_piece, i, h, n)) if on_piece is not None else None
-        try:
-            got = await asyncio.to_thread(adopt_file, self._home, src, partial, job.size, job.sha256, piece_size, sink)
-        except OSError as exc:
-            log.warning("%s: %s not taken from %s: %s", model_id, job.path, src, exc)
-            return None
-        if got is None:
-            return None
+        for origin, src in candidates:
+            try:
+                got = await asyncio.to_thread(adopt_file, self._home, src, partial, job.size, job.sha256, piece_size, sink)
+            except OSError as exc:
+                log.warning("%s: %s not taken from %s: %s", model_id, job.path, src, exc)
+                got = None
+            if got is not None:
+                return await self._adopted(model_id, version, job, origin, src, got)
+        return None
+
+    async def _adopted(self, model_id: str, version: str, job: FileJob, origin: str, src: Path,
+                       got: tuple[str, dict[int, str]]) -> Adopted:
+        assert job.sha256 is not None
         method, pieces = got
         now = self._clock()
-        row = (model_id, version, job.path, "hf_cache", str(src), method, now)
+        row = (model_id, version, job.path, origin, str(src), method, now)
         await self._db.write(lambda conn: conn.execute("INSERT OR REPLACE INTO adopted_files VALUES (?,?,?,?,?,?,?)", row))
         self._remember(*row)
         self._status_changed([model_id])
-        log.info("%s: %s taken from the Hugging Face cache (%s, %s)", model_id, job.path, method, src)
-        return Adopted(job.path, str(src), method, job.sha256, pieces)
+        log.info("%s: %s taken from %s (%s, %s)", model_id, job.path, origin, method, src)
+        return Adopted(job.path, str(src), method, job.sha256, pieces, origin)
 
     def model_fields(self, model_id: str) -> dict[str, Any]:
         """`adopted_files`: the files of the model's latest download that came from a local cache, and from where."""

@@ -256,7 +256,8 @@ class DownloadManager:
         self.opener: Opener = opener or (lambda path: PartialFile(path, layout.home))
         self.environ = environ
         self.hub = HubAccess(environ)  # the Hub's endpoint and token (HF_TOKEN, else the token file)
-        self.adopter = CacheAdopter(db=db, home=layout.home, environ=environ, status_changed=status_changed, clock=clock.time)
+        self.adopter = CacheAdopter(db=db, home=layout.home, environ=environ, status_changed=status_changed, clock=clock.time,
+                                    local_dirs=lambda: settings.get("sources.local_dirs"))
         self.piece_size = piece_size
         self.sleep = sleep
         self._client_factory = client_factory or _default_client
