@@ -217,7 +217,7 @@ class _HubHandler(_Handler):
             headers = {**common, "Location": hub.signed_url(f.sha256), "X-Linked-Etag": f'"{f.sha256}"',
                        "X-Linked-Size": str(f.size), "ETag": f'"{f.blob_id}"'}
             return self._simple(302, b"", headers, path=raw)
-        self._extra = {**common}
+        self._extra = {**common, "ETag": f'"{f.blob_id}"'}  # the Hub's ETag of a plain file is its git blob id
         self.path = "/" + quote(f"plain/{repo_id}/{commit}/{path}")
         super()._serve(head)
 
@@ -296,6 +296,7 @@ class Hub:
                 self.storage.add(f"lfs/{f.sha256}", f.content)
             else:
                 self.front.add(f"plain/{repo_id}/{sha}/{p}", f.content)
+                self.front.faults(f"plain/{repo_id}/{sha}/{p}").etag = False  # the handler sends the blob id instead
         with self._lock:
             repo.commits[sha] = tree
             repo.branches[branch] = sha

@@ -58,7 +58,7 @@ async def test_a_model_already_in_the_hf_cache_costs_no_byte_from_the_storage_ho
             await wait_status(eng, "wan", "completed")
             st = await c.call("models.status", model_id="wan")
             adopted = {a["path"]: a for a in st["adopted_files"]}
-            assert set(adopted) == {"transformer/w.safetensors", "vae/vae.safetensors"}, st
+            assert set(adopted) == {"model_index.json", "transformer/w.safetensors", "vae/vae.safetensors"}, st
             blob = cache / "models--acme--wan" / "blobs" / WEIGHTS.sha256()
             assert adopted["transformer/w.safetensors"]["source_path"] == str(blob)
             assert adopted["transformer/w.safetensors"]["from"] == "hf_cache"
@@ -67,6 +67,8 @@ async def test_a_model_already_in_the_hf_cache_costs_no_byte_from_the_storage_ho
             assert os.stat(mine).st_ino == os.stat(blob).st_ino
             assert (home / "models" / "wan" / "1" / "model_index.json").read_bytes() == CONFIG
             assert hub.storage_bytes() == 0 and hub.storage.log == []  # nothing from the storage host
+            assert not hub.resolves  # nor a plain file from the Hub, nor a HEAD: only the API's listing was asked
+            assert [p for p in hub.front.bytes_served if not p.startswith("api/")] == []
             assert (await c.call("health.check", model_id="wan", check_type="full"))["result"]["issues"] == []
 
             # rot in the shared inode: the repair gives mavail's file its own copy first, then fixes only that copy
@@ -108,7 +110,7 @@ async def test_a_tampered_or_linked_blob_is_not_reused_and_the_cache_is_left_alo
             await c.call("downloads.start", model_id="wan")
             await wait_status(eng, "wan", "completed")
             st = await c.call("models.status", model_id="wan")
-            assert "adopted_files" not in st, st
+            assert [a["path"] for a in st["adopted_files"]] == ["model_index.json"], st  # the intact plain file only
         assert (home / "models" / "wan" / "1" / "transformer" / "w.safetensors").read_bytes() == WEIGHTS.read(0, WEIGHTS.size)
         assert hub.storage_bytes() == WEIGHTS.size + VAE.size
         assert _tree_state(cache) == before
@@ -169,3 +171,17 @@ async def test_a_file_in_sources_local_dirs_is_matched_by_size_then_verified(hom
         assert hub.storage_bytes() == VAE.size  # the decoy of the right size was refused: the VAE came from the network
         assert (home / "models" / "wan" / "1" / "vae" / "vae.safetensors").read_bytes() == VAE.read(0, VAE.size)
         assert (comfy / "vae" / "same_size_other_bytes.safetensors").read_bytes() == bytes(decoy)
+
+
+async def test_a_gated_model_already_in_the_cache_needs_no_token(home, tmp_path):
+    with Hub() as hub:
+        hub.add_repo("acme/wan", FILES, gated="manual")
+        hub.grant("acme/wan", "hf_mine")
+        hf_client("snapshot", hf_client_env(hub.endpoint, tmp_path / "hf", token="hf_mine"), repo_id="acme/wan")
+        hub.reset_counters()
+        _home(home)
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"), "HF_HOME": str(tmp_path / "none")}
+        async with dl_engine(home, environ=env) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="wan")  # the listing is public; no file needs the gate
+            await wait_status(eng, "wan", "completed")
+        assert hub.storage_bytes() == 0 and not hub.resolves

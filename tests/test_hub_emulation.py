@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mavail.testing.hub import MIB, Hub, Synthetic
+from mavail.testing.hub import MIB, Hub, Synthetic, git_blob_sha1
 from tests.hubhelpers import hf_client, hf_client_env
 
 pytest.importorskip("huggingface_hub")
@@ -50,6 +50,7 @@ def test_snapshot_download_of_a_whole_repository_and_the_tree_listing(tmp_path: 
         out = Path(hf_client("snapshot", env, repo_id="acme/wan-mini")["path"])
         assert out.name == sha
         assert (out / "model_index.json").read_bytes() == CONFIG
+        assert (out / "model_index.json").resolve().name == git_blob_sha1(CONFIG)  # a plain file's blob: its git blob id
         assert (out / "vae" / "vae.safetensors").read_bytes() == b"v" * 5000
         assert (out / "transformer" / "diffusion.safetensors").stat().st_size == WEIGHTS.size
         assert (tmp_path / "hf" / "hub" / "models--acme--wan-mini" / "refs" / "main").read_text() == sha

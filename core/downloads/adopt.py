@@ -2,8 +2,9 @@
 verified, then linked.
 
 `huggingface_hub` keeps each LFS file of a repository once, at
-`<cache>/models--ORG--NAME/blobs/<sha256>` (the snapshot folders hold symlinks
-to those blobs). Before a file with a known sha256 is fetched, the caches the
+`<cache>/models--ORG--NAME/blobs/<sha256>`, and a plain git file under its git
+blob id (the snapshot folders hold symlinks to those blobs). Before a file with
+a known sha256 or blob id is fetched, the caches the
 Hub's tools use (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 `~/.cache/huggingface/hub`) are searched for that blob: the repository's own
 folder first, then every other repository's (the same weights are often in
@@ -124,9 +125,10 @@ PieceSink = Callable[[int, str, int], None]
 
 
 def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None,
-             on_piece: PieceSink | None = None) -> tuple[str, dict[int, str]]:
-    """sha256 and piece hashes of `size` bytes read from `fd` (written to `out_fd` as read, when given)."""
+             on_piece: PieceSink | None = None) -> tuple[str, str, dict[int, str]]:
+    """sha256, git blob id and piece hashes of `size` bytes read from `fd` (written to `out_fd` as read, when given)."""
     whole = hashlib.sha256()
+    git = hashlib.sha1(b"blob %d\0" % size)
     pieces: dict[int, str] = {}
     piece = new_piece_hasher()
     in_piece = idx = pos = 0
@@ -141,6 +143,7 @@ def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None,
                 n = os.pwrite(out_fd, view, off)
                 view, off = view[n:], off + n
         whole.update(data)
+        git.update(data)
         view = memoryview(data)
         while view:
             take = min(len(view), piece_size - in_piece)
@@ -157,13 +160,14 @@ def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None,
         pieces[idx] = piece.hexdigest()
         if on_piece is not None:
             on_piece(idx, pieces[idx], in_piece)
-    return whole.hexdigest(), pieces
+    return whole.hexdigest(), git.hexdigest(), pieces
 
 
-def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str, piece_size: int,
-               on_piece: PieceSink | None = None) -> tuple[str, dict[int, str]] | None:
-    """Put a verified copy of `src` at `partial` (a hard link where possible); (method, piece hashes), or None when
-    `src` is not what it should be. Blocking; `src` is only read, and no link below `home` is followed."""
+def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str | None, piece_size: int,
+               on_piece: PieceSink | None = None, git_sha1: str | None = None) -> tuple[str, str, dict[int, str]] | None:
+    """Put a verified copy of `src` at `partial` (a hard link where possible); (method, its sha256, piece hashes), or
+    None when `src` is not what it should be: its sha256, else its git blob id (`git_sha1`, a plain git file's only
+    hash). Blocking; `src` is only read, and no link below `home` is followed."""
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -184,26 +188,26 @@ def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str, pie
                 if linked.st_ino != st.st_ino or linked.st_dev != st.st_dev:
                     os.unlink(name, dir_fd=dfd)
                     raise OSError(errno.EXDEV, "linked another file")
-                digest, pieces = _hash_fd(fd, size, piece_size, on_piece=on_piece)
+                digest, blob_id, pieces = _hash_fd(fd, size, piece_size, on_piece=on_piece)
                 method = "hardlink"
             except OSError as exc:
                 if exc.errno not in _LINK_FAILURES:
                     raise
                 out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
                 try:
-                    digest, pieces = _hash_fd(fd, size, piece_size, out_fd=out, on_piece=on_piece)
+                    digest, blob_id, pieces = _hash_fd(fd, size, piece_size, out_fd=out, on_piece=on_piece)
                     os.fdatasync(out)
                 finally:
                     os.close(out)
                 method = "copy"
-            if digest != sha256:
+            if (sha256 and digest != sha256) or (not sha256 and blob_id != git_sha1):
                 os.unlink(name, dir_fd=dfd)
-                log.warning("%s does not match its name (sha256 %s): not reused", src, digest)
+                log.warning("%s does not match its name (sha256 %s, blob id %s): not reused", src, digest, blob_id)
                 return None
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        return method, pieces
+        return method, digest, pieces
     finally:
         os.close(fd)
 
@@ -241,26 +245,37 @@ class CacheAdopter:
             per.clear()
         per[path] = {"path": path, "version": version, "from": origin, "source_path": source_path, "method": method, "adopted_at": at}
 
+    async def in_cache(self, job: FileJob) -> bool:
+        """Whether a Hugging Face cache holds a blob of the file's name and size (not yet verified)."""
+        if not (job.sha256 or job.git_sha1) or job.size == 0:
+            return False
+        parts = parse_resolve_url(job.urls[0]) if job.urls else None
+        found = await asyncio.to_thread(find_blob, hub_cache_dirs(self._environ), job.sha256 or job.git_sha1 or "", job.size,
+                                        parts[1] if parts else None)
+        return found is not None
+
     async def adopt(self, model_id: str, version: str, job: FileJob, partial: Path, piece_size: int,
                     on_piece: PieceSink | None = None) -> Adopted | None:
         """Take `job`'s bytes from a cache blob into `partial` when one matches its sha256; None when none does (or
         the copy failed: the network then takes over). `on_piece` is called on the event loop as pieces are verified,
         so progress moves at disk speed."""
-        if not job.sha256 or job.size == 0:
+        if not (job.sha256 or job.git_sha1) or job.size == 0:
             return None
         parts = parse_resolve_url(job.urls[0]) if job.urls else None
         repo_id = parts[1] if parts else None
         dirs = hub_cache_dirs(self._environ)
-        blob = await asyncio.to_thread(find_blob, dirs, job.sha256, job.size, repo_id)
+        # the cache names an LFS blob by its sha256 and a plain git file by its blob id
+        blob = await asyncio.to_thread(find_blob, dirs, job.sha256 or job.git_sha1 or "", job.size, repo_id)
         candidates: list[tuple[str, Path]] = [("hf_cache", blob)] if blob is not None else []
-        local = list(self._local_dirs())
+        local = list(self._local_dirs()) if job.sha256 else []
         if local:
             candidates += [("local_dir", p) for p in await asyncio.to_thread(find_same_size, local, job.size)]
         loop = asyncio.get_running_loop()
         sink = (lambda i, h, n: loop.call_soon_threadsafe(on_piece, i, h, n)) if on_piece is not None else None
         for origin, src in candidates:
             try:
-                got = await asyncio.to_thread(adopt_file, self._home, src, partial, job.size, job.sha256, piece_size, sink)
+                got = await asyncio.to_thread(adopt_file, self._home, src, partial, job.size, job.sha256, piece_size, sink,
+                                              job.git_sha1)
             except OSError as exc:
                 log.warning("%s: %s not taken from %s: %s", model_id, job.path, src, exc)
                 got = None
@@ -269,16 +284,15 @@ class CacheAdopter:
         return None
 
     async def _adopted(self, model_id: str, version: str, job: FileJob, origin: str, src: Path,
-                       got: tuple[str, dict[int, str]]) -> Adopted:
-        assert job.sha256 is not None
-        method, pieces = got
+                       got: tuple[str, str, dict[int, str]]) -> Adopted:
+        method, digest, pieces = got
         now = self._clock()
         row = (model_id, version, job.path, origin, str(src), method, now)
         await self._db.write(lambda conn: conn.execute("INSERT OR REPLACE INTO adopted_files VALUES (?,?,?,?,?,?,?)", row))
         self._remember(*row)
         self._status_changed([model_id])
         log.info("%s: %s taken from %s (%s, %s)", model_id, job.path, origin, method, src)
-        return Adopted(job.path, str(src), method, job.sha256, pieces, origin)
+        return Adopted(job.path, str(src), method, digest, pieces, origin)
 
     def model_fields(self, model_id: str) -> dict[str, Any]:
         """`adopted_files`: the files of the model's latest download that came from a local cache, and from where."""

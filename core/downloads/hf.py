@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
@@ -446,13 +446,15 @@ async def locate(client: httpx.AsyncClient, access: HubAccess, job: FileJob, *, 
 
 
 # --- the pinned listing of a model version ---------------------------------------------------------
-async def resolve_pinned(db: Any, client: httpx.AsyncClient, access: HubAccess, spec: Any, now: float) -> HubListing:
+async def resolve_pinned(db: Any, client: httpx.AsyncClient, access: HubAccess, spec: Any, now: float,
+                         on_disk: Callable[[FileJob], Awaitable[bool]] | None = None) -> HubListing:
     """The files of an `hf://` model version at the commit it is pinned to; the first resolve pins it.
 
     A version whose pin was made from the same source (and so is being resumed, repaired, or
     downloaded again) lists that commit on the endpoint recorded with it; otherwise the revision is
-    resolved now and the commit recorded. The first file is then located (one HEAD), so a gated or
-    otherwise refused repository is told before the download is queued.
+    resolved now and the commit recorded. The first file not already on disk (`on_disk`: a cache
+    holds its blob) is then located (one HEAD), so a gated or otherwise refused repository is told
+    before the download is queued; with every file on disk, nothing is asked of the Hub but the listing.
     """
     await access.refresh()
     pin = await db.read(lambda conn: hubpins.read(conn, spec.id, spec.version))
@@ -464,8 +466,10 @@ async def resolve_pinned(db: Any, client: httpx.AsyncClient, access: HubAccess, 
         new = hubpins.HubPin(spec.id, spec.version, spec.source, listing.endpoint, listing.commit, now)
         await db.write(lambda conn: hubpins.write(conn, new))
     jobs = list(listing.jobs)
-    i = next((k for k, j in enumerate(jobs) if j.sha256), 0)  # an LFS file, whose HEAD also locates it
-    jobs[i] = await locate(client, access, jobs[i], preflight=True)
+    missing = [k for k, j in enumerate(jobs) if not (on_disk is not None and await on_disk(j))]
+    if missing:
+        i = next((k for k in missing if jobs[k].sha256), missing[0])  # an LFS file, whose HEAD also locates it
+        jobs[i] = await locate(client, access, jobs[i], preflight=True)
     return replace(listing, jobs=jobs)
 
 

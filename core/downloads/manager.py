@@ -853,7 +853,8 @@ class DownloadManager:
     async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
         spec = self._catalog.spec(model_id)
         if spec.source:
-            jobs = (await resolve_pinned(self._db, self.hub.api_client(), self.hub, spec, self._clock.time())).jobs
+            jobs = (await resolve_pinned(self._db, self.hub.api_client(), self.hub, spec, self._clock.time(),
+                                         on_disk=self.adopter.in_cache)).jobs
         else:
             jobs = [FileJob(path=f.path, urls=f.urls, size=f.size, sha256=f.sha256) for f in spec.files]
         return spec.version, jobs
