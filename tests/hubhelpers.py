@@ -28,35 +28,44 @@ _SCRIPT = r"""
 import json, sys
 import huggingface_hub as h
 from huggingface_hub import utils
-op, args = sys.argv[1], json.loads(sys.argv[2])
-try:
-    if op == "download":
-        out = {"path": h.hf_hub_download(**args)}
-    elif op == "snapshot":
-        out = {"path": h.snapshot_download(**args)}
-    elif op == "metadata":
-        m = h.get_hf_file_metadata(h.hf_hub_url(**args))
-        out = {"commit": m.commit_hash, "etag": m.etag, "size": m.size, "location": m.location}
-    elif op == "tree":
-        out = {"entries": [{"path": e.path, "size": getattr(e, "size", None),
-                            "sha256": e.lfs.sha256 if getattr(e, "lfs", None) else None}
-                           for e in h.HfApi().list_repo_tree(recursive=True, **args)]}
-    elif op == "info":
-        i = h.HfApi().model_info(files_metadata=True, **args)
-        out = {"sha": i.sha, "gated": i.gated, "files": sorted(s.rfilename for s in i.siblings)}
-    else:
+
+
+def one(op, args):
+    try:
+        if op == "download":
+            return {"path": h.hf_hub_download(**args)}
+        if op == "snapshot":
+            return {"path": h.snapshot_download(**args)}
+        if op == "metadata":
+            token = args.pop("token", None)
+            m = h.get_hf_file_metadata(h.hf_hub_url(**args), token=token)
+            return {"commit": m.commit_hash, "etag": m.etag, "size": m.size, "location": m.location}
+        if op == "tree":
+            return {"entries": [{"path": e.path, "size": getattr(e, "size", None),
+                                 "sha256": e.lfs.sha256 if getattr(e, "lfs", None) else None}
+                                for e in h.HfApi().list_repo_tree(recursive=True, **args)]}
+        if op == "info":
+            i = h.HfApi().model_info(files_metadata=True, **args)
+            return {"sha": i.sha, "gated": i.gated, "files": sorted(s.rfilename for s in i.siblings)}
         raise SystemExit("unknown op " + op)
-except utils.HfHubHTTPError as e:
-    out = {"error": type(e).__name__, "status": e.response.status_code, "message": str(e)}
-print(json.dumps(out))
+    except utils.HfHubHTTPError as e:
+        return {"error": type(e).__name__, "status": e.response.status_code, "message": str(e)}
+
+
+print(json.dumps([one(op, args) for op, args in json.loads(sys.argv[1])]))
 """
+
+
+def hf_client_calls(env: dict[str, str], calls: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run several `huggingface_hub` calls in one process (each op as in `hf_client`; a `token` arg per call)."""
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(calls)], env=env, capture_output=True, text=True,
+                          timeout=CLIENT_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise AssertionError(f"huggingface_hub calls failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def hf_client(op: str, env: dict[str, str], **args: Any) -> dict[str, Any]:
     """Run one `huggingface_hub` call (`download`, `snapshot`, `metadata`, `tree`, `info`) with `env`; its result as JSON,
     or {"error": the exception's class name, "status", "message"} when the client raised an HTTP error."""
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, op, json.dumps(args)], env=env, capture_output=True, text=True,
-                          timeout=CLIENT_TIMEOUT_S)
-    if proc.returncode != 0:
-        raise AssertionError(f"huggingface_hub {op} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return hf_client_calls(env, [(op, args)])[0]

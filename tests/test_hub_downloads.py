@@ -282,3 +282,24 @@ async def test_update_check_says_the_branch_moved_and_a_new_version_downloads_th
             assert installed_bytes(home, "wan", "w.safetensors", version="1") == _bytes(WEIGHTS)  # the old one beside it
             assert sorted(await _pins(eng)) == [("wan", "1", first), ("wan", "2", second)]
             assert (await c.call("models.check_updates"))["updates"] == []
+
+
+async def test_repair_of_a_gated_model_sends_the_token_to_the_hub_only(home, tmp_path):
+    with Hub() as hub:
+        hub.add_repo("acme/gated", {"w.safetensors": WEIGHTS}, gated="auto")
+        hub.grant("acme/gated", "hf_ok")
+        _home(home, "hf://acme/gated@main")
+        env = _env(hub, tmp_path, HF_TOKEN="hf_ok")
+        async with dl_engine(home, piece_size=PIECE, environ=env) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="wan")
+            await wait_status(eng, "wan", "completed")
+            target = home / "models" / "wan" / "1" / "w.safetensors"
+            with open(target, "r+b") as fh:
+                fh.seek(300_000)
+                fh.write(b"\x00\x01\x02")
+            hub.reset_counters()
+            res = await c.call("health.repair", model_id="wan")
+            assert res["success"] and res["bytes_redownloaded"] == PIECE, res
+            assert target.read_bytes() == _bytes(WEIGHTS)
+            assert hub.resolve_log and all(with_token for *_, with_token in hub.resolve_log)
+        assert hub.storage_auth_seen == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mavail.testing.hub import MIB, Hub, Synthetic, git_blob_sha1
-from tests.hubhelpers import hf_client, hf_client_env
+from tests.hubhelpers import hf_client, hf_client_calls, hf_client_env
 
 pytest.importorskip("huggingface_hub")
 
@@ -63,24 +63,29 @@ def test_gated_private_and_missing_repositories_are_told_apart_as_the_hub_does(t
         _repo(hub, "acme/private", private=True)
         hub.tokens.add("hf_other")
         hub.grant("acme/gated", "hf_yes")
-        anon = hf_client_env(hub.endpoint, tmp_path / "a")
-        other = hf_client_env(hub.endpoint, tmp_path / "b", token="hf_other")
-        yes = hf_client_env(hub.endpoint, tmp_path / "c", token="hf_yes")
+        env = hf_client_env(hub.endpoint, tmp_path / "hf")
         f = "vae/vae.safetensors"
-        assert hf_client("info", anon, repo_id="acme/gated")["gated"] == "manual"  # the metadata of a gated repo is public
-        assert hf_client("download", anon, repo_id="acme/gated", filename=f)["error"] == "GatedRepoError"
-        r = hf_client("download", other, repo_id="acme/gated", filename=f)
-        assert (r["error"], r["status"]) == ("GatedRepoError", 403)
-        assert Path(hf_client("download", yes, repo_id="acme/gated", filename=f)["path"]).read_bytes() == b"v" * 5000
-        r = hf_client("download", other, repo_id="acme/private", filename=f)
-        assert (r["error"], r["status"]) == ("RepositoryNotFoundError", 404)
-        assert hf_client("info", anon, repo_id="acme/nothing")["error"] == "RepositoryNotFoundError"
-        r = hf_client("download", anon, repo_id="acme/gated-not", filename=f)
-        assert (r["error"], r["status"]) == ("RepositoryNotFoundError", 401)
-        r = hf_client("download", yes, repo_id="acme/gated", filename=f, revision="nope")
-        assert r["error"] == "RevisionNotFoundError"
-        r = hf_client("download", yes, repo_id="acme/gated", filename="missing.bin")
-        assert r["error"] in ("RemoteEntryNotFoundError", "EntryNotFoundError")
+        anon, other, yes = {"token": False}, {"token": "hf_other"}, {"token": "hf_yes"}
+        (info, gated_anon, gated_other, gated_yes, private_other, missing_info, missing_dl, bad_rev, bad_entry) = hf_client_calls(env, [
+            ("info", {"repo_id": "acme/gated", **anon}),
+            ("download", {"repo_id": "acme/gated", "filename": f, **anon}),
+            ("download", {"repo_id": "acme/gated", "filename": f, **other}),
+            ("download", {"repo_id": "acme/gated", "filename": f, **yes}),
+            ("download", {"repo_id": "acme/private", "filename": f, **other}),
+            ("info", {"repo_id": "acme/nothing", **anon}),
+            ("download", {"repo_id": "acme/gated-not", "filename": f, **anon}),
+            ("download", {"repo_id": "acme/gated", "filename": f, "revision": "nope", **yes}),
+            ("download", {"repo_id": "acme/gated", "filename": "missing.bin", **yes}),
+        ])
+        assert info["gated"] == "manual"  # the metadata of a gated repo is public
+        assert (gated_anon["error"], gated_anon["status"]) == ("GatedRepoError", 401)
+        assert (gated_other["error"], gated_other["status"]) == ("GatedRepoError", 403)
+        assert Path(gated_yes["path"]).read_bytes() == b"v" * 5000
+        assert (private_other["error"], private_other["status"]) == ("RepositoryNotFoundError", 404)
+        assert missing_info["error"] == "RepositoryNotFoundError"
+        assert (missing_dl["error"], missing_dl["status"]) == ("RepositoryNotFoundError", 401)
+        assert bad_rev["error"] == "RevisionNotFoundError"
+        assert bad_entry["error"] in ("RemoteEntryNotFoundError", "EntryNotFoundError")
 
 
 def test_an_expired_storage_url_is_refused(tmp_path: Path):
