@@ -451,8 +451,8 @@ async def resolve_pinned(db: Any, client: httpx.AsyncClient, access: HubAccess, 
     """The files of an `hf://` model version at the commit it is pinned to; the first resolve pins it.
 
     A version whose pin was made from the same source (and so is being resumed, repaired, or
-    downloaded again) lists that commit on the endpoint recorded with it; otherwise the revision is
-    resolved now and the commit recorded. The first file not already on disk (`on_disk`: a cache
+    downloaded again) lists that commit (on the endpoint in use now, which the pin then records for
+    repairs); otherwise the revision is resolved now and the commit recorded. The first file not already on disk (`on_disk`: a cache
     holds its blob) is then located (one HEAD), so a gated or otherwise refused repository is told
     before the download is queued; with every file on disk, nothing is asked of the Hub but the listing.
     """
@@ -460,7 +460,11 @@ async def resolve_pinned(db: Any, client: httpx.AsyncClient, access: HubAccess, 
     pin = await db.read(lambda conn: hubpins.read(conn, spec.id, spec.version))
     kwargs = {"include": spec.include, "exclude": spec.exclude, "allow_unverified": spec.allow_unverified}
     if pin is not None and pin.source == spec.source:
-        listing = await list_revision(client, access, spec.source, commit=pin.commit, endpoint=pin.endpoint, **kwargs)
+        # the commit is the Hub's wherever it is served from: an endpoint changed since (a mirror) serves it too
+        listing = await list_revision(client, access, spec.source, commit=pin.commit, **kwargs)
+        if listing.endpoint != pin.endpoint:
+            moved = replace(pin, endpoint=listing.endpoint)
+            await db.write(lambda conn: hubpins.write(conn, moved))
     else:
         listing = await list_revision(client, access, spec.source, **kwargs)
         new = hubpins.HubPin(spec.id, spec.version, spec.source, listing.endpoint, listing.commit, now)
