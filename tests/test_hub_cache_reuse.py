@@ -185,3 +185,23 @@ async def test_a_gated_model_already_in_the_cache_needs_no_token(home, tmp_path)
             await c.call("downloads.start", model_id="wan")  # the listing is public; no file needs the gate
             await wait_status(eng, "wan", "completed")
         assert hub.storage_bytes() == 0 and not hub.resolves
+
+
+async def test_an_unreadable_adopted_file_is_redownloaded_not_chmodded_in_the_cache(home, tmp_path):
+    with Hub() as hub:
+        hub.add_repo("acme/wan", FILES)
+        cache = _fill_cache(hub, tmp_path / "hf")
+        _home(home)
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(cache)}
+        async with dl_engine(home, environ=env) as (eng, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="wan")
+            await wait_status(eng, "wan", "completed")
+            mine = home / "models" / "wan" / "1" / "vae" / "vae.safetensors"
+            blob = cache / "models--acme--wan" / "blobs" / VAE.sha256()
+            assert os.stat(mine).st_ino == os.stat(blob).st_ino
+            mine.chmod(0)  # the shared inode: the cache's blob loses its mode too (not mavail's doing)
+            res = await c.call("health.repair", model_id="wan", repair_type="auto")
+            assert res["success"], res
+            assert "redownload" in res["actions_taken"], res
+            assert os.stat(mine).st_ino != os.stat(blob).st_ino and mine.read_bytes() == VAE.read(0, VAE.size)
+            assert os.stat(blob).st_mode & 0o777 == 0  # mavail did not chmod the cache's file

@@ -437,6 +437,10 @@ def fix_permissions(base: Path, rel: str, home: Path) -> tuple[int, int, int]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # an O_PATH|O_NOFOLLOW open of a link gives the link itself
             raise InvalidState(f"{rel} is not a regular file", file=rel)
+        if st.st_nlink > 1:
+            # the inode is shared (a Hugging Face cache blob it was taken from): its mode is not mavail's to change
+            raise InvalidState(f"{rel} is hard-linked with another file (such as a Hugging Face cache blob), whose mode "
+                               f"is not changed; a redownload gives it a file of its own", file=rel)
         os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)
         st = os.fstat(fd)
     finally:
