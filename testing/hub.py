@@ -15,6 +15,9 @@ Two origins, each its own server:
   `lfs/<sha256>` only through signed URLs (`Expires`, `Signature`); an expired
   or forged signature answers 403, and it records any `Authorization` it is
   sent (`storage_auth_seen`). Its `Mirror` faults and counters work as usual.
+- the bridge host (`bridge`, a third origin) plays the Hub's newer storage
+  backend: files committed with `bridge=` are redirected there instead, under
+  the same rules.
 
 Refusals carry `X-Error-Code` and `X-Error-Message` with the statuses the Hub
 uses: a missing or private repository is `RepoNotFound` (401 without a token,
@@ -65,6 +68,7 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 class _File:
     content: Any
     lfs: bool
+    bridge: bool = False  # stored on the newer backend: /resolve redirects to the bridge host instead
 
     @property
     def size(self) -> int:
@@ -214,7 +218,7 @@ class _HubHandler(_Handler):
             return self._refuse(404, "EntryNotFound", "Entry not found", raw, {"X-Repo-Commit": commit})
         common = {"X-Repo-Commit": commit, "Access-Control-Expose-Headers": "X-Repo-Commit,X-Linked-Etag,X-Linked-Size,ETag"}
         if f.lfs:
-            headers = {**common, "Location": hub.signed_url(f.sha256), "X-Linked-Etag": f'"{f.sha256}"',
+            headers = {**common, "Location": hub.signed_url(f.sha256, bridge=f.bridge), "X-Linked-Etag": f'"{f.sha256}"',
                        "X-Linked-Size": str(f.size), "ETag": f'"{f.blob_id}"'}
             return self._simple(302, b"", headers, path=raw)
         self._extra = {**common, "ETag": f'"{f.blob_id}"'}  # the Hub's ETag of a plain file is its git blob id
@@ -239,6 +243,8 @@ class Hub:
         self.storage_auth_seen: list[str] = []  # storage paths that were sent an Authorization header
         self.storage = Mirror(host)
         self.storage.gate = self._storage_gate
+        self.bridge = Mirror(host)  # the newer storage backend's bridge host: another origin, the same signed URLs
+        self.bridge.gate = self._storage_gate
         self.front = Mirror(host)
         self.front.handler_class = type("HubHandler", (_HubHandler,), {"hub": self})
         self._n = 0
@@ -247,12 +253,14 @@ class Hub:
     def start(self) -> "Hub":
         """Start both servers."""
         self.storage.start()
+        self.bridge.start()
         self.front.start()
         return self
 
     def stop(self) -> None:
         """Stop both servers."""
         self.front.stop()
+        self.bridge.stop()
         self.storage.stop()
 
     def __enter__(self) -> "Hub":
@@ -269,7 +277,7 @@ class Hub:
     # --- content ------------------------------------------------------------------
     def add_repo(self, repo_id: str, files: Mapping[str, Any], *, branch: str = "main", gated: str | bool = False,
                  private: bool = False, lfs: Callable[[str], bool] | None = None, pipeline_tag: str | None = None,
-                 tags: list[str] | None = None) -> str:
+                 tags: list[str] | None = None, bridge: Callable[[str], bool] | None = None) -> str:
         """Create a repository with one commit of `files` (bytes or Synthetic) on `branch`; return the commit sha.
 
         A file is stored with LFS unless its name ends like a config or text file (`lfs` decides otherwise).
@@ -277,23 +285,25 @@ class Hub:
         repo = HubRepo(repo_id, gated=gated, private=private, pipeline_tag=pipeline_tag, tags=list(tags or []))
         with self._lock:
             self.repos[repo_id] = repo
-        return self.commit(repo_id, files, branch=branch, lfs=lfs)
+        return self.commit(repo_id, files, branch=branch, lfs=lfs, bridge=bridge)
 
     def commit(self, repo_id: str, files: Mapping[str, Any], *, branch: str = "main", lfs: Callable[[str], bool] | None = None,
-               keep: bool = False) -> str:
-        """A new commit on `branch` whose tree is `files` (`keep`: the branch's files, updated by `files`); return its sha."""
+               keep: bool = False, bridge: Callable[[str], bool] | None = None) -> str:
+        """A new commit on `branch` whose tree is `files` (`keep`: the branch's files, updated by `files`); return its sha.
+
+        `bridge` says which LFS files are on the newer backend (served by the bridge host)."""
         repo = self.repos[repo_id]
         is_lfs = lfs or (lambda p: not p.endswith(PLAIN_SUFFIXES))
         tree: dict[str, _File] = dict(repo.commits.get(repo.branches.get(branch, ""), {})) if keep else {}
         for p, data in files.items():
             c = _content(data)
-            tree[p] = _File(c, is_lfs(p))
+            tree[p] = _File(c, is_lfs(p), bridge is not None and bridge(p))
         with self._lock:
             self._n += 1
             sha = hashlib.sha1(f"{repo_id}:{branch}:{self._n}:{secrets.token_hex(4)}".encode()).hexdigest()
         for p, f in tree.items():
             if f.lfs:
-                self.storage.add(f"lfs/{f.sha256}", f.content)
+                (self.bridge if f.bridge else self.storage).add(f"lfs/{f.sha256}", f.content)
             else:
                 self.front.add(f"plain/{repo_id}/{sha}/{p}", f.content)
                 self.front.faults(f"plain/{repo_id}/{sha}/{p}").etag = False  # the handler sends the blob id instead
@@ -335,11 +345,12 @@ class Hub:
     def _sign(self, path: str, expires: int) -> str:
         return hmac.new(self._key, f"{path}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def signed_url(self, sha256: str) -> str:
-        """An absolute storage URL for a blob, valid for `url_ttl_s`."""
+    def signed_url(self, sha256: str, bridge: bool = False) -> str:
+        """An absolute storage (or bridge) URL for a blob, valid for `url_ttl_s`."""
         path = f"lfs/{sha256}"
         expires = int(self.clock() + self.url_ttl_s)
-        return f"{self.storage.url(path)}?Expires={expires}&Signature={self._sign(path, expires)}&Key-Pair-Id=TEST"
+        host = self.bridge if bridge else self.storage
+        return f"{host.url(path)}?Expires={expires}&Signature={self._sign(path, expires)}&Key-Pair-Id=TEST"
 
     def expire_urls(self) -> None:
         """Make every storage URL signed so far refused (as if each had expired)."""
@@ -379,11 +390,12 @@ class Hub:
             self.via.clear()
             self.storage_auth_seen.clear()
         self.storage.reset_counters()
+        self.bridge.reset_counters()
         self.front.reset_counters()
 
     def storage_bytes(self) -> int:
-        """Body bytes the storage host has sent since the last reset."""
-        return sum(self.storage.bytes_served.values())
+        """Body bytes the storage and bridge hosts have sent since the last reset."""
+        return sum(self.storage.bytes_served.values()) + sum(self.bridge.bytes_served.values())
 
     # --- the API's answers -------------------------------------------------------------
     def _info(self, repo: HubRepo, commit: str, blobs: bool) -> dict[str, Any]:

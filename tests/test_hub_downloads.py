@@ -303,3 +303,19 @@ async def test_repair_of_a_gated_model_sends_the_token_to_the_hub_only(home, tmp
             assert target.read_bytes() == _bytes(WEIGHTS)
             assert hub.resolve_log and all(with_token for *_, with_token in hub.resolve_log)
         assert hub.storage_auth_seen == []
+
+
+async def test_files_on_the_newer_backend_come_from_its_bridge_host_under_the_same_rules(home, tmp_path):
+    with Hub() as hub:
+        other = Synthetic("bridge-w", 700_000)
+        hub.add_repo("acme/mixed", {"model_index.json": CONFIG, "a.safetensors": WEIGHTS, "b.safetensors": other},
+                     gated="auto", bridge=lambda p: p == "b.safetensors")
+        hub.grant("acme/mixed", "hf_ok")
+        _home(home, "hf://acme/mixed@main")
+        async with dl_engine(home, piece_size=PIECE, environ=_env(hub, tmp_path, HF_TOKEN="hf_ok")) as (eng, sock):
+            await eng.downloads.start("wan")
+            await wait_status(eng, "wan", "completed")
+            assert installed_bytes(home, "wan", "b.safetensors", version="1") == _bytes(other)
+        assert sum(hub.bridge.bytes_served.values()) == other.size
+        assert sum(hub.storage.bytes_served.values()) == WEIGHTS.size
+        assert hub.storage_auth_seen == []  # neither the storage host nor the bridge saw the token

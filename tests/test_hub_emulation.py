@@ -100,3 +100,11 @@ def test_an_expired_storage_url_is_refused(tmp_path: Path):
         assert httpx.get(loc).content == b"v" * 5000
         hub.expire_urls()
         assert httpx.get(loc).status_code == 403
+
+
+def test_the_client_follows_a_resolve_to_the_bridge_host(tmp_path: Path):
+    with Hub() as hub:
+        hub.add_repo("acme/xet", {"w.safetensors": WEIGHTS}, bridge=lambda p: True)
+        out = hf_client("download", hf_client_env(hub.endpoint, tmp_path / "hf"), repo_id="acme/xet", filename="w.safetensors")
+        assert Path(out["path"]).read_bytes() == WEIGHTS.read(0, WEIGHTS.size)
+        assert sum(hub.bridge.bytes_served.values()) == WEIGHTS.size and not hub.storage.bytes_served
