@@ -382,7 +382,9 @@ class Hub:
             self.api_calls.append(raw)
 
     def reset_counters(self) -> None:
-        """Zero the Hub's and the storage host's counters."""
+        """Zero the Hub's, the storage host's and the bridge's counters, once the answers under way are counted."""
+        for m in (self.front, self.storage, self.bridge):
+            m.wait_idle(2.0)
         with self._lock:
             self.resolves.clear()
             self.resolve_log.clear()

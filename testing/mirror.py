@@ -210,6 +210,8 @@ class Mirror:
         # (path, query, request headers) -> (status, body) to refuse a request before it is served, or None
         self.gate: Callable[[str, str, Mapping[str, str]], tuple[int, bytes] | None] | None = None
         self.handler_class: type[BaseHTTPRequestHandler] = _Handler
+        self._inflight = 0  # requests being answered (not yet in the log)
+        self._idle = threading.Condition(self._lock)
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> "Mirror":
@@ -311,6 +313,11 @@ class Mirror:
             self._faults.clear()
             self.default_faults = Faults()
 
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no request is being answered (every answer is in the log); False after `timeout`."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
     def reset_counters(self) -> None:
         """Zero the request and byte counters and the log."""
         with self._lock:
@@ -376,10 +383,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._serve(head=True)
+        self._counted(head=True)
 
     def do_GET(self) -> None:  # noqa: N802
-        self._serve(head=False)
+        self._counted(head=False)
+
+    def _counted(self, head: bool) -> None:
+        m = self.mirror
+        with m._idle:
+            m._inflight += 1
+        try:
+            self._serve(head=head)
+        finally:
+            with m._idle:
+                m._inflight -= 1
+                m._idle.notify_all()
 
     # --- helpers ---------------------------------------------------------
     def _simple(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, path: str = "") -> None:

@@ -319,3 +319,22 @@ async def test_files_on_the_newer_backend_come_from_its_bridge_host_under_the_sa
         assert sum(hub.bridge.bytes_served.values()) == other.size
         assert sum(hub.storage.bytes_served.values()) == WEIGHTS.size
         assert hub.storage_auth_seen == []  # neither the storage host nor the bridge saw the token
+
+
+async def test_a_restart_after_the_branch_moved_resumes_the_pinned_commit(home, tmp_path):
+    with Hub() as hub:
+        first = hub.add_repo("acme/wan", {"w.safetensors": WEIGHTS})
+        blob = hub.blob_path("acme/wan", "w.safetensors")
+        hub.storage.faults(blob).throttle_bps = 4 * MIB
+        _home(home, "hf://acme/wan@main")
+        async with dl_engine(home, piece_size=PIECE, environ=_env(hub, tmp_path)) as (eng, sock):
+            await eng.downloads.start("wan")
+            await wait_until(lambda: eng.downloads.get("wan").downloaded_bytes > 256 * 1024, timeout=10)
+        hub.commit("acme/wan", {"w.safetensors": Synthetic("moved", WEIGHTS.size)})
+        hub.storage.faults(blob).throttle_bps = 0
+        hub.reset_counters()
+        async with dl_engine(home, piece_size=PIECE, environ=_env(hub, tmp_path)) as (eng, sock):
+            await wait_status(eng, "wan", "completed")  # resumed by itself
+            assert installed_bytes(home, "wan", "w.safetensors", version="1") == _bytes(WEIGHTS)
+        assert {rev for _, _, rev, _, _ in hub.resolve_log} == {first}
+        assert hub.storage_bytes() < WEIGHTS.size  # the bytes from before the restart were kept
