@@ -204,11 +204,6 @@ class HubAccess:
         return {"Authorization": f"Bearer {token}"}
 
 
-def hf_headers(url: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The Authorization header for `url` when it is on the Hub endpoint and `HF_TOKEN` is set (no file read)."""
-    return HubAccess(environ).headers(url)
-
-
 @dataclass(frozen=True)
 class HubRef:
     """An `hf://` source taken apart: `org/repo` and the revision asked for (a branch, tag or commit)."""
@@ -384,14 +379,6 @@ async def list_revision(client: httpx.AsyncClient, access: HubAccess, source: st
                       private=info.get("private") is True,
                       pipeline_tag=info.get("pipeline_tag") if isinstance(info.get("pipeline_tag"), str) else None,
                       tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (), skipped=skipped)
-
-
-async def resolve_hf(client: httpx.AsyncClient, source: str, environ: Mapping[str, str] | None = None, timeout: float = 30.0,
-                     allow_unverified: bool = False) -> list[FileJob]:
-    """The files of a Hub repository revision, each at the commit the revision names now (see `list_revision`)."""
-    access = HubAccess(environ)
-    await access.refresh()
-    return (await list_revision(client, access, source, allow_unverified=allow_unverified, timeout=timeout)).jobs
 
 
 # --- one file's location ----------------------------------------------------------------------------
