@@ -3,7 +3,6 @@ tokens, include/exclude, repair, resolves per file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +147,9 @@ async def test_missing_repository_or_revision_and_private_repository_are_told_ap
 
 
 async def test_a_token_file_path_and_hf_token_precedence():
-    from mavail.core.downloads.hf import HubAccess, read_token
-
-    with Hub() as hub:
-        pass
     import tempfile
+
+    from mavail.core.downloads.hf import HubAccess, read_token
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "custom-token"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
 
@@ -388,8 +388,6 @@ def parse_resolve_url(url: str) -> tuple[str, str, str, str] | None:
     m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", u.path)
     if not m:
         return None
-    from urllib.parse import unquote
-
     return f"{u.scheme}://{u.netloc}", m.group(1), unquote(m.group(2)), unquote(m.group(3))
 
 
