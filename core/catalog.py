@@ -62,6 +62,8 @@ class ModelSpec:
     files: tuple[FileSpec, ...] = ()
     source: str | None = None
     allow_unverified: bool = False  # Hub files without sha256 or blob id may be installed unchecked
+    include: tuple[str, ...] | None = None  # Hub files to fetch (globs, huggingface_hub's allow_patterns); None: all
+    exclude: tuple[str, ...] | None = None  # Hub files to leave out (globs, huggingface_hub's ignore_patterns)
     origin: str = ""  # "file.toml: models[i]" for messages
 
     @property
@@ -83,6 +85,8 @@ class ModelSpec:
             "vram_gb": dict(self.vram_gb),
             "source": self.source,
             "allow_unverified": self.allow_unverified,
+            "include": list(self.include) if self.include is not None else None,
+            "exclude": list(self.exclude) if self.exclude is not None else None,
             "size_bytes": self.size_bytes,
             "files": [
                 {"path": f.path, "url": f.url, "mirrors": list(f.mirrors), "size": f.size, "sha256": f.sha256}
@@ -153,7 +157,7 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
         raise CatalogError(f"{where}: id {model_id!r} must match [a-z0-9][a-z0-9._-]{{0,127}}", entry=where)
     where = f"{where} (id {model_id!r})"
     allowed = {"id", "version", "display_name", "model_type", "capabilities", "quality", "speed", "family", "vram_gb", "files", "source", "description",
-               "allow_unverified"}
+               "allow_unverified", "include", "exclude"}
     unknown = set(raw) - allowed
     if unknown:
         raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", entry=where)
@@ -200,6 +204,15 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
     allow_unverified = raw.get("allow_unverified", False)
     if not isinstance(allow_unverified, bool):
         raise CatalogError(f"{where}: allow_unverified must be true or false", entry=where)
+    patterns: dict[str, tuple[str, ...] | None] = {}
+    for key in ("include", "exclude"):
+        value = raw.get(key)
+        if value is not None and source is None:
+            raise CatalogError(f"{where}: {key} applies to a Hub source only (list the files you want instead)", entry=where)
+        if value is not None and (not isinstance(value, list) or not value
+                                  or not all(isinstance(p, str) and 0 < len(p) <= 512 and "\x00" not in p for p in value)):
+            raise CatalogError(f"{where}: {key} must be a non-empty list of glob patterns such as \"*.json\" or \"vae/\"", entry=where)
+        patterns[key] = tuple(value) if value is not None else None
     return ModelSpec(
         id=model_id,
         version=version,
@@ -213,6 +226,8 @@ def parse_model(raw: Any, where: str) -> ModelSpec:
         files=files,
         source=source,
         allow_unverified=allow_unverified,
+        include=patterns["include"],
+        exclude=patterns["exclude"],
         origin=where,
     )
 

@@ -35,6 +35,7 @@ class Setting:
     max: float | None = None
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # what is wrong with a value of the right type, or None
+    items: type = int  # what a list setting holds: user ids (int) or absolute paths (str)
 
     def coerce(self, value: Any) -> Any:
         """Return `value` as this setting's type, or raise ConfigError naming the key."""
@@ -49,6 +50,8 @@ class Setting:
             value = float(value) if ok else value
         elif t is str:
             ok = isinstance(value, str)
+        elif t is list and self.items is str:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         elif t is list:
             ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         else:  # pragma: no cover - schema bug
@@ -57,6 +60,10 @@ class Setting:
             raise ConfigError(f"{self.key} must be of type {t.__name__}", field=self.key, value=repr(value)[:80])
         if t is float and not math.isfinite(value):
             raise ConfigError(f"{self.key} must be a finite number", field=self.key, value=repr(value))
+        if t is list and self.items is str:
+            if any(not v or "\x00" in v or len(v) > 4096 or not os.path.isabs(os.path.expanduser(v)) for v in value):
+                raise ConfigError(f"{self.key} must hold absolute paths (~ allowed)", field=self.key, value=repr(value)[:80])
+            return value
         if t is list:
             if any(not 0 <= v <= MAX_UID for v in value):
                 raise ConfigError(f"{self.key} must hold user ids from 0 to {MAX_UID}", field=self.key, value=repr(value)[:80])
@@ -90,6 +97,8 @@ class Setting:
                 return int(text)
             if self.type is float:
                 return float(text)
+            if self.type is list and self.items is str:
+                return [v for v in text.split(os.pathsep) if v]
             if self.type is list:
                 return [int(v) for v in text.replace(",", " ").split()]
             return text
@@ -210,6 +219,9 @@ SCHEMA: tuple[Setting, ...] = (
     _s("analytics.trend_min_events", int, 5, "Generations needed in the current window and in 30 days to judge a trend.", min=1),
     _s("analytics.preload_window_days", float, 14.0, "analytics.preload looks at uses and requests in this many days.", min=1, max=MAX_DAYS),
     _s("analytics.preload_min_uses", int, 3, "Uses plus requests in the window that make a model worth preloading.", min=1),
+    # sources
+    _s("sources.local_dirs", list, [], "Folders of model files to reuse before downloading (a ComfyUI models/ tree, say): a file of "
+       "the right size whose sha256 matches is linked or copied, never changed.", items=str),
     # updates
     _s("updates.keep_versions", int, 1, "Previous versions kept after an update.", min=0, max=20),
     # events

@@ -68,7 +68,22 @@ def health_ports(engine: "Engine") -> dict[str, Any]:
             "generation_samples": lambda model_id, limit: engine.analytics.generation_samples(model_id, limit),
             "is_updating": lambda model_id: engine.updates.is_updating(model_id),
             "add_download_listener": lambda callback: engine.downloads.add_listener(callback),
-            "fetch_range": fetch_range}
+            "fetch_range": _with_hub_token(engine)}
+
+
+def _with_hub_token(engine: "Engine") -> Any:
+    """`fetch_range` for repairs, sending the Hub token (the downloads' `hub.headers`) when every URL is on the Hub's
+    own origin; the client strips it on the redirect to the storage host."""
+    async def fetch(client: Any, urls: Any, start: int, length: int, **kw: Any) -> bytes:
+        hub = getattr(engine.downloads, "hub", None)
+        if hub is not None and "headers" not in kw and urls:
+            await hub.refresh()
+            found = [hub.headers(u) for u in urls]
+            if all(found):
+                kw["headers"] = found[0]
+        return await fetch_range(client, urls, start, length, **kw)
+
+    return fetch
 
 
 def update_ports(engine: "Engine") -> dict[str, Any]:
@@ -77,7 +92,14 @@ def update_ports(engine: "Engine") -> dict[str, Any]:
             "ensure_download": lambda model_id: engine.downloads.ensure(model_id),
             "download_active": lambda model_id: engine.downloads.is_active(model_id),
             "add_download_listener": lambda callback: engine.downloads.add_listener(callback),
-            "forget_health": lambda model_id: engine.health.forget(model_id)}
+            "forget_health": lambda model_id: engine.health.forget(model_id),
+            "hub_moves": lambda current: _hub_moves(engine, current)}
+
+
+async def _hub_moves(engine: "Engine", current: dict[str, str]) -> list[Any]:
+    """The downloads' answer to "which hf:// branches moved" (nothing from a downloads part that cannot tell)."""
+    ask = getattr(engine.downloads, "hub_branch_moves", None)
+    return await ask(current) if ask is not None else []
 
 
 class Engine:

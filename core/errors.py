@@ -64,6 +64,11 @@ class SourceUnavailable(MavailError):
     NAME = "SOURCE_UNAVAILABLE"
 
 
+class HubRefused(SourceUnavailable):
+    """The Hugging Face Hub refused a repository, revision or file; `details.hub_error` is its X-Error-Code
+    (GatedRepo, RepoNotFound, RevisionNotFound, EntryNotFound, InvalidToken) and the message says what to do."""
+
+
 class NotFound(MavailError):
     """An unknown download, queue, check or lease id."""
 

@@ -308,6 +308,40 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE file_pieces ADD COLUMN algo TEXT NOT NULL DEFAULT 'sha256';
         """,
     ),
+    (
+        "0008_hub_pins",
+        """
+        -- The commit each hf:// model version resolved to at its download's start
+        -- (core.downloads.hubpins owns it): resumes, repairs and health fetch
+        -- /resolve/<commit>/ on the recorded endpoint, not the moving branch.
+        CREATE TABLE hub_pins (
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            endpoint    TEXT NOT NULL,
+            commit_sha  TEXT NOT NULL,
+            resolved_at REAL NOT NULL,
+            PRIMARY KEY (model_id, version)
+        );
+        """,
+    ),
+    (
+        "0009_adopted_files",
+        """
+        -- Files a download took from a local copy instead of the network (a
+        -- Hugging Face cache blob, verified by sha256; core.downloads.adopt owns it).
+        CREATE TABLE adopted_files (
+            model_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            path        TEXT NOT NULL,
+            origin      TEXT NOT NULL,
+            source_path TEXT NOT NULL,
+            method      TEXT NOT NULL,
+            adopted_at  REAL NOT NULL,
+            PRIMARY KEY (model_id, version, path)
+        );
+        """,
+    ),
 ]
 
 

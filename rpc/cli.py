@@ -13,8 +13,9 @@ from typing import Any, Sequence
 from mavail.core import __version__
 from mavail.core.errors import ConfigError
 from mavail.core.paths import resolve_home, resolve_socket
-from mavail.rpc.commands import completion, config, health, logs, models, pull, storage
+from mavail.rpc.commands import add, completion, config, health, logs, models, pull, storage
 from mavail.rpc.commands.common import CommandError
+
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="local mirror + throw-away engine + TUI, no network needed")
     p.add_argument("--headless", action="store_true", help="run the mirror and engine without the TUI (Ctrl-C stops)")
     p.set_defaults(handler=cmd_demo)
+    add.add_parsers(sub, _common)
     return parser
 
 

@@ -19,6 +19,7 @@ WIRE: dict[type[domain.MavailError], tuple[int, str]] = {
     domain.InvalidState: (-32006, "INVALID_STATE"),
     domain.IntegrityError: (-32007, "INTEGRITY_ERROR"),
     domain.SourceUnavailable: (-32008, "SOURCE_UNAVAILABLE"),
+    domain.HubRefused: (-32008, "SOURCE_UNAVAILABLE"),  # details.hub_error says which refusal
     domain.NotFound: (-32009, "NOT_FOUND"),
 }
 """Domain error class -> (JSON-RPC code, contract name); a subclass takes its nearest listed ancestor's."""

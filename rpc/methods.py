@@ -86,6 +86,17 @@ async def catalog_reload(ctx: CallContext) -> dict[str, Any]:
 
 
 # --- models ---------------------------------------------------------------------
+async def models_add(ctx: CallContext, source: str, model_id: str | None, include: list[Any] | None, exclude: list[Any] | None,
+                     version: str, display_name: str | None, model_type: str | None) -> dict[str, Any]:
+    for name, value in (("include", include), ("exclude", exclude)):
+        if value is not None and not all(isinstance(v, str) for v in value):
+            raise InvalidParams(f"{name} must be a list of glob patterns", field=name)
+    added = await ctx.engine.downloads.add_from_hub(source, model_id=model_id, include=include, exclude=exclude, version=version,
+                                                    display_name=display_name, model_type=model_type)
+    await ctx.engine.reload_catalog()
+    return {"success": True, **added.to_dict()}
+
+
 async def models_list(ctx: CallContext, page: int, limit: int, sort: str, order: str, status: str | None) -> dict[str, Any]:
     board = ctx.engine.status
     listing = board.list_models(page, limit, sort, order, status)
@@ -330,6 +341,16 @@ METHODS: tuple[Method, ...] = (
         P("order", "string", "Sort order.", default="asc", enum=("asc", "desc")),
         P("status", "string", "Only models with this availability status.", enum=AVAILABILITY, nullable=True),
     ), inline=True),
+    Method("models.add", models_add, "Write a catalog entry (catalog.d/<id>.toml) for a Hugging Face repository or a shipped model's "
+           "name, from the Hub's metadata; the catalog is reloaded.", (
+        P("source", "string", "hf://ORG/REPO[@REVISION], or a shipped name such as wan2.2-ti2v-5b.", required=True),
+        P("model_id", "string", "The catalog id; default the shipped name or the repository's name.", nullable=True),
+        P("include", "array", "Glob patterns of the files to fetch (huggingface_hub's allow_patterns).", nullable=True),
+        P("exclude", "array", "Glob patterns of the files to leave out (huggingface_hub's ignore_patterns).", nullable=True),
+        P("version", "string", "The entry's version.", default="1"),
+        P("display_name", "string", "A display name; default the repository's id.", nullable=True),
+        P("model_type", "string", "text_to_video, image_to_video or text_image_to_video; default from the model card.", nullable=True),
+    )),
     Method("models.status", models_status, "Detailed status of one model, or of all with a summary.", (
         P("model_id", "string", "A model id; omit for every model.", nullable=True),
         P("refresh", "boolean", "Without model_id: rescan the disk first.", default=False),

@@ -5,8 +5,8 @@ file needs no RAM), with Range, ETag, Last-Modified and If-Range that can each
 be switched off, and faults that can be injected per path: per-connection
 throttling, dropped connections after N bytes, 5xx/429 bursts with
 Retry-After, a lying Content-Length, stalls, corrupt bytes, and a file that
-changes between requests. It also answers the two Hugging Face Hub calls the
-engine makes for `hf://` sources. Counters record requests and bytes per path.
+changes between requests. Counters record requests and bytes per path. The
+Hugging Face Hub is `mavail.testing.hub`, which serves its blobs from a Mirror.
 
     with Mirror() as m:
         m.add("m1/a.bin", Synthetic("a", 64 * MIB))
@@ -20,7 +20,6 @@ separate processes (`python -m mavail.testing.mirror` serves a directory of spec
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import select
@@ -30,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 MIB = 1024 * 1024
@@ -200,7 +199,6 @@ class Mirror:
         self._files: dict[str, _Entry] = {}
         self._faults: dict[str, Faults] = {}
         self.default_faults = Faults()
-        self._hf: dict[tuple[str, str], list[str]] = {}  # (repo, revision) -> paths under "hf/<repo>/<rev>/"
         self._lock = threading.Lock()
         self.requests: dict[str, int] = {}
         self.bytes_served: dict[str, int] = {}
@@ -209,13 +207,18 @@ class Mirror:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._clock_base = 1_700_000_000.0
+        # (path, query, request headers) -> (status, body) to refuse a request before it is served, or None
+        self.gate: Callable[[str, str, Mapping[str, str]], tuple[int, bytes] | None] | None = None
+        self.handler_class: type[BaseHTTPRequestHandler] = _Handler
+        self._inflight = 0  # requests being answered (not yet in the log)
+        self._idle = threading.Condition(self._lock)
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> "Mirror":
         """Bind and serve in a background thread."""
         mirror = self
 
-        class Handler(_Handler):
+        class Handler(self.handler_class):  # type: ignore[misc,valid-type]
             pass
 
         Handler.mirror = mirror
@@ -310,6 +313,11 @@ class Mirror:
             self._faults.clear()
             self.default_faults = Faults()
 
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no request is being answered (every answer is in the log); False after `timeout`."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
     def reset_counters(self) -> None:
         """Zero the request and byte counters and the log."""
         with self._lock:
@@ -342,30 +350,6 @@ class Mirror:
                       f"size = {c.size}", f'sha256 = "{c.sha256()}"']
         return "\n".join(lines) + "\n"
 
-    def add_hf_repo(self, repo: str, revision: str, files: dict[str, Any], lfs: bool = True) -> str:
-        """Serve a Hub repository at `hf/<repo>/<revision>/...`; `HF_ENDPOINT` is `base_url` without the slash."""
-        paths = []
-        for path, data in files.items():
-            self.add(f"hf/{repo}/{revision}/{path}", data)
-            paths.append(path)
-        with self._lock:
-            self._hf[(repo, revision)] = paths
-            self._hf_lfs = getattr(self, "_hf_lfs", {})
-            self._hf_lfs[(repo, revision)] = lfs
-        return self.base_url.rstrip("/")
-
-    def set_hf_siblings(self, repo: str, revision: str, siblings: list[dict[str, Any]] | None) -> None:
-        """Answer the Hub listing of a repository added with `add_hf_repo` with `siblings` as given (None: the real list).
-
-        For tests of listings the Hub should never send: missing hashes, duplicate or colliding names, absurd sizes.
-        """
-        with self._lock:
-            self._hf_raw = getattr(self, "_hf_raw", {})
-            if siblings is None:
-                self._hf_raw.pop((repo, revision), None)
-            else:
-                self._hf_raw[(repo, revision)] = [dict(s) for s in siblings]
-
     # --- internals used by the handler -----------------------------------
     def _lookup(self, path: str) -> tuple[_Entry | None, Faults]:
         with self._lock:
@@ -385,27 +369,6 @@ class Mirror:
             self.log.append(rec)
             self.bytes_served[rec.path] = self.bytes_served.get(rec.path, 0) + rec.bytes_sent
 
-    def _hf_info(self, repo: str, revision: str) -> dict[str, Any] | None:
-        with self._lock:
-            paths = self._hf.get((repo, revision))
-            lfs = getattr(self, "_hf_lfs", {}).get((repo, revision), True)
-            raw = getattr(self, "_hf_raw", {}).get((repo, revision))
-        if paths is None:
-            return None
-        siblings: list[dict[str, Any]] = []
-        for p in paths:
-            c = self.content(f"hf/{repo}/{revision}/{p}")
-            sib: dict[str, Any] = {"rfilename": p, "size": c.size}
-            if lfs:
-                sib["lfs"] = {"sha256": c.sha256(), "size": c.size, "pointerSize": 134}
-            else:
-                data = c.read(0, c.size)
-                sib["blobId"] = hashlib.sha1(b"blob %d\0" % c.size + data).hexdigest()
-            siblings.append(sib)
-        if raw is not None:
-            siblings = raw
-        return {"id": repo, "sha": hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest(), "siblings": siblings}
-
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -420,10 +383,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._serve(head=True)
+        self._counted(head=True)
 
     def do_GET(self) -> None:  # noqa: N802
-        self._serve(head=False)
+        self._counted(head=False)
+
+    def _counted(self, head: bool) -> None:
+        m = self.mirror
+        with m._idle:
+            m._inflight += 1
+        try:
+            self._serve(head=head)
+        finally:
+            with m._idle:
+                m._inflight -= 1
+                m._idle.notify_all()
 
     # --- helpers ---------------------------------------------------------
     def _simple(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, path: str = "") -> None:
@@ -439,15 +413,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         m = self.mirror
         raw_path = unquote(urlsplit(self.path).path).lstrip("/")
-        if raw_path.startswith("api/models/"):
-            return self._hf_api(raw_path)
-        hf = re.match(r"^(.+?/.+?)/resolve/([^/]+)/(.+)$", raw_path)
-        if hf and (hf.group(1), hf.group(2)) in m._hf:
-            faults = m._faults.get(f"hf/{hf.group(1)}/{hf.group(2)}/{hf.group(3)}", m.default_faults)
-            if not self._token_ok(faults):
-                return self._simple(401, b"unauthorized", path=raw_path)
-            # the Hub redirects resolve URLs to its CDN
-            return self._simple(302, b"", {"Location": f"/hf/{hf.group(1)}/{hf.group(2)}/{hf.group(3)}"}, path=raw_path)
+        if m.gate is not None:
+            refused = m.gate(raw_path, urlsplit(self.path).query, self.headers)
+            if refused is not None:
+                return self._simple(refused[0], refused[1], path=raw_path)
         entry, faults = m._lookup(raw_path)
         if not self._token_ok(faults):
             return self._simple(401, b"unauthorized", path=raw_path)
@@ -594,20 +563,6 @@ class _Handler(BaseHTTPRequestHandler):
                 ahead = sent / rate - (time.monotonic() - t0)
                 if ahead > 0 and stop.wait(ahead):
                     return
-
-    def _hf_api(self, raw_path: str) -> None:
-        # /api/models/{org}/{repo}/revision/{rev}  (also /api/models/{org}/{repo} for "main")
-        mt = re.match(r"^api/models/([^/]+/[^/]+)(?:/revision/(.+))?$", raw_path)
-        if not mt:
-            return self._simple(404, b"not found", path=raw_path)
-        repo, rev = mt.group(1), mt.group(2) or "main"
-        info = self.mirror._hf_info(repo, rev)
-        faults = self.mirror.default_faults
-        if not self._token_ok(faults):
-            return self._simple(401, b'{"error":"unauthorized"}', {"Content-Type": "application/json"}, path=raw_path)
-        if info is None:
-            return self._simple(404, b'{"error":"Repository not found"}', {"Content-Type": "application/json"}, path=raw_path)
-        self._simple(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, path=raw_path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mavail.testing.mirror import Mirror
+from mavail.testing.hub import Hub
 from mavail.rpc.client import AsyncClient, RpcError
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status
 
@@ -32,9 +32,10 @@ async def _start_refused(home: Path, endpoint: str) -> RpcError:
 
 
 async def test_file_without_any_hash_is_refused(home):
-    with Mirror() as m:
-        endpoint = m.add_hf_repo("acme/nohash", "main", {"model.bin": HTML})
-        m.set_hf_siblings("acme/nohash", "main", [{"rfilename": "model.bin", "size": len(HTML)}])
+    with Hub() as hub:
+        endpoint = hub.endpoint
+        hub.add_repo("acme/nohash", {"model.bin": HTML})
+        hub.set_siblings("acme/nohash", [{"rfilename": "model.bin", "size": len(HTML)}])
         _hf_home(home, "hf://acme/nohash@main")
         err = await _start_refused(home, endpoint)
         assert err.code == -32008 and err.name == "SOURCE_UNAVAILABLE", err.to_dict()
@@ -42,9 +43,10 @@ async def test_file_without_any_hash_is_refused(home):
 
 
 async def test_file_without_a_hash_installs_when_the_catalog_allows_it_and_status_says_so(home):
-    with Mirror() as m:
-        endpoint = m.add_hf_repo("acme/nohash", "main", {"model.bin": HTML, "ok.bin": b"fine"})
-        m.set_hf_siblings("acme/nohash", "main", [
+    with Hub() as hub:
+        endpoint = hub.endpoint
+        hub.add_repo("acme/nohash", {"model.bin": HTML, "ok.bin": b"fine"})
+        hub.set_siblings("acme/nohash", [
             {"rfilename": "model.bin", "size": len(HTML)},
             {"rfilename": "ok.bin", "size": 4, "lfs": {"sha256": hashlib.sha256(b"fine").hexdigest(), "size": 4}}])
         _hf_home(home, "hf://acme/nohash@main", "allow_unverified = true\n")
@@ -72,9 +74,10 @@ def test_catalog_allow_unverified_must_be_a_boolean():
 
 @pytest.mark.parametrize("size", [2 ** 64, 2 ** 63, -1, 1.5, 1e30, "12", True, None])
 async def test_sizes_outside_signed_64_bits_are_refused(home, size: Any):
-    with Mirror() as m:
-        endpoint = m.add_hf_repo("acme/huge", "main", {"w.bin": b"abc"})
-        m.set_hf_siblings("acme/huge", "main", [
+    with Hub() as hub:
+        endpoint = hub.endpoint
+        hub.add_repo("acme/huge", {"w.bin": b"abc"})
+        hub.set_siblings("acme/huge", [
             {"rfilename": "w.bin", "size": size, "lfs": {"sha256": hashlib.sha256(b"abc").hexdigest(), "size": size}}])
         _hf_home(home, "hf://acme/huge@main")
         err = await _start_refused(home, endpoint)
@@ -83,41 +86,45 @@ async def test_sizes_outside_signed_64_bits_are_refused(home, size: Any):
 
 
 async def test_largest_signed_64_bit_size_is_accepted_by_the_listing(home):
-    # 2**63 - 1 passes the listing's check; the disk check then refuses it with its own code
-    with Mirror() as m:
-        endpoint = m.add_hf_repo("acme/big", "main", {"w.bin": b"abc"})
-        m.set_hf_siblings("acme/big", "main", [
+    # 2**63 - 1 passes the listing's check; the Hub's own X-Linked-Size for the file (3) then contradicts it
+    with Hub() as hub:
+        endpoint = hub.endpoint
+        hub.add_repo("acme/big", {"w.bin": b"abc"})
+        hub.set_siblings("acme/big", [
             {"rfilename": "w.bin", "size": 2 ** 63 - 1, "lfs": {"sha256": hashlib.sha256(b"abc").hexdigest(), "size": 2 ** 63 - 1}}])
         _hf_home(home, "hf://acme/big@main")
         err = await _start_refused(home, endpoint)
-        assert err.code == -32005 and err.name == "INSUFFICIENT_STORAGE", err.to_dict()
+        assert err.code == -32008 and err.name == "SOURCE_UNAVAILABLE", err.to_dict()
+        assert "has 3 bytes" in err.message and str(2 ** 63 - 1) in err.message, err.message
 
 
 @pytest.mark.parametrize("names", [["a", "a"], ["a", "a/b"], ["x/a/b", "x/a"]])
 async def test_duplicate_or_colliding_names_refuse_the_whole_listing(home, names: list[str]):
-    with Mirror() as m:
-        endpoint = m.add_hf_repo("acme/dup", "main", {"a": b"one", "a2": b"two"})
-        m.set_hf_siblings("acme/dup", "main", [
+    with Hub() as hub:
+        endpoint = hub.endpoint
+        hub.add_repo("acme/dup", {"a": b"one", "a2": b"two"})
+        hub.set_siblings("acme/dup", [
             {"rfilename": n, "size": 3, "lfs": {"sha256": hashlib.sha256(b"one").hexdigest(), "size": 3}} for n in names])
         _hf_home(home, "hf://acme/dup@main")
-        m.reset_counters()
+        hub.reset_counters()
         err = await _start_refused(home, endpoint)
         assert err.code == -32008 and err.name == "SOURCE_UNAVAILABLE", err.to_dict()
         assert "collides" in err.message or "twice" in err.message, err.message
-        assert not [r for r in m.log if not r.path.startswith("api/")]  # nothing was downloaded
+        assert not hub.resolves and not hub.storage.log  # nothing was downloaded
 
 
 @pytest.mark.parametrize("field,value", [("sha256", "zz" * 32), ("sha256", "ab" * 40), ("blobId", "not-a-sha1"),
                                          ("sha256", "ab" * 32 + "\n"), ("blobId", "ab" * 20 + "\n")])
 async def test_malformed_hashes_are_refused(home, field: str, value: str):
-    with Mirror() as m:
-        endpoint = m.add_hf_repo("acme/bad", "main", {"w.bin": b"abc"})
+    with Hub() as hub:
+        endpoint = hub.endpoint
+        hub.add_repo("acme/bad", {"w.bin": b"abc"})
         sib: dict[str, Any] = {"rfilename": "w.bin", "size": 3}
         if field == "sha256":
             sib["lfs"] = {"sha256": value, "size": 3}
         else:
             sib["blobId"] = value
-        m.set_hf_siblings("acme/bad", "main", [sib])
+        hub.set_siblings("acme/bad", [sib])
         _hf_home(home, "hf://acme/bad@main")
         err = await _start_refused(home, endpoint)
         assert err.code == -32008, err.to_dict()

@@ -8,6 +8,7 @@ import signal
 import time
 
 from mavail.core.piecehash import piece_digest
+from mavail.testing.hub import Hub
 from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.rpc.client import Client
 from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
@@ -149,13 +150,11 @@ async def _pieces(home):
 async def test_hf_source_through_hf_endpoint_with_token(home):
     weights = Synthetic("hfw", 500_000)
     files = {"model.safetensors": weights, "config.json": b'{"dim": 8}'}
-    with Mirror() as m:
-        endpoint = m.add_hf_repo("acme/tiny", "v1", files, lfs=False)
-        m.add_hf_repo("acme/tiny", "v2", files)
-        m.default_faults.require_token = "sekrit"
-        for rev in ("v1", "v2"):
-            for p in files:
-                m.faults(f"hf/acme/tiny/{rev}/{p}").require_token = None  # the CDN needs no token
+    with Hub() as hub:
+        hub.add_repo("acme/tiny", files, branch="v1", private=True, lfs=lambda path: False)  # plain git files: blob ids
+        hub.commit("acme/tiny", files, branch="v2")  # LFS: sha256
+        hub.grant("acme/tiny", "sekrit")
+        endpoint = hub.endpoint
         home.mkdir(parents=True)
         (home / "catalog.toml").write_text(
             '[[models]]\nid = "tiny"\nversion = "1"\nmodel_type = "text_to_video"\nsource = "hf://acme/tiny@v2"\n'

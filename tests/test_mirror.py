@@ -143,22 +143,6 @@ def test_stall_ends_when_client_hangs_up(mirror):
     assert mirror.log and mirror.log[-1].bytes_sent == 10
 
 
-def test_hf_endpoint(mirror):
-    files = {"model.safetensors": Synthetic("hf", 5000), "config.json": b'{"a": 1}'}
-    endpoint = mirror.add_hf_repo("org/repo", "main", files)
-    info = httpx.get(f"{endpoint}/api/models/org/repo/revision/main").json()
-    sib = {s["rfilename"]: s for s in info["siblings"]}
-    assert sib["model.safetensors"]["lfs"]["sha256"] == files["model.safetensors"].sha256()
-    assert sib["config.json"]["size"] == 8
-    r = httpx.get(f"{endpoint}/org/repo/resolve/main/config.json", follow_redirects=True)
-    assert r.content == b'{"a": 1}'
-    mirror.default_faults.require_token = "tok"
-    assert httpx.get(f"{endpoint}/api/models/org/repo/revision/main").status_code == 401
-    ok = httpx.get(f"{endpoint}/api/models/org/repo/revision/main", headers={"Authorization": "Bearer tok"})
-    assert ok.status_code == 200
-    assert httpx.get(f"{endpoint}/api/models/org/other", headers={"Authorization": "Bearer tok"}).status_code == 404
-
-
 def test_add_model_gives_a_catalog_block(mirror):
     from mavail.core.catalog import parse_catalog_text
 

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 
 import httpx
 
-from mavail.core.downloads.hf import hf_headers, resolve_hf
+from mavail.core.downloads.adopt import CacheAdopter
+from mavail.core.downloads.hubadd import AddedModel, add_from_hub
+from mavail.core.downloads.hf import BranchMove, HubAccess, branch_moves, locate, resolve_pinned
 from mavail.core.downloads.http_range import proxy_for
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
@@ -272,6 +274,9 @@ class DownloadManager:
         self._activity = activity
         self.opener: Opener = opener or (lambda path: PartialFile(path, layout.home))
         self.environ = environ
+        self.hub = HubAccess(environ)  # the Hub's endpoint and token (HF_TOKEN, else the token file)
+        self.adopter = CacheAdopter(db=db, home=layout.home, environ=environ, status_changed=status_changed, clock=clock.time,
+                                    local_dirs=lambda: settings.get("sources.local_dirs"))
         self.piece_size = piece_size
         self.sleep = sleep
         self._client_factory = client_factory or _default_client
@@ -305,6 +310,8 @@ class DownloadManager:
     async def start_service(self) -> None:
         """Load downloads from the database, resume those that were running or queued, start the ticker."""
         _return_big_buffers_to_the_os()
+        await self.hub.refresh()
+        await self.adopter.load()
         await self._load()
         self._settings.on_change(self._on_config)
         self._tasks.on_stop(self._shutdown)
@@ -327,6 +334,7 @@ class DownloadManager:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+        await self.hub.aclose()
 
     def _on_config(self, changed: dict[str, Any]) -> None:
         if "downloads.max_concurrent" in changed:
@@ -501,7 +509,10 @@ class DownloadManager:
 
     # --- status provider ---------------------------------------------------------------
     def model_fields(self, model_id: str) -> dict[str, Any]:
-        """Download fields of models.status (and its availability while a download is live)."""
+        """Download fields of models.status (and its availability while a download is live), with `adopted_files`."""
+        return {**self.adopter.model_fields(model_id), **self._download_fields(model_id)}
+
+    def _download_fields(self, model_id: str) -> dict[str, Any]:
         d = self._dl.get(model_id)
         if d is None:
             return {}
@@ -774,7 +785,7 @@ class DownloadManager:
 
         return TransferContext(client=self.client, limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
                                setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
-                               on_bytes=on_bytes, on_retry=on_retry, headers_for=lambda url: hf_headers(url, self.environ),
+                               on_bytes=on_bytes, on_retry=on_retry, headers_for=self.hub.headers,
                                sleep=self.sleep, executor=self._byte_threads(),
                                proxy=lambda url: proxy_for(url, self.environ, str(cfg.get("downloads.proxy"))),
                                active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
@@ -799,23 +810,43 @@ class DownloadManager:
     async def _fetch_file(self, d: Download, f: FileRec) -> None:
         path = self._partial_path(d, f.job.path)
         tr = d.transfers.get(f.job.path)
-        file = await self._open_partial(path)
-        if tr is None:
-            tr = FileTransfer(f.job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
-                              prefixes=dict(f.prefixes))
-            d.transfers[f.job.path] = tr
+        job = f.job
+        adopted = None
+        if tr is None and not f.recorded and not f.prefixes:
+            def verified(idx: int, digest: str, n: int) -> None:  # the adoption's progress, at disk speed
+                f.recorded[idx] = digest
+                d.received += n
+
+            try:
+                adopted = await self.adopter.adopt(d.model_id, d.version, f.job, path, f.piece_size, verified)  # a local copy
+            finally:
+                if adopted is None:
+                    f.recorded.clear()  # pieces of an adoption that failed or was stopped are no download's
+        if tr is None and adopted is None:
+            await self.hub.refresh()
+            job = await locate(self.hub.api_client(), self.hub, f.job)  # one resolve; refusals before any byte
+        file: PartialFile | None = None
+        if adopted is not None:
+            sha, pieces = adopted.sha256, sorted(adopted.pieces.items())  # linked or copied, verified and flushed
         else:
-            old_file, tr.file = tr.file, file
-            if old_file is not file:
-                await asyncio.to_thread(_close_quietly, old_file)
-        sha, pieces = await tr.run()
+            file = await self._open_partial(path)
+            if tr is None:
+                tr = FileTransfer(job, file, f.piece_size, self._ctx(d), recorded=dict(f.recorded), validators=f.validators,
+                                  prefixes=dict(f.prefixes))
+                d.transfers[f.job.path] = tr
+            else:
+                old_file, tr.file = tr.file, file
+                if old_file is not file:
+                    await asyncio.to_thread(_close_quietly, old_file)
+            sha, pieces = await tr.run()
         dest = safe_join(self._layout.model_dir(d.model_id, d.version), f.job.path)
         if await asyncio.to_thread(os.path.lexists, dest) and self._leases.is_leased(d.model_id):
             await self._leases.wait_released(d.model_id)
 
         def install() -> tuple[int, int]:
-            file.flush()
-            file.close()
+            if file is not None:
+                file.flush()
+                file.close()
             home = self._layout.home
             safefs.replace(home, path, dest, create_parents=True)  # no link followed below the home; fsyncs the directory
             st = safefs.lstat(home, dest)
@@ -825,7 +856,7 @@ class DownloadManager:
         f.installed_sha256 = sha
         f.recorded = dict(pieces)
         f.prefixes = {}
-        del d.transfers[f.job.path]
+        d.transfers.pop(f.job.path, None)
         with _full_is_disk_full():
             await self._db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
                                          (sha, d.model_id, f.job.path))
@@ -862,7 +893,8 @@ class DownloadManager:
     async def _resolve(self, model_id: str) -> tuple[str, list[FileJob]]:
         spec = self._catalog.spec(model_id)
         if spec.source:
-            jobs = await resolve_hf(self.client, spec.source, self.environ, allow_unverified=spec.allow_unverified)
+            jobs = (await resolve_pinned(self._db, self.hub.api_client(), self.hub, spec, self._clock.time(),
+                                         on_disk=self.adopter.in_cache)).jobs
         else:
             jobs = [FileJob(path=f.path, urls=f.urls, size=f.size, sha256=f.sha256) for f in spec.files]
         return spec.version, jobs
@@ -1142,6 +1174,15 @@ class DownloadManager:
     def get(self, model_id: str) -> Download | None:
         """The model's download record, if any (for other services)."""
         return self._dl.get(model_id)
+
+    async def add_from_hub(self, source: str, **options: Any) -> AddedModel:
+        """`models.add`: write `catalog.d/<id>.toml` for a Hub repository or a shipped model's name (see `hubadd`)."""
+        return await add_from_hub(client=self.hub.api_client(), access=self.hub, catalog=self._catalog.models, home=self._layout.home,
+                                  catalog_dir=self._layout.catalog_dir, source=source, **options)
+
+    async def hub_branch_moves(self, current: Mapping[str, str]) -> list[BranchMove]:
+        """The `hf://` models in use (model_id -> version) whose branch now points past the commit they are pinned to."""
+        return await branch_moves(self._db, self.hub.api_client(), self.hub, self._catalog.models, current)
 
 
 __all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "QueuePlace", "SourceUnavailable", "Started",

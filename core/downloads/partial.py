@@ -24,11 +24,23 @@ class PartialFile:
     def __init__(self, path: Path, home: Path | None = None) -> None:
         """Open (creating it and its folders) `path`; with `home`, no link below the home is followed (LinkRefused)."""
         self.path = path
+        self.fd = self._open(path, home)
+        if os.fstat(self.fd).st_nlink > 1:
+            # never written in place: a partial file that shares its inode (an adoption from the Hugging Face
+            # cache that a crash or a pause cut short) is replaced by a file of its own
+            os.close(self.fd)
+            if home is not None:
+                safefs.unlink(home, path)
+            else:
+                os.unlink(path)
+            self.fd = self._open(path, home)
+
+    @staticmethod
+    def _open(path: Path, home: Path | None) -> int:
         if home is not None:
-            self.fd = safefs.open_file(home, path, os.O_RDWR | os.O_CREAT, 0o600, create_parents=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            return safefs.open_file(home, path, os.O_RDWR | os.O_CREAT, 0o600, create_parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
     def write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of `data` at `offset` (OSError ENOSPC when the disk is full)."""

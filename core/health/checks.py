@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from typing import Callable, Iterable, Sequence
 
-from mavail.core import installed
+from mavail.core import hubpins, installed
 from mavail.core.health.model import Context
 from mavail.core.health.repair import RepairOutcome
 from mavail.core.health.scan import CRITICAL, FileResult, Issue, ManifestFile, ReadBudget, Verified, extra_files, full_check_file, quick_check_file
@@ -71,13 +71,18 @@ class HealthChecks:
             files: dict[tuple[str, str], dict[str, Verified]] = {}
             for r in conn.execute("SELECT model_id, version, path, size, sha256, mtime_ns, inode, verified_at FROM installed_files" + where, args):
                 files.setdefault((r[0], r[1]), {})[r[2]] = Verified(r[3], r[4], r[5], r[6], r[7])
+            pins = hubpins.read_many(conn, ids if few else None)
             out: dict[str, Context] = {}
             for mid in ids:
                 spec = models[mid]
                 ver_name = current.get(mid, spec.version) if version is None else version
                 ver = files.get((mid, ver_name), {})
+                pin = pins.get((mid, ver_name))
                 if ver_name == spec.version and spec.files:
                     manifest = [ManifestFile(f.path, f.size, f.sha256, f.urls) for f in spec.files]
+                elif pin is not None and spec.source == pin.source:
+                    # an hf:// version: its files at the commit it was pinned to
+                    manifest = [ManifestFile(p, v.size, v.sha256, (pin.url(p),)) for p, v in sorted(ver.items())]
                 else:
                     manifest = [ManifestFile(p, v.size, v.sha256) for p, v in sorted(ver.items())]
                 pieces: dict[str, tuple[int, list[str]]] = {}

@@ -219,6 +219,43 @@ def pending_journals(repair_dir: Path) -> list[tuple[Path, dict[str, Any] | None
     return out
 
 
+def unshare(home: Path, path: Path) -> bool:
+    """Give a file that is hard-linked elsewhere (a Hugging Face cache blob it was taken from) a copy of its own,
+    renamed over it, so a repair's writes in place never reach the other name; True when it copied (blocking)."""
+    try:
+        st = safefs.lstat(home, path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink <= 1:
+        return False
+    tmp = path.with_name(path.name + ".unshare")
+    safefs.unlink(home, tmp)
+    src = safefs.open_file(home, path, os.O_RDONLY)
+    try:
+        out = safefs.open_file(home, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o777)
+        try:
+            pos = 0
+            while pos < st.st_size:
+                try:
+                    n = os.copy_file_range(src, out, min(st.st_size - pos, 1 << 30), pos, pos)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    data = os.pread(src, CHUNK, pos)
+                    n = os.pwrite(out, data, pos) if data else 0
+                if n == 0:
+                    raise InvalidState(f"{path} ended while it was being copied", file=str(path))
+                pos += n
+            os.fsync(out)
+        finally:
+            os.close(out)
+    finally:
+        os.close(src)
+    safefs.replace(home, tmp, path)
+    log.info("%s was hard-linked elsewhere: it has its own copy now, before it is written in place", path)
+    return True
+
+
 # --- the repairs --------------------------------------------------------------------
 async def integrity_fix(
     *, client: Any, fetch: FetchRange, to_thread: Callable[..., Awaitable[Any]], repair_dir: Path, base: Path, home: Path, model_id: str,
@@ -231,6 +268,7 @@ async def integrity_fix(
     """
     p = target_path(base, f.path)
     await to_thread(safefs.ensure_dir, home, p.parent)  # refuse a link anywhere above the file before fetching anything
+    await to_thread(unshare, home, p)
     jdir = repair_dir / journal_key(model_id, version, f.path)
     await to_thread(discard, jdir, home)
 
@@ -399,6 +437,10 @@ def fix_permissions(base: Path, rel: str, home: Path) -> tuple[int, int, int]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # an O_PATH|O_NOFOLLOW open of a link gives the link itself
             raise InvalidState(f"{rel} is not a regular file", file=rel)
+        if st.st_nlink > 1:
+            # the inode is shared (a Hugging Face cache blob it was taken from): its mode is not mavail's to change
+            raise InvalidState(f"{rel} is hard-linked with another file (such as a Hugging Face cache blob), whose mode "
+                               f"is not changed; a redownload gives it a file of its own", file=rel)
         os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)
         st = os.fstat(fd)
     finally:

@@ -70,11 +70,18 @@ class UpdateAvailable:
     latest_version: str
     size_bytes: int
     updating: bool
+    # an hf:// model whose branch moved: the commit in use, the one the branch names now, and what to do
+    pinned_commit: str | None = None
+    latest_commit: str | None = None
+    message: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {"model_id": self.model_id, "current_version": self.current_version, "latest_version": self.latest_version,
-                "size_bytes": self.size_bytes, "updating": self.updating}
+        """JSON-safe form (the commit fields only for a moved branch)."""
+        out = {"model_id": self.model_id, "current_version": self.current_version, "latest_version": self.latest_version,
+               "size_bytes": self.size_bytes, "updating": self.updating}
+        if self.latest_commit is not None:
+            out.update(pinned_commit=self.pinned_commit, latest_commit=self.latest_commit, message=self.message)
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,10 @@ class UpdateManager:
     def __init__(self, *, settings: Settings, clock: Clock, db: Database, layout: HomeLayout, catalog: CatalogView, presence: PresenceView,
                  status: StatusSink, emit: Emit, tasks: Spawner, leases: LeaseView, activity: BusyView, checks: HealthChecks,
                  ensure_download: Callable[[str], Awaitable[Any]], download_active: Callable[[str], bool],
-                 add_download_listener: Callable[[Callable[[str, str, str], None]], None], forget_health: Callable[[str], None]) -> None:
+                 add_download_listener: Callable[[Callable[[str, str, str], None]], None], forget_health: Callable[[str], None],
+                 hub_moves: Callable[[dict[str, str]], Awaitable[list[Any]]] | None = None) -> None:
+        """`hub_moves` (model_id -> version in use) gives the hf:// models whose branch moved past their pinned commit."""
+        self._hub_moves = hub_moves
         self._settings = settings
         self._clock = clock
         self._db = db
@@ -258,6 +268,14 @@ class UpdateManager:
             spec = self._catalog.get(mid)
             if spec is not None and version_key(spec.version) > version_key(version):
                 out.append(UpdateAvailable(mid, version, spec.version, spec.size_bytes, self.is_updating(mid)))
+        listed = {u.model_id for u in out}
+        hub = {mid: v for mid, v in current.items() if mid not in listed and (s := self._catalog.get(mid)) is not None and s.source}
+        if self._hub_moves is not None and hub:
+            for mv in await self._hub_moves(hub):
+                out.append(UpdateAvailable(mv.model_id, mv.version, mv.version, 0, self.is_updating(mv.model_id), mv.pinned_commit,
+                                           mv.latest_commit, f"{mv.revision} now points at {mv.latest_commit}; {mv.version} stays "
+                                           f"pinned to {mv.pinned_commit}: give the catalog entry a new version to download the "
+                                           f"new commit beside it"))
         return out
 
     async def update(self, model_id: str) -> UpdateStarted:
