@@ -783,7 +783,7 @@ class DownloadManager:
             log.warning("%s: %s: retry %d in %.1f s after: %s%s", d.model_id, path, d.retry_count, delay, describe_error(exc),
                         f" ({url})" if url else "")
 
-        return TransferContext(client=self.client, limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
+        return TransferContext(limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
                                setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=self.hub.headers,
                                sleep=self.sleep, executor=self._byte_threads(),

@@ -3,7 +3,13 @@
 A `FileTransfer` owns one file of a download. Connections ("workers") take
 spans of consecutive pending pieces, request them with `Range` (and `If-Range`
 on the validator that server gave before), and write what arrives at its
-offset. Every piece is hashed as it is written; a finished piece is flushed
+offset. Each connection's bytes move on a byte thread (`http_range`): reads,
+writes and hashes never run on the event loop, which sees only response heads,
+finished pieces and commits. A large file starts with `START_CONNECTIONS` and
+doubles them every `PROBE_S` while that raises its rate by `GROWTH`, up to
+`downloads.parallel_ranges`; when none is left to take, an idle connection
+takes over the back half of the untouched tail of the longest span in flight.
+Every piece is hashed (XXH3-128) as it is written; a finished piece is flushed
 (fdatasync) and only then reported, so the database never claims bytes a crash
 could lose. The whole-file sha256 follows the lowest unhashed byte: the
 connection writing there feeds it directly, and pieces that finished ahead of it
@@ -173,7 +179,6 @@ class FileJob:
 class TransferContext:
     """Settings (read at use time) and callbacks one download's transfers share."""
 
-    client: httpx.AsyncClient
     limiters: list[RateLimiter]
     max_retries: Callable[[], int]
     setting: Callable[[str], Any]  # config.get
