@@ -200,9 +200,9 @@ async def downloads_set_limit(ctx: CallContext, model_id: str, bandwidth_limit_m
     return {"success": True, "message": message, "bandwidth_limit_mbps": r.bandwidth_limit_mbps}
 
 
-async def downloads_progress(ctx: CallContext, model_id: str) -> dict[str, Any]:
-    """`downloads.progress`: the progress object of the model's download."""
-    return ctx.engine.downloads.progress(model_id)
+async def downloads_progress(ctx: CallContext, model_id: str, files: bool) -> dict[str, Any]:
+    """`downloads.progress`: the progress object of the model's download (with `files`, each file's too)."""
+    return ctx.engine.downloads.progress(model_id, files=files)
 
 
 async def downloads_active(ctx: CallContext) -> dict[str, Any]:
@@ -400,7 +400,11 @@ METHODS: tuple[Method, ...] = (
         _MODEL_ID, P("position", "integer", "1-based queue position.", required=True, minimum=1))),
     Method("downloads.set_limit", downloads_set_limit, "Change a download's own bandwidth cap while it runs.", (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0, maximum=limits.MAX_RATE_MBPS))),
-    Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,), inline=True),
+    Method("downloads.progress", downloads_progress, "Progress of a model's download.", (
+        _MODEL_ID,
+        P("files", "boolean", "Add `files`: each file's path, size_bytes, downloaded_bytes, status (installed, downloading, "
+          "verifying, partial, pending) and connections.", default=False),
+    ), inline=True),
     Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order; during_generation says whether a held lease pauses or throttles them.", inline=True),
     # health and updates
     Method("health.status", health_status, "Health of one model, or of every model with the system figures.",

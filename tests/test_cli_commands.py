@@ -402,3 +402,15 @@ def test_rm_asks_on_a_terminal(setup: Setup):
     rc, out = _answer_on_a_terminal(setup, b"y\n", "rm", "small")
     assert rc == 0 and "removed small 1.0.0" in out, out
     assert not (setup.home / "models" / "small" / "1.0.0").exists()
+
+
+def test_pull_files_shows_each_file_moving_and_installed(setup: Setup):
+    r = setup.run("pull", "small", "--files")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "small/a.bin: installed (2.0 MiB of 2.0 MiB)" in r.stdout, r.stdout
+    assert "small/b.json: installed (8 B of 8 B)" in r.stdout, r.stdout
+    r = setup.run("pull", "slow", "--files")
+    assert r.returncode == 0 and "slow/w.bin: downloading" in r.stdout and "slow/w.bin: installed (6.0 MiB of 6.0 MiB)" in r.stdout, r.stdout
+    with setup.client() as c:
+        files = c.call("downloads.progress", model_id="slow", files=True)["files"]
+    assert files == [{"path": "w.bin", "size_bytes": 6 * MIB, "downloaded_bytes": 6 * MIB, "status": "installed", "connections": 0}]

@@ -1152,9 +1152,26 @@ class DownloadManager:
         self._report(d)  # the cap bounds its estimated time
         return Limit(model_id, d.bandwidth_limit_mbps)
 
-    def progress(self, model_id: str) -> dict[str, Any]:
-        """The progress object of the model's download; NotFound when there is none."""
-        return self.progress_dict(self._get(model_id))
+    def progress(self, model_id: str, files: bool = False) -> dict[str, Any]:
+        """The progress object of the model's download, with `files` each file's own; NotFound when there is none."""
+        d = self._get(model_id)
+        out = self.progress_dict(d)
+        if files:
+            out["files"] = [self._file_progress(d, f) for f in d.files]
+        return out
+
+    @staticmethod
+    def _file_progress(d: Download, f: FileRec) -> dict[str, Any]:
+        """One file of a download: its size, the bytes it holds, and whether it is installed, moving or waiting."""
+        tr = d.transfers.get(f.job.path)
+        if f.stat is not None:
+            status, done = "installed", f.job.size
+        elif tr is not None and d.status == "downloading":
+            status, done = ("downloading" if tr.connections else "verifying"), min(f.job.size, tr.written_bytes)
+        else:
+            status, done = ("partial" if f.recorded_bytes else "pending"), f.recorded_bytes
+        return {"path": f.job.path, "size_bytes": f.job.size, "downloaded_bytes": done, "status": status,
+                "connections": tr.connections if tr is not None and d.status == "downloading" else 0}
 
     def active(self) -> ActiveDownloads:
         """Every download not completed or cancelled, in queue order (then paused and failed)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from mavail.rpc.client import Client, RpcError
@@ -31,6 +32,8 @@ class Pull:
     reason: str | None = None
     joined: bool = False
     task: Any = None
+    files: list[dict[str, Any]] = field(default_factory=list)  # each file's progress, when asked for with --files
+    file_tasks: dict[str, Any] = field(default_factory=dict)
     unavailable_polls: int = 0  # quiet spells seen with the download completed but the model not available
 
     def take_progress(self, p: dict[str, Any]) -> None:
@@ -60,6 +63,7 @@ def add_parser(sub: Any, common: Any) -> None:
     p.add_argument("--no-wait", action="store_true", help="start or join the downloads and return at once")
     p.add_argument("--cancel-on-interrupt", action="store_true", help="Ctrl-C cancels the downloads (default: they go on)")
     p.add_argument("--json", action="store_true", help="print only JSON lines: the engine's events, then one result per model")
+    p.add_argument("--files", action="store_true", help="a line per file too: its bytes and whether it is installed, moving or waiting")
     p.set_defaults(handler=run)
 
 
@@ -103,12 +107,25 @@ class _Output:
                 p.task = self.progress.add_task(p.model_id, total=p.total or None, completed=done, **fields)
             else:
                 self.progress.update(p.task, total=p.total or None, completed=done, **fields)
+            for f in p.files:
+                shown = {"rate": "", "eta": "", "note": f["status"] + (f" ({f['connections']} conn.)" if f["connections"] else "")}
+                task = p.file_tasks.get(f["path"])
+                if task is None:
+                    p.file_tasks[f["path"]] = self.progress.add_task("  " + f["path"], total=f["size_bytes"] or None,
+                                                                     completed=f["downloaded_bytes"], **shown)
+                else:
+                    self.progress.update(task, total=f["size_bytes"] or None, completed=f["downloaded_bytes"], **shown)
         elif not self.json:
             line = f"{p.model_id}: {p.note()}"
             if line != self._last.get(p.model_id):
                 self._last[p.model_id] = line
                 print(line + (f" ({fmt_bytes(p.downloaded)} of {fmt_bytes(p.total)})" if p.outcome is None and p.total else ""),
                       flush=True)
+            for f in p.files:
+                line = f"{p.model_id}/{f['path']}: {f['status']}"
+                if line != self._last.get(line.rsplit(":", 1)[0]):
+                    self._last[line.rsplit(":", 1)[0]] = line
+                    print(f"{line} ({fmt_bytes(f['downloaded_bytes'])} of {fmt_bytes(f['size_bytes'])})", flush=True)
 
     def result(self, p: Pull, detached: bool = False) -> None:
         """The model's final line."""
@@ -189,8 +206,26 @@ def _events(client: Client) -> Iterator[dict[str, Any] | None]:
             yield None
 
 
-def _follow(client: Client, pulls: dict[str, Pull], out: _Output) -> None:
+FILES_EVERY_S = 0.5
+"""How often --files asks for each file's progress (the events carry the model's only)."""
+
+
+def _files(client: Client, pulls: dict[str, Pull]) -> None:
+    """Ask for each open pull's per-file progress."""
+    for p in pulls.values():
+        if p.outcome is None:
+            try:
+                p.files = client.call("downloads.progress", {"model_id": p.model_id, "files": True}).get("files", [])
+            except RpcError:
+                pass  # the model's own line says what happened
+
+
+def _follow(client: Client, pulls: dict[str, Pull], out: _Output, files: bool = False) -> None:
+    next_files = 0.0
     for ev in _events(client):
+        if files and time.monotonic() >= next_files:
+            next_files = time.monotonic() + FILES_EVERY_S
+            _files(client, pulls)
         if ev is None:
             for p in pulls.values():
                 if p.outcome is None:
@@ -218,6 +253,13 @@ def _follow(client: Client, pulls: dict[str, Pull], out: _Output) -> None:
             return
 
 
+def _final_files(client: Client, model_id: str) -> list[dict[str, Any]]:
+    try:
+        return client.call("downloads.progress", {"model_id": model_id, "files": True}).get("files", [])
+    except RpcError:
+        return []
+
+
 def _cancel(args: argparse.Namespace, pulls: list[Pull]) -> None:
     with connected(args) as client:
         for p in pulls:
@@ -242,7 +284,11 @@ def run(args: argparse.Namespace) -> int:
                 for p in pulls.values():
                     out.show(p)
                 if not args.no_wait and any(p.outcome is None for p in pulls.values()):
-                    _follow(client, pulls, out)
+                    _follow(client, pulls, out, files=args.files)
+                if args.files:  # the final state of each file
+                    for p in pulls.values():
+                        p.files = _final_files(client, p.model_id)
+                        out.show(p)
     except KeyboardInterrupt:
         open_ = [p for p in pulls.values() if p.outcome is None]
         if args.cancel_on_interrupt and open_:
