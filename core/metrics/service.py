@@ -34,7 +34,7 @@ class MetricsService:
     def __init__(self, ports: MetricsPorts, tasks: Spawner, snapshot_timeout_s: float = 2.0) -> None:
         self._ports = ports
         self._tasks = tasks
-        self._timeout = snapshot_timeout_s
+        self.snapshot_timeout_s = snapshot_timeout_s  # how long a scrape waits for the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -93,10 +93,10 @@ class MetricsService:
         except RuntimeError:  # the loop closed meanwhile
             return None
         try:
-            return fut.result(self._timeout)
+            return fut.result(self.snapshot_timeout_s)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            log.warning("metrics: the event loop did not answer a scrape within %.1f s", self._timeout)
+            log.warning("metrics: the event loop did not answer a scrape within %.1f s", self.snapshot_timeout_s)
             return None
         except Exception:
             log.exception("metrics: the snapshot failed")
