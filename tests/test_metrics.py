@@ -20,7 +20,7 @@ from mavail.core.metrics.listen import check_listen, parse_listen
 from mavail.rpc.client import AsyncClient, RpcError
 from mavail.testing.mirror import Mirror, Synthetic
 from tests.dlhelpers import wait_status, write_home
-from tests.helpers import ROOT, running_engine, short_tmpdir, wait_until
+from tests.helpers import ROOT, running_engine, short_tmpdir, start_engine_process, wait_until
 from tests.metrics_helpers import names, parse, scrape, value
 
 MIB = 1024 * 1024
@@ -222,3 +222,19 @@ def test_the_engine_refuses_to_start_on_a_public_address_or_a_taken_port():
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT, env=env)
         assert r.returncode == 1 and "cannot listen there" in r.stderr, r.stderr
         assert not (d / "s").exists()
+
+
+def test_an_engine_process_serves_metrics_on_its_own_loop():
+    with short_tmpdir() as d:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = start_engine_process(d / "home", d / "s", env={"MAVAIL_METRICS_LISTEN": f"127.0.0.1:{port}"})
+        try:
+            samples = parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+            assert value(samples, "mavail_up") == 1 and value(samples, "mavail_catalog_models") == 0
+        finally:
+            proc.terminate()
+            assert proc.wait(20) == 0
