@@ -18,6 +18,7 @@ import tomlkit
 
 from mavail.core.errors import ConfigError
 from mavail.core.fsutil import atomic_write_bytes
+from mavail.core.metrics.listen import check_listen
 from mavail.core.limits import (MAX_DAYS, MAX_DURATION_S, MAX_GB, MAX_RATE_MBPS, MAX_SAFE_INT, MAX_SETTING_FLOAT, MAX_UID,
                                 MAX_VRAM_GB, MAX_WAIT_MINUTES)
 
@@ -233,7 +234,20 @@ SCHEMA: tuple[Setting, ...] = (
     _s("rpc.allowed_uids", list, [], "Further peer uids allowed.", live=False),
     _s("rpc.max_message_bytes", int, 1048576, "Longest request line in bytes.", min=1024, max=64 * 1048576),
     _s("rpc.rate_limit_per_second", float, 0.0, "Calls per second per connection; 0 = off.", min=0, max=1e6),
+    # metrics
+    _s("metrics.listen", str, "", "HOST:PORT where Prometheus metrics are served at /metrics, like 127.0.0.1:9464; empty = off. "
+       "A non-loopback address needs metrics.allow_remote.", live=False),
+    _s("metrics.allow_remote", bool, False, "Allow metrics.listen on an address other hosts can reach (the figures carry "
+       "model ids and sizes: keep it behind a firewall).", live=False),
+    _s("metrics.per_model_max", int, 50, "Metrics carry a model_id label only while the catalog has at most this many "
+       "models (0 = never); above it only totals are served, so the series stay few.", min=0, max=100000),
 )
+
+
+def check_together(values: dict[str, Any]) -> None:
+    """Rules that span settings (ConfigError): metrics.listen must be loopback unless metrics.allow_remote."""
+    if "metrics.listen" in values and "metrics.allow_remote" in values:
+        check_listen(values["metrics.listen"], values["metrics.allow_remote"])
 
 
 
@@ -329,6 +343,7 @@ class Config:
                 value = setting.coerce(setting.parse_env(cfg._environ[env_name]))
                 cfg._values[key] = value
                 cfg.env_overrides[key] = value
+        check_together(cfg._values)
         return cfg
 
     def _validate_nested(self, raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -396,6 +411,7 @@ class Config:
             if setting is None:
                 raise self.unknown(key)
             checked[key] = setting.coerce(value)
+        check_together({**self._values, **checked})
         return checked
 
     def _save(self, checked: dict[str, Any]) -> None:

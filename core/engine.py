@@ -1,8 +1,9 @@
 """The engine: the composition root that builds every part for one home, wires them and runs them.
 
-It builds, in order: the database, events, tasks, the live catalog, presence,
-activity and leases, the status board, then the services (health, downloads,
-fallback, queue, analytics, storage). It starts them in dependency order and
+It builds, in order: the database, events, tasks, the tally of counts, the
+live catalog, presence, activity and leases, the status board, then the
+services (health, downloads, fallback, queue, analytics, storage) and the
+metrics listener, which reads them through `MetricsPorts`. It starts them in dependency order and
 stops them in reverse. Parts can be given to the constructor (`Parts`), which
 is how tests put a fake in place of a service.
 """
@@ -27,6 +28,9 @@ from mavail.core.fallback.queue import RequestQueue
 from mavail.core.fallback.service import FallbackDeps, FallbackService
 from mavail.core.health import HealthChecks, HealthService, UpdateManager
 from mavail.core.leases import Lease, LeaseManager, acquire_available
+from mavail.core.downloads.reasons import RETRY_REASONS
+from mavail.core.metrics.figures import MetricsPorts
+from mavail.core.metrics.service import MetricsService
 from mavail.core.paths import HomeLayout
 from mavail.core.presence import Presence
 from mavail.core.session import Session
@@ -34,6 +38,7 @@ from mavail.core.state import Database
 from mavail.core.status import AVAILABILITY, SORT_KEYS, StatusBoard
 from mavail.core.storage import StorageManager
 from mavail.core.sysinfo import Nvml, system_info
+from mavail.core.tally import Tally
 from mavail.core.tasks import Tasks
 from mavail.core.timeutil import Clock, SystemClock
 
@@ -64,7 +69,7 @@ def _common_ports(engine: "Engine") -> dict[str, Any]:
 
 def health_ports(engine: "Engine") -> dict[str, Any]:
     """The keyword arguments of `HealthService` for this engine (tests override one and build it through `Parts`)."""
-    return {**_common_ports(engine),
+    return {**_common_ports(engine), "tally": engine.tally,
             "generation_samples": lambda model_id, limit: engine.analytics.generation_samples(model_id, limit),
             "is_updating": lambda model_id: engine.updates.is_updating(model_id),
             "add_download_listener": lambda callback: engine.downloads.add_listener(callback),
@@ -119,6 +124,7 @@ class Engine:
         self.db = Database(layout.state_db)
         self.events = EventBus(level=lambda: str(config.get("events.notification_level")))
         self.tasks = Tasks()
+        self.tally = Tally()
         self.catalog = LiveCatalog(layout.catalog_file, layout.catalog_dir)
         self.presence = parts.presence(self) if parts.presence else self.build_presence()
         self.status = StatusBoard(layout, self.catalog, self.presence, self.events.emit, cache=status_cache)
@@ -129,7 +135,8 @@ class Engine:
         self.updates = (parts.updates or (lambda e: UpdateManager(**update_ports(e))))(self)
         self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
             settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence,
-            status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity)
+            status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity,
+            tally=self.tally)
         # a stand-in for the download manager (tests, through Parts) may not restrain: the gate then does nothing
         self.generation_gate = GenerationGate(config, self.leases.count, getattr(self.downloads, "restrain", lambda hold, cap: None))
         self.fallback = parts.fallback(self) if parts.fallback else self.build_fallback()
@@ -139,6 +146,7 @@ class Engine:
         self.storage = parts.storage(self) if parts.storage else self.build_storage()
         self.downloads.add_listener(self.storage.on_download)
         self.status.set_providers([self.health, self.downloads, self.leases, self.activity, self.queue, self.analytics])
+        self.metrics = self.build_metrics()
         config.on_change(lambda changed: self.events.emit("config_changed", changed=changed))
 
     def _leases_changed(self, model_ids: Any) -> None:
@@ -165,6 +173,14 @@ class Engine:
             tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of,
             usage_frequency=self.analytics.usage_frequency, uses_since=self.analytics.uses_since, downloading=self.downloads.is_active,
             has_waiting=self.queue.has_waiting, forget_health=lambda model_id: self.health.forget(model_id), fault=fault)
+
+    def build_metrics(self) -> MetricsService:
+        """The metrics listener over read-only views of this engine's parts (it serves only when metrics.listen is set)."""
+        ports = MetricsPorts(settings=self.config, clock=self.clock, catalog=self.catalog, status=self.status, leases=self.leases,
+                             active_downloads=lambda: self.downloads.active().items, waiting=self.queue.ordered,
+                             bytes_on_disk=self.presence.bytes_on_disk, tally=self.tally, models_dir=self.layout.models_dir,
+                             version=self.version, started_at=self.started_at, retry_reasons=RETRY_REASONS)
+        return MetricsService(ports, self.tasks)
 
     def build_fallback(self) -> FallbackService:
         """The fallback service over this engine's parts."""
@@ -207,7 +223,12 @@ class Engine:
         await self.analytics.start()
         await self.storage.start()
         self.tasks.spawn(self.presence.rescan_loop(), name="presence-rescan")
-        await self.queue.start()  # last: it may ask the other services (downloads) for models
+        await self.queue.start()  # it may ask the other services (downloads) for models
+        try:
+            await self.metrics.start()  # last: it reads every other part
+        except BaseException:
+            await self.__aexit__(None, None, None)  # the address was refused: stop what started
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -3,7 +3,7 @@
 The composition root (`core.engine`) builds the parts that implement them and
 passes each service only the ports it needs: a catalog view, a presence view,
 the status board's read side and its sink, the task spawner, leases, activity,
-settings, the database, the clock and the event emitter. A service never
+settings, the database, the clock, the event emitter and the tally of counts. A service never
 imports another service; where one needs another's figure, the engine passes
 it a bound method or a small callable.
 """
@@ -18,7 +18,7 @@ from mavail.core.inventory import ModelPresence
 from mavail.core.status import StatusSink
 from mavail.core.tasks import Spawner
 
-__all__ = ["BusyView", "CatalogView", "Emit", "LeaseView", "PresenceView", "Settings", "Spawner", "StatusSink", "StatusView"]
+__all__ = ["BusyView", "CatalogView", "Emit", "LeaseView", "PresenceView", "Settings", "Spawner", "StatusSink", "StatusView", "TallySink"]
 
 Emit = Callable[..., None]
 """`emit(event_type, **params)`: publish an event to subscribers (`EventBus.emit`)."""
@@ -121,3 +121,10 @@ class Settings(Protocol):
     def on_change(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """Call `callback(changed)` after every successful update."""
 
+
+
+class TallySink(Protocol):
+    """Where a service counts what happens (`core.tally.Tally`); safe to call from any thread."""
+
+    def add(self, name: str, labels: tuple[str, ...] = (), n: float = 1) -> None:
+        """Add `n` to the count `name` for `labels`."""

@@ -48,7 +48,7 @@ def test_tui_reaches_engine_only_through_client():
 
 
 SERVICES = {"downloads": "core/downloads", "health": "core/health", "fallback": "core/fallback",
-            "analytics": "core/analytics.py", "storage": "core/storage.py"}
+            "analytics": "core/analytics.py", "storage": "core/storage.py", "metrics": "core/metrics"}
 """The services of the domain; each may import the shared parts of core, never another service nor the engine."""
 
 

@@ -30,6 +30,7 @@ from mavail.core.downloads.hf import BranchMove, HubAccess, branch_moves, locate
 from mavail.core.downloads.http_range import proxy_for
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
+from mavail.core.downloads.reasons import retry_reason
 from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
 from mavail.core.priority import normalise_priority, priority_rank
 from mavail.core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
@@ -37,11 +38,12 @@ from mavail.core import installed, safefs
 from mavail.core.fsutil import free_bytes
 from mavail.core.paths import safe_join
 from mavail.core.state import DatabaseFull
+from mavail.core.tally import Tally
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
     from mavail.core.paths import HomeLayout
-    from mavail.core.ports import BusyView, CatalogView, Emit, LeaseView, PresenceView, Settings, Spawner, StatusSink
+    from mavail.core.ports import BusyView, CatalogView, Emit, LeaseView, PresenceView, Settings, Spawner, StatusSink, TallySink
     from mavail.core.state import Database
     from mavail.core.timeutil import Clock
 
@@ -258,9 +260,11 @@ class DownloadManager:
                  presence: PresenceView, status_changed: StatusSink, emit: Emit, tasks: Spawner, leases: LeaseView,
                  activity: BusyView, opener: Opener | None = None, environ: Mapping[str, str] | None = None,
                  client_factory: Callable[[], httpx.AsyncClient] | None = None, piece_size: int | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tally: TallySink | None = None) -> None:
         """Every port is given by the composition root; `opener`, `environ` (None: os.environ, for HF_ENDPOINT and
-        HF_TOKEN), `client_factory`, `piece_size` (None: downloads.piece_size_mb) and `sleep` are there for tests."""
+        HF_TOKEN), `client_factory`, `piece_size` (None: downloads.piece_size_mb) and `sleep` are there for tests.
+        `tally` counts the bytes received (`download_bytes`), retries made (`download_retries`) and failures as they happen."""
+        self._tally = tally or Tally()
         self._settings = settings
         self._clock = clock
         self._db = db
@@ -621,6 +625,7 @@ class DownloadManager:
             log.info("%s: %s -> %s%s", d.model_id, old, status, f" ({error_code}: {message})" if error_code else "")
             self._emit_progress(d, report=False)
             if status == "failed":
+                self._tally.add("download_failures", (d.model_id, error_code or "INTERNAL_ERROR"))
                 self._emit("download_failed", model_id=d.model_id, download_id=d.download_id,
                            error_code=error_code or "INTERNAL_ERROR", message=message or "download failed")
         self._hold(d, status in RUNNABLE)
@@ -777,9 +782,11 @@ class DownloadManager:
 
         def on_bytes(n: int) -> None:
             d.received += n
+            self._tally.add("download_bytes", (d.model_id,), n)
 
         def on_retry(path: str, url: str, exc: BaseException, delay: float) -> None:
             d.retry_count += 1
+            self._tally.add("download_retries", (d.model_id, retry_reason(exc)), 1)
             log.warning("%s: %s: retry %d in %.1f s after: %s%s", d.model_id, path, d.retry_count, delay, describe_error(exc),
                         f" ({url})" if url else "")
 

@@ -28,8 +28,9 @@ from mavail.core.health.checks import HealthChecks
 from mavail.core.health.model import Context, Job, ModelHealth, new_id
 from mavail.core.health.scan import WARNING, CheckCancelled, FileResult, Issue, ManifestFile
 from mavail.core.paths import REDOWNLOAD_DIR, REPAIR_DIR, HomeLayout
-from mavail.core.ports import BusyView, CatalogView, Emit, LeaseView, PresenceView, Settings, Spawner, StatusSink
+from mavail.core.ports import BusyView, CatalogView, Emit, LeaseView, PresenceView, Settings, Spawner, StatusSink, TallySink
 from mavail.core.state import Database
+from mavail.core.tally import Tally
 from mavail.core.timeutil import Clock, iso
 
 __all__ = ["CheckAllSummary", "CheckOutcome", "HealthService", "RepairResult", "integrity_of", "status_of"]
@@ -120,14 +121,18 @@ class HealthService:
     It is given narrow ports (see `core.ports`) and, for what it needs of other
     services, callables: `generation_samples` (analytics), `is_updating` (the
     update manager), `add_download_listener` (downloads) and `fetch_range`
-    (how repairs fetch byte ranges).
+    (how repairs fetch byte ranges); `tally` counts every check by type and
+    outcome (the check that closes a repair too), repairs by outcome and the
+    bytes repairs fetched.
     """
 
     def __init__(self, *, settings: Settings, clock: Clock, db: Database, layout: HomeLayout, catalog: CatalogView, presence: PresenceView,
                  status: StatusSink, emit: Emit, tasks: Spawner, leases: LeaseView, activity: BusyView, checks: HealthChecks,
                  generation_samples: GenerationSamples, is_updating: Callable[[str], bool],
-                 add_download_listener: Callable[[DownloadListener], None], fetch_range: rp.FetchRange = rp.simple_fetch_range) -> None:
+                 add_download_listener: Callable[[DownloadListener], None], fetch_range: rp.FetchRange = rp.simple_fetch_range,
+                 tally: TallySink | None = None) -> None:
         self._settings = settings
+        self._tally = tally or Tally()  # health_checks (type, outcome), repairs (outcome), repair_bytes
         self._clock = clock
         self._db = db
         self._layout = layout
@@ -380,6 +385,7 @@ class HealthService:
             self._rates.pop(job.id, None)
             self._verifies_sha256.pop(job.id, None)
             if job.status != "completed":
+                self._tally.add("health_checks", (job.type, job.status))
                 try:
                     await self._db.write(lambda c: c.execute("UPDATE health_checks SET status = ?, finished_at = ? WHERE check_id = ?",
                                                                   (job.status, job.finished_at, job.id)))
@@ -445,6 +451,7 @@ class HealthService:
             mh.last_full_at = now
         elif not check_id.startswith("check_startup"):
             mh.last_quick_at = now  # the stock-taking at start does not count: scheduled checks stay staggered
+        self._tally.add("health_checks", (check_type, mh.overall))
         return mh
 
     def _alert(self, mh: ModelHealth, job: Job) -> None:
@@ -671,6 +678,8 @@ class HealthService:
         result = RepairResult(success, job.id, mid, ctx.version, actions, fetched, done_files, errors, mh.overall, mh.integrity, check.id)
         job.status = "completed" if success else "failed"
         job.result = result.to_dict()
+        self._tally.add("repairs", (job.status,))
+        self._tally.add("repair_bytes", (), fetched)
         await self._db.write(lambda c: c.execute(
             "UPDATE health_repairs SET status = ?, finished_at = ?, bytes_redownloaded = ?, result = ? WHERE repair_id = ?",
             (job.status, self._clock.time(), fetched, json.dumps(job.result), job.id)))
