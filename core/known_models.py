@@ -40,11 +40,13 @@ class KnownModel:
 KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in (
     KnownModel("wan2.2-t2v-a14b", "Wan-AI/Wan2.2-T2V-A14B", "Wan2.2 T2V A14B", "text_to_video",
                ("text_to_video", "high_resolution", "high_quality"), "high", "slow", "wan2.2",
-               {"1280x720": 80.0}, f"{WAN22_README}: \"This command can run on a GPU with at least 80GB VRAM\" (t2v-A14B, 1280*720)",
+               {"1280x720": 80.0}, f"{WAN22_README}: \"This command can run on a GPU with at least 80GB VRAM\" (t2v-A14B, 1280*720, "
+               "with --offload_model True --convert_model_dtype)",
                notes="MoE, 27B parameters with 14B active per step"),
     KnownModel("wan2.2-i2v-a14b", "Wan-AI/Wan2.2-I2V-A14B", "Wan2.2 I2V A14B", "image_to_video",
                ("image_to_video", "high_resolution", "high_quality"), "high", "slow", "wan2.2",
-               {"1280x720": 80.0}, f"{WAN22_README}: \"This command can run on a GPU with at least 80GB VRAM\" (i2v-A14B, 1280*720)",
+               {"1280x720": 80.0}, f"{WAN22_README}: \"This command can run on a GPU with at least 80GB VRAM\" (i2v-A14B, 1280*720, "
+               "with --offload_model True --convert_model_dtype)",
                notes="MoE, 27B parameters with 14B active per step"),
     KnownModel("wan2.2-ti2v-5b", "Wan-AI/Wan2.2-TI2V-5B", "Wan2.2 TI2V 5B", "text_image_to_video",
                ("text_to_video", "image_to_video", "text_image_to_video", "high_resolution"), "medium", "fast", "wan2.2",
@@ -53,11 +55,12 @@ KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in (
                notes="dense 5B with the high-compression Wan2.2 VAE"),
     KnownModel("wan2.2-s2v-14b", "Wan-AI/Wan2.2-S2V-14B", "Wan2.2 S2V 14B (speech to video)", "image_to_video",
                ("image_to_video", "high_quality"), "high", "slow", "wan2.2",
-               {"1280x720": 80.0}, f"{WAN22_README}: \"This command can run on a GPU with at least 80GB VRAM\" (s2v-14B, 720P)",
+               {"1024x704": 80.0}, f"{WAN22_README}: \"This command can run on a GPU with at least 80GB VRAM\" "
+               "(s2v-14B, 1024*704, with --offload_model True --convert_model_dtype)",
                notes="a reference image and an audio track drive the video"),
     KnownModel("wan2.2-animate-14b", "Wan-AI/Wan2.2-Animate-14B", "Wan2.2 Animate 14B", "image_to_video",
                ("image_to_video", "high_quality"), "high", "slow", "wan2.2",
-               {"1280x720": 80.0}, f"{WAN22_README}: \"This command can run on a GPU with at least 80GB VRAM\" (animate-14B, 720P)",
+               {}, f"{WAN22_README} gives no VRAM figure for animate-14B: measure it and set vram_gb in the entry",
                notes="character animation and replacement from a reference video"),
 )}
 """The shipped list, by name."""
