@@ -141,7 +141,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.retry_max_s", float, 60.0, "Longest retry delay.", min=0, max=3600),
     _s("downloads.connect_timeout_s", float, 15.0, "TCP connect timeout.", min=0.1, max=600),
     _s("downloads.proxy", str, "", "Proxy for downloads (http://[user:pass@]host:port), \"direct\" for none; empty: "
-       "https_proxy/http_proxy/all_proxy/no_proxy from the environment, as curl reads them (never for loopback addresses).",
+       "https_proxy/http_proxy/all_proxy/no_proxy from the environment, as curl reads them.",
        check=_proxy_problem),
     _s("downloads.during_generation", str, "continue", "What downloads do while any model is leased (a generation runs): continue; "
        "pause (held queued, a running one stops keeping its bytes; they go on when the last lease ends); "

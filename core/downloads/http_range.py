@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import ipaddress
 import os
 import socket
 import ssl
@@ -67,22 +66,13 @@ class Head:
         return self.headers.get(name, default)
 
 
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def proxy_for(url: str, environ: Mapping[str, str] | None = None, configured: str = "") -> str | None:
     """The proxy to reach `url` through, or None to connect directly.
 
     `configured` (the `downloads.proxy` setting) wins: a proxy URL for every request, or "direct"
     for none. Otherwise the environment decides as curl reads it: `<scheme>_proxy` (lower case
     first), then `all_proxy`, except hosts that `no_proxy` names (a name, a domain suffix, or
-    `*`). Loopback addresses never go through a proxy from the environment.
+    `*`), as `proxy_mounts` decides for the Hub's API.
     """
     if configured == "direct":
         return None
@@ -96,7 +86,7 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None, configured: st
 
     proxy = var(f"{parts.scheme}_proxy") or var("all_proxy")
     host = (parts.hostname or "").lower()
-    if not proxy or _is_loopback(host):
+    if not proxy:
         return None
     for entry in (e.strip().lower().lstrip(".") for e in var("no_proxy").split(",")):
         if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):

@@ -26,7 +26,7 @@ import httpx
 
 from mavail.core.downloads.adopt import CacheAdopter
 from mavail.core.downloads.hubadd import AddedModel, add_from_hub
-from mavail.core.downloads.hf import BranchMove, HubAccess, branch_moves, locate, resolve_pinned
+from mavail.core.downloads.hf import BranchMove, HubAccess, branch_moves, ca_bundle, locate, proxy_mounts, resolve_pinned
 from mavail.core.downloads.http_range import proxy_for
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
@@ -102,9 +102,20 @@ def _full_is_insufficient_storage(model_id: str) -> Iterator[None]:
                                   f"try again", model_id=model_id) from None
 
 
-def _default_client() -> httpx.AsyncClient:
-    """The shared HTTP client of downloads: HTTP/1.1, redirects followed, no proxy from the environment."""
-    return httpx.AsyncClient(http1=True, follow_redirects=True, trust_env=False,
+def _default_client(env: Mapping[str, str], proxy: str) -> httpx.AsyncClient:
+    """The shared HTTP client of piece repairs: HTTP/1.1, redirects followed, the proxy the byte path would use.
+
+    `proxy` is `downloads.proxy`: a proxy URL for every request, "direct" for none, or empty for the
+    environment's (`proxy_mounts`, loopback always direct), as `http_range.proxy_for` decides for downloads.
+    """
+    verify = ca_bundle(env)
+    if proxy == "direct":
+        mounts: dict[str, Any] = {}
+    elif proxy:
+        mounts = {"all://": httpx.AsyncHTTPTransport(proxy=proxy, verify=verify)}
+    else:
+        mounts = proxy_mounts(env, verify)
+    return httpx.AsyncClient(http1=True, follow_redirects=True, trust_env=False, verify=verify, mounts=mounts,
                              limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
                              timeout=httpx.Timeout(30.0, pool=None))
 
@@ -283,7 +294,8 @@ class DownloadManager:
                                     local_dirs=lambda: settings.get("sources.local_dirs"))
         self.piece_size = piece_size
         self.sleep = sleep
-        self._client_factory = client_factory or _default_client
+        self._client_factory = client_factory or (
+            lambda: _default_client(os.environ if environ is None else environ, str(settings.get("downloads.proxy"))))
         self._dl: dict[str, Download] = {}
         self._listeners: list[Callable[[str, str, str], None]] = []
         self._seq = itertools.count(1)
@@ -345,6 +357,9 @@ class DownloadManager:
             self._kick()
         if "downloads.bandwidth_limit_mbps" in changed:
             self._report()  # the global cap bounds the queue's estimates
+        if "downloads.proxy" in changed and self._client is not None:
+            old, self._client = self._client, None  # the next repair builds a client with the new proxy
+            self._tasks.spawn(old.aclose(), name="downloads-client-close")
 
     def restrain(self, hold: bool, cap_mbps: float = 0.0) -> None:
         """Hold every download queued (running ones stop, keeping their bytes) or cap them all at `cap_mbps` (0 = no cap),
