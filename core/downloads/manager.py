@@ -106,7 +106,7 @@ def _default_client(env: Mapping[str, str], proxy: str) -> httpx.AsyncClient:
     """The shared HTTP client of piece repairs: HTTP/1.1, redirects followed, the proxy the byte path would use.
 
     `proxy` is `downloads.proxy`: a proxy URL for every request, "direct" for none, or empty for the
-    environment's (`proxy_mounts`, loopback always direct), as `http_range.proxy_for` decides for downloads.
+    environment's (`proxy_mounts`), as `http_range.proxy_for` decides for downloads.
     """
     verify = ca_bundle(env)
     if proxy == "direct":
