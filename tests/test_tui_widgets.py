@@ -263,7 +263,7 @@ async def test_health_tab_shows_unchecked_models_as_not_checked():
         pane.table.cycle_sort()
         pane.table.cycle_sort()
         pane.table.cycle_sort()  # by integrity, nulls last
-        await until(pilot, lambda: "score not checked" in screen_text(app))
+        await until(pilot, lambda: "no model checked yet" in screen_text(app))
 
 
 async def test_downloads_show_the_current_files_retries_against_the_per_file_limit():

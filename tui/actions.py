@@ -62,6 +62,12 @@ ACTIONS: tuple[ActionSpec, ...] = (
 )
 
 
+def shown_keys(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The key each binding id answers to, as shown to the user (remapped keys included)."""
+    overrides = overrides or {}
+    return {a.id: overrides.get(a.id) or a.key_display or a.key for a in ACTIONS}
+
+
 class ScreenActions:
     """The `action_*` methods of the main screen (mixed into MainScreen)."""
 

@@ -1,0 +1,73 @@
+"""Words and figures a person reads in the TUI, at 80x24 and 120x35, against a real engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mavail.rpc.client import AsyncClient
+from mavail.tui import format as fmt
+from mavail.tui import words
+from mavail.tui.app import create_app
+from tests.helpers import install_files, model_toml, running_engine, synthetic_bytes
+from tests.tui_helpers import screen_text, until
+
+MIB = 1024 * 1024
+SIZES = [(80, 24), (120, 35)]
+RAW_BYTES = re.compile(r"\d{4,} bytes")
+
+
+def test_plurals_sizes_and_engine_sentences():
+    assert words.plural(1, "day") == "1 day" and words.plural(0, "day") == "0 days" and words.plural(3, "model") == "3 models"
+    assert fmt.rate(0) == "0B/s" and fmt.rate(None) == "-" and fmt.rate(2.5) == "2.5M/s"
+    assert words.readable("a.bin: 1 piece(s) of 8388608 bytes do not match (8388608 bytes)") == "a.bin: 1 piece of 8.0M do not match (8.0M)"
+    issue = {"type": "changed_bytes", "severity": "critical", "file": "a.bin", "recommendation": "integrity_fix",
+             "message": "a.bin: 1 piece(s) of 8388608 bytes do not match (8388608 bytes)",
+             "details": {"broken_pieces": [3], "broken_bytes": 8388608, "piece_size": 8388608}}
+    assert words.issue_sentence(issue) == "a.bin: 1 piece of 8.0M does not match (8.0M to fetch again)"
+    assert words.issue_label(issue) == "1 broken piece"
+    assert words.advice([issue], {"mavail.repair": "R"}) == ["press R to repair the broken piece of a.bin"]
+    assert words.advice([issue], {"mavail.repair": "F9"}) == ["press F9 to repair the broken piece of a.bin"]
+
+
+def health_home(home: Path) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text("[downloads]\npiece_size_mb = 1\n[health]\nscheduler_tick_s = 3600\n")
+    data = [("model.bin", synthetic_bytes("ti2v", 3 * MIB))]
+    (home / "catalog.toml").write_text("".join(model_toml(m, data) for m in ("wan2.2-ti2v-5b", "wan2.2-t2v-a14b", "ltx-video-2b")))
+    install_files(home, "ltx-video-2b", data)
+    return install_files(home, "wan2.2-ti2v-5b", data)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_health_tab_words_before_and_after_a_check_finds_a_broken_piece(home: Path, size: tuple[int, int]):
+    d = health_home(home)
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("3")
+            pane = app.pane("health")
+            await until(pilot, lambda: pane.loaded and "wan2.2-t2v-a14b" in screen_text(app))
+            text = screen_text(app)
+            assert "no model checked yet" in text and "1.00" not in text and "score" not in text
+            row = next(line for line in text.splitlines() if "wan2.2-t2v-a14b" in line)
+            assert "missing" in row and "not checked" not in row  # not installed: nothing to check
+            async with AsyncClient(sock) as c:
+                await c.call("health.check", model_id="wan2.2-ti2v-5b")  # records the pieces of the hand-copied files
+                with open(d / "model.bin", "r+b") as fh:
+                    fh.seek(2 * MIB + 5)
+                    fh.write(b"\x00\x01")
+                res = await c.call("health.check", model_id="wan2.2-ti2v-5b", check_type="full")
+                assert res["result"]["overall_health"] == "corrupted"
+            await pilot.press("f5")
+            await until(pilot, lambda: str(pane.table.cell("wan2.2-ti2v-5b", "health")) == "corrupted")
+            assert pane.table.select("wan2.2-ti2v-5b")
+            await until(pilot, lambda: "press R to repair the broken piece of model.bin" in screen_text(app))
+            text = screen_text(app)
+            row = next(line for line in text.splitlines() if "wan2.2-ti2v-5b" in line)
+            assert "corrupted" in row and "1 broken piece" in row, row
+            assert "model.bin: 1 piece of 1.0M does not match" in text
+            assert "health.repair" not in text and not RAW_BYTES.search(text) and "piece(s)" not in text
+            assert "score 0." in text or "score 1." in text  # a figure only once one was measured
