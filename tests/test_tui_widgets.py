@@ -27,7 +27,9 @@ def make_app(answers: dict[str, Any], methods: set[str] | None = None, **kw: Any
 
 
 def models_answer(*statuses: dict[str, Any]) -> dict[str, Any]:
-    return {"models": {s["model_id"]: s for s in statuses}, "summary": {"total_models": len(statuses)}}
+    counts = {f"{st}_models": sum(1 for s in statuses if s["availability_status"] == st)
+              for st in ("available", "downloading", "queued", "missing", "corrupted")}
+    return {"models": {s["model_id"]: s for s in statuses}, "summary": {"total_models": len(statuses), **counts}}
 
 
 async def test_models_table_updates_rows_by_key_without_refill():
@@ -235,9 +237,10 @@ async def test_models_summary_follows_live_changes():
     async with app.run_test(size=(80, 24)) as pilot:
         pane = app.pane("models")
         await until(pilot, lambda: pane.loaded)
-        await until(pilot, lambda: "2 models · 0 available" in screen_text(app))  # the stub's summary has no counts
+        await until(pilot, lambda: "2 models · 1 available · 1 missing" in screen_text(app))
+        rows[0] = status("a", "available")
         link.push("model_availability_change", model_id="a", old_status="missing", new_status="available")
-        await until(pilot, lambda: "2 models · 2 available" in screen_text(app) and "0 missing" in screen_text(app))
+        await until(pilot, lambda: "2 models · 2 available" in screen_text(app) and "missing" not in screen_text(app))
 
 
 async def test_health_tab_shows_unchecked_models_as_not_checked():

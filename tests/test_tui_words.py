@@ -71,3 +71,44 @@ async def test_health_tab_words_before_and_after_a_check_finds_a_broken_piece(ho
             assert "model.bin: 1 piece of 1.0M does not match" in text
             assert "health.repair" not in text and not RAW_BYTES.search(text) and "piece(s)" not in text
             assert "score 0." in text or "score 1." in text  # a figure only once one was measured
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_models_downloads_and_update_words_with_a_finished_a_failed_and_a_missing_model(home: Path, size: tuple[int, int]):
+    from mavail.testing.mirror import Mirror, Synthetic
+
+    with Mirror() as mirror:
+        mirror.default_faults.throttle_bps = 8 * MIB
+        home.mkdir(parents=True)
+        good = mirror.add_model("wan2.2-ti2v-5b", {"model.safetensors": Synthetic("ti2v", 2 * MIB)})
+        (home / "catalog.toml").write_text(good + model_toml("hunyuanvideo", [("m.bin", b"x" * 1000)])
+                                           + model_toml("cogvideox-5b", [("m.bin", b"y" * 1000)]))
+        (home / "config.toml").write_text("[storage]\nmin_free_gb = 0.0\n[downloads]\nmax_retries = 0\nretry_base_s = 0.01\n")
+        async with running_engine(home) as (engine, sock):
+            app = create_app(sock, keymap={})
+            async with app.run_test(size=size) as pilot:
+                models = app.pane("models")
+                await until(pilot, lambda: models.loaded and "3 models · 3 missing · nothing on disk yet" in screen_text(app))
+                async with AsyncClient(sock) as c:
+                    await c.call("downloads.start", model_id="wan2.2-ti2v-5b")
+                    await c.call("downloads.start", model_id="hunyuanvideo")
+                await until(pilot, lambda: str(models.table.cell("wan2.2-ti2v-5b", "status")) == "available", timeout=15)
+                # the summary follows the finished download: the model's bytes are on disk
+                await until(pilot, lambda: "1 available" in screen_text(app) and "2.0M on disk" in screen_text(app), timeout=10)
+                await until(pilot, lambda: "3 models · 1 available · 1 missing · 1 failed" in screen_text(app))
+                row = next(line for line in screen_text(app).splitlines() if "wan2.2-ti2v-5b" in line)
+                assert "available" in row, row  # the status column grew with the word
+                await pilot.press("2")
+                dl = app.pane("downloads")
+                await until(pilot, lambda: dl.loaded and str(dl.table.cell("hunyuanvideo", "status")) == "failed", timeout=15)
+                await until(pilot, lambda: "1 failed" in screen_text(app))
+                assert "availab " not in screen_text(app)
+                text = screen_text(app)
+                assert "active" not in text.splitlines()[3], text  # a failed download is not counted as active
+                assert re.search(r"\b0/s\b", text) is None
+                await pilot.press("1")
+                assert models.table.select("cogvideox-5b")
+                await pilot.press("u")
+                await until(pilot, lambda: any("cogvideox-5b is not installed: press enter to download it" in str(n.message)
+                                               for n in app._notifications))
+                assert "from ?" not in screen_text(app)

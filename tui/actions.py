@@ -227,8 +227,16 @@ class ScreenActions:
 
     async def _update(self, mid: str) -> None:
         raw = self.app.pane("models").table.raw(mid) if self.app.pane("models").table else None  # type: ignore[union-attr]
-        cur = (raw or {}).get("current_version") or "?"
-        latest = (raw or {}).get("latest_version") or "?"
+        raw = raw or {}
+        keys = shown_keys(self.app.keymap_overrides)
+        cur = raw.get("current_version")
+        if not cur or raw.get("availability_status") == "missing":
+            self.app.notify(f"{mid} is not installed: press {keys['mavail.request']} to download it", severity="warning", timeout=4)
+            return
+        latest = raw.get("latest_version") or raw.get("version")
+        if not raw.get("update_available") or not latest or latest == cur:
+            self.app.notify(f"{mid} is at version {cur}, the catalog's newest: nothing to update", timeout=4)
+            return
         ok = await self.app.push_screen_wait(ConfirmScreen(
             f"Update {mid} from {cur} to {latest}?", "The new version is downloaded and verified before it replaces the old one; "
             "the old one is kept as configured (updates.keep_versions).", "Update", danger=False))

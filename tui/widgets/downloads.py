@@ -68,6 +68,20 @@ def _file_retries(d: dict[str, Any]) -> str:
     return text if len(text) <= 4 else str(this)
 
 
+def downloads_summary(records: list[dict[str, Any]], used_mbps: float | None, limit_mbps: float | None) -> str:
+    """`1 downloading · 2 queued · 1 failed · 3.0M/s in all (limit 10M/s)`: each status counted for what it is."""
+    statuses = [str(r.get("status") or "unknown") for r in records]
+    if not statuses:
+        return "no download: press enter on a model in the Models tab to get it"
+    order = ("downloading", "verifying", "queued", "paused", "failed")
+    parts = [f"{statuses.count(s)} {s}" for s in order if s in statuses]
+    parts += [f"{statuses.count(s)} {s}" for s in sorted(set(statuses) - set(order))]
+    rate = f"{fmt.rate(used_mbps)} in all"
+    if limit_mbps:
+        rate += f" (limit {fmt.rate(limit_mbps)})"
+    return " · ".join(parts + [rate])
+
+
 class DownloadsPane(Pane):
     """What is downloading, how fast, and what went wrong."""
 
@@ -76,6 +90,8 @@ class DownloadsPane(Pane):
     RESYNC_S = 10.0
     """Progress events carry status, bytes, speed, retries and error codes; the resync only catches
     what no event says (an error message after a retry, a download started by another client's queue)."""
+
+    _bandwidth: tuple[float | None, float | None] = (None, None)
 
     def body(self) -> ComposeResult:
         yield Static("", classes="summary body", id="downloads-summary")
@@ -93,10 +109,15 @@ class DownloadsPane(Pane):
             if key not in rows and raw.get("status") == "failed":
                 rows[key] = (download_cells(raw), raw)
         self.table.sync(rows)
-        self.query_one("#downloads-summary", Static).update(
-            f"{res.get('total_active', len(rows))} active · {fmt.rate(res.get('total_bandwidth_usage_mbps'))} total"
-        )
+        self._bandwidth = (res.get("total_bandwidth_usage_mbps"), res.get("bandwidth_limit_mbps"))
+        self._summary()
         self._detail()
+
+    def _summary(self) -> None:
+        assert self.table is not None
+        records = [self.table.raw(k) or {} for k in self.table.keys()]
+        used, limit = self._bandwidth
+        self.query_one("#downloads-summary", Static).update(downloads_summary(records, used, limit))
 
     async def refetch(self, model_ids: list[str]) -> None:
         await self.fetch()
@@ -121,6 +142,7 @@ class DownloadsPane(Pane):
                 raw = self.table.raw(mid) or {"model_id": mid}
                 merged = {**raw, "status": "failed", "error_message": f"{p.get('error_code', 'FAILED')}: {p.get('message', '')}"}
                 self.table.upsert(mid, download_cells(merged), merged)
+        self._summary()
         self._detail()
 
     def _detail(self) -> None:

@@ -72,7 +72,7 @@ class LiveTable(DataTable[Cell]):
             for col, new, prev in zip(self.spec, cells, old or (None,) * len(cells)):
                 if new != prev:
                     try:
-                        self.update_cell(key, col.key, new)
+                        self.update_cell(key, col.key, new, update_width=col.width is None)
                         self.updates += 1
                     except CellDoesNotExist:
                         pass
