@@ -99,6 +99,8 @@ async def test_x_shows_the_plan_and_deletes_nothing_until_confirmed(home: Path):
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("5")
             await until(pilot, lambda: app.pane("storage").loaded)
+            # the line under the table announces what x then plans
+            await until(pilot, lambda: "a cleanup would remove 1 item (old-model)" in screen_text(app))
             await pilot.press("x")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=15)
             plan = app.screen.body  # type: ignore[attr-defined]

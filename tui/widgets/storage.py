@@ -9,6 +9,8 @@ from textual.app import ComposeResult
 from textual.widgets import Static
 
 from mavail.tui import format as fmt
+from mavail.tui import words
+from mavail.tui.actions import shown_keys
 from mavail.tui.widgets.base import Pane
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
@@ -42,7 +44,19 @@ def disk_line(sm: dict[str, Any], width: int = 30) -> str:
     pct = sm.get("usage_percent")
     return (f"{fmt.bar(None if pct is None else pct / 100, width)} {fmt.size_gb(sm.get('used_space_gb'))} of "
             f"{fmt.size_gb(sm.get('total_capacity_gb'))} used ({fmt.percent(pct)}), "
-            f"{fmt.size_gb(sm.get('available_space_gb'))} free, {sm.get('models_count', 0)} models")
+            f"{fmt.size_gb(sm.get('available_space_gb'))} free, {words.plural(sm.get('models_count', 0), 'model')}")
+
+
+def cleanup_line(sugg: dict[str, Any], key: str) -> str:
+    """What the cleanup key would do now: the same automatic plan the engine computes for a dry run."""
+    candidates = list(sugg.get("candidates") or [])
+    if not candidates:
+        return f"an automatic cleanup would remove nothing now · {key} plans one (unused models, stale partial data)"
+    names = ", ".join(candidates[:3]) + (" …" if len(candidates) > 3 else "")
+    safe = sugg.get("safe_to_remove_count")
+    sure = f", {safe} of them safe" if safe is not None and safe != len(candidates) else ""
+    return (f"a cleanup would remove {words.plural(len(candidates), 'item')}{sure} ({names}), "
+            f"freeing {fmt.size_gb(sugg.get('potential_savings_gb'))} · press {key} to see the plan and confirm")
 
 
 class StoragePane(Pane):
@@ -68,11 +82,7 @@ class StoragePane(Pane):
         assert self.table is not None
         self.table.sync(rows)
         self.query_one("#storage-summary", Static).update(disk_line(res.get("storage_summary") or {}))
-        self.query_one("#storage-detail", Static).update(
-            f"cleanup: {sugg.get('safe_to_remove_count', len(candidates))} safe to remove, "
-            f"{fmt.size_gb(sugg.get('potential_savings_gb'))} to gain · press x for a dry-run plan"
-            if candidates else "no cleanup candidate · x shows what an automatic cleanup would do"
-        )
+        self.query_one("#storage-detail", Static).update(cleanup_line(sugg, shown_keys(self.mavail.keymap_overrides)["mavail.cleanup"]))
 
     def on_events(self, events: list[dict[str, Any]]) -> None:
         if not self.loaded:
