@@ -115,4 +115,48 @@ async def test_x_shows_the_plan_and_deletes_nothing_until_confirmed(home: Path):
             await pilot.press("y")
             await until(pilot, lambda: not (old_dir / "model.safetensors").exists(), timeout=15)
             assert (new_dir / "model.safetensors").exists()
-            await until(pilot, lambda: any("Cleanup removed 1 item" in str(n.message) for n in app._notifications))
+            await until(pilot, lambda: any("Cleanup removed 1 item" in n.text for n in app.board.log))
+
+
+async def test_one_message_per_action_merged_with_its_event_errors_stay_and_nothing_covers_the_detail_line(home: Path):
+    from mavail.testing.mirror import MIB, Mirror, Synthetic
+
+    with Mirror() as mirror:
+        mirror.default_faults.throttle_bps = 512 * 1024
+        home.mkdir(parents=True)
+        (home / "catalog.toml").write_text(mirror.add_model("hunyuanvideo", {"model.safetensors": Synthetic("hy", 16 * MIB)}))
+        (home / "config.toml").write_text('[storage]\nmin_free_gb = 0.0\n')
+        async with running_engine(home) as (engine, sock):
+            app = create_app(sock, keymap={})
+            app.info_timeout_s = 0.5
+            async with app.run_test(size=(80, 24)) as pilot:
+                async with AsyncClient(sock) as c:
+                    await c.call("downloads.start", model_id="hunyuanvideo")
+                await pilot.press("2")
+                table = app.pane("downloads").table
+                await until(pilot, lambda: str(table.cell("hunyuanvideo", "status")) == "downloading", timeout=15)
+                assert table.select("hunyuanvideo")
+                before = len(app.board.log)
+                await pilot.press("p")
+                await until(pilot, lambda: any("downloading → paused" in n.text for n in app.board.log[before:]))
+                await pilot.pause(0.3)  # let any late event about the pause arrive
+                mine = [n.text for n in app.board.log[before:]]
+                assert mine == ["hunyuanvideo: downloading → paused"], mine  # one message: the action merged with its event
+                assert not app._notifications  # no pop-up ever covers the tables
+                lines = screen_text(app).splitlines()
+                assert any("hunyuanvideo: 0/" in line and "retries" in line for line in lines), "\n".join(lines)  # the detail line
+                async with AsyncClient(sock) as c:
+                    await c.call("downloads.cancel", model_id="hunyuanvideo")
+                await pilot.press("1")
+                assert app.pane("models").table.select("hunyuanvideo")
+                await pilot.press("p")  # no download to pause any more: the engine refuses
+                await until(pilot, lambda: app.board.error is not None)
+                assert app.board.error.text == "INVALID_STATE: cannot pause a download that is cancelled"
+                error = app.board.error.text
+                await until(pilot, lambda: error in screen_text(app) and "esc dismisses" in screen_text(app))
+                app.notify("something else happened")
+                await until(pilot, lambda: "something else happened" in screen_text(app))
+                await until(pilot, lambda: "something else happened" not in screen_text(app))  # information fades
+                assert error in screen_text(app)  # the error stays until read
+                await pilot.press("escape")
+                await until(pilot, lambda: error not in screen_text(app))

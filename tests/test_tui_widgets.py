@@ -114,7 +114,7 @@ async def test_engine_errors_show_the_contract_message():
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.pane("models").loaded)
         await pilot.press("enter")
-        await until(pilot, lambda: any("CONFLICT: a download of 'm' is already running" in str(n.message) for n in app._notifications))
+        await until(pilot, lambda: any("CONFLICT: a download of 'm' is already running" in n.text for n in app.board.log))
         assert ("downloads.start", {"model_id": "m"}) in link.calls
 
 
@@ -224,10 +224,10 @@ async def test_health_alerts_and_availability_changes_become_notifications():
         link.push("model_health_alert", model_id="m", alert_type="corruption_detected", severity="warning",
                   message="3 pieces do not match their sha256")
         link.push("model_availability_change", model_id="m", old_status="downloading", new_status="available")
-        await until(pilot, lambda: len(app._notifications) >= 2)
-        texts = [(n.title, str(n.message), n.severity) for n in app._notifications]
-        assert ("Health alert", "m: 3 pieces do not match their sha256", "warning") in texts
-        assert any("m: downloading → available" in t for _, t, _ in texts)
+        await until(pilot, lambda: len(app.board.log) >= 2)
+        texts = [(n.text, n.severity) for n in app.board.log]
+        assert ("Health alert: m: 3 pieces do not match their sha256", "warning") in texts
+        assert any("m: downloading → available" in t for t, _ in texts)
         await until(pilot, lambda: str(app.pane("models").table.cell("m", "status")) == "available")
 
 

@@ -109,6 +109,5 @@ async def test_models_downloads_and_update_words_with_a_finished_a_failed_and_a_
                 await pilot.press("1")
                 assert models.table.select("cogvideox-5b")
                 await pilot.press("u")
-                await until(pilot, lambda: any("cogvideox-5b is not installed: press enter to download it" in str(n.message)
-                                               for n in app._notifications))
+                await until(pilot, lambda: "cogvideox-5b is not installed: press enter to download it" in screen_text(app))
                 assert "from ?" not in screen_text(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
+from rich.text import Text
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
@@ -40,6 +41,8 @@ class MainScreen(ScreenActions, Screen[None]):
     MainScreen #conn { height: 1; padding: 0 1; background: $success-darken-2; color: $text; }
     MainScreen #conn.-down { background: $error; text-style: bold; }
     MainScreen #filter { dock: bottom; display: none; height: 3; }
+    MainScreen #msg { height: auto; max-height: 2; padding: 0 1; display: none; }
+    MainScreen #msg.-shown { display: block; }
     MainScreen #filter.-shown { display: block; }
     MainScreen TabbedContent { height: 1fr; }
     MainScreen TabPane { padding: 0; }
@@ -53,6 +56,7 @@ class MainScreen(ScreenActions, Screen[None]):
             for name, cls in PANES.items():
                 with TabPane(cls.TITLE, id=name):
                     yield cls(id=f"pane-{name}")
+        yield Static("", id="msg")
         yield Input(placeholder="filter by model id · enter keeps it · esc clears", id="filter")
         yield Footer()
 
@@ -97,6 +101,21 @@ class MainScreen(ScreenActions, Screen[None]):
         line.set_class(not connected, "-down")
         line.update(text)
 
+    # --- message line --------------------------------------------------------
+    def show_messages(self, lines: list[tuple[str, str]]) -> None:
+        """Show the message board's lines under the tab (an error first, in red, until escape dismisses it)."""
+        box = self.query_one("#msg", Static)
+        text = Text()
+        style = {"error": "bold red", "warning": "yellow"}
+        for i, (severity, line) in enumerate(lines):
+            if i:
+                text.append("\n")
+            text.append(line, style=style.get(severity, ""))
+            if severity == "error":
+                text.append(" · esc dismisses", style="dim")
+        box.update(text)
+        box.set_class(bool(lines), "-shown")
+
     # --- filter --------------------------------------------------------------
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -122,3 +141,5 @@ class MainScreen(ScreenActions, Screen[None]):
             box.value = ""
             box.remove_class("-shown")
             self.active_pane().focus_main()
+        else:
+            self.app.board.dismiss()
