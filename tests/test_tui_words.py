@@ -111,3 +111,59 @@ async def test_models_downloads_and_update_words_with_a_finished_a_failed_and_a_
                 await pilot.press("u")
                 await until(pilot, lambda: "cogvideox-5b is not installed: press enter to download it" in screen_text(app))
                 assert "from ?" not in screen_text(app)
+
+
+@pytest.mark.parametrize("size", [(80, 60), (120, 35)])
+async def test_help_shows_every_key_description_and_binding_id_uncut(home: Path, size: tuple[int, int]):
+    from mavail.tui.actions import ACTIONS
+    from mavail.tui.screens.help import HelpScreen
+
+    home.mkdir(parents=True)
+    (home / "catalog.toml").write_text(model_toml("m", [("a.bin", b"x" * 100)]))
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={"mavail.pause": "P"})
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: app.pane("models").loaded)
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen) and "mavail.pause" in screen_text(app))
+            seen = ""
+            for _ in range(6):  # page through the list
+                seen += screen_text(app) + "\n"
+                await pilot.press("pagedown")
+                await pilot.pause(0.05)
+            seen += screen_text(app)
+            flat = " ".join(seen.replace("│", " ").replace("█", " ").split())
+            for a in ACTIONS:
+                assert a.id in seen, a.id  # each binding id in full, on screen
+                words_of = a.description.split()
+                assert all(w in flat for w in words_of), a.description  # wrapped, never cut
+            assert '[keys]' in seen and '"mavail.pause" = "P"' in seen
+            rows = [line for line in seen.splitlines() if "mavail.priority_" in line]
+            assert any(" + " in r and "priority_up" in r for r in rows) and any(" - " in r and "priority_down" in r for r in rows)
+            assert any(" P " in line and "mavail.pause" in line for line in seen.splitlines())  # the remapped key
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_footer_shows_the_tabs_keys_and_titles_show_filter_and_sort(home: Path, size: tuple[int, int]):
+    home.mkdir(parents=True)
+    (home / "catalog.toml").write_text("".join(model_toml(m, [("a.bin", b"x" * 100)]) for m in
+                                               ("wan2.2-ti2v-5b", "wan2.2-t2v-a14b", "ltx-video-2b")))
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: app.pane("models").loaded and "3 models" in screen_text(app))
+            footer = screen_text(app).splitlines()[-1]
+            assert "Get" in footer and "Pause" not in footer and "Clean" not in footer, footer
+            await pilot.press("3")
+            await until(pilot, lambda: "Repair" in screen_text(app).splitlines()[-1])
+            assert "Pause" not in screen_text(app).splitlines()[-1]
+            await pilot.press("2")
+            await until(pilot, lambda: "Pause" in screen_text(app).splitlines()[-1])
+            await pilot.press("1", "slash", "w", "a", "n", "enter")
+            await until(pilot, lambda: "Models /wan" in screen_text(app) and "2 of 3 models match /wan" in screen_text(app))
+            await pilot.press("s", "s")
+            await until(pilot, lambda: "Models /wan ↓Model" in screen_text(app))
+            await pilot.press("s")
+            await until(pilot, lambda: "Models /wan ↑Status" in screen_text(app))
+            await pilot.press("escape")
+            await until(pilot, lambda: "Models ↑Status" in screen_text(app) and "3 models" in screen_text(app))

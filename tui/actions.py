@@ -41,7 +41,7 @@ class ActionSpec:
 ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("mavail.pause", "p", "pause", "Pause", "Pause the selected download, keeping its partial data"),
     ActionSpec("mavail.resume", "r", "resume", "Resume", "Resume the selected paused or failed download"),
-    ActionSpec("mavail.cancel", "c", "cancel", "Cancel", "Cancel the selected download (or queued request); asks first"),
+    ActionSpec("mavail.cancel", "c", "cancel", "Cancel", "Cancel the selected download or queued request; asks first"),
     ActionSpec("mavail.priority_up", "plus", "priority(1)", "Prio+", "Raise the selected download's priority", key_display="+", show=False),
     ActionSpec("mavail.priority_down", "minus", "priority(-1)", "Prio-", "Lower the selected download's priority", key_display="-", show=False),
     ActionSpec("mavail.request", "enter", "request", "Get", "Download or request the selected model", show=False),
@@ -63,6 +63,36 @@ ACTIONS: tuple[ActionSpec, ...] = (
 )
 
 
+TAB_KEYS: dict[str, tuple[str, ...]] = {
+    "models": ("mavail.request", "mavail.check", "mavail.update", "mavail.remove", "mavail.filter", "mavail.sort"),
+    "downloads": ("mavail.pause", "mavail.resume", "mavail.cancel", "mavail.priority_up", "mavail.priority_down",
+                  "mavail.filter", "mavail.sort"),
+    "health": ("mavail.check", "mavail.repair", "mavail.filter", "mavail.sort"),
+    "queue": ("mavail.cancel", "mavail.filter", "mavail.sort"),
+    "storage": ("mavail.cleanup", "mavail.remove", "mavail.filter", "mavail.sort"),
+    "usage": ("mavail.filter", "mavail.sort"),
+    "system": ("mavail.refresh", "mavail.theme"),
+    "settings": ("mavail.edit", "mavail.filter"),
+}
+"""The keys each tab's footer shows (every key works on every tab; the footer lists the ones that act there)."""
+FOOTER_ALWAYS = ("mavail.help", "mavail.quit")
+FOOTER_LABEL = {"mavail.request": "Get", "mavail.priority_up": "Prio+", "mavail.priority_down": "Prio-", "mavail.edit": "Edit",
+                "mavail.remove": "Remove"}
+
+
+def footer_keys(tab: str, overrides: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(key, label) pairs of tab `tab`'s footer, with the user's remapped keys."""
+    keys = shown_keys(overrides)
+    by_id = {a.id: a for a in ACTIONS}
+    out = []
+    for aid in TAB_KEYS.get(tab, ()) + FOOTER_ALWAYS:
+        if aid == "mavail.edit":
+            out.append(("enter", "Edit"))
+            continue
+        out.append((keys[aid], FOOTER_LABEL.get(aid, by_id[aid].label)))
+    return out
+
+
 def shown_keys(overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The key each binding id answers to, as shown to the user (remapped keys included)."""
     overrides = overrides or {}
@@ -75,6 +105,12 @@ class ScreenActions:
     app: "MavailApp"
 
     def active_pane(self) -> "Pane":  # provided by MainScreen
+        raise NotImplementedError
+
+    def active_name(self) -> str:  # provided by MainScreen
+        raise NotImplementedError
+
+    def show_view(self, name: str) -> None:  # provided by MainScreen
         raise NotImplementedError
 
     # --- helpers -------------------------------------------------------------
@@ -304,7 +340,8 @@ class ScreenActions:
     def action_sort(self) -> None:
         table = self.active_pane().table
         if table is not None:
-            self.app.notify(f"Sorted by {table.cycle_sort()}")
+            table.cycle_sort()
+            self.show_view(self.active_name())
 
     def action_help(self) -> None:
         from mavail.tui.screens.help import HelpScreen

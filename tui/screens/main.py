@@ -9,9 +9,9 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets import Input, Static, TabbedContent, TabPane
 
-from mavail.tui.actions import ACTIONS, TABS, ScreenActions
+from mavail.tui.actions import ACTIONS, TABS, ScreenActions, footer_keys
 from mavail.tui.widgets.base import Pane
 from mavail.tui.widgets.downloads import DownloadsPane
 from mavail.tui.widgets.health import HealthPane
@@ -42,6 +42,7 @@ class MainScreen(ScreenActions, Screen[None]):
     MainScreen #conn.-down { background: $error; text-style: bold; }
     MainScreen #filter { dock: bottom; display: none; height: 3; }
     MainScreen #msg { height: auto; max-height: 2; padding: 0 1; display: none; }
+    MainScreen #keys { height: 1; padding: 0 1; background: $panel; }
     MainScreen #msg.-shown { display: block; }
     MainScreen #filter.-shown { display: block; }
     MainScreen TabbedContent { height: 1fr; }
@@ -58,11 +59,44 @@ class MainScreen(ScreenActions, Screen[None]):
                     yield cls(id=f"pane-{name}")
         yield Static("", id="msg")
         yield Input(placeholder="filter by model id · enter keeps it · esc clears", id="filter")
-        yield Footer()
+        yield Static("", id="keys")
 
     def on_mount(self) -> None:
         self.active_pane().focus_main()
+        self.show_keys()
         self.app.start_link()
+
+    # --- footer and tab titles -------------------------------------------------
+    def show_keys(self) -> None:
+        """The footer: the keys that act on the shown tab (remapped keys as the user set them)."""
+        text = Text()
+        for key, label in footer_keys(self.active_name(), self.app.keymap_overrides):
+            if text:
+                text.append("  ")
+            text.append(key, style="bold")
+            text.append(f" {label}")
+        text.append("  1-8 tabs  ^p commands", style="dim")
+        text.truncate(max(10, self.size.width - 2))
+        self.query_one("#keys", Static).update(text)
+
+    def on_resize(self) -> None:
+        self.show_keys()
+
+    def show_view(self, name: str) -> None:
+        """Put tab `name`'s active filter and sort (column and direction) in its title."""
+        pane = self.pane(name)
+        table = pane.table
+        label = pane.TITLE
+        if table is not None:
+            if table.filter_text:
+                label += f" /{table.filter_text}"
+            if table.sort_index is not None:
+                label += f" {'↓' if table.sort_reverse else '↑'}{table.spec[table.sort_index].label}"
+        try:
+            self.query_one("#tabs", TabbedContent).get_tab(name).label = label
+        except NoMatches:
+            pass
+        pane.view_changed()
 
     # --- panes ---------------------------------------------------------------
     def pane(self, name: str) -> Pane:
@@ -85,6 +119,7 @@ class MainScreen(ScreenActions, Screen[None]):
         self.active_pane().focus_main()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.show_keys()
         pane = self.active_pane()
         input_ = self.query_one("#filter", Input)
         if pane.table is not None and input_.value != pane.table.filter_text:
@@ -129,6 +164,7 @@ class MainScreen(ScreenActions, Screen[None]):
             table = self.active_pane().table
             if table is not None:
                 table.set_filter(event.value)
+                self.show_view(self.active_name())
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
@@ -141,5 +177,8 @@ class MainScreen(ScreenActions, Screen[None]):
             box.value = ""
             box.remove_class("-shown")
             self.active_pane().focus_main()
+        elif (table := self.active_pane().table) is not None and table.filter_text and not self.app.board.error:
+            table.set_filter("")
+            self.show_view(self.active_name())
         else:
             self.app.board.dismiss()

@@ -104,6 +104,10 @@ class ModelsPane(Pane):
     def _summary(self, sm: dict[str, Any]) -> None:
         self.query_one("#models-summary", Static).update(models_summary(sm, self.table))
 
+    def view_changed(self) -> None:
+        if self.loaded:
+            self._recount()
+
     async def refetch(self, model_ids: list[str]) -> None:
         if not self.loaded:
             return
