@@ -14,6 +14,7 @@ from mavail.core import __version__, limits
 from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
 from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
+from mavail.core.history import KINDS, newest_first
 from mavail.core.priority import PRIORITY_INPUT, normalise_priority
 from mavail.core.timeutil import iso
 from mavail.rpc import PROTOCOL_VERSION
@@ -202,6 +203,16 @@ async def downloads_active(ctx: CallContext) -> dict[str, Any]:
             "max_concurrent": r.max_concurrent}
 
 
+async def history_list(ctx: CallContext, kinds: list[Any] | None, model_id: str | None, limit: int) -> dict[str, Any]:
+    """`history.list`: finished downloads, checks and repairs, newest first."""
+    wanted = set(kinds or KINDS)
+    if not wanted <= set(KINDS):
+        raise InvalidParams(f"kinds must be among: {', '.join(KINDS)}", field="kinds", allowed=list(KINDS))
+    entries = (await ctx.engine.downloads.history(limit, model_id) if "download" in wanted else []) + \
+        [e for e in await ctx.engine.health.history(limit, model_id) if e.kind in wanted]
+    return {"entries": [e.to_dict() for e in newest_first(entries, limit)]}
+
+
 # --- events ---------------------------------------------------------------------
 async def events_subscribe(ctx: CallContext, types: list[Any] | None, model_ids: list[Any] | None) -> dict[str, Any]:
     for t in types or []:
@@ -381,6 +392,12 @@ METHODS: tuple[Method, ...] = (
         _MODEL_ID, P("bandwidth_limit_mbps", "number", "MiB/s; 0 = none.", required=True, minimum=0, maximum=limits.MAX_RATE_MBPS))),
     Method("downloads.progress", downloads_progress, "Progress of a model's download.", (_MODEL_ID,), inline=True),
     Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order.", inline=True),
+    Method("history.list", history_list, "Finished downloads (the latest of each model), health checks and repairs, newest "
+           "first, with when, how long, how many bytes and why; kept across restarts.", (
+        P("kinds", "array", "Any of download, check, repair; omit for all.", nullable=True),
+        P("model_id", "string", "Only this model; omit for all.", nullable=True),
+        P("limit", "integer", "At most this many entries.", default=100, minimum=1, maximum=1000),
+    )),
     # health and updates
     Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
            (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),

@@ -32,6 +32,7 @@ from mavail.core import installed, safefs
 from mavail.core.fsutil import free_bytes
 from mavail.core.paths import safe_join
 from mavail.core.state import DatabaseFull
+from mavail.core.history import HistoryEntry
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -1102,6 +1103,18 @@ class DownloadManager:
     def get(self, model_id: str) -> Download | None:
         """The model's download record, if any (for other services)."""
         return self._dl.get(model_id)
+
+    async def history(self, limit: int, model_id: str | None = None) -> list[HistoryEntry]:
+        """Finished downloads (the latest of each model: completed, failed or cancelled) from the table, newest first."""
+        def q(conn: Any) -> list[Any]:
+            return conn.execute(
+                "SELECT d.*, (SELECT SUM(size) FROM download_files f WHERE f.model_id = d.model_id) AS bytes FROM downloads d"
+                " WHERE d.status IN ('completed', 'failed', 'cancelled') AND (? IS NULL OR d.model_id = ?)"
+                " ORDER BY d.updated_at DESC LIMIT ?", (model_id, model_id, limit)).fetchall()
+
+        return [HistoryEntry("download", r["download_id"], r["model_id"], r["version"], r["status"], r["created_at"],
+                             r["completed_at"] or r["updated_at"], r["bytes"], r["error_message"] and f"{r['error_code']}: {r['error_message']}")
+                for r in await self._db.read(q)]
 
 
 __all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "QueuePlace", "SourceUnavailable", "Started",
