@@ -41,7 +41,8 @@ async def test_history_keeps_completed_failed_cancelled_downloads_checks_and_rep
             downloads = {e["model_id"]: e for e in after if e["kind"] == "download"}
             assert downloads["good"]["status"] == "completed" and downloads["good"]["bytes"] == 3 * MIB
             assert downloads["broken"]["status"] == "failed" and "cannot connect" in downloads["broken"]["detail"]
-            assert downloads["slow"]["status"] == "cancelled"
+            assert downloads["slow"]["status"] == "cancelled" and downloads["slow"]["bytes"] is None
+            assert downloads["broken"]["bytes"] is None
             for e in downloads.values():
                 assert e["started_at"] and e["finished_at"] and e["duration_s"] >= 0
             checks = [e for e in after if e["kind"] == "check" and e["model_id"] == "good"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mavail.rpc.client import AsyncClient
@@ -160,3 +161,38 @@ async def test_one_message_per_action_merged_with_its_event_errors_stay_and_noth
                 assert error in screen_text(app)  # the error stays until read
                 await pilot.press("escape")
                 await until(pilot, lambda: error not in screen_text(app))
+
+
+async def test_history_tab_shows_what_finished_before_the_engine_restarted(home: Path):
+    from mavail.testing.mirror import MIB, Mirror, Synthetic
+    from tests.helpers import model_toml, wait_until
+
+    with Mirror() as mirror:
+        home.mkdir(parents=True)
+        good = mirror.add_model("wan2.2-ti2v-5b", {"model.safetensors": Synthetic("ti2v", 2 * MIB)})
+        (home / "catalog.toml").write_text(good + model_toml("hunyuanvideo", [("m.bin", b"x" * 1000)]))
+        (home / "config.toml").write_text('[storage]\nmin_free_gb = 0.0\n[downloads]\nmax_retries = 0\n')
+        async with running_engine(home) as (engine, sock), AsyncClient(sock) as c:
+            await c.call("downloads.start", model_id="wan2.2-ti2v-5b")
+            await c.call("downloads.start", model_id="hunyuanvideo")
+            await wait_until(lambda: engine.downloads.progress("wan2.2-ti2v-5b")["status"] == "completed", timeout=15)
+            await wait_until(lambda: engine.downloads.progress("hunyuanvideo")["status"] == "failed", timeout=15)
+            await c.call("health.check", model_id="wan2.2-ti2v-5b", check_type="full")
+        async with running_engine(home) as (engine, sock):
+            for size in ((80, 24), (120, 35)):
+                app = create_app(sock, keymap={})
+                async with app.run_test(size=size) as pilot:
+                    await pilot.press("9")
+                    pane = app.pane("history")
+                    await until(pilot, lambda: pane.loaded and len(pane.table.keys()) >= 3)
+                    text = screen_text(app)
+                    assert re.search(r"2 finished downloads · \d+ checks? · 0 repairs · 1 failed", text), text
+                    rows = [line for line in text.splitlines() if "wan2.2-ti2v-5b" in line or "hunyuanvideo" in line]
+                    assert any("download" in r and "completed" in r and "2.0M" in r for r in rows), rows
+                    assert any("check" in r and "completed" in r and "healthy" in r for r in rows), rows
+                    assert any("download" in r and "failed" in r and "m.bin: cannot…" in r for r in rows), rows
+                    key = next(k for k in pane.table.keys() if k.startswith("hunyuanvideo/"))
+                    assert pane.table.select(key)
+                    await until(pilot, lambda: "hunyuanvideo 1.0.0: download failed" in screen_text(app)
+                                and "m.bin: cannot connect to the server" in " ".join(screen_text(app).split()))
+                    assert "downloaded" not in screen_text(app)  # a failed download's size is not what it fetched

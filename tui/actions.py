@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from mavail.tui.widgets.base import Pane
 
 PRIORITY_STEPS = ("low", "normal", "high", "critical")  # what + and - step through, least urgent first
-TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", "settings")
+TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", "settings", "history")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ TAB_KEYS: dict[str, tuple[str, ...]] = {
     "usage": ("mavail.filter", "mavail.sort"),
     "system": ("mavail.refresh", "mavail.theme"),
     "settings": ("mavail.edit", "mavail.filter"),
+    "history": ("mavail.filter", "mavail.sort", "mavail.refresh"),
 }
 """The keys each tab's footer shows (every key works on every tab; the footer lists the ones that act there)."""
 FOOTER_ALWAYS = ("mavail.help", "mavail.quit")
@@ -117,7 +118,7 @@ class ScreenActions:
     def _target(self) -> str | None:
         mid = self.active_pane().selected_model()
         if mid is None:
-            self.app.notify("Select a model first (arrows move, 1-8 switch tabs).", severity="warning")
+            self.app.notify("Select a model first (arrows move, 1-9 switch tabs).", severity="warning")
         return mid
 
     def _offered(self, *methods: str) -> bool:

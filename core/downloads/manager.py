@@ -1105,7 +1105,8 @@ class DownloadManager:
         return self._dl.get(model_id)
 
     async def history(self, limit: int, model_id: str | None = None) -> list[HistoryEntry]:
-        """Finished downloads (the latest of each model: completed, failed or cancelled) from the table, newest first."""
+        """Finished downloads (the latest of each model: completed, failed or cancelled) from the table, newest first;
+        bytes only for a completed one (the model's size; what a stopped one had fetched is not kept)."""
         def q(conn: Any) -> list[Any]:
             return conn.execute(
                 "SELECT d.*, (SELECT SUM(size) FROM download_files f WHERE f.model_id = d.model_id) AS bytes FROM downloads d"
@@ -1113,7 +1114,8 @@ class DownloadManager:
                 " ORDER BY d.updated_at DESC LIMIT ?", (model_id, model_id, limit)).fetchall()
 
         return [HistoryEntry("download", r["download_id"], r["model_id"], r["version"], r["status"], r["created_at"],
-                             r["completed_at"] or r["updated_at"], r["bytes"], r["error_message"] and f"{r['error_code']}: {r['error_message']}")
+                             r["completed_at"] or r["updated_at"], r["bytes"] if r["status"] == "completed" else None,
+                             r["error_message"] and f"{r['error_code']}: {r['error_message']}")
                 for r in await self._db.read(q)]
 
 

@@ -15,6 +15,7 @@ from mavail.tui.actions import ACTIONS, TABS, ScreenActions, footer_keys
 from mavail.tui.widgets.base import Pane
 from mavail.tui.widgets.downloads import DownloadsPane
 from mavail.tui.widgets.health import HealthPane
+from mavail.tui.widgets.history import HistoryPane
 from mavail.tui.widgets.models import ModelsPane
 from mavail.tui.widgets.queue import QueuePane
 from mavail.tui.widgets.settings import SettingsPane
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 PANES: dict[str, type[Pane]] = {
     "models": ModelsPane, "downloads": DownloadsPane, "health": HealthPane, "queue": QueuePane,
-    "storage": StoragePane, "usage": UsagePane, "system": SystemPane, "settings": SettingsPane,
+    "storage": StoragePane, "usage": UsagePane, "system": SystemPane, "settings": SettingsPane, "history": HistoryPane,
 }
 assert tuple(PANES) == TABS
 
@@ -75,7 +76,7 @@ class MainScreen(ScreenActions, Screen[None]):
                 text.append("  ")
             text.append(key, style="bold")
             text.append(f" {label}")
-        text.append("  1-8 tabs  ^p commands", style="dim")
+        text.append("  1-9 tabs  ^p commands", style="dim")
         text.truncate(max(10, self.size.width - 2))
         self.query_one("#keys", Static).update(text)
 
