@@ -326,7 +326,8 @@ METHODS: tuple[Method, ...] = (
     Method("session.hello", session_hello, "Greet the engine; present the token when one is configured.",
            (P("client", "string", "A name for the client, shown in logs."), P("token", "string", "The engine's rpc.token.")), needs_auth=False, inline=True),
     Method("rpc.discover", rpc_discover, "An OpenRPC document of every method.", inline=True),
-    Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML)."),
+    Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML); cumulative disk I/O and network bytes with the "
+           "engine's monotonic time they were read at (sampled_monotonic_s), so two answers give the rates."),
     Method("engine.shutdown", engine_shutdown, "Stop the engine cleanly, keeping partial downloads."),
     Method("config.get", config_get, "The whole configuration; with schema, each setting's description, default and bounds too.", (
         P("schema", "boolean", "Answer {settings, schema}: every key's type, default, value, description, bounds, live.", default=False),
