@@ -90,6 +90,9 @@ def footer_keys(tab: str, overrides: dict[str, str] | None = None) -> list[tuple
         if aid == "mavail.edit":
             out.append(("enter", "Edit"))
             continue
+        if aid == "mavail.priority_down" and out and out[-1][1] == "Prio+":
+            out[-1] = (f"{out[-1][0]}/{keys[aid]}", "Priority")
+            continue
         out.append((keys[aid], FOOTER_LABEL.get(aid, by_id[aid].label)))
     return out
 

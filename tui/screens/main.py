@@ -76,8 +76,12 @@ class MainScreen(ScreenActions, Screen[None]):
                 text.append("  ")
             text.append(key, style="bold")
             text.append(f" {label}")
-        text.append("  1-9 tabs  ^p commands", style="dim")
-        text.truncate(max(10, self.size.width - 2))
+        room = max(10, self.size.width - 2)
+        for extra in ("  1-9 tabs  ^p commands", "  ^p commands"):
+            if len(text) + len(extra) <= room:
+                text.append(extra, style="dim")
+                break
+        text.truncate(room)
         self.query_one("#keys", Static).update(text)
 
     def on_resize(self) -> None:
