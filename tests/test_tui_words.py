@@ -167,3 +167,29 @@ async def test_footer_shows_the_tabs_keys_and_titles_show_filter_and_sort(home: 
             await until(pilot, lambda: "Models /wan ↑Status" in screen_text(app))
             await pilot.press("escape")
             await until(pilot, lambda: "Models ↑Status" in screen_text(app) and "3 models" in screen_text(app))
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_usage_shows_thirty_days_as_thirty_columns(home: Path, size: tuple[int, int]):
+    import time as _time
+
+    home.mkdir(parents=True)
+    (home / "catalog.toml").write_text(model_toml("wan2.2-ti2v-5b", [("a.bin", b"x" * 100)]))
+    now = _time.time()
+    midnight = now - now % 86400
+    events = [{"model_id": "wan2.2-ti2v-5b", "generation_time_s": 90.0, "success": True,
+               "timestamp": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(midnight - day * 86400 + 3600 + k))}
+              for day in range(1, 30) for k in range(day % 4)]  # 0..3 uses a day, none today
+    async with running_engine(home) as (engine, sock):
+        async with AsyncClient(sock) as c:
+            await c.call("analytics.record_batch", events=events)
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("6")
+            pane = app.pane("usage")
+            await until(pilot, lambda: pane.loaded and "wan2.2-ti2v-5b" in pane.table.keys())
+            cell = str(pane.table.cell("wan2.2-ti2v-5b", "trend"))
+            assert len(cell) == 30 and "█" in cell
+            days = [d["uses"] for d in pane.table.raw("wan2.2-ti2v-5b")["last_30_days_usage"]][-30:]
+            assert [cell[i] == "▁" for i in range(30)] == [d == 0 for d in days]  # every day its own column
+            assert cell in screen_text(app)

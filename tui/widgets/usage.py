@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Sparkline, Static
 
+from mavail.tui import charts
 from mavail.tui import format as fmt
 from mavail.tui.widgets.base import Pane
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 COLUMNS = [
-    Column("id", "Model"),
-    Column("uses", "Uses", sort=lambda r: r.get("total_uses")),
-    Column("per_day", "/day", sort=lambda r: r.get("uses_per_day")),
-    Column("success", "OK", sort=lambda r: r.get("success_rate")),
-    Column("avg", "Avg", sort=lambda r: r.get("average_generation_time")),
-    Column("trend", "30 days", sort=lambda r: sum(daily_uses(r))),
+    Column("id", "Model", width=16),
+    Column("uses", "Uses", sort=lambda r: r.get("total_uses"), width=5),
+    Column("per_day", "/day", sort=lambda r: r.get("uses_per_day"), width=4),
+    Column("success", "OK", sort=lambda r: r.get("success_rate"), width=4),
+    Column("avg", "Avg", sort=lambda r: r.get("average_generation_time"), width=5),
+    Column("trend", "Uses per day, 30 days to today", sort=lambda r: sum(daily_uses(r)), width=30),
 ]
 
 
@@ -30,8 +32,6 @@ def daily_uses(u: dict[str, Any]) -> list[float]:
 def usage_cells(u: dict[str, Any]) -> tuple[Cell, ...]:
     """One row of the Usage table from an `analytics.usage` entry."""
     days = daily_uses(u)
-    # two days per block keeps the row inside 80 columns
-    pairs = [sum(days[i : i + 2]) for i in range(0, len(days), 2)]
     rate = u.get("success_rate")
     return (
         u["model_id"],
@@ -39,7 +39,7 @@ def usage_cells(u: dict[str, Any]) -> tuple[Cell, ...]:
         "-" if u.get("uses_per_day") is None else f"{float(u['uses_per_day']):.1f}",
         "-" if rate is None else f"{float(rate) * 100:.0f}%",
         fmt.duration(u.get("average_generation_time")),
-        fmt.sparkline(pairs),
+        Text(charts.columns(days), style="green"),  # one column per day
     )
 
 
