@@ -193,3 +193,43 @@ async def test_usage_shows_thirty_days_as_thirty_columns(home: Path, size: tuple
             days = [d["uses"] for d in pane.table.raw("wan2.2-ti2v-5b")["last_30_days_usage"]][-30:]
             assert [cell[i] == "▁" for i in range(30)] == [d == 0 for d in days]  # every day its own column
             assert cell in screen_text(app)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_system_tab_draws_the_last_minutes_and_says_no_nvidia_gpu_cleanly(home: Path, size: tuple[int, int]):
+    home.mkdir(parents=True)
+    (home / "catalog.toml").write_text(model_toml("m", [("a.bin", b"x" * 100)]))
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("7")
+            pane = app.pane("system")
+            await until(pilot, lambda: pane.history.samples >= 3, timeout=15)
+            await until(pilot, lambda: "Net receive" in screen_text(app))
+            text = screen_text(app)
+            for label in ("CPU", "Memory", "Disk read", "Disk write", "Net receive", "Net send", "Models disk"):
+                assert label in text, label
+            cpu_line = next(line for line in text.splitlines() if line.strip().startswith("CPU"))
+            assert sum(1 for ch in cpu_line if ch in "▁▂▃▄▅▆▇█") >= 2, cpu_line  # a bar per sample
+            read_line = next(line for line in text.splitlines() if "Disk read" in line)
+            assert re.search(r"\d(B|K|M|G)/s", read_line), read_line  # a rate with its unit
+            info = await engine.system_info()
+            if not info["gpus"]:  # this machine: no NVIDIA GPU
+                assert "no NVIDIA GPU: " in " ".join(text.split()) and "NVMLError" not in text and "Traceback" not in text
+                assert not pane.table.display
+
+
+def test_gpu_rows_from_a_system_info_answer():
+    from mavail.tui.widgets.system import SystemHistory, gpu_cells, gpu_note
+
+    g = {"index": 0, "name": "NVIDIA H200", "total_mb": 143771.0, "used_mb": 71885.5, "free_mb": 71885.5, "utilization_percent": 87.0}
+    info = {"cpu": {"percent": 10.0}, "memory": {"percent": 40.0}, "gpus": [g], "sampled_monotonic_s": 1.0}
+    h = SystemHistory()
+    for used, util in ((10_000.0, 0.0), (71885.5, 87.0)):
+        h.add({**info, "gpus": [{**g, "used_mb": used, "utilization_percent": util}]})
+    cells = gpu_cells(g, h.values("gpu0.vram", 16), h.values("gpu0.util", 16))
+    assert cells[1] == "NVIDIA H200" and "70.2G/140G" in str(cells[2]) and str(cells[4]) == "87%"
+    assert str(cells[3]).strip() and str(cells[5]).endswith("▇")
+    assert str(gpu_note(info)).startswith("1 NVIDIA GPU through NVML")
+    assert str(gpu_note({"gpus": [], "gpu_error": "NVML unavailable: NVMLError_LibraryNotFound: NVML Shared Library Not Found"})) \
+        .startswith("no NVIDIA GPU: the NVIDIA driver library (NVML) is not installed")
