@@ -233,3 +233,33 @@ def test_gpu_rows_from_a_system_info_answer():
     assert str(gpu_note(info)).startswith("1 NVIDIA GPU through NVML")
     assert str(gpu_note({"gpus": [], "gpu_error": "NVML unavailable: NVMLError_LibraryNotFound: NVML Shared Library Not Found"})) \
         .startswith("no NVIDIA GPU: the NVIDIA driver library (NVML) is not installed")
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_storage_shows_where_the_space_goes_against_the_disk_and_the_ceiling(home: Path, size: tuple[int, int]):
+    home.mkdir(parents=True)
+    big = [("w.bin", synthetic_bytes("big", 3 * MIB))]
+    small = [("w.bin", synthetic_bytes("small", 1 * MIB))]
+    (home / "catalog.toml").write_text(model_toml("wan2.2-t2v-a14b", big) + model_toml("ltx-video-2b", small))
+    install_files(home, "wan2.2-t2v-a14b", big)
+    install_files(home, "ltx-video-2b", small)
+    (home / "config.toml").write_text("[storage]\nmax_gb = 0.01\nmin_free_gb = 0.0\n")
+    async with running_engine(home) as (engine, sock):
+        app = create_app(sock, keymap={})
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("5")
+            pane = app.pane("storage")
+            await until(pilot, lambda: pane.loaded and "of max" in screen_text(app))
+            text = screen_text(app)
+            disk = next(line for line in text.splitlines() if line.strip().startswith("Disk"))
+            assert "models" in disk and "partial" in disk and "free" in disk and ("█" in disk or "░" in disk)
+            tiers = next(line for line in text.splitlines() if line.strip().startswith("Models ") and "hot" in line)
+            assert "hot" in tiers and "warm" in tiers and "cold" in tiers and "of max 10.2M" in tiers, tiers
+            assert "2 models installed" in text
+            share = {k: str(pane.table.cell(k, "share")) for k in pane.table.keys()}
+            big_pct = int(share["wan2.2-t2v-a14b"].split()[-1].rstrip("%"))
+            small_pct = int(share["ltx-video-2b"].split()[-1].rstrip("%"))
+            assert 70 <= big_pct <= 80 and 20 <= small_pct <= 30 and big_pct + small_pct in (99, 100, 101), share
+            assert share["wan2.2-t2v-a14b"].count("█") > share["ltx-video-2b"].count("█")
+            for line in text.splitlines()[:8]:
+                assert len(line.rstrip()) <= size[0]
