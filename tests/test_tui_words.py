@@ -252,7 +252,7 @@ async def test_storage_shows_where_the_space_goes_against_the_disk_and_the_ceili
             await until(pilot, lambda: pane.loaded and "of max" in screen_text(app))
             text = screen_text(app)
             disk = next(line for line in text.splitlines() if line.strip().startswith("Disk"))
-            assert "models" in disk and "partial" in disk and "free" in disk and ("█" in disk or "░" in disk)
+            assert "models 4.0M" in disk and "free" in disk and "other" in disk and ("█" in disk or "░" in disk), disk
             tiers = next(line for line in text.splitlines() if line.strip().startswith("Models ") and "hot" in line)
             assert "hot" in tiers and "warm" in tiers and "cold" in tiers and "of max 10.2M" in tiers, tiers
             assert "2 models installed" in text

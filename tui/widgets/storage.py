@@ -71,8 +71,9 @@ def disk_line(sm: dict[str, Any], width: int = 80) -> Text:
     text.append(f" {fmt.size(total)}: ")
     text.append("models", style="cyan")
     text.append(f" {fmt.size(models)} · ")
-    text.append("partial", style="blue")
-    text.append(f" {fmt.size(partial)} · ")
+    if partial:
+        text.append("partial", style="blue")
+        text.append(f" {fmt.size(partial)} · ")
     text.append("other", style="grey50")
     text.append(f" {fmt.size(other)}")
     if reserved >= 0.01 * total:
