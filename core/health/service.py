@@ -588,7 +588,7 @@ class HealthService:
             issues = sum(len(f.get("issues") or []) for f in res.get("files") or []) + len(res.get("extra") or [])
             hashed = sum(int(f.get("size_bytes") or 0) for f in res.get("files") or []) if r["check_type"] != "quick" else None
             verdict = res.get("overall_health")
-            detail = verdict and f"{verdict}, {issues} issue{'' if issues == 1 else 's'}"
+            detail = verdict and (f"{verdict}, {issues} issue{'' if issues == 1 else 's'}" if issues else verdict)
             out.append(HistoryEntry("check", r["check_id"], r["model_id"], r["version"], r["status"], r["started_at"], r["finished_at"],
                                     hashed if res else None, detail, r["check_type"]))
         for r in repairs:

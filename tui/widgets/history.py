@@ -85,7 +85,7 @@ class HistoryPane(Pane):
         self.query_one("#history-summary", Static).update(
             " · ".join([words.plural(counts["download"], "finished download"), words.plural(counts["check"], "check"),
                         words.plural(counts["repair"], "repair")] + ([f"{failed} failed"] if failed else []))
-            + " · newest first, kept by the engine across restarts")
+            + " · newest first")
         self._detail()
 
     def on_events(self, events: list[dict[str, Any]]) -> None:

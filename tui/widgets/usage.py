@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widgets import DataTable, Static
 
 from mavail.tui import charts
 from mavail.tui import format as fmt
@@ -43,6 +43,17 @@ def usage_cells(u: dict[str, Any]) -> tuple[Cell, ...]:
     )
 
 
+def usage_chart(days: list[float], width: int, height: int = 3) -> Text:
+    """The selected model's 30 days as bars, each day the same number of cells wide, with its scale and its ends."""
+    per = max(1, width // max(1, len(days)))
+    stretched = [d for d in days for _ in range(per)]
+    lines = charts.block_chart(stretched, len(stretched), height, style="green")
+    span = len(stretched)
+    axis = Text(f"{len(days)} days ago".ljust(max(0, span - 5)) + "today", style="dim")
+    head = Text(f"uses per day, busiest {max(days):g}", style="dim")
+    return Text("\n").join([head, *lines, axis])
+
+
 class UsagePane(Pane):
     """Which models are used, how well they do, and when."""
 
@@ -51,7 +62,7 @@ class UsagePane(Pane):
     RESYNC_S = 60.0
 
     DEFAULT_CSS = """
-    UsagePane Sparkline { height: 2; margin: 0 1; }
+    UsagePane #usage-chart { height: auto; padding: 0 1; }
     """
 
     def body(self) -> ComposeResult:
@@ -59,7 +70,7 @@ class UsagePane(Pane):
         self.table = LiveTable(COLUMNS, id="usage-table", classes="body")
         yield self.table
         yield Static("", classes="detail body", id="usage-detail")
-        yield Sparkline([], classes="body", id="usage-spark")
+        yield Static("", classes="body", id="usage-chart")
 
     async def fetch(self) -> None:
         # every model's 30-day series is opt-in for an all-models answer: the trend column needs it
@@ -78,12 +89,10 @@ class UsagePane(Pane):
     def _detail(self) -> None:
         raw = self.selected_raw()
         days = daily_uses(raw)
-        spark = self.query_one("#usage-spark", Sparkline)
-        spark.data = days if any(days) else []
-        spark.display = any(days)
+        self.query_one("#usage-chart", Static).update(usage_chart(days, (self.size.width or 80) - 2) if any(days) else "")
         peaks = raw.get("peak_usage_hours") or []
         self.query_one("#usage-detail", Static).update(
-            f"{raw.get('model_id', '')}: last 30 days below · peak hours {', '.join(f'{int(h):02d}h' for h in peaks if isinstance(h, (int, float))) or '-'}" if raw else ""
+            f"{raw.get('model_id', '')}: peak hours {', '.join(f'{int(h):02d}h' for h in peaks if isinstance(h, (int, float))) or '-'}" if raw else ""
         )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
