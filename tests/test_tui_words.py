@@ -263,3 +263,26 @@ async def test_storage_shows_where_the_space_goes_against_the_disk_and_the_ceili
             assert share["wan2.2-t2v-a14b"].count("█") > share["ltx-video-2b"].count("█")
             for line in text.splitlines()[:8]:
                 assert len(line.rstrip()) <= size[0]
+
+
+def test_message_board_one_message_per_action_whichever_comes_first():
+    from mavail.tui.messages_line import MessageBoard
+
+    t = [100.0]
+    board = MessageBoard(lambda: None, clock=lambda: t[0])
+    board.say("m: paused", model_id="m")
+    t[0] += 0.3
+    board.say("m: downloading → paused", model_id="m", follows=True)
+    assert [n.text for n in board.log] == ["m: downloading → paused"]
+    t[0] += 30
+    board.say("n: downloading → paused", model_id="n", follows=True)  # the event first, then the action's answer
+    t[0] += 0.2
+    board.say("n: paused", model_id="n")
+    assert [n.text for n in board.log][-1] == "n: downloading → paused" and len(board.log) == 2
+    t[0] += 30
+    board.say("INVALID_STATE: cannot pause", "error", model_id="n")
+    board.say("something else")
+    assert [s for s, _ in board.lines()] == ["error", "information"]
+    board.expire(board.info)
+    assert board.lines() == [("error", "INVALID_STATE: cannot pause")]  # errors do not fade
+    assert board.dismiss() and board.lines() == []

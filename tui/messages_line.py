@@ -14,6 +14,8 @@ from typing import Callable
 
 MERGE_S = 10.0
 """How long after a user action an event about the same model is taken as its consequence."""
+EARLY_S = 1.0
+"""An event about the model this shortly before the action's own answer is its consequence, arrived first."""
 
 
 @dataclass
@@ -50,6 +52,11 @@ class MessageBoard:
         action = self._action
         merged = (follows and model_id is not None and action is not None and action.model_id == model_id
                   and now - action.at < MERGE_S)
+        early = (not follows and model_id is not None and severity != "error" and self.log and self.log[-1].follows
+                 and self.log[-1].model_id == model_id and now - self.log[-1].at < EARLY_S)
+        if early:  # the event already said what the action did: keep that one message
+            self._action = self.log[-1]
+            return self.log[-1]
         if merged and self.log and self.log[-1] is action:
             self.log[-1] = note  # the consequence supersedes the announcement: one message for one action
         else:

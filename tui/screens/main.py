@@ -65,6 +65,7 @@ class MainScreen(ScreenActions, Screen[None]):
     def on_mount(self) -> None:
         self.active_pane().focus_main()
         self.show_keys()
+        self.show_messages(self.app.board.lines())  # what was said before the screen was there
         self.app.start_link()
 
     # --- footer and tab titles -------------------------------------------------
