@@ -14,7 +14,7 @@ from mavail.tui.actions import shown_keys
 from mavail.tui.widgets.base import Pane, status_text
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
-# Fixed widths: the row fits 80 columns without cutting the status word or the issue.
+# Fixed widths: the row fits 80 columns without cutting the status word or the first problem found.
 COLUMNS = [
     Column("id", "Model", width=16),
     Column("health", "Health", sort=lambda r: r.get("overall_health"), width=9),

@@ -31,6 +31,8 @@ LIVE_EVENTS = ("model_download_progress", "download_failed", "model_health_alert
 def history_cells(e: dict[str, Any]) -> tuple[Cell, ...]:
     """One row of the History table from a `history.list` entry."""
     detail = words.readable(str(e.get("detail") or ""))
+    if e.get("kind") == "repair":
+        detail = detail.replace("_", " ")  # the steps it took: integrity check, integrity fix
     if e.get("kind") == "download" and ": " in detail:
         detail = detail.split(": ", 1)[1]  # the code is in the line below; the cell keeps the reason
     if len(detail) > WHY_WIDTH:
