@@ -137,6 +137,7 @@ async def test_one_message_per_action_merged_with_its_event_errors_stay_and_noth
                 table = app.pane("downloads").table
                 await until(pilot, lambda: str(table.cell("hunyuanvideo", "status")) == "downloading", timeout=15)
                 assert table.select("hunyuanvideo")
+                await until(pilot, lambda: any("queued → downloading" in n.text for n in app.board.log))
                 before = len(app.board.log)
                 await pilot.press("p")
                 await until(pilot, lambda: any("downloading → paused" in n.text for n in app.board.log[before:]))

@@ -136,6 +136,8 @@ class ScreenActions:
 
     async def _call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
         """One call; an engine error is shown with its contract message and None returned."""
+        if isinstance(params.get("model_id"), str):
+            self.app.board.begin(params["model_id"])
         try:
             return await self.app.link.call(method, _timeout=timeout, **params)
         except (RpcError, CallTimeout, EngineUnavailable) as exc:

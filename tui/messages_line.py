@@ -14,8 +14,7 @@ from typing import Callable
 
 MERGE_S = 10.0
 """How long after a user action an event about the same model is taken as its consequence."""
-EARLY_S = 1.0
-"""An event about the model this shortly before the action's own answer is its consequence, arrived first."""
+
 
 
 @dataclass
@@ -44,6 +43,12 @@ class MessageBoard:
         self.info: Note | None = None
         """The information or warning being shown."""
         self._action: Note | None = None
+        self._begun: dict[str, float] = {}
+
+    def begin(self, model_id: str) -> None:
+        """A user action on `model_id` starts now: an event about it from now on is its consequence, even one that
+        arrives before the action's own answer."""
+        self._begun[model_id] = self.clock()
 
     def say(self, text: str, severity: str = "information", model_id: str | None = None, follows: bool = False) -> Note:
         """Show `text`; one that `follows` a recent user action on the same model replaces that action's line."""
@@ -52,8 +57,9 @@ class MessageBoard:
         action = self._action
         merged = (follows and model_id is not None and action is not None and action.model_id == model_id
                   and now - action.at < MERGE_S)
-        early = (not follows and model_id is not None and severity != "error" and self.log and self.log[-1].follows
-                 and self.log[-1].model_id == model_id and now - self.log[-1].at < EARLY_S)
+        begun = self._begun.pop(model_id, None) if model_id is not None and not follows else None
+        early = (begun is not None and severity != "error" and bool(self.log) and self.log[-1].follows
+                 and self.log[-1].model_id == model_id and self.log[-1].at >= begun)
         if early:  # the event already said what the action did: keep that one message
             self._action = self.log[-1]
             return self.log[-1]
