@@ -121,14 +121,14 @@ def machine_lines(h: SystemHistory, width: int) -> Text:
 
     def row(label: str, now: str, series: str, style: str, hi: float | None = None) -> Text:
         t = Text(f"{label:<{LABEL}}", style="bold")
-        t.append(f"{now:<32} ")
+        t.append(f"{now[:32]:<32} ")  # a fixed width, so the sparklines line up and never wrap
         t.append(charts.spark(h.values(series, spark_w), spark_w, hi), style=style)
         return t
 
     disk_pct = disk.get("percent")
     lines = [
         row("CPU", f"{fmt.percent(cpu.get('percent'))} of {cpu.get('logical_cores', '?')} cores · load "
-            + " ".join(f"{x:.1f}" for x in load[:3]), "cpu", "green", 100.0),
+            + (f"{load[0]:.1f}" if load else "-"), "cpu", "green", 100.0),
         row("Memory", f"{fmt.percent(mem.get('percent'))} · {fmt.size_mb(mem.get('used_mb'))} of {fmt.size_mb(mem.get('total_mb'))}",
             "mem", "magenta", 100.0),
         row("Disk read", fmt.rate(h.now("read_bytes")), "read_bytes", "cyan"),
