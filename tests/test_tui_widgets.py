@@ -252,7 +252,7 @@ async def test_health_tab_shows_unchecked_models_as_not_checked():
                  "issues": None}
     cells = health_cells(unchecked)
     assert str(cells[2]) == "not checked" and str(cells[3]) == "–"
-    assert str(health_cell(status("m", "available", integrity_score=None, verified=False, last_health_check="2026-01-01T00:00:00Z"))) == "unchk"
+    assert str(health_cell(status("m", "available", integrity_score=None, verified=False, last_health_check="2026-01-01T00:00:00Z"))) == "unchecked"
     answer = {"models": {"m": unchecked, "ok": {"overall_health": "healthy", "integrity_score": 1.0, "performance_score": None,
                                                 "last_check": None, "issues": []}},
               "system_health": {"overall_score": None, "checked_models": 0, "healthy_models": 0, "degraded_models": 0,

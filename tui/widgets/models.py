@@ -32,7 +32,7 @@ def health_cell(s: dict[str, Any]) -> Cell:
     if s.get("availability_status") != "available" and not s.get("last_health_check"):
         return "-"
     if s.get("integrity_score") is None or (not s.get("verified") and not s.get("last_health_check")):
-        return Text("unchk", style="dim")
+        return Text("unchecked", style="dim")
     return fmt.score(s.get("integrity_score"))
 
 
