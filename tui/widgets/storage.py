@@ -68,7 +68,6 @@ def disk_line(sm: dict[str, Any], width: int = 80) -> Text:
     free = float(sm.get("available_space_bytes") or (sm.get("available_space_gb") or 0) * GIB)
     reserved = max(0.0, total - used - free)  # blocks kept for root or otherwise not available to the engine
     text = Text()
-    text.append(f" {fmt.size(total)}: ")
     text.append("models", style="cyan")
     text.append(f" {fmt.size(models)} · ")
     if partial:
@@ -80,9 +79,15 @@ def disk_line(sm: dict[str, Any], width: int = 80) -> Text:
         text.append(" · reserved", style="grey35")
         text.append(f" {fmt.size(reserved)}")
     text.append(f" · free {fmt.size(free)}")
-    bar_w = max(8, min(BAR, width - 7 - len(text)))
-    return _fit(Text("Disk   ", style="bold"),
-                charts.share_bar([(models, "cyan"), (partial, "blue"), (other, "grey50"), (reserved, "grey35")], total, bar_w), text)
+    parts = [(models, "cyan"), (partial, "blue"), (other, "grey50"), (reserved, "grey35")]
+    size = f" {fmt.size(total)}"
+    if 7 + 8 + len(size) + 2 + len(text) <= width:
+        bar_w = max(8, min(BAR, width - 7 - len(size) - 2 - len(text)))
+        return _fit(Text("Disk   ", style="bold"), charts.share_bar(parts, total, bar_w), Text(size + ": ") + text)
+    # too long for one line: the bar with the disk's size, the legend under it
+    bar_w = max(8, min(2 * BAR, width - 7 - len(size)))
+    return Text("\n").join([_fit(Text("Disk   ", style="bold"), charts.share_bar(parts, total, bar_w), Text(size)),
+                            Text("       ") + text])
 
 
 def tier_line(sm: dict[str, Any], rows: list[dict[str, Any]], width: int = 80) -> Text:
@@ -120,6 +125,9 @@ class StoragePane(Pane):
     """What the disk holds and what could go."""
 
     TITLE = "Storage"
+    DEFAULT_CSS = """
+    StoragePane #storage-summary { max-height: 6; }
+    """
     REQUIRES = ("storage.info",)
 
     def body(self) -> ComposeResult:
@@ -137,7 +145,8 @@ class StoragePane(Pane):
         models_bytes = int(sm.get("models_size_bytes") or sum(int(m.get("size_bytes") or 0) for m in records))
         assert self.table is not None
         self.table.sync({m["model_id"]: (storage_cells(m, models_bytes), m) for m in records})
-        count = Text(f"{words.plural(len(records), 'model')} installed, {fmt.size(models_bytes)}", style="dim")
+        count = Text(f"{words.plural(len(records), 'model')} on disk (finished or still downloading), {fmt.size(models_bytes)}",
+                     style="dim")
         width = (self.size.width or 80) - 2
         self.query_one("#storage-summary", Static).update(Text("\n").join([disk_line(sm, width), tier_line(sm, records, width), count]))
         self.query_one("#storage-detail", Static).update(cleanup_line(sugg, shown_keys(self.mavail.keymap_overrides)["mavail.cleanup"]))
