@@ -150,6 +150,9 @@ class SystemPane(Pane):
     """The machine the models run on, and how busy it has been over the last minutes."""
 
     TITLE = "System"
+    DEFAULT_CSS = """
+    SystemPane #system-machine { height: auto; padding: 0 1; }
+    """
     REQUIRES = ("system.info",)
     RESYNC_S = 30.0
 
@@ -178,7 +181,7 @@ class SystemPane(Pane):
         info = await self.mavail.link.call("system.info")
         self.history.add(info)
         self.loaded = True
-        self.query_one("#system-machine", Static).update(machine_lines(self.history, self.size.width or 80))
+        self.query_one("#system-machine", Static).update(machine_lines(self.history, (self.size.width or 80) - 2))
         gpus = info.get("gpus") or []
         assert self.table is not None
         self.table.sync({str(g.get("index")): (gpu_cells(g, self.history.values(f"gpu{g.get('index')}.vram", TREND),
