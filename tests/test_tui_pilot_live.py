@@ -209,22 +209,24 @@ async def test_downloads_draw_measured_speed_per_download_and_a_chart_with_the_l
         (home / "config.toml").write_text('[storage]\nmin_free_gb = 0.0\n[downloads]\nparallel_min_size_mb = 1024.0\n')
         async with running_engine(home) as (engine, sock), AsyncClient(sock) as c:
             await c.call("downloads.start", model_id="wan2.2-i2v-a14b")
-            for size, trend_col in (((80, 24), "trend"), ((120, 35), "trend_wide")):
-                app = create_app(sock, keymap={})
-                async with app.run_test(size=size) as pilot:
-                    await pilot.press("2")
-                    pane = app.pane("downloads")
-                    await until(pilot, lambda: pane.loaded and pane.table.select("wan2.2-i2v-a14b"))
-                    # bars appear as bytes arrive: at least three measured seconds at about 1 MiB/s
-                    await until(pilot, lambda: sum(1 for v in pane._trend("wan2.2-i2v-a14b") if v > 0.3) >= 3, timeout=15)
+            app = create_app(sock, keymap={})
+            app.animation_level = "none"
+            async with app.run_test(size=(80, 24)) as pilot:
+                await pilot.press("2")
+                pane = app.pane("downloads")
+                await until(pilot, lambda: pane.loaded and pane.table.select("wan2.2-i2v-a14b"))
+                # bars appear as bytes arrive: at least three measured seconds at about 1 MiB/s
+                await until(pilot, lambda: sum(1 for v in pane._trend("wan2.2-i2v-a14b") if v > 0.3) >= 3, timeout=15)
+                for size, trend_col in (((80, 24), "trend"), ((120, 35), "trend_wide")):
+                    await pilot.resize_terminal(*size)
+                    await until(pilot, lambda: pane.table.select("wan2.2-i2v-a14b")
+                                and str(pane.table.cell("wan2.2-i2v-a14b", trend_col)) in screen_text(app))
                     cell = str(pane.table.cell("wan2.2-i2v-a14b", trend_col))
                     assert any(ch in cell for ch in "▂▃▄▅▆▇█"), cell
-                    assert cell in screen_text(app)
                     text = screen_text(app)
                     assert "speed, last " in text and "limit" not in text
                     assert "Quit" in text.splitlines()[-1]  # the footer fits
                     assert "M/s" in text and "of 40.0M" in text
-                    await c.call("downloads.set_limit", model_id="wan2.2-i2v-a14b", bandwidth_limit_mbps=4)
-                    pane.reload()
-                    await until(pilot, lambda: "limit 4.0M/s" in screen_text(app) and "╌" in screen_text(app))
-                    await c.call("downloads.set_limit", model_id="wan2.2-i2v-a14b", bandwidth_limit_mbps=0)
+                await c.call("downloads.set_limit", model_id="wan2.2-i2v-a14b", bandwidth_limit_mbps=4)
+                pane.reload()
+                await until(pilot, lambda: "limit 4.0M/s" in screen_text(app) and "╌" in screen_text(app))

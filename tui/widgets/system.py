@@ -167,6 +167,10 @@ class SystemPane(Pane):
     def on_mount(self) -> None:
         self.set_interval(SAMPLE_S, self._tick)
 
+    def on_resize(self) -> None:
+        if self.history.samples:  # draw the history at the new width now, not at the next sample
+            self.query_one("#system-machine", Static).update(machine_lines(self.history, (self.size.width or 80) - 2))
+
     def _tick(self) -> None:
         if self.mavail.link.connected and "system.info" in self.mavail.link.methods:
             self.run_worker(self._sample, group="system-sample", exclusive=True, exit_on_error=False)
