@@ -47,7 +47,7 @@ from mavail.core import crash, safefs
 from mavail.core import installed as installed_store
 from mavail.core.errors import InvalidParams, MavailError, NotFound
 from mavail.core.paths import ENGINE_PARTIAL_DIRS, HomeLayout
-from mavail.core.timeutil import Clock, iso
+from mavail.core.timeutil import Clock, days_text, iso
 
 if TYPE_CHECKING:
     from mavail.core.ports import BusyView, CatalogView, Emit, LeaseView, PresenceView, Settings, Spawner
@@ -555,9 +555,9 @@ class StorageManager:
                 continue
             conf = cleanup_confidence(idle_days, keep_days, uses)
             if last is None:
-                reason = f"Never used; installed {idle_days:.0f} days ago"
+                reason = f"Never used; installed {days_text(idle_days)} ago"
             else:
-                reason = f"Not used in {idle_days:.0f} days"
+                reason = f"Not used for {days_text(idle_days)}"
             if mid not in self._catalog.models and self._catalog.error is None:
                 reason += "; not in the catalog"
             items.append(PlanItem("model", mid, mid, e.size.bytes, reason, conf, last, uses))
@@ -598,7 +598,7 @@ class StorageManager:
                 if age < max_age or self._partial_entry_owned(e.name, owner, kept):
                     continue
                 items.append(PlanItem("partial", e.name, owner, e.size.bytes,
-                                      f"partial download data untouched for {age / DAY:.0f} days, no download owns it",
+                                      f"partial download data untouched for {days_text(age / DAY)}, no download owns it",
                                       cleanup_confidence(age / DAY, max_age / DAY, 0), None, 0))
         plan = Plan("plan_" + secrets.token_hex(6), self._clock.monotonic(), items, preserved, skipped, models_bytes, du.free, processed)
         if keep:  # storage.info's suggestions are not plans anyone can run

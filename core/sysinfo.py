@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,18 @@ class Nvml:
         return max(g.free_mb for g in gpus) / 1024
 
 
+def _counters(read: Any, fields: tuple[str, ...]) -> dict[str, int] | None:
+    """Some fields of a psutil counters tuple, or None where the system does not expose them (some containers)."""
+    try:
+        c = read()
+    except (OSError, RuntimeError):
+        return None
+    return None if c is None else {f: int(getattr(c, f)) for f in fields}
+
+
 def system_info(models_dir: Path, nvml: Nvml) -> dict[str, Any]:
-    """The `system.info` result: cpu, memory, disk (of the models' filesystem) and gpus."""
+    """The `system.info` result: cpu, memory, disk (of the models' filesystem), gpus, and cumulative disk I/O and
+    network byte counters with the engine's monotonic time they were read at (rates come from two answers)."""
     vm = psutil.virtual_memory()
     du = psutil.disk_usage(str(models_dir))
     freq = psutil.cpu_freq()
@@ -110,6 +121,10 @@ def system_info(models_dir: Path, nvml: Nvml) -> dict[str, Any]:
             "percent": du.percent,
         },
         "gpus": [asdict(g) for g in gpus],
+        # cumulative counters (every disk, every interface): a client's rates are the differences between two answers
+        "disk_io": _counters(psutil.disk_io_counters, ("read_bytes", "write_bytes")),
+        "network": _counters(psutil.net_io_counters, ("bytes_sent", "bytes_recv")),
+        "sampled_monotonic_s": time.monotonic(),
     }
     if gpu_error:
         result["gpu_error"] = gpu_error

@@ -66,3 +66,11 @@ async def wait_event(event: "asyncio.Event", timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def days_text(days: float) -> str:
+    """A span of days in words: `less than a day`, `1 day`, `12 days` (whole days, rounded down)."""
+    whole = int(max(0.0, days))
+    if whole == 0:
+        return "less than a day"
+    return "1 day" if whole == 1 else f"{whole} days"

@@ -14,6 +14,7 @@ from mavail.core import __version__, limits
 from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
 from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
+from mavail.core.history import KINDS, newest_first
 from mavail.core.priority import PRIORITY_INPUT, normalise_priority
 from mavail.core.timeutil import iso
 from mavail.rpc import PROTOCOL_VERSION
@@ -213,6 +214,16 @@ async def downloads_active(ctx: CallContext) -> dict[str, Any]:
             "max_concurrent": r.max_concurrent, "during_generation": ctx.engine.generation_gate.state().to_dict()}
 
 
+async def history_list(ctx: CallContext, kinds: list[Any] | None, model_id: str | None, limit: int) -> dict[str, Any]:
+    """`history.list`: finished downloads, checks and repairs, newest first."""
+    wanted = set(kinds or KINDS)
+    if not wanted <= set(KINDS):
+        raise InvalidParams(f"kinds must be among: {', '.join(KINDS)}", field="kinds", allowed=list(KINDS))
+    entries = (await ctx.engine.downloads.history(limit, model_id) if "download" in wanted else []) + \
+        [e for e in await ctx.engine.health.history(limit, model_id) if e.kind in wanted]
+    return {"entries": [e.to_dict() for e in newest_first(entries, limit)]}
+
+
 # --- events ---------------------------------------------------------------------
 async def events_subscribe(ctx: CallContext, types: list[Any] | None, model_ids: list[Any] | None) -> dict[str, Any]:
     for t in types or []:
@@ -326,7 +337,8 @@ METHODS: tuple[Method, ...] = (
     Method("session.hello", session_hello, "Greet the engine; present the token when one is configured.",
            (P("client", "string", "A name for the client, shown in logs."), P("token", "string", "The engine's rpc.token.")), needs_auth=False, inline=True),
     Method("rpc.discover", rpc_discover, "An OpenRPC document of every method.", inline=True),
-    Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML)."),
+    Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML); cumulative disk I/O and network bytes with the "
+           "engine's monotonic time they were read at (sampled_monotonic_s), so two answers give the rates."),
     Method("engine.shutdown", engine_shutdown, "Stop the engine cleanly, keeping partial downloads."),
     Method("config.get", config_get, "The whole configuration; with schema, each setting's description, default and bounds too.", (
         P("schema", "boolean", "Answer {settings, schema}: every key's type, default, value, description, bounds, live.", default=False),
@@ -406,6 +418,12 @@ METHODS: tuple[Method, ...] = (
           "verifying, partial, pending) and connections.", default=False),
     ), inline=True),
     Method("downloads.active", downloads_active, "Every download not completed or cancelled, in queue order; during_generation says whether a held lease pauses or throttles them.", inline=True),
+    Method("history.list", history_list, "Finished downloads (the latest of each model), health checks and repairs, newest "
+           "first, with when, how long, how many bytes and why; kept across restarts.", (
+        P("kinds", "array", "Any of download, check, repair; omit for all.", nullable=True),
+        P("model_id", "string", "Only this model; omit for all.", nullable=True),
+        P("limit", "integer", "At most this many entries.", default=100, minimum=1, maximum=1000),
+    )),
     # health and updates
     Method("health.status", health_status, "Health of one model, or of every model with the system figures.",
            (P("model_id", "string", "A model id; omit for every model.", nullable=True),)),

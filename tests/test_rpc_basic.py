@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 from mavail.rpc.client import AsyncClient, RpcError
@@ -108,6 +110,24 @@ async def test_system_info_without_gpu(engine):
     assert isinstance(info["gpus"], list)
     if not info["gpus"]:
         assert isinstance(info["gpu_error"], str) and info["gpu_error"]
+
+
+
+async def test_system_info_counts_disk_io_and_network_bytes_for_rates(engine, tmp_path: Path):
+    """Cumulative counters from psutil and the engine's monotonic time: two answers give the rates in between."""
+    eng, sock = engine
+    async with AsyncClient(sock) as c:
+        first = await c.call("system.info")
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(os.urandom(4 * 1024 * 1024))
+        os.sync()
+        second = await c.call("system.info")
+    assert second["sampled_monotonic_s"] > first["sampled_monotonic_s"]
+    for key in ("read_bytes", "write_bytes"):
+        assert second["disk_io"][key] >= first["disk_io"][key] >= 0
+    for key in ("bytes_sent", "bytes_recv"):
+        assert second["network"][key] >= first["network"][key] >= 0
+    assert second["disk_io"]["write_bytes"] >= first["disk_io"]["write_bytes"]
 
 
 async def test_token_required(home: Path):

@@ -366,3 +366,23 @@ async def test_cleanup_forgets_the_health_record_of_what_it_removes(home: Path):
         assert health["installed"] is False
         req = await c.call("models.request", model_id="m1", auto_download=False)
         assert req["action_taken"] != "repair_attempted", req
+
+
+async def test_cleanup_reasons_count_days_in_words(home: Path):
+    """A model installed or used less than a day ago reads "less than a day", one day reads "1 day", never "0 days"/"1 days"."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "catalog.toml").write_text("".join(model_toml(m, files_of(m)) for m in ("fresh", "day-old")))
+    for m in ("fresh", "day-old"):
+        install_files(home, m, files_of(m))
+    old = time.time() - 1.2 * 86400
+    for p in (home / "models" / "day-old").rglob("*"):
+        os.utime(p, (old, old))
+    async with running_engine(home) as (eng, sock):
+        async with AsyncClient(sock) as c:
+            await c.call("analytics.record", model_id="day-old", generation_time_s=1, success=True,
+                         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old)))
+            rec = await c.call("analytics.cleanup", min_unused_days=0)
+    reasons = {r["model_id"]: r["reason"] for r in rec["recommendations"]}
+    assert reasons["fresh"].startswith("Never used; installed less than a day ago"), reasons
+    assert reasons["day-old"].startswith("Not used for 1 day"), reasons
+    assert not any(" 0 days" in r or " 1 days" in r for r in reasons.values())

@@ -78,7 +78,7 @@ async def test_health_tab_and_h_runs_a_real_check(home: Path):
             await until(pilot, lambda: pane.loaded and pane.table is not None and "wan2.2-ti2v-5b" in pane.table.keys())
             assert pane.table.select("wan2.2-ti2v-5b")
             await pilot.press("h")
-            await until(pilot, lambda: any("health check healthy" in str(n.message) for n in app._notifications), timeout=15)
+            await until(pilot, lambda: any("health check healthy" in n.text for n in app.board.log), timeout=15)
             await until(pilot, lambda: str(pane.table.cell("wan2.2-ti2v-5b", "health")) == "healthy")
 
 

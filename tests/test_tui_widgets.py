@@ -27,7 +27,9 @@ def make_app(answers: dict[str, Any], methods: set[str] | None = None, **kw: Any
 
 
 def models_answer(*statuses: dict[str, Any]) -> dict[str, Any]:
-    return {"models": {s["model_id"]: s for s in statuses}, "summary": {"total_models": len(statuses)}}
+    counts = {f"{st}_models": sum(1 for s in statuses if s["availability_status"] == st)
+              for st in ("available", "downloading", "queued", "missing", "corrupted")}
+    return {"models": {s["model_id"]: s for s in statuses}, "summary": {"total_models": len(statuses), **counts}}
 
 
 async def test_models_table_updates_rows_by_key_without_refill():
@@ -112,7 +114,7 @@ async def test_engine_errors_show_the_contract_message():
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.pane("models").loaded)
         await pilot.press("enter")
-        await until(pilot, lambda: any("CONFLICT: a download of 'm' is already running" in str(n.message) for n in app._notifications))
+        await until(pilot, lambda: any("CONFLICT: a download of 'm' is already running" in n.text for n in app.board.log))
         assert ("downloads.start", {"model_id": "m"}) in link.calls
 
 
@@ -222,10 +224,10 @@ async def test_health_alerts_and_availability_changes_become_notifications():
         link.push("model_health_alert", model_id="m", alert_type="corruption_detected", severity="warning",
                   message="3 pieces do not match their sha256")
         link.push("model_availability_change", model_id="m", old_status="downloading", new_status="available")
-        await until(pilot, lambda: len(app._notifications) >= 2)
-        texts = [(n.title, str(n.message), n.severity) for n in app._notifications]
-        assert ("Health alert", "m: 3 pieces do not match their sha256", "warning") in texts
-        assert any("m: downloading → available" in t for _, t, _ in texts)
+        await until(pilot, lambda: len(app.board.log) >= 2)
+        texts = [(n.text, n.severity) for n in app.board.log]
+        assert ("Health alert: m: 3 pieces do not match their sha256", "warning") in texts
+        assert any("m: downloading → available" in t for t, _ in texts)
         await until(pilot, lambda: str(app.pane("models").table.cell("m", "status")) == "available")
 
 
@@ -235,9 +237,10 @@ async def test_models_summary_follows_live_changes():
     async with app.run_test(size=(80, 24)) as pilot:
         pane = app.pane("models")
         await until(pilot, lambda: pane.loaded)
-        await until(pilot, lambda: "2 models · 0 available" in screen_text(app))  # the stub's summary has no counts
+        await until(pilot, lambda: "2 models · 1 available · 1 missing" in screen_text(app))
+        rows[0] = status("a", "available")
         link.push("model_availability_change", model_id="a", old_status="missing", new_status="available")
-        await until(pilot, lambda: "2 models · 2 available" in screen_text(app) and "0 missing" in screen_text(app))
+        await until(pilot, lambda: "2 models · 2 available" in screen_text(app) and "missing" not in screen_text(app))
 
 
 async def test_health_tab_shows_unchecked_models_as_not_checked():
@@ -249,7 +252,7 @@ async def test_health_tab_shows_unchecked_models_as_not_checked():
                  "issues": None}
     cells = health_cells(unchecked)
     assert str(cells[2]) == "not checked" and str(cells[3]) == "–"
-    assert str(health_cell(status("m", "available", integrity_score=None, verified=False, last_health_check="2026-01-01T00:00:00Z"))) == "unchk"
+    assert str(health_cell(status("m", "available", integrity_score=None, verified=False, last_health_check="2026-01-01T00:00:00Z"))) == "unchecked"
     answer = {"models": {"m": unchecked, "ok": {"overall_health": "healthy", "integrity_score": 1.0, "performance_score": None,
                                                 "last_check": None, "issues": []}},
               "system_health": {"overall_score": None, "checked_models": 0, "healthy_models": 0, "degraded_models": 0,
@@ -263,7 +266,7 @@ async def test_health_tab_shows_unchecked_models_as_not_checked():
         pane.table.cycle_sort()
         pane.table.cycle_sort()
         pane.table.cycle_sort()  # by integrity, nulls last
-        await until(pilot, lambda: "score not checked" in screen_text(app))
+        await until(pilot, lambda: "no model checked yet" in screen_text(app))
 
 
 async def test_downloads_show_the_current_files_retries_against_the_per_file_limit():

@@ -11,13 +11,14 @@ from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
 from mavail.tui import format as fmt
 from mavail.tui.client import error_text
 from mavail.tui.screens.confirm import ConfirmScreen
+from mavail.tui.words import plural, readable
 
 if TYPE_CHECKING:
     from mavail.tui.app import MavailApp
     from mavail.tui.widgets.base import Pane
 
 PRIORITY_STEPS = ("low", "normal", "high", "critical")  # what + and - step through, least urgent first
-TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", "settings")
+TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", "settings", "history")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ActionSpec:
 ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("mavail.pause", "p", "pause", "Pause", "Pause the selected download, keeping its partial data"),
     ActionSpec("mavail.resume", "r", "resume", "Resume", "Resume the selected paused or failed download"),
-    ActionSpec("mavail.cancel", "c", "cancel", "Cancel", "Cancel the selected download (or queued request); asks first"),
+    ActionSpec("mavail.cancel", "c", "cancel", "Cancel", "Cancel the selected download or queued request; asks first"),
     ActionSpec("mavail.priority_up", "plus", "priority(1)", "Prio+", "Raise the selected download's priority", key_display="+", show=False),
     ActionSpec("mavail.priority_down", "minus", "priority(-1)", "Prio-", "Lower the selected download's priority", key_display="-", show=False),
     ActionSpec("mavail.request", "enter", "request", "Get", "Download or request the selected model", show=False),
@@ -62,6 +63,46 @@ ACTIONS: tuple[ActionSpec, ...] = (
 )
 
 
+TAB_KEYS: dict[str, tuple[str, ...]] = {
+    "models": ("mavail.request", "mavail.check", "mavail.update", "mavail.remove", "mavail.filter", "mavail.sort"),
+    "downloads": ("mavail.pause", "mavail.resume", "mavail.cancel", "mavail.priority_up", "mavail.priority_down",
+                  "mavail.filter", "mavail.sort"),
+    "health": ("mavail.check", "mavail.repair", "mavail.filter", "mavail.sort"),
+    "queue": ("mavail.cancel", "mavail.filter", "mavail.sort"),
+    "storage": ("mavail.cleanup", "mavail.remove", "mavail.filter", "mavail.sort"),
+    "usage": ("mavail.filter", "mavail.sort"),
+    "system": ("mavail.refresh", "mavail.theme"),
+    "settings": ("mavail.edit", "mavail.filter"),
+    "history": ("mavail.filter", "mavail.sort", "mavail.refresh"),
+}
+"""The keys each tab's footer shows (every key works on every tab; the footer lists the ones that act there)."""
+FOOTER_ALWAYS = ("mavail.help", "mavail.quit")
+FOOTER_LABEL = {"mavail.request": "Get", "mavail.priority_up": "Prio+", "mavail.priority_down": "Prio-", "mavail.edit": "Edit",
+                "mavail.remove": "Remove"}
+
+
+def footer_keys(tab: str, overrides: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(key, label) pairs of tab `tab`'s footer, with the user's remapped keys."""
+    keys = shown_keys(overrides)
+    by_id = {a.id: a for a in ACTIONS}
+    out = []
+    for aid in TAB_KEYS.get(tab, ()) + FOOTER_ALWAYS:
+        if aid == "mavail.edit":
+            out.append(("enter", "Edit"))
+            continue
+        if aid == "mavail.priority_down" and out and out[-1][1] == "Prio+":
+            out[-1] = (f"{out[-1][0]}/{keys[aid]}", "Priority")
+            continue
+        out.append((keys[aid], FOOTER_LABEL.get(aid, by_id[aid].label)))
+    return out
+
+
+def shown_keys(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The key each binding id answers to, as shown to the user (remapped keys included)."""
+    overrides = overrides or {}
+    return {a.id: overrides.get(a.id) or a.key_display or a.key for a in ACTIONS}
+
+
 class ScreenActions:
     """The `action_*` methods of the main screen (mixed into MainScreen)."""
 
@@ -70,11 +111,17 @@ class ScreenActions:
     def active_pane(self) -> "Pane":  # provided by MainScreen
         raise NotImplementedError
 
+    def active_name(self) -> str:  # provided by MainScreen
+        raise NotImplementedError
+
+    def show_view(self, name: str) -> None:  # provided by MainScreen
+        raise NotImplementedError
+
     # --- helpers -------------------------------------------------------------
     def _target(self) -> str | None:
         mid = self.active_pane().selected_model()
         if mid is None:
-            self.app.notify("Select a model first (arrows move, 1-8 switch tabs).", severity="warning", timeout=3)
+            self.app.notify("Select a model first (arrows move, 1-9 switch tabs).", severity="warning")
         return mid
 
     def _offered(self, *methods: str) -> bool:
@@ -83,16 +130,18 @@ class ScreenActions:
             self.app.report_error("DISCONNECTED: the engine cannot be reached; retrying")
             return False
         if missing:
-            self.app.notify(f"Not available from this engine: {', '.join(missing)}", severity="warning", timeout=4)
+            self.app.notify(f"This engine does not offer that ({', '.join(missing)})", severity="warning")
             return False
         return True
 
     async def _call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
         """One call; an engine error is shown with its contract message and None returned."""
+        if isinstance(params.get("model_id"), str):
+            self.app.board.begin(params["model_id"])
         try:
             return await self.app.link.call(method, _timeout=timeout, **params)
         except (RpcError, CallTimeout, EngineUnavailable) as exc:
-            self.app.report_error(error_text(exc))
+            self.app.report_error(error_text(exc), params.get("model_id"))
             return None
 
     def _run(self, coro: Any) -> None:
@@ -114,7 +163,7 @@ class ScreenActions:
     async def _simple(self, method: str, mid: str, verb: str, **params: Any) -> None:
         res = await self._call(method, model_id=mid, **params)
         if res is not None:
-            self.app.notify(f"{mid}: {res.get('message') or verb}", timeout=3)
+            self.app.notify(f"{mid}: {verb}", model_id=mid)
             self._after("downloads", "models")
 
     def action_cancel(self) -> None:
@@ -136,7 +185,7 @@ class ScreenActions:
     async def _cancel_queued(self, qid: str) -> None:
         ok = await self.app.push_screen_wait(ConfirmScreen(f"Cancel the queued request {qid}?", "Its caller stops waiting.", "Cancel request"))
         if ok and await self._call("fallback.queue_cancel", queue_id=qid) is not None:
-            self.app.notify(f"{qid}: cancelled", timeout=3)
+            self.app.notify(f"{qid}: cancelled")
             self._after("queue")
 
     def action_priority(self, delta: int) -> None:
@@ -155,10 +204,10 @@ class ScreenActions:
         i = PRIORITY_STEPS.index(current) if current in PRIORITY_STEPS else 1
         new = PRIORITY_STEPS[max(0, min(len(PRIORITY_STEPS) - 1, i + delta))]
         if new == current:
-            self.app.notify(f"{mid}: priority is already {current}", timeout=2)
+            self.app.notify(f"{mid}: priority is already {current}", model_id=mid)
             return
         if await self._call("downloads.set_priority", model_id=mid, priority=new) is not None:
-            self.app.notify(f"{mid}: priority {current} → {new}", timeout=3)
+            self.app.notify(f"{mid}: priority {current} → {new}", model_id=mid)
             self._after("downloads")
 
     def action_request(self) -> None:
@@ -176,13 +225,13 @@ class ScreenActions:
             return
         wait = res.get("estimated_wait_seconds")
         extra = f", ready in about {fmt.duration(wait)}" if wait else ""
-        self.app.notify(f"{mid}: {str(res.get('action_taken', 'done')).replace('_', ' ')}{extra}", timeout=4)
+        self.app.notify(f"{mid}: {str(res.get('action_taken', 'done')).replace('_', ' ')}{extra}", model_id=mid)
         self._after("downloads", "models", "queue")
 
     async def _start(self, mid: str) -> None:
         res = await self._call("downloads.start", model_id=mid)
         if res is not None:
-            self.app.notify(f"{mid}: {res.get('message') or 'download started'}", timeout=3)
+            self.app.notify(f"{mid}: download started", model_id=mid)
             self._after("downloads", "models")
 
     # --- health and updates --------------------------------------------------
@@ -191,13 +240,16 @@ class ScreenActions:
             self._run(self._check(mid))
 
     async def _check(self, mid: str) -> None:
-        self.app.notify(f"{mid}: full health check started", timeout=2)
+        self.app.notify(f"{mid}: full health check running…", model_id=mid, timeout=3600)
         res = await self._call("health.check", timeout=3600, model_id=mid, check_type="full")
         if res is not None:
             result = res.get("result") or {}
+            if result.get("installed") is False:
+                self.app.notify(f"{mid} is not installed: nothing to check", model_id=mid, follows=True)
+                return
             health = result.get("overall_health") or result.get("status") or "done"
             sev = "information" if health in ("healthy", "done") else "warning"
-            self.app.notify(f"{mid}: health check {health}", severity=sev, timeout=5)  # type: ignore[arg-type]
+            self.app.notify(f"{mid}: health check {health}", severity=sev, model_id=mid, follows=True)
             self._after("health", "models")
 
     def action_repair(self) -> None:
@@ -212,7 +264,8 @@ class ScreenActions:
         res = await self._call("health.repair", timeout=3600, model_id=mid)
         if res is not None:
             actions = ", ".join(res.get("actions_taken") or []) or "nothing to do"
-            self.app.notify(f"{mid}: repair: {actions} ({fmt.size(res.get('bytes_redownloaded'))} re-downloaded)", timeout=5)
+            self.app.notify(f"{mid}: repaired ({actions.replace('_', ' ')}, {fmt.size(res.get('bytes_redownloaded'))} fetched again)",
+                            model_id=mid, follows=True)
             self._after("health", "models")
 
     def action_update(self) -> None:
@@ -221,13 +274,21 @@ class ScreenActions:
 
     async def _update(self, mid: str) -> None:
         raw = self.app.pane("models").table.raw(mid) if self.app.pane("models").table else None  # type: ignore[union-attr]
-        cur = (raw or {}).get("current_version") or "?"
-        latest = (raw or {}).get("latest_version") or "?"
+        raw = raw or {}
+        keys = shown_keys(self.app.keymap_overrides)
+        cur = raw.get("current_version")
+        if not cur or raw.get("availability_status") == "missing":
+            self.app.notify(f"{mid} is not installed: press {keys['mavail.request']} to download it", severity="warning", model_id=mid)
+            return
+        latest = raw.get("latest_version") or raw.get("version")
+        if not raw.get("update_available") or not latest or latest == cur:
+            self.app.notify(f"{mid} is at version {cur}, the catalog's newest: nothing to update", model_id=mid)
+            return
         ok = await self.app.push_screen_wait(ConfirmScreen(
             f"Update {mid} from {cur} to {latest}?", "The new version is downloaded and verified before it replaces the old one; "
             "the old one is kept as configured (updates.keep_versions).", "Update", danger=False))
         if ok and (res := await self._call("models.update", model_id=mid)) is not None:
-            self.app.notify(res.get("message") or f"{mid}: updating {res.get('from_version', cur)} → {res.get('to_version', latest)}", timeout=4)
+            self.app.notify(f"{mid}: updating {res.get('from_version', cur)} → {res.get('to_version', latest)}", model_id=mid)
             self._after("models", "downloads")
 
     def action_remove(self) -> None:
@@ -239,7 +300,7 @@ class ScreenActions:
             f"Remove {mid}?", "Its installed files are deleted; it stays in the catalog and can be downloaded again.", "Remove"))
         if ok and (res := await self._call("models.remove", model_id=mid)) is not None:
             self.app.notify(f"{mid}: removed {', '.join(res.get('removed_versions') or [])} "
-                            f"({fmt.size(res.get('freed_bytes'))} freed)", timeout=4)
+                            f"({fmt.size(res.get('freed_bytes'))} freed)", model_id=mid)
             self._after("models", "storage", "health")
 
     # --- storage -------------------------------------------------------------
@@ -255,18 +316,19 @@ class ScreenActions:
         if items is None:  # an engine that reports only model ids
             items = [{"model_id": m, "path": m} for m in plan.get("models_removed") or plan.get("models_to_remove") or []]
         if not items:
-            self.app.notify("Cleanup: nothing would be removed.", timeout=4)
+            self.app.notify("Cleanup: nothing would be removed.")
             return
         kept = plan.get("models_preserved") or []
         savings = plan.get("planned_savings_gb", plan.get("space_freed_gb"))
         body = "\n".join(
-            [f"Would remove {len(items)} item(s), freeing {fmt.size_gb(savings)}:"]
-            + [f"  - {i.get('path') or i.get('model_id')}  {fmt.size(i.get('size_bytes'))}  {i.get('reason') or ''}".rstrip() for i in items]
+            [f"Would remove {plural(len(items), 'item')}, freeing {fmt.size_gb(savings)}:"]
+            + [f"  - {i.get('path') or i.get('model_id')}  {fmt.size(i.get('size_bytes'))}  {readable(i.get('reason') or '')}".rstrip()
+               for i in items]
             + ([f"Kept: {', '.join(map(str, kept[:8]))}{' …' if len(kept) > 8 else ''}"] if kept else [])
             + ["Nothing has been deleted yet."]
         )
         if not await self.app.push_screen_wait(ConfirmScreen("Delete these?", body, "Delete")):
-            self.app.notify("Cleanup cancelled; nothing deleted.", timeout=3)
+            self.app.notify("Cleanup cancelled; nothing deleted.")
             return
         if plan.get("plan_id"):  # run exactly the plan shown (the engine re-checks each item is still safe)
             res = await self._call("storage.cleanup", plan_id=plan["plan_id"], dry_run=False)
@@ -276,15 +338,16 @@ class ScreenActions:
         if res is not None:
             removed = len(res.get("models_removed") or []) + len(res.get("partial_removed") or [])
             kept_now = [p for p in (res.get("models_preserved") or []) if p not in kept]
-            self.app.notify(f"Cleanup removed {removed} item(s), freed {fmt.size_gb(res.get('space_freed_gb'))}"
-                            + (f"; kept {', '.join(kept_now)} (no longer safe)" if kept_now else ""), timeout=5)
+            self.app.notify(f"Cleanup removed {plural(removed, 'item')}, freed {fmt.size_gb(res.get('space_freed_gb'))}"
+                            + (f"; kept {', '.join(kept_now)} (no longer safe)" if kept_now else ""))
             self._after("storage", "models", "usage")
 
     # --- view ----------------------------------------------------------------
     def action_sort(self) -> None:
         table = self.active_pane().table
         if table is not None:
-            self.app.notify(f"Sorted by {table.cycle_sort()}", timeout=2)
+            table.cycle_sort()
+            self.show_view(self.active_name())
 
     def action_help(self) -> None:
         from mavail.tui.screens.help import HelpScreen

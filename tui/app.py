@@ -16,6 +16,8 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from mavail.tui.actions import ACTIONS
 from mavail.tui.client import EngineLink
 from mavail.tui.messages import ConnectionChanged, EventsPending
+from mavail.tui.messages_line import MessageBoard
+from mavail.tui.words import readable
 from mavail.tui.screens.edit import EditSettingScreen
 from mavail.tui.screens.main import MainScreen
 from mavail.tui.widgets.base import Pane
@@ -98,6 +100,10 @@ class MavailApp(App[int]):
         self.connected = False
         """Whether the engine answers (mirrors the top line)."""
         self._last_load: dict[str, float] = {}
+        self.board = MessageBoard(self._messages_changed)
+        """What the TUI has told the user: shown in the message line, never as pop-ups over the tables."""
+        self.info_timeout_s = 5.0
+        """How long information stays on the message line (errors stay until dismissed)."""
         self.main = MainScreen()
 
     # --- lifecycle -----------------------------------------------------------
@@ -114,9 +120,23 @@ class MavailApp(App[int]):
         """The pane of tab `name` on the main screen."""
         return self.main.pane(name)
 
-    def report_error(self, text: str) -> None:
-        """Show an engine error (its contract code and message) as an error notification."""
-        self.notify(text, severity="error", timeout=8)
+    def report_error(self, text: str, model_id: str | None = None) -> None:
+        """Show an engine error (its contract code and message); it stays until dismissed."""
+        self.notify(text, severity="error", model_id=model_id)
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information", timeout: float | None = None,
+               markup: bool = True, model_id: str | None = None, follows: bool = False) -> None:
+        """Say something on the message line (one line per action; an event it causes updates that line)."""
+        text = f"{title}: {message}" if title else str(message)
+        note = self.board.say(text, str(severity), model_id, follows)
+        if severity != "error":
+            self.set_timer(timeout or self.info_timeout_s, partial(self.board.expire, note))
+
+    def _messages_changed(self) -> None:
+        try:
+            self.main.show_messages(self.board.lines())
+        except NoMatches:  # the main screen is not there (starting or shutting down)
+            pass
 
     def toggle_light_theme(self) -> None:
         """Switch between the default dark theme and the light one."""
@@ -141,12 +161,12 @@ class MavailApp(App[int]):
             for pane in {self.pane("models"), self.pane("downloads"), self.main.active_pane()}:
                 self._load(pane)
             if was is False and self.link.connections > 1:
-                self.notify("Reconnected to the engine.", timeout=3)
+                self.notify("Reconnected to the engine.")
         else:
             self.main.show_connection(
                 False, f"✖ DISCONNECTED · {message.detail} · retrying (attempt {self.link.attempts + 1}) · ctrl+r now")
             if was:
-                self.notify("Lost the engine; reconnecting with backoff.", severity="error", timeout=5)
+                self.notify("Lost the engine; reconnecting with backoff.", severity="warning")
 
     # --- live events: an inbox drained a few times a second -----------------
     def _on_engine_event(self, event: dict[str, Any]) -> None:
@@ -191,18 +211,21 @@ class MavailApp(App[int]):
             mid = p.get("model_id", "?")
             if kind == "model_health_alert":
                 sev = "error" if p.get("severity") in ("error", "critical") else "warning"
-                self.notify(f"{mid}: {p.get('message') or p.get('alert_type')}", title="Health alert", severity=sev, timeout=8)  # type: ignore[arg-type]
+                self.notify(f"{mid}: {readable(str(p.get('message') or p.get('alert_type')))}", title="Health alert", severity=sev,
+                            timeout=8, model_id=mid, follows=True)
             elif kind == "model_availability_change":
                 sev = "error" if p.get("new_status") in ("corrupted", "failed") else "information"
-                self.notify(f"{mid}: {p.get('old_status')} → {p.get('new_status')}", severity=sev, timeout=4)  # type: ignore[arg-type]
+                self.notify(f"{mid}: {p.get('old_status')} → {p.get('new_status')}", severity=sev, model_id=mid, follows=True)
             elif kind == "download_failed":
-                self.notify(f"{mid}: {p.get('error_code')}: {p.get('message')}", title="Download failed", severity="error", timeout=8)
+                self.notify(f"{mid}: {p.get('error_code')}: {p.get('message')}", title="Download failed", severity="error",
+                            model_id=mid, follows=True)
             elif kind == "queued_request_ready":
-                self.notify(f"{mid}: queued request {p.get('queue_id')} is ready", timeout=5)
+                self.notify(f"{mid}: queued request {p.get('queue_id')} is ready", model_id=mid, follows=True)
             elif kind == "queued_request_expired":
-                self.notify(f"{mid}: queued request {p.get('queue_id')} expired", severity="warning", timeout=5)
+                self.notify(f"{mid}: queued request {p.get('queue_id')} expired", severity="warning", model_id=mid, follows=True)
             elif kind == "storage_warning":
-                self.notify(str(p.get("message") or "storage is running low"), title="Storage", severity="warning", timeout=8)
+                self.notify(readable(str(p.get("message") or "storage is running low")), title="Storage", severity="warning", timeout=8,
+                            follows=True)
 
     # --- slow resync ---------------------------------------------------------
     def _load(self, pane: Pane) -> None:
@@ -237,7 +260,7 @@ class MavailApp(App[int]):
             except (RpcError, CallTimeout, EngineUnavailable) as exc:
                 return error_text(exc)
             note = " (applies after an engine restart)" if res.get("restart_required") else " (applied)"
-            self.notify(f"{k} = {v}{note}", timeout=4)
+            self.notify(f"{k} = {v}{note}")
             self.pane("settings").mark_dirty()
             return None
 

@@ -35,7 +35,7 @@ def rate(mbps: float | None) -> str:
     """A rate in MiB/s: `12.5M/s`."""
     if mbps is None:
         return "-"
-    return f"{size(mbps * MIB)}/s" if mbps > 0 else "0/s"
+    return f"{size(mbps * MIB)}/s" if mbps > 0 else "0B/s"
 
 
 def duration(seconds: float | None) -> str:
@@ -71,8 +71,17 @@ def score(value: float | None) -> str:
     return "-" if value is None else f"{float(value):.2f}"
 
 
-def ago(ts: str | None, now: datetime | None = None) -> str:
-    """An ISO-8601 time as `5m ago`, `never` for None."""
+def coarse(seconds: float) -> str:
+    """A duration in its largest unit only: `45s`, `3m`, `2h`, `5d`."""
+    s = int(max(0, seconds))
+    for unit, div in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= div:
+            return f"{s // div}{unit}"
+    return f"{s}s"
+
+
+def ago(ts: str | None, now: datetime | None = None, short: bool = False) -> str:
+    """An ISO-8601 time as `5m ago` (`short`: in its largest unit only, `12h ago`), `never` for None."""
     if not ts:
         return "never"
     try:
@@ -82,7 +91,9 @@ def ago(ts: str | None, now: datetime | None = None) -> str:
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     delta = ((now or datetime.now(timezone.utc)) - t).total_seconds()
-    return "now" if delta < 1 else f"{duration(delta)} ago"
+    if delta < 1:
+        return "now"
+    return f"{coarse(delta) if short else duration(delta)} ago"
 
 
 def sparkline(values: list[float]) -> str:

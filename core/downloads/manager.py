@@ -39,6 +39,7 @@ from mavail.core.fsutil import free_bytes
 from mavail.core.paths import safe_join
 from mavail.core.state import DatabaseFull
 from mavail.core.tally import Tally
+from mavail.core.history import HistoryEntry
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -1222,6 +1223,20 @@ class DownloadManager:
     async def hub_branch_moves(self, current: Mapping[str, str]) -> list[BranchMove]:
         """The `hf://` models in use (model_id -> version) whose branch now points past the commit they are pinned to."""
         return await branch_moves(self._db, self.hub.api_client(), self.hub, self._catalog.models, current)
+
+    async def history(self, limit: int, model_id: str | None = None) -> list[HistoryEntry]:
+        """Finished downloads (the latest of each model: completed, failed or cancelled) from the table, newest first;
+        bytes only for a completed one (the model's size; what a stopped one had fetched is not kept)."""
+        def q(conn: Any) -> list[Any]:
+            return conn.execute(
+                "SELECT d.*, (SELECT SUM(size) FROM download_files f WHERE f.model_id = d.model_id) AS bytes FROM downloads d"
+                " WHERE d.status IN ('completed', 'failed', 'cancelled') AND (? IS NULL OR d.model_id = ?)"
+                " ORDER BY d.updated_at DESC LIMIT ?", (model_id, model_id, limit)).fetchall()
+
+        return [HistoryEntry("download", r["download_id"], r["model_id"], r["version"], r["status"], r["created_at"],
+                             r["completed_at"] or r["updated_at"], r["bytes"] if r["status"] == "completed" else None,
+                             r["error_message"] and f"{r['error_code']}: {r['error_message']}")
+                for r in await self._db.read(q)]
 
 
 __all__ = ["ActiveDownloads", "DownloadManager", "Download", "Limit", "QueuePlace", "SourceUnavailable", "Started",

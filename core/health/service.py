@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from mavail.core import installed, safefs
 from mavail.core.errors import Conflict, InvalidState, MavailError, NotFound, SourceUnavailable
 from mavail.core.health import checks as ck
+from mavail.core.history import HistoryEntry
 from mavail.core.health import repair as rp
 from mavail.core.health import scores
 from mavail.core.health.checks import HealthChecks
@@ -581,6 +582,31 @@ class HealthService:
                     "integrity_score": None, "performance_score": None, "last_check": None, "last_check_id": None, "last_quick_check": None,
                     "last_full_check": None, "corruption_detected": False, "issues": [], "recommendations": [], "files": [], "performance": None}
         return status_of(mh)
+
+    async def history(self, limit: int, model_id: str | None = None) -> list[HistoryEntry]:
+        """Checks and repairs from `health_checks` and `health_repairs`, newest first (at most `limit` of each)."""
+        def q(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            where = " WHERE (? IS NULL OR model_id = ?) ORDER BY COALESCE(finished_at, started_at) DESC LIMIT ?"
+            return (conn.execute("SELECT * FROM health_checks" + where, (model_id, model_id, limit)).fetchall(),
+                    conn.execute("SELECT * FROM health_repairs" + where, (model_id, model_id, limit)).fetchall())
+
+        checks, repairs = await self._db.read(q)
+        out = []
+        for r in checks:
+            res = json.loads(r["result"]) if r["result"] else {}
+            issues = sum(len(f.get("issues") or []) for f in res.get("files") or []) + len(res.get("extra") or [])
+            hashed = sum(int(f.get("size_bytes") or 0) for f in res.get("files") or []) if r["check_type"] != "quick" else None
+            verdict = res.get("overall_health")
+            detail = verdict and (f"{verdict}, {issues} issue{'' if issues == 1 else 's'}" if issues else verdict)
+            out.append(HistoryEntry("check", r["check_id"], r["model_id"], r["version"], r["status"], r["started_at"], r["finished_at"],
+                                    hashed if res else None, detail, r["check_type"]))
+        for r in repairs:
+            res = json.loads(r["result"]) if r["result"] else {}
+            errors = [e.get("message") for e in res.get("errors") or [] if e.get("message")]
+            detail = "; ".join(errors[:2]) if errors else ", ".join(res.get("actions_taken") or []) or None
+            out.append(HistoryEntry("repair", r["repair_id"], r["model_id"], r["version"], r["status"], r["started_at"], r["finished_at"],
+                                    r["bytes_redownloaded"], detail, r["repair_type"]))
+        return out
 
     async def status(self, model_id: str | None = None) -> dict[str, Any]:
         """`health.status`: one model's health (its files rescanned first), or every model's with the system figures."""

@@ -117,6 +117,9 @@ class Pane(Vertical):
     async def fetch(self) -> None:
         """Get the pane's data from the engine and show it (subclasses)."""
 
+    def view_changed(self) -> None:
+        """The filter or sort of the pane's table changed (subclasses recount what they show)."""
+
     # --- live events -------------------------------------------------------
     def on_events(self, events: list[dict[str, Any]]) -> None:
         """Apply engine events (`{"method": type, "params": {...}}`), newest last (subclasses)."""

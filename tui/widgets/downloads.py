@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
+from mavail.tui import charts
 from mavail.tui import format as fmt
 from mavail.tui.widgets.base import Pane, status_text
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
@@ -15,17 +17,26 @@ from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 _RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 SHORT_PRIORITY = {"critical": "crit", "high": "high", "normal": "norm", "low": "low"}
 
+TREND = 8
+TREND_WIDE = 20
+WIDE = 110
+"""A terminal this wide shows the bytes, the retries and a longer trend."""
+
 # Fixed widths: the row fits 80 columns and cells do not jump as figures change.
 COLUMNS = [
-    Column("id", "Model", width=13),
+    Column("id", "Model", width=16),
     Column("status", "Status", sort=lambda r: r.get("status"), width=11),
-    Column("progress", "Progress", sort=lambda r: r.get("progress_percent"), width=9),
-    Column("bytes", "Bytes", sort=lambda r: r.get("downloaded_bytes"), width=11),
-    Column("rate", "Speed ETA", sort=lambda r: r.get("speed_mbps"), width=10),
+    Column("progress", "Progress", sort=lambda r: r.get("progress_percent"), width=13),
+    Column("bytes", "Bytes", sort=lambda r: r.get("downloaded_bytes"), width=11, min_screen=WIDE),
+    Column("rate", "Speed ETA", sort=lambda r: r.get("speed_mbps"), width=13),
+    Column("trend", "Speed 8s", width=TREND, max_screen=WIDE),
+    Column("trend_wide", "Speed, last 20 s", width=TREND_WIDE, min_screen=WIDE),
     Column("queue", "Prio Q", sort=lambda r: (_RANK.get(r.get("priority", "normal"), 9), r.get("queue_position") or 999), width=6),
     # the current file's retries against the per-file limit
-    Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=4),
+    Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=4, min_screen=WIDE),
 ]
+CHART_HEIGHT = 4
+SAMPLE_S = 1.0
 TERMINAL = ("completed", "cancelled")
 
 
@@ -41,8 +52,8 @@ def _bytes(d: dict[str, Any]) -> str:
     return f"{fmt.size(done)}/{fmt.size(total)}"
 
 
-def download_cells(d: dict[str, Any]) -> tuple[Cell, ...]:
-    """One row of the Downloads table from a `downloads.active` / `downloads.progress` record."""
+def download_cells(d: dict[str, Any], trend: list[float] | None = None) -> tuple[Cell, ...]:
+    """One row of the Downloads table from a `downloads.active` / `downloads.progress` record and its measured speeds."""
     pct = d.get("progress_percent")
     status = d.get("status")
     retries = _file_retries(d)
@@ -52,9 +63,11 @@ def download_cells(d: dict[str, Any]) -> tuple[Cell, ...]:
     return (
         d["model_id"],
         status_text(status),
-        f"{fmt.bar(None if pct is None else pct / 100, 4)} {fmt.percent(pct):>4}",
+        f"{fmt.bar(None if pct is None else pct / 100, 8)} {fmt.percent(pct):>4}",
         _bytes(d),
         f"{fmt.rate(d.get('speed_mbps'))} {fmt.duration(d.get('eta_seconds'))}" if running else "-",
+        Text(charts.spark(trend or [], TREND), style="cyan"),
+        Text(charts.spark(trend or [], TREND_WIDE), style="cyan"),
         f"{prio} {pos}" if pos else prio,
         Text(retries, style="yellow") if not retries.startswith("0") else retries,
     )
@@ -68,6 +81,20 @@ def _file_retries(d: dict[str, Any]) -> str:
     return text if len(text) <= 4 else str(this)
 
 
+def downloads_summary(records: list[dict[str, Any]], used_mbps: float | None, limit_mbps: float | None) -> str:
+    """`1 downloading · 2 queued · 1 failed · 3.0M/s in all (limit 10M/s)`: each status counted for what it is."""
+    statuses = [str(r.get("status") or "unknown") for r in records]
+    if not statuses:
+        return "no download: press enter on a model in the Models tab to get it"
+    order = ("downloading", "verifying", "queued", "paused", "failed")
+    parts = [f"{statuses.count(s)} {s}" for s in order if s in statuses]
+    parts += [f"{statuses.count(s)} {s}" for s in sorted(set(statuses) - set(order))]
+    rate = f"{fmt.rate(used_mbps)} in all"
+    if limit_mbps:
+        rate += f" (limit {fmt.rate(limit_mbps)})"
+    return " · ".join(parts + [rate])
+
+
 class DownloadsPane(Pane):
     """What is downloading, how fast, and what went wrong."""
 
@@ -77,26 +104,95 @@ class DownloadsPane(Pane):
     """Progress events carry status, bytes, speed, retries and error codes; the resync only catches
     what no event says (an error message after a retry, a download started by another client's queue)."""
 
+    DEFAULT_CSS = """
+    DownloadsPane #downloads-chart { height: auto; padding: 0 1; }
+    """
+
+    _bandwidth: tuple[float | None, float | None] = (None, None)
+
     def body(self) -> ComposeResult:
+        self.speeds: dict[str, tuple[charts.ByteRate, charts.Series]] = {}
+        """Per download: the byte counter's rate and its samples in MiB/s, one per second (measured here from bytes)."""
         yield Static("", classes="summary body", id="downloads-summary")
         self.table = LiveTable(COLUMNS, id="downloads-table", classes="body")
         yield self.table
+        yield Static("", classes="body", id="downloads-chart")
         yield Static("", classes="detail body", id="downloads-detail")
+
+    def on_mount(self) -> None:
+        self.set_interval(SAMPLE_S, self._sample)
+
+    def _trend(self, model_id: str) -> list[float]:
+        got = self.speeds.get(model_id)
+        return got[1].last(TREND_WIDE) if got else []
+
+    def _cells(self, d: dict[str, Any]) -> tuple[Cell, ...]:
+        return download_cells(d, self._trend(d["model_id"]))
+
+    def _sample(self) -> None:
+        """Once a second: each download's speed from its byte counter (0 while it does not run)."""
+        if self.table is None or not self.loaded:
+            return
+        now = time.monotonic()
+        with self.app.batch_update():
+            for key in self.table.keys():
+                raw = self.table.raw(key) or {}
+                rate, series = self.speeds.setdefault(key, (charts.ByteRate(), charts.Series(size=600)))
+                measured = rate.update(raw.get("downloaded_bytes"), now)
+                if raw.get("status") != "downloading":
+                    series.add(0.0)
+                elif measured is not None:
+                    series.add(measured / fmt.MIB)
+                self.table.upsert(key, self._cells(raw), raw)
+            for gone in [k for k in self.speeds if k not in self.table.keys()]:
+                self.speeds.pop(gone)
+            self._chart()
+
+    def limit_of(self, d: dict[str, Any]) -> float | None:
+        """The cap on this download in MiB/s: its own limit or the global one, the lower of the two set; None if none."""
+        caps = [float(x) for x in (d.get("bandwidth_limit_mbps"), self._bandwidth[1]) if x]
+        return min(caps) if caps else None
+
+    def _chart(self) -> None:
+        raw = self.selected_raw()
+        box = self.query_one("#downloads-chart", Static)
+        if not raw:
+            box.update("")
+            return
+        width = max(10, self.size.width - 2)
+        values = self._trend_full(raw["model_id"], width)
+        limit = self.limit_of(raw)
+        head = Text(f"speed, last {fmt.duration(len(values) * SAMPLE_S)}: now {fmt.rate(values[-1] if values else None)}"
+                    f" · peak {fmt.rate(max(values, default=0.0))}")
+        if limit:
+            head.append(f" · limit {fmt.rate(limit)} ", style="")
+            head.append("╌╌", style=charts.LIMIT_STYLE)
+        lines = [head] + charts.block_chart(values, width, CHART_HEIGHT, limit)
+        box.update(Text("\n").join(lines))
+
+    def _trend_full(self, model_id: str, width: int) -> list[float]:
+        got = self.speeds.get(model_id)
+        return got[1].last(width) if got else []
 
     async def fetch(self) -> None:
         res = await self.mavail.link.call("downloads.active")
         assert self.table is not None
-        rows = {d["model_id"]: (download_cells(d), d) for d in res.get("active_downloads", [])}
+        rows = {d["model_id"]: (self._cells(d), d) for d in res.get("active_downloads", [])}
         # keep failed rows the engine no longer lists, so their errors stay readable until resolved
         for key in self.table.keys():
             raw = self.table.raw(key) or {}
             if key not in rows and raw.get("status") == "failed":
-                rows[key] = (download_cells(raw), raw)
+                rows[key] = (self._cells(raw), raw)
         self.table.sync(rows)
-        self.query_one("#downloads-summary", Static).update(
-            f"{res.get('total_active', len(rows))} active · {fmt.rate(res.get('total_bandwidth_usage_mbps'))} total"
-        )
+        self._bandwidth = (res.get("total_bandwidth_usage_mbps"), res.get("bandwidth_limit_mbps"))
+        self._summary()
         self._detail()
+
+    def _summary(self) -> None:
+        assert self.table is not None
+        records = [self.table.raw(k) or {} for k in self.table.keys()]
+        used, limit = self._bandwidth
+        self.query_one("#downloads-summary", Static).update(downloads_summary(records, used, limit))
 
     async def refetch(self, model_ids: list[str]) -> None:
         await self.fetch()
@@ -114,13 +210,14 @@ class DownloadsPane(Pane):
                 raw = self.table.raw(mid)
                 merged = {**(raw or {}), **{k: v for k, v in p.items() if k not in ("type", "timestamp")}}
                 old_status = (raw or {}).get("status")
-                self.table.upsert(mid, download_cells(merged), merged)
+                self.table.upsert(mid, self._cells(merged), merged)
                 if raw is None or old_status != merged.get("status"):
                     self.mark_dirty(mid)
             elif kind == "download_failed":
                 raw = self.table.raw(mid) or {"model_id": mid}
                 merged = {**raw, "status": "failed", "error_message": f"{p.get('error_code', 'FAILED')}: {p.get('message', '')}"}
-                self.table.upsert(mid, download_cells(merged), merged)
+                self.table.upsert(mid, self._cells(merged), merged)
+        self._summary()
         self._detail()
 
     def _detail(self) -> None:
@@ -130,7 +227,7 @@ class DownloadsPane(Pane):
             code = raw.get("error_code")
             text = f"{raw.get('model_id')}: {code + ': ' if code and not str(err).startswith(code) else ''}{err}"
         elif raw:
-            text = (f"{raw.get('model_id')}: {raw.get('retry_count') or 0}/{raw.get('max_retries', '?')} retries"
+            text = (f"{raw.get('model_id')}: {_bytes(raw).replace('/', ' of ')} · {raw.get('retry_count') or 0}/{raw.get('max_retries', '?')} retries"
                     + (f" on {raw.get('current_file')}" if raw.get("current_file") else " on this file")
                     + f" · {raw.get('total_retries') or 0} in all")
         else:
@@ -139,6 +236,7 @@ class DownloadsPane(Pane):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._detail()
+        self._chart()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

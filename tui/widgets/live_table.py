@@ -12,6 +12,24 @@ from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 Cell = str | Text
 
 
+class KeyedText(str):
+    """The text of a row's first cell, carrying the row's key (sorting reads it: two rows may show the same text)."""
+
+    row_key: str = ""
+
+
+def _keyed(text: Cell, key: str) -> Cell:
+    if isinstance(text, Text):
+        text = text.plain
+    cell = KeyedText(text)
+    cell.row_key = key
+    return cell
+
+
+def _row_key(cell: Any) -> str:
+    return getattr(cell, "row_key", None) or str(cell)
+
+
 @dataclass(frozen=True)
 class Column:
     """One column: its key, its header, and how to sort rows by it (from the row's raw record)."""
@@ -20,6 +38,14 @@ class Column:
     label: str
     sort: Callable[[dict[str, Any]], Any] | None = None
     width: int | None = None
+    min_screen: int = 0
+    """Shown only on a terminal at least this wide (0: always)."""
+    max_screen: int = 0
+    """Shown only on a terminal narrower than this (0: always); a wider twin can take its place."""
+
+    def fits(self, screen_width: int) -> bool:
+        """Whether the column is shown on a terminal `screen_width` wide."""
+        return screen_width >= self.min_screen and (not self.max_screen or screen_width < self.max_screen)
 
 
 class LiveTable(DataTable[Cell]):
@@ -30,7 +56,7 @@ class LiveTable(DataTable[Cell]):
     all inside one `batch_update`. `upsert` does the same for some rows only
     (live events). A text filter hides rows whose key does not contain it, and
     `cycle_sort` orders rows by one column after another. The first column is
-    always the row key.
+    the row's label (its key, or what the key is named by where rows share it).
     """
 
     DEFAULT_CSS = """
@@ -53,10 +79,33 @@ class LiveTable(DataTable[Cell]):
         """Cells updated in place so far (tests and benchmarks read it)."""
         self._shown_cells: dict[str, tuple[Cell, ...]] = {}
         """The cells of the rows now in the DataTable."""
+        self._cols: list[int] = []
+        """Indexes into `spec` of the columns shown at this terminal width."""
 
     def on_mount(self) -> None:
-        for c in self.spec:
-            self.add_column(c.label, key=c.key, width=c.width)
+        self._layout_columns()
+
+    def on_resize(self) -> None:
+        if [i for i, c in enumerate(self.spec) if c.fits(self.app.size.width)] != self._cols:
+            self._layout_columns()
+
+    def _layout_columns(self) -> None:
+        """(Re)build the columns that fit the terminal, keeping rows, order and the cursor's row."""
+        selected = self.selected_key
+        self._cols = [i for i, c in enumerate(self.spec) if c.fits(self.app.size.width)]
+        with self.app.batch_update():
+            self.clear(columns=True)
+            self._shown_cells.clear()
+            for i in self._cols:
+                c = self.spec[i]
+                self.add_column(c.label, key=c.key, width=c.width)
+            added = False
+            for key, cells in self._cells.items():
+                added |= self._apply(key, cells)
+            if added and self.sort_index is not None:
+                self._sort()
+        if selected is not None:
+            self.select(selected)
 
     # --- data --------------------------------------------------------------
     def _visible(self, key: str) -> bool:
@@ -69,16 +118,17 @@ class LiveTable(DataTable[Cell]):
             return False
         if key in self.rows:
             old = self._shown_cells.get(key)
-            for col, new, prev in zip(self.spec, cells, old or (None,) * len(cells)):
-                if new != prev:
+            for i in self._cols:
+                col, new = self.spec[i], cells[i]
+                if old is None or new != old[i]:
                     try:
-                        self.update_cell(key, col.key, new)
+                        self.update_cell(key, col.key, _keyed(new, key) if i == 0 else new, update_width=col.width is None)
                         self.updates += 1
                     except CellDoesNotExist:
                         pass
             self._shown_cells[key] = cells
             return False
-        self.add_row(*cells, key=key)
+        self.add_row(*(_keyed(cells[i], key) if i == 0 else cells[i] for i in self._cols), key=key)
         self._shown_cells[key] = cells
         return True
 
@@ -181,7 +231,7 @@ class LiveTable(DataTable[Cell]):
                 self.sort_index, self.sort_reverse = sortable[pos + 1], False
         if self.sort_index is None:
             order = {k: i for i, k in enumerate(self._cells)}
-            self.sort(self.spec[0].key, key=lambda k: order.get(str(k), len(order)))
+            self.sort(self.spec[0].key, key=lambda k: order.get(_row_key(k), len(order)))
             return "source order"
         self._sort()
         col = self.spec[self.sort_index]
@@ -191,11 +241,11 @@ class LiveTable(DataTable[Cell]):
         assert self.sort_index is not None
         col = self.spec[self.sort_index]
         if col.sort is None:
-            self.sort(self.spec[0].key, reverse=self.sort_reverse)
+            self.sort(self.spec[0].key, key=str, reverse=self.sort_reverse)
             return
 
-        def value(key: Any) -> Any:
-            raw = self._raw.get(str(key), {})
+        def value(cell: Any) -> Any:
+            raw = self._raw.get(_row_key(cell), {})
             v = col.sort(raw)  # type: ignore[misc]
             return (v is None, v if v is not None else 0)
 

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
 from mavail.tui import format as fmt
+from mavail.tui import words
 from mavail.tui.widgets.base import Pane, status_text
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
@@ -31,7 +32,7 @@ def health_cell(s: dict[str, Any]) -> Cell:
     if s.get("availability_status") != "available" and not s.get("last_health_check"):
         return "-"
     if s.get("integrity_score") is None or (not s.get("verified") and not s.get("last_health_check")):
-        return Text("unchk", style="dim")
+        return Text("unchecked", style="dim")
     return fmt.score(s.get("integrity_score"))
 
 
@@ -48,6 +49,26 @@ def model_cells(s: dict[str, Any]) -> tuple[Cell, ...]:
         Text("new", style="magenta") if s.get("update_available") else "",
         fmt.percent(prog) if isinstance(prog, (int, float)) else "",
     )
+
+
+STATUSES = ("available", "downloading", "queued", "paused", "missing", "failed", "corrupted")
+
+
+def models_summary(sm: dict[str, Any], table: LiveTable | None = None) -> str:
+    """`7 models · 1 available · 2 downloading · 4 missing · 24.0M on disk`: only the counts that are not zero."""
+    total = int(sm.get("total_models") or 0)
+    head = words.plural(total, "model")
+    if table is not None and table.filter_text:
+        head = f"{table.row_count} of {head} match /{table.filter_text}"
+    parts = [head]
+    for status in STATUSES:
+        n = sm.get(f"{status}_models")
+        if n:
+            parts.append(f"{n} {status}")
+    gb = sm.get("total_storage_gb")
+    if gb is not None:
+        parts.append(f"{fmt.size_gb(gb)} on disk" if gb > 0 else "nothing on disk yet")
+    return " · ".join(parts)
 
 
 class ModelsPane(Pane):
@@ -68,7 +89,7 @@ class ModelsPane(Pane):
         assert self.table is not None
         self.table.sync({mid: (model_cells(s), s) for mid, s in res["models"].items()})
         self._storage_gb = res.get("summary", {}).get("total_storage_gb")
-        self._summary(res.get("summary", {}))
+        self._recount()  # counted from the rows: every status, failed and paused too
 
     def _recount(self) -> None:
         """Recount the summary from the rows after a partial update (storage keeps the last full figure)."""
@@ -76,17 +97,16 @@ class ModelsPane(Pane):
         statuses = [(self.table.raw(k) or {}).get("availability_status") for k in self.table.keys()]
         self._summary({
             "total_models": len(statuses),
-            **{f"{s}_models": statuses.count(s) for s in ("available", "downloading", "queued", "missing", "corrupted")},
+            **{f"{s}_models": statuses.count(s) for s in STATUSES},
             "total_storage_gb": self._storage_gb,
         })
 
     def _summary(self, sm: dict[str, Any]) -> None:
-        self.query_one("#models-summary", Static).update(
-            f"{sm.get('total_models', 0)} models · {sm.get('available_models', 0)} available · "
-            f"{sm.get('downloading_models', 0)} downloading · {sm.get('queued_models', 0)} queued · "
-            f"{sm.get('missing_models', 0)} missing · {sm.get('corrupted_models', 0)} corrupted · "
-            f"{fmt.size_gb(sm.get('total_storage_gb'))} on disk"
-        )
+        self.query_one("#models-summary", Static).update(models_summary(sm, self.table))
+
+    def view_changed(self) -> None:
+        if self.loaded:
+            self._recount()
 
     async def refetch(self, model_ids: list[str]) -> None:
         if not self.loaded:
@@ -113,6 +133,8 @@ class ModelsPane(Pane):
                 self.table.upsert(mid, model_cells(raw), raw)
                 self._recount()
                 self.mark_dirty(mid)
+                if p.get("new_status") in ("available", "missing", "corrupted"):
+                    self.mark_dirty()  # bytes came or went: the whole answer measures the disk again
             elif kind == "model_download_progress":
                 raw = {**raw, "download_progress": p.get("progress_percent", raw.get("download_progress"))}
                 self.table.upsert(mid, model_cells(raw), raw)

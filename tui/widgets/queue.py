@@ -8,6 +8,7 @@ from textual.app import ComposeResult
 from textual.widgets import Static
 
 from mavail.tui import format as fmt
+from mavail.tui.words import plural
 from mavail.tui.widgets.base import Pane, status_text
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
@@ -68,7 +69,7 @@ class QueuePane(Pane):
         items = queue_items(await self.mavail.link.call("fallback.queue_list"))
         assert self.table is not None
         self.table.sync({str(q.get("queue_id")): (queue_cells(q), q) for q in items if q.get("queue_id") is not None})
-        self.query_one("#queue-summary", Static).update(f"{len(items)} waiting request(s)" if items else "no request is waiting")
+        self.query_one("#queue-summary", Static).update(f"{plural(len(items), 'request')} waiting" if items else "no request is waiting")
 
     def selected_queue_id(self) -> str | None:
         """The queue id under the cursor."""

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static
 from mavail.tui.widgets.base import Pane
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
-COLUMNS = [Column("id", "Setting"), Column("value", "Value"), Column("doc", "Meaning")]
+COLUMNS = [Column("id", "Setting", width=35), Column("value", "Value", width=8), Column("doc", "Meaning", width=28)]
 
 # The settings people change from the TUI first, with a short meaning (the engine validates every value).
 EDITABLE: dict[str, str] = {
@@ -21,7 +21,7 @@ EDITABLE: dict[str, str] = {
     "health.full_check_interval_days": "full check every N days",
     "health.max_read_mbps": "read budget of checks MiB/s",
     "health.auto_repair_enabled": "repair what checks find",
-    "storage.max_gb": "ceiling for models GiB, 0 = none",
+    "storage.max_gb": "models ceiling GiB, 0 = none",
     "storage.min_free_gb": "free-space floor GiB",
     "gpu.vram_gb": "VRAM to assume without NVML",
     "updates.keep_versions": "previous versions kept",
@@ -75,7 +75,7 @@ class SettingsPane(Pane):
     RESYNC_S = 60.0
 
     def body(self) -> ComposeResult:
-        yield Static("enter: edit the selected setting (validated and saved by the engine; live ones apply at once)",
+        yield Static("enter edits the selected setting; the engine checks and saves it",
                      classes="summary body")
         self.table = LiveTable(COLUMNS, id="settings-table", classes="body")
         yield self.table

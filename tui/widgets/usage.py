@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widgets import DataTable, Static
 
+from mavail.tui import charts
 from mavail.tui import format as fmt
 from mavail.tui.widgets.base import Pane
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 COLUMNS = [
-    Column("id", "Model"),
-    Column("uses", "Uses", sort=lambda r: r.get("total_uses")),
-    Column("per_day", "/day", sort=lambda r: r.get("uses_per_day")),
-    Column("success", "OK", sort=lambda r: r.get("success_rate")),
-    Column("avg", "Avg", sort=lambda r: r.get("average_generation_time")),
-    Column("trend", "30 days", sort=lambda r: sum(daily_uses(r))),
+    Column("id", "Model", width=16),
+    Column("uses", "Uses", sort=lambda r: r.get("total_uses"), width=5),
+    Column("per_day", "/day", sort=lambda r: r.get("uses_per_day"), width=4),
+    Column("success", "OK", sort=lambda r: r.get("success_rate"), width=4),
+    Column("avg", "Avg", sort=lambda r: r.get("average_generation_time"), width=5),
+    Column("trend", "Uses per day, 30 days to today", sort=lambda r: sum(daily_uses(r)), width=30),
 ]
 
 
@@ -30,8 +32,6 @@ def daily_uses(u: dict[str, Any]) -> list[float]:
 def usage_cells(u: dict[str, Any]) -> tuple[Cell, ...]:
     """One row of the Usage table from an `analytics.usage` entry."""
     days = daily_uses(u)
-    # two days per block keeps the row inside 80 columns
-    pairs = [sum(days[i : i + 2]) for i in range(0, len(days), 2)]
     rate = u.get("success_rate")
     return (
         u["model_id"],
@@ -39,8 +39,19 @@ def usage_cells(u: dict[str, Any]) -> tuple[Cell, ...]:
         "-" if u.get("uses_per_day") is None else f"{float(u['uses_per_day']):.1f}",
         "-" if rate is None else f"{float(rate) * 100:.0f}%",
         fmt.duration(u.get("average_generation_time")),
-        fmt.sparkline(pairs),
+        Text(charts.columns(days), style="green"),  # one column per day
     )
+
+
+def usage_chart(days: list[float], width: int, height: int = 3) -> Text:
+    """The selected model's 30 days as bars, each day the same number of cells wide, with its scale and its ends."""
+    per = max(1, width // max(1, len(days)))
+    stretched = [d for d in days for _ in range(per)]
+    lines = charts.block_chart(stretched, len(stretched), height, style="green")
+    span = len(stretched)
+    axis = Text(f"{len(days)} days ago".ljust(max(0, span - 5)) + "today", style="dim")
+    head = Text(f"uses per day, busiest {max(days):g}", style="dim")
+    return Text("\n").join([head, *lines, axis])
 
 
 class UsagePane(Pane):
@@ -51,7 +62,7 @@ class UsagePane(Pane):
     RESYNC_S = 60.0
 
     DEFAULT_CSS = """
-    UsagePane Sparkline { height: 2; margin: 0 1; }
+    UsagePane #usage-chart { height: auto; padding: 0 1; }
     """
 
     def body(self) -> ComposeResult:
@@ -59,7 +70,7 @@ class UsagePane(Pane):
         self.table = LiveTable(COLUMNS, id="usage-table", classes="body")
         yield self.table
         yield Static("", classes="detail body", id="usage-detail")
-        yield Sparkline([], classes="body", id="usage-spark")
+        yield Static("", classes="body", id="usage-chart")
 
     async def fetch(self) -> None:
         # every model's 30-day series is opt-in for an all-models answer: the trend column needs it
@@ -78,12 +89,10 @@ class UsagePane(Pane):
     def _detail(self) -> None:
         raw = self.selected_raw()
         days = daily_uses(raw)
-        spark = self.query_one("#usage-spark", Sparkline)
-        spark.data = days if any(days) else []
-        spark.display = any(days)
+        self.query_one("#usage-chart", Static).update(usage_chart(days, (self.size.width or 80) - 2) if any(days) else "")
         peaks = raw.get("peak_usage_hours") or []
         self.query_one("#usage-detail", Static).update(
-            f"{raw.get('model_id', '')}: last 30 days below · peak hours {', '.join(f'{int(h):02d}h' for h in peaks if isinstance(h, (int, float))) or '-'}" if raw else ""
+            f"{raw.get('model_id', '')}: peak hours {', '.join(f'{int(h):02d}h' for h in peaks if isinstance(h, (int, float))) or '-'}" if raw else ""
         )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
