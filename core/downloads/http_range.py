@@ -170,6 +170,7 @@ class RangeConnection:
             self._check_aborted()
             conn, target = self._connection(url)
             headers = {**self._proxy_headers, **headers_for(url)}
+            sock = None
             try:
                 conn.request("GET", target, headers=headers)
                 sock = conn.sock
@@ -185,6 +186,8 @@ class RangeConnection:
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 self._check_aborted()
+                if isinstance(exc, (ConnectionRefusedError, socket.gaierror, ssl.SSLError)) or sock is None:
+                    raise BrokenConnection(f"cannot connect to {urlsplit(url).netloc} ({_explain(exc)})") from None
                 raise BrokenConnection(f"{urlsplit(url).netloc}: {_explain(exc)}") from None
             head = Head(resp.status, {k.lower(): v for k, v in resp.getheaders()}, url)
             self._resp = resp
