@@ -23,14 +23,17 @@ system's CA store, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set.
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import os
+import select
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 MAX_REDIRECTS = 10
 READ_SIZE = 512 * 1024  # most bytes one read returns; a read returns what the socket holds, so slow links stay prompt
@@ -155,9 +158,41 @@ class RangeConnection:
     def _new(self, scheme: str, host: str, port: int, tunnel: bool = False) -> http.client.HTTPConnection:
         """A connection to host:port; TLS for https (through a tunnel: TLS inside the CONNECT to the proxy)."""
         if scheme == "https" or tunnel:
-            return http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
-                                               context=self._ssl or ssl.create_default_context())
-        return http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
+                                                                           context=self._ssl or ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+        conn._create_connection = self._dial  # type: ignore[attr-defined]
+        return conn
+
+    def _dial(self, address: tuple[str, int], timeout: float | None = None, source_address: object = None) -> socket.socket:
+        """Connect to `address` without blocking in connect(), so `abort()` stops a connection under way at once."""
+        deadline = time.monotonic() + (timeout or self.connect_timeout)
+        last: BaseException = OSError(f"cannot connect to {address[0]}")
+        for af, kind, proto, _, sa in socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM):
+            sock = socket.socket(af, kind, proto)
+            try:
+                sock.setblocking(False)
+                rc = sock.connect_ex(sa)
+                while rc in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+                    self._check_aborted()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise socket.timeout("connect timed out")
+                    if select.select([], [sock], [], min(0.05, left))[1]:
+                        rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if rc:
+                    raise OSError(rc, os.strerror(rc))
+                sock.settimeout(timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
+            except (Aborted, socket.timeout):
+                sock.close()
+                raise
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last
 
     # --- requests --------------------------------------------------------------
     def open(self, url: str, headers_for: Callable[[str], dict[str, str]]) -> Head:
@@ -195,7 +230,9 @@ class RangeConnection:
             self._left = int(length) if (length and length.isdigit() and not resp.chunked) else None
             if resp.status in REDIRECTS and head.get("location"):
                 self.discard()
-                url = urljoin(url, head.get("location") or "")
+                # http.client reads header bytes as Latin-1: recover them and percent-encode what is not ASCII, as curl does
+                raw = (head.get("location") or "").encode("latin-1", "replace")
+                url = urljoin(url, quote(raw, safe="!#$%&'()*+,/:;=?@[]~"))
                 continue
             return head
         self.discard()

@@ -575,7 +575,16 @@ class FileTransfer:
         except asyncio.CancelledError:
             conn.abort()
             # the thread writes what it already read and returns: the file is never closed under it
-            await asyncio.gather(fut, return_exceptions=True)
+            await _outlive(fut)
+            raise
+
+    async def _file_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking file work in a thread; when cancelled, wait for the thread first (its file stays open)."""
+        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            await _outlive(fut)
             raise
 
     async def _fetch(self, span: _Span, url: str, conn: RangeConnection) -> None:
@@ -678,6 +687,11 @@ class FileTransfer:
                     raise ShortRead(f"response ended at byte {pos} of {end}")
                 self._count(n)
                 pos += n
+                for lim in self.ctx.limiters:
+                    if lim.active():
+                        delay = lim.reserve(n)
+                        if delay > 0 and conn.wait_aborted(delay):
+                            raise Aborted()
         limiters = [lim for lim in self.ctx.limiters]
         min_rate = float(self.ctx.setting("downloads.min_rate_bytes_per_s"))
         window = float(self.ctx.setting("downloads.min_rate_window_s"))
@@ -692,7 +706,12 @@ class FileTransfer:
                 if pos >= stop or idx >= span.end_idx:
                     break
                 span.cur = idx  # this piece is ours now: the tail is only ever taken after it
-            data = conn.readinto(min(stop, (idx + 1) * ps) - pos)
+            want = min(stop, (idx + 1) * ps) - pos
+            for lim in limiters:
+                rate = lim.rate()
+                if rate > 0:  # at most ~0.1 s of the tightest limit a read: a changed limit applies within that
+                    want = min(want, max(4096, int(rate * 0.1)))
+            data = conn.readinto(want)
             n = len(data)
             if n == 0:
                 break
@@ -860,9 +879,9 @@ class FileTransfer:
         self.dead.clear()
         self.slow.clear()
         self.dead_reason = ""
-        await asyncio.to_thread(self._drop_missing_pieces)
+        await self._file_thread(self._drop_missing_pieces)
         if self._prefixes:
-            await asyncio.to_thread(self._restore_prefixes)
+            await self._file_thread(self._restore_prefixes)
         self.resets = 0
         self.integrity_failures = 0
         self._failed_span_retries = 0
@@ -903,17 +922,17 @@ class FileTransfer:
                 if not self.complete:
                     continue
             await self._commit_pending()
-            await asyncio.to_thread(self._catch_up)
+            await self._file_thread(self._catch_up)
             ok, problem = self._verify()
             if ok:
-                await asyncio.to_thread(self._rehash_older_pieces)
+                await self._file_thread(self._rehash_older_pieces)
                 break
             self.integrity_failures += 1
             if self.integrity_failures > self.ctx.max_retries():
                 raise IntegrityError(f"{self.job.path}: {problem} after {self.integrity_failures} downloads", path=self.job.path)
             self.ctx.on_retry(self.job.path, "", IntegrityError(problem), 0.0)
             await self._reset(problem)
-        await asyncio.to_thread(self.file.flush)
+        await self._file_thread(self.file.flush)
 
     def _rehash_older_pieces(self) -> None:
         """Hash again, from the verified file, pieces recorded with an older piece hash, so a file's pieces share one."""
@@ -989,6 +1008,17 @@ class FileTransfer:
                     raise e
         first = errors[0]
         raise SourceUnavailable(f"{self.job.path}: {_describe(first)}", path=self.job.path) from first
+
+
+async def _outlive(fut: "asyncio.Future[Any]") -> None:
+    """Wait until `fut` is done, whatever cancels the waiter meanwhile (a thread cannot be cancelled)."""
+    while not fut.done():
+        try:
+            await asyncio.wait({fut})
+        except asyncio.CancelledError:
+            pass
+    if not fut.cancelled():
+        fut.exception()  # retrieved: the caller is already raising its own
 
 
 def _describe(exc: BaseException) -> str:
