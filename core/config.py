@@ -116,8 +116,8 @@ def _proxy_problem(value: str) -> str | None:
         parts.port
     except ValueError:
         return "has a port that is not a number"
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        return 'must be "", "direct" or a proxy URL such as http://proxy.example:3128'
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        return 'must be "", "direct" or an http:// proxy URL such as http://proxy.example:3128 (HTTPS goes through it)'
     return None
 
 

@@ -137,6 +137,9 @@ class RangeConnection:
         host, port = parts.hostname or "", parts.port
         if proxy:
             pp = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            if pp.scheme != "http":
+                raise BadUrl(f"the proxy {proxy!r} is not an http:// proxy; only those are supported (HTTPS goes through "
+                             "them with CONNECT)")
             auth = {}
             if pp.username:
                 cred = f"{unquote(pp.username)}:{unquote(pp.password or '')}".encode()

@@ -31,7 +31,7 @@ from mavail.core.downloads.http_range import proxy_for
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import Opener, PartialFile
 from mavail.core.downloads.reasons import retry_reason
-from mavail.core.downloads.transfer import DiskFull, FileJob, FileTransfer, TransferContext, describe_error
+from mavail.core.downloads.transfer import ConnectionBudget, DiskFull, FileJob, FileTransfer, TransferContext, describe_error
 from mavail.core.priority import normalise_priority, priority_rank
 from mavail.core.errors import Conflict, InsufficientStorage, InvalidParams, InvalidState, MavailError, NotFound, SourceUnavailable
 from mavail.core import installed, safefs
@@ -302,6 +302,7 @@ class DownloadManager:
         self._seq = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._budget = ConnectionBudget(lambda: int(settings.get("downloads.max_connections")))
         self._restraint: tuple[bool, float] = (False, 0.0)  # (hold every download queued, cap in MiB/s; 0 = none), see restrain
         self._global = RateLimiter(lambda: _capped(float(settings.get("downloads.bandwidth_limit_mbps")), self._restraint[1]) * MIB)
         self._wake = asyncio.Event()
@@ -809,7 +810,7 @@ class DownloadManager:
         return TransferContext(limiters=[d.limiter, self._global], max_retries=lambda: d.max_retries,
                                setting=cfg.get, on_pieces=on_pieces, on_reset=on_reset, on_validator=on_validator,
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=self.hub.headers,
-                               sleep=self.sleep, executor=self._byte_threads(),
+                               sleep=self.sleep, executor=self._byte_threads(), budget=self._budget,
                                proxy=lambda url: proxy_for(url, self.environ, str(cfg.get("downloads.proxy"))),
                                active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
 

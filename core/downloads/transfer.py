@@ -175,6 +175,31 @@ class FileJob:
     located: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
+class ConnectionBudget:
+    """The connections every download may hold together (`downloads.max_connections`), shared by their files.
+
+    A connection takes a place before each span and gives it back after; when none is free it
+    waits, and files holding more than their share hand surplus places back at their next piece.
+    """
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self.limit = limit
+        self.open = 0
+        self._freed = asyncio.Event()
+
+    async def take(self) -> None:
+        """Wait for a free place and hold it."""
+        while self.open >= max(1, self.limit()):
+            self._freed.clear()
+            await self._freed.wait()
+        self.open += 1
+
+    def give_back(self) -> None:
+        """Free a place taken with `take`."""
+        self.open -= 1
+        self._freed.set()
+
+
 @dataclass
 class TransferContext:
     """Settings (read at use time) and callbacks one download's transfers share."""
@@ -193,6 +218,7 @@ class TransferContext:
     active_files: Callable[[], int] = lambda: 1  # files transferring now, which share downloads.max_connections
     executor: Executor | None = None  # the byte threads (None: the loop's default executor)
     proxy: Callable[[str], str | None] = lambda url: None  # the proxy for a URL (None: connect directly)
+    budget: ConnectionBudget | None = None  # places shared with every other download (None: this file's share only)
 
 
 @dataclass
@@ -204,6 +230,7 @@ class _Span:
     stalls: int = 0
     url_idx: int = 0
     cur: int = -1  # the piece its connection is writing: a connection taking over the tail starts after it
+    worker: int = 0  # index of the connection working it: one not below the file's target hands its tail back
 
 
 @dataclass
@@ -277,6 +304,7 @@ class FileTransfer:
     def _init_state(self, recorded: dict[int, str]) -> None:
         self.state = [0] * self.npieces  # 0 pending, 1 assigned, 2 written
         self.written = [0] * self.npieces
+        self._contig = 0  # pieces below it are all whole (see _contiguous_end)
         self.hashers: dict[int, Any] = {}
         self.piece_sha: dict[int, str] = {}
         self.recorded: set[int] = set()
@@ -299,6 +327,7 @@ class FileTransfer:
                     self.written[i] = 0
                     self.piece_sha.pop(i, None)
                     self.recorded.discard(i)
+            self._contig = 0
 
     def _restore_prefixes(self) -> None:
         """Re-hash the recorded flushed prefix of pieces that were in progress, from disk, so only their rest is fetched."""
@@ -460,12 +489,11 @@ class FileTransfer:
 
     def _contiguous_end(self) -> int:
         with self._lock:
-            end = 0
-            for k in range(self.npieces):
-                end = k * self.ps + self.written[k]
-                if self.written[k] < self.piece_len(k):
-                    return end
-            return self.size
+            k = self._contig  # every piece before it is whole: the scan starts there, not at piece 0
+            while k < self.npieces and self.written[k] >= self.piece_len(k):
+                k += 1
+            self._contig = k
+            return self.size if k >= self.npieces else k * self.ps + self.written[k]
 
     def _catch_up(self, limit: int | None = None) -> int:
         """Read back and hash written bytes the frontier has not seen; return bytes read."""
@@ -705,6 +733,13 @@ class FileTransfer:
                 idx = pos // ps
                 if pos >= stop or idx >= span.end_idx:
                     break
+                if span.worker >= self._target and idx != span.cur and pos % ps == 0:
+                    # more connections than the file's share now: give the untouched rest back and stop here
+                    for k in range(idx, span.end_idx):
+                        if self.state[k] == 1 and self.written[k] == 0:
+                            self.state[k] = 0
+                    span.end_idx = idx
+                    break
                 span.cur = idx  # this piece is ours now: the tail is only ever taken after it
             want = min(stop, (idx + 1) * ps) - pos
             for lim in limiters:
@@ -841,30 +876,43 @@ class FileTransfer:
                                float(self.ctx.setting("downloads.stall_timeout_s")), proxy=self.ctx.proxy)
         try:
             while index < self._target:
-                span = self._take_span(max_pieces) or self._steal_span()
-                if span is None:
-                    return
-                self._live_spans.append(span)
+                budget = self.ctx.budget
+                if budget is not None:
+                    await budget.take()
                 try:
-                    await self._run_span(span, conn)
-                except BaseException:
-                    self._failed_span_retries = max(self._failed_span_retries, span.failures)
-                    raise
+                    if index >= self._target:
+                        return  # the file's share shrank while this connection waited for a place
+                    span = self._take_span(max_pieces) or self._steal_span()
+                    if span is None:
+                        return
+                    span.worker = index
+                    self._live_spans.append(span)
+                    try:
+                        await self._run_span(span, conn)
+                    except BaseException:
+                        self._failed_span_retries = max(self._failed_span_retries, span.failures)
+                        raise
+                    finally:
+                        self._live_spans.remove(span)
+                        self._release(span)
                 finally:
-                    self._live_spans.remove(span)
-                    self._release(span)
+                    if budget is not None:
+                        budget.give_back()
                 if span.gen != self.gen:
                     raise _Restart()
         finally:
             conn.close()
 
     # --- the whole file ------------------------------------------------------
+    def _share(self) -> int:
+        """This file's share of downloads.max_connections among the files transferring now (at least 1)."""
+        return max(1, int(self.ctx.setting("downloads.max_connections")) // max(1, self.ctx.active_files()))
+
     def _plan(self) -> tuple[int, int, int]:
         """(connections to start with, pieces per span, most connections) for the settings and what the server supports."""
         if self.no_ranges:
             return 1, self.npieces, 1
-        share = int(self.ctx.setting("downloads.max_connections")) // max(1, self.ctx.active_files())
-        ceiling = min(int(self.ctx.setting("downloads.parallel_ranges")), max(1, share))
+        ceiling = min(int(self.ctx.setting("downloads.parallel_ranges")), self._share())
         min_size = float(self.ctx.setting("downloads.parallel_min_size_mb")) * 1024 * 1024
         remaining = sum(1 for s in self.state if s == 0)
         if ceiling <= 1 or self.size < min_size:
@@ -965,10 +1013,15 @@ class FileTransfer:
         last_t, last_bytes, last_rate, growing = clock(), self.written_bytes, 0.0, n < ceiling
         try:
             while True:
-                done, pending = await asyncio.wait(tasks, timeout=PROBE_S if growing else None,
-                                                   return_when=asyncio.FIRST_EXCEPTION)
+                done, pending = await asyncio.wait(tasks, timeout=PROBE_S, return_when=asyncio.FIRST_EXCEPTION)
                 if not pending or any(not t.cancelled() and t.exception() is not None for t in done):
                     break
+                share = self._share()
+                if self._target > share:
+                    self._target = share  # another file started: connections past the share hand their tails back
+                    ceiling = min(ceiling, share)
+                if not growing:
+                    continue
                 now, written = clock(), self.written_bytes
                 rate = (written - last_bytes) / max(1e-6, now - last_t)
                 last_t, last_bytes = now, written
@@ -1118,5 +1171,5 @@ async def fetch_range(client: httpx.AsyncClient, urls: Sequence[str], start: int
                 await sleep(backoff_delay(failures, retry_base_s, retry_max_s, getattr(exc, "retry_after", None)))
 
 
-__all__ = ["FileJob", "FileTransfer", "TransferContext", "fetch_range", "DiskFull", "describe_error", "backoff_delay",
+__all__ = ["ConnectionBudget", "FileJob", "FileTransfer", "TransferContext", "fetch_range", "DiskFull", "describe_error", "backoff_delay",
            "parse_retry_after", "InsufficientStorage"]

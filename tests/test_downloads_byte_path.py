@@ -1,4 +1,5 @@
-"""Review: defects of the byte path, each shown against real servers on 127.0.0.1."""
+"""The byte path under stress, against real servers on 127.0.0.1: stops while a thread connects or reads, limits
+from threads, connections shared between downloads, proxies, odd redirects and odd bodies."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mavail.core.downloads.limiter import MIB, RateLimiter
 from mavail.core.downloads.partial import PartialFile
 from mavail.core.downloads.transfer import FileJob, FileTransfer, TransferContext
 from mavail.testing.mirror import Mirror, Synthetic
 from tests.helpers import wait_until
+from tests.test_downloads_proxy import tinyproxy  # noqa: F401 - the fixture
 
 SETTINGS = {
     "downloads.stall_timeout_s": 5.0, "downloads.connect_timeout_s": 10.0, "downloads.min_rate_bytes_per_s": 0.0,
@@ -90,8 +94,10 @@ async def test_a_resume_over_a_server_without_ranges_reads_the_prefix_within_the
 
 
 async def test_downloads_together_never_open_more_than_max_connections(home):
-    """Each file's share of downloads.max_connections is fixed when it starts: a second download then opens its
-    share on top of the first one's, and the total goes past the setting."""
+    """downloads.max_connections bounds the connections of every download together: a second download waits for
+    places, and the first hands back what is past its share at its next piece."""
+    import psutil
+
     from tests.dlhelpers import dl_engine, write_home
 
     size = 4 * MIB
@@ -100,18 +106,26 @@ async def test_downloads_together_never_open_more_than_max_connections(home):
         m.default_faults.throttle_bps = 256 * 1024
         cfg = {"downloads": {"parallel_min_size_mb": 0.0, "parallel_ranges": 4, "max_connections": 4, "max_concurrent": 2}}
         write_home(home, m, {"a": {"f.bin": a}, "b": {"f.bin": b}}, cfg)
+        me = psutil.Process()
+
+        def to_the_mirror() -> int:  # the engine's sockets to the mirror, as the kernel sees them
+            return sum(1 for c in me.net_connections("tcp") if c.raddr and c.raddr.port == m.port
+                       and c.status == psutil.CONN_ESTABLISHED)
+
         async with dl_engine(home) as (eng, sock):
             await eng.downloads.start("a")
-            await wait_until(lambda: m._inflight >= 4)
+            await wait_until(lambda: to_the_mirror() >= 4)
             await eng.downloads.start("b")
-            most = 0
+            most, both = 0, False
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
-                most = max(most, m._inflight)
+                most = max(most, to_the_mirror())
+                both = both or all(eng.downloads.progress(x)["connections"] for x in ("a", "b"))
                 await asyncio.sleep(0.01)
             await eng.downloads.cancel("a")
             await eng.downloads.cancel("b")
             assert most <= 4, f"{most} connections open at once, downloads.max_connections = 4"
+            assert both  # the second download got places: the first gave back what was past its share
 
 
 class _WatchedFile(PartialFile):
@@ -212,38 +226,31 @@ async def test_raising_the_bandwidth_limit_applies_at_once_to_a_connection_waiti
         assert took < 2, f"the file was still at {got[0]} bytes {took:.1f} s after the limit was lifted"
 
 
-async def test_an_https_proxy_is_spoken_to_over_tls(tmp_path):
-    """downloads.proxy accepts https:// proxies, but the byte path speaks plain HTTP to them (on port 80 when none
-    is given), sending Proxy-Authorization in clear text."""
-    from mavail.core.downloads.http_range import BrokenConnection, RangeConnection
+async def test_an_https_proxy_is_refused_rather_than_spoken_to_in_clear(tmp_path):
+    """Only http:// proxies are spoken to (HTTPS goes through them with CONNECT): an https:// proxy from the
+    environment is refused with a clear error before a byte, never sent its credentials in clear text, and
+    downloads.proxy does not accept one."""
+    from mavail.core.config import SCHEMA
+    from mavail.core.downloads.http_range import BadUrl, RangeConnection
+    from mavail.core.errors import ConfigError
 
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(4)
+    lst.settimeout(0.5)
     port = lst.getsockname()[1]
-    first: list[bytes] = []
-
-    def serve() -> None:
-        c, _ = lst.accept()
-        c.settimeout(2)
-        try:
-            first.append(c.recv(4096))
-        finally:
-            c.close()
-
-    import threading
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
     conn = RangeConnection(2.0, 2.0, proxy=lambda url: f"https://user:secret@127.0.0.1:{port}")
     try:
-        await asyncio.to_thread(conn.open, "http://example.invalid/f.bin", lambda hop: {})
-    except Exception:
-        pass
+        with pytest.raises(BadUrl, match="not an http:// proxy"):
+            await asyncio.to_thread(conn.open, "http://example.invalid/f.bin", lambda hop: {})
+        with pytest.raises(socket.timeout):
+            lst.accept()  # nothing connected to it
     finally:
         conn.close()
-        th.join(3)
         lst.close()
-    assert first and first[0][:1] == b"\x16", f"the proxy got {first[0][:80] if first else b''!r}, not a TLS hello"
+    setting = next(x for x in SCHEMA if x.key == "downloads.proxy")
+    with pytest.raises(ConfigError, match="http:// proxy"):
+        setting.coerce("https://proxy.example:3128")
 
 
 async def test_a_redirect_to_a_location_with_raw_utf8_is_followed(tmp_path):
@@ -266,8 +273,8 @@ async def test_a_redirect_to_a_location_with_raw_utf8_is_followed(tmp_path):
         assert sha == data.sha256()
 
 
-async def test_probe_limiter_accuracy_with_several_connections(tmp_path):
-    """Probe: 4 connections sharing a per-download and a global limiter of 1 MiB/s stay within 5%."""
+async def test_limiter_accuracy_with_several_connections(tmp_path):
+    """4 connections sharing a per-download and a global limiter of 1 MiB/s stay within 5%."""
     size = 3 * MIB
     data = Synthetic("lim4", size)
     with Mirror() as m:
@@ -334,12 +341,9 @@ class _PlainServer:
         self.server.server_close()
 
 
-import pytest  # noqa: E402
-
-
 @pytest.mark.parametrize("chunked", [True, False])
-async def test_probe_plain_get_server_chunked_or_close_delimited_with_a_drop(tmp_path, chunked):
-    """Probe: a server that ignores Range and answers chunked (or close-delimited) 200s, dropping once."""
+async def test_plain_get_server_chunked_or_close_delimited_with_a_drop(tmp_path, chunked):
+    """a server that ignores Range and answers chunked (or close-delimited) 200s, dropping once."""
     import hashlib
 
     body = Synthetic("plain", 300_000).read(0, 300_000)
@@ -354,11 +358,8 @@ async def test_probe_plain_get_server_chunked_or_close_delimited_with_a_drop(tmp
     assert sha == hashlib.sha256(body).hexdigest()
 
 
-from tests.test_downloads_proxy import tinyproxy  # noqa: E402,F401
-
-
-async def test_probe_https_through_a_connect_proxy_with_keep_alive(tmp_path, tinyproxy):
-    """Probe: RangeConnection fetches two ranges from an HTTPS origin through tinyproxy's CONNECT, on one tunnel."""
+async def test_https_through_a_connect_proxy_with_keep_alive(tmp_path, tinyproxy):
+    """RangeConnection fetches two ranges from an HTTPS origin through tinyproxy's CONNECT, on one tunnel."""
     import ssl
     import subprocess
     import threading
@@ -425,8 +426,8 @@ async def test_probe_https_through_a_connect_proxy_with_keep_alive(tmp_path, tin
     assert len(conns) == 1
 
 
-async def test_probe_stealing_keeps_every_piece_hash_right(tmp_path):
-    """Probe: 8 connections over a throttled server, with drops, steal tails; every piece hash matches the bytes."""
+async def test_stealing_keeps_every_piece_hash_right(tmp_path):
+    """8 connections over a throttled server, with drops, steal tails; every piece hash matches the bytes."""
     from mavail.core.piecehash import piece_digest
 
     ps = 16 * 1024
