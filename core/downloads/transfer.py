@@ -61,8 +61,8 @@ log = logging.getLogger("mavail.downloads")
 READBACK_CHUNK = 1024 * 1024
 WRITEBACK_BYTES = 1024 * 1024  # written bytes of a piece handed to the disk at once
 MAX_SPAN_BYTES = 64 * 1024 * 1024  # one request asks for at most this much; idle connections take over the tail of a span
-PREFIX_RECORD_S = 0.1  # how often the flushed prefix of pieces in progress is recorded when no piece completes: at 16
-# connections of 16 MiB/s, what a kill -9 can cost stays near 0.1 s of bytes
+PREFIX_RECORD_S = 0.05  # how often the flushed prefix of pieces in progress is recorded when no piece completes: at 16
+# connections of 16 MiB/s, what a kill -9 can cost stays near 0.05 s of bytes
 START_CONNECTIONS = 8  # connections a large file starts with (as many as aria2c -x8 opens)
 PROBE_S = 0.5  # how often the file's rate is compared to decide whether more connections help
 GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor
