@@ -46,6 +46,7 @@ import psutil
 from mavail.core import crash, safefs
 from mavail.core import installed as installed_store
 from mavail.core.errors import InvalidParams, MavailError, NotFound
+from mavail.core.store import STORE_DIR
 from mavail.core.paths import ENGINE_PARTIAL_DIRS, HomeLayout
 from mavail.core.timeutil import Clock, iso
 
@@ -361,7 +362,8 @@ class StorageManager:
         models_dir = self._layout.models_dir
         models_dir.mkdir(parents=True, exist_ok=True)
         du = psutil.disk_usage(str(models_dir))
-        return du, scan_dir(models_dir, with_versions=True), scan_dir(self._layout.partial_dir), measure(self._layout.trash_dir)
+        models = [e for e in scan_dir(models_dir, with_versions=True) if e.name != STORE_DIR]  # a shared store's own files
+        return du, models, scan_dir(self._layout.partial_dir), measure(self._layout.trash_dir)
 
     async def _installed_at(self) -> dict[str, float]:
         return await self._db.read(installed_store.latest_install_times)
@@ -371,6 +373,7 @@ class StorageManager:
         out = []
         if self._leases.is_leased(model_id):
             out.append("in use (leased)")
+        out += self._leases.leased_elsewhere(model_id)
         reasons = self._activity.reasons(model_id)
         if reasons:
             out.append("busy: " + ", ".join(sorted(reasons)))
@@ -641,6 +644,7 @@ class StorageManager:
         if cleanup_type == "manual" and not models_to_remove and plan_id is None:
             raise InvalidParams("a manual cleanup needs models_to_remove", field="models_to_remove")
         async with self._lock:
+            await self._leases.refresh_elsewhere()  # what other engines on a shared store hold now, for every check below
             if plan_id is not None:
                 plan = self._plans.get(plan_id)
                 if plan is None or self._clock.monotonic() - plan.created_at > PLAN_TTL_S:
