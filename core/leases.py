@@ -131,6 +131,9 @@ class LeaseManager:
         """
         if self.is_leased(model_id):
             raise Conflict(f"model {model_id!r} is in use", model_id=model_id, active_leases=len(self.leases_for(model_id)))
+        other = self.leased_elsewhere(model_id)
+        if other:
+            raise Conflict(f"model {model_id!r} is {'; '.join(other)}", model_id=model_id, leased_elsewhere=other)
         self._replacing[model_id] += 1
         try:
             yield

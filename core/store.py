@@ -137,6 +137,7 @@ class PieceJournal:
     recorded: dict[int, str] = field(default_factory=dict)
     prefixes: dict[int, int] = field(default_factory=dict)
     validators: dict[str, list[str | None]] = field(default_factory=dict)
+    writer: str = ""  # the engine (EngineId.name) that wrote it last
 
     def to_json(self) -> bytes:
         """The file's bytes."""
@@ -152,7 +153,7 @@ class PieceJournal:
         return cls(path=str(d["path"]), size=int(d["size"]), sha256=d.get("sha256"), piece_size=int(d["piece_size"]),
                    recorded={int(k): str(v) for k, v in d.get("recorded", {}).items()},
                    prefixes={int(k): int(v) for k, v in d.get("prefixes", {}).items()},
-                   validators={str(k): list(v) for k, v in d.get("validators", {}).items()})
+                   validators={str(k): list(v) for k, v in d.get("validators", {}).items()}, writer=str(d.get("writer", "")))
 
 
 class VersionLock:
@@ -313,7 +314,8 @@ class SharedStore:
 
     # --- partial data -------------------------------------------------------------
     def write_journal(self, model_id: str, version: str, journal: PieceJournal) -> None:
-        """Save the journal of one shared partial file (the holder, after its pieces are flushed)."""
+        """Save the journal of one shared partial file (the holder, after its pieces are flushed), signed by this engine."""
+        journal.writer = self.engine.name
         safefs.atomic_write(self.home, self._journal_path(model_id, version, journal.path), journal.to_json(), mode=0o644)
 
     def read_journal(self, model_id: str, version: str, path: str) -> PieceJournal | None:

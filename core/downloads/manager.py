@@ -854,6 +854,8 @@ class DownloadManager:
                 self._waiting(d, None)
                 return got
             self._waiting(d, got)
+            await self._load_journals(d, quiet=True)  # the holder's progress shows here as it goes
+            self._report(d)
             await asyncio.sleep(float(self._settings.get("store.poll_s")))
 
     def _waiting(self, d: Download, holder: Holder | None) -> None:
@@ -919,8 +921,9 @@ class DownloadManager:
                      r.sha256)
             self._report(d)
 
-    async def _load_journals(self, d: Download) -> None:
-        """Take the shared partial files as the last holder left them: their journals replace what this engine knew."""
+    async def _load_journals(self, d: Download, quiet: bool = False) -> None:
+        """Take the shared partial files as the last holder left them: their journals replace what this engine knew
+        (`quiet`: while waiting, to show the holder's progress, without a log line)."""
         store = self._store
         assert store is not None
         self._close_files(d)
@@ -932,7 +935,7 @@ class DownloadManager:
             if j is not None and j.size == f.job.size and j.sha256 == f.job.sha256 and j.piece_size > 0:
                 f.piece_size, f.recorded, f.validators = j.piece_size, dict(j.recorded), j.validators
                 f.prefixes = {i: n for i, n in j.prefixes.items() if i not in j.recorded}
-                if f.recorded or f.prefixes:
+                if (f.recorded or f.prefixes) and not quiet:
                     log.info("%s: %s continues from the shared partial data (%d pieces verified)", d.model_id, f.job.path,
                              len(f.recorded))
             else:
@@ -961,17 +964,23 @@ class DownloadManager:
         if recs:
             await asyncio.to_thread(self._store.record_verified, d.model_id, d.version, recs)
 
-    def _discard_shared(self, model_id: str, version: str) -> None:
-        """Delete the version's shared partial data, unless another engine holds its lock (it is using the data)."""
-        assert self._store is not None
-        got = self._store.try_lock(model_id, version)
-        if isinstance(got, VersionLock):
-            try:
-                self._store.remove_partial(model_id, version)
-            finally:
-                got.release()
-        else:
-            log.info("%s: shared partial data kept: %s is downloading %s", model_id, got.describe(), version)
+    def _discard_shared(self, d: Download) -> None:
+        """Delete the version's shared partial data when this engine wrote it last and no engine holds its lock; another
+        engine's bytes (a download it paused, or runs now) are left to it."""
+        store = self._store
+        assert store is not None
+        got = store.try_lock(d.model_id, d.version)
+        if not isinstance(got, VersionLock):
+            log.info("%s: shared partial data kept: %s is downloading %s", d.model_id, got.describe(), d.version)
+            return
+        try:
+            writers = {j.writer for f in d.files if (j := store.read_journal(d.model_id, d.version, f.job.path)) is not None}
+            if writers - {store.engine.name}:
+                log.info("%s: shared partial data kept: another engine downloaded it", d.model_id)
+                return
+            store.remove_partial(d.model_id, d.version)
+        finally:
+            got.release()
 
     def _remove_partial(self, model_id: str) -> None:
         """Delete a download's partial data without following links (a link there is left, and logged)."""
@@ -1281,7 +1290,7 @@ class DownloadManager:
         await self._forget_pieces(d.model_id)
         await asyncio.to_thread(self._remove_partial, d.model_id)
         if self._store is not None:
-            await asyncio.to_thread(self._discard_shared, d.model_id, d.version)
+            await asyncio.to_thread(self._discard_shared, d)
         self._report(d)  # its progress fell to what is installed
 
     async def set_priority(self, model_id: str, priority: str) -> QueuePlace:
