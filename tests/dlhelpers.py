@@ -35,7 +35,7 @@ def make_downloads(engine: Engine, **options: Any) -> DownloadManager:
     (`piece_size`, `opener`, `environ`, `client_factory`, `sleep`); for `Parts(downloads=...)`."""
     return DownloadManager(settings=engine.config, clock=engine.clock, db=engine.db, layout=engine.layout, catalog=engine.catalog,
                            presence=engine.presence, status_changed=engine.status.changed, emit=engine.events.emit,
-                           tasks=engine.tasks, leases=engine.leases, activity=engine.activity, **options)
+                           tasks=engine.tasks, leases=engine.leases, activity=engine.activity, store=engine.store, **options)
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,8 +18,8 @@ import pytest
 from mavail.core.store import STORE_DIR, Holder, SharedStore, VersionLock
 from mavail.rpc.client import Client, RpcError
 from mavail.testing.mirror import MIB, Mirror, Synthetic
-from tests.dlhelpers import write_home
-from tests.helpers import short_tmpdir, start_engine_process
+from tests.dlhelpers import dl_engine, installed_bytes, wait_status, write_home
+from tests.helpers import short_tmpdir, start_engine_process, wait_until
 
 SHARED = {"store": {"shared": True, "poll_s": 0.05}, "downloads": {"piece_size_mb": 1}}
 
@@ -203,3 +204,32 @@ def test_a_lock_whose_holder_stopped_heartbeating_is_taken_over(tmp_path):
     assert other.holder("m", "1.0.0").engine == other.engine.name  # the old holder's release leaves the new holder alone
     taken.release()
     assert other.holder("m", "1.0.0") is None
+
+
+async def test_a_holder_whose_lock_was_taken_over_stops_then_continues_from_its_journal(home):
+    """The engine's lock is broken by another (as for a silent holder on another host): at its next heartbeat the engine
+    stops, waits for the new holder, and once that one lets go continues from the journal it left."""
+    size = 4 * MIB
+    data = Synthetic("shared-broken", size)
+    with Mirror() as m:
+        write_home(home, m, {"m": {"w.bin": data}}, {"store": {"shared": True, "poll_s": 0.05, "lock_stale_s": 0.6}})
+        m.faults("m/w.bin").throttle_bps = 2 * MIB
+        async with dl_engine(home, piece_size=256 * 1024) as (eng, sock):
+            await eng.downloads.start("m")
+            d = eng.downloads.get("m")
+            await wait_until(lambda: d.store_lock is not None and len(d.files[0].recorded) >= 2, timeout=10)
+            # another engine whose clock runs 100 s ahead sees this one's heartbeat as stale and breaks the lock
+            other = SharedStore(home, home / "models", lambda: time.time() + 100, lambda: 0.6)
+            object.__setattr__(other.engine, "host", "node-b")
+            taken = await asyncio.to_thread(other.try_lock, "m", "1.0.0")
+            assert isinstance(taken, VersionLock)
+            await wait_until(lambda: d.wait_reason is not None, timeout=5)
+            assert "node-b" in d.wait_reason and eng.downloads.progress("m")["waiting_for"]["host"] == "node-b"
+            m.wait_idle()
+            served = m.bytes_served["m/w.bin"]
+            m.faults("m/w.bin").throttle_bps = 0
+            await asyncio.to_thread(taken.release)
+            await wait_status(eng, "m", "completed")
+        assert installed_bytes(home, "m", "w.bin") == data.read(0, size)
+        waste = m.bytes_served["m/w.bin"] - size
+        assert waste <= 2 * 256 * 1024 and waste < served, (served, waste)  # the pieces fetched before the break were kept
