@@ -202,7 +202,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("store.lock_stale_s", float, 30.0, "A lock holder or a lease whose engine has not refreshed it for this long (engines "
        "on other hosts; on this host a dead process counts at once) is taken over or ignored; heartbeats every third of it.",
        min=0.3, max=3600),
-    _s("store.poll_s", float, 1.0, "How often an engine waiting for another engine's download looks at the store.", min=0.05, max=60),
+    _s("store.poll_s", float, 0.25, "How often an engine waiting for another engine's download looks at the store.", min=0.05, max=60),
     # storage
     _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0, max=MAX_GB),
     _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0, max=MAX_GB),
