@@ -21,7 +21,8 @@ With `store.shared` on, the engines coordinate through files under
 
 A lock whose holder died on this host is released by the kernel at once. A
 holder on another host that stops heartbeating (crashed, cut off) is taken over
-once its heartbeat is older than `store.lock_stale_s`: the lock file is renamed
+once its heartbeat (the holder file, and the lock file's mtime, which a holder
+sets the moment it has the lock) is older than `store.lock_stale_s`: the lock file is renamed
 aside and a new one locked; the old holder, if it comes back, finds its lock
 file gone at its next heartbeat and stops. flock over NFSv4 (Linux) is a POSIX
 byte-range lock the server keeps; over NFSv3 it needs the NLM lock manager
@@ -179,10 +180,16 @@ class VersionLock:
         h = self.store.holder(self.model_id, self.version)
         return h is not None and h.engine == self.store.engine.name
 
+    def touch(self) -> None:
+        """Set the lock file's mtime to the time now: a lock just taken, or refreshed, is not silent."""
+        now = self.store.clock()
+        os.utime(self.fd, (now, now))
+
     def heartbeat(self) -> bool:
         """Rewrite the holder file with the time now; False (nothing written) when the lock was taken over."""
         if self.released or not self.still_held():
             return False
+        self.touch()
         self.store._write_holder(self.model_id, self.version)
         return True
 
@@ -275,7 +282,7 @@ class SharedStore:
     def try_lock(self, model_id: str, version: str) -> VersionLock | Holder:
         """Take the version's lock without waiting: the lock, or the engine holding it.
 
-        A lock whose holder is no longer alive (see `Holder.alive`) is broken and taken.
+        A lock held by an engine silent for `store.lock_stale_s` is broken and taken.
         """
         path = self._lock_path(model_id, version)
         for _ in range(3):
@@ -283,30 +290,39 @@ class SharedStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                h = self.holder(model_id, version)
-                if h is None:
-                    try:  # locked, but its holder never wrote its name: count from the lock file's age
-                        h = Holder("unknown", "unknown host", 0, os.stat(path).st_mtime)
+                try:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise
+                    h = self.holder(model_id, version)
+                    st = os.fstat(fd)
+                    # Locked by a live process somewhere (the kernel, or the NFS server, frees the lock of a dead one),
+                    # so only silence counts: the holder file (the last holder's, until a new holder writes its own)
+                    # and the lock file, which a holder touches the moment it has the lock and at every heartbeat.
+                    if h is None:
+                        h = Holder("unknown", "unknown host", 0, st.st_mtime)
+                    if self.clock() - max(h.time, st.st_mtime) <= self.stale_s():
+                        return h
+                    try:
+                        if os.stat(path).st_ino != st.st_ino:
+                            continue  # another engine broke it meanwhile: look at the new one
                     except FileNotFoundError:
                         continue
-                if h.alive(self.clock(), self.stale_s(), self.engine.host):
-                    return h
-                log.warning("%s %s: taking over the lock of %s (engine %s; last heartbeat %.1f s ago)", model_id, version,
-                            h.describe(), h.engine, self.clock() - h.time)
-                aside = path.with_name(f"{path.name}.broken-{secrets.token_hex(4)}")
-                try:
-                    safefs.rename(self.home, path, aside)
-                    safefs.unlink(self.home, aside)
-                except FileNotFoundError:
-                    pass  # another engine broke it first: try again on the new file
-                continue
+                    log.warning("%s %s: taking over the lock of %s (engine %s; last heartbeat %.1f s ago)", model_id, version,
+                                h.describe(), h.engine, self.clock() - h.time)
+                    aside = path.with_name(f"{path.name}.broken-{secrets.token_hex(4)}")
+                    try:
+                        safefs.rename(self.home, path, aside)
+                        safefs.unlink(self.home, aside)
+                    except FileNotFoundError:
+                        pass  # another engine broke it first: try again on the new file
+                    continue
+                finally:
+                    os.close(fd)
             if os.stat(path).st_ino != os.fstat(fd).st_ino:  # broken and replaced between our open and flock
                 os.close(fd)
                 continue
             lock = VersionLock(self, model_id, version, fd, path)
+            lock.touch()
             self._write_holder(model_id, version)
             return lock
         h = self.holder(model_id, version)

@@ -183,7 +183,7 @@ def test_a_lock_whose_holder_stopped_heartbeating_is_taken_over(tmp_path):
     """A holder on another host that went silent: its flock is still held (NFS has not noticed), its heartbeat is stale."""
     home = tmp_path / "h"
     (home / "models").mkdir(parents=True)
-    now = [1000.0]
+    now = [time.time()]
     holder = SharedStore(home, home / "models", lambda: now[0], lambda: 5.0)
     other = SharedStore(home, home / "models", lambda: now[0], lambda: 5.0)
     object.__setattr__(holder.engine, "host", "node-a")  # as if on another host: its pid is not looked up here
@@ -233,3 +233,26 @@ async def test_a_holder_whose_lock_was_taken_over_stops_then_continues_from_its_
         assert installed_bytes(home, "m", "w.bin") == data.read(0, size)
         waste = m.bytes_served["m/w.bin"] - size
         assert waste <= 2 * 256 * 1024 and waste < served, (served, waste)  # the pieces fetched before the break were kept
+
+
+def test_a_lock_just_taken_is_not_broken_for_the_dead_holder_named_before_it(tmp_path):
+    """The moment between a new holder's flock and its holder file: the file still names the holder that died."""
+    import fcntl
+
+    home = tmp_path / "h"
+    (home / "models").mkdir(parents=True)
+    dead = SharedStore(home, home / "models", lambda: time.time() - 3600, lambda: 5.0)  # its last heartbeat: an hour ago
+    lock = dead.try_lock("m", "1.0.0")
+    assert isinstance(lock, VersionLock)
+    os.close(lock.fd)  # killed: the kernel drops its lock, its holder file stays
+    path = home / "models" / STORE_DIR / "locks" / "m" / "1.0.0.lock"
+    fd = os.open(path, os.O_RDWR)  # a new holder has the lock and has touched it, but not yet written its holder file
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.utime(fd)
+    other = SharedStore(home, home / "models", time.time, lambda: 5.0)
+    got = other.try_lock("m", "1.0.0")
+    assert isinstance(got, Holder) and os.stat(path).st_ino == os.fstat(fd).st_ino  # waited, nothing broken
+    os.close(fd)
+    taken = other.try_lock("m", "1.0.0")
+    assert isinstance(taken, VersionLock)
+    taken.release()
