@@ -1032,6 +1032,12 @@ class DownloadManager:
                     await asyncio.to_thread(_close_quietly, old_file)
             sha, pieces = await tr.run()
         dest = safe_join(self._layout.model_dir(d.model_id, d.version), f.job.path)
+        if d.store_lock is not None and not await asyncio.to_thread(d.store_lock.still_held):
+            # another engine took the lock over (this one was silent too long): the install is its to make
+            log.warning("%s: the lock of %s was taken over before %s could be installed: this engine waits", d.model_id,
+                        d.version, f.job.path)
+            d.stop_reason = "preempt"
+            raise asyncio.CancelledError
         if await asyncio.to_thread(os.path.lexists, dest) and self._leases.is_leased(d.model_id):
             await self._leases.wait_released(d.model_id)
 
