@@ -174,7 +174,8 @@ class Engine:
             settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence,
             tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of,
             usage_frequency=self.analytics.usage_frequency, uses_since=self.analytics.uses_since, downloading=self.downloads.is_active,
-            has_waiting=self.queue.has_waiting, forget_health=lambda model_id: self.health.forget(model_id), fault=fault)
+            has_waiting=self.queue.has_waiting, forget_health=lambda model_id: self.health.forget(model_id), fault=fault,
+            store=self.store)
 
     def build_fallback(self) -> FallbackService:
         """The fallback service over this engine's parts."""

@@ -256,3 +256,28 @@ def test_a_lock_just_taken_is_not_broken_for_the_dead_holder_named_before_it(tmp
     taken = other.try_lock("m", "1.0.0")
     assert isinstance(taken, VersionLock)
     taken.release()
+
+
+async def test_cleanup_removes_abandoned_shared_partial_data_unless_an_engine_holds_its_lock(home):
+    from tests.helpers import running_engine
+
+    write_home(home, Mirror(), {}, {"store": {"shared": True}, "storage": {"partial_max_age_days": 1.0}})
+    root = home / "models" / STORE_DIR / "partial"
+    old = time.time() - 3 * 86400
+    for mid in ("gone", "busy"):
+        part = root / mid / "1.0.0" / "w.bin.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"x" * 1000)
+        for p in (part, part.parent):
+            os.utime(p, (old, old))
+    async with running_engine(home) as (eng, sock):
+        other = SharedStore(home, home / "models", time.time, lambda: 30.0)
+        object.__setattr__(other.engine, "host", "node-b")
+        held = await asyncio.to_thread(other.try_lock, "busy", "1.0.0")
+        assert isinstance(held, VersionLock)
+        got = (await eng.storage.cleanup("auto")).to_dict()
+        assert got["partial_removed"] == ["gone/1.0.0"], got
+        assert [p["reason"] for p in got["preserved"] if p["model_id"] == "busy"] == ["another engine (node-b, pid %d) is "
+                                                                                     "downloading it" % os.getpid()]
+        assert not (root / "gone").exists() and (root / "busy" / "1.0.0" / "w.bin.part").exists()
+        await asyncio.to_thread(held.release)
