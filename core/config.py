@@ -195,6 +195,15 @@ SCHEMA: tuple[Setting, ...] = (
     _s("health.performance_critical_ratio", float, 3.0, "Recent/baseline generation time at which the speed part of performance_score is 0.", min=1.01, max=1000),
     _s("health.performance_min_success_rate", float, 0.8, "Recent success rate under which performance is degraded.", min=0, max=1),
     _s("health.performance_min_samples", int, 5, "Successful generations needed before performance_score is known.", min=1, max=10000),
+    # shared model store
+    _s("store.shared", bool, False, "models/ is shared with other engines (one per node, each with its own home): a lock per "
+       "model version on the store lets one engine download while the others wait and adopt the verified files; partial "
+       "data and its piece journal live on the store, so another engine continues a download whose engine died; leases are "
+       "recorded there, and cleanup, removals and pruning spare models other engines use.", live=False),
+    _s("store.lock_stale_s", float, 30.0, "A lock holder or a lease whose engine has not refreshed it for this long (engines "
+       "on other hosts; on this host a dead process counts at once) is taken over or ignored; heartbeats every third of it.",
+       min=0.3, max=3600),
+    _s("store.poll_s", float, 0.25, "How often an engine waiting for another engine's download looks at the store.", min=0.05, max=60),
     # storage
     _s("storage.max_gb", float, 0.0, "Ceiling for models, GiB; 0 = none.", min=0, max=MAX_GB),
     _s("storage.min_free_gb", float, 5.0, "Free-space floor for warnings and refusals, GiB.", min=0, max=MAX_GB),

@@ -37,6 +37,7 @@ from mavail.core.session import Session
 from mavail.core.state import Database
 from mavail.core.status import AVAILABILITY, SORT_KEYS, StatusBoard
 from mavail.core.storage import StorageManager
+from mavail.core.store import SharedStore, StoreService
 from mavail.core.sysinfo import Nvml, system_info
 from mavail.core.tally import Tally
 from mavail.core.tasks import Tasks
@@ -129,14 +130,20 @@ class Engine:
         self.presence = parts.presence(self) if parts.presence else self.build_presence()
         self.status = StatusBoard(layout, self.catalog, self.presence, self.events.emit, cache=status_cache)
         self.activity = Activity(self.status.changed)
-        self.leases = LeaseManager(self.clock, self._leases_changed)
+        # with store.shared, models/ is shared with other engines: locks, partial data and leases live on it
+        self.store = SharedStore(layout.home, layout.models_dir, self.clock.time, lambda: float(config.get("store.lock_stale_s"))) \
+            if config.get("store.shared") else None
+        self.store_service = StoreService(self.store, lambda mid: self.leases.leases_for(mid)) if self.store else None
+        svc = self.store_service
+        self.leases = LeaseManager(self.clock, self._leases_changed, elsewhere=svc.reasons if svc else None,
+                                   refresh_elsewhere=svc.refresh if svc else None)
         self.checks = HealthChecks(self.db, self.catalog, layout, config)
         self.health = (parts.health or (lambda e: HealthService(**health_ports(e))))(self)
         self.updates = (parts.updates or (lambda e: UpdateManager(**update_ports(e))))(self)
         self.downloads = parts.downloads(self) if parts.downloads else DownloadManager(
             settings=config, clock=self.clock, db=self.db, layout=layout, catalog=self.catalog, presence=self.presence,
             status_changed=self.status.changed, emit=self.events.emit, tasks=self.tasks, leases=self.leases, activity=self.activity,
-            tally=self.tally)
+            tally=self.tally, store=self.store)
         # a stand-in for the download manager (tests, through Parts) may not restrain: the gate then does nothing
         self.generation_gate = GenerationGate(config, self.leases.count, getattr(self.downloads, "restrain", lambda hold, cap: None))
         self.fallback = parts.fallback(self) if parts.fallback else self.build_fallback()
@@ -152,6 +159,8 @@ class Engine:
     def _leases_changed(self, model_ids: Any) -> None:
         """The leases' status sink: the models' statuses changed, and downloads may give way to (or follow) a generation."""
         self.status.changed(model_ids)
+        if self.store_service is not None:
+            self.store_service.leases_changed(model_ids)
         gate = getattr(self, "generation_gate", None)  # none yet while the parts are being built
         if gate is not None:
             gate.leases_changed()
@@ -172,7 +181,8 @@ class Engine:
             settings=self.config, clock=self.clock, db=self.db, layout=self.layout, catalog=self.catalog, presence=self.presence,
             tasks=self.tasks, leases=self.leases, activity=self.activity, emit=self.events.emit, usage_of=self.analytics.activity_of,
             usage_frequency=self.analytics.usage_frequency, uses_since=self.analytics.uses_since, downloading=self.downloads.is_active,
-            has_waiting=self.queue.has_waiting, forget_health=lambda model_id: self.health.forget(model_id), fault=fault)
+            has_waiting=self.queue.has_waiting, forget_health=lambda model_id: self.health.forget(model_id), fault=fault,
+            store=self.store)
 
     def build_metrics(self) -> MetricsService:
         """The metrics listener over read-only views of this engine's parts (it serves only when metrics.listen is set)."""
@@ -217,6 +227,8 @@ class Engine:
         if self.catalog.error:
             log.error("catalog refused at start: %s", self.catalog.error)
         await self.presence.refresh()
+        if self.store_service is not None:
+            await self.store_service.start(self.tasks.spawn, self.tasks.on_stop)
         await self.downloads.start_service()
         await self.updates.start()  # before health's first check: it finishes removals and forgets versions gone
         await self.health.start()

@@ -55,9 +55,15 @@ class LeaseManager:
     model's id, since `is_loaded` and `active_leases` derive from them.
     """
 
-    def __init__(self, clock: Clock, status_sink: StatusSink | None = None) -> None:
+    def __init__(self, clock: Clock, status_sink: StatusSink | None = None,
+                 elsewhere: Callable[[str, str | None], list[str]] | None = None,
+                 refresh_elsewhere: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`elsewhere(model_id, version)` says why other engines on a shared store hold the model (empty: none do),
+        `refresh_elsewhere` reads their leases again; without them only this engine's leases count."""
         self._clock = clock
         self._sink: StatusSink = status_sink or _no_sink
+        self._elsewhere = elsewhere
+        self._refresh_elsewhere = refresh_elsewhere
         self._leases: dict[str, Lease] = {}
         self._removing: Counter[str] = Counter()
         self._replacing: Counter[str] = Counter()
@@ -105,6 +111,9 @@ class LeaseManager:
         """
         if self.is_leased(model_id, version):
             raise Conflict(f"model {model_id!r} is in use", model_id=model_id, active_leases=len(self.leases_for(model_id)))
+        other = self.leased_elsewhere(model_id, version)
+        if other:
+            raise Conflict(f"model {model_id!r} is {'; '.join(other)}", model_id=model_id, leased_elsewhere=other)
         self._removing[model_id] += 1
         try:
             yield
@@ -122,6 +131,9 @@ class LeaseManager:
         """
         if self.is_leased(model_id):
             raise Conflict(f"model {model_id!r} is in use", model_id=model_id, active_leases=len(self.leases_for(model_id)))
+        other = self.leased_elsewhere(model_id)
+        if other:
+            raise Conflict(f"model {model_id!r} is {'; '.join(other)}", model_id=model_id, leased_elsewhere=other)
         self._replacing[model_id] += 1
         try:
             yield
@@ -153,6 +165,15 @@ class LeaseManager:
         """Whether any lease holds `model_id` (at `version`, when given; a pending lease holds every version)."""
         return any(l.model_id == model_id and (version is None or l.version is None or l.version == version)
                    for l in self._leases.values())
+
+    def leased_elsewhere(self, model_id: str, version: str | None = None) -> list[str]:
+        """Why other engines sharing the model store hold `model_id` (at `version`), one line each; empty when none do."""
+        return self._elsewhere(model_id, version) if self._elsewhere is not None else []
+
+    async def refresh_elsewhere(self) -> None:
+        """Read the other engines' leases again (before a cleanup or a removal decides)."""
+        if self._refresh_elsewhere is not None:
+            await self._refresh_elsewhere()
 
     def count(self) -> int:
         """How many leases are live, on every model together (pending ones included)."""

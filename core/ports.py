@@ -86,6 +86,12 @@ class LeaseView(Protocol):
     async def wait_released(self, model_id: str, version: str | None = None) -> None:
         """Return once no lease holds the model (that version)."""
 
+    def leased_elsewhere(self, model_id: str, version: str | None = None) -> list[str]:
+        """Why other engines sharing the model store hold the model (that version); empty when none do."""
+
+    async def refresh_elsewhere(self) -> None:
+        """Read the other engines' leases again."""
+
     def removing(self, model_id: str, version: str | None = None) -> AbstractContextManager[None]:
         """Hold the intent to remove or replace: refused (Conflict) under a lease; acquires refuse meanwhile."""
 

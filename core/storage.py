@@ -46,7 +46,8 @@ import psutil
 from mavail.core import crash, safefs
 from mavail.core import installed as installed_store
 from mavail.core.errors import InvalidParams, MavailError, NotFound
-from mavail.core.paths import ENGINE_PARTIAL_DIRS, HomeLayout
+from mavail.core.store import STORE_DIR, SharedStore, VersionLock
+from mavail.core.paths import ENGINE_PARTIAL_DIRS, HomeLayout, safe_join
 from mavail.core.timeutil import Clock, days_text, iso
 
 if TYPE_CHECKING:
@@ -196,8 +197,8 @@ def cleanup_confidence(idle_days: float, keep_days: float, uses: int) -> float:
 class PlanItem:
     """One thing a cleanup will remove, and why."""
 
-    kind: str  # model | partial
-    name: str  # the entry's name under models/ or partial/
+    kind: str  # model | partial | shared_partial
+    name: str  # the entry's name under models/ or partial/ (shared_partial: <model>/<version> under the store's partial/)
     model_id: str | None
     size_bytes: int
     reason: str
@@ -213,7 +214,7 @@ class PlanItem:
 
     def to_dict(self, home: Path) -> dict[str, Any]:
         """The item as reported by storage.cleanup and analytics.cleanup."""
-        rel = ("models/" if self.kind == "model" else "partial/") + self.name
+        rel = {"model": "models/", "shared_partial": f"models/{STORE_DIR}/partial/"}.get(self.kind, "partial/") + self.name
         return {"kind": self.kind, "model_id": self.model_id, "path": rel, "size_bytes": self.size_bytes,
                 "size_mb": self.size_bytes / 1024**2, "size_gb": self.size_bytes / GIB, "reason": self.reason,
                 "confidence": round(self.confidence, 3), "action": self.action, "last_used": iso(self.last_used),
@@ -294,7 +295,7 @@ class StorageManager:
                  usage_of: Callable[[str], tuple[float | None, int]], usage_frequency: Callable[[str], float],
                  uses_since: Callable[[float], Awaitable[dict[str, int]]], downloading: Callable[[str], bool],
                  has_waiting: Callable[[str], bool], forget_health: Callable[[str], None] = lambda model_id: None,
-                 fault: Callable[[str], None] | None = None) -> None:
+                 fault: Callable[[str], None] | None = None, store: SharedStore | None = None) -> None:
         self._settings = settings
         self._clock = clock
         self._db = db
@@ -312,6 +313,7 @@ class StorageManager:
         self._has_waiting = has_waiting
         self._forget_health = forget_health
         self._fault_hook = fault
+        self._store = store  # a shared model store: its abandoned partial data is cleaned up too
         self._plans: dict[str, Plan] = {}
         self._lock = asyncio.Lock()
         self._warn_state: dict[str, str] = {"free_space": "ok", "ceiling": "ok"}
@@ -361,7 +363,8 @@ class StorageManager:
         models_dir = self._layout.models_dir
         models_dir.mkdir(parents=True, exist_ok=True)
         du = psutil.disk_usage(str(models_dir))
-        return du, scan_dir(models_dir, with_versions=True), scan_dir(self._layout.partial_dir), measure(self._layout.trash_dir)
+        models = [e for e in scan_dir(models_dir, with_versions=True) if e.name != STORE_DIR]  # a shared store's own files
+        return du, models, scan_dir(self._layout.partial_dir), measure(self._layout.trash_dir)
 
     async def _installed_at(self) -> dict[str, float]:
         return await self._db.read(installed_store.latest_install_times)
@@ -371,6 +374,7 @@ class StorageManager:
         out = []
         if self._leases.is_leased(model_id):
             out.append("in use (leased)")
+        out += self._leases.leased_elsewhere(model_id)
         reasons = self._activity.reasons(model_id)
         if reasons:
             out.append("busy: " + ", ".join(sorted(reasons)))
@@ -592,6 +596,14 @@ class StorageManager:
         if include_partial and cleanup_type == "auto":
             max_age = float(cfg.get("storage.partial_max_age_days")) * DAY
             kept = await self._downloads_kept()
+            for e in await asyncio.to_thread(self._shared_partials):
+                owner = e.name.split("/", 1)[0]
+                age = now - e.size.newest_mtime
+                if age < max_age or self._partial_owned(owner, kept):
+                    continue
+                items.append(PlanItem("shared_partial", e.name, owner, e.size.bytes,
+                                      f"shared partial download data untouched for {age / DAY:.0f} days",
+                                      cleanup_confidence(age / DAY, max_age / DAY, 0), None, 0))
             for e in partial:
                 owner = self._partial_owner(e.name)
                 age = now - e.size.newest_mtime
@@ -641,6 +653,7 @@ class StorageManager:
         if cleanup_type == "manual" and not models_to_remove and plan_id is None:
             raise InvalidParams("a manual cleanup needs models_to_remove", field="models_to_remove")
         async with self._lock:
+            await self._leases.refresh_elsewhere()  # what other engines on a shared store hold now, for every check below
             if plan_id is not None:
                 plan = self._plans.get(plan_id)
                 if plan is None or self._clock.monotonic() - plan.created_at > PLAN_TTL_S:
@@ -689,11 +702,41 @@ class StorageManager:
             self._fault_hook(stage)
         crash.point(f"storage.{stage}")
 
+    def _shared_partials(self) -> list[DiskEntry]:
+        """Every `<model>/<version>` of the shared store's partial data (none without a store)."""
+        if self._store is None:
+            return []
+        out = []
+        for m in scan_dir(self._store.root / "partial"):
+            if m.kind == "dir":
+                out += [DiskEntry(f"{m.name}/{v.name}", v.path, v.kind, v.size) for v in scan_dir(m.path) if v.kind == "dir"]
+        return out
+
     async def _remove(self, cleanup_id: str, item: PlanItem, plan: Plan) -> int:
         """Move one plan item aside into trash/, forget it in the database, delete it; return bytes freed."""
+        if item.kind == "shared_partial":
+            return await self._remove_shared_partial(cleanup_id, item, plan)
         base = self._layout.models_dir if item.kind == "model" else self._layout.partial_dir
-        src = base / item.name
-        dst = self._layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name}"
+        return await self._move_and_delete(cleanup_id, item, plan, base / item.name)
+
+    async def _remove_shared_partial(self, cleanup_id: str, item: PlanItem, plan: Plan) -> int:
+        """Remove abandoned partial data of the shared store while holding its version's lock, so that no engine
+        starts to download into it meanwhile; preserved while an engine holds the lock."""
+        assert self._store is not None
+        model_id, version = item.name.split("/", 1)
+        got = await asyncio.to_thread(self._store.try_lock, model_id, version)
+        if not isinstance(got, VersionLock):
+            raise _Preserve(f"another engine ({got.describe()}) is downloading it")
+        try:
+            freed = await self._move_and_delete(cleanup_id, item, plan, safe_join(self._store.root / "partial", item.name))
+            await asyncio.to_thread(safefs.rmdir, self._layout.home, safe_join(self._store.root / "partial", model_id))  # if empty
+            return freed
+        finally:
+            await asyncio.to_thread(got.release)
+
+    async def _move_and_delete(self, cleanup_id: str, item: PlanItem, plan: Plan, src: Path) -> int:
+        """Check the item again, journal the move, rename `src` into the trash, forget it, delete it; bytes freed."""
+        dst = self._layout.trash_dir / f"{cleanup_id}.{item.kind}.{item.name.replace('/', '--')}"
         if item.kind == "model":
             self._recheck(item, plan, src)
         else:

@@ -35,7 +35,8 @@ def make_downloads(engine: Engine, **options: Any) -> DownloadManager:
     (`piece_size`, `opener`, `environ`, `client_factory`, `sleep`); for `Parts(downloads=...)`."""
     return DownloadManager(settings=engine.config, clock=engine.clock, db=engine.db, layout=engine.layout, catalog=engine.catalog,
                            presence=engine.presence, status_changed=engine.status.changed, emit=engine.events.emit,
-                           tasks=engine.tasks, leases=engine.leases, activity=engine.activity, tally=engine.tally, **options)
+                           tasks=engine.tasks, leases=engine.leases, activity=engine.activity, tally=engine.tally,
+                           store=engine.store, **options)
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -40,6 +41,7 @@ from mavail.core.paths import safe_join
 from mavail.core.state import DatabaseFull
 from mavail.core.tally import Tally
 from mavail.core.history import HistoryEntry
+from mavail.core.store import Holder, PieceJournal, SharedStore, VerifiedFile, VersionLock
 from mavail.core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -230,6 +232,14 @@ class Download:
     stop_reason: str | None = None  # why the task is being cancelled: pause, cancel, preempt, shutdown
     current_file: str | None = None
     stopped_file_retries: int = 0  # retries_this_file when the download last stopped (a failure shows what it spent)
+    waiting_for: Holder | None = None  # shared store: the engine downloading this version while this one waits
+    store_lock: VersionLock | None = None  # shared store: the version's lock, while this engine holds it
+
+    @property
+    def wait_reason(self) -> str | None:
+        """Why the download is not moving bytes here: another engine on the shared store downloads the version."""
+        h = self.waiting_for
+        return f"another engine ({h.describe()}) is downloading it" if h is not None else None
 
     @property
     def total_bytes(self) -> int:
@@ -273,11 +283,14 @@ class DownloadManager:
                  presence: PresenceView, status_changed: StatusSink, emit: Emit, tasks: Spawner, leases: LeaseView,
                  activity: BusyView, opener: Opener | None = None, environ: Mapping[str, str] | None = None,
                  client_factory: Callable[[], httpx.AsyncClient] | None = None, piece_size: int | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tally: TallySink | None = None) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tally: TallySink | None = None,
+                 store: SharedStore | None = None) -> None:
         """Every port is given by the composition root; `opener`, `environ` (None: os.environ, for HF_ENDPOINT and
         HF_TOKEN), `client_factory`, `piece_size` (None: downloads.piece_size_mb) and `sleep` are there for tests.
-        `tally` counts the bytes received (`download_bytes`), retries made (`download_retries`) and failures as they happen."""
+        `tally` counts the bytes received (`download_bytes`), retries made (`download_retries`) and failures as they happen.
+        `store` (with store.shared): the shared model store whose lock a download holds before it fetches anything."""
         self._tally = tally or Tally()
+        self._store = store
         self._settings = settings
         self._clock = clock
         self._db = db
@@ -474,6 +487,8 @@ class DownloadManager:
             d.holding = False
 
     def _partial_path(self, d: Download, path: str) -> Path:
+        if self._store is not None:  # on the store, so that another engine can continue it
+            return self._store.partial_path(d.model_id, d.version, path)
         return safe_join(self._layout.partial_dir / d.model_id / d.version, path + ".part")
 
     def _piece_size(self) -> int:
@@ -549,6 +564,8 @@ class DownloadManager:
             "can_resume_download": d.status in ("paused", "failed"),
             "estimated_download_time": self._eta(d),
         }
+        if d.waiting_for is not None and d.status in RUNNABLE:
+            out["download_wait_reason"] = d.wait_reason
         try:
             in_use = self._presence.version_in_use(model_id)
         except MavailError:
@@ -604,6 +621,8 @@ class DownloadManager:
             "can_cancel": d.status in LIVE,
             "created_at": iso(d.created_at),
             "completed_at": iso(d.completed_at),
+            "waiting_for": d.waiting_for.to_dict() if d.waiting_for is not None and d.status in RUNNABLE else None,
+            "wait_reason": d.wait_reason if d.status in RUNNABLE else None,
         }
 
     # --- events -------------------------------------------------------------------------
@@ -712,9 +731,14 @@ class DownloadManager:
                 task.add_done_callback(lambda t, d=d: setattr(d, "task", None) if d.task is t else None)
 
     async def _run(self, d: Download) -> None:
+        heartbeat: asyncio.Task[None] | None = None
         try:
             await self._set_status(d, "downloading")
             d._sample = (self._clock.monotonic(), d.received)
+            if self._store is not None:
+                d.store_lock = await self._take_turn(d)
+                if d.store_lock is not None:
+                    heartbeat = asyncio.ensure_future(self._keep_lock(d, d.store_lock))
             log.info("%s: download %s started (%d files, %d bytes, %d already here)", d.model_id, d.download_id, len(d.files),
                      d.total_bytes, d.downloaded_bytes)
             for f in d.files:
@@ -749,6 +773,14 @@ class DownloadManager:
             log.exception("%s: download failed unexpectedly", d.model_id)
             await self._set_status(d, "failed", "INTERNAL_ERROR", f"internal error ({describe_error(exc)}); see downloads.log")
         finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+            lock, d.store_lock = d.store_lock, None
+            if lock is not None:
+                self._close_files(d)
+                await asyncio.shield(asyncio.to_thread(lock.release))  # the next engine may take the download over
+            if d.waiting_for is not None:
+                self._waiting(d, None)
             d.task = None
             d.stopped_file_retries = d.retries_this_file if d.status == "failed" else 0
             d.current_file = None
@@ -781,6 +813,7 @@ class DownloadManager:
 
             with _full_is_disk_full():
                 await self._db.write(w)
+            await self._write_journal(d, rec)
 
         async def on_reset(path: str, reason: str) -> None:
             rec = next(f for f in d.files if f.job.path == path)
@@ -789,6 +822,7 @@ class DownloadManager:
             log.warning("%s: %s restarted from byte 0: %s", d.model_id, path, reason)
             with _full_is_disk_full():
                 await self._forget_pieces(d.model_id, path)
+            await self._write_journal(d, rec)
 
         async def on_validator(path: str, validators: dict[str, list[str | None]]) -> None:
             rec = next(f for f in d.files if f.job.path == path)
@@ -797,6 +831,7 @@ class DownloadManager:
                 with _full_is_disk_full():
                     await self._db.execute("UPDATE download_files SET validators = ? WHERE model_id = ? AND path = ?",
                                                  (json.dumps(rec.validators), d.model_id, path))
+                await self._write_journal(d, rec)
 
         def on_bytes(n: int) -> None:
             d.received += n
@@ -814,6 +849,164 @@ class DownloadManager:
                                sleep=self.sleep, executor=self._byte_threads(), budget=self._budget,
                                proxy=lambda url: proxy_for(url, self.environ, str(cfg.get("downloads.proxy"))),
                                active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
+
+    # --- the shared model store -----------------------------------------------------------
+    async def _take_turn(self, d: Download) -> VersionLock | None:
+        """Wait until this engine holds the version's lock on the shared store, adopting meanwhile every file the holder
+        verified; the lock (its journals loaded into the files), or None when every file was adopted."""
+        store = self._store
+        assert store is not None
+        while True:
+            await self._adopt_verified(d)
+            if all(f.installed_sha256 is not None for f in d.files):
+                return None
+            fut = asyncio.ensure_future(asyncio.to_thread(store.try_lock, d.model_id, d.version))
+            try:
+                got = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # the thread may still take the lock: nobody would release it, so release it once taken
+                fut.add_done_callback(lambda t: None if t.cancelled() or t.exception() is not None or
+                                      not isinstance(t.result(), VersionLock) else t.result().release())
+                raise
+            if isinstance(got, VersionLock):
+                try:
+                    await self._adopt_verified(d)  # what the last holder finished between the look above and the lock
+                    await self._load_journals(d)
+                except BaseException:
+                    await asyncio.shield(asyncio.to_thread(got.release))
+                    raise
+                if d.waiting_for is not None:
+                    log.info("%s: this engine now downloads %s (after %s)", d.model_id, d.version, d.waiting_for.describe())
+                self._waiting(d, None)
+                return got
+            self._waiting(d, got)
+            await self._load_journals(d, quiet=True)  # the holder's progress shows here as it goes
+            self._report(d)
+            await asyncio.sleep(float(self._settings.get("store.poll_s")))
+
+    def _waiting(self, d: Download, holder: Holder | None) -> None:
+        """Record which engine this download waits for (None: none) and report a change of engine."""
+        before = d.waiting_for.engine if d.waiting_for is not None else None
+        d.waiting_for = holder
+        if (holder.engine if holder is not None else None) != before:
+            if holder is not None:
+                log.info("%s: waiting: %s", d.model_id, d.wait_reason)
+            self._emit_progress(d)
+
+    async def _keep_lock(self, d: Download, lock: VersionLock) -> None:
+        """Refresh the holder's heartbeat; if another engine took the lock over, stop this run (it waits again)."""
+        while True:
+            await asyncio.sleep(max(0.05, float(self._settings.get("store.lock_stale_s")) / 3))
+            try:
+                held = await asyncio.to_thread(lock.heartbeat)
+            except OSError as exc:
+                log.warning("%s: heartbeat on the shared store failed: %s", d.model_id, exc)
+                continue
+            if not held:
+                log.warning("%s: another engine took over the lock of %s: this engine stops and waits", d.model_id, d.version)
+                if d.task is not None and d.stop_reason is None:
+                    d.stop_reason = "preempt"
+                    d.task.cancel()
+                return
+
+    async def _adopt_verified(self, d: Download) -> None:
+        """Mark installed the files the store's record shows verified by a holder, when the installed file is still the one
+        it recorded (size, mtime, inode) and the record names the catalog's size and sha256.
+
+        The holder installed them only after their sha256 matched; hashing them again here would read the whole model
+        once more per engine (over the network, on NFS), so the record is trusted and each engine's health checks verify
+        the bytes on their own schedule.
+        """
+        store = self._store
+        assert store is not None
+        todo = [f for f in d.files if f.installed_sha256 is None]
+        if not todo:
+            return
+        records = await asyncio.to_thread(store.verified, d.model_id, d.version)
+        base = self._layout.model_dir(d.model_id, d.version)
+        for f in todo:
+            r = records.get(f.job.path)
+            if r is None or r.size != f.job.size or (f.job.sha256 is not None and r.sha256 != f.job.sha256):
+                continue
+            try:
+                st = await asyncio.to_thread(safefs.lstat, self._layout.home, safe_join(base, f.job.path))
+            except (OSError, MavailError):
+                continue
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != (r.size, r.mtime_ns, r.inode):
+                continue
+            tr = d.transfers.pop(f.job.path, None)
+            if tr is not None:
+                await asyncio.to_thread(_close_quietly, tr.file)
+            f.installed_sha256, f.stat, f.piece_size = r.sha256, (r.mtime_ns, r.inode), r.piece_size
+            f.recorded = dict(enumerate(r.pieces)) if r.pieces else {}
+            f.prefixes = {}
+            with _full_is_disk_full():
+                await self._db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
+                                       (r.sha256, d.model_id, f.job.path))
+            log.info("%s: %s adopted from the shared store (verified by another engine, sha256 %s)", d.model_id, f.job.path,
+                     r.sha256)
+            self._report(d)
+
+    async def _load_journals(self, d: Download, quiet: bool = False) -> None:
+        """Take the shared partial files as the last holder left them: their journals replace what this engine knew
+        (`quiet`: while waiting, to show the holder's progress, without a log line)."""
+        store = self._store
+        assert store is not None
+        self._close_files(d)
+        d.transfers.clear()
+        for f in d.files:
+            if f.installed_sha256 is not None:
+                continue
+            j = await asyncio.to_thread(store.read_journal, d.model_id, d.version, f.job.path)
+            if j is not None and j.size == f.job.size and j.sha256 == f.job.sha256 and j.piece_size > 0:
+                f.piece_size, f.recorded, f.validators = j.piece_size, dict(j.recorded), j.validators
+                f.prefixes = {i: n for i, n in j.prefixes.items() if i not in j.recorded}
+                if (f.recorded or f.prefixes) and not quiet:
+                    log.info("%s: %s continues from the shared partial data (%d pieces verified)", d.model_id, f.job.path,
+                             len(f.recorded))
+            else:
+                f.recorded, f.prefixes, f.validators = {}, {}, {}
+
+    async def _write_journal(self, d: Download, f: FileRec) -> None:
+        """Save the file's piece journal next to its shared partial data (the lock holder, after recording pieces)."""
+        if self._store is None or d.store_lock is None:
+            return
+        j = PieceJournal(f.job.path, f.job.size, f.job.sha256, f.piece_size, dict(f.recorded), dict(f.prefixes),
+                         {k: list(v) for k, v in f.validators.items()})
+        try:
+            await asyncio.to_thread(self._store.write_journal, d.model_id, d.version, j)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(str(exc)) from None
+            log.warning("%s: piece journal of %s not written: %s", d.model_id, f.job.path, exc)
+
+    async def _record_on_store(self, d: Download, files: list[FileRec]) -> None:
+        """Add installed, verified files to the store's record, for the engines waiting on this version."""
+        if self._store is None or d.store_lock is None:
+            return
+        recs = [VerifiedFile(f.job.path, f.job.size, f.installed_sha256, f.stat[0], f.stat[1], f.piece_size,
+                             [h for _, h in sorted(f.recorded.items())] if f.recorded else None)
+                for f in files if f.installed_sha256 is not None and f.stat is not None]
+        if recs:
+            await asyncio.to_thread(self._store.record_verified, d.model_id, d.version, recs)
+
+    def _discard_shared(self, d: Download) -> None:
+        """Delete the version's shared partial data when this engine wrote it last and no engine holds its lock; another
+        engine's bytes (a download it paused, or runs now) are left to it."""
+        store = self._store
+        assert store is not None
+        got = store.try_lock(d.model_id, d.version)
+        if not isinstance(got, VersionLock):
+            log.info("%s: shared partial data kept: %s is downloading %s", d.model_id, got.describe(), d.version)
+            return
+        try:
+            writers = {j.writer for f in d.files if (j := store.read_journal(d.model_id, d.version, f.job.path)) is not None}
+            if writers - {store.engine.name}:
+                log.info("%s: shared partial data kept: another engine downloaded it", d.model_id)
+                return
+            store.remove_partial(d.model_id, d.version)
+        finally:
+            got.release()
 
     def _remove_partial(self, model_id: str) -> None:
         """Delete a download's partial data without following links (a link there is left, and logged)."""
@@ -865,6 +1058,12 @@ class DownloadManager:
                     await asyncio.to_thread(_close_quietly, old_file)
             sha, pieces = await tr.run()
         dest = safe_join(self._layout.model_dir(d.model_id, d.version), f.job.path)
+        if d.store_lock is not None and not await asyncio.to_thread(d.store_lock.still_held):
+            # another engine took the lock over (this one was silent too long): the install is its to make
+            log.warning("%s: the lock of %s was taken over before %s could be installed: this engine waits", d.model_id,
+                        d.version, f.job.path)
+            d.stop_reason = "preempt"
+            raise asyncio.CancelledError
         if await asyncio.to_thread(os.path.lexists, dest) and self._leases.is_leased(d.model_id):
             await self._leases.wait_released(d.model_id)
 
@@ -885,6 +1084,7 @@ class DownloadManager:
         with _full_is_disk_full():
             await self._db.execute("UPDATE download_files SET installed_sha256 = ? WHERE model_id = ? AND path = ?",
                                          (sha, d.model_id, f.job.path))
+        await self._record_on_store(d, [f])
         log.info("%s: %s verified (sha256 %s) and installed", d.model_id, f.job.path, sha)
 
     async def _finalize(self, d: Download) -> None:
@@ -910,6 +1110,9 @@ class DownloadManager:
             await self._db.write(w)
         d.completed_at = now
         await asyncio.to_thread(self._remove_partial, mid)
+        if self._store is not None and d.store_lock is not None:
+            await self._record_on_store(d, d.files)  # files installed before this run too: the waiting engines adopt them
+            await asyncio.to_thread(self._store.remove_partial, mid, version)
         await self._presence.refresh([mid])
         log.info("%s: download %s completed: %d bytes, %d retries", mid, d.download_id, d.total_bytes, d.retry_count)
         await self._set_status(d, "completed")
@@ -1118,6 +1321,8 @@ class DownloadManager:
             f.validators = {}
         await self._forget_pieces(d.model_id)
         await asyncio.to_thread(self._remove_partial, d.model_id)
+        if self._store is not None:
+            await asyncio.to_thread(self._discard_shared, d)
         self._report(d)  # its progress fell to what is installed
 
     async def set_priority(self, model_id: str, priority: str) -> QueuePlace:

@@ -433,8 +433,14 @@ class UpdateManager:
         current, versions = await self._versions(model_id)
         old = sorted((v for v, _ in versions if v != current), key=version_key, reverse=True)
         removed = []
+        if old[keep:]:
+            await self._leases.refresh_elsewhere()
         for v in old[keep:]:
             if self._leases.is_leased(model_id, v):
+                continue
+            elsewhere = self._leases.leased_elsewhere(model_id, v)
+            if elsewhere:
+                log.info("%s %s not pruned: %s", model_id, v, "; ".join(elsewhere))
                 continue
             await self._remove_version(model_id, v)
             removed.append(v)
@@ -450,6 +456,7 @@ class UpdateManager:
             raise ModelNotFound(f"model {model_id!r} is not in the catalog", model_id=model_id)
         if self._leases.is_leased(model_id, version):
             raise Conflict(f"model {model_id!r} is in use", model_id=model_id, active_leases=len(self._leases.leases_for(model_id)))
+        await self._leases.refresh_elsewhere()  # removing() below refuses a model other engines on a shared store hold
         busy = self._activity.reasons(model_id)
         if self._download_active(model_id):
             busy = busy | {"downloading"}
