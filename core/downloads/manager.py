@@ -61,7 +61,7 @@ BYTE_THREADS = 256  # one per connection; downloads.max_connections bounds how m
 
 
 def _return_big_buffers_to_the_os() -> None:
-    """Make glibc map buffers of 256 KiB and more with mmap and unmap them when freed, and keep to two heaps.
+    """Make glibc map buffers of 256 KiB and more with mmap and unmap them when freed.
 
     Downloads allocate many short-lived buffers of a few hundred KiB in several
     threads; with glibc's adaptive threshold they end up in per-thread heaps
@@ -73,7 +73,6 @@ def _return_big_buffers_to_the_os() -> None:
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 2)  # M_ARENA_MAX: the byte threads share two heaps instead of each keeping its own
     except (OSError, AttributeError):
         pass
 
