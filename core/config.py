@@ -140,6 +140,9 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.retry_base_s", float, 1.0, "First retry delay; doubles each retry, with jitter.", min=0, max=600),
     _s("downloads.retry_max_s", float, 60.0, "Longest retry delay.", min=0, max=3600),
     _s("downloads.connect_timeout_s", float, 15.0, "TCP connect timeout.", min=0.1, max=600),
+    _s("downloads.receive_window_mb", float, 16.0, "Bytes in flight a file's connections may hold together (their socket "
+       "receive buffers, split between them): what a kill -9 can lose, and what one file moves per round trip (16 MiB "
+       "per 100 ms = 160 MiB/s); 0 leaves it to the kernel.", min=0, max=1024),
     _s("downloads.proxy", str, "", "Proxy for downloads (http://[user:pass@]host:port), \"direct\" for none; empty: "
        "https_proxy/http_proxy/all_proxy/no_proxy from the environment, as curl reads them.",
        check=_proxy_problem),

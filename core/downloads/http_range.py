@@ -101,8 +101,10 @@ class RangeConnection:
     """One keep-alive HTTP/1.1 connection for bulk GETs, used by one thread; `abort()` from any thread stops it."""
 
     def __init__(self, connect_timeout: float, read_timeout: float, proxy: Callable[[str], str | None] = lambda url: None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        """`proxy(url)` names the proxy for a URL (None: direct); `ssl_context` (None: the system's defaults) verifies TLS."""
+                 ssl_context: ssl.SSLContext | None = None, receive_buffer: Callable[[], int] = lambda: 0) -> None:
+        """`proxy(url)` names the proxy for a URL (None: direct); `ssl_context` (None: the system's defaults) verifies TLS;
+        `receive_buffer()` the socket receive buffer of each new connection in bytes (0: the kernel's autotuning)."""
+        self.receive_buffer = receive_buffer
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.proxy = proxy
@@ -175,6 +177,9 @@ class RangeConnection:
         for af, kind, proto, _, sa in socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM):
             sock = socket.socket(af, kind, proto)
             try:
+                rcvbuf = self.receive_buffer()
+                if rcvbuf > 0:  # before connect, so the window the peer is offered is bounded from the start
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
                 sock.setblocking(False)
                 rc = sock.connect_ex(sa)
                 while rc in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):

@@ -66,6 +66,8 @@ PREFIX_RECORD_S = 0.05  # how often the flushed prefix of pieces in progress is 
 START_CONNECTIONS = 8  # connections a large file starts with (as many as aria2c -x8 opens)
 PROBE_S = 0.5  # how often the file's rate is compared to decide whether more connections help
 GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor
+MIN_RECEIVE_BUFFER = 256 * 1024
+MAX_RECEIVE_BUFFER = 8 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -873,7 +875,8 @@ class FileTransfer:
 
     async def _worker(self, max_pieces: int, index: int) -> None:
         conn = RangeConnection(float(self.ctx.setting("downloads.connect_timeout_s")),
-                               float(self.ctx.setting("downloads.stall_timeout_s")), proxy=self.ctx.proxy)
+                               float(self.ctx.setting("downloads.stall_timeout_s")), proxy=self.ctx.proxy,
+                               receive_buffer=self._receive_buffer)
         try:
             while index < self._target:
                 budget = self.ctx.budget
@@ -904,6 +907,17 @@ class FileTransfer:
             conn.close()
 
     # --- the whole file ------------------------------------------------------
+    def _receive_buffer(self) -> int:
+        """The receive buffer of a new connection: downloads.receive_window_mb split over the connections wanted now.
+
+        It bounds the bytes the server has sent that are not yet written, what a kill -9 can lose,
+        while every connection keeps enough window for its share of the file's rate.
+        """
+        window = float(self.ctx.setting("downloads.receive_window_mb")) * 1024 * 1024
+        if window <= 0:
+            return 0
+        return int(min(MAX_RECEIVE_BUFFER, max(MIN_RECEIVE_BUFFER, window / max(1, self._target))))
+
     def _share(self) -> int:
         """This file's share of downloads.max_connections among the files transferring now (at least 1)."""
         return max(1, int(self.ctx.setting("downloads.max_connections")) // max(1, self.ctx.active_files()))
