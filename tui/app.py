@@ -205,10 +205,10 @@ class MavailApp(App[int]):
             names = ", ".join(fleet.describe(j) for j in range(len(fleet.slots)))
             self.main.show_connection(True, f"● {len(fleet.slots)} engines connected · {names} · ? help · ctrl+p commands")
         else:
-            gone = " · ".join(f"✖ {fleet.describe(j)} DISCONNECTED ({self._details.get(j, 'connecting')}, "
-                              f"attempt {fleet.slots[j].link.attempts + 1})" for j in down)
+            gone = " · ".join(f"✖ {fleet.display(j)} DISCONNECTED · {self._details.get(j, 'connecting')} · "
+                              f"retrying (attempt {fleet.slots[j].link.attempts + 1})" for j in down)
             up = len(fleet.slots) - len(down)
-            self.main.show_connection(False, f"{gone} · {up} of {len(fleet.slots)} connected · retrying · ctrl+r now")
+            self.main.show_connection(False, f"{gone} · {up} of {len(fleet.slots)} connected · ctrl+r now")
         for pane in (self.pane("models"), self.pane("downloads")):
             pane.engine_changed(i)
         self.main.show_titles()

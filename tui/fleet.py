@@ -159,13 +159,13 @@ class Fleet:
 
     # --- naming ------------------------------------------------------------
     def display(self, i: int) -> str:
-        """What the engine column shows: the configured name, else the host it reports when no other engine
-        reports the same one, else the socket path."""
+        """What the engine column shows: the configured name, else the host it reports when no other unnamed
+        engine reports the same one, else the socket path."""
         slot = self.slots[i]
         if slot.spec.name:
             return slot.spec.name
         host = slot.host
-        if host and sum(1 for s in self.slots if s.host == host) == 1:
+        if host and sum(1 for s in self.slots if not s.spec.name and s.host == host) == 1:
             return host
         return slot.spec.label
 

@@ -94,7 +94,7 @@ class MainScreen(ScreenActions, Screen[None]):
         """Put tab `name`'s active filter and sort (column and direction) in its title."""
         pane = self.pane(name)
         table = pane.table
-        label = pane.title()
+        label = pane.title() if name == self.active_name() else pane.TITLE  # a long title only where it is read
         if table is not None:
             if table.filter_text:
                 label += f" /{table.filter_text}"
@@ -133,6 +133,8 @@ class MainScreen(ScreenActions, Screen[None]):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self.show_keys()
+        if self.app.fleet.multi:
+            self.show_titles()
         pane = self.active_pane()
         input_ = self.query_one("#filter", Input)
         if pane.table is not None and input_.value != pane.table.filter_text:

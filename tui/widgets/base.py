@@ -91,7 +91,7 @@ class Pane(Vertical):
         return [m for m in self.REQUIRES if m not in self.mavail.link.methods]
 
     def title(self) -> str:
-        """The tab's title: with several engines, a pane that shows one names it."""
+        """The tab's title when shown: with several engines, a pane that shows only the first engine names it."""
         fleet = self.mavail.fleet
         if self.FLEET or not fleet.multi:
             return self.TITLE
