@@ -56,6 +56,7 @@ def test_the_engine_column_names_a_host_only_when_it_tells_engines_apart():
     def stub(host: str | None) -> StubLink:
         link = StubLink({})
         link.host = host  # type: ignore[attr-defined]
+        link.connected = True
         return link
 
     fleet = Fleet([Slot(EngineSpec(Path("/tmp/a.sock")), stub("gpu1")), Slot(EngineSpec(Path("/tmp/b.sock")), stub("gpu2")),
@@ -63,6 +64,11 @@ def test_the_engine_column_names_a_host_only_when_it_tells_engines_apart():
     assert [fleet.display(i) for i in range(3)] == ["gpu1", "gpu2", "farm"]
     fleet.slots[0].link.host = "gpu2"
     assert [fleet.display(i) for i in range(3)] == ["/tmp/a.sock", "/tmp/b.sock", "farm"]
+    assert str(fleet.cells(0, ("m", "ok"), width=8)[1]) == "…/a.sock"  # a path keeps its end
+    fleet.slots[2].spec = EngineSpec(Path("/tmp/c.sock"), "render-farm")
+    assert str(fleet.cells(2, ("m", "ok"), width=8)[1]) == "render-…"
+    fleet.slots[2].link.connected = False
+    assert str(fleet.cells(2, ("m", "ok"), width=8)[1]) == "✖ rende…"  # an unreachable engine is marked
     assert fleet.key(1, "m") == "m@1" and fleet.owner("m@1") == 1 and fleet.owner("m") == 0
     single = Fleet([Slot(EngineSpec(Path("/tmp/a.sock")), stub("gpu1"))])
     assert single.key(0, "m") == "m" and single.columns([]) == []  # one engine: today's rows and columns

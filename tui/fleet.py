@@ -197,11 +197,15 @@ class Fleet:
             return spec
         return [spec[0], Column(ENGINE_COLUMN, "Engine", width=width), *spec[1:]]
 
-    def cells(self, i: int, cells: tuple[Cell, ...]) -> tuple[Cell, ...]:
-        """A row's cells with its engine's cell (marked while the engine is unreachable) when there are several."""
+    def cells(self, i: int, cells: tuple[Cell, ...], width: int | None = None) -> tuple[Cell, ...]:
+        """A row's cells with its engine's cell (marked while the engine is unreachable) when there are several;
+        a name longer than `width` is cut at its end (a path: at its start, where two sockets' paths agree)."""
         if not self.multi:
             return cells
         name = self.display(i)
+        room = None if width is None else width - (0 if self.slots[i].link.connected else 2)
+        if room is not None and len(name) > room:
+            name = "…" + name[-(room - 1):] if name.startswith(("/", "~")) else name[:room - 1] + "…"
         cell: Cell = name if self.slots[i].link.connected else Text(f"✖ {name}", style="bold red")
         return (cells[0], cell, *cells[1:])
 

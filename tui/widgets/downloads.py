@@ -35,6 +35,8 @@ COLUMNS = [
     # the current file's retries against the per-file limit
     Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=4, min_screen=WIDE),
 ]
+ENGINE_WIDTH = 8
+"""The engine column, with several engines: the widest row still fits 120 columns."""
 CHART_HEIGHT = 4
 SAMPLE_S = 1.0
 TERMINAL = ("completed", "cancelled")
@@ -118,7 +120,7 @@ class DownloadsPane(Pane):
         self.speeds: dict[str, tuple[charts.ByteRate, charts.Series]] = {}
         """Per download: the byte counter's rate and its samples in MiB/s, one per second (measured here from bytes)."""
         yield Static("", classes="summary body", id="downloads-summary")
-        self.table = LiveTable(self.mavail.fleet.columns(COLUMNS, width=14), id="downloads-table", classes="body")
+        self.table = LiveTable(self.mavail.fleet.columns(COLUMNS, width=ENGINE_WIDTH), id="downloads-table", classes="body")
         yield self.table
         yield Static("", classes="body", id="downloads-chart")
         yield Static("", classes="detail body", id="downloads-detail")
@@ -132,7 +134,7 @@ class DownloadsPane(Pane):
 
     def _cells(self, d: dict[str, Any], engine: int = 0) -> tuple[Cell, ...]:
         fleet = self.mavail.fleet
-        return fleet.cells(engine, download_cells(d, self._trend(fleet.key(engine, d["model_id"]))))
+        return fleet.cells(engine, download_cells(d, self._trend(fleet.key(engine, d["model_id"]))), ENGINE_WIDTH)
 
     def engine_changed(self, engine: int) -> None:
         assert self.table is not None
