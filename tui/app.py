@@ -105,7 +105,7 @@ class MavailApp(App[int]):
         self.events_seen = 0
         """Engine events received (tests and benchmarks read it)."""
         self.connected = False
-        """Whether the engine answers (mirrors the top line)."""
+        """Whether the engine answers (with several engines: whether any does); mirrors the top line."""
         self._last_load: dict[str, float] = {}
         self.board = MessageBoard(self._messages_changed)
         """What the TUI has told the user: shown in the message line, never as pop-ups over the tables."""
