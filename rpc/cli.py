@@ -51,8 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_parsers(sub, _common)
     logs.add_parsers(sub, _common)
     completion.add_parsers(sub, build_parser)
-    p = sub.add_parser("tui", help="attach the full-screen UI to a running engine")
-    _common(p)
+    p = sub.add_parser("tui", help="attach the full-screen UI to a running engine (or to several)")
+    p.add_argument("--home", help="home directory (default: $MAVAIL_HOME, else the user data dir)")
+    p.add_argument("--socket", action="append", default=None, metavar="PATH",
+                   help="an engine socket; repeat it to follow several engines in one TUI (default: the [[engines]] of "
+                        "tui.toml, else $MAVAIL_SOCKET, $XDG_RUNTIME_DIR/mavail/engine.sock, <home>/engine.sock)")
+    p.add_argument("--token", default=None, help="the engines' rpc.token, when they have one (default: $MAVAIL_RPC_TOKEN)")
+    p.add_argument("--config", default=None, metavar="PATH",
+                   help="the TUI's config with its [[engines]] list (default: $MAVAIL_TUI_CONFIG, else $XDG_CONFIG_HOME/mavail/tui.toml)")
     p.set_defaults(handler=cmd_tui)
     p = sub.add_parser("demo", help="local mirror + throw-away engine + TUI, no network needed")
     p.add_argument("--headless", action="store_true", help="run the mirror and engine without the TUI (Ctrl-C stops)")
@@ -113,11 +119,22 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def tui_engines(args: argparse.Namespace) -> list[Any]:
+    """The engines `mavail tui` follows (tui.fleet.EngineSpec): each --socket, else tui.toml's list, else the default socket."""
+    from mavail.tui.fleet import FleetConfigError, resolve_engines
+
+    try:
+        return resolve_engines(args.socket, args.token, Path(args.config).expanduser() if args.config else None,
+                               lambda: resolve_socket(resolve_home(args.home), None))
+    except FleetConfigError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
-    """Attach the TUI."""
+    """Attach the TUI to one engine or several."""
     from mavail.tui.app import run_tui
 
-    return run_tui(_socket(args))
+    return run_tui(engines=tui_engines(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

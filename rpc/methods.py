@@ -7,6 +7,7 @@ return a JSON-safe object. Errors are raised as `core.errors` exceptions.
 from __future__ import annotations
 
 import hmac
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,8 @@ async def session_hello(ctx: CallContext, client: str | None, token: str | None)
             raise Unauthorized("session.hello needs the engine's token", field="token")
         ctx.conn.authenticated = True
     ctx.conn.client_name = client
-    return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": _method_names()}
+    return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": _method_names(),
+            "host": socket.gethostname()}
 
 
 _METHOD_NAMES: list[str] = []
@@ -334,7 +336,8 @@ _PRIORITY = P("priority", "string", "critical, high, normal (or medium), low.", 
 _PRIORITY_REQ = P("priority", "string", "critical, high, normal (or medium), low.", required=True, enum=PRIORITY_INPUT)
 
 METHODS: tuple[Method, ...] = (
-    Method("session.hello", session_hello, "Greet the engine; present the token when one is configured.",
+    Method("session.hello", session_hello, "Greet the engine; present the token when one is configured. Answers engine_version, "
+           "protocol_version, methods and host (the engine machine's host name).",
            (P("client", "string", "A name for the client, shown in logs."), P("token", "string", "The engine's rpc.token.")), needs_auth=False, inline=True),
     Method("rpc.discover", rpc_discover, "An OpenRPC document of every method.", inline=True),
     Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML); cumulative disk I/O and network bytes with the "

@@ -22,6 +22,15 @@ TABS = ("models", "downloads", "health", "queue", "storage", "usage", "system", 
 
 
 @dataclass(frozen=True)
+class Target:
+    """What an action acts on: the selected model, its row key, and the link to the engine that owns the row."""
+
+    model_id: str
+    key: str
+    link: Any
+
+
+@dataclass(frozen=True)
 class ActionSpec:
     """One action: binding id (what a keymap remaps), default key, action string, footer label, description."""
 
@@ -118,28 +127,41 @@ class ScreenActions:
         raise NotImplementedError
 
     # --- helpers -------------------------------------------------------------
-    def _target(self) -> str | None:
-        mid = self.active_pane().selected_model()
+    def _target(self) -> Target | None:
+        pane = self.active_pane()
+        mid = pane.selected_model()
         if mid is None:
             self.app.notify("Select a model first (arrows move, 1-9 switch tabs).", severity="warning")
-        return mid
+            return None
+        key = pane.table.selected_key if pane.table is not None else None
+        return Target(mid, key or mid, self._link())
 
-    def _offered(self, *methods: str) -> bool:
-        missing = [m for m in methods if m not in self.app.link.methods]
-        if not self.app.link.connected:
-            self.app.report_error("DISCONNECTED: the engine cannot be reached; retrying")
+    def _link(self) -> Any:
+        """The engine an action goes to: the one owning the selected row (the first engine on a tab that shows one)."""
+        pane = self.active_pane()
+        fleet = self.app.fleet
+        if not pane.FLEET or pane.table is None:
+            return self.app.link
+        return fleet.slots[fleet.owner(pane.table.selected_key)].link
+
+    def _offered(self, link: Any, *methods: str) -> bool:
+        missing = [m for m in methods if m not in link.methods]
+        if not link.connected:
+            fleet = self.app.fleet
+            who = next((fleet.display(i) for i, s in enumerate(fleet.slots) if s.link is link), "") if fleet.multi else ""
+            self.app.report_error(f"DISCONNECTED: {who or 'the engine'} cannot be reached; retrying")
             return False
         if missing:
             self.app.notify(f"This engine does not offer that ({', '.join(missing)})", severity="warning")
             return False
         return True
 
-    async def _call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
-        """One call; an engine error is shown with its contract message and None returned."""
+    async def _call(self, link: Any, method: str, timeout: float | None = None, **params: Any) -> Any:
+        """One call to `link`'s engine; an engine error is shown with its contract message and None returned."""
         if isinstance(params.get("model_id"), str):
             self.app.board.begin(params["model_id"])
         try:
-            return await self.app.link.call(method, _timeout=timeout, **params)
+            return await link.call(method, _timeout=timeout, **params)
         except (RpcError, CallTimeout, EngineUnavailable) as exc:
             self.app.report_error(error_text(exc), params.get("model_id"))
             return None
@@ -153,15 +175,16 @@ class ScreenActions:
 
     # --- downloads -----------------------------------------------------------
     def action_pause(self) -> None:
-        if (mid := self._target()) and self._offered("downloads.pause"):
-            self._run(self._simple("downloads.pause", mid, "paused"))
+        if (t := self._target()) and self._offered(t.link, "downloads.pause"):
+            self._run(self._simple(t, "downloads.pause", "paused"))
 
     def action_resume(self) -> None:
-        if (mid := self._target()) and self._offered("downloads.resume"):
-            self._run(self._simple("downloads.resume", mid, "resumed"))
+        if (t := self._target()) and self._offered(t.link, "downloads.resume"):
+            self._run(self._simple(t, "downloads.resume", "resumed"))
 
-    async def _simple(self, method: str, mid: str, verb: str, **params: Any) -> None:
-        res = await self._call(method, model_id=mid, **params)
+    async def _simple(self, t: Target, method: str, verb: str, **params: Any) -> None:
+        mid = t.model_id
+        res = await self._call(t.link, method, model_id=mid, **params)
         if res is not None:
             self.app.notify(f"{mid}: {verb}", model_id=mid)
             self._after("downloads", "models")
@@ -170,33 +193,40 @@ class ScreenActions:
         pane = self.active_pane()
         if pane.TITLE == "Queue":
             qid = pane.table.selected_key if pane.table is not None else None
-            if qid and self._offered("fallback.queue_cancel"):
+            if qid and self._offered(self.app.link, "fallback.queue_cancel"):
                 self._run(self._cancel_queued(qid))
             return
-        if (mid := self._target()) and self._offered("downloads.cancel"):
-            self._run(self._cancel_download(mid))
+        if (t := self._target()) and self._offered(t.link, "downloads.cancel"):
+            self._run(self._cancel_download(t))
 
-    async def _cancel_download(self, mid: str) -> None:
+    async def _cancel_download(self, t: Target) -> None:
         ok = await self.app.push_screen_wait(ConfirmScreen(
-            f"Cancel the download of {mid}?", "Its partial data is deleted; a later download starts from zero.", "Cancel download"))
+            f"Cancel the download of {self._named(t)}?", "Its partial data is deleted; a later download starts from zero.",
+            "Cancel download"))
         if ok:
-            await self._simple("downloads.cancel", mid, "cancelled", keep_partial=False)
+            await self._simple(t, "downloads.cancel", "cancelled", keep_partial=False)
+
+    def _named(self, t: Target) -> str:
+        """The model id, with its engine's name when several engines are followed (for confirmations)."""
+        fleet = self.app.fleet
+        return f"{t.model_id} on {fleet.display(fleet.owner(t.key))}" if fleet.multi else t.model_id
 
     async def _cancel_queued(self, qid: str) -> None:
         ok = await self.app.push_screen_wait(ConfirmScreen(f"Cancel the queued request {qid}?", "Its caller stops waiting.", "Cancel request"))
-        if ok and await self._call("fallback.queue_cancel", queue_id=qid) is not None:
+        if ok and await self._call(self.app.link, "fallback.queue_cancel", queue_id=qid) is not None:
             self.app.notify(f"{qid}: cancelled")
             self._after("queue")
 
     def action_priority(self, delta: int) -> None:
-        if (mid := self._target()) and self._offered("downloads.set_priority"):
-            self._run(self._priority(mid, delta))
+        if (t := self._target()) and self._offered(t.link, "downloads.set_priority"):
+            self._run(self._priority(t, delta))
 
-    async def _priority(self, mid: str, delta: int) -> None:
-        raw = self.app.pane("downloads").table.raw(mid) if self.app.pane("downloads").table else None  # type: ignore[union-attr]
+    async def _priority(self, t: Target, delta: int) -> None:
+        mid = t.model_id
+        raw = self.app.pane("downloads").table.raw(t.key) if self.app.pane("downloads").table else None  # type: ignore[union-attr]
         current = (raw or {}).get("priority")
         if current not in PRIORITY_STEPS:
-            prog = await self._call("downloads.progress", model_id=mid)
+            prog = await self._call(t.link, "downloads.progress", model_id=mid)
             if prog is None:
                 return
             current = prog.get("priority", "normal")
@@ -206,21 +236,22 @@ class ScreenActions:
         if new == current:
             self.app.notify(f"{mid}: priority is already {current}", model_id=mid)
             return
-        if await self._call("downloads.set_priority", model_id=mid, priority=new) is not None:
+        if await self._call(t.link, "downloads.set_priority", model_id=mid, priority=new) is not None:
             self.app.notify(f"{mid}: priority {current} → {new}", model_id=mid)
             self._after("downloads")
 
     def action_request(self) -> None:
-        mid = self._target()
-        if not mid:
+        t = self._target()
+        if not t:
             return
-        if "models.request" in self.app.link.methods:
-            self._run(self._request(mid))
-        elif self._offered("downloads.start"):
-            self._run(self._start(mid))
+        if "models.request" in t.link.methods:
+            self._run(self._request(t))
+        elif self._offered(t.link, "downloads.start"):
+            self._run(self._start(t))
 
-    async def _request(self, mid: str) -> None:
-        res = await self._call("models.request", model_id=mid)
+    async def _request(self, t: Target) -> None:
+        mid = t.model_id
+        res = await self._call(t.link, "models.request", model_id=mid)
         if res is None:
             return
         wait = res.get("estimated_wait_seconds")
@@ -228,20 +259,22 @@ class ScreenActions:
         self.app.notify(f"{mid}: {str(res.get('action_taken', 'done')).replace('_', ' ')}{extra}", model_id=mid)
         self._after("downloads", "models", "queue")
 
-    async def _start(self, mid: str) -> None:
-        res = await self._call("downloads.start", model_id=mid)
+    async def _start(self, t: Target) -> None:
+        mid = t.model_id
+        res = await self._call(t.link, "downloads.start", model_id=mid)
         if res is not None:
             self.app.notify(f"{mid}: download started", model_id=mid)
             self._after("downloads", "models")
 
     # --- health and updates --------------------------------------------------
     def action_check(self) -> None:
-        if (mid := self._target()) and self._offered("health.check"):
-            self._run(self._check(mid))
+        if (t := self._target()) and self._offered(t.link, "health.check"):
+            self._run(self._check(t))
 
-    async def _check(self, mid: str) -> None:
+    async def _check(self, t: Target) -> None:
+        mid = t.model_id
         self.app.notify(f"{mid}: full health check running…", model_id=mid, timeout=3600)
-        res = await self._call("health.check", timeout=3600, model_id=mid, check_type="full")
+        res = await self._call(t.link, "health.check", timeout=3600, model_id=mid, check_type="full")
         if res is not None:
             result = res.get("result") or {}
             if result.get("installed") is False:
@@ -253,15 +286,16 @@ class ScreenActions:
             self._after("health", "models")
 
     def action_repair(self) -> None:
-        if (mid := self._target()) and self._offered("health.repair"):
-            self._run(self._repair(mid))
+        if (t := self._target()) and self._offered(t.link, "health.repair"):
+            self._run(self._repair(t))
 
-    async def _repair(self, mid: str) -> None:
+    async def _repair(self, t: Target) -> None:
+        mid = t.model_id
         ok = await self.app.push_screen_wait(ConfirmScreen(
-            f"Repair {mid}?", "Bad pieces are downloaded again and replaced; files may be rewritten.", "Repair", danger=False))
+            f"Repair {self._named(t)}?", "Bad pieces are downloaded again and replaced; files may be rewritten.", "Repair", danger=False))
         if not ok:
             return
-        res = await self._call("health.repair", timeout=3600, model_id=mid)
+        res = await self._call(t.link, "health.repair", timeout=3600, model_id=mid)
         if res is not None:
             actions = ", ".join(res.get("actions_taken") or []) or "nothing to do"
             self.app.notify(f"{mid}: repaired ({actions.replace('_', ' ')}, {fmt.size(res.get('bytes_redownloaded'))} fetched again)",
@@ -269,11 +303,12 @@ class ScreenActions:
             self._after("health", "models")
 
     def action_update(self) -> None:
-        if (mid := self._target()) and self._offered("models.update"):
-            self._run(self._update(mid))
+        if (t := self._target()) and self._offered(t.link, "models.update"):
+            self._run(self._update(t))
 
-    async def _update(self, mid: str) -> None:
-        raw = self.app.pane("models").table.raw(mid) if self.app.pane("models").table else None  # type: ignore[union-attr]
+    async def _update(self, t: Target) -> None:
+        mid = t.model_id
+        raw = self.app.pane("models").table.raw(t.key) if self.app.pane("models").table else None  # type: ignore[union-attr]
         raw = raw or {}
         keys = shown_keys(self.app.keymap_overrides)
         cur = raw.get("current_version")
@@ -285,31 +320,33 @@ class ScreenActions:
             self.app.notify(f"{mid} is at version {cur}, the catalog's newest: nothing to update", model_id=mid)
             return
         ok = await self.app.push_screen_wait(ConfirmScreen(
-            f"Update {mid} from {cur} to {latest}?", "The new version is downloaded and verified before it replaces the old one; "
+            f"Update {self._named(t)} from {cur} to {latest}?", "The new version is downloaded and verified before it replaces the old one; "
             "the old one is kept as configured (updates.keep_versions).", "Update", danger=False))
-        if ok and (res := await self._call("models.update", model_id=mid)) is not None:
+        if ok and (res := await self._call(t.link, "models.update", model_id=mid)) is not None:
             self.app.notify(f"{mid}: updating {res.get('from_version', cur)} → {res.get('to_version', latest)}", model_id=mid)
             self._after("models", "downloads")
 
     def action_remove(self) -> None:
-        if (mid := self._target()) and self._offered("models.remove"):
-            self._run(self._remove(mid))
+        if (t := self._target()) and self._offered(t.link, "models.remove"):
+            self._run(self._remove(t))
 
-    async def _remove(self, mid: str) -> None:
+    async def _remove(self, t: Target) -> None:
+        mid = t.model_id
         ok = await self.app.push_screen_wait(ConfirmScreen(
-            f"Remove {mid}?", "Its installed files are deleted; it stays in the catalog and can be downloaded again.", "Remove"))
-        if ok and (res := await self._call("models.remove", model_id=mid)) is not None:
+            f"Remove {self._named(t)}?", "Its installed files are deleted; it stays in the catalog and can be downloaded again.", "Remove"))
+        if ok and (res := await self._call(t.link, "models.remove", model_id=mid)) is not None:
             self.app.notify(f"{mid}: removed {', '.join(res.get('removed_versions') or [])} "
                             f"({fmt.size(res.get('freed_bytes'))} freed)", model_id=mid)
             self._after("models", "storage", "health")
 
     # --- storage -------------------------------------------------------------
     def action_cleanup(self) -> None:
-        if self._offered("storage.cleanup"):
-            self._run(self._cleanup())
+        link = self._link()
+        if self._offered(link, "storage.cleanup"):
+            self._run(self._cleanup(link))
 
-    async def _cleanup(self) -> None:
-        plan = await self._call("storage.cleanup", cleanup_type="auto", dry_run=True)
+    async def _cleanup(self, link: Any) -> None:
+        plan = await self._call(link, "storage.cleanup", cleanup_type="auto", dry_run=True)
         if plan is None:
             return
         items = plan.get("plan")
@@ -331,10 +368,10 @@ class ScreenActions:
             self.app.notify("Cleanup cancelled; nothing deleted.")
             return
         if plan.get("plan_id"):  # run exactly the plan shown (the engine re-checks each item is still safe)
-            res = await self._call("storage.cleanup", plan_id=plan["plan_id"], dry_run=False)
+            res = await self._call(link, "storage.cleanup", plan_id=plan["plan_id"], dry_run=False)
         else:
             doomed = [i["model_id"] for i in items if i.get("model_id")]
-            res = await self._call("storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
+            res = await self._call(link, "storage.cleanup", cleanup_type="manual", models_to_remove=doomed, dry_run=False)
         if res is not None:
             removed = len(res.get("models_removed") or []) + len(res.get("partial_removed") or [])
             kept_now = [p for p in (res.get("models_preserved") or []) if p not in kept]
@@ -364,4 +401,4 @@ class ScreenActions:
         self.active_pane().reload()
 
     def action_reconnect(self) -> None:
-        self.app.link.retry_now()
+        self.app.fleet.retry_now()

@@ -15,6 +15,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from mavail.tui.actions import ACTIONS
 from mavail.tui.client import EngineLink
+from mavail.tui.fleet import EngineSpec, Fleet, Slot
 from mavail.tui.messages import ConnectionChanged, EventsPending
 from mavail.tui.messages_line import MessageBoard
 from mavail.tui.words import readable
@@ -82,11 +83,17 @@ class MavailApp(App[int]):
     ENABLE_COMMAND_PALETTE = True
 
     def __init__(self, socket_path: str | Path | None = None, link: Any = None, keymap: dict[str, str] | None = None,
-                 min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.2) -> None:
+                 min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.2,
+                 engines: list[EngineSpec] | None = None) -> None:
         super().__init__()
-        self.link: EngineLink = link or EngineLink(socket_path or "", self._on_engine_event, self._on_link_state,
-                                                   min_backoff_s=min_backoff_s, max_backoff_s=max_backoff_s)
-        """The connection to the engine (a stub in widget tests)."""
+        if link is not None:
+            self.fleet = Fleet([Slot(EngineSpec(Path(socket_path or "")), link)])
+        else:
+            self.fleet = Fleet.connect(engines or [EngineSpec(Path(socket_path or ""))], self._on_engine_event, self._on_link_state,
+                                       min_backoff_s=min_backoff_s, max_backoff_s=max_backoff_s)
+        """Every engine followed (one, unless several sockets were given)."""
+        self.link: EngineLink = self.fleet.slots[0].link
+        """The connection to the first engine, which the tabs other than Models and Downloads show (a stub in widget tests)."""
         self.keymap_overrides: dict[str, str] = dict(keymap or {})
         """Keys the user remapped, by binding id."""
         if self.keymap_overrides:
@@ -98,13 +105,17 @@ class MavailApp(App[int]):
         self.events_seen = 0
         """Engine events received (tests and benchmarks read it)."""
         self.connected = False
-        """Whether the engine answers (mirrors the top line)."""
+        """Whether the engine answers (with several engines: whether any does); mirrors the top line."""
         self._last_load: dict[str, float] = {}
         self.board = MessageBoard(self._messages_changed)
         """What the TUI has told the user: shown in the message line, never as pop-ups over the tables."""
         self.info_timeout_s = 5.0
         """How long information stays on the message line (errors stay until dismissed)."""
         self.main = MainScreen()
+        self._details: dict[int, str] = {}
+        """Each engine's last connection detail (several engines)."""
+        self._lost: set[int] = set()
+        """Engines that were connected and are gone (several engines): told once, until they are back."""
 
     # --- lifecycle -----------------------------------------------------------
     def on_mount(self) -> None:
@@ -114,7 +125,8 @@ class MavailApp(App[int]):
     def start_link(self) -> None:
         """Start following the engine (the main screen calls this once it is mounted)."""
         if not any(w.group == "link" and not w.is_finished for w in self.workers):
-            self.run_worker(self.link.run, group="link", exit_on_error=False)
+            for slot in self.fleet.slots:
+                self.run_worker(slot.link.run, group="link", exit_on_error=False)
 
     def pane(self, name: str) -> Pane:
         """The pane of tab `name` on the main screen."""
@@ -143,8 +155,8 @@ class MavailApp(App[int]):
         self.theme = DARK_THEME if self.theme == LIGHT_THEME else LIGHT_THEME
 
     # --- connection ----------------------------------------------------------
-    def _on_link_state(self, connected: bool, detail: str) -> None:
-        self.post_message(ConnectionChanged(connected, detail))
+    def _on_link_state(self, connected: bool, detail: str, engine: int = 0) -> None:
+        self.post_message(ConnectionChanged(connected, detail, engine))
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         try:
@@ -153,6 +165,9 @@ class MavailApp(App[int]):
             pass
 
     def _connection_changed(self, message: ConnectionChanged) -> None:
+        if self.fleet.multi:
+            self._fleet_connection_changed(message)
+            return
         was = self.connected
         self.connected = message.connected
         if message.connected:
@@ -168,12 +183,46 @@ class MavailApp(App[int]):
             if was:
                 self.notify("Lost the engine; reconnecting with backoff.", severity="warning")
 
+    def _fleet_connection_changed(self, message: ConnectionChanged) -> None:
+        """Several engines: the top line names the ones down; their rows are marked, the others stay live."""
+        i, fleet = message.engine, self.fleet
+        link, name = fleet.slots[i].link, fleet.display(i)
+        was_any = self.connected
+        self.connected = fleet.any_connected()
+        self._details[i] = message.detail
+        if message.connected:
+            self._last_load.clear()
+            for pane in {self.pane("models"), self.pane("downloads"), self.main.active_pane()}:
+                self._load(pane)
+            if link.connections > 1 and i in self._lost:
+                self.notify(f"Reconnected to {name}.")
+            self._lost.discard(i)
+        elif i not in self._lost and link.connections > 0:
+            self._lost.add(i)
+            self.notify(f"Lost {name}; reconnecting with backoff.", severity="warning")
+        down = fleet.down()
+        if not down:
+            names = ", ".join(fleet.describe(j) for j in range(len(fleet.slots)))
+            self.main.show_connection(True, f"● {len(fleet.slots)} engines connected · {names} · ? help · ctrl+p commands")
+        else:
+            gone = " · ".join(f"✖ {fleet.display(j)} DISCONNECTED · {self._details.get(j, 'connecting')} · "
+                              f"retrying (attempt {fleet.slots[j].link.attempts + 1})" for j in down)
+            up = len(fleet.slots) - len(down)
+            self.main.show_connection(False, f"{gone} · {up} of {len(fleet.slots)} connected · ctrl+r now")
+        for pane in (self.pane("models"), self.pane("downloads")):
+            pane.engine_changed(i)
+        self.main.show_titles()
+        if was_any and not self.connected:
+            self.notify("Lost every engine; reconnecting with backoff.", severity="warning")
+
     # --- live events: an inbox drained a few times a second -----------------
-    def _on_engine_event(self, event: dict[str, Any]) -> None:
+    def _on_engine_event(self, event: dict[str, Any], engine: int = 0) -> None:
         self.events_seen += 1
         params = event.get("params") or {}
+        if self.fleet.multi:
+            event = {**event, "engine": engine}
         if event.get("method") == "model_download_progress":
-            key: Any = ("p", params.get("model_id"))
+            key: Any = ("p", engine, params.get("model_id"))
             self._inbox.pop(key, None)  # a newer progress event supersedes the pending one
         else:
             self._seq += 1
@@ -196,9 +245,10 @@ class MavailApp(App[int]):
             panes = self.main.panes()
         except NoMatches:  # shutting down
             return
+        first = [e for e in events if not e.get("engine")]  # the one engine the other tabs show
         with self.batch_update():
             for pane in panes:
-                pane.on_events(events)
+                pane.on_events(events if pane.FLEET else first)
         self._notify_events([e for e in events if e.get("method") in NOTIFY_EVENTS])
 
     def _notify_events(self, events: list[dict[str, Any]]) -> None:
@@ -209,6 +259,8 @@ class MavailApp(App[int]):
             p = ev.get("params") or {}
             kind = ev.get("method")
             mid = p.get("model_id", "?")
+            if self.fleet.multi:
+                mid = f"{mid} on {self.fleet.display(int(ev.get('engine') or 0))}"
             if kind == "model_health_alert":
                 sev = "error" if p.get("severity") in ("error", "critical") else "warning"
                 self.notify(f"{mid}: {readable(str(p.get('message') or p.get('alert_type')))}", title="Health alert", severity=sev,
@@ -234,11 +286,11 @@ class MavailApp(App[int]):
 
     def pane_shown(self, pane: Pane) -> None:
         """A tab came into view: fetch it unless it was fetched a moment ago."""
-        if self.link.connected and time.monotonic() - self._last_load.get(pane.id or "", 0.0) > 2.0:
+        if self.fleet.any_connected() and time.monotonic() - self._last_load.get(pane.id or "", 0.0) > 2.0:
             self._load(pane)
 
     def _resync_tick(self) -> None:
-        if not self.link.connected or not self.main.is_attached or not isinstance(self.screen, MainScreen):
+        if not self.fleet.any_connected() or not self.main.is_attached or not isinstance(self.screen, MainScreen):
             return
         try:
             pane = self.main.active_pane()
@@ -279,8 +331,8 @@ def create_app(socket_path: str | Path | None = None, **kw: Any) -> MavailApp:
     return MavailApp(socket_path, **kw)
 
 
-def run_tui(socket_path: str | Path) -> int:
-    """Run the TUI attached to the engine at `socket_path` until the user quits; the exit status."""
-    app = create_app(socket_path)
+def run_tui(socket_path: str | Path | None = None, engines: list[EngineSpec] | None = None) -> int:
+    """Run the TUI attached to the engine at `socket_path` (or to every one of `engines`) until the user quits; the exit status."""
+    app = create_app(socket_path, engines=engines)
     result = app.run()
     return int(result or 0) if app.return_code in (None, 0) else int(app.return_code or 1)

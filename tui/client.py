@@ -59,6 +59,8 @@ class EngineLink:
         self.methods: frozenset[str] = frozenset()
         """Methods the engine offers (from `session.hello`); empty while disconnected."""
         self.engine_version: str | None = None
+        self.host: str | None = None
+        """The engine machine's host name, as `session.hello` reports it (None from an engine that does not)."""
         self.attempts = 0
         """Failed connection attempts since the last success (drives the backoff)."""
         self.connections = 0
@@ -109,6 +111,7 @@ class EngineLink:
             hello = await client.call("session.hello", params, timeout=10)
             self.methods = frozenset(hello.get("methods", ()))
             self.engine_version = hello.get("engine_version")
+            self.host = hello.get("host") if isinstance(hello.get("host"), str) else None
             await client.subscribe()
             self.attempts = 0
             self.connections += 1

@@ -8,8 +8,10 @@ from textual.message import Message
 class ConnectionChanged(Message):
     """The link to the engine came up or went down."""
 
-    def __init__(self, connected: bool, detail: str) -> None:
+    def __init__(self, connected: bool, detail: str, engine: int = 0) -> None:
         super().__init__()
+        self.engine = engine
+        """Which engine of the fleet (its place in the list; 0 with one engine)."""
         self.connected = connected
         """Whether the engine answers now."""
         self.detail = detail

@@ -63,6 +63,8 @@ class MainScreen(ScreenActions, Screen[None]):
         yield Static("", id="keys")
 
     def on_mount(self) -> None:
+        if self.app.fleet.multi:
+            self.show_titles()
         self.active_pane().focus_main()
         self.show_keys()
         self.show_messages(self.app.board.lines())  # what was said before the screen was there
@@ -92,7 +94,7 @@ class MainScreen(ScreenActions, Screen[None]):
         """Put tab `name`'s active filter and sort (column and direction) in its title."""
         pane = self.pane(name)
         table = pane.table
-        label = pane.TITLE
+        label = pane.title() if name == self.active_name() else pane.TITLE  # a long title only where it is read
         if table is not None:
             if table.filter_text:
                 label += f" /{table.filter_text}"
@@ -103,6 +105,11 @@ class MainScreen(ScreenActions, Screen[None]):
         except NoMatches:
             pass
         pane.view_changed()
+
+    def show_titles(self) -> None:
+        """Every tab's title again (an engine's name can change once it reports its host)."""
+        for name in PANES:
+            self.show_view(name)
 
     # --- panes ---------------------------------------------------------------
     def pane(self, name: str) -> Pane:
@@ -126,6 +133,8 @@ class MainScreen(ScreenActions, Screen[None]):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self.show_keys()
+        if self.app.fleet.multi:
+            self.show_titles()
         pane = self.active_pane()
         input_ = self.query_one("#filter", Input)
         if pane.table is not None and input_.value != pane.table.filter_text:

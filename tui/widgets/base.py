@@ -53,6 +53,8 @@ class Pane(Vertical):
     REQUIRES: ClassVar[tuple[str, ...]] = ()
     RESYNC_S: ClassVar[float] = 30.0
     """Slow periodic resync while the pane is shown (events carry the fast changes)."""
+    FLEET: ClassVar[bool] = False
+    """Whether the pane shows every engine's rows (else only the first engine's, when several are followed)."""
 
     table: LiveTable | None = None
     """The pane's main table, the target of filter and sort (None if it has none)."""
@@ -82,8 +84,21 @@ class Pane(Vertical):
 
     # --- loading -----------------------------------------------------------
     def missing_methods(self) -> list[str]:
-        """Methods of `REQUIRES` the connected engine does not offer."""
+        """Methods of `REQUIRES` the connected engine does not offer (a fleet pane: that no connected engine offers)."""
+        if self.FLEET and self.mavail.fleet.multi:
+            offered = set().union(*(s.link.methods for s in self.mavail.fleet.slots))
+            return [m for m in self.REQUIRES if m not in offered]
         return [m for m in self.REQUIRES if m not in self.mavail.link.methods]
+
+    def title(self) -> str:
+        """The tab's title when shown: with several engines, a pane that shows only the first engine names it."""
+        fleet = self.mavail.fleet
+        if self.FLEET or not fleet.multi:
+            return self.TITLE
+        return f"{self.TITLE} ({fleet.display(0)})"
+
+    def engine_changed(self, engine: int) -> None:
+        """Engine `engine` came or went (a fleet pane marks its rows)."""
 
     def reload(self) -> None:
         """Fetch the pane's data in a worker (a newer reload cancels an older one)."""
@@ -91,7 +106,7 @@ class Pane(Vertical):
 
     async def _reload(self) -> None:
         link = self.mavail.link
-        if not link.connected:
+        if not (self.mavail.fleet.any_connected() if self.FLEET else link.connected):
             return
         missing = self.missing_methods()
         unavailable = self.query_one(".unavailable", Static)

@@ -35,6 +35,8 @@ COLUMNS = [
     # the current file's retries against the per-file limit
     Column("retries", "Rt", sort=lambda r: r.get("retry_count"), width=4, min_screen=WIDE),
 ]
+ENGINE_WIDTH = 8
+"""The engine column, with several engines: the widest row still fits 120 columns."""
 CHART_HEIGHT = 4
 SAMPLE_S = 1.0
 TERMINAL = ("completed", "cancelled")
@@ -100,6 +102,7 @@ class DownloadsPane(Pane):
 
     TITLE = "Downloads"
     REQUIRES = ("downloads.active", "downloads.progress")
+    FLEET = True
     RESYNC_S = 10.0
     """Progress events carry status, bytes, speed, retries and error codes; the resync only catches
     what no event says (an error message after a retry, a download started by another client's queue)."""
@@ -109,12 +112,15 @@ class DownloadsPane(Pane):
     """
 
     _bandwidth: tuple[float | None, float | None] = (None, None)
+    """Bandwidth in use and its limit, MiB/s: of the one engine, or in use on all engines (no common limit)."""
+    _limits: dict[int, float | None] = {}
+    """Each engine's global bandwidth limit (for the selected download's chart)."""
 
     def body(self) -> ComposeResult:
         self.speeds: dict[str, tuple[charts.ByteRate, charts.Series]] = {}
         """Per download: the byte counter's rate and its samples in MiB/s, one per second (measured here from bytes)."""
         yield Static("", classes="summary body", id="downloads-summary")
-        self.table = LiveTable(COLUMNS, id="downloads-table", classes="body")
+        self.table = LiveTable(self.mavail.fleet.columns(COLUMNS, width=ENGINE_WIDTH), id="downloads-table", classes="body")
         yield self.table
         yield Static("", classes="body", id="downloads-chart")
         yield Static("", classes="detail body", id="downloads-detail")
@@ -122,12 +128,20 @@ class DownloadsPane(Pane):
     def on_mount(self) -> None:
         self.set_interval(SAMPLE_S, self._sample)
 
-    def _trend(self, model_id: str) -> list[float]:
-        got = self.speeds.get(model_id)
+    def _trend(self, key: str) -> list[float]:
+        got = self.speeds.get(key)
         return got[1].last(TREND_WIDE) if got else []
 
-    def _cells(self, d: dict[str, Any]) -> tuple[Cell, ...]:
-        return download_cells(d, self._trend(d["model_id"]))
+    def _cells(self, d: dict[str, Any], engine: int = 0) -> tuple[Cell, ...]:
+        fleet = self.mavail.fleet
+        return fleet.cells(engine, download_cells(d, self._trend(fleet.key(engine, d["model_id"]))), ENGINE_WIDTH)
+
+    def engine_changed(self, engine: int) -> None:
+        assert self.table is not None
+        for key in self.table.keys():
+            if self.mavail.fleet.owner(key) == engine:
+                raw = self.table.raw(key) or {}
+                self.table.upsert(key, self._cells(raw, engine), raw)
 
     def _sample(self) -> None:
         """Once a second: each download's speed from its byte counter (0 while it does not run)."""
@@ -143,14 +157,15 @@ class DownloadsPane(Pane):
                     series.add(0.0)
                 elif measured is not None:
                     series.add(measured / fmt.MIB)
-                self.table.upsert(key, self._cells(raw), raw)
+                self.table.upsert(key, self._cells(raw, self.mavail.fleet.owner(key)), raw)
             for gone in [k for k in self.speeds if k not in self.table.keys()]:
                 self.speeds.pop(gone)
             self._chart()
 
-    def limit_of(self, d: dict[str, Any]) -> float | None:
-        """The cap on this download in MiB/s: its own limit or the global one, the lower of the two set; None if none."""
-        caps = [float(x) for x in (d.get("bandwidth_limit_mbps"), self._bandwidth[1]) if x]
+    def limit_of(self, d: dict[str, Any], engine: int = 0) -> float | None:
+        """The cap on this download in MiB/s: its own limit or its engine's, the lower of the two set; None if none."""
+        glob = self._limits.get(engine) if self.mavail.fleet.multi else self._bandwidth[1]
+        caps = [float(x) for x in (d.get("bandwidth_limit_mbps"), glob) if x]
         return min(caps) if caps else None
 
     def _chart(self) -> None:
@@ -160,8 +175,9 @@ class DownloadsPane(Pane):
             box.update("")
             return
         width = max(10, self.size.width - 2)
-        values = self._trend_full(raw["model_id"], width)
-        limit = self.limit_of(raw)
+        key = self.table.selected_key if self.table is not None else None
+        values = self._trend_full(key or raw["model_id"], width)
+        limit = self.limit_of(raw, self.mavail.fleet.owner(key))
         head = Text(f"speed, last {fmt.duration(len(values) * SAMPLE_S)}: now {fmt.rate(values[-1] if values else None)}"
                     f" · peak {fmt.rate(max(values, default=0.0))}")
         if limit:
@@ -170,21 +186,31 @@ class DownloadsPane(Pane):
         lines = [head] + charts.block_chart(values, width, CHART_HEIGHT, limit)
         box.update(Text("\n").join(lines))
 
-    def _trend_full(self, model_id: str, width: int) -> list[float]:
-        got = self.speeds.get(model_id)
+    def _trend_full(self, key: str, width: int) -> list[float]:
+        got = self.speeds.get(key)
         return got[1].last(width) if got else []
 
     async def fetch(self) -> None:
-        res = await self.mavail.link.call("downloads.active")
+        fleet = self.mavail.fleet
+        answers = await fleet.gather("downloads.active", self.mavail.report_error)
         assert self.table is not None
-        rows = {d["model_id"]: (self._cells(d), d) for d in res.get("active_downloads", [])}
-        # keep failed rows the engine no longer lists, so their errors stay readable until resolved
+        rows = {fleet.key(i, d["model_id"]): (self._cells(d, i), d)
+                for i, res in answers.items() for d in res.get("active_downloads", [])}
         for key in self.table.keys():
             raw = self.table.raw(key) or {}
-            if key not in rows and raw.get("status") == "failed":
-                rows[key] = (self._cells(raw), raw)
+            owner = fleet.owner(key)
+            # keep failed rows the engine no longer lists, so their errors stay readable until resolved,
+            # and every row of an engine that did not answer (marked in the engine column)
+            if key not in rows and (raw.get("status") == "failed" or owner not in answers):
+                rows[key] = (self._cells(raw, owner), raw)
         self.table.sync(rows)
-        self._bandwidth = (res.get("total_bandwidth_usage_mbps"), res.get("bandwidth_limit_mbps"))
+        if fleet.multi:
+            used = [res.get("total_bandwidth_usage_mbps") for res in answers.values()]
+            self._bandwidth = (sum(x for x in used if x) if answers else None, None)
+            self._limits = {**self._limits, **{i: res.get("bandwidth_limit_mbps") for i, res in answers.items()}}
+        else:
+            res = answers[0]
+            self._bandwidth = (res.get("total_bandwidth_usage_mbps"), res.get("bandwidth_limit_mbps"))
         self._summary()
         self._detail()
 
@@ -206,17 +232,19 @@ class DownloadsPane(Pane):
             mid = p.get("model_id")
             if not isinstance(mid, str):
                 continue
+            engine = int(ev.get("engine") or 0)
+            key = self.mavail.fleet.key(engine, mid)
             if kind == "model_download_progress":
-                raw = self.table.raw(mid)
+                raw = self.table.raw(key)
                 merged = {**(raw or {}), **{k: v for k, v in p.items() if k not in ("type", "timestamp")}}
                 old_status = (raw or {}).get("status")
-                self.table.upsert(mid, self._cells(merged), merged)
+                self.table.upsert(key, self._cells(merged, engine), merged)
                 if raw is None or old_status != merged.get("status"):
-                    self.mark_dirty(mid)
+                    self.mark_dirty(key)
             elif kind == "download_failed":
-                raw = self.table.raw(mid) or {"model_id": mid}
+                raw = self.table.raw(key) or {"model_id": mid}
                 merged = {**raw, "status": "failed", "error_message": f"{p.get('error_code', 'FAILED')}: {p.get('message', '')}"}
-                self.table.upsert(mid, self._cells(merged), merged)
+                self.table.upsert(key, self._cells(merged, engine), merged)
         self._summary()
         self._detail()
 

@@ -78,18 +78,36 @@ class ModelsPane(Pane):
     _storage_gb: float | None = None
     """Bytes of models on disk from the last full fetch (a partial update cannot measure it)."""
     REQUIRES = ("models.status",)
+    FLEET = True
 
     def body(self) -> ComposeResult:
         yield Static("", classes="summary body", id="models-summary")
-        self.table = LiveTable(COLUMNS, id="models-table", classes="body")
+        self.table = LiveTable(self.mavail.fleet.columns(COLUMNS), id="models-table", classes="body")
         yield self.table
 
+    def _cells(self, engine: int, s: dict[str, Any]) -> tuple[Cell, ...]:
+        return self.mavail.fleet.cells(engine, model_cells(s))
+
     async def fetch(self) -> None:
-        res = await self.mavail.link.call("models.status")
+        fleet = self.mavail.fleet
+        answers = await fleet.gather("models.status", self.mavail.report_error)
         assert self.table is not None
-        self.table.sync({mid: (model_cells(s), s) for mid, s in res["models"].items()})
-        self._storage_gb = res.get("summary", {}).get("total_storage_gb")
+        # an engine that did not answer keeps its last rows (marked in the engine column)
+        rows = {k: (self._cells(fleet.owner(k), self.table.raw(k) or {}), self.table.raw(k) or {})
+                for k in self.table.keys() if fleet.owner(k) not in answers}
+        for i, res in answers.items():
+            rows.update({fleet.key(i, mid): (self._cells(i, s), s) for mid, s in res["models"].items()})
+        self.table.sync(rows)
+        sizes = [res.get("summary", {}).get("total_storage_gb") for res in answers.values()]
+        self._storage_gb = sum(x for x in sizes if x is not None) if any(x is not None for x in sizes) else None
         self._recount()  # counted from the rows: every status, failed and paused too
+
+    def engine_changed(self, engine: int) -> None:
+        assert self.table is not None
+        for key in self.table.keys():
+            if self.mavail.fleet.owner(key) == engine:
+                raw = self.table.raw(key) or {}
+                self.table.upsert(key, self._cells(engine, raw), raw)
 
     def _recount(self) -> None:
         """Recount the summary from the rows after a partial update (storage keeps the last full figure)."""
@@ -109,13 +127,20 @@ class ModelsPane(Pane):
             self._recount()
 
     async def refetch(self, model_ids: list[str]) -> None:
+        """Refetch these rows (row keys: model ids, with several engines `model_id@n`), each from its engine."""
         if not self.loaded:
             return
-        results = await self.mavail.link.call_many([("models.status", {"model_id": m}) for m in model_ids])
+        fleet = self.mavail.fleet
         assert self.table is not None
-        for mid, s in zip(model_ids, results):
-            if isinstance(s, dict):
-                self.table.upsert(mid, model_cells(s), s)
+        for i, slot in enumerate(fleet.slots):
+            keys = [k for k in model_ids if fleet.owner(k) == i and self.table.raw(k) is not None]
+            if not keys or not slot.link.connected:
+                continue
+            mids = [(self.table.raw(k) or {}).get("model_id", k) for k in keys]
+            results = await slot.link.call_many([("models.status", {"model_id": m}) for m in mids])
+            for key, s in zip(keys, results):
+                if isinstance(s, dict):
+                    self.table.upsert(key, self._cells(i, s), s)
         self._recount()
 
     def on_events(self, events: list[dict[str, Any]]) -> None:
@@ -124,24 +149,26 @@ class ModelsPane(Pane):
         for ev in events:
             p = ev.get("params", {})
             mid = p.get("model_id")
-            raw = self.table.raw(mid) if isinstance(mid, str) else None
-            if raw is None:
+            engine = int(ev.get("engine") or 0)
+            key = self.mavail.fleet.key(engine, mid) if isinstance(mid, str) else None
+            raw = self.table.raw(key) if key is not None else None
+            if raw is None or key is None:
                 continue
             kind = ev.get("method")
             if kind == "model_availability_change":
                 raw = {**raw, "availability_status": p.get("new_status")}
-                self.table.upsert(mid, model_cells(raw), raw)
+                self.table.upsert(key, self._cells(engine, raw), raw)
                 self._recount()
-                self.mark_dirty(mid)
+                self.mark_dirty(key)
                 if p.get("new_status") in ("available", "missing", "corrupted"):
                     self.mark_dirty()  # bytes came or went: the whole answer measures the disk again
             elif kind == "model_download_progress":
                 raw = {**raw, "download_progress": p.get("progress_percent", raw.get("download_progress"))}
-                self.table.upsert(mid, model_cells(raw), raw)
+                self.table.upsert(key, self._cells(engine, raw), raw)
                 if p.get("status") in ("completed", "failed", "cancelled", "paused"):
-                    self.mark_dirty(mid)
+                    self.mark_dirty(key)
             elif kind in ("model_health_alert", "download_failed"):
-                self.mark_dirty(mid)
+                self.mark_dirty(key)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
