@@ -83,7 +83,7 @@ class MavailApp(App[int]):
     ENABLE_COMMAND_PALETTE = True
 
     def __init__(self, socket_path: str | Path | None = None, link: Any = None, keymap: dict[str, str] | None = None,
-                 min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.2,
+                 min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.5,
                  engines: list[EngineSpec] | None = None) -> None:
         super().__init__()
         if link is not None:

@@ -141,7 +141,7 @@ def main() -> int:
 
             tui = PtyTui(sock)
             try:
-                tui.wait_for(b"bench-dl-00")
+                tui.wait_for(f"{args.models} models".encode())  # the Models tab has loaded every model
                 time.sleep(2.0)  # first fetches done
                 r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.idle_window)
                 rows += [("idle, TUI attached (Models tab)", "engine", r["e"]), ("idle, TUI attached (Models tab)", "TUI", r["t"])]

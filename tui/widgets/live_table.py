@@ -18,6 +18,12 @@ class KeyedText(str):
     row_key: str = ""
 
 
+def _cell_len(cell: Cell) -> int:
+    """Terminal cells the text of a cell takes (its widest line)."""
+    text = cell if isinstance(cell, Text) else Text(cell)
+    return max((line.cell_len for line in text.split()), default=0)
+
+
 def _keyed(text: Cell, key: str) -> Cell:
     if isinstance(text, Text):
         text = text.plain
@@ -122,7 +128,10 @@ class LiveTable(DataTable[Cell]):
                 col, new = self.spec[i], cells[i]
                 if old is None or new != old[i]:
                     try:
-                        self.update_cell(key, col.key, _keyed(new, key) if i == 0 else new, update_width=col.width is None)
+                        # widths are measured again over every row only when a cell outgrows its column: a table of
+                        # 1,000 rows updated several times a second would spend its time measuring otherwise
+                        grow = col.width is None and _cell_len(new) > self.columns[col.key].content_width
+                        self.update_cell(key, col.key, _keyed(new, key) if i == 0 else new, update_width=grow)
                         self.updates += 1
                     except CellDoesNotExist:
                         pass
