@@ -126,7 +126,8 @@ class DownloadsPane(Pane):
         yield Static("", classes="detail body", id="downloads-detail")
 
     def on_mount(self) -> None:
-        self.set_interval(SAMPLE_S, self._sample)
+        self.sampler = self.set_interval(SAMPLE_S, self._sample)
+        """The once-a-second speed sampler (snapshot tests pause it to draw canned speeds)."""
 
     def _trend(self, key: str) -> list[float]:
         got = self.speeds.get(key)

@@ -165,7 +165,8 @@ class SystemPane(Pane):
         yield Static("", classes="detail body", id="system-gpu-note")
 
     def on_mount(self) -> None:
-        self.set_interval(SAMPLE_S, self._tick)
+        self.sampler = self.set_interval(SAMPLE_S, self._tick)
+        """The once-a-second system.info sampler (snapshot tests pause it to draw canned samples)."""
 
     def on_resize(self) -> None:
         if self.history.samples:  # draw the history at the new width now, not at the next sample
