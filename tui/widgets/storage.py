@@ -136,6 +136,19 @@ class StoragePane(Pane):
         yield self.table
         yield Static("", classes="detail body", id="storage-detail")
 
+    _summary: tuple[dict[str, Any], list[dict[str, Any]], Text] | None = None
+    """What the summary lines were last drawn from, to draw them again at a new width."""
+
+    def _draw_summary(self) -> None:
+        if self._summary is None:
+            return
+        sm, records, count = self._summary
+        width = (self.size.width or 80) - 2
+        self.query_one("#storage-summary", Static).update(Text("\n").join([disk_line(sm, width), tier_line(sm, records, width), count]))
+
+    def on_resize(self) -> None:
+        self._draw_summary()  # the bars span the width: a tab fetched before it was laid out is drawn again at its size
+
     async def fetch(self) -> None:
         res = await self.mavail.link.call("storage.info")
         sugg = res.get("cleanup_suggestions") or {}
@@ -147,8 +160,8 @@ class StoragePane(Pane):
         self.table.sync({m["model_id"]: (storage_cells(m, models_bytes), m) for m in records})
         count = Text(f"{words.plural(len(records), 'model')} on disk (finished or still downloading), {fmt.size(models_bytes)}",
                      style="dim")
-        width = (self.size.width or 80) - 2
-        self.query_one("#storage-summary", Static).update(Text("\n").join([disk_line(sm, width), tier_line(sm, records, width), count]))
+        self._summary = (sm, records, count)
+        self._draw_summary()
         self.query_one("#storage-detail", Static).update(cleanup_line(sugg, shown_keys(self.mavail.keymap_overrides)["mavail.cleanup"]))
 
     def on_events(self, events: list[dict[str, Any]]) -> None:

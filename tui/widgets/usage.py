@@ -86,6 +86,10 @@ class UsagePane(Pane):
         )
         self._detail()
 
+    def on_resize(self) -> None:
+        if self.table is not None and self.table.selected_key is not None:
+            self._detail()  # the chart spans the width: draw it again at the new size
+
     def _detail(self) -> None:
         raw = self.selected_raw()
         days = daily_uses(raw)
