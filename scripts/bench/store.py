@@ -1,0 +1,102 @@
+"""A shared model store: three engines on one `models/` directory and one model, beside one engine alone.
+
+Each engine has its own home whose `models/` is a link to one shared directory (`store.shared = true`);
+the origin is the test mirror on 127.0.0.1. Figures:
+
+1. bytes the mirror served ÷ the model's size, with three engines pulling it at once      (goal 1.00)
+2. time until all three report it available ÷ the time one engine alone takes           (goal <= 1.1)
+
+    .venv/bin/python scripts/bench/store.py [--gib 2.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+from _common import engine_process, short_tmpdir
+
+import tomlkit
+
+from mavail.rpc.client import Client
+from mavail.testing.mirror import MIB, Mirror, Synthetic
+
+CONFIG = {"storage": {"min_free_gb": 0.0}, "store": {"shared": True}}
+
+
+def _homes(tmp: Path, mirror: Mirror, size: int, n: int, tag: str) -> list[Path]:
+    """`n` homes whose `models/` links to one shared directory, with the same catalog and config."""
+    shared = tmp / f"shared-{tag}"
+    shared.mkdir()
+    catalog = mirror.add_model(f"big-{tag}", {"w.bin": Synthetic(f"store-{tag}", size)})
+    homes = []
+    for i in range(n):
+        h = tmp / f"home-{tag}-{i}"
+        h.mkdir()
+        (h / "models").symlink_to(shared)
+        (h / "catalog.toml").write_text(catalog)
+        (h / "config.toml").write_text(tomlkit.dumps(CONFIG))
+        homes.append(h)
+    return homes
+
+
+@contextlib.contextmanager
+def _engines(tmp: Path, homes: list[Path]) -> Iterator[list[Path]]:
+    with contextlib.ExitStack() as stack:
+        socks = []
+        for i, h in enumerate(homes):
+            sock = tmp / f"{h.name}.sock"
+            stack.enter_context(engine_process(h, sock))
+            socks.append(sock)
+        yield socks
+
+
+def _pull_all(socks: list[Path], model_id: str, timeout: float = 900.0) -> float:
+    """Start the model's download on every engine at once; seconds until every engine reports it available."""
+    clients = [Client(s, timeout=30) for s in socks]
+    try:
+        t0 = time.monotonic()
+        for c in clients:
+            c.call("downloads.start", {"model_id": model_id})
+        left = set(range(len(clients)))
+        while left:
+            for i in list(left):
+                if clients[i].call("models.status", {"model_id": model_id}).get("is_available"):
+                    left.discard(i)
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(model_id)
+            time.sleep(0.02)
+        return time.monotonic() - t0
+    finally:
+        for c in clients:
+            c.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gib", type=float, default=2.0)
+    args = ap.parse_args()
+    size = int(args.gib * 1024) * MIB
+    with short_tmpdir() as tmp, Mirror() as mirror:
+        alone_homes = _homes(tmp, mirror, size, 1, "alone")
+        with _engines(tmp, alone_homes) as socks:
+            alone = _pull_all(socks, "big-alone")
+        three_homes = _homes(tmp, mirror, size, 3, "three")
+        mirror.reset_counters()
+        with _engines(tmp, three_homes) as socks:
+            three = _pull_all(socks, "big-three")
+        served = mirror.bytes_served.get("big-three/w.bin", 0)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"1. three engines, one {size // MIB} MiB model: the mirror served {served} bytes = {served / size:.2f} x the model "
+          f"(goal 1.00)")
+    print(f"2. all three available after {three:.2f} s / one engine alone {alone:.2f} s = {three / alone:.2f}  (goal <= 1.1)"
+          f"; load average {load}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
