@@ -91,6 +91,19 @@ class PtyTui:
     def press(self, keys: bytes) -> None:
         os.write(self.master, keys)
 
+    def answer_s(self, keys: bytes, marker: bytes, timeout: float = 10.0) -> float:
+        """Seconds from writing `keys` to the terminal until the TUI has drawn `marker` after them."""
+        since = self.bytes_out
+        t0 = time.monotonic()
+        self.press(keys)
+        while True:
+            new = self.bytes_out - since
+            if new > 0 and marker in self.tail[-new:]:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"the TUI did not draw {marker!r} after {keys!r}")
+            time.sleep(0.001)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.press(b"q")
@@ -140,6 +153,7 @@ def main() -> int:
             rows.append(("engine idle, no TUI", "engine", cpu_percent({"e": eng}, args.window)["e"]))
 
             tui = PtyTui(sock)
+            key_ms = None
             try:
                 tui.wait_for(f"{args.models} models".encode())  # the Models tab has loaded every model
                 time.sleep(2.0)  # first fetches done
@@ -162,6 +176,15 @@ def main() -> int:
                     r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.window)
                     label = f"{args.downloads} downloads, TUI on Models tab"
                     rows += [(label, "engine", r["e"]), (label, "TUI", r["t"])]
+                    # a key press, answered on screen: switch tabs and wait for the other tab's footer
+                    answers = []
+                    for _ in range(5):
+                        answers.append(tui.answer_s(b"2", b"Pause"))
+                        time.sleep(0.3)
+                        answers.append(tui.answer_s(b"1", b"Get"))
+                        time.sleep(0.3)
+                    answers.sort()
+                    key_ms = (answers[len(answers) // 2] * 1000, answers[-1] * 1000)
             finally:
                 tui.close()
             if "downloads.start" in methods:
@@ -180,6 +203,9 @@ def main() -> int:
     alone = [p for ph, pr, p in rows if pr == "engine" and "no TUI (download work)" in ph]
     if with_tui and alone:
         print(f"engine CPU the attached TUI adds beside the download work: {with_tui[0] - alone[0]:+.1f} points")
+    if key_ms is not None:
+        print(f"a key press (switching tabs, {args.downloads} downloads running) answered on screen in p50 {key_ms[0]:.0f} ms, "
+              f"max {key_ms[1]:.0f} ms over 10 presses  (goal < 100 ms)")
     print(f"({args.models} models, mirror at {args.rate_mbps:g} MiB/s per connection, {args.window:g} s windows "
           f"({args.idle_window:g} s idle), "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
