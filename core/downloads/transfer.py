@@ -717,12 +717,8 @@ class FileTransfer:
                     raise ShortRead(f"response ended at byte {pos} of {end}")
                 self._count(n)
                 pos += n
-                for lim in self.ctx.limiters:
-                    if lim.active():
-                        delay = lim.reserve(n)
-                        if delay > 0 and conn.wait_aborted(delay):
-                            raise Aborted()
-        limiters = [lim for lim in self.ctx.limiters]
+                self._pace(conn, n)
+        limiters = self.ctx.limiters
         min_rate = float(self.ctx.setting("downloads.min_rate_bytes_per_s"))
         window = float(self.ctx.setting("downloads.min_rate_window_s"))
         clock = time.monotonic
@@ -757,11 +753,7 @@ class FileTransfer:
             t0 = clock()
             self._write_job(gen, data, pos)
             pos += n
-            for lim in limiters:
-                if lim.active():
-                    delay = lim.reserve(n)
-                    if delay > 0 and conn.wait_aborted(delay):
-                        raise Aborted()
+            self._pace(conn, n)
             win_ours += clock() - t0
             if conn.aborted:
                 raise Aborted()
@@ -781,6 +773,14 @@ class FileTransfer:
         conn.discard()  # bytes of this response are left unread: the connection cannot serve another request
         if pos < min(end, self._span_end(span)) and span.gen == self.gen:
             raise ShortRead(f"response ended at byte {pos} of {end}")
+
+    def _pace(self, conn: RangeConnection, n: int) -> None:
+        """Wait (on a byte thread) until `n` bytes fit every active limit; Aborted when the connection is stopped meanwhile."""
+        for lim in self.ctx.limiters:
+            if lim.active():
+                delay = lim.reserve(n)
+                if delay > 0 and conn.wait_aborted(delay):
+                    raise Aborted()
 
     def _count(self, n: int) -> None:
         with self._count_lock:
@@ -810,9 +810,8 @@ class FileTransfer:
 
     @staticmethod
     def _retryable(exc: BaseException) -> bool:
-        if isinstance(exc, TransferError):
-            return exc.retryable
-        return isinstance(exc, httpx.TransportError)
+        # the byte path turns every network failure into a TransferError; anything else is not worth another attempt
+        return isinstance(exc, TransferError) and exc.retryable
 
     async def _run_span(self, span: _Span, conn: RangeConnection) -> None:
         def stop(rs: RetryCallState) -> bool:
