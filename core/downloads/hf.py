@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httpx
 
 from mavail.core.catalog import HF_SOURCE_RE, SHA256_RE
+from mavail.core.downloads.http_range import proxy_variable
 from mavail.core.downloads.transfer import FileJob
 from mavail.core.errors import HubRefused, SourceUnavailable
 from mavail.core import hubpins
@@ -99,23 +100,18 @@ def read_token(environ: Mapping[str, str] | None = None) -> tuple[str | None, st
     return (text, str(path)) if text else (None, "")
 
 
-def _env_get(env: Mapping[str, str], name: str) -> str:
-    """A proxy variable, the lowercase spelling first (as curl and urllib read them)."""
-    return (env.get(name.lower()) or env.get(name.upper()) or "").strip()
-
-
 def proxy_mounts(env: Mapping[str, str], verify: Any = True) -> dict[str, httpx.AsyncBaseTransport | None]:
     """httpx mounts for `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY`, with the hosts of `NO_PROXY` going direct
     (`*` for every host; a name also covers its subdomains; IPs and `localhost` as given)."""
     mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
-    every = _env_get(env, "all_proxy")
+    every = proxy_variable(env, "all_proxy")
     for scheme in ("http", "https"):
-        proxy = _env_get(env, f"{scheme}_proxy") or every
+        proxy = proxy_variable(env, f"{scheme}_proxy") or every
         if proxy:
             mounts[f"{scheme}://"] = httpx.AsyncHTTPTransport(proxy=proxy if "://" in proxy else "http://" + proxy, verify=verify)
     if not mounts:
         return {}
-    for host in (h.strip() for h in _env_get(env, "no_proxy").split(",")):
+    for host in (h.strip() for h in proxy_variable(env, "no_proxy").split(",")):
         if host == "*":
             return {}
         if not host:
@@ -157,7 +153,7 @@ class HubAccess:
         """The HTTP client of API calls and resolves: proxies (`HTTPS_PROXY`, `NO_PROXY`...) and the CA bundle
         (`SSL_CERT_FILE`) from the environment, redirects not followed; rebuilt when those variables change."""
         names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-        key = tuple(_env_get(self.env, n) for n in names) + (self.env.get("SSL_CERT_FILE", ""), self.env.get("SSL_CERT_DIR", ""))
+        key = tuple(proxy_variable(self.env, n) for n in names) + (self.env.get("SSL_CERT_FILE", ""), self.env.get("SSL_CERT_DIR", ""))
         if self._client is None or self._client[0] != key:
             old = self._client[1] if self._client else None
             verify = ca_bundle(self.env)

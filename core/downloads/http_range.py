@@ -69,6 +69,11 @@ class Head:
         return self.headers.get(name, default)
 
 
+def proxy_variable(env: Mapping[str, str], name: str) -> str:
+    """A proxy variable of the environment, the lowercase spelling first (as curl and urllib read them)."""
+    return (env.get(name.lower()) or env.get(name.upper()) or "").strip()
+
+
 def proxy_for(url: str, environ: Mapping[str, str] | None = None, configured: str = "") -> str | None:
     """The proxy to reach `url` through, or None to connect directly.
 
@@ -84,14 +89,11 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None, configured: st
     parts = urlsplit(url)
     env = os.environ if environ is None else environ
 
-    def var(name: str) -> str:
-        return env.get(name) or env.get(name.upper()) or ""
-
-    proxy = var(f"{parts.scheme}_proxy") or var("all_proxy")
+    proxy = proxy_variable(env, f"{parts.scheme}_proxy") or proxy_variable(env, "all_proxy")
     host = (parts.hostname or "").lower()
     if not proxy:
         return None
-    for entry in (e.strip().lower().lstrip(".") for e in var("no_proxy").split(",")):
+    for entry in (e.strip().lower().lstrip(".") for e in proxy_variable(env, "no_proxy").split(",")):
         if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
             return None
     return proxy
