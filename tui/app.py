@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import tomllib
 from functools import partial
@@ -15,7 +14,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from mavail.tui.actions import ACTIONS
 from mavail.tui.client import EngineLink
-from mavail.tui.fleet import EngineSpec, Fleet, Slot
+from mavail.tui.fleet import EngineSpec, Fleet, Slot, user_config_file
 from mavail.tui.messages import ConnectionChanged, EventsPending
 from mavail.tui.messages_line import MessageBoard
 from mavail.tui.words import readable
@@ -52,11 +51,7 @@ class ActionCommands(Provider):
 
 def default_keymap_path() -> Path:
     """Where a user's key remapping lives: $MAVAIL_TUI_KEYMAP, else $XDG_CONFIG_HOME/mavail/keymap.toml."""
-    env = os.environ.get("MAVAIL_TUI_KEYMAP")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "mavail" / "keymap.toml"
+    return user_config_file("MAVAIL_TUI_KEYMAP", "keymap.toml")
 
 
 def load_keymap(path: Path | None) -> tuple[dict[str, str], str | None]:

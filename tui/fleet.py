@@ -41,13 +41,18 @@ class EngineSpec:
         return "~" + text[len(home):] if home != "/" and text.startswith(home + "/") else text
 
 
-def default_config_path() -> Path:
-    """Where the TUI's engine list lives: $MAVAIL_TUI_CONFIG, else $XDG_CONFIG_HOME/mavail/tui.toml."""
-    env = os.environ.get("MAVAIL_TUI_CONFIG")
+def user_config_file(variable: str, name: str) -> Path:
+    """A TUI file of the user's: the path in $`variable`, else $XDG_CONFIG_HOME/mavail/`name` (~/.config when unset)."""
+    env = os.environ.get(variable)
     if env:
         return Path(env)
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "mavail" / "tui.toml"
+    return base / "mavail" / name
+
+
+def default_config_path() -> Path:
+    """Where the TUI's engine list lives: $MAVAIL_TUI_CONFIG, else $XDG_CONFIG_HOME/mavail/tui.toml."""
+    return user_config_file("MAVAIL_TUI_CONFIG", "tui.toml")
 
 
 def load_engines(path: Path) -> list[EngineSpec]:
