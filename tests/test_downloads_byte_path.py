@@ -16,7 +16,6 @@ from mavail.core.downloads.partial import PartialFile
 from mavail.core.downloads.transfer import FileJob, FileTransfer, TransferContext
 from mavail.testing.mirror import Mirror, Synthetic
 from tests.helpers import wait_until
-from tests.test_downloads_proxy import tinyproxy  # noqa: F401 - the fixture
 
 SETTINGS = {
     "downloads.stall_timeout_s": 5.0, "downloads.connect_timeout_s": 10.0, "downloads.min_rate_bytes_per_s": 0.0,

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -42,41 +38,6 @@ async def test_a_proxy_setting_that_is_not_a_proxy_url_is_refused(home):
                 with pytest.raises(ConfigError):
                     await eng.config.update({"downloads": {"proxy": bad}})
             eng.config.update({"downloads": {"proxy": "http://127.0.0.1:3128"}})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path):
-    exe = shutil.which("tinyproxy")
-    if exe is None:
-        pytest.skip("tinyproxy is not installed (apt-get install tinyproxy; .ci/run installs it)")
-    port = _free_port()
-    log = tmp_path / "tinyproxy.log"
-    conf = tmp_path / "tinyproxy.conf"
-    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nLogFile \"{log}\"\nLogLevel Connect\n"
-                    f"MaxClients 64\nPidFile \"{tmp_path / 'tinyproxy.pid'}\"\n")
-    proc = subprocess.Popen([exe, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        def listening() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        import time
-
-        deadline = time.monotonic() + 10
-        while not listening():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"tinyproxy did not start: {log.read_text() if log.exists() else ''}")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def test_a_download_goes_through_a_real_proxy_and_arrives_whole(home, tinyproxy):

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -16,39 +12,6 @@ from tests.dlhelpers import dl_engine, wait_status
 
 TINYPROXY = shutil.which("tinyproxy")
 pytestmark = pytest.mark.skipif(TINYPROXY is None, reason="tinyproxy is not installed (apt-get install -y tinyproxy; .ci/run does)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[str]:
-    """A tinyproxy on 127.0.0.1 for the test; its URL."""
-    d = tmp_path / "tinyproxy"
-    d.mkdir()
-    d.chmod(0o777)  # run as root, tinyproxy drops to nobody and writes its log there
-    port = _free_port()
-    conf = d / "tinyproxy.conf"
-    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nMaxClients 16\nLogLevel Info\n"
-                    f"LogFile \"{d}/log\"\nUser nobody\nGroup nogroup\n")
-    proc = subprocess.Popen([TINYPROXY, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"tinyproxy did not start: {proc.stderr.read().decode()[-300:] if proc.stderr else ''}")
-                time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
 
 
 def _home(home: Path, ids: list[str]) -> None:
@@ -63,7 +26,7 @@ async def test_api_calls_go_through_http_proxy_and_no_proxy_bypasses_it(home, tm
         for name in ("a", "b"):
             hub.add_repo(f"acme/{name}", {"model_index.json": b"{}", "w.safetensors": b"w" * 70_000})
         _home(home, ["a", "b"])
-        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HTTP_PROXY": tinyproxy}
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HTTP_PROXY": tinyproxy[0]}
         async with dl_engine(home, environ=env) as (eng, sock):
             await eng.downloads.start("a")
             await wait_status(eng, "a", "completed")
