@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.core.piecehash import PIECE_ALGO, piece_digest
