@@ -149,7 +149,7 @@ class RangeConnection:
                 cred = f"{unquote(pp.username)}:{unquote(pp.password or '')}".encode()
                 auth = {"Proxy-Authorization": "Basic " + base64.b64encode(cred).decode()}
             if parts.scheme == "https":
-                conn = self._new("https", pp.hostname or "", pp.port or 80, tunnel=True)
+                conn = self._new("https", pp.hostname or "", pp.port or 80)
                 conn.set_tunnel(host, port or 443, headers=auth)
             else:
                 conn = self._new("http", pp.hostname or "", pp.port or 80)
@@ -162,11 +162,13 @@ class RangeConnection:
         self._conn, self._key = conn, key
         return conn, target
 
-    def _new(self, scheme: str, host: str, port: int, tunnel: bool = False) -> http.client.HTTPConnection:
-        """A connection to host:port; TLS for https (through a tunnel: TLS inside the CONNECT to the proxy)."""
-        if scheme == "https" or tunnel:
+    def _new(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+        """A connection to host:port; TLS for https (through a proxy's tunnel: TLS inside the CONNECT)."""
+        if scheme == "https":
+            if self._ssl is None:  # loading the CA store costs milliseconds: once per connection's life, not per reconnect
+                self._ssl = ssl.create_default_context()
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
-                                                                           context=self._ssl or ssl.create_default_context())
+                                                                           context=self._ssl)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
         conn._create_connection = self._dial  # type: ignore[attr-defined]
