@@ -489,3 +489,20 @@ async def test_the_receive_window_is_split_between_a_files_connections_and_bound
             assert 300_000 <= conn._conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * 300_000
         finally:
             conn.close()
+
+
+@pytest.mark.parametrize("size_mib", [48, 200])
+async def test_parallel_ranges_fetch_each_byte_once(tmp_path, size_mib):
+    """Connections balance the file between them at request boundaries: the server sends every byte once. Cutting a
+    response short to hand its tail to an idle connection throws away what the sockets already hold (megabytes each
+    on a fast link)."""
+    size = size_mib * MIB
+    data = Synthetic("once", size)
+    with Mirror() as m:
+        m.add("f.bin", data)
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, data.sha256(), ps=MIB, **{"downloads.parallel_ranges": 16})
+        sha, _ = await tr.run()
+        tr.file.close()
+        assert sha == data.sha256()
+        served = m.bytes_served["f.bin"]
+    assert served == size, f"the server sent {served - size} bytes more than the file ({served / size:.4f} x)"

@@ -7,8 +7,12 @@ offset. Each connection's bytes move on a byte thread (`http_range`): reads,
 writes and hashes never run on the event loop, which sees only response heads,
 finished pieces and commits. A large file starts with `START_CONNECTIONS` and
 doubles them every `PROBE_S` while that raises its rate by `GROWTH`, up to
-`downloads.parallel_ranges`; when none is left to take, an idle connection
-takes over the back half of the untouched tail of the longest span in flight.
+`downloads.parallel_ranges`. Each request asks for a share of the pieces no
+connection has taken yet, a share that shrinks as the file nears its end, so
+the connections run out of work together on keep-alive connections and the
+server sends every byte once; only when a long span is left in flight does an
+idle connection take over the back half of its untouched tail (cutting a
+response short throws away what its sockets hold).
 Every piece is hashed (XXH3-128) as it is written; a finished piece is flushed
 (fdatasync) and only then reported, so the database never claims bytes a crash
 could lose. The whole-file sha256 follows the lowest unhashed byte: the
@@ -180,8 +184,8 @@ class FileJob:
 class ConnectionBudget:
     """The connections every download may hold together (`downloads.max_connections`), shared by their files.
 
-    A connection takes a place before each span and gives it back after; when none is free it
-    waits, and files holding more than their share hand surplus places back at their next piece.
+    A connection takes a place before each request and gives it back after; when none is free it
+    waits, and files holding more than their share hand surplus places back as their requests end.
     """
 
     def __init__(self, limit: Callable[[], int]) -> None:
@@ -288,6 +292,7 @@ class FileTransfer:
         self._readback_lock = threading.Lock()
         self._readback: memoryview | None = None  # made at the first read-back, reused after
         self._target = 1  # connections wanted now: a worker whose index is not below it stops after its span
+        self._ceiling = 1  # the most connections the file may have
         self.resets = 0
         self.integrity_failures = 0
         self._live_spans: list[_Span] = []
@@ -405,6 +410,14 @@ class FileTransfer:
                         self.state[k] = 1
                     return _Span(self.gen, i, j)
         return None
+
+    def _request_pieces(self, max_pieces: int) -> int:
+        """Pieces the next request asks for: a share of what no connection has taken yet that shrinks as the file nears
+        its end (at most `max_pieces`), so connections run out of work together and the file is balanced at request
+        boundaries instead of by cutting a response short, which throws away what its sockets already hold."""
+        with self._lock:
+            pending = sum(1 for s in self.state if s == 0)
+        return max(1, min(max_pieces, -(-pending // (2 * max(1, self._ceiling)))))
 
     def _release(self, span: _Span) -> None:
         with self._lock:
@@ -731,13 +744,6 @@ class FileTransfer:
                 idx = pos // ps
                 if pos >= stop or idx >= span.end_idx:
                     break
-                if span.worker >= self._target and idx != span.cur and pos % ps == 0:
-                    # more connections than the file's share now: give the untouched rest back and stop here
-                    for k in range(idx, span.end_idx):
-                        if self.state[k] == 1 and self.written[k] == 0:
-                            self.state[k] = 0
-                    span.end_idx = idx
-                    break
                 span.cur = idx  # this piece is ours now: the tail is only ever taken after it
             want = min(stop, (idx + 1) * ps) - pos
             for lim in limiters:
@@ -884,7 +890,7 @@ class FileTransfer:
                 try:
                     if index >= self._target:
                         return  # the file's share shrank while this connection waited for a place
-                    span = self._take_span(max_pieces) or self._steal_span()
+                    span = self._take_span(self._request_pieces(max_pieces)) or self._steal_span()
                     if span is None:
                         return
                     span.worker = index
@@ -1020,7 +1026,7 @@ class FileTransfer:
     async def _run_workers(self) -> None:
         """Fetch with parallel connections: start a few, add more while the file's rate grows, up to the ceiling."""
         n, per, ceiling = self._plan()
-        self._target = n
+        self._target, self._ceiling = n, ceiling
         tasks = [asyncio.create_task(self._worker(per, i), name=f"range:{self.job.path}:{i}") for i in range(n)]
         clock = self._loop.time
         last_t, last_bytes, last_rate, growing = clock(), self.written_bytes, 0.0, n < ceiling
@@ -1031,7 +1037,7 @@ class FileTransfer:
                     break
                 share = self._share()
                 if self._target > share:
-                    self._target = share  # another file started: connections past the share hand their tails back
+                    self._target = share  # another file started: connections past the share stop after their request
                     ceiling = min(ceiling, share)
                 if not growing:
                     continue
@@ -1039,7 +1045,7 @@ class FileTransfer:
                 rate = (written - last_bytes) / max(1e-6, now - last_t)
                 last_t, last_bytes = now, written
                 if last_rate and rate < last_rate * GROWTH:
-                    # the last connections added did not help: let them finish their span and stop there
+                    # the last connections added did not help: let them finish their request and stop there
                     self._target = max(1, self._target // 2)
                     growing = False
                     continue
