@@ -298,8 +298,12 @@ def _empty_dir(dirfd: int, where: Path) -> int:
     return freed
 
 
-def atomic_write(home: Path, path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` through a temp file renamed over it (a link at `path` is refused)."""
+def atomic_write(home: Path, path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write `data` to `path` through a temp file renamed over it (a link at `path` is refused).
+
+    `durable`: flushed to the disk (the file, then the directory) before this returns; without it a
+    crash of the machine may leave the old contents, or an empty or unreadable file, but never a mix.
+    """
     dfd, name = open_parent(home, path, create=True)
     try:
         _check_not_link(home, dfd, name, path)
@@ -309,14 +313,16 @@ def atomic_write(home: Path, path: Path, data: bytes, mode: int = 0o600) -> None
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp, dir_fd=dfd)
             raise
         os.close(fd)
         os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        os.fsync(dfd)
+        if durable:
+            os.fsync(dfd)
     finally:
         os.close(dfd)
 

@@ -332,7 +332,10 @@ class SharedStore:
     def write_journal(self, model_id: str, version: str, journal: PieceJournal) -> None:
         """Save the journal of one shared partial file (the holder, after its pieces are flushed), signed by this engine."""
         journal.writer = self.engine.name
-        safefs.atomic_write(self.home, self._journal_path(model_id, version, journal.path), journal.to_json(), mode=0o644)
+        # Rewritten at every commit of pieces, so not flushed: after a crash of the machine an old journal claims fewer
+        # pieces and an unreadable one none (the file starts over), and the pieces it names were flushed before.
+        safefs.atomic_write(self.home, self._journal_path(model_id, version, journal.path), journal.to_json(), mode=0o644,
+                            durable=False)
 
     def read_journal(self, model_id: str, version: str, path: str) -> PieceJournal | None:
         """The journal of one shared partial file, None when there is none or it cannot be read."""

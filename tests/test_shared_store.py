@@ -281,3 +281,18 @@ async def test_cleanup_removes_abandoned_shared_partial_data_unless_an_engine_ho
                                                                                      "downloading it" % os.getpid()]
         assert not (root / "gone").exists() and (root / "busy" / "1.0.0" / "w.bin.part").exists()
         await asyncio.to_thread(held.release)
+
+
+@pytest.mark.parametrize("left", [b"", b"\0" * 300, b'{"path": "w.bin", "size": 1', b"[]", b"null"])
+def test_a_journal_a_crash_left_empty_or_unreadable_claims_no_piece(tmp_path, left):
+    """Journals are rewritten without a flush; a crash of the machine can leave an empty file, zeros or the old one."""
+    from mavail.core.store import PieceJournal
+
+    home = tmp_path / "h"
+    (home / "models").mkdir(parents=True)
+    store = SharedStore(home, home / "models", time.time, lambda: 5.0)
+    store.write_journal("m", "1.0.0", PieceJournal("w.bin", 2 * MIB, "ab" * 32, MIB, {0: "cd" * 16}))
+    assert store.read_journal("m", "1.0.0", "w.bin").recorded == {0: "cd" * 16}
+    path = home / "models" / STORE_DIR / "partial" / "m" / "1.0.0" / "w.bin.pieces.json"
+    path.write_bytes(left)
+    assert store.read_journal("m", "1.0.0", "w.bin") is None
