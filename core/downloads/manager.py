@@ -55,6 +55,7 @@ log = logging.getLogger("mavail.downloads")
 RUNNABLE = ("queued", "downloading", "verifying")
 LIVE = RUNNABLE + ("paused", "failed")
 PROGRESS_INTERVAL_S = 0.25  # at most 4 progress events a second per download
+FINISHING_POLL_S = 0.02  # how often an engine waiting on the shared store looks once the holder has every byte
 SPEED_TAU_S = 2.0
 BYTE_THREAD_NICE = 10  # added to the byte threads' nice (on Linux a thread's nice is its own)
 BYTE_THREADS = 256  # one per connection; downloads.max_connections bounds how many run (threads start as needed)
@@ -881,7 +882,12 @@ class DownloadManager:
             self._waiting(d, got)
             await self._load_journals(d, quiet=True)  # the holder's progress shows here as it goes
             self._report(d)
-            await asyncio.sleep(float(self._settings.get("store.poll_s")))
+            poll = float(self._settings.get("store.poll_s"))
+            if all(f.installed_sha256 is not None or f.recorded_bytes >= f.job.size for f in d.files):
+                # every byte is in: the holder is verifying and installing, and the files are adopted the moment it
+                # records them
+                poll = min(poll, FINISHING_POLL_S)
+            await asyncio.sleep(poll)
 
     def _waiting(self, d: Download, holder: Holder | None) -> None:
         """Record which engine this download waits for (None: none) and report a change of engine."""
