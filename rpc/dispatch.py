@@ -58,17 +58,17 @@ def valid_id(value: Any) -> bool:
 
 def _check_request(req: Any) -> None:
     """jsonrpcserver's validator: a cheap structural check of one JSON-RPC 2.0 request."""
-    if not isinstance(req, dict):
+    if type(req) is not dict:
         raise ValueError("a request must be an object")
     if req.get("jsonrpc") != "2.0":
         raise ValueError('"jsonrpc" must be "2.0"')
-    if not isinstance(req.get("method"), str):
+    if type(req.get("method")) is not str:
         raise ValueError('"method" must be a string')
-    if "params" in req and not isinstance(req["params"], (dict, list)):
+    if "params" in req and type(req["params"]) not in (dict, list):
         raise ValueError('"params" must be an object')
     if "id" in req and not (req["id"] is None or valid_id(req["id"])):
         raise ValueError('"id" must be a string, number or null')
-    if len(req) > 2 and any(k not in _MEMBERS for k in req):
+    if not _MEMBERS.issuperset(req):
         raise ValueError(f"unexpected member(s) {', '.join(sorted(set(req) - _MEMBERS))}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from mavail.rpc.server import Connection
 
 
-@dataclass
+@dataclass(slots=True)
 class CallContext:
     """What a handler receives besides its params: the engine, the calling connection, the request id."""
 
@@ -45,7 +46,18 @@ async def session_hello(ctx: CallContext, client: str | None, token: str | None)
         ctx.conn.authenticated = True
     ctx.conn.client_name = client
     return {"engine_version": __version__, "protocol_version": PROTOCOL_VERSION, "methods": _method_names(),
-            "host": socket.gethostname()}
+            "host": _host_name()}
+
+
+_HOST: list[Any] = [-1e9, ""]  # (when it was read, the name)
+
+
+def _host_name() -> str:
+    """The machine's host name, read again at most once a second (each read is a system call; hellos come by thousands)."""
+    now = time.monotonic()
+    if now - _HOST[0] >= 1.0:
+        _HOST[:] = [now, socket.gethostname()]
+    return _HOST[1]
 
 
 _METHOD_NAMES: list[str] = []

@@ -96,12 +96,17 @@ class Method:
     them in the connection's read loop instead of a task of their own (twice the
     throughput). Anything that may wait (disk, SQLite, network, a worker thread) stays False."""
     _by_name: dict[str, P] = field(default_factory=dict, compare=False, repr=False)
+    _defaults: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # empty when a param is required
 
     def __post_init__(self) -> None:
         self._by_name.update({p.name: p for p in self.params})
+        if not any(p.required for p in self.params):
+            self._defaults.update({p.name: p.default for p in self.params})
 
     def bind(self, params: Any) -> dict[str, Any]:
         """Validate call params (by name only) and fill in defaults; InvalidParams names the field."""
+        if (params is None or params == {}) and (self._defaults or not self.params):
+            return dict(self._defaults)  # no params, none required: most calls of the methods answered inline
         if params is None:
             params = {}
         if isinstance(params, list):
