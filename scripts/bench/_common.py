@@ -1,10 +1,12 @@
-"""Shared pieces of the benchmarks: timing statistics and an engine subprocess on a throw-away home."""
+"""Shared pieces of the benchmarks: timing statistics, an engine subprocess on a throw-away home, a lean NDJSON client and the
+Python floor server to measure beside it."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import socket
 import shutil
 import statistics
 import subprocess
@@ -13,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -84,3 +88,73 @@ def short_tmpdir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+FLOOR_SERVER = r'''
+import asyncio, sys, orjson, uvloop
+RESULT = orjson.loads(sys.argv[2])
+async def handle(reader, writer):
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        req = orjson.loads(line)
+        writer.write(orjson.dumps({"jsonrpc": "2.0", "result": RESULT, "id": req.get("id")}, option=orjson.OPT_APPEND_NEWLINE))
+    writer.close()
+async def main():
+    server = await asyncio.start_unix_server(handle, sys.argv[1])
+    print("ready", flush=True)
+    await server.serve_forever()
+uvloop.run(main())
+'''
+"""The Python floor: an NDJSON JSON-RPC server on uvloop and orjson that answers every call with one fixed result."""
+
+
+class LineClient:
+    """The lean raw NDJSON client: one request line written, one response line read, on a Unix socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.next_id = 0
+
+    def call(self, method: str, params: dict | list | None = None) -> dict:
+        """One call; the parsed response object."""
+        self.next_id += 1
+        req = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            req["params"] = params
+        self.sock.sendall(orjson.dumps(req) + b"\n")
+        buf = self.buf
+        while True:
+            nl = buf.find(b"\n")
+            if nl >= 0:
+                self.buf = buf[nl + 1:]
+                return orjson.loads(buf[:nl])
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def floor_server(hello: dict, tmp: Path) -> Iterator[LineClient]:
+    """The Python floor (FLOOR_SERVER) answering every call with `hello` (mavail's own hello result), and a lean client of it."""
+    sock = tmp / "floor.sock"
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(sock), orjson.dumps(hello).decode()],
+                            stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        c = LineClient(sock)
+        try:
+            yield c
+        finally:
+            c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

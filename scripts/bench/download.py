@@ -8,7 +8,7 @@ where a case needs a setting (four downloads at once, a bandwidth limit).
 1. one 1 GiB file, no throttle: best verified mavail download / best `curl -o FILE`            (goal <= 1.1)
 2. one 400 MiB file, 20 MiB/s per connection: mavail / `aria2c -x8 -s8 -k1M`, and / `-x16 -s16`  (goal <= 1.0)
 3. peak engine RSS while four 1 GiB files download at once, and four 4 GiB files              (goal < 100 MiB)
-4. p99 of `downloads.active` and `session.hello` during a 1 GiB download                       (goal < 5 ms)
+4. p99 of `downloads.active` and `session.hello` during a 1 GiB download, beside the Python floor's (goal < 5 ms)
 5. limit accuracy: a global limit of 10 MiB/s, a per-download limit of 50 MiB/s                (goal within 5%)
 7. kill -9 at half of a 1 GiB file, restart: bytes fetched again                                (goal <= 1% + 16 MiB)
 
@@ -18,6 +18,7 @@ where a case needs a setting (four downloads at once, a bandwidth limit).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -28,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, engine_process, percentile, short_tmpdir
+from _common import ROOT, LineClient, engine_process, floor_server, percentile, short_tmpdir
 
 import psutil
 import tomlkit
@@ -232,21 +233,21 @@ def aria2(url: str, out: Path, n: int) -> float:
 
 
 class LatencyProbe(threading.Thread):
-    """Calls `method` in a loop on its own connection and records latencies."""
+    """Calls `method` in a loop through a lean client (`LineClient`) on its own connection and records latencies."""
 
-    def __init__(self, sock: Path, method: str) -> None:
+    def __init__(self, client: LineClient, method: str, label: str) -> None:
         super().__init__(daemon=True)
-        self.sock, self.method = sock, method
+        self.client, self.method, self.label = client, method, label
         self.lat: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
-        with Client(self.sock, timeout=10) as c:
-            while not self.stop.is_set():
-                s = time.perf_counter()
-                c.call(self.method)
-                self.lat.append(time.perf_counter() - s)
-                time.sleep(0.002)
+        perf = time.perf_counter
+        while not self.stop.is_set():
+            s = perf()
+            self.client.call(self.method)
+            self.lat.append(perf() - s)
+            time.sleep(0.002)
 
 
 class RssProbe(threading.Thread):
@@ -346,17 +347,24 @@ def run_cases(args, skip, origin, home: Path, sock: Path, tmp: Path, big: int, h
                         f"; {load()}")
             print(out["2"], flush=True)
         if 4 not in skip:
-            probes = [LatencyProbe(sock, "downloads.active"), LatencyProbe(sock, "session.hello")]
-            for p in probes:
-                p.start()
-            time.sleep(0.2)
-            t = timed_download(c, home, "c4")
-            for p in probes:
-                p.stop.set()
-                p.join()
+            # the Python floor answers beside the engine, through the same lean client: what the machine allows while the
+            # download loads both cores (its bytes, the origin, the kernel's loopback and writeback)
+            with contextlib.ExitStack() as stack:
+                floor = stack.enter_context(floor_server(c.call("session.hello"), tmp))
+                ours = [stack.enter_context(contextlib.closing(LineClient(sock))) for _ in range(2)]
+                probes = [LatencyProbe(ours[0], "downloads.active", "downloads.active"),
+                          LatencyProbe(ours[1], "session.hello", "session.hello"),
+                          LatencyProbe(floor, "hello", "floor hello (uvloop)")]
+                for p in probes:
+                    p.start()
+                time.sleep(0.2)
+                t = timed_download(c, home, "c4")
+                for p in probes:
+                    p.stop.set()
+                    p.join()
             out["4"] = f"during a {big // MIB} MiB download ({t:.2f} s): " + "; ".join(
-                f"{p.method} p50 {percentile(p.lat, 50) * 1000:.2f} ms, p99 {percentile(p.lat, 99) * 1000:.2f} ms ({len(p.lat)} calls)"
-                for p in probes) + "  (goal p99 < 5 ms)"
+                f"{p.label} p50 {percentile(p.lat, 50) * 1000:.2f} ms, p99 {percentile(p.lat, 99) * 1000:.2f} ms ({len(p.lat)} calls)"
+                for p in probes) + f"  (goal p99 < 5 ms; {load()})"
             print(out["4"], flush=True)
         if 5 not in skip:
             c.call("config.update", {"patch": {"downloads": {"bandwidth_limit_mbps": 10.0}}})

@@ -28,65 +28,12 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import orjson
-from _common import ROOT, engine_process, placeholder_models, short_tmpdir, summarize
-
-FLOOR_SERVER = r'''
-import asyncio, sys, orjson, uvloop
-RESULT = orjson.loads(sys.argv[2])
-async def handle(reader, writer):
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        req = orjson.loads(line)
-        writer.write(orjson.dumps({"jsonrpc": "2.0", "result": RESULT, "id": req.get("id")}, option=orjson.OPT_APPEND_NEWLINE))
-    writer.close()
-async def main():
-    server = await asyncio.start_unix_server(handle, sys.argv[1])
-    print("ready", flush=True)
-    await server.serve_forever()
-uvloop.run(main())
-'''
-"""The Python floor: an NDJSON JSON-RPC server on uvloop and orjson that answers every call with one fixed result."""
-
-
-class LineClient:
-    """The lean raw NDJSON client: one request line written, one response line read, on a Unix socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(path))
-        self.buf = b""
-        self.next_id = 0
-
-    def call(self, method: str, params: dict | list | None = None) -> dict:
-        """One call; the parsed response object."""
-        self.next_id += 1
-        req = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
-        if params is not None:
-            req["params"] = params
-        self.sock.sendall(orjson.dumps(req) + b"\n")
-        buf = self.buf
-        while True:
-            nl = buf.find(b"\n")
-            if nl >= 0:
-                self.buf = buf[nl + 1:]
-                return orjson.loads(buf[:nl])
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
-
+from _common import LineClient, engine_process, floor_server, placeholder_models, short_tmpdir, summarize
 
 class HttpJsonRpcClient:
     """The lean raw HTTP client for aria2c: keep-alive POSTs to /jsonrpc, the response read by Content-Length."""
@@ -186,24 +133,6 @@ def mavail_client(models: int, tmp: Path) -> Iterator[LineClient]:
 
 
 @contextlib.contextmanager
-def floor_client(hello: dict, tmp: Path) -> Iterator[LineClient]:
-    """The minimal uvloop NDJSON server answering every call with `hello` (mavail's own hello result)."""
-    sock = tmp / "floor.sock"
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(sock), orjson.dumps(hello).decode()],
-                            stdout=subprocess.PIPE, cwd=ROOT)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        c = LineClient(sock)
-        try:
-            yield c
-        finally:
-            c.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextlib.contextmanager
 def aria2_client(tmp: Path) -> Iterator[HttpJsonRpcClient]:
     """aria2c with 50 paused downloads (added through its RPC), and a raw HTTP client connected to it."""
     port = free_port()
@@ -236,7 +165,7 @@ def one_round(n: int, models: int, have_aria2: bool) -> dict[str, dict]:
     """Every measurement once, each server started afresh and all three up together."""
     with short_tmpdir() as tmp, contextlib.ExitStack() as stack:
         ours = stack.enter_context(mavail_client(models, tmp))
-        floor = stack.enter_context(floor_client(ours.call("session.hello")["result"], tmp))
+        floor = stack.enter_context(floor_server(ours.call("session.hello")["result"], tmp))
         aria2 = stack.enter_context(aria2_client(tmp)) if have_aria2 else None
         small: dict[str, Callable[[], object]] = {"mavail session.hello": lambda: ours.call("session.hello"),
                                                   "floor hello (uvloop)": lambda: floor.call("hello")}
