@@ -134,6 +134,7 @@ class Faults:
     last_modified: bool = True  # send Last-Modified
     if_range: bool = True  # honour If-Range (else serve the range whatever the validator says)
     throttle_bps: float = 0.0  # per-connection cap in bytes/s, 0 = none
+    total_bps: float = 0.0  # cap on every response for the path together (a link the connections share), 0 = none
     drop_after: int | None = None  # close the connection after this many body bytes of a response
     drop_count: int = -1  # how many responses to drop (-1 = every one)
     errors: list[int] = field(default_factory=list)  # statuses to answer, one per request, before serving
@@ -148,6 +149,17 @@ class Faults:
     change_after_requests: int | None = None  # after this many requests for the path, switch to change_to
     change_to: Any = None
     require_token: str | None = None  # answer 401 unless "Authorization: Bearer <token>"
+
+    _total_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _total_at: float = 0.0  # when the shared link is free again (time.monotonic)
+
+    def _share_link(self, n: int) -> float:
+        """Book `n` bytes on the path's shared link (`total_bps`); the seconds to wait before sending them."""
+        with self._total_lock:
+            now = time.monotonic()
+            start = max(now, self._total_at)
+            self._total_at = start + n / self.total_bps
+            return start - now
 
     def _take(self, name: str) -> bool:
         """Whether a counted fault applies to this response (and consume one)."""
@@ -520,7 +532,8 @@ class _Handler(BaseHTTPRequestHandler):
         stall_at = faults.stall_after if faults.stall_after is not None and faults._take("stall_count") else None
         corrupt = [o for o in faults.corrupt_offsets if start <= o < end] if faults.corrupt_offsets and faults._take("corrupt_count") else []
         rate = faults.throttle_bps
-        chunk = 256 * 1024 if rate <= 0 else max(4096, min(256 * 1024, int(rate / 50)))
+        tightest = min(r for r in (rate, faults.total_bps, float("inf")) if r > 0)
+        chunk = 256 * 1024 if tightest == float("inf") else max(4096, min(256 * 1024, int(tightest / 50)))
         t0 = time.monotonic()
         sent = 0
         pos = start
@@ -549,6 +562,10 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = piece[len(first):]
                 n = len(piece)
                 pos += len(first)
+            if faults.total_bps > 0 and n:
+                wait = faults._share_link(n)
+                if wait > 0 and stop.wait(wait):
+                    return
             try:
                 if n:
                     self.wfile.write(piece)

@@ -135,3 +135,24 @@ async def test_connections_grow_while_they_raise_the_rate_and_stay_under_the_cei
             await wait_status(eng, "d", "completed", timeout=60)
         assert max(seen) <= 12
         assert installed_bytes(home, "d", "f.bin") == data.read(0, data.size)
+
+
+async def test_connections_come_down_when_more_do_not_raise_the_rate(home):
+    """A link that bounds the connections' sum (not each one): after trying more, the file settles on one or two."""
+    data = Synthetic("shared-link", 12 * MIB)
+    config = {"downloads": {"parallel_min_size_mb": 0.0, "parallel_ranges": 16, "max_connections": 64}}
+    with Mirror() as m:
+        write_home(home, m, {"d": {"f.bin": data}}, config=config)
+        m.faults("d/f.bin").total_bps = 2 * MIB
+        async with dl_engine(home, piece_size=128 * 1024) as (eng, sock):
+            await eng.downloads.start("d")
+            seen: list[int] = []
+
+            def settled() -> bool:
+                p = eng.downloads.progress_dict(eng.downloads.get("d"))
+                assert p["downloaded_bytes"] < data.size * 0.7, f"still {seen[-1:]} connections near the end"
+                seen.append(p["connections"])
+                return max(seen) >= 8 and seen[-1] <= 2
+
+            await wait_until(settled, timeout=15)
+            await eng.downloads.cancel("d")

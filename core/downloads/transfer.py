@@ -7,12 +7,17 @@ offset. Each connection's bytes move on a byte thread (`http_range`): reads,
 writes and hashes never run on the event loop, which sees only response heads,
 finished pieces and commits. A large file starts with `START_CONNECTIONS` and
 doubles them every `PROBE_S` while that raises its rate by `GROWTH`, up to
-`downloads.parallel_ranges`. Each request asks for a share of the pieces no
-connection has taken yet, a share that shrinks as the file nears its end, so
-the connections run out of work together on keep-alive connections and the
-server sends every byte once; only when a long span is left in flight does an
-idle connection take over the back half of its untouched tail (cutting a
-response short throws away what its sockets hold).
+`downloads.parallel_ranges`; once more do not help, it halves them while the
+rate holds within `GROWTH` (a server that does not cap connections serves one
+or two as fast, and fewer byte threads leave the event loop the CPU).
+
+Each request asks for a share of the pieces no connection has taken yet, a
+share that shrinks as the file nears its end, so the connections run out of
+work together on keep-alive connections and the server sends every byte once;
+only when a long span is left in flight does an idle connection take over the
+back half of its untouched tail (cutting a response short throws away what its
+sockets hold).
+
 Every piece is hashed (XXH3-128) as it is written; a finished piece is flushed
 (fdatasync) and only then reported, so the database never claims bytes a crash
 could lose. The whole-file sha256 follows the lowest unhashed byte: the
@@ -69,7 +74,8 @@ PREFIX_RECORD_S = 0.05  # how often the flushed prefix of pieces in progress is 
 # connections of 16 MiB/s, what a kill -9 can cost stays near 0.05 s of bytes
 START_CONNECTIONS = 8  # connections a large file starts with (as many as aria2c -x8 opens)
 PROBE_S = 0.5  # how often the file's rate is compared to decide whether more connections help
-GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor
+GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor, and fewer
+# only while the rate stays within it
 MIN_RECEIVE_BUFFER = 256 * 1024
 MAX_RECEIVE_BUFFER = 8 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -1024,12 +1030,25 @@ class FileTransfer:
         return True, ""
 
     async def _run_workers(self) -> None:
-        """Fetch with parallel connections: start a few, add more while the file's rate grows, up to the ceiling."""
+        """Fetch with parallel connections: start a few, double them while that raises the file's rate, then halve them
+        while that keeps it, so a server that caps each connection gets many and one that does not gets few."""
         n, per, ceiling = self._plan()
         self._target, self._ceiling = n, ceiling
-        tasks = [asyncio.create_task(self._worker(per, i), name=f"range:{self.job.path}:{i}") for i in range(n)]
+        workers: dict[int, asyncio.Task[None]] = {}
+        tasks: list[asyncio.Task[None]] = []
+
+        def staff() -> None:  # a connection for every index below the target that has none running
+            for i in range(self._target):
+                if i not in workers or workers[i].done():
+                    workers[i] = asyncio.create_task(self._worker(per, i), name=f"range:{self.job.path}:{i}")
+                    tasks.append(workers[i])
+
+        staff()
         clock = self._loop.time
-        last_t, last_bytes, last_rate, growing = clock(), self.written_bytes, 0.0, n < ceiling
+        last_t, last_bytes = clock(), self.written_bytes
+        phase = "grow" if n < ceiling else "shrink" if n > 1 else "hold"
+        before = 0.0  # the rate at the count tried before this one
+        best = 0.0  # the best rate seen while shrinking
         try:
             while True:
                 done, pending = await asyncio.wait(tasks, timeout=PROBE_S, return_when=asyncio.FIRST_EXCEPTION)
@@ -1039,25 +1058,33 @@ class FileTransfer:
                 if self._target > share:
                     self._target = share  # another file started: connections past the share stop after their request
                     ceiling = min(ceiling, share)
-                if not growing:
-                    continue
                 now, written = clock(), self.written_bytes
                 rate = (written - last_bytes) / max(1e-6, now - last_t)
                 last_t, last_bytes = now, written
-                if last_rate and rate < last_rate * GROWTH:
-                    # the last connections added did not help: let them finish their request and stop there
-                    self._target = max(1, self._target // 2)
-                    growing = False
+                if phase == "hold" or not any(s == 0 for s in self.state):
                     continue
-                last_rate = rate
-                add = min(ceiling, self._target * 2) - self._target
-                if add <= 0 or sum(1 for s in self.state if s == 0) == 0:
-                    growing = False
-                    continue
-                tasks += [asyncio.create_task(self._worker(per, self._target + i), name=f"range:{self.job.path}:{self._target + i}")
-                          for i in range(add)]
-                self._target += add
-                growing = self._target < ceiling
+                if phase == "grow":
+                    if before and rate < before * GROWTH:
+                        # the connections added did not help: back to the count before, then see whether fewer do as well
+                        self._target = max(1, self._target // 2)
+                        phase, best = ("shrink" if self._target > 1 else "hold"), max(rate, before)
+                        continue
+                    if self._target >= ceiling:
+                        phase = "hold"  # the last doubling helped and there is no more to add
+                        continue
+                    before = rate
+                    self._target = min(ceiling, self._target * 2)
+                else:
+                    best = max(best, rate)
+                    if rate * GROWTH < best:
+                        # fewer connections lost rate: back to the count before, and stay there
+                        self._target = min(ceiling, self._target * 2)
+                        phase = "hold"
+                    else:
+                        # as fast with these: fewer threads and sockets, and less for the engine to share them with
+                        self._target = max(1, self._target // 2)
+                        phase = "shrink" if self._target > 1 else "hold"
+                staff()
         except asyncio.CancelledError:
             for t in tasks:
                 t.cancel()
