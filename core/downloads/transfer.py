@@ -7,9 +7,10 @@ offset. Each connection's bytes move on a byte thread (`http_range`): reads,
 writes and hashes never run on the event loop, which sees only response heads,
 finished pieces and commits. A large file starts with `START_CONNECTIONS` and
 doubles them every `PROBE_S` while that raises its rate by `GROWTH`, up to
-`downloads.parallel_ranges`; once more do not help, it halves them while the
-rate holds within `GROWTH` (a server that does not cap connections serves one
-or two as fast, and fewer byte threads leave the event loop the CPU).
+`downloads.parallel_ranges`; once more do not help, it divides them by
+`SHRINK` while the rate holds within `GROWTH` (a server that does not cap
+connections serves one or two as fast, and fewer byte threads leave the event
+loop the CPU).
 
 Each request asks for a share of the pieces no connection has taken yet, a
 share that shrinks as the file nears its end, so the connections run out of
@@ -76,6 +77,7 @@ START_CONNECTIONS = 8  # connections a large file starts with (as many as aria2c
 PROBE_S = 0.5  # how often the file's rate is compared to decide whether more connections help
 GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor, and fewer
 # only while the rate stays within it
+SHRINK = 4  # once more connections stop helping, each probe tries this many times fewer
 MIN_RECEIVE_BUFFER = 256 * 1024
 MAX_RECEIVE_BUFFER = 8 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -1047,8 +1049,9 @@ class FileTransfer:
         clock = self._loop.time
         last_t, last_bytes = clock(), self.written_bytes
         phase = "grow" if n < ceiling else "shrink" if n > 1 else "hold"
-        before = 0.0  # the rate at the count tried before this one
-        best = 0.0  # the best rate seen while shrinking
+        before = 0.0  # the rate at the count before the last doubling
+        best = 0.0  # the best rate seen since more connections stopped helping
+        good = n  # the fewest connections known to give that rate
         try:
             while True:
                 done, pending = await asyncio.wait(tasks, timeout=PROBE_S, return_when=asyncio.FIRST_EXCEPTION)
@@ -1065,25 +1068,24 @@ class FileTransfer:
                     continue
                 if phase == "grow":
                     if before and rate < before * GROWTH:
-                        # the connections added did not help: back to the count before, then see whether fewer do as well
-                        self._target = max(1, self._target // 2)
-                        phase, best = ("shrink" if self._target > 1 else "hold"), max(rate, before)
-                        continue
-                    if self._target >= ceiling:
+                        # the connections added did not help: the count before is enough; see whether far fewer are
+                        good, best = max(1, self._target // 2), max(rate, before)
+                        self._target = max(1, good // SHRINK)
+                        phase = "shrink" if self._target < good else "hold"
+                    elif self._target >= ceiling:
                         phase = "hold"  # the last doubling helped and there is no more to add
-                        continue
-                    before = rate
-                    self._target = min(ceiling, self._target * 2)
+                    else:
+                        before = rate
+                        self._target = min(ceiling, self._target * 2)
                 else:
                     best = max(best, rate)
                     if rate * GROWTH < best:
-                        # fewer connections lost rate: back to the count before, and stay there
-                        self._target = min(ceiling, self._target * 2)
-                        phase = "hold"
+                        self._target, phase = good, "hold"  # fewer lost rate: back to the fewest that did not
                     else:
                         # as fast with these: fewer threads and sockets, and less for the engine to share them with
-                        self._target = max(1, self._target // 2)
-                        phase = "shrink" if self._target > 1 else "hold"
+                        good = self._target
+                        self._target = max(1, good // SHRINK)
+                        phase = "shrink" if self._target < good else "hold"
                 staff()
         except asyncio.CancelledError:
             for t in tasks:
