@@ -6,8 +6,9 @@ on the validator that server gave before), and write what arrives at its
 offset. Each connection's bytes move on a byte thread (`http_range`): reads,
 writes and hashes never run on the event loop, which sees only response heads,
 finished pieces and commits. A large file starts with `START_CONNECTIONS` and
-doubles them every `PROBE_S` while that raises its rate by `GROWTH`, up to
-`downloads.parallel_ranges`; once more do not help, it divides them by
+doubles them every `PROBE_S` while that raises its rate by `GROWTH` (quadruples
+when the rate grew with them, as behind a server that caps each connection), up
+to `downloads.parallel_ranges`; once more do not help, it divides them by
 `SHRINK` while the rate holds within `GROWTH` (a server that does not cap
 connections serves one or two as fast, and fewer byte threads leave the event
 loop the CPU).
@@ -73,11 +74,12 @@ WRITEBACK_BYTES = 1024 * 1024  # written bytes of a piece handed to the disk at 
 MAX_SPAN_BYTES = 64 * 1024 * 1024  # one request asks for at most this much; idle connections take over the tail of a span
 PREFIX_RECORD_S = 0.05  # how often the flushed prefix of pieces in progress is recorded when no piece completes: at 16
 # connections of 16 MiB/s, what a kill -9 can cost stays near 0.05 s of bytes
-START_CONNECTIONS = 8  # connections a large file starts with (as many as aria2c -x8 opens)
+START_CONNECTIONS = 2  # connections a large file starts with; it doubles them at each probe while they help
 PROBE_S = 0.5  # how often the file's rate is compared to decide whether more connections help
 GROWTH = 1.15  # more connections are kept only while they raise the file's rate by at least this factor, and fewer
 # only while the rate stays within it
 SHRINK = 4  # once more connections stop helping, each probe tries this many times fewer
+LINEAR = 1.8  # doubling the connections raised the rate this much: the next step quadruples them
 MIN_RECEIVE_BUFFER = 256 * 1024
 MAX_RECEIVE_BUFFER = 8 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -1049,7 +1051,8 @@ class FileTransfer:
         clock = self._loop.time
         last_t, last_bytes = clock(), self.written_bytes
         phase = "grow" if n < ceiling else "shrink" if n > 1 else "hold"
-        before = 0.0  # the rate at the count before the last doubling
+        before = 0.0  # the rate at the count before the last step up
+        previous = n  # that count
         best = 0.0  # the best rate seen since more connections stopped helping
         good = n  # the fewest connections known to give that rate
         try:
@@ -1069,14 +1072,16 @@ class FileTransfer:
                 if phase == "grow":
                     if before and rate < before * GROWTH:
                         # the connections added did not help: the count before is enough; see whether far fewer are
-                        good, best = max(1, self._target // 2), max(rate, before)
+                        good, best = previous, max(rate, before)
                         self._target = max(1, good // SHRINK)
                         phase = "shrink" if self._target < good else "hold"
                     elif self._target >= ceiling:
-                        phase = "hold"  # the last doubling helped and there is no more to add
+                        phase = "hold"  # the last step helped and there is no more to add
                     else:
-                        before = rate
-                        self._target = min(ceiling, self._target * 2)
+                        # each connection brought its own rate (a server that caps connections): step faster
+                        factor = 4 if before and rate >= before * LINEAR else 2
+                        before, previous = rate, self._target
+                        self._target = min(ceiling, self._target * factor)
                 else:
                     best = max(best, rate)
                     if rate * GROWTH < best:
