@@ -23,6 +23,16 @@ from mavail.core.limits import (MAX_DAYS, MAX_DURATION_S, MAX_GB, MAX_RATE_MBPS,
                                 MAX_VRAM_GB, MAX_WAIT_MINUTES)
 
 
+def parse_bool(text: str) -> bool:
+    """A boolean as a person types it (true/false, yes/no, on/off, 1/0, any case); ValueError for anything else."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configuration key: its type, default, bounds and whether a change applies at once."""
@@ -88,12 +98,7 @@ class Setting:
         """Parse an environment override (`MAVAIL_<SECTION>_<KEY>`) into this setting's type."""
         try:
             if self.type is bool:
-                low = text.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(text)
+                return parse_bool(text)
             if self.type is int:
                 return int(text)
             if self.type is float:

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from mavail.core.config import parse_bool
 from mavail.rpc.commands.common import OK, USAGE, CommandError, call, print_json
 
 
@@ -74,12 +75,7 @@ def parse_value(text: str, kind: str) -> Any:
     """The command-line text of a value as the setting's type (the engine validates the bounds)."""
     try:
         if kind == "bool":
-            low = text.strip().lower()
-            if low in ("true", "yes", "on", "1"):
-                return True
-            if low in ("false", "no", "off", "0"):
-                return False
-            raise ValueError(text)
+            return parse_bool(text)
         if kind == "int":
             return int(text)
         if kind == "float":
