@@ -856,6 +856,7 @@ class DownloadManager:
         verified; the lock (its journals loaded into the files), or None when every file was adopted."""
         store = self._store
         assert store is not None
+        seen: tuple[float, int] | None = None  # (when, bytes the holder had left) at the last look
         while True:
             await self._adopt_verified(d)
             if all(f.installed_sha256 is not None for f in d.files):
@@ -882,11 +883,15 @@ class DownloadManager:
             self._waiting(d, got)
             await self._load_journals(d, quiet=True)  # the holder's progress shows here as it goes
             self._report(d)
+            now, left = self._clock.monotonic(), sum(f.job.size - f.recorded_bytes for f in d.files if f.installed_sha256 is None)
             poll = float(self._settings.get("store.poll_s"))
-            if all(f.installed_sha256 is not None or f.recorded_bytes >= f.job.size for f in d.files):
-                # every byte is in: the holder is verifying and installing, and the files are adopted the moment it
-                # records them
+            if seen is not None and seen[1] > left:
+                # the holder's rate so far says when its last byte is in; from then on it only verifies and installs,
+                # and the files are adopted the moment it records them
+                poll = min(poll, max(FINISHING_POLL_S, left / ((seen[1] - left) / max(1e-3, now - seen[0])) / 2))
+            elif left <= 0:
                 poll = min(poll, FINISHING_POLL_S)
+            seen = (now, left)
             await asyncio.sleep(poll)
 
     def _waiting(self, d: Download, holder: Holder | None) -> None:
