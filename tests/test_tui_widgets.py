@@ -192,6 +192,38 @@ async def test_live_table_direct():
         assert t.keys() == ["a"] and t.row_count == 1
 
 
+async def test_rows_drawn_before_a_column_widens_are_drawn_again_at_the_new_width():
+    from textual.app import App, ComposeResult
+    from textual.geometry import Region
+
+    from mavail.tui.widgets.live_table import Column
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable([Column("id", "Model"), Column("status", "Status")])
+
+    async with One().run_test(size=(60, 10)) as pilot:
+        t = pilot.app.query_one(LiveTable)
+        await pilot.pause()
+        # the rows arrive and the screen draws them before the table has measured its columns (the table measures when
+        # its queue is idle; the screen draws on its own timer, which may come first): the cursor row is drawn at the
+        # widths of the headers
+        t.sync({f"bench-model-{i}": ((f"bench-model-{i}", "missing"), {}) for i in range(3)})
+        t.render_lines(Region(0, 0, t.size.width, t.size.height))
+        await until(pilot, lambda: t.columns["id"].content_width == len("bench-model-0"))
+        await pilot.pause()
+        lines = screen_text(pilot.app).splitlines()
+        assert "bench-model-0  missing" in lines[1], lines[:4]
+        # a cell that outgrows its column, drawn before the column is measured again
+        t.upsert("bench-model-0", ("bench-model-0", "downloading"), {})
+        t.render_lines(Region(0, 0, t.size.width, t.size.height))
+        await until(pilot, lambda: t.columns["status"].content_width == len("downloading"))
+        await pilot.pause()
+        lines = screen_text(pilot.app).splitlines()
+        assert "bench-model-0  downloading" in lines[1], lines[:4]
+        assert "bench-model-1  missing" in lines[2], lines[:4]
+
+
 async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
     def cleanup(**p: Any) -> dict[str, Any]:
         if p.get("dry_run"):

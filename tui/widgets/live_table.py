@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rich.text import Text
+from textual.geometry import Region
+from textual.strip import Strip
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
@@ -87,6 +89,8 @@ class LiveTable(DataTable[Cell]):
         """The cells of the rows now in the DataTable."""
         self._cols: list[int] = []
         """Indexes into `spec` of the columns shown at this terminal width."""
+        self._drawn_widths: tuple[int, ...] = ()
+        """The column widths of the last lines drawn."""
 
     def on_mount(self) -> None:
         self._layout_columns()
@@ -112,6 +116,19 @@ class LiveTable(DataTable[Cell]):
                 self._sort()
         if selected is not None:
             self.select(selected)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """The table's lines; drawn afresh when a column's width changed since the last lines drawn.
+
+        DataTable measures its columns when its message queue is idle, while the
+        screen draws on a timer of its own that may come first; the lines it
+        keeps are not keyed by the column widths, so a row drawn in between
+        would keep the widths from before (until the row changes)."""
+        widths = tuple(column.get_render_width(self) for column in self.ordered_columns)
+        if widths != self._drawn_widths:
+            self._drawn_widths = widths
+            self._clear_caches()
+        return super().render_lines(crop)
 
     # --- data --------------------------------------------------------------
     def _visible(self, key: str) -> bool:
