@@ -224,6 +224,30 @@ async def test_rows_drawn_before_a_column_widens_are_drawn_again_at_the_new_widt
         assert "bench-model-1  missing" in lines[2], lines[:4]
 
 
+async def test_a_table_scrollbar_is_drawn_in_whole_cells_never_as_block_glyphs():
+    from textual.app import App, ComposeResult
+
+    from mavail.tui.widgets.live_table import Column
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable([Column("id", "Setting"), Column("v", "Value")])
+
+    async with One().run_test(size=(40, 12)) as pilot:
+        t = pilot.app.query_one(LiveTable)
+        t.sync({f"setting.{i:02d}": ((f"setting.{i:02d}", str(i)), {}) for i in range(47)})
+        await until(pilot, lambda: t.show_vertical_scrollbar)
+        for row in range(0, 47, 3):
+            t.move_cursor(row=row)
+            await pilot.pause()
+            strips = pilot.app.screen._compositor.render_strips()
+            edge = ["".join(s.text for s in strip)[-2:] for strip in strips[1:]]
+            # a thumb whose ends fall inside a cell used to end in eighth blocks (▂▂ beside a row), read as a chart
+            assert all(cell == "  " for cell in edge), (row, edge)
+            styles = {str(strip.crop(38, 40)._segments[0].style) for strip in strips[1:]}
+            assert len(styles) >= 2, styles  # the thumb is still drawn, in its colour beside the track's
+
+
 async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
     def cleanup(**p: Any) -> dict[str, Any]:
         if p.get("dry_run"):

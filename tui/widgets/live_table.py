@@ -11,6 +11,8 @@ from textual.strip import Strip
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
+from mavail.tui.widgets.scrollbars import use_whole_cell_scrollbars
+
 Cell = str | Text
 
 
@@ -93,6 +95,7 @@ class LiveTable(DataTable[Cell]):
         """The column widths of the last lines drawn."""
 
     def on_mount(self) -> None:
+        use_whole_cell_scrollbars(self)
         self._layout_columns()
 
     def on_resize(self) -> None:
