@@ -248,6 +248,31 @@ async def test_a_table_scrollbar_is_drawn_in_whole_cells_never_as_block_glyphs()
             assert len(styles) >= 2, styles  # the thumb is still drawn, in its colour beside the track's
 
 
+async def test_settings_analytics_rows_say_what_they_mean_in_full_at_80_columns():
+    from mavail.core.config import SCHEMA
+    from mavail.tui.widgets.settings import COLUMNS
+
+    config: dict[str, dict[str, Any]] = {}
+    for s in SCHEMA:
+        section, name = s.key.split(".", 1)
+        config.setdefault(section, {})[name] = s.default
+    analytics = [s.key for s in SCHEMA if s.key.startswith("analytics.")]
+    app, _ = make_app({"models.status": models_answer(), "config.get": config, "config.update": {}})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("8")
+        pane = app.pane("settings")
+        await until(pilot, lambda: pane.loaded)
+        await pilot.press("slash", *"analytics", "enter")
+        await until(pilot, lambda: pane.table is not None and pane.table.row_count == len(analytics))
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        for key in analytics:
+            meaning = str(pane.table.cell(key, "doc"))
+            assert meaning and len(meaning) <= COLUMNS[2].width, key  # a few words that fit the Meaning column
+            line = next(line for line in lines if f" {key} " in line)
+            assert meaning in line, (key, line)
+
+
 async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
     def cleanup(**p: Any) -> dict[str, Any]:
         if p.get("dry_run"):
