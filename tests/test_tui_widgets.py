@@ -224,6 +224,63 @@ async def test_rows_drawn_before_a_column_widens_are_drawn_again_at_the_new_widt
         assert "bench-model-1  missing" in lines[2], lines[:4]
 
 
+class CountingTable(LiveTable):
+    """A LiveTable that counts the cells it draws (DataTable._render_cell is where a cell is drawn)."""
+
+    drawn = 0
+
+    def _render_cell(self, *args: Any, **kw: Any) -> Any:
+        if args[0] >= 0:  # a row's cell, not the header's
+            CountingTable.drawn += 1
+        return super()._render_cell(*args, **kw)
+
+
+async def test_a_changed_cell_draws_its_row_only_and_a_tab_shown_again_draws_nothing_it_drew():
+    from textual.app import App, ComposeResult
+    from textual.containers import Vertical
+
+    from mavail.tui.widgets.live_table import Column
+
+    class Two(App[None]):
+        CSS = "#b { display: none; } Screen.-alert LiveTable > .datatable--cursor { background: #ff0000; }"
+
+        def compose(self) -> ComposeResult:
+            with Vertical(id="a"):
+                yield CountingTable([Column("id", "Model"), Column("status", "Status"), Column("prog", "Prog")], id="t")
+            with Vertical(id="b"):
+                yield LiveTable([Column("id", "Other")], id="u")
+
+    async with Two().run_test(size=(60, 20)) as pilot:
+        t = pilot.app.query_one("#t", CountingTable)
+        t.sync({f"m{i:04d}": ((f"m{i:04d}", "missing", ""), {}) for i in range(1000)})
+        t.focus()
+        await until(pilot, lambda: "m0017" in screen_text(pilot.app))
+        await pilot.pause()
+        assert CountingTable.drawn > 0
+        CountingTable.drawn = 0
+        t.upsert("m0003", ("m0003", "queued", "4%"), {})  # no column grows (that draws every row again)
+        await until(pilot, lambda: "m0003  queued   4%" in screen_text(pilot.app))
+        assert 1 <= CountingTable.drawn <= 3, CountingTable.drawn  # that row's cells, not the 18 rows on screen
+        # another "tab" shown and this one shown again (the table is resized and loses and gets focus back)
+        pilot.app.query_one("#a").display = False
+        pilot.app.query_one("#b").display = True
+        pilot.app.query_one("#u", LiveTable).focus()
+        await pilot.pause()
+        CountingTable.drawn = 0
+        pilot.app.query_one("#b").display = False
+        pilot.app.query_one("#a").display = True
+        t.focus()
+        await until(pilot, lambda: "m0003  queued   4%" in screen_text(pilot.app) and t.has_focus)
+        await pilot.pause()
+        assert CountingTable.drawn == 0, CountingTable.drawn
+        # styles that change only the cursor's colours (kept out of what DataTable keys its drawn cells by) draw it again
+        pilot.app.screen.add_class("-alert")
+        await pilot.pause()
+        cursor_row = pilot.app.screen._compositor.render_strips()[1]
+        assert "m0000" in cursor_row.text
+        assert {str(seg.style.bgcolor.name) for seg in cursor_row if seg.style and seg.style.bgcolor and seg.text.strip()} == {"#ff0000"}
+
+
 async def test_a_table_scrollbar_is_drawn_in_whole_cells_never_as_block_glyphs():
     from textual.app import App, ComposeResult
 

@@ -9,7 +9,8 @@ from rich.text import Text
 from textual.geometry import Region
 from textual.strip import Strip
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+from textual import events
+from textual.widgets.data_table import CellDoesNotExist, CellKey, ColumnKey, RowDoesNotExist, RowKey
 
 from mavail.tui.widgets.scrollbars import use_whole_cell_scrollbars
 
@@ -93,12 +94,22 @@ class LiveTable(DataTable[Cell]):
         """Indexes into `spec` of the columns shown at this terminal width."""
         self._drawn_widths: tuple[int, ...] = ()
         """The column widths of the last lines drawn."""
+        self._changed: dict[str, set[str]] = {}
+        """Cells that changed since they were last drawn, by row (drawn again at the end of the update)."""
+        self._restyled = False
+        """Styles were applied again since the last lines drawn."""
+        self._looks: dict[Any, tuple[Any, ...]] = {}
+        """The styles cells were drawn with, by the focus and hover state they were drawn in."""
 
     def on_mount(self) -> None:
         use_whole_cell_scrollbars(self)
         self._layout_columns()
 
-    def on_resize(self) -> None:
+    def on_resize(self, event: events.Resize) -> None:
+        # DataTable's own handler forgets every line it drew; none of them depends on the table's size (a line is
+        # kept with the width it was cut to), and a table is resized each time its tab is shown or the filter box
+        # opens, which drew every visible row again
+        event.prevent_default()
         if [i for i, c in enumerate(self.spec) if c.fits(self.app.size.width)] != self._cols:
             self._layout_columns()
 
@@ -117,6 +128,7 @@ class LiveTable(DataTable[Cell]):
                 added |= self._apply(key, cells)
             if added and self.sort_index is not None:
                 self._sort()
+            self._redraw_changed()
         if selected is not None:
             self.select(selected)
 
@@ -131,7 +143,29 @@ class LiveTable(DataTable[Cell]):
         if widths != self._drawn_widths:
             self._drawn_widths = widths
             self._clear_caches()
+        if self._restyled:
+            self._restyled = False
+            state = self.get_pseudo_class_state()
+            looks = (self.rich_style, tuple(self.get_component_rich_style(c) for c in sorted(self.COMPONENT_CLASSES)))
+            if self._looks.get(state, looks) != looks:  # the theme or the CSS changed: nothing drawn is right
+                self._looks.clear()
+                self._clear_caches()
+            self._looks[state] = looks
         return super().render_lines(crop)
+
+    def notify_style_update(self) -> None:
+        """Styles were applied again: the table's focus came or went, or its theme changed.
+
+        DataTable forgets every cell it drew then, and focus moves at each tab
+        switch, so showing a tab drew all its rows again. What it draws is kept
+        by the focus and hover state it was drawn in; here it is kept, and
+        `render_lines` forgets it only when the styles of that state are not
+        the ones it was drawn with."""
+        super(DataTable, self).notify_style_update()  # the widget's own style caches, without DataTable's forgetting
+        self._get_styles_to_render_cell.cache_clear()  # component styles (cursor, hover) for the new state
+        self._styles_cache.clear()
+        self._restyled = True
+        self.refresh()
 
     # --- data --------------------------------------------------------------
     def _visible(self, key: str) -> bool:
@@ -151,7 +185,7 @@ class LiveTable(DataTable[Cell]):
                         # widths are measured again over every row only when a cell outgrows its column: a table of
                         # 1,000 rows updated several times a second would spend its time measuring otherwise
                         grow = col.width is None and _cell_len(new) > self.columns[col.key].content_width
-                        self.update_cell(key, col.key, _keyed(new, key) if i == 0 else new, update_width=grow)
+                        self._put_cell(key, col.key, _keyed(new, key) if i == 0 else new, grow)
                         self.updates += 1
                     except CellDoesNotExist:
                         pass
@@ -160,6 +194,47 @@ class LiveTable(DataTable[Cell]):
         self.add_row(*(_keyed(cells[i], key) if i == 0 else cells[i] for i in self._cols), key=key)
         self._shown_cells[key] = cells
         return True
+
+    # DataTable keys what it draws by one counter that every update_cell moves on, so one changed cell drew every
+    # visible row again (with 1,000 rows and 8 downloads, twice a second, in front of any key press); these two
+    # put the value in and forget only the changed rows' drawn lines. They read DataTable's caches (textual is
+    # pinned); the tests that draw updated rows fail if those change.
+    def _put_cell(self, key: str, column: str, value: Cell, grow: bool) -> None:
+        """DataTable.update_cell, drawing only row `key` again (when the update ends: `_redraw_changed`)."""
+        if key not in self._row_locations or column not in self._column_locations:
+            raise CellDoesNotExist(f"no cell for row {key!r}, column {column!r}")
+        self._data[RowKey(key)][ColumnKey(column)] = value
+        if grow:
+            self._updated_cells.add(CellKey(RowKey(key), ColumnKey(column)))
+            self._require_update_dimensions = True
+        self._changed.setdefault(key, set()).add(column)
+
+    def _redraw_changed(self) -> None:
+        """Forget what was drawn of the cells that changed and of their rows' lines, and draw those rows again; as
+        many rows as fill the table: the whole table again."""
+        changed, self._changed = self._changed, {}
+        if not changed:
+            return
+        if self._require_update_dimensions:
+            self.check_idle()  # DataTable measures the grown columns when idle
+        if len(changed) >= max(32, self.size.height):
+            self._clear_caches()
+            self.refresh()
+            return
+        indexes = {i for i in (self._row_locations.get(RowKey(k)) for k in changed) if i is not None}
+        # rows are one line high (add_row's default), so a row's line is its index below the header
+        lines = {i + (self.header_height if self.show_header else 0) for i in indexes}
+        caches: list[tuple[Any, Callable[[Any], bool]]] = [
+            (self._cell_render_cache, lambda d: d[0] in changed and d[1] in changed[d[0]]),
+            (self._row_render_cache, lambda d: d[0] in changed),
+            (self._row_renderable_cache, lambda d: d[1] in indexes),
+            (self._line_cache, lambda d: d[0] in lines),
+        ]
+        for cache, stale in caches:
+            for drawn in [d for d in cache.keys() if stale(d)]:
+                cache.discard(drawn)
+        for i in indexes:
+            self.refresh_row(i)
 
     def _drop(self, key: str) -> None:
         if key in self.rows:
@@ -183,6 +258,7 @@ class LiveTable(DataTable[Cell]):
                 added |= self._apply(key, cells)
             if added and self.sort_index is not None:
                 self._sort()
+            self._redraw_changed()
 
     def upsert(self, key: str, cells: tuple[Cell, ...], raw: dict[str, Any]) -> None:
         """Add or update one row."""
@@ -191,6 +267,7 @@ class LiveTable(DataTable[Cell]):
             self._raw[key] = raw
             if self._apply(key, cells) and self.sort_index is not None:
                 self._sort()
+            self._redraw_changed()
 
     def remove(self, key: str) -> None:
         """Forget one row."""
@@ -244,6 +321,7 @@ class LiveTable(DataTable[Cell]):
                 added |= self._apply(key, cells)
             if added and self.sort_index is not None:
                 self._sort()
+            self._redraw_changed()
 
     def cycle_sort(self) -> str:
         """Sort by the next sortable column (then reverse, then source order); return a description."""
