@@ -280,9 +280,12 @@ class MavailApp(App[int]):
         pane.reload()
 
     def pane_shown(self, pane: Pane) -> None:
-        """A tab came into view: fetch it unless it was fetched a moment ago."""
-        if self.fleet.any_connected() and time.monotonic() - self._last_load.get(pane.id or "", 0.0) > 2.0:
-            self._load(pane)
+        """A tab came into view: fetch it unless it was fetched a moment ago, once the tab is drawn (the key that
+        showed it is answered first)."""
+        pane.shown()
+        if self.fleet.any_connected() and time.monotonic() - self._last_load.get(pane.id or "", 0.0) > pane.SHOWN_RELOAD_S:
+            self._last_load[pane.id or ""] = time.monotonic()
+            self.call_after_refresh(self._load, pane)
 
     def _resync_tick(self) -> None:
         if not self.fleet.any_connected() or not self.main.is_attached or not isinstance(self.screen, MainScreen):

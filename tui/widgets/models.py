@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static
 
 from mavail.tui import format as fmt
 from mavail.tui import words
-from mavail.tui.widgets.base import Pane, status_text
+from mavail.tui.widgets.base import Pane, show, status_text
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 COLUMNS = [
@@ -79,6 +79,9 @@ class ModelsPane(Pane):
     """Bytes of models on disk from the last full fetch (a partial update cannot measure it)."""
     REQUIRES = ("models.status",)
     FLEET = True
+    SHOWN_RELOAD_S = Pane.RESYNC_S
+    """Events keep every row live while the tab is hidden too; fetching 1,000 models each time the tab is shown
+    would only delay the next key."""
 
     def body(self) -> ComposeResult:
         yield Static("", classes="summary body", id="models-summary")
@@ -120,7 +123,7 @@ class ModelsPane(Pane):
         })
 
     def _summary(self, sm: dict[str, Any]) -> None:
-        self.query_one("#models-summary", Static).update(models_summary(sm, self.table))
+        show(self.query_one("#models-summary", Static), models_summary(sm, self.table))
 
     def view_changed(self) -> None:
         if self.loaded:
