@@ -190,6 +190,10 @@ async def test_live_table_direct():
         assert t.updates == 1  # unchanged cells are not touched
         t.remove("b")
         assert t.keys() == ["a"] and t.row_count == 1
+        # cells are shown as they are, never read as markup or emoji codes
+        t.sync({"org/[beta]:ok:": (("org/[beta]:ok:", "[b]1[/b] :smile:"), {"v": 1})})
+        await pilot.pause()
+        assert "org/[beta]:ok:  [b]1[/b] :smile:" in screen_text(pilot.app)
 
 
 async def test_rows_drawn_before_a_column_widens_are_drawn_again_at_the_new_width():

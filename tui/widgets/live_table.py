@@ -17,7 +17,7 @@ from mavail.tui.widgets.scrollbars import use_whole_cell_scrollbars
 Cell = str | Text
 
 
-class KeyedText(str):
+class KeyedText(Text):
     """The text of a row's first cell, carrying the row's key (sorting reads it: two rows may show the same text)."""
 
     row_key: str = ""
@@ -30,11 +30,15 @@ def _cell_len(cell: Cell) -> int:
 
 
 def _keyed(text: Cell, key: str) -> Cell:
-    if isinstance(text, Text):
-        text = text.plain
-    cell = KeyedText(text)
+    cell = KeyedText(text.plain if isinstance(text, Text) else text)
     cell.row_key = key
     return cell
+
+
+def _shown(cell: Cell) -> Cell:
+    """A cell as the table is given it: text, never a string, which DataTable would read as markup (and emoji
+    codes) each time it draws the cell: slower, and a model id with brackets would lose them."""
+    return Text(cell) if isinstance(cell, str) else cell
 
 
 def _row_key(cell: Any) -> str:
@@ -185,13 +189,13 @@ class LiveTable(DataTable[Cell]):
                         # widths are measured again over every row only when a cell outgrows its column: a table of
                         # 1,000 rows updated several times a second would spend its time measuring otherwise
                         grow = col.width is None and _cell_len(new) > self.columns[col.key].content_width
-                        self._put_cell(key, col.key, _keyed(new, key) if i == 0 else new, grow)
+                        self._put_cell(key, col.key, _keyed(new, key) if i == 0 else _shown(new), grow)
                         self.updates += 1
                     except CellDoesNotExist:
                         pass
             self._shown_cells[key] = cells
             return False
-        self.add_row(*(_keyed(cells[i], key) if i == 0 else cells[i] for i in self._cols), key=key)
+        self.add_row(*(_keyed(cells[i], key) if i == 0 else _shown(cells[i]) for i in self._cols), key=key)
         self._shown_cells[key] = cells
         return True
 
