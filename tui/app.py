@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import tomllib
 from functools import partial
@@ -81,6 +82,11 @@ class MavailApp(App[int]):
                  min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.5,
                  engines: list[EngineSpec] | None = None) -> None:
         super().__init__()
+        if "TEXTUAL_ANIMATIONS" not in os.environ:
+            # the tabs' underline slides to a tab shown or retitled (each sort) in some 20 frames of the whole
+            # screen, as much work as the switch itself and in front of the next key; Textual's own variable
+            # turns animations back on
+            self.animation_level = "none"
         if link is not None:
             self.fleet = Fleet([Slot(EngineSpec(Path(socket_path or "")), link)])
         else:
