@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
 from mavail.tui import format as fmt
 from mavail.tui.app import MavailApp, load_keymap
@@ -229,17 +231,26 @@ async def test_rows_drawn_before_a_column_widens_are_drawn_again_at_the_new_widt
 
 
 class CountingTable(LiveTable):
-    """A LiveTable that counts the cells it draws (DataTable._render_cell is where a cell is drawn)."""
+    """A LiveTable that counts the cells DataTable draws for it (DataTable._render_cell is where a cell is drawn)."""
 
     drawn = 0
 
-    def _render_cell(self, *args: Any, **kw: Any) -> Any:
-        if args[0] >= 0:  # a row's cell, not the header's
+
+@pytest.fixture
+def counted_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual.widgets import DataTable
+
+    draw = DataTable._render_cell
+
+    def counting(self: Any, row_index: int, *args: Any, **kw: Any) -> Any:
+        if isinstance(self, CountingTable) and row_index >= 0:  # a row's cell, not the header's
             CountingTable.drawn += 1
-        return super()._render_cell(*args, **kw)
+        return draw(self, row_index, *args, **kw)
+
+    monkeypatch.setattr(DataTable, "_render_cell", counting)
 
 
-async def test_a_changed_cell_draws_its_row_only_and_a_tab_shown_again_draws_nothing_it_drew():
+async def test_a_changed_cell_draws_its_row_only_and_a_tab_shown_again_draws_nothing_it_drew(counted_cells: None):
     from textual.app import App, ComposeResult
     from textual.containers import Vertical
 
@@ -283,6 +294,34 @@ async def test_a_changed_cell_draws_its_row_only_and_a_tab_shown_again_draws_not
         cursor_row = pilot.app.screen._compositor.render_strips()[1]
         assert "m0000" in cursor_row.text
         assert {str(seg.style.bgcolor.name) for seg in cursor_row if seg.style and seg.style.bgcolor and seg.text.strip()} == {"#ff0000"}
+
+
+async def test_a_sort_draws_no_cell_again_and_a_click_selects_the_row_it_lands_on(counted_cells: None):
+    from textual.app import App, ComposeResult
+
+    from mavail.tui.widgets.live_table import Column
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield CountingTable([Column("id", "Model"), Column("n", "N", sort=lambda r: r["n"])])
+
+    async with One().run_test(size=(40, 12)) as pilot:
+        t = pilot.app.query_one(CountingTable)
+        t.sync({f"m{i}": ((f"m{i}", str(9 - i)), {"n": 9 - i}) for i in range(10)})
+        await until(pilot, lambda: "m9" in screen_text(pilot.app))
+        await pilot.pause()
+        CountingTable.drawn = 0
+        t.cycle_sort()  # by id: the order it had
+        t.cycle_sort()  # by id, descending
+        t.cycle_sort()  # by N, ascending: m9 first
+        await until(pilot, lambda: screen_text(pilot.app).splitlines()[1].startswith(" m9 "))
+        await pilot.pause()
+        assert CountingTable.drawn <= 4, CountingTable.drawn  # the cursor's row in its new place, not all ten
+        lines = screen_text(pilot.app).splitlines()
+        for y in (3, 6):
+            await pilot.click(CountingTable, offset=(2, y))
+            await pilot.pause()
+            assert t.selected_key == lines[y].split()[0], (y, t.selected_key, lines[y])
 
 
 async def test_a_table_scrollbar_is_drawn_in_whole_cells_never_as_block_glyphs():
@@ -426,3 +465,4 @@ async def test_downloads_show_the_current_files_retries_against_the_per_file_lim
         link.push("model_download_progress", model_id="m", status="downloading", progress_percent=20.0, retry_count=3,
                   max_retries=8, total_retries=31)
         await until(pilot, lambda: str(pane.table.cell("m", "retries")) == "3/8")
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.geometry import Region
 from textual.strip import Strip
@@ -100,6 +102,9 @@ class LiveTable(DataTable[Cell]):
         """The column widths of the last lines drawn."""
         self._changed: dict[str, set[str]] = {}
         """Cells that changed since they were last drawn, by row (drawn again at the end of the update)."""
+        self._drawn: dict[str, dict[tuple[Any, ...], tuple[Any, int]]] = {}
+        """Cells drawn, by row key, then by column, width and styles: their lines and the row index they were drawn at."""
+        self._drawn_count = 0
         self._restyled = False
         """Styles were applied again since the last lines drawn."""
         self._looks: dict[Any, tuple[Any, ...]] = {}
@@ -110,9 +115,9 @@ class LiveTable(DataTable[Cell]):
         self._layout_columns()
 
     def on_resize(self, event: events.Resize) -> None:
-        # DataTable's own handler forgets every line it drew; none of them depends on the table's size (a line is
-        # kept with the width it was cut to), and a table is resized each time its tab is shown or the filter box
-        # opens, which drew every visible row again
+        # DataTable's own handler forgets every line it drew, and a table is resized each time its tab is shown or
+        # the filter box opens, which drew every visible row again; what is drawn depends on the table's width only,
+        # which render_lines watches
         event.prevent_default()
         if [i for i, c in enumerate(self.spec) if c.fits(self.app.size.width)] != self._cols:
             self._layout_columns()
@@ -137,13 +142,14 @@ class LiveTable(DataTable[Cell]):
             self.select(selected)
 
     def render_lines(self, crop: Region) -> list[Strip]:
-        """The table's lines; drawn afresh when a column's width changed since the last lines drawn.
+        """The table's lines; drawn afresh when a column's width (or the table's) changed since the last lines drawn.
 
         DataTable measures its columns when its message queue is idle, while the
         screen draws on a timer of its own that may come first; the lines it
         keeps are not keyed by the column widths, so a row drawn in between
-        would keep the widths from before (until the row changes)."""
-        widths = tuple(column.get_render_width(self) for column in self.ordered_columns)
+        would keep the widths from before (until the row changes). A row's line
+        also fills the table's width (the cursor's colour runs to the edge)."""
+        widths = (self.size.width, *(column.get_render_width(self) for column in self.ordered_columns))
         if widths != self._drawn_widths:
             self._drawn_widths = widths
             self._clear_caches()
@@ -156,6 +162,43 @@ class LiveTable(DataTable[Cell]):
                 self._clear_caches()
             self._looks[state] = looks
         return super().render_lines(crop)
+
+    DRAWN_CELLS_MAX = 30_000
+    """Cells kept drawn (1,000 rows of 8 columns in two focus states); past this every one is forgotten."""
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int, cursor: bool = False,
+                     hover: bool = False) -> Any:
+        """One cell's lines, drawn by DataTable and kept here by row key rather than by DataTable's update counter,
+        which sorting (and every added or removed row) moves on: a sort drew every visible cell again. A cell
+        kept from another row index gets that index in its mouse data again (a click selects the row it is on)."""
+        if row_index < 0 or column_index < 0:  # the header and row labels: DataTable's own
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        if row_key is None or row_key.value is None:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        key = (column_key, column_index, base_style, width, cursor, hover, self._show_hover_cursor, self._pseudo_class_state)
+        got = self._drawn.get(row_key.value, {}).get(key)
+        if got is not None:
+            lines, at = got
+            if at == row_index:
+                return lines
+            meta = Style.from_meta({"row": row_index, "column": column_index})
+            lines = [[Segment(text, style + meta if style else meta, control) for text, style, control in line]
+                     for line in lines]
+        else:
+            lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+            self._drawn_count += 1
+            if self._drawn_count > self.DRAWN_CELLS_MAX:
+                self._drawn.clear()
+                self._drawn_count = 0
+        self._drawn.setdefault(row_key.value, {})[key] = (lines, row_index)
+        return lines
+
+    def _clear_caches(self) -> None:
+        super()._clear_caches()
+        self._drawn.clear()
+        self._drawn_count = 0
 
     def notify_style_update(self) -> None:
         """Styles were applied again: the table's focus came or went, or its theme changed.
@@ -195,6 +238,7 @@ class LiveTable(DataTable[Cell]):
                         pass
             self._shown_cells[key] = cells
             return False
+        self._drawn.pop(key, None)  # a row shown again (the filter) may have other cells than when it was drawn
         self.add_row(*(_keyed(cells[i], key) if i == 0 else _shown(cells[i]) for i in self._cols), key=key)
         self._shown_cells[key] = cells
         return True
@@ -237,6 +281,10 @@ class LiveTable(DataTable[Cell]):
         for cache, stale in caches:
             for drawn in [d for d in cache.keys() if stale(d)]:
                 cache.discard(drawn)
+        for key, columns in changed.items():
+            row = self._drawn.get(key, {})
+            for drawn in [d for d in row if d[0] in columns]:
+                del row[drawn]
         for i in indexes:
             self.refresh_row(i)
 
