@@ -466,3 +466,16 @@ async def test_downloads_show_the_current_files_retries_against_the_per_file_lim
                   max_retries=8, total_retries=31)
         await until(pilot, lambda: str(pane.table.cell("m", "retries")) == "3/8")
 
+
+async def test_the_theme_in_use_follows_a_theme_change_and_a_theme_registered_again():
+    from textual.theme import Theme
+
+    app, _ = make_app({"models.status": models_answer()})
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.current_theme.name == app.theme
+        app.theme = "textual-light"
+        await pilot.pause()
+        assert app.current_theme.name == "textual-light" and not app.current_theme.dark
+        mine = Theme("textual-light", primary="#ff0000", dark=False)
+        app.register_theme(mine)
+        assert app.current_theme is mine
