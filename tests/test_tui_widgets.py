@@ -479,3 +479,22 @@ async def test_the_theme_in_use_follows_a_theme_change_and_a_theme_registered_ag
         mine = Theme("textual-light", primary="#ff0000", dark=False)
         app.register_theme(mine)
         assert app.current_theme is mine
+
+
+async def test_a_full_models_load_leaves_what_is_alive_out_of_the_collectors_full_passes():
+    import gc
+
+    link = StubLink({"models.status": models_answer(status("a"), status("b"))})
+    app = MavailApp(link=link, keymap={}, settle_gc=True)
+    link.app = app
+    gc.unfreeze()
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.pane("models").loaded)
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # this test process runs many apps: their garbage must stay collectable
+    app2, _ = make_app({"models.status": models_answer(status("a"))})
+    async with app2.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app2.pane("models").loaded)
+        assert gc.get_freeze_count() == 0  # only the TUI's own process (run_tui) asks for it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import tomllib
@@ -81,8 +82,11 @@ class MavailApp(App[int]):
 
     def __init__(self, socket_path: str | Path | None = None, link: Any = None, keymap: dict[str, str] | None = None,
                  min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.5,
-                 engines: list[EngineSpec] | None = None) -> None:
+                 engines: list[EngineSpec] | None = None, settle_gc: bool = False) -> None:
         super().__init__()
+        self.settle_gc = settle_gc
+        """Whether `rows_settled` keeps what is alive out of the garbage collector's full passes (the TUI's own
+        process: run_tui; a test process runs many apps and would keep each one's garbage)."""
         if "TEXTUAL_ANIMATIONS" not in os.environ:
             # the tabs' underline slides to a tab shown or retitled (each sort) in some 20 frames of the whole
             # screen, as much work as the switch itself and in front of the next key; Textual's own variable
@@ -118,6 +122,13 @@ class MavailApp(App[int]):
         """Each engine's last connection detail (several engines)."""
         self._lost: set[int] = set()
         """Engines that were connected and are gone (several engines): told once, until they are back."""
+
+    def rows_settled(self) -> None:
+        """A full load of the Models tab is done: its rows live as long as the table. The collector's full passes
+        walk every object (60 ms with 1,000 models, and a key press waits for them); with `settle_gc` they leave
+        out from now on what is alive now."""
+        if self.settle_gc:
+            gc.freeze()
 
     # --- theme -----------------------------------------------------------------
     @property
@@ -359,6 +370,6 @@ def create_app(socket_path: str | Path | None = None, **kw: Any) -> MavailApp:
 
 def run_tui(socket_path: str | Path | None = None, engines: list[EngineSpec] | None = None) -> int:
     """Run the TUI attached to the engine at `socket_path` (or to every one of `engines`) until the user quits; the exit status."""
-    app = create_app(socket_path, engines=engines)
+    app = create_app(socket_path, engines=engines, settle_gc=True)
     result = app.run()
     return int(result or 0) if app.return_code in (None, 0) else int(app.return_code or 1)

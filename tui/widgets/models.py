@@ -101,6 +101,7 @@ class ModelsPane(Pane):
         for i, res in answers.items():
             rows.update({fleet.key(i, mid): (self._cells(i, s), s) for mid, s in res["models"].items()})
         self.table.sync(rows)
+        self.mavail.rows_settled()
         sizes = [res.get("summary", {}).get("total_storage_gb") for res in answers.values()]
         self._storage_gb = sum(x for x in sizes if x is not None) if any(x is not None for x in sizes) else None
         self._recount()  # counted from the rows: every status, failed and paused too
