@@ -498,3 +498,38 @@ async def test_a_full_models_load_leaves_what_is_alive_out_of_the_collectors_ful
     async with app2.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app2.pane("models").loaded)
         assert gc.get_freeze_count() == 0  # only the TUI's own process (run_tui) asks for it
+
+
+async def test_cells_drawn_by_the_table_are_the_segments_datatable_draws():
+    from rich.segment import Segment
+    from rich.text import Text
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    from mavail.tui.widgets.live_table import Column
+
+    cells = [
+        "plain", Text("styled", style="bold cyan"), Text.assemble(("two", "red"), " ", ("spans", "on blue")),
+        "a\ttab", "cut at the column width, well past it", "漢字と😀 wide", "", Text("ellipsis here and more", overflow="ellipsis"),
+        Text("right", justify="right"), Text("wraps at spaces, not cut", no_wrap=False), Text("on red", style="on red"),
+        Text("first line\nsecond line"),
+    ]
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable([Column("id", "Id"), Column("v", "Value", width=14), Column("w", "Wide")])
+
+    async with One().run_test(size=(70, 20)) as pilot:
+        t = pilot.app.query_one(LiveTable)
+        t.sync({f"r{i}": ((f"r{i}", c, c), {}) for i, c in enumerate(cells)})
+        await pilot.pause()
+        t.hover_coordinate = t.hover_coordinate.__class__(3, 1)
+        for row in range(len(cells)):
+            for column in (1, 2):
+                width = t.ordered_columns[column].get_render_width(t)
+                for cursor, hover in ((False, False), (True, False), (False, True)):
+                    ours = t._draw_cell(row, column, t.rich_style, width, cursor, hover)
+                    theirs = DataTable._render_cell(t, row, column, t.rich_style, width, cursor, hover)
+                    assert ours is not None
+                    assert [list(Segment.simplify(line)) for line in ours] == [list(Segment.simplify(line)) for line in theirs], \
+                        (cells[row], column, cursor, hover)
