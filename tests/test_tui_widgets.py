@@ -231,7 +231,8 @@ async def test_rows_drawn_before_a_column_widens_are_drawn_again_at_the_new_widt
 
 
 class CountingTable(LiveTable):
-    """A LiveTable that counts the cells DataTable draws for it (DataTable._render_cell is where a cell is drawn)."""
+    """A LiveTable that counts the cells drawn for it (where a cell is drawn: LiveTable._draw_cell, else
+    DataTable._render_cell)."""
 
     drawn = 0
 
@@ -240,14 +241,21 @@ class CountingTable(LiveTable):
 def counted_cells(monkeypatch: pytest.MonkeyPatch) -> None:
     from textual.widgets import DataTable
 
-    draw = DataTable._render_cell
+    draw, draw_text = DataTable._render_cell, LiveTable._draw_cell
 
     def counting(self: Any, row_index: int, *args: Any, **kw: Any) -> Any:
         if isinstance(self, CountingTable) and row_index >= 0:  # a row's cell, not the header's
             CountingTable.drawn += 1
         return draw(self, row_index, *args, **kw)
 
+    def counting_text(self: Any, *args: Any) -> Any:
+        lines = draw_text(self, *args)
+        if lines is not None and isinstance(self, CountingTable):
+            CountingTable.drawn += 1
+        return lines
+
     monkeypatch.setattr(DataTable, "_render_cell", counting)
+    monkeypatch.setattr(LiveTable, "_draw_cell", counting_text)
 
 
 async def test_a_changed_cell_draws_its_row_only_and_a_tab_shown_again_draws_nothing_it_drew(counted_cells: None):
