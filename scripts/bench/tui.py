@@ -14,9 +14,12 @@ the same downloads with the TUI detached (the engine's download work alone).
 Between the download phases, with the 8 downloads running, key presses are
 timed from the write to the terminal until the TUI has drawn what answers
 them: switching tabs, opening help and closing it, opening the filter, sorting
-the 1,000-row Models table, and down-arrow scrolling it by a row. `--profile
-FILE` records the TUI process with py-spy (collapsed stacks, `--nonblocking`)
-while the keys are pressed.
+the 1,000-row Models table, and down-arrow scrolling it by a row. Beside each
+kind, how long the TUI's event loop ran on a CPU and waited for one meanwhile
+(/proc/PID/schedstat of its main thread): its own work, and its wait for a
+core on a machine shared with other work. `--profile FILE` records the TUI
+process with py-spy (collapsed stacks, `--nonblocking`) while the keys are
+pressed.
 
 The engine runs on its default settings: its `downloads.max_connections` (16)
 is shared by the 8 downloads, 2 connections each, 16 in all at the mirror's
@@ -37,6 +40,7 @@ import sys
 import termios
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -69,6 +73,16 @@ def write_home(home: Path, mirror: Mirror, n_models: int, n_big: int, big_mib: i
     (home / "catalog.toml").write_text("".join(parts))
     (home / "config.toml").write_text(f"[downloads]\nmax_concurrent = {concurrent}\n[storage]\nmin_free_gb = 0.0\n")
     return big
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One key press answered on screen: seconds until then, and of those the seconds the TUI's event loop ran on
+    a CPU and waited for one (its share of a machine other work also uses)."""
+
+    wall_s: float
+    run_s: float
+    wait_s: float
 
 
 class PtyTui:
@@ -109,15 +123,25 @@ class PtyTui:
     def press(self, keys: bytes) -> None:
         os.write(self.master, keys)
 
-    def answer_s(self, keys: bytes, marker: bytes, timeout: float = 10.0) -> float:
-        """Seconds from writing `keys` to the terminal until the TUI has drawn `marker` after them."""
+    def scheduled_ns(self) -> tuple[int, int]:
+        """Nanoseconds the TUI's main thread (its event loop) has run on a CPU, and has waited for one."""
+        with open(f"/proc/{self.proc.pid}/schedstat") as f:
+            run, wait, _ = f.read().split()
+        return int(run), int(wait)
+
+    def answer(self, keys: bytes, marker: bytes, timeout: float = 10.0) -> Answer:
+        """From writing `keys` to the terminal until the TUI has drawn `marker` after them: the time, and how much
+        of it the TUI's event loop ran and waited for a CPU."""
         since = self.bytes_out
+        run0, wait0 = self.scheduled_ns()
         t0 = time.monotonic()
         self.press(keys)
         while True:
             new = self.bytes_out - since
             if new > 0 and marker in self.tail[-new:]:
-                return time.monotonic() - t0
+                wall = time.monotonic() - t0
+                run, wait = self.scheduled_ns()
+                return Answer(wall, (run - run0) / 1e9, (wait - wait0) / 1e9)
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(f"the TUI did not draw {marker!r} after {keys!r}")
             time.sleep(0.001)
@@ -134,15 +158,15 @@ class PtyTui:
         os.close(self.master)
 
 
-def key_presses(tui: PtyTui, big: list[str], n_models: int) -> dict[str, list[float]]:
-    """Milliseconds from each key press to the TUI's answer on screen, by kind; the TUI starts on the Models tab.
+def key_presses(tui: PtyTui, big: list[str], n_models: int) -> dict[str, list[Answer]]:
+    """Each key press answered on screen, by kind; the TUI starts on the Models tab.
 
     Each press waits for text the answer draws and that was not on the screen
     just before it, searched in what the TUI wrote after the key."""
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[Answer]] = {}
 
     def timed(kind: str, keys: bytes, marker: bytes, pause: float = 0.3) -> None:
-        out.setdefault(kind, []).append(tui.answer_s(keys, marker) * 1000)
+        out.setdefault(kind, []).append(tui.answer(keys, marker))
         time.sleep(pause)
 
     for _ in range(5):
@@ -227,7 +251,7 @@ def main() -> int:
             rows.append(("engine idle, no TUI", "engine", cpu_percent({"e": eng}, args.window)["e"]))
 
             tui = PtyTui(sock)
-            key_ms: dict[str, list[float]] = {}
+            key_ms: dict[str, list[Answer]] = {}
             try:
                 tui.wait_for(f"{args.models} models".encode())  # the Models tab has loaded every model
                 time.sleep(2.0)  # first fetches done
@@ -275,9 +299,15 @@ def main() -> int:
         print(f"engine CPU the attached TUI adds beside the download work: {with_tui[0] - alone[0]:+.1f} points")
     if key_ms:
         print(f"\nkey presses answered on screen, {args.models} models, {args.downloads} downloads running:")
-        print(f"{'key':<32} {'presses':>7} {'p50 ms':>7} {'max ms':>7} {'goal ms':>8}")
-        for kind, ms in key_ms.items():
-            print(f"{kind:<32} {len(ms):>7} {percentile(ms, 50):>7.0f} {max(ms):>7.0f} {'< ' + format(GOAL_MS, 'g'):>8}")
+        print(f"{'key':<32} {'presses':>7} {'p50 ms':>7} {'max ms':>7} {'goal ms':>8} {'ran ms':>7} {'waited ms':>9}")
+        for kind, answers in key_ms.items():
+            ms = [a.wall_s * 1000 for a in answers]
+            ran = sum(a.run_s for a in answers) / len(answers) * 1000
+            waited = sum(a.wait_s for a in answers) / len(answers) * 1000
+            print(f"{kind:<32} {len(ms):>7} {percentile(ms, 50):>7.0f} {max(ms):>7.0f} {'< ' + format(GOAL_MS, 'g'):>8} "
+                  f"{ran:>7.0f} {waited:>9.0f}")
+        print("(ran, waited: mean per press, ms the TUI's event loop ran on a CPU and waited for one, from "
+              "/proc/PID/schedstat)")
     print(f"({args.models} models, mirror at {args.rate_mbps:g} MiB/s per connection, {args.window:g} s windows "
           f"({args.idle_window:g} s idle), "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
