@@ -99,7 +99,7 @@ class LiveTable(DataTable[Cell]):
         self._cols: list[int] = []
         """Indexes into `spec` of the columns shown at this terminal width."""
         self._drawn_widths: tuple[int, ...] = ()
-        """The column widths of the last lines drawn."""
+        """The table's width and its columns' widths when lines were last drawn."""
         self._changed: dict[str, set[str]] = {}
         """Cells that changed since they were last drawn, by row (drawn again at the end of the update)."""
         self._drawn: dict[str, dict[tuple[Any, ...], tuple[Any, int]]] = {}
@@ -168,9 +168,9 @@ class LiveTable(DataTable[Cell]):
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int, cursor: bool = False,
                      hover: bool = False) -> Any:
-        """One cell's lines, drawn by DataTable and kept here by row key rather than by DataTable's update counter,
-        which sorting (and every added or removed row) moves on: a sort drew every visible cell again. A cell
-        kept from another row index gets that index in its mouse data again (a click selects the row it is on)."""
+        """One cell's lines (`_draw_cell`, else DataTable's), kept by row key rather than by DataTable's update
+        counter, which sorting (and every added or removed row) moves on: a sort drew every visible cell again. A
+        cell kept from another row index gets that index in its mouse data again (a click selects the row it is on)."""
         if row_index < 0 or column_index < 0:  # the header and row labels: DataTable's own
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         row_key = self._row_locations.get_key(row_index)
