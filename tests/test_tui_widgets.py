@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
 from mavail.tui import format as fmt
 from mavail.tui.app import MavailApp, load_keymap
@@ -190,6 +192,193 @@ async def test_live_table_direct():
         assert t.updates == 1  # unchanged cells are not touched
         t.remove("b")
         assert t.keys() == ["a"] and t.row_count == 1
+        # cells are shown as they are, never read as markup or emoji codes
+        t.sync({"org/[beta]:ok:": (("org/[beta]:ok:", "[b]1[/b] :smile:"), {"v": 1})})
+        await pilot.pause()
+        assert "org/[beta]:ok:  [b]1[/b] :smile:" in screen_text(pilot.app)
+
+
+async def test_rows_drawn_before_a_column_widens_are_drawn_again_at_the_new_width():
+    from textual.app import App, ComposeResult
+    from textual.geometry import Region
+
+    from mavail.tui.widgets.live_table import Column
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable([Column("id", "Model"), Column("status", "Status")])
+
+    async with One().run_test(size=(60, 10)) as pilot:
+        t = pilot.app.query_one(LiveTable)
+        await pilot.pause()
+        # the rows arrive and the screen draws them before the table has measured its columns (the table measures when
+        # its queue is idle; the screen draws on its own timer, which may come first): the cursor row is drawn at the
+        # widths of the headers
+        t.sync({f"bench-model-{i}": ((f"bench-model-{i}", "missing"), {}) for i in range(3)})
+        t.render_lines(Region(0, 0, t.size.width, t.size.height))
+        await until(pilot, lambda: t.columns["id"].content_width == len("bench-model-0"))
+        await pilot.pause()
+        lines = screen_text(pilot.app).splitlines()
+        assert "bench-model-0  missing" in lines[1], lines[:4]
+        # a cell that outgrows its column, drawn before the column is measured again
+        t.upsert("bench-model-0", ("bench-model-0", "downloading"), {})
+        t.render_lines(Region(0, 0, t.size.width, t.size.height))
+        await until(pilot, lambda: t.columns["status"].content_width == len("downloading"))
+        await pilot.pause()
+        lines = screen_text(pilot.app).splitlines()
+        assert "bench-model-0  downloading" in lines[1], lines[:4]
+        assert "bench-model-1  missing" in lines[2], lines[:4]
+
+
+class CountingTable(LiveTable):
+    """A LiveTable that counts the cells drawn for it (where a cell is drawn: LiveTable._draw_cell, else
+    DataTable._render_cell)."""
+
+    drawn = 0
+
+
+@pytest.fixture
+def counted_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual.widgets import DataTable
+
+    draw, draw_text = DataTable._render_cell, LiveTable._draw_cell
+
+    def counting(self: Any, row_index: int, *args: Any, **kw: Any) -> Any:
+        if isinstance(self, CountingTable) and row_index >= 0:  # a row's cell, not the header's
+            CountingTable.drawn += 1
+        return draw(self, row_index, *args, **kw)
+
+    def counting_text(self: Any, *args: Any) -> Any:
+        lines = draw_text(self, *args)
+        if lines is not None and isinstance(self, CountingTable):
+            CountingTable.drawn += 1
+        return lines
+
+    monkeypatch.setattr(DataTable, "_render_cell", counting)
+    monkeypatch.setattr(LiveTable, "_draw_cell", counting_text)
+
+
+async def test_a_changed_cell_draws_its_row_only_and_a_tab_shown_again_draws_nothing_it_drew(counted_cells: None):
+    from textual.app import App, ComposeResult
+    from textual.containers import Vertical
+
+    from mavail.tui.widgets.live_table import Column
+
+    class Two(App[None]):
+        CSS = "#b { display: none; } Screen.-alert LiveTable > .datatable--cursor { background: #ff0000; }"
+
+        def compose(self) -> ComposeResult:
+            with Vertical(id="a"):
+                yield CountingTable([Column("id", "Model"), Column("status", "Status"), Column("prog", "Prog")], id="t")
+            with Vertical(id="b"):
+                yield LiveTable([Column("id", "Other")], id="u")
+
+    async with Two().run_test(size=(60, 20)) as pilot:
+        t = pilot.app.query_one("#t", CountingTable)
+        t.sync({f"m{i:04d}": ((f"m{i:04d}", "missing", ""), {}) for i in range(1000)})
+        t.focus()
+        await until(pilot, lambda: "m0017" in screen_text(pilot.app))
+        await pilot.pause()
+        assert CountingTable.drawn > 0
+        CountingTable.drawn = 0
+        t.upsert("m0003", ("m0003", "queued", "4%"), {})  # no column grows (that draws every row again)
+        await until(pilot, lambda: "m0003  queued   4%" in screen_text(pilot.app))
+        assert 1 <= CountingTable.drawn <= 3, CountingTable.drawn  # that row's cells, not the 18 rows on screen
+        # another "tab" shown and this one shown again (the table is resized and loses and gets focus back)
+        pilot.app.query_one("#a").display = False
+        pilot.app.query_one("#b").display = True
+        pilot.app.query_one("#u", LiveTable).focus()
+        await pilot.pause()
+        CountingTable.drawn = 0
+        pilot.app.query_one("#b").display = False
+        pilot.app.query_one("#a").display = True
+        t.focus()
+        await until(pilot, lambda: "m0003  queued   4%" in screen_text(pilot.app) and t.has_focus)
+        await pilot.pause()
+        assert CountingTable.drawn == 0, CountingTable.drawn
+        # styles that change only the cursor's colours (kept out of what DataTable keys its drawn cells by) draw it again
+        pilot.app.screen.add_class("-alert")
+        await pilot.pause()
+        cursor_row = pilot.app.screen._compositor.render_strips()[1]
+        assert "m0000" in cursor_row.text
+        assert {str(seg.style.bgcolor.name) for seg in cursor_row if seg.style and seg.style.bgcolor and seg.text.strip()} == {"#ff0000"}
+
+
+async def test_a_sort_draws_no_cell_again_and_a_click_selects_the_row_it_lands_on(counted_cells: None):
+    from textual.app import App, ComposeResult
+
+    from mavail.tui.widgets.live_table import Column
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield CountingTable([Column("id", "Model"), Column("n", "N", sort=lambda r: r["n"])])
+
+    async with One().run_test(size=(40, 12)) as pilot:
+        t = pilot.app.query_one(CountingTable)
+        t.sync({f"m{i}": ((f"m{i}", str(9 - i)), {"n": 9 - i}) for i in range(10)})
+        await until(pilot, lambda: "m9" in screen_text(pilot.app))
+        await pilot.pause()
+        CountingTable.drawn = 0
+        t.cycle_sort()  # by id: the order it had
+        t.cycle_sort()  # by id, descending
+        t.cycle_sort()  # by N, ascending: m9 first
+        await until(pilot, lambda: screen_text(pilot.app).splitlines()[1].startswith(" m9 "))
+        await pilot.pause()
+        assert CountingTable.drawn <= 4, CountingTable.drawn  # the cursor's row in its new place, not all ten
+        lines = screen_text(pilot.app).splitlines()
+        for y in (3, 6):
+            await pilot.click(CountingTable, offset=(2, y))
+            await pilot.pause()
+            assert t.selected_key == lines[y].split()[0], (y, t.selected_key, lines[y])
+
+
+async def test_a_table_scrollbar_is_drawn_in_whole_cells_never_as_block_glyphs():
+    from textual.app import App, ComposeResult
+
+    from mavail.tui.widgets.live_table import Column
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable([Column("id", "Setting"), Column("v", "Value")])
+
+    async with One().run_test(size=(40, 12)) as pilot:
+        t = pilot.app.query_one(LiveTable)
+        t.sync({f"setting.{i:02d}": ((f"setting.{i:02d}", str(i)), {}) for i in range(47)})
+        await until(pilot, lambda: t.show_vertical_scrollbar)
+        for row in range(0, 47, 3):
+            t.move_cursor(row=row)
+            await pilot.pause()
+            strips = pilot.app.screen._compositor.render_strips()
+            edge = ["".join(s.text for s in strip)[-2:] for strip in strips[1:]]
+            # a thumb whose ends fall inside a cell used to end in eighth blocks (▂▂ beside a row), read as a chart
+            assert all(cell == "  " for cell in edge), (row, edge)
+            styles = {str(strip.crop(38, 40)._segments[0].style) for strip in strips[1:]}
+            assert len(styles) >= 2, styles  # the thumb is still drawn, in its colour beside the track's
+
+
+async def test_settings_analytics_rows_say_what_they_mean_in_full_at_80_columns():
+    from mavail.core.config import SCHEMA
+    from mavail.tui.widgets.settings import COLUMNS
+
+    config: dict[str, dict[str, Any]] = {}
+    for s in SCHEMA:
+        section, name = s.key.split(".", 1)
+        config.setdefault(section, {})[name] = s.default
+    analytics = [s.key for s in SCHEMA if s.key.startswith("analytics.")]
+    app, _ = make_app({"models.status": models_answer(), "config.get": config, "config.update": {}})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("8")
+        pane = app.pane("settings")
+        await until(pilot, lambda: pane.loaded)
+        await pilot.press("slash", *"analytics", "enter")
+        await until(pilot, lambda: pane.table is not None and pane.table.row_count == len(analytics))
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        for key in analytics:
+            meaning = str(pane.table.cell(key, "doc"))
+            assert meaning and len(meaning) <= COLUMNS[2].width, key  # a few words that fit the Meaning column
+            line = next(line for line in lines if f" {key} " in line)
+            assert meaning in line, (key, line)
 
 
 async def test_cleanup_shows_the_dry_run_plan_and_deletes_only_after_yes():
@@ -284,3 +473,71 @@ async def test_downloads_show_the_current_files_retries_against_the_per_file_lim
         link.push("model_download_progress", model_id="m", status="downloading", progress_percent=20.0, retry_count=3,
                   max_retries=8, total_retries=31)
         await until(pilot, lambda: str(pane.table.cell("m", "retries")) == "3/8")
+
+
+async def test_the_theme_in_use_follows_a_theme_change_and_a_theme_registered_again():
+    from textual.theme import Theme
+
+    app, _ = make_app({"models.status": models_answer()})
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.current_theme.name == app.theme
+        app.theme = "textual-light"
+        await pilot.pause()
+        assert app.current_theme.name == "textual-light" and not app.current_theme.dark
+        mine = Theme("textual-light", primary="#ff0000", dark=False)
+        app.register_theme(mine)
+        assert app.current_theme is mine
+
+
+async def test_a_full_models_load_leaves_what_is_alive_out_of_the_collectors_full_passes():
+    import gc
+
+    link = StubLink({"models.status": models_answer(status("a"), status("b"))})
+    app = MavailApp(link=link, keymap={}, settle_gc=True)
+    link.app = app
+    gc.unfreeze()
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.pane("models").loaded)
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # this test process runs many apps: their garbage must stay collectable
+    app2, _ = make_app({"models.status": models_answer(status("a"))})
+    async with app2.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app2.pane("models").loaded)
+        assert gc.get_freeze_count() == 0  # only the TUI's own process (run_tui) asks for it
+
+
+async def test_cells_drawn_by_the_table_are_the_segments_datatable_draws():
+    from rich.segment import Segment
+    from rich.text import Text
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    from mavail.tui.widgets.live_table import Column
+
+    cells = [
+        "plain", Text("styled", style="bold cyan"), Text.assemble(("two", "red"), " ", ("spans", "on blue")),
+        "a\ttab", "cut at the column width, well past it", "漢字と😀 wide", "", Text("ellipsis here and more", overflow="ellipsis"),
+        Text("right", justify="right"), Text("wraps at spaces, not cut", no_wrap=False), Text("on red", style="on red"),
+        Text("first line\nsecond line"),
+    ]
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable([Column("id", "Id"), Column("v", "Value", width=14), Column("w", "Wide")])
+
+    async with One().run_test(size=(70, 20)) as pilot:
+        t = pilot.app.query_one(LiveTable)
+        t.sync({f"r{i}": ((f"r{i}", c, c), {}) for i, c in enumerate(cells)})
+        await pilot.pause()
+        t.hover_coordinate = t.hover_coordinate.__class__(3, 1)
+        for row in range(len(cells)):
+            for column in (1, 2):
+                width = t.ordered_columns[column].get_render_width(t)
+                for cursor, hover in ((False, False), (True, False), (False, True)):
+                    ours = t._draw_cell(row, column, t.rich_style, width, cursor, hover)
+                    theirs = DataTable._render_cell(t, row, column, t.rich_style, width, cursor, hover)
+                    assert ours is not None
+                    assert [list(Segment.simplify(line)) for line in ours] == [list(Segment.simplify(line)) for line in theirs], \
+                        (cells[row], column, cursor, hover)

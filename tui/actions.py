@@ -389,7 +389,10 @@ class ScreenActions:
     def action_help(self) -> None:
         from mavail.tui.screens.help import HelpScreen
 
-        self.app.push_screen(HelpScreen())
+        # built once and kept: composing and styling it again at each press took most of the time to show it
+        if not self.app.is_screen_installed("help"):
+            self.app.install_screen(HelpScreen(), "help")
+        self.app.push_screen("help")
 
     def action_quit(self) -> None:
         self.app.exit(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import time
 import tomllib
 from functools import partial
@@ -11,6 +13,7 @@ from typing import Any
 from textual.app import App
 from textual.css.query import NoMatches
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.theme import Theme
 
 from mavail.tui.actions import ACTIONS
 from mavail.tui.client import EngineLink
@@ -79,8 +82,16 @@ class MavailApp(App[int]):
 
     def __init__(self, socket_path: str | Path | None = None, link: Any = None, keymap: dict[str, str] | None = None,
                  min_backoff_s: float = 0.2, max_backoff_s: float = 5.0, drain_interval_s: float = 0.5,
-                 engines: list[EngineSpec] | None = None) -> None:
+                 engines: list[EngineSpec] | None = None, settle_gc: bool = False) -> None:
         super().__init__()
+        self.settle_gc = settle_gc
+        """Whether `rows_settled` keeps what is alive out of the garbage collector's full passes (the TUI's own
+        process: run_tui; a test process runs many apps and would keep each one's garbage)."""
+        if "TEXTUAL_ANIMATIONS" not in os.environ:
+            # the tabs' underline slides to a tab shown or retitled (each sort) in some 20 frames of the whole
+            # screen, as much work as the switch itself and in front of the next key; Textual's own variable
+            # turns animations back on
+            self.animation_level = "none"
         if link is not None:
             self.fleet = Fleet([Slot(EngineSpec(Path(socket_path or "")), link)])
         else:
@@ -111,6 +122,34 @@ class MavailApp(App[int]):
         """Each engine's last connection detail (several engines)."""
         self._lost: set[int] = set()
         """Engines that were connected and are gone (several engines): told once, until they are back."""
+
+    def rows_settled(self) -> None:
+        """A full load of the Models tab is done: its rows live as long as the table. The collector's full passes
+        walk every object (60 ms with 1,000 models, and a key press waits for them); with `settle_gc` they leave
+        out from now on what is alive now."""
+        if self.settle_gc:
+            gc.freeze()
+
+    # --- theme -----------------------------------------------------------------
+    @property
+    def current_theme(self) -> Theme:
+        """The theme in use, looked up once per theme name: Textual's look-up copies the table of every registered
+        theme, and drawing a frame asks for the theme thousands of times (a tenth of a frame's time)."""
+        cached: tuple[str, Theme] | None = getattr(self, "_current_theme", None)
+        if cached is None or cached[0] != self.theme:
+            cached = (self.theme, App.current_theme.fget(self))  # type: ignore[attr-defined]
+            self._current_theme = cached
+        return cached[1]
+
+    def register_theme(self, theme: Theme) -> None:
+        """Register a theme (Textual's), forgetting the theme in use in case it is the one replaced."""
+        super().register_theme(theme)
+        self._current_theme = None
+
+    def unregister_theme(self, theme_name: str) -> None:
+        """Unregister a theme (Textual's), forgetting the theme in use in case it is the one removed."""
+        super().unregister_theme(theme_name)
+        self._current_theme = None
 
     # --- lifecycle -----------------------------------------------------------
     def on_mount(self) -> None:
@@ -280,9 +319,12 @@ class MavailApp(App[int]):
         pane.reload()
 
     def pane_shown(self, pane: Pane) -> None:
-        """A tab came into view: fetch it unless it was fetched a moment ago."""
-        if self.fleet.any_connected() and time.monotonic() - self._last_load.get(pane.id or "", 0.0) > 2.0:
-            self._load(pane)
+        """A tab came into view: fetch it unless it was fetched a moment ago, once the tab is drawn (the key that
+        showed it is answered first)."""
+        pane.shown()
+        if self.fleet.any_connected() and time.monotonic() - self._last_load.get(pane.id or "", 0.0) > pane.SHOWN_RELOAD_S:
+            self._last_load[pane.id or ""] = time.monotonic()
+            self.call_after_refresh(self._load, pane)
 
     def _resync_tick(self) -> None:
         if not self.fleet.any_connected() or not self.main.is_attached or not isinstance(self.screen, MainScreen):
@@ -328,6 +370,6 @@ def create_app(socket_path: str | Path | None = None, **kw: Any) -> MavailApp:
 
 def run_tui(socket_path: str | Path | None = None, engines: list[EngineSpec] | None = None) -> int:
     """Run the TUI attached to the engine at `socket_path` (or to every one of `engines`) until the user quits; the exit status."""
-    app = create_app(socket_path, engines=engines)
+    app = create_app(socket_path, engines=engines, settle_gc=True)
     result = app.run()
     return int(result or 0) if app.return_code in (None, 0) else int(app.return_code or 1)

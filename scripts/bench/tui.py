@@ -11,7 +11,21 @@ Phases: engine idle without TUI; engine idle with the TUI attached (Models
 tab); 8 downloads with the TUI on the Downloads tab, then on the Models tab;
 the same downloads with the TUI detached (the engine's download work alone).
 
-    .venv/bin/python scripts/bench/tui.py [--models 1000] [--downloads 8] [--window 10]
+Between the download phases, with the 8 downloads running, key presses are
+timed from the write to the terminal until the TUI has drawn what answers
+them: switching tabs, opening help and closing it, opening the filter, sorting
+the 1,000-row Models table, and down-arrow scrolling it by a row. Beside each
+kind, how long the TUI's event loop ran on a CPU and waited for one meanwhile
+(/proc/PID/schedstat of its main thread): its own work, and its wait for a
+core on a machine shared with other work. `--profile FILE` records the TUI
+process with py-spy (collapsed stacks, `--nonblocking`) while the keys are
+pressed.
+
+The engine runs on its default settings: its `downloads.max_connections` (16)
+is shared by the 8 downloads, 2 connections each, 16 in all at the mirror's
+per-connection rate.
+
+    .venv/bin/python scripts/bench/tui.py [--models 1000] [--downloads 8] [--window 10] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -26,16 +40,25 @@ import sys
 import termios
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from _common import ROOT, engine_process, placeholder_models, short_tmpdir
+from _common import ROOT, engine_process, percentile, placeholder_models, short_tmpdir
 
+from mavail.core.config import SCHEMA
 from mavail.testing.mirror import MIB, Mirror, Synthetic
 from mavail.rpc.client import Client
 
+DEFAULTS = {s.key: s.default for s in SCHEMA}
+GOAL_MS = 100.0
+SORT_LABELS = ("Model", "Status", "Ver", "Size", "Health", "Use", "Upd", "Prog")
+"""The Models table's columns, in the order `s` sorts by them (each ascending, then descending)."""
 
-PARALLEL = 4  # the engine's default connections per large file
+
+def connections_per_download(downloads: int) -> int:
+    """Connections each of `downloads` running at once opens on the engine's defaults (their share of max_connections)."""
+    return max(1, min(DEFAULTS["downloads.parallel_ranges"], DEFAULTS["downloads.max_connections"] // max(1, downloads)))
 
 
 def write_home(home: Path, mirror: Mirror, n_models: int, n_big: int, big_mib: int, concurrent: int) -> list[str]:
@@ -48,9 +71,18 @@ def write_home(home: Path, mirror: Mirror, n_models: int, n_big: int, big_mib: i
         parts.append(mirror.add_model(mid, {"model.safetensors": Synthetic(mid, big_mib * MIB)}))
     parts.append(placeholder_models(n_models - n_big))
     (home / "catalog.toml").write_text("".join(parts))
-    (home / "config.toml").write_text(f"[downloads]\nmax_concurrent = {concurrent}\nparallel_ranges = {PARALLEL}\n"
-                                      "[storage]\nmin_free_gb = 0.0\n")
+    (home / "config.toml").write_text(f"[downloads]\nmax_concurrent = {concurrent}\n[storage]\nmin_free_gb = 0.0\n")
     return big
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One key press answered on screen: seconds until then, and of those the seconds the TUI's event loop ran on
+    a CPU and waited for one (its share of a machine other work also uses)."""
+
+    wall_s: float
+    run_s: float
+    wait_s: float
 
 
 class PtyTui:
@@ -91,15 +123,25 @@ class PtyTui:
     def press(self, keys: bytes) -> None:
         os.write(self.master, keys)
 
-    def answer_s(self, keys: bytes, marker: bytes, timeout: float = 10.0) -> float:
-        """Seconds from writing `keys` to the terminal until the TUI has drawn `marker` after them."""
+    def scheduled_ns(self) -> tuple[int, int]:
+        """Nanoseconds the TUI's main thread (its event loop) has run on a CPU, and has waited for one."""
+        with open(f"/proc/{self.proc.pid}/schedstat") as f:
+            run, wait, _ = f.read().split()
+        return int(run), int(wait)
+
+    def answer(self, keys: bytes, marker: bytes, timeout: float = 10.0) -> Answer:
+        """From writing `keys` to the terminal until the TUI has drawn `marker` after them: the time, and how much
+        of it the TUI's event loop ran and waited for a CPU."""
         since = self.bytes_out
+        run0, wait0 = self.scheduled_ns()
         t0 = time.monotonic()
         self.press(keys)
         while True:
             new = self.bytes_out - since
             if new > 0 and marker in self.tail[-new:]:
-                return time.monotonic() - t0
+                wall = time.monotonic() - t0
+                run, wait = self.scheduled_ns()
+                return Answer(wall, (run - run0) / 1e9, (wait - wait0) / 1e9)
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(f"the TUI did not draw {marker!r} after {keys!r}")
             time.sleep(0.001)
@@ -114,6 +156,61 @@ class PtyTui:
                 self.proc.wait()
         self._stop = True
         os.close(self.master)
+
+
+def key_presses(tui: PtyTui, big: list[str], n_models: int) -> dict[str, list[Answer]]:
+    """Each key press answered on screen, by kind; the TUI starts on the Models tab.
+
+    Each press waits for text the answer draws and that was not on the screen
+    just before it, searched in what the TUI wrote after the key."""
+    out: dict[str, list[Answer]] = {}
+
+    def timed(kind: str, keys: bytes, marker: bytes, pause: float = 0.3) -> None:
+        out.setdefault(kind, []).append(tui.answer(keys, marker))
+        time.sleep(pause)
+
+    for _ in range(5):
+        timed("switch tab (2, 1)", b"2", b"Pause")  # the Downloads tab's footer
+        timed("switch tab (2, 1)", b"1", b"Get")  # the Models tab's footer
+    for _ in range(5):
+        timed("? help", b"?", b"mavail keys")
+        timed("? closes help", b"?", b"Get")
+    for _ in range(5):
+        timed("/ opens the filter", b"/", b"enter keeps it")  # the filter box's placeholder
+        tui.press(b"\r")  # enter on the empty filter hides it again
+        time.sleep(0.3)
+    # every sort of the Models table, each named in its tab's title; then back to source order and by id again
+    for label in SORT_LABELS:
+        for arrow in ("\u2191", "\u2193"):
+            timed(f"s sorts {n_models:,} rows", b"s", f"{arrow}{label}".encode())
+    tui.press(b"s")
+    time.sleep(0.3)
+    timed(f"s sorts {n_models:,} rows", b"s", f"\u2191{SORT_LABELS[0]}".encode())
+    # rows by id: the downloads, then bench-model-0000...; down-arrow past the screen scrolls by one row,
+    # and each press shows a row that was never drawn before
+    order = sorted(big) + [f"bench-model-{i:04d}" for i in range(n_models - len(big))]
+    start = 30
+    for _ in range(start):
+        tui.press(b"\x1b[B")
+        time.sleep(0.05)
+    time.sleep(0.5)
+    for row in range(start + 1, start + 11):
+        timed(f"down-arrow scrolls {n_models:,} rows", b"\x1b[B", order[row].encode(), pause=0.2)
+    return out
+
+
+def start_profile(path: str, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` into `path` (collapsed stacks) without pausing it, until stop_profile."""
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--nonblocking", "--format", "raw", "--rate", "200", "-o", path,
+                             "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a py-spy recording; it writes its file as it exits."""
+    if proc is not None:
+        proc.send_signal(2)  # SIGINT: py-spy writes what it recorded
+        proc.wait(30)
 
 
 def cpu_percent(procs: dict[str, psutil.Process], window: float) -> dict[str, float]:
@@ -136,10 +233,11 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
     ap.add_argument("--idle-window", type=float, default=35.0, help="seconds of the idle phase (covers a 30 s resync)")
     ap.add_argument("--rate-mbps", type=float, default=0.5, help="per-connection mirror rate, MiB/s")
+    ap.add_argument("--profile", help="record the TUI with py-spy while the keys are pressed, into this file")
     args = ap.parse_args()
     rows: list[tuple[str, str, float]] = []
-    # enough to outlast the download phases, with every connection of a download running
-    big_mib = int(args.rate_mbps * PARALLEL * (args.window * 3 + 45)) + 16
+    # enough to outlast the download phases and the key presses, with every connection of a download running
+    big_mib = int(args.rate_mbps * connections_per_download(args.downloads) * (args.window * 3 + 90)) + 16
 
     with short_tmpdir() as d, Mirror() as mirror:
         mirror.default_faults.throttle_bps = args.rate_mbps * MIB
@@ -153,7 +251,7 @@ def main() -> int:
             rows.append(("engine idle, no TUI", "engine", cpu_percent({"e": eng}, args.window)["e"]))
 
             tui = PtyTui(sock)
-            key_ms = None
+            key_ms: dict[str, list[Answer]] = {}
             try:
                 tui.wait_for(f"{args.models} models".encode())  # the Models tab has loaded every model
                 time.sleep(2.0)  # first fetches done
@@ -176,15 +274,11 @@ def main() -> int:
                     r = cpu_percent({"e": eng, "t": psutil.Process(tui.proc.pid)}, args.window)
                     label = f"{args.downloads} downloads, TUI on Models tab"
                     rows += [(label, "engine", r["e"]), (label, "TUI", r["t"])]
-                    # a key press, answered on screen: switch tabs and wait for the other tab's footer
-                    answers = []
-                    for _ in range(5):
-                        answers.append(tui.answer_s(b"2", b"Pause"))
-                        time.sleep(0.3)
-                        answers.append(tui.answer_s(b"1", b"Get"))
-                        time.sleep(0.3)
-                    answers.sort()
-                    key_ms = (answers[len(answers) // 2] * 1000, answers[-1] * 1000)
+                    profiler = start_profile(args.profile, tui.proc.pid) if args.profile else None
+                    try:
+                        key_ms = key_presses(tui, big, args.models)
+                    finally:
+                        stop_profile(profiler)
             finally:
                 tui.close()
             if "downloads.start" in methods:
@@ -203,9 +297,17 @@ def main() -> int:
     alone = [p for ph, pr, p in rows if pr == "engine" and "no TUI (download work)" in ph]
     if with_tui and alone:
         print(f"engine CPU the attached TUI adds beside the download work: {with_tui[0] - alone[0]:+.1f} points")
-    if key_ms is not None:
-        print(f"a key press (switching tabs, {args.downloads} downloads running) answered on screen in p50 {key_ms[0]:.0f} ms, "
-              f"max {key_ms[1]:.0f} ms over 10 presses  (goal < 100 ms)")
+    if key_ms:
+        print(f"\nkey presses answered on screen, {args.models} models, {args.downloads} downloads running:")
+        print(f"{'key':<32} {'presses':>7} {'p50 ms':>7} {'max ms':>7} {'goal ms':>8} {'ran ms':>7} {'waited ms':>9}")
+        for kind, answers in key_ms.items():
+            ms = [a.wall_s * 1000 for a in answers]
+            ran = sum(a.run_s for a in answers) / len(answers) * 1000
+            waited = sum(a.wait_s for a in answers) / len(answers) * 1000
+            print(f"{kind:<32} {len(ms):>7} {percentile(ms, 50):>7.0f} {max(ms):>7.0f} {'< ' + format(GOAL_MS, 'g'):>8} "
+                  f"{ran:>7.0f} {waited:>9.0f}")
+        print("(ran, waited: mean per press, ms the TUI's event loop ran on a CPU and waited for one, from "
+              "/proc/PID/schedstat)")
     print(f"({args.models} models, mirror at {args.rate_mbps:g} MiB/s per connection, {args.window:g} s windows "
           f"({args.idle_window:g} s idle), "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")

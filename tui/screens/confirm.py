@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from mavail.tui.widgets.scrollbars import use_whole_cell_scrollbars
+
 
 class ConfirmScreen(ModalScreen[bool]):
     """Ask before doing something that cannot be undone; dismisses with True only on an explicit yes."""
@@ -47,6 +49,7 @@ class ConfirmScreen(ModalScreen[bool]):
                 yield Button(self.yes_label, id="yes", variant="error" if self.danger else "primary")
 
     def on_mount(self) -> None:
+        use_whole_cell_scrollbars(self.query_one(VerticalScroll))
         self.query_one("#no", Button).focus()
 
     def action_answer(self, yes: bool) -> None:

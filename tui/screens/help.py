@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from mavail.tui.actions import ACTIONS, shown_keys
+from mavail.tui.widgets.scrollbars import use_whole_cell_scrollbars
 
 
 def help_table(overrides: dict[str, str] | None = None) -> Table:
@@ -47,7 +48,9 @@ class HelpScreen(ModalScreen[None]):
                                   '  [keys]\n  "mavail.pause" = "P"'), id="help-remap")
 
     def on_mount(self) -> None:
-        self.query_one("#help-scroll", VerticalScroll).focus()
+        scroll = self.query_one("#help-scroll", VerticalScroll)
+        use_whole_cell_scrollbars(scroll)
+        scroll.focus()
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(None)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.css.query import NoMatches
+from textual.visual import VisualType
 from textual.widgets import Static
 
 from mavail.rpc.client import CallTimeout, EngineUnavailable, RpcError
@@ -28,6 +30,12 @@ def status_text(status: str | None) -> Text:
     """A status word in its colour."""
     s = (status or "unknown").lower()
     return Text(s, style=STATUS_STYLE.get(s, ""))
+
+
+def show(static: Static, content: VisualType) -> None:
+    """Put `content` in `static` unless it shows that already (each update lays the whole screen out again)."""
+    if static.content != content:
+        static.update(content)
 
 
 class Pane(Vertical):
@@ -53,6 +61,8 @@ class Pane(Vertical):
     REQUIRES: ClassVar[tuple[str, ...]] = ()
     RESYNC_S: ClassVar[float] = 30.0
     """Slow periodic resync while the pane is shown (events carry the fast changes)."""
+    SHOWN_RELOAD_S: ClassVar[float] = 2.0
+    """A tab shown again is fetched when it was last fetched longer ago than this."""
     FLEET: ClassVar[bool] = False
     """Whether the pane shows every engine's rows (else only the first engine's, when several are followed)."""
 
@@ -99,6 +109,17 @@ class Pane(Vertical):
 
     def engine_changed(self, engine: int) -> None:
         """Engine `engine` came or went (a fleet pane marks its rows)."""
+
+    @property
+    def on_screen(self) -> bool:
+        """Whether this pane's tab is the one shown."""
+        try:
+            return self.mavail.main.active_pane() is self
+        except NoMatches:
+            return False
+
+    def shown(self) -> None:
+        """The pane's tab came into view: bring up to date what was left alone while it was hidden (subclasses)."""
 
     def reload(self) -> None:
         """Fetch the pane's data in a worker (a newer reload cancels an older one)."""

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Static
 
 from mavail.tui import charts
 from mavail.tui import format as fmt
-from mavail.tui.widgets.base import Pane, status_text
+from mavail.tui.widgets.base import Pane, show, status_text
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 _RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
@@ -161,6 +161,15 @@ class DownloadsPane(Pane):
                 self.table.upsert(key, self._cells(raw, self.mavail.fleet.owner(key)), raw)
             for gone in [k for k in self.speeds if k not in self.table.keys()]:
                 self.speeds.pop(gone)
+            if self.on_screen:
+                self._chart()
+
+    def shown(self) -> None:
+        # the summary, detail and chart are left alone while another tab is shown: updating them laid the whole
+        # screen out again several times a second
+        if self.loaded:
+            self._summary()
+            self._detail()
             self._chart()
 
     def limit_of(self, d: dict[str, Any], engine: int = 0) -> float | None:
@@ -173,7 +182,7 @@ class DownloadsPane(Pane):
         raw = self.selected_raw()
         box = self.query_one("#downloads-chart", Static)
         if not raw:
-            box.update("")
+            show(box, "")
             return
         width = max(10, self.size.width - 2)
         key = self.table.selected_key if self.table is not None else None
@@ -185,7 +194,7 @@ class DownloadsPane(Pane):
             head.append(f" · limit {fmt.rate(limit)} ", style="")
             head.append("╌╌", style=charts.LIMIT_STYLE)
         lines = [head] + charts.block_chart(values, width, CHART_HEIGHT, limit)
-        box.update(Text("\n").join(lines))
+        show(box, Text("\n").join(lines))
 
     def _trend_full(self, key: str, width: int) -> list[float]:
         got = self.speeds.get(key)
@@ -219,7 +228,7 @@ class DownloadsPane(Pane):
         assert self.table is not None
         records = [self.table.raw(k) or {} for k in self.table.keys()]
         used, limit = self._bandwidth
-        self.query_one("#downloads-summary", Static).update(downloads_summary(records, used, limit))
+        show(self.query_one("#downloads-summary", Static), downloads_summary(records, used, limit))
 
     async def refetch(self, model_ids: list[str]) -> None:
         await self.fetch()
@@ -246,8 +255,9 @@ class DownloadsPane(Pane):
                 raw = self.table.raw(key) or {"model_id": mid}
                 merged = {**raw, "status": "failed", "error_message": f"{p.get('error_code', 'FAILED')}: {p.get('message', '')}"}
                 self.table.upsert(key, self._cells(merged, engine), merged)
-        self._summary()
-        self._detail()
+        if self.on_screen:
+            self._summary()
+            self._detail()
 
     def _detail(self) -> None:
         raw = self.selected_raw()
@@ -261,7 +271,7 @@ class DownloadsPane(Pane):
                     + f" · {raw.get('total_retries') or 0} in all")
         else:
             text = ""
-        self.query_one("#downloads-detail", Static).update(Text(text, style="red" if err else ""))
+        show(self.query_one("#downloads-detail", Static), Text(text, style="red" if err else ""))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._detail()

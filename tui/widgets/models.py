@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static
 
 from mavail.tui import format as fmt
 from mavail.tui import words
-from mavail.tui.widgets.base import Pane, status_text
+from mavail.tui.widgets.base import Pane, show, status_text
 from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 COLUMNS = [
@@ -79,6 +79,9 @@ class ModelsPane(Pane):
     """Bytes of models on disk from the last full fetch (a partial update cannot measure it)."""
     REQUIRES = ("models.status",)
     FLEET = True
+    SHOWN_RELOAD_S = Pane.RESYNC_S
+    """Events keep every row live while the tab is hidden too; fetching 1,000 models each time the tab is shown
+    would only delay the next key."""
 
     def body(self) -> ComposeResult:
         yield Static("", classes="summary body", id="models-summary")
@@ -98,6 +101,7 @@ class ModelsPane(Pane):
         for i, res in answers.items():
             rows.update({fleet.key(i, mid): (self._cells(i, s), s) for mid, s in res["models"].items()})
         self.table.sync(rows)
+        self.mavail.rows_settled()
         sizes = [res.get("summary", {}).get("total_storage_gb") for res in answers.values()]
         self._storage_gb = sum(x for x in sizes if x is not None) if any(x is not None for x in sizes) else None
         self._recount()  # counted from the rows: every status, failed and paused too
@@ -120,7 +124,7 @@ class ModelsPane(Pane):
         })
 
     def _summary(self, sm: dict[str, Any]) -> None:
-        self.query_one("#models-summary", Static).update(models_summary(sm, self.table))
+        show(self.query_one("#models-summary", Static), models_summary(sm, self.table))
 
     def view_changed(self) -> None:
         if self.loaded:

@@ -26,6 +26,18 @@ EDITABLE: dict[str, str] = {
     "gpu.vram_gb": "VRAM to assume without NVML",
     "updates.keep_versions": "previous versions kept",
 }
+MEANINGS: dict[str, str] = {
+    **EDITABLE,
+    "analytics.enabled": "record use of each model",
+    "analytics.flush_interval_ms": "save uses to disk every N ms",
+    "analytics.max_buffered_events": "uses held before saving",
+    "analytics.frequency_window_days": "use frequency over N days",
+    "analytics.trend_threshold": "score change that is a trend",
+    "analytics.trend_min_events": "runs needed to judge a trend",
+    "analytics.preload_window_days": "preload looks back N days",
+    "analytics.preload_min_uses": "uses that earn a preload",
+}
+"""What a row means, in a few words that fit the Meaning column (the editable ones and more)."""
 HIDDEN = ("rpc.token",)
 
 
@@ -86,7 +98,7 @@ class SettingsPane(Pane):
         ordered = [k for k in EDITABLE if k in flat] + sorted(k for k in flat if k not in EDITABLE and k not in HIDDEN)
         for key in ordered:
             rec = {"key": key, "value": flat[key], "model_id": None}
-            rows[key] = ((key, show_value(flat[key]), EDITABLE.get(key, "")), rec)
+            rows[key] = ((key, show_value(flat[key]), MEANINGS.get(key, "")), rec)
         assert self.table is not None
         self.table.sync(rows)
 
