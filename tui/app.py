@@ -205,7 +205,8 @@ class MavailApp(App[int]):
         was = self.connected
         self.connected = message.connected
         if message.connected:
-            self.main.show_connection(True, f"● connected · {message.detail} · ? help · ctrl+p commands")
+            # the keys first: on a narrow terminal the line is cut in the socket path, not in them
+            self.main.show_connection(True, f"● connected · ? help · ctrl+p commands · {message.detail}")
             self._last_load.clear()
             for pane in {self.pane("models"), self.pane("downloads"), self.main.active_pane()}:
                 self._load(pane)
@@ -237,7 +238,7 @@ class MavailApp(App[int]):
         down = fleet.down()
         if not down:
             names = ", ".join(fleet.describe(j) for j in range(len(fleet.slots)))
-            self.main.show_connection(True, f"● {len(fleet.slots)} engines connected · {names} · ? help · ctrl+p commands")
+            self.main.show_connection(True, f"● {len(fleet.slots)} engines connected · ? help · ctrl+p commands · {names}")
         else:
             gone = " · ".join(f"✖ {fleet.display(j)} DISCONNECTED · {self._details.get(j, 'connecting')} · "
                               f"retrying (attempt {fleet.slots[j].link.attempts + 1})" for j in down)
