@@ -136,8 +136,8 @@ SCHEMA: tuple[Setting, ...] = (
     _s("downloads.bandwidth_limit_mbps", float, 0.0, "Global cap in MiB/s; 0 = none.", min=0, max=MAX_RATE_MBPS),
     _s("downloads.max_retries", int, 3, "Default retries per file.", min=0, max=100),
     _s("downloads.stall_timeout_s", float, 30.0, "No bytes for this long: reconnect.", min=0.1, max=3600),
-    _s("downloads.parallel_ranges", int, 16, "Most connections per large file: a file starts with 8 and opens more while they "
-       "raise its rate (a server that caps each connection), up to this many.", min=1, max=64),
+    _s("downloads.parallel_ranges", int, 16, "Most connections per large file: a file starts with 2, opens more while they raise "
+       "its rate (a server that caps each connection), up to this many, and fewer again while fewer keep it.", min=1, max=64),
     _s("downloads.max_connections", int, 16, "Connections of all downloads together: when several download at once, each file "
        "opens its share of these (at least 1, at most parallel_ranges).", min=1, max=256),
     _s("downloads.parallel_min_size_mb", float, 64.0, "Files at least this large use parallel ranges.", min=0),
