@@ -125,10 +125,11 @@ PieceSink = Callable[[int, str, int], None]
 
 
 def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None,
-             on_piece: PieceSink | None = None) -> tuple[str, str, dict[int, str]]:
-    """sha256, git blob id and piece hashes of `size` bytes read from `fd` (written to `out_fd` as read, when given)."""
+             on_piece: PieceSink | None = None, git_id: bool = True) -> tuple[str, str | None, dict[int, str]]:
+    """sha256, git blob id (None unless `git_id`) and piece hashes of `size` bytes read from `fd` (written to `out_fd` as
+    read, when given)."""
     whole = hashlib.sha256()
-    git = hashlib.sha1(b"blob %d\0" % size)
+    git = hashlib.sha1(b"blob %d\0" % size) if git_id else None
     pieces: dict[int, str] = {}
     piece = new_piece_hasher()
     in_piece = idx = pos = 0
@@ -143,7 +144,8 @@ def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None,
                 n = os.pwrite(out_fd, view, off)
                 view, off = view[n:], off + n
         whole.update(data)
-        git.update(data)
+        if git is not None:
+            git.update(data)
         view = memoryview(data)
         while view:
             take = min(len(view), piece_size - in_piece)
@@ -160,7 +162,7 @@ def _hash_fd(fd: int, size: int, piece_size: int, out_fd: int | None = None,
         pieces[idx] = piece.hexdigest()
         if on_piece is not None:
             on_piece(idx, pieces[idx], in_piece)
-    return whole.hexdigest(), git.hexdigest(), pieces
+    return whole.hexdigest(), git.hexdigest() if git is not None else None, pieces
 
 
 def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str | None, piece_size: int,
@@ -188,14 +190,15 @@ def adopt_file(home: Path, src: Path, partial: Path, size: int, sha256: str | No
                 if linked.st_ino != st.st_ino or linked.st_dev != st.st_dev:
                     os.unlink(name, dir_fd=dfd)
                     raise OSError(errno.EXDEV, "linked another file")
-                digest, blob_id, pieces = _hash_fd(fd, size, piece_size, on_piece=on_piece)
+                # a file the catalog gives a sha256 for is checked by it alone: its git blob id would cost a second hash
+                digest, blob_id, pieces = _hash_fd(fd, size, piece_size, on_piece=on_piece, git_id=not sha256)
                 method = "hardlink"
             except OSError as exc:
                 if exc.errno not in _LINK_FAILURES:
                     raise
                 out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
                 try:
-                    digest, blob_id, pieces = _hash_fd(fd, size, piece_size, out_fd=out, on_piece=on_piece)
+                    digest, blob_id, pieces = _hash_fd(fd, size, piece_size, out_fd=out, on_piece=on_piece, git_id=not sha256)
                     os.fdatasync(out)
                 finally:
                     os.close(out)
