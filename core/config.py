@@ -253,7 +253,7 @@ SCHEMA: tuple[Setting, ...] = (
        "Recent/baseline generation time at which the speed part of performance_score is 0.", min=1.01, max=1000),
     _s("health.performance_min_success_rate", float, 0.8, "least healthy success rate",
        "Recent success rate under which performance is degraded.", min=0, max=1),
-    _s("health.performance_min_samples", int, 5, "runs before a speed score",
+    _s("health.performance_min_samples", int, 5, "successes before a score",
        "Successful generations needed before performance_score is known.", min=1, max=10000),
     # shared model store
     _s("store.shared", bool, False, "models/ shared by engines",
@@ -334,7 +334,7 @@ SCHEMA: tuple[Setting, ...] = (
     _s("metrics.allow_remote", bool, False, "allow non-loopback metrics",
        "Allow metrics.listen on an address other hosts can reach (the figures carry "
        "model ids and sizes: keep it behind a firewall).", live=False),
-    _s("metrics.per_model_max", int, 50, "per-model series up to N",
+    _s("metrics.per_model_max", int, 50, "per-model series to N models",
        "Metrics carry a model_id label only while the catalog has at most this many "
        "models (0 = never); above it only totals are served, so the series stay few.", min=0, max=100000),
 )
