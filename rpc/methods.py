@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mavail.core import __version__, limits
+from mavail.core.config import SHORT_MAX
 from mavail.core.engine import AVAILABILITY, SORT_KEYS, Engine
 from mavail.core.errors import InvalidParams, NotFound
 from mavail.core.events import EVENT_TYPES
@@ -355,8 +356,9 @@ METHODS: tuple[Method, ...] = (
     Method("system.info", system_info, "CPU, memory, disk and GPUs (NVML); cumulative disk I/O and network bytes with the "
            "engine's monotonic time they were read at (sampled_monotonic_s), so two answers give the rates."),
     Method("engine.shutdown", engine_shutdown, "Stop the engine cleanly, keeping partial downloads."),
-    Method("config.get", config_get, "The whole configuration; with schema, each setting's description, default and bounds too.", (
-        P("schema", "boolean", "Answer {settings, schema}: every key's type, default, value, description, bounds, live.", default=False),
+    Method("config.get", config_get, "The whole configuration; with schema, each setting's description, short meaning, default and bounds too.", (
+        P("schema", "boolean", "Answer {settings, schema}: every key's type, default, value, description, short (what it is "
+          f"for in a few words, at most {SHORT_MAX} characters, for a table), bounds, live.", default=False),
     ), inline=True),
     Method("config.update", config_update, "Validate, apply and save settings.",
            (P("patch", "object", "Settings as {section: {key: value}} or {\"section.key\": value}.", required=True),)),

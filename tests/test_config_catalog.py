@@ -142,6 +142,19 @@ async def test_config_get_can_describe_every_setting(home):
         assert plain["downloads"]["max_concurrent"] == 3 and "schema" not in plain
         full = await c.call("config.get", schema=True)
         s = full["schema"]["downloads.max_concurrent"]
-        assert s == {"type": "int", "default": 3, "value": 3, "description": s["description"], "min": 1, "max": 64, "live": True,
-                     "from_environment": False}
+        assert s == {"type": "int", "default": 3, "value": 3, "description": s["description"], "short": "downloads at once",
+                     "min": 1, "max": 64, "live": True, "from_environment": False}
         assert s["description"] and full["settings"] == plain
+        assert all(e["short"] for e in full["schema"].values())
+
+
+def test_every_setting_says_in_a_few_words_what_it_is_for_within_the_tuis_meaning_column():
+    from mavail.core.config import SCHEMA, SHORT_MAX
+    from mavail.tui.widgets.settings import COLUMNS
+
+    meaning_column = next(c for c in COLUMNS if c.key == "doc")
+    assert meaning_column.width is not None and SHORT_MAX <= meaning_column.width
+    for s in SCHEMA:
+        assert s.short and s.short == s.short.strip() and len(s.short) <= SHORT_MAX, (s.key, s.short, len(s.short))
+    shorts = [s.short for s in SCHEMA]
+    assert len(set(shorts)) == len(shorts), sorted(m for m in shorts if shorts.count(m) > 1)  # each says something of its own

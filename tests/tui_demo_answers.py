@@ -23,7 +23,7 @@ ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
 CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("session.hello", {}), ("models.status", {}), ("downloads.active", {}), ("health.status", {}),
     ("fallback.queue_list", {}), ("storage.info", {}), ("analytics.usage", {"period": "month", "include_series": True}),
-    ("config.get", {}), ("history.list", {"limit": 200}),
+    ("config.get", {"schema": True}), ("history.list", {"limit": 200}),
 )
 SYSTEM_SAMPLES = 12
 LATER_S = 3600

@@ -12,32 +12,10 @@ from mavail.tui.widgets.live_table import Cell, Column, LiveTable
 
 COLUMNS = [Column("id", "Setting", width=35), Column("value", "Value", width=8), Column("doc", "Meaning", width=28)]
 
-# The settings people change from the TUI first, with a short meaning (the engine validates every value).
-EDITABLE: dict[str, str] = {
-    "downloads.bandwidth_limit_mbps": "global cap MiB/s, 0 = none",
-    "downloads.max_concurrent": "downloads at once",
-    "downloads.max_retries": "retries per file",
-    "health.check_interval_hours": "quick check every N hours",
-    "health.full_check_interval_days": "full check every N days",
-    "health.max_read_mbps": "read budget of checks MiB/s",
-    "health.auto_repair_enabled": "repair what checks find",
-    "storage.max_gb": "models ceiling GiB, 0 = none",
-    "storage.min_free_gb": "free-space floor GiB",
-    "gpu.vram_gb": "VRAM to assume without NVML",
-    "updates.keep_versions": "previous versions kept",
-}
-MEANINGS: dict[str, str] = {
-    **EDITABLE,
-    "analytics.enabled": "record use of each model",
-    "analytics.flush_interval_ms": "save uses to disk every N ms",
-    "analytics.max_buffered_events": "uses held before saving",
-    "analytics.frequency_window_days": "use frequency over N days",
-    "analytics.trend_threshold": "score change that is a trend",
-    "analytics.trend_min_events": "runs needed to judge a trend",
-    "analytics.preload_window_days": "preload looks back N days",
-    "analytics.preload_min_uses": "uses that earn a preload",
-}
-"""What a row means, in a few words that fit the Meaning column (the editable ones and more)."""
+FIRST = ("downloads.bandwidth_limit_mbps", "downloads.max_concurrent", "downloads.max_retries", "health.check_interval_hours",
+         "health.full_check_interval_days", "health.max_read_mbps", "health.auto_repair_enabled", "storage.max_gb",
+         "storage.min_free_gb", "gpu.vram_gb", "updates.keep_versions")
+"""The settings people change from the TUI most, shown first; the rest follow by key (the engine validates every value)."""
 HIDDEN = ("rpc.token",)
 
 
@@ -93,12 +71,15 @@ class SettingsPane(Pane):
         yield self.table
 
     async def fetch(self) -> None:
-        flat = flatten(await self.mavail.link.call("config.get"))
+        answer = await self.mavail.link.call("config.get", schema=True)
+        flat = flatten(answer["settings"])
+        schema: dict[str, dict[str, Any]] = answer["schema"]
         rows: dict[str, tuple[tuple[Cell, ...], dict[str, Any]]] = {}
-        ordered = [k for k in EDITABLE if k in flat] + sorted(k for k in flat if k not in EDITABLE and k not in HIDDEN)
+        ordered = [k for k in FIRST if k in flat] + sorted(k for k in flat if k not in FIRST and k not in HIDDEN)
         for key in ordered:
             rec = {"key": key, "value": flat[key], "model_id": None}
-            rows[key] = ((key, show_value(flat[key]), MEANINGS.get(key, "")), rec)
+            # each setting's few words come from the engine's schema, next to its type and bounds
+            rows[key] = ((key, show_value(flat[key]), str(schema.get(key, {}).get("short", ""))), rec)
         assert self.table is not None
         self.table.sync(rows)
 
