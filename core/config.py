@@ -321,7 +321,7 @@ SCHEMA: tuple[Setting, ...] = (
        "alerts (download_failed, model_health_alert, storage_warning, queued_request_expired); none.",
        choices=("all", "changes", "alerts", "none")),
     # rpc
-    _s("rpc.token", str, "", "token session.hello needs", "Required in session.hello when set.", live=False),
+    _s("rpc.token", str, "", "token clients must present", "Required in session.hello when set.", live=False),
     _s("rpc.allowed_uids", list, [], "more uids allowed to connect", "Further peer uids allowed.", live=False),
     _s("rpc.max_message_bytes", int, 1048576, "longest request line, bytes",
        "Longest request line in bytes.", min=1024, max=64 * 1048576),
