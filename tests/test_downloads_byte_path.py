@@ -506,3 +506,21 @@ async def test_parallel_ranges_fetch_each_byte_once(tmp_path, size_mib):
         assert sha == data.sha256()
         served = m.bytes_served["f.bin"]
     assert served == size, f"the server sent {served - size} bytes more than the file ({served / size:.4f} x)"
+
+
+@pytest.mark.parametrize("ranges", [False, True])
+async def test_a_file_over_one_connection_is_asked_for_in_one_request(tmp_path, ranges):
+    """One connection has nobody to share the file with: it asks for all of it (up to the span limit) at once. A server
+    that ignores Range answers each request with the whole file from byte 0, so a request for half of what is left
+    makes it send the file again and again (about log2(pieces) times)."""
+    size = 4 * MIB
+    data = Synthetic("onereq", size)
+    with Mirror() as m:
+        m.add("f.bin", data)
+        m.faults("f.bin").ranges = ranges
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, data.sha256(), ps=64 * 1024, **{"downloads.parallel_ranges": 1})
+        sha, _ = await tr.run()
+        tr.file.close()
+        assert sha == data.sha256()
+        # without ranges: the first answer (a 200 to a Range request) restarts the file over one plain GET
+        assert m.requests["f.bin"] == (1 if ranges else 2), f"{m.requests['f.bin']} requests, {m.bytes_served['f.bin'] / size:.1f} x the file sent"

@@ -425,6 +425,9 @@ class FileTransfer:
         """Pieces the next request asks for: a share of what no connection has taken yet that shrinks as the file nears
         its end (at most `max_pieces`), so connections run out of work together and the file is balanced at request
         boundaries instead of by cutting a response short, which throws away what its sockets already hold."""
+        if self.no_ranges or self._ceiling <= 1:
+            # nobody to share with: one request (a server without ranges sends the whole file at each one)
+            return max_pieces
         with self._lock:
             pending = sum(1 for s in self.state if s == 0)
         return max(1, min(max_pieces, -(-pending // (2 * max(1, self._ceiling)))))
