@@ -524,3 +524,36 @@ async def test_a_file_over_one_connection_is_asked_for_in_one_request(tmp_path, 
         assert sha == data.sha256()
         # without ranges: the first answer (a 200 to a Range request) restarts the file over one plain GET
         assert m.requests["f.bin"] == (1 if ranges else 2), f"{m.requests['f.bin']} requests, {m.bytes_served['f.bin'] / size:.1f} x the file sent"
+
+
+async def test_fewer_connections_are_judged_only_once_those_past_the_target_have_finished(tmp_path):
+    """Behind a link of four connections' worth (each capped at a quarter), sixteen do no better than four, so the file
+    tries one. The fifteen past that target finish their requests first (half the time the rest of the file takes):
+    a probe that counts their bytes as the rate of one connection finds it as fast, keeps one, and the file ends at a
+    quarter of the link."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size, cap = 64 * MIB, 4 * MIB
+    data = Synthetic("judged", size)
+    with Mirror() as m, ThreadPoolExecutor(32) as pool:
+        m.add("f.bin", data)
+        f = m.faults("f.bin")
+        f.throttle_bps, f.total_bps = cap, 4 * cap
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, data.sha256(), ps=MIB, **{"downloads.parallel_ranges": 16})
+        tr.ctx.executor = pool  # a byte thread for each connection, as the manager gives them
+        seen: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                seen.append(tr._target)
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            sha, _ = await asyncio.wait_for(tr.run(), 30)
+        finally:
+            watcher.cancel()
+            tr.file.close()
+        assert sha == data.sha256()
+    assert max(seen) == 16
+    assert tr._target >= 4, f"the file settled on {tr._target} connection(s) (targets seen: {sorted(set(seen))})"

@@ -1058,6 +1058,7 @@ class FileTransfer:
         previous = n  # that count
         best = 0.0  # the best rate seen since more connections stopped helping
         good = n  # the fewest connections known to give that rate
+        settled = True  # no connection past the target was still finishing its request when this window began
         try:
             while True:
                 done, pending = await asyncio.wait(tasks, timeout=PROBE_S, return_when=asyncio.FIRST_EXCEPTION)
@@ -1070,6 +1071,7 @@ class FileTransfer:
                 now, written = clock(), self.written_bytes
                 rate = (written - last_bytes) / max(1e-6, now - last_t)
                 last_t, last_bytes = now, written
+                clean, settled = settled, self.connections <= self._target
                 if phase == "hold" or not any(s == 0 for s in self.state):
                     continue
                 if phase == "grow":
@@ -1085,6 +1087,8 @@ class FileTransfer:
                         factor = 4 if before and rate >= before * LINEAR else 2
                         before, previous = rate, self._target
                         self._target = min(ceiling, self._target * factor)
+                elif not clean:
+                    continue  # connections the last step dropped were still finishing: their bytes are not fewer's rate
                 else:
                     best = max(best, rate)
                     if rate * GROWTH < best:
@@ -1095,6 +1099,7 @@ class FileTransfer:
                         self._target = max(1, good // SHRINK)
                         phase = "shrink" if self._target < good else "hold"
                 staff()
+                settled = self.connections <= self._target
         except asyncio.CancelledError:
             for t in tasks:
                 t.cancel()
