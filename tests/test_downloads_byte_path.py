@@ -557,3 +557,78 @@ async def test_fewer_connections_are_judged_only_once_those_past_the_target_have
         assert sha == data.sha256()
     assert max(seen) == 16
     assert tr._target >= 4, f"the file settled on {tr._target} connection(s) (targets seen: {sorted(set(seen))})"
+
+
+async def test_a_file_that_starts_later_gets_its_share_of_the_connections_within_a_piece(tmp_path):
+    """downloads.max_connections = 4 and a file holds all four when a second starts: the first hands the places past
+    its share back at its next piece. Finishing each request first keeps the second waiting for as long as a request
+    runs (here 8 MiB at 512 KiB/s: 16 s; on a slow link, 64 MiB requests take minutes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mavail.core.downloads.transfer import ConnectionBudget
+
+    size, ps, cap = 64 * MIB, 256 * 1024, 512 * 1024
+    a, b = Synthetic("first", size), Synthetic("second", size)
+    active = [1]
+    budget = ConnectionBudget(lambda: 4)
+    with Mirror() as m, ThreadPoolExecutor(16) as pool:
+        m.add("a.bin", a)
+        m.add("b.bin", b)
+        m.faults("a.bin").throttle_bps = m.faults("b.bin").throttle_bps = cap
+        trs = []
+        for name, data in (("a", a), ("b", b)):
+            tr = make_transfer(tmp_path / name, m.url(f"{name}.bin"), size, data.sha256(), ps=ps,
+                               **{"downloads.parallel_ranges": 4, "downloads.max_connections": 4})
+            tr.ctx.executor, tr.ctx.budget, tr.ctx.active_files = pool, budget, lambda: active[0]
+            trs.append(tr)
+        first = asyncio.create_task(trs[0].run())
+        second = None
+        try:
+            await wait_until(lambda: trs[0].connections == 4, timeout=5)
+            active[0] = 2
+            second = asyncio.create_task(trs[1].run())
+            t0 = time.monotonic()
+            try:
+                await wait_until(lambda: trs[1].connections >= 1, timeout=3)
+            except AssertionError:
+                raise AssertionError(f"the second file had no connection {time.monotonic() - t0:.1f} s after it started "
+                                     f"(the first held {trs[0].connections})") from None
+        finally:
+            for t in (first, second):
+                if t is not None:
+                    t.cancel()
+            await asyncio.gather(*(t for t in (first, second) if t is not None), return_exceptions=True)
+            for tr in trs:
+                tr.file.close()
+
+
+async def test_a_file_waiting_for_its_places_does_not_judge_a_rate_it_has_no_connections_for(tmp_path):
+    """A file whose share is the two it starts with waits while other downloads hold every place: the windows it has no
+    connection in say nothing about how many it needs. Judging them (a rate of 0 held with fewer) leaves it at one
+    connection for good, half its share on a server that caps each one."""
+    from mavail.core.downloads.transfer import PROBE_S, ConnectionBudget
+
+    size = 16 * MIB
+    data = Synthetic("places", size)
+    budget = ConnectionBudget(lambda: 2)
+    with Mirror() as m:
+        m.add("f.bin", data)
+        m.faults("f.bin").throttle_bps = 512 * 1024
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, data.sha256(), ps=256 * 1024,
+                           **{"downloads.parallel_ranges": 2, "downloads.max_connections": 2})
+        tr.ctx.budget = budget
+        await budget.take()  # the places another download's connections hold
+        await budget.take()
+        task = asyncio.create_task(tr.run())
+        try:
+            await asyncio.sleep(2 * PROBE_S + 0.2)  # two probes while it has no place: nothing to wait for in the right case
+            budget.give_back()
+            budget.give_back()
+            try:
+                await wait_until(lambda: tr.connections == 2, timeout=3)
+            except AssertionError:
+                raise AssertionError(f"{tr.connections} connection(s) with both places free (target {tr._target})") from None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            tr.file.close()

@@ -195,7 +195,7 @@ class ConnectionBudget:
     """The connections every download may hold together (`downloads.max_connections`), shared by their files.
 
     A connection takes a place before each request and gives it back after; when none is free it
-    waits, and files holding more than their share hand surplus places back as their requests end.
+    waits, and files holding more than their share hand surplus places back at their next piece.
     """
 
     def __init__(self, limit: Callable[[], int]) -> None:
@@ -246,7 +246,7 @@ class _Span:
     stalls: int = 0
     url_idx: int = 0
     cur: int = -1  # the piece its connection is writing: a connection taking over the tail starts after it
-    worker: int = 0  # index of the connection working it: one not below the file's target hands its tail back
+    worker: int = 0  # index of the connection working it: one not below the file's share hands its tail back
 
 
 @dataclass
@@ -303,6 +303,7 @@ class FileTransfer:
         self._readback: memoryview | None = None  # made at the first read-back, reused after
         self._target = 1  # connections wanted now: a worker whose index is not below it stops after its span
         self._ceiling = 1  # the most connections the file may have
+        self._places = 1  # its share of downloads.max_connections now: a connection past it hands its span back at once
         self.resets = 0
         self.integrity_failures = 0
         self._live_spans: list[_Span] = []
@@ -757,6 +758,14 @@ class FileTransfer:
                 idx = pos // ps
                 if pos >= stop or idx >= span.end_idx:
                     break
+                if span.worker >= self._places and idx != span.cur and pos % ps == 0:
+                    # another file started and waits for this place: give the untouched rest back now, not after
+                    # the request (which can run for minutes on a slow link)
+                    for k in range(idx, span.end_idx):
+                        if self.state[k] == 1 and self.written[k] == 0:
+                            self.state[k] = 0
+                    span.end_idx = idx
+                    break
                 span.cur = idx  # this piece is ours now: the tail is only ever taken after it
             want = min(stop, (idx + 1) * ps) - pos
             for lim in limiters:
@@ -1040,7 +1049,7 @@ class FileTransfer:
         """Fetch with parallel connections: start a few, double them while that raises the file's rate, then halve them
         while that keeps it, so a server that caps each connection gets many and one that does not gets few."""
         n, per, ceiling = self._plan()
-        self._target, self._ceiling = n, ceiling
+        self._target, self._ceiling, self._places = n, ceiling, ceiling
         workers: dict[int, asyncio.Task[None]] = {}
         tasks: list[asyncio.Task[None]] = []
 
@@ -1058,7 +1067,9 @@ class FileTransfer:
         previous = n  # that count
         best = 0.0  # the best rate seen since more connections stopped helping
         good = n  # the fewest connections known to give that rate
-        settled = True  # no connection past the target was still finishing its request when this window began
+        # the window that begins had the target's connections at work: none past it still finishing its request (its
+        # bytes are not the rate of fewer), none still waiting for a place or starting (their rate is not in it yet)
+        settled = False
         try:
             while True:
                 done, pending = await asyncio.wait(tasks, timeout=PROBE_S, return_when=asyncio.FIRST_EXCEPTION)
@@ -1066,12 +1077,12 @@ class FileTransfer:
                     break
                 share = self._share()
                 if self._target > share:
-                    self._target = share  # another file started: connections past the share stop after their request
-                    ceiling = min(ceiling, share)
+                    self._target = share  # another file started: connections past the share hand their spans back
+                ceiling = self._places = min(ceiling, share)
                 now, written = clock(), self.written_bytes
                 rate = (written - last_bytes) / max(1e-6, now - last_t)
                 last_t, last_bytes = now, written
-                clean, settled = settled, self.connections <= self._target
+                clean, settled = settled, self.connections == self._target
                 if phase == "hold" or not any(s == 0 for s in self.state):
                     continue
                 if phase == "grow":
@@ -1088,7 +1099,7 @@ class FileTransfer:
                         before, previous = rate, self._target
                         self._target = min(ceiling, self._target * factor)
                 elif not clean:
-                    continue  # connections the last step dropped were still finishing: their bytes are not fewer's rate
+                    continue  # this window did not measure the target's connections alone
                 else:
                     best = max(best, rate)
                     if rate * GROWTH < best:
@@ -1098,8 +1109,9 @@ class FileTransfer:
                         good = self._target
                         self._target = max(1, good // SHRINK)
                         phase = "shrink" if self._target < good else "hold"
+                self._target = min(self._target, ceiling)  # counts found before the share shrank may be past it now
                 staff()
-                settled = self.connections <= self._target
+                settled = self.connections == self._target
         except asyncio.CancelledError:
             for t in tasks:
                 t.cancel()
