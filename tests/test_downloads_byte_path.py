@@ -632,3 +632,30 @@ async def test_a_file_waiting_for_its_places_does_not_judge_a_rate_it_has_no_con
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             tr.file.close()
+
+
+@pytest.mark.xfail(strict=True, reason="once a file holds its count it never probes again: a bandwidth limit lifted (or a "
+                   "share that grows back) leaves it on the count the limit allowed")
+async def test_lifting_the_bandwidth_limit_lets_a_file_open_connections_again(tmp_path):
+    """Under a 1 MiB/s limit one connection is as fast as many, so the file comes down to one. Behind a server that caps
+    each connection at 1 MiB/s, lifting the limit should let it grow again; it stays at one, at 1 MiB/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size, cap = 12 * MIB, 1 * MIB
+    data = Synthetic("lifted", size)
+    rate = [1.0 * MIB]
+    with Mirror() as m, ThreadPoolExecutor(16) as pool:
+        m.add("f.bin", data)
+        m.faults("f.bin").throttle_bps = cap
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, data.sha256(), ps=64 * 1024, limiters=[RateLimiter(lambda: rate[0])],
+                           **{"downloads.parallel_ranges": 8})
+        tr.ctx.executor = pool
+        task = asyncio.create_task(tr.run())
+        try:
+            await wait_until(lambda: tr._target == 1 and tr.connections == 1, timeout=8)
+            rate[0] = 0.0  # no limit any more
+            await wait_until(lambda: tr.connections >= 4, timeout=3)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            tr.file.close()
