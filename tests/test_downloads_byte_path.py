@@ -504,6 +504,7 @@ async def test_parallel_ranges_fetch_each_byte_once(tmp_path, size_mib):
         sha, _ = await tr.run()
         tr.file.close()
         assert sha == data.sha256()
+        assert m.wait_idle()  # an answer is counted once its handler is done, which can be after the client has it all
         served = m.bytes_served["f.bin"]
     assert served == size, f"the server sent {served - size} bytes more than the file ({served / size:.4f} x)"
 
@@ -696,3 +697,53 @@ async def test_a_files_connections_hold_no_more_than_the_receive_window_after_gr
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             tr.file.close()
+
+
+async def test_a_file_changed_on_the_server_restarts_once_and_keeps_its_ranges(tmp_path):
+    """The file changes on the server while several connections are in flight: each of their requests carries the old
+    validator in If-Range, so each is answered 200 with the whole new file. The first restarts the file; the others
+    belong to the generation before it. Read as a server that ignores Range, they restart it a second time and fetch
+    the rest over one plain GET."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = 24 * MIB
+    old, new = Synthetic("before", size), Synthetic("after", size)
+    with Mirror() as m, ThreadPoolExecutor(32) as pool:
+        m.add("f.bin", old)
+        f = m.faults("f.bin")
+        f.throttle_bps = 2 * MIB
+        f.change_after_requests, f.change_to = 4, new  # the first four connections get the old file, the next twelve the new
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, new.sha256(), ps=256 * 1024, **{"downloads.parallel_ranges": 16})
+        tr.ctx.executor = pool
+        sha, _ = await asyncio.wait_for(tr.run(), 30)
+        tr.file.close()
+        assert sha == new.sha256()
+        assert (tr.resets, tr.no_ranges) == (1, False), f"{tr.resets} restarts; ranges given up on: {tr.no_ranges}"
+
+
+async def test_a_restart_is_carried_through_when_another_connection_stops_the_workers(tmp_path):
+    """Two connections ask a server that ignores Range: one restarts the file for a plain GET, and while it tells the
+    manager to forget the file's pieces (a database write), the other's answer, of the generation before, stops every
+    worker. The restart must still be carried through: the pieces forgotten, the file known to need a plain GET (cut
+    short, the file is asked for in ranges again and restarted until it is given up on as one that keeps changing)."""
+    size = 1 * MIB
+    data = Synthetic("carried", size)
+    with Mirror() as m:
+        m.add("f.bin", data)
+        f = m.faults("f.bin")
+        f.ranges = f.etag = f.last_modified = False
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, data.sha256(), ps=64 * 1024, **{"downloads.parallel_ranges": 4})
+        resets = {"started": 0, "done": 0}
+
+        async def on_reset(path: str, reason: str) -> None:
+            resets["started"] += 1
+            await asyncio.sleep(0.2)  # the database write that forgets the file's pieces
+            resets["done"] += 1
+
+        tr.ctx.on_reset = on_reset
+        try:
+            sha, _ = await asyncio.wait_for(tr.run(), 20)
+        finally:
+            tr.file.close()
+        assert sha == data.sha256()
+        assert resets == {"started": 1, "done": 1}, resets

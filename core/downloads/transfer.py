@@ -452,9 +452,23 @@ class FileTransfer:
     def _span_end(self, span: _Span) -> int:
         return min(self.size, span.end_idx * self.ps)
 
-    async def _reset(self, reason: str) -> None:
+    async def _reset(self, reason: str, gen: int | None = None, no_ranges: bool = False) -> bool:
+        """Restart the file from byte 0 (`no_ranges`: over one plain GET from now on); with `gen`, only if it is still
+        that generation (False: another answer of the same generation already restarted it)."""
         async with self._alock:
-            await self._reset_locked(reason)
+            if gen is not None and gen != self.gen:
+                return False
+            if no_ranges:
+                self.no_ranges = True
+            # carried through when the caller is cancelled meanwhile (another connection's answer stops every worker):
+            # the manager forgets the old pieces and the file is truncated whatever stops this connection
+            task = asyncio.ensure_future(self._reset_locked(reason))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await _outlive(task)
+                raise
+            return True
 
     async def _reset_locked(self, reason: str) -> None:
         with self._lock, self._hlock:
@@ -706,19 +720,21 @@ class FileTransfer:
                 self.dead.add(url)
                 raise DeadUrl(str(err))
             raise err
+        if span.gen != self.gen:
+            # asked for before the file restarted: the 200 that If-Range gives every request still carrying the old
+            # validator says nothing of how the server serves ranges now
+            raise _Stale()
         if not self._check_validator(url, head):
-            await self._reset(f"{url} changed (validator differs)")
-            self.validators[url] = [head.get("etag"), head.get("last-modified")]
-            await self.ctx.on_validator(self.job.path, self.validators)
+            if await self._reset(f"{url} changed (validator differs)", span.gen):
+                self.validators[url] = [head.get("etag"), head.get("last-modified")]
+                await self.ctx.on_validator(self.job.path, self.validators)
             raise _Restart()
         await self.ctx.on_validator(self.job.path, self.validators)
         if st == 200:
             if self.no_ranges:
                 return
             # Range ignored, or If-Range refused the validator the server gave before
-            self.no_ranges = True
-            await self._reset(f"{url} ignored the Range request; downloading it in one piece")
-            self.no_ranges = True
+            await self._reset(f"{url} ignored the Range request; downloading it in one piece", span.gen, no_ranges=True)
             raise _Restart()
         m = _CONTENT_RANGE.match(head.get("content-range", "") or "")
         if not m or int(m.group(1)) != start:
