@@ -296,3 +296,21 @@ def test_a_journal_a_crash_left_empty_or_unreadable_claims_no_piece(tmp_path, le
     path = home / "models" / STORE_DIR / "partial" / "m" / "1.0.0" / "w.bin.pieces.json"
     path.write_bytes(left)
     assert store.read_journal("m", "1.0.0", "w.bin") is None
+
+
+@pytest.mark.parametrize("field", ["recorded", "prefixes", "validators"])
+@pytest.mark.parametrize("value", [None, [], "x", 5])
+def test_a_journal_of_another_shape_claims_no_piece(tmp_path, field, value):
+    """A journal that is JSON but not of the shape this engine writes (another version, an edit by hand) is read as
+    none, like an unreadable one: it must not stop the engine that waits on the store or takes it over."""
+    from mavail.core.store import PieceJournal
+
+    home = tmp_path / "h"
+    (home / "models").mkdir(parents=True)
+    store = SharedStore(home, home / "models", time.time, lambda: 5.0)
+    body = json.loads(PieceJournal("w.bin", 2 * MIB, "ab" * 32, MIB, {0: "cd" * 16}).to_json())
+    body[field] = value
+    path = home / "models" / STORE_DIR / "partial" / "m" / "1.0.0" / "w.bin.pieces.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(body))
+    assert store.read_journal("m", "1.0.0", "w.bin") is None
