@@ -151,10 +151,17 @@ class PieceJournal:
     def from_json(cls, data: bytes) -> "PieceJournal":
         """Parse a journal (ValueError/KeyError/TypeError when it is not one)."""
         d = json.loads(data)
+
+        def table(key: str) -> dict[str, Any]:
+            v = d.get(key, {})
+            if not isinstance(v, dict):
+                raise TypeError(f"{key} is not an object")
+            return v
+
         return cls(path=str(d["path"]), size=int(d["size"]), sha256=d.get("sha256"), piece_size=int(d["piece_size"]),
-                   recorded={int(k): str(v) for k, v in d.get("recorded", {}).items()},
-                   prefixes={int(k): int(v) for k, v in d.get("prefixes", {}).items()},
-                   validators={str(k): list(v) for k, v in d.get("validators", {}).items()}, writer=str(d.get("writer", "")))
+                   recorded={int(k): str(v) for k, v in table("recorded").items()},
+                   prefixes={int(k): int(v) for k, v in table("prefixes").items()},
+                   validators={str(k): list(v) for k, v in table("validators").items()}, writer=str(d.get("writer", "")))
 
 
 class VersionLock:

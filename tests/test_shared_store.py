@@ -296,3 +296,56 @@ def test_a_journal_a_crash_left_empty_or_unreadable_claims_no_piece(tmp_path, le
     path = home / "models" / STORE_DIR / "partial" / "m" / "1.0.0" / "w.bin.pieces.json"
     path.write_bytes(left)
     assert store.read_journal("m", "1.0.0", "w.bin") is None
+
+
+@pytest.mark.parametrize("field", ["recorded", "prefixes", "validators"])
+@pytest.mark.parametrize("value", [None, [], "x", 5])
+def test_a_journal_of_another_shape_claims_no_piece(tmp_path, field, value):
+    """A journal that is JSON but not of the shape this engine writes (another version, an edit by hand) is read as
+    none, like an unreadable one: it must not stop the engine that waits on the store or takes it over."""
+    from mavail.core.store import PieceJournal
+
+    home = tmp_path / "h"
+    (home / "models").mkdir(parents=True)
+    store = SharedStore(home, home / "models", time.time, lambda: 5.0)
+    body = json.loads(PieceJournal("w.bin", 2 * MIB, "ab" * 32, MIB, {0: "cd" * 16}).to_json())
+    body[field] = value
+    path = home / "models" / STORE_DIR / "partial" / "m" / "1.0.0" / "w.bin.pieces.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(body))
+    assert store.read_journal("m", "1.0.0", "w.bin") is None
+
+
+async def test_a_download_waiting_for_another_engine_leaves_its_connections_to_those_that_transfer(home):
+    """While "w" waits for the engine that holds it on the store, it moves no byte: "x", the one download of this engine
+    transferring, gets every place of downloads.max_connections. Counted as transferring, "w" halves x's share."""
+    from tests.helpers import wait_until
+
+    x = Synthetic("x-alone", 64 * MIB)
+    with Mirror() as m:
+        cfg = {"store": {"shared": True, "poll_s": 0.05, "lock_stale_s": 60.0},
+               "downloads": {"parallel_min_size_mb": 0.0, "parallel_ranges": 4, "max_connections": 4, "max_concurrent": 2}}
+        write_home(home, m, {"w": {"w.bin": Synthetic("w-held", MIB)}, "x": {"x.bin": x}}, cfg)
+        m.faults("x/x.bin").throttle_bps = 512 * 1024  # each connection capped: x opens all it may
+        other = SharedStore(home, home / "models", time.time, lambda: 60.0)  # another engine on the store
+        held = await asyncio.to_thread(other.try_lock, "w", "1.0.0")
+        assert isinstance(held, VersionLock)
+        try:
+            async with dl_engine(home) as (eng, sock):
+                await eng.downloads.start("w")
+                await wait_until(lambda: eng.downloads.get("w").waiting_for is not None, timeout=5)
+                await eng.downloads.start("x")
+                seen: list[int] = []
+
+                def all_four() -> bool:
+                    seen.append(eng.downloads.progress_dict(eng.downloads.get("x"))["connections"])
+                    return seen[-1] == 4
+
+                try:
+                    await wait_until(all_four, timeout=4)
+                except AssertionError:
+                    raise AssertionError(f"x had at most {max(seen)} connections of 4 while w only waited") from None
+                await eng.downloads.cancel("x")
+                await eng.downloads.cancel("w")
+        finally:
+            await asyncio.to_thread(held.release)

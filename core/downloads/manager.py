@@ -848,7 +848,9 @@ class DownloadManager:
                                on_bytes=on_bytes, on_retry=on_retry, headers_for=self.hub.headers,
                                sleep=self.sleep, executor=self._byte_threads(), budget=self._budget,
                                proxy=lambda url: proxy_for(url, self.environ, str(cfg.get("downloads.proxy"))),
-                               active_files=lambda: sum(1 for x in self._dl.values() if x.status == "downloading"))
+                               # one waiting for another engine's download on the shared store moves no byte
+                               active_files=lambda: sum(1 for x in self._dl.values()
+                                                        if x.status == "downloading" and x.waiting_for is None))
 
     # --- the shared model store -----------------------------------------------------------
     async def _take_turn(self, d: Download) -> VersionLock | None:

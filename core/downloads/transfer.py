@@ -195,7 +195,7 @@ class ConnectionBudget:
     """The connections every download may hold together (`downloads.max_connections`), shared by their files.
 
     A connection takes a place before each request and gives it back after; when none is free it
-    waits, and files holding more than their share hand surplus places back as their requests end.
+    waits, and files holding more than their share hand surplus places back at their next piece.
     """
 
     def __init__(self, limit: Callable[[], int]) -> None:
@@ -246,7 +246,7 @@ class _Span:
     stalls: int = 0
     url_idx: int = 0
     cur: int = -1  # the piece its connection is writing: a connection taking over the tail starts after it
-    worker: int = 0  # index of the connection working it: one not below the file's target hands its tail back
+    worker: int = 0  # index of the connection working it: one not below the file's share hands its tail back
 
 
 @dataclass
@@ -303,6 +303,7 @@ class FileTransfer:
         self._readback: memoryview | None = None  # made at the first read-back, reused after
         self._target = 1  # connections wanted now: a worker whose index is not below it stops after its span
         self._ceiling = 1  # the most connections the file may have
+        self._places = 1  # its share of downloads.max_connections now: a connection past it hands its span back at once
         self.resets = 0
         self.integrity_failures = 0
         self._live_spans: list[_Span] = []
@@ -425,6 +426,9 @@ class FileTransfer:
         """Pieces the next request asks for: a share of what no connection has taken yet that shrinks as the file nears
         its end (at most `max_pieces`), so connections run out of work together and the file is balanced at request
         boundaries instead of by cutting a response short, which throws away what its sockets already hold."""
+        if self.no_ranges or self._ceiling <= 1:
+            # nobody to share with: one request (a server without ranges sends the whole file at each one)
+            return max_pieces
         with self._lock:
             pending = sum(1 for s in self.state if s == 0)
         return max(1, min(max_pieces, -(-pending // (2 * max(1, self._ceiling)))))
@@ -448,9 +452,23 @@ class FileTransfer:
     def _span_end(self, span: _Span) -> int:
         return min(self.size, span.end_idx * self.ps)
 
-    async def _reset(self, reason: str) -> None:
+    async def _reset(self, reason: str, gen: int | None = None, no_ranges: bool = False) -> bool:
+        """Restart the file from byte 0 (`no_ranges`: over one plain GET from now on); with `gen`, only if it is still
+        that generation (False: another answer of the same generation already restarted it)."""
         async with self._alock:
-            await self._reset_locked(reason)
+            if gen is not None and gen != self.gen:
+                return False
+            if no_ranges:
+                self.no_ranges = True
+            # carried through when the caller is cancelled meanwhile (another connection's answer stops every worker):
+            # the manager forgets the old pieces and the file is truncated whatever stops this connection
+            task = asyncio.ensure_future(self._reset_locked(reason))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await _outlive(task)
+                raise
+            return True
 
     async def _reset_locked(self, reason: str) -> None:
         with self._lock, self._hlock:
@@ -702,19 +720,21 @@ class FileTransfer:
                 self.dead.add(url)
                 raise DeadUrl(str(err))
             raise err
+        if span.gen != self.gen:
+            # asked for before the file restarted: the 200 that If-Range gives every request still carrying the old
+            # validator says nothing of how the server serves ranges now
+            raise _Stale()
         if not self._check_validator(url, head):
-            await self._reset(f"{url} changed (validator differs)")
-            self.validators[url] = [head.get("etag"), head.get("last-modified")]
-            await self.ctx.on_validator(self.job.path, self.validators)
+            if await self._reset(f"{url} changed (validator differs)", span.gen):
+                self.validators[url] = [head.get("etag"), head.get("last-modified")]
+                await self.ctx.on_validator(self.job.path, self.validators)
             raise _Restart()
         await self.ctx.on_validator(self.job.path, self.validators)
         if st == 200:
             if self.no_ranges:
                 return
             # Range ignored, or If-Range refused the validator the server gave before
-            self.no_ranges = True
-            await self._reset(f"{url} ignored the Range request; downloading it in one piece")
-            self.no_ranges = True
+            await self._reset(f"{url} ignored the Range request; downloading it in one piece", span.gen, no_ranges=True)
             raise _Restart()
         m = _CONTENT_RANGE.match(head.get("content-range", "") or "")
         if not m or int(m.group(1)) != start:
@@ -753,6 +773,14 @@ class FileTransfer:
                 stop = min(end, self._span_end(span))
                 idx = pos // ps
                 if pos >= stop or idx >= span.end_idx:
+                    break
+                if span.worker >= self._places and idx != span.cur and pos % ps == 0:
+                    # another file started and waits for this place: give the untouched rest back now, not after
+                    # the request (which can run for minutes on a slow link)
+                    for k in range(idx, span.end_idx):
+                        if self.state[k] == 1 and self.written[k] == 0:
+                            self.state[k] = 0
+                    span.end_idx = idx
                     break
                 span.cur = idx  # this piece is ours now: the tail is only ever taken after it
             want = min(stop, (idx + 1) * ps) - pos
@@ -1037,7 +1065,7 @@ class FileTransfer:
         """Fetch with parallel connections: start a few, double them while that raises the file's rate, then halve them
         while that keeps it, so a server that caps each connection gets many and one that does not gets few."""
         n, per, ceiling = self._plan()
-        self._target, self._ceiling = n, ceiling
+        self._target, self._ceiling, self._places = n, ceiling, ceiling
         workers: dict[int, asyncio.Task[None]] = {}
         tasks: list[asyncio.Task[None]] = []
 
@@ -1055,6 +1083,9 @@ class FileTransfer:
         previous = n  # that count
         best = 0.0  # the best rate seen since more connections stopped helping
         good = n  # the fewest connections known to give that rate
+        # the window that begins had the target's connections at work: none past it still finishing its request (its
+        # bytes are not the rate of fewer), none still waiting for a place or starting (their rate is not in it yet)
+        settled = False
         try:
             while True:
                 done, pending = await asyncio.wait(tasks, timeout=PROBE_S, return_when=asyncio.FIRST_EXCEPTION)
@@ -1062,11 +1093,12 @@ class FileTransfer:
                     break
                 share = self._share()
                 if self._target > share:
-                    self._target = share  # another file started: connections past the share stop after their request
-                    ceiling = min(ceiling, share)
+                    self._target = share  # another file started: connections past the share hand their spans back
+                ceiling = self._places = min(ceiling, share)
                 now, written = clock(), self.written_bytes
                 rate = (written - last_bytes) / max(1e-6, now - last_t)
                 last_t, last_bytes = now, written
+                clean, settled = settled, self.connections == self._target
                 if phase == "hold" or not any(s == 0 for s in self.state):
                     continue
                 if phase == "grow":
@@ -1082,6 +1114,8 @@ class FileTransfer:
                         factor = 4 if before and rate >= before * LINEAR else 2
                         before, previous = rate, self._target
                         self._target = min(ceiling, self._target * factor)
+                elif not clean:
+                    continue  # this window did not measure the target's connections alone
                 else:
                     best = max(best, rate)
                     if rate * GROWTH < best:
@@ -1091,7 +1125,9 @@ class FileTransfer:
                         good = self._target
                         self._target = max(1, good // SHRINK)
                         phase = "shrink" if self._target < good else "hold"
+                self._target = min(self._target, ceiling)  # counts found before the share shrank may be past it now
                 staff()
+                settled = self.connections == self._target
         except asyncio.CancelledError:
             for t in tasks:
                 t.cancel()
