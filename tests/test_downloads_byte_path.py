@@ -635,11 +635,9 @@ async def test_a_file_waiting_for_its_places_does_not_judge_a_rate_it_has_no_con
             tr.file.close()
 
 
-@pytest.mark.xfail(strict=True, reason="once a file holds its count it never probes again: a bandwidth limit lifted (or a "
-                   "share that grows back) leaves it on the count the limit allowed")
 async def test_lifting_the_bandwidth_limit_lets_a_file_open_connections_again(tmp_path):
     """Under a 1 MiB/s limit one connection is as fast as many, so the file comes down to one. Behind a server that caps
-    each connection at 1 MiB/s, lifting the limit should let it grow again; it stays at one, at 1 MiB/s."""
+    each connection at 1 MiB/s, lifting the limit lets it grow again (it stayed at one, at 1 MiB/s)."""
     from concurrent.futures import ThreadPoolExecutor
 
     size, cap = 12 * MIB, 1 * MIB
@@ -653,7 +651,8 @@ async def test_lifting_the_bandwidth_limit_lets_a_file_open_connections_again(tm
         tr.ctx.executor = pool
         task = asyncio.create_task(tr.run())
         try:
-            await wait_until(lambda: tr._target == 1 and tr.connections == 1, timeout=8)
+            # more connections did not help under the limit: the file came down to one or two
+            await wait_until(lambda: tr.written_bytes > 2 * MIB and tr._target <= 2 and tr.connections <= 2, timeout=8)
             rate[0] = 0.0  # no limit any more
             await wait_until(lambda: tr.connections >= 4, timeout=3)
         finally:

@@ -80,6 +80,7 @@ GROWTH = 1.15  # more connections are kept only while they raise the file's rate
 # only while the rate stays within it
 SHRINK = 4  # once more connections stop helping, each probe tries this many times fewer
 LINEAR = 1.8  # doubling the connections raised the rate this much: the next step quadruples them
+REPROBE_S = 30.0  # a held count is tried again this often, and at once when a bandwidth limit changes
 MIN_RECEIVE_BUFFER = 256 * 1024
 MAX_RECEIVE_BUFFER = 8 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -1070,6 +1071,7 @@ class FileTransfer:
         tasks: list[asyncio.Task[None]] = []
 
         def staff() -> None:  # a connection for every index below the target that has none running
+            tasks[:] = [t for t in tasks if not t.done() or t.cancelled() or t.exception() is not None]
             for i in range(self._target):
                 if i not in workers or workers[i].done():
                     workers[i] = asyncio.create_task(self._worker(per, i), name=f"range:{self.job.path}:{i}")
@@ -1086,6 +1088,9 @@ class FileTransfer:
         # the window that begins had the target's connections at work: none past it still finishing its request (its
         # bytes are not the rate of fewer), none still waiting for a place or starting (their rate is not in it yet)
         settled = False
+        held: float | None = None  # since when the count is held
+        limits = tuple(lim.rate() for lim in self.ctx.limiters)  # the bandwidth limits at the last probe
+
         try:
             while True:
                 done, pending = await asyncio.wait(tasks, timeout=PROBE_S, return_when=asyncio.FIRST_EXCEPTION)
@@ -1099,6 +1104,12 @@ class FileTransfer:
                 rate = (written - last_bytes) / max(1e-6, now - last_t)
                 last_t, last_bytes = now, written
                 clean, settled = settled, self.connections == self._target
+                limits, before_limits = tuple(lim.rate() for lim in self.ctx.limiters), limits
+                if self._target < ceiling and (limits != before_limits or (phase == "hold" and held is not None and
+                                                                          now - held >= REPROBE_S)):
+                    # a limit changed, or the link may have: see again whether more connections help
+                    phase, before, previous = "grow", 0.0, self._target
+                held = (held or now) if phase == "hold" else None
                 if phase == "hold" or not any(s == 0 for s in self.state):
                     continue
                 if phase == "grow":
