@@ -746,3 +746,34 @@ async def test_a_restart_is_carried_through_when_another_connection_stops_the_wo
             tr.file.close()
         assert sha == data.sha256()
         assert resets == {"started": 1, "done": 1}, resets
+
+
+async def test_a_file_down_to_one_connection_asks_for_its_rest_in_few_requests(tmp_path):
+    """Behind a link one connection fills, the file comes down to one. Nobody is left to share the rest with: asking
+    for a share sized for the sixteen it may have (a 32nd of what is left each time) cuts the rest into some eighty
+    requests, each a round trip with nothing in flight (8 s at 100 ms, for 60 MiB the link moves in 2.5)."""
+    import math
+    from concurrent.futures import ThreadPoolExecutor
+
+    size, ps = 96 * MIB, 256 * 1024
+    data = Synthetic("rest", size)
+    with Mirror() as m, ThreadPoolExecutor(32) as pool:
+        m.add("f.bin", data)
+        m.faults("f.bin").total_bps = 24 * MIB
+        tr = make_transfer(tmp_path, m.url("f.bin"), size, data.sha256(), ps=ps, **{"downloads.parallel_ranges": 16})
+        tr.ctx.executor = pool
+        per = tr._plan()[1]  # the most pieces one request asks for
+        task = asyncio.create_task(tr.run())
+        try:
+            await wait_until(lambda: tr._target == 1 and tr.connections == 1, timeout=10)
+            before, pending = m.requests["f.bin"], sum(1 for s in tr.state if s == 0)
+            sha, _ = await asyncio.wait_for(task, 20)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            tr.file.close()
+        assert sha == data.sha256()
+        after = m.requests["f.bin"] - before
+        most = pending / per + math.log2(per) + 3  # spans of `per`, then halves of what is left
+        assert after <= most, f"{after} requests for the last {pending} pieces over one connection (at most {most:.0f})"

@@ -432,7 +432,9 @@ class FileTransfer:
             return max_pieces
         with self._lock:
             pending = sum(1 for s in self.state if s == 0)
-        return max(1, min(max_pieces, -(-pending // (2 * max(1, self._ceiling)))))
+        # shared between the connections wanted now, not the most the file may have: one left alone after a shrink
+        # would otherwise cut the rest into requests for a 32nd of it, a round trip with nothing in flight each
+        return max(1, min(max_pieces, -(-pending // (2 * max(1, self._target)))))
 
     def _release(self, span: _Span) -> None:
         with self._lock:
