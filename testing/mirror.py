@@ -134,7 +134,7 @@ class Faults:
     last_modified: bool = True  # send Last-Modified
     if_range: bool = True  # honour If-Range (else serve the range whatever the validator says)
     throttle_bps: float = 0.0  # per-connection cap in bytes/s, 0 = none
-    total_bps: float = 0.0  # cap on every response for the path together (a link the connections share), 0 = none
+    total_bps: float = 0.0  # cap on every response these faults apply to, together (a link the connections share), 0 = none
     drop_after: int | None = None  # close the connection after this many body bytes of a response
     drop_count: int = -1  # how many responses to drop (-1 = every one)
     errors: list[int] = field(default_factory=list)  # statuses to answer, one per request, before serving
