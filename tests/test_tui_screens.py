@@ -45,6 +45,7 @@ async def test_every_tab_of_the_demo_reads_right_at_80x24_dark_and_120x35_light(
                     assert all(len(line) <= size[0] for line in lines)
                     assert "History" in lines[1], lines[1]  # every tab's name fits
                     assert "? help · ctrl+p commands" in lines[0], lines[0]  # the keys fit; a long socket path is cut
+                    assert lines[0].rstrip().endswith(("…", ".sock")), lines[0]  # cut with an ellipsis, never wrapped away
                     assert "Quit" in lines[-1] and "Help" in lines[-1], lines[-1]  # the footer fits
                 await pilot.press("question_mark")
                 await until(pilot, lambda: "Binding id" in screen_text(app))

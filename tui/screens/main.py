@@ -39,7 +39,7 @@ class MainScreen(ScreenActions, Screen[None]):
     app: "MavailApp"
 
     DEFAULT_CSS = """
-    MainScreen #conn { height: 1; padding: 0 1; background: $success-darken-2; color: $text; }
+    MainScreen #conn { height: 1; padding: 0 1; background: $success-darken-2; color: $text; text-wrap: nowrap; text-overflow: ellipsis; }
     MainScreen #conn.-down { background: $error; text-style: bold; }
     MainScreen #filter { dock: bottom; display: none; height: 3; }
     MainScreen #msg { height: auto; max-height: 2; padding: 0 1; display: none; }
