@@ -132,12 +132,7 @@ class LiveTable(DataTable[Cell]):
             for i in self._cols:
                 c = self.spec[i]
                 self.add_column(c.label, key=c.key, width=c.width)
-            added = False
-            for key, cells in self._cells.items():
-                added |= self._apply(key, cells)
-            if added and self.sort_index is not None:
-                self._sort()
-            self._redraw_changed()
+            self._reapply_all()
         if selected is not None:
             self.select(selected)
 
@@ -397,17 +392,21 @@ class LiveTable(DataTable[Cell]):
             return False
         return True
 
+    def _reapply_all(self) -> None:
+        """Show or hide every known row for the current columns and filter, sort when rows came in, draw what changed."""
+        added = False
+        for key, cells in self._cells.items():
+            added |= self._apply(key, cells)
+        if added and self.sort_index is not None:
+            self._sort()
+        self._redraw_changed()
+
     # --- filter and sort ---------------------------------------------------
     def set_filter(self, text: str) -> None:
         """Show only rows whose key contains `text`."""
         self.filter_text = text.strip()
         with self.app.batch_update():
-            added = False
-            for key, cells in self._cells.items():
-                added |= self._apply(key, cells)
-            if added and self.sort_index is not None:
-                self._sort()
-            self._redraw_changed()
+            self._reapply_all()
 
     def cycle_sort(self) -> str:
         """Sort by the next sortable column (then reverse, then source order); return a description."""
